@@ -1,0 +1,869 @@
+/**
+ * @file tapegrad.h
+ * @brief tapegrad: reverse-mode automatic differentiation for tensors, in C11.
+ *
+ * A forward pass records every tensor operation on a tape owned by a context
+ * (tg_ctx). tg_backward() replays the tape in reverse and applies each op's
+ * local gradient, so the backpropagation of any network falls out of the chain
+ * rule.
+ *
+ * Conventions used throughout this header:
+ * - Tensors are contiguous, row-major, 0 to 4 dimensions, dtype TG_F32, TG_F64
+ *   or TG_I32 (class labels only).
+ * - Ownership: every tg_tensor* is owned by its context. Temporaries (op
+ *   outputs, tg_new, tg_from) live until tg_reset(); parameters (tg_param)
+ *   live until tg_ctx_free(). Never call free() on anything returned here
+ *   unless the function's comment says so.
+ * - Errors: the first error is recorded in the context (tg_ok, tg_errmsg) with a
+ *   message naming the function and the shapes. A failing call returns NULL (or
+ *   a non-zero code); every later call that receives NULL returns NULL at once,
+ *   so a whole forward pass can be checked with one tg_ok() at the end.
+ * - Matmul means C = A B with A [m,k] and B [k,n].
+ */
+#ifndef TAPEGRAD_H
+#define TAPEGRAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TG_BUILDING_LIBRARY) && defined(__GNUC__)
+#define TG_API __attribute__((visibility("default")))
+#else
+#define TG_API
+#endif
+
+#if defined(__GNUC__)
+#define TG_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define TG_PRINTF(f, a)
+#endif
+
+#define TG_MAX_DIMS 4      /**< tensors have 0 to TG_MAX_DIMS dimensions */
+#define TG_MAX_INPUTS 4    /**< an op takes 1 to TG_MAX_INPUTS tensor inputs */
+
+/* ======================================================================== */
+/** @name Types and context                                                 */
+/* ======================================================================== */
+
+typedef enum { TG_F32, TG_F64, TG_I32 } tg_dtype;
+typedef struct tg_ctx tg_ctx;
+typedef struct tg_tensor tg_tensor;
+
+/** Create a context: tape, arena, parameter list, random generator (seeded
+ *  with @p seed), grad mode on, no error. Returns NULL only if out of memory.
+ *  Free with tg_ctx_free(). */
+TG_API tg_ctx *tg_ctx_new(uint64_t seed);
+
+/** Lua-style allocator: returns a block of @p nsize bytes replacing @p ptr
+ *  (of @p osize bytes, NULL if new); frees @p ptr and returns NULL when
+ *  @p nsize is 0. Returning NULL for nsize > 0 is an out-of-memory error. */
+typedef void *(*tg_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/** As tg_ctx_new, with every allocation of this context routed through
+ *  @p alloc (the library's one allocation point; useful for fault injection). */
+TG_API tg_ctx *tg_ctx_new_with_alloc(uint64_t seed, tg_alloc_fn alloc, void *ud);
+
+/** Free the context and everything it owns (parameters, temporaries, tape). */
+TG_API void tg_ctx_free(tg_ctx *ctx);
+
+/* ======================================================================== */
+/** @name Errors                                                            */
+/* ======================================================================== */
+
+/** 1 while no error has been recorded, else 0. */
+TG_API int tg_ok(const tg_ctx *ctx);
+/** The first error's message, "" if none. Owned by the context. */
+TG_API const char *tg_errmsg(const tg_ctx *ctx);
+/** Forget the recorded error, so calls work again. */
+TG_API void tg_clear_error(tg_ctx *ctx);
+/** Record an error (printf-style) unless one is recorded already. For use
+ *  by custom ops, loaders and user code; starts with the function's name by
+ *  convention ("myop: ..."). */
+TG_API void tg_set_error(tg_ctx *ctx, const char *fmt, ...) TG_PRINTF(2, 3);
+
+/** Called once, at the first error, with its message (e.g. to print a
+ *  backtrace or abort while debugging). NULL removes it. */
+typedef void (*tg_error_fn)(const tg_ctx *ctx, const char *msg, void *user);
+TG_API void tg_set_error_callback(tg_ctx *ctx, tg_error_fn fn, void *user);
+
+/* ======================================================================== */
+/** @name Tensors                                                           */
+/* ======================================================================== */
+
+/** A temporary of zeros; lives until tg_reset. NULL on error. */
+TG_API tg_tensor *tg_new(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape);
+/** A temporary holding a copy of @p data (numel elements of dtype @p dt). */
+TG_API tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape,
+                          const void *data);
+/** A 0-dimensional temporary holding @p value. */
+TG_API tg_tensor *tg_scalar(tg_ctx *ctx, tg_dtype dt, double value);
+
+/** A parameter: zeros, requires grad, lives until tg_ctx_free. Floating dtypes
+ *  only. @p name (copied; may be NULL, then "param<i>") must be unique within
+ *  the context. Its gradient storage is reserved with it, so training never
+ *  allocates for parameters. */
+TG_API tg_tensor *tg_param(tg_ctx *ctx, const char *name, tg_dtype dt, int ndim,
+                           const int64_t *shape);
+/** Mark a leaf (a tensor made by tg_new/tg_from/tg_param, not by an op) as
+ *  requiring a gradient (on = 1) or not (on = 0). On a non-leaf: an error. */
+TG_API void tg_set_requires_grad(tg_tensor *t, int on);
+/** 1 if gradients flow into @p t. */
+TG_API int tg_requires_grad(const tg_tensor *t);
+
+TG_API void *tg_data(const tg_tensor *t);
+/** The gradient (same dtype and shape as t), NULL while none has reached t. */
+TG_API void *tg_grad(const tg_tensor *t);
+TG_API int tg_ndim(const tg_tensor *t);
+/** Size of @p axis; negative axes count from the end; 0 if out of range. */
+TG_API int64_t tg_dim(const tg_tensor *t, int axis);
+/** The shape array (tg_ndim entries), owned by the tensor. */
+TG_API const int64_t *tg_shape(const tg_tensor *t);
+TG_API int64_t tg_numel(const tg_tensor *t);
+TG_API tg_dtype tg_dtype_of(const tg_tensor *t);
+/** The tensor's name: the parameter name, "" for temporaries. */
+TG_API const char *tg_name(const tg_tensor *t);
+/** A one-element tensor's value as a double (NaN if t is NULL or not one element). */
+TG_API double tg_item(const tg_tensor *t);
+/** XXH3-64 of dtype, shape and data. */
+TG_API uint64_t tg_hash(const tg_tensor *t);
+/** Writes "[4,3]" (or "[]" for a scalar) into buf; returns buf. */
+TG_API char *tg_shape_str(const tg_tensor *t, char *buf, size_t size);
+/** Size in bytes of one element of @p dt. */
+TG_API size_t tg_dtype_size(tg_dtype dt);
+/** "f32", "f64", "i32". */
+TG_API const char *tg_dtype_name(tg_dtype dt);
+
+/** Fill @p t's data (no op is recorded) with a constant. */
+TG_API void tg_fill(tg_tensor *t, double value);
+/** Copy @p t's data into @p dst (numel elements, converted to @p dt). 0 ok. */
+TG_API int tg_copy_out(const tg_tensor *t, tg_dtype dt, void *dst);
+
+/* ======================================================================== */
+/** @name Parameters                                                        */
+/* ======================================================================== */
+
+/** Number of parameters in the context, in creation order. */
+TG_API int tg_param_count(const tg_ctx *ctx);
+/** The i-th parameter (0-based), NULL if out of range. */
+TG_API tg_tensor *tg_param_at(const tg_ctx *ctx, int i);
+/** The parameter named @p name, NULL if there is none (not an error). */
+TG_API tg_tensor *tg_param_find(const tg_ctx *ctx, const char *name);
+
+/* ======================================================================== */
+/** @name Random numbers (seeded, deterministic, per context)               */
+/* ======================================================================== */
+
+TG_API uint64_t tg_rand_u64(tg_ctx *ctx);
+/** Uniform in [0, 1). */
+TG_API double tg_rand_uniform(tg_ctx *ctx);
+/** Standard normal. */
+TG_API double tg_rand_normal(tg_ctx *ctx);
+/** Uniform integer in [0, n). */
+TG_API uint64_t tg_rand_below(tg_ctx *ctx, uint64_t n);
+/** Fill a float tensor's data with U[lo, hi). */
+TG_API void tg_fill_uniform(tg_ctx *ctx, tg_tensor *t, double lo, double hi);
+/** Fill a float tensor's data with N(mean, std^2). */
+TG_API void tg_fill_normal(tg_ctx *ctx, tg_tensor *t, double mean, double std);
+/** Re-seed the context's generator. */
+TG_API void tg_seed(tg_ctx *ctx, uint64_t seed);
+
+/* ======================================================================== */
+/** @name Ops                                                               */
+/* Each op returns a new temporary (NULL on error) and records itself on the
+ * tape when grad mode is on and an input requires a gradient. Inputs must
+ * share one floating dtype. Local gradients: docs/ops.md.                   */
+/* ======================================================================== */
+
+/** C = A B, A [m,k], B [k,n] -> [m,n]. */
+TG_API tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
+/** x [m,n] + b [n] (b added to every row). */
+TG_API tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b);
+/** Elementwise with NumPy broadcasting. */
+TG_API tg_tensor *tg_add(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
+TG_API tg_tensor *tg_sub(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
+TG_API tg_tensor *tg_mul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
+TG_API tg_tensor *tg_div(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
+/** s * x. */
+TG_API tg_tensor *tg_scale(tg_ctx *ctx, tg_tensor *x, double s);
+TG_API tg_tensor *tg_neg(tg_ctx *ctx, tg_tensor *x);
+TG_API tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x);
+/** Natural log; log of a non-positive value gives -inf/NaN as in C. */
+TG_API tg_tensor *tg_log(tg_ctx *ctx, tg_tensor *x);
+/** x^p elementwise. */
+TG_API tg_tensor *tg_pow(tg_ctx *ctx, tg_tensor *x, double p);
+/** Sum of all elements -> 0-dimensional tensor. */
+TG_API tg_tensor *tg_sum(tg_ctx *ctx, tg_tensor *x);
+/** Mean of all elements -> 0-dimensional tensor. */
+TG_API tg_tensor *tg_mean(tg_ctx *ctx, tg_tensor *x);
+/** Sum over @p axis (negative counts from the end); keepdim keeps it as size 1. */
+TG_API tg_tensor *tg_sum_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim);
+/** 2-D transpose [m,n] -> [n,m] (a copy). */
+TG_API tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x);
+/** Same data, new shape (same numel); one entry may be -1 (inferred). */
+TG_API tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape);
+/** y = x (a copy; gradient passes through). */
+TG_API tg_tensor *tg_identity(tg_ctx *ctx, tg_tensor *x);
+/** 1 if x >= 0 else 0; its gradient is 0 everywhere (the perceptron's step). */
+TG_API tg_tensor *tg_step(tg_ctx *ctx, tg_tensor *x);
+/** 1 / (1 + exp(-x)), evaluated without overflow. */
+TG_API tg_tensor *tg_sigmoid(tg_ctx *ctx, tg_tensor *x);
+/** c / (1 + exp(-beta x)); c and beta one element each, learnable when they
+ *  require grad. */
+TG_API tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor *beta);
+TG_API tg_tensor *tg_tanh(tg_ctx *ctx, tg_tensor *x);
+/** max(x, 0); gradient 1 for x > 0, 0 otherwise. */
+TG_API tg_tensor *tg_relu(tg_ctx *ctx, tg_tensor *x);
+/** x if x > 0 else slope * x. */
+TG_API tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope);
+/** Softmax along the last axis (row maximum subtracted). */
+TG_API tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x);
+/** log(softmax(x)) along the last axis, computed stably. */
+TG_API tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x);
+
+/* ---- losses: mean over the batch, a one-element (0-dimensional) result -- */
+
+/** mean((pred - target)^2). The 1/(2N) convention: tg_scale(ctx, tg_mse(..), 0.5). */
+TG_API tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target);
+/** mean(|pred - target|); gradient sign(p - t), 0 at p == t. */
+TG_API tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target);
+/** Fused log-softmax + negative log-likelihood: logits [N,C]; target TG_I32 [N]
+ *  class indices in [0,C), or [N,C] probabilities (same dtype as logits).
+ *  Mean over N. Gradient wrt logits: (softmax - target) / N. */
+TG_API tg_tensor *tg_cross_entropy(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target);
+/** Binary cross-entropy on probabilities, mean over all elements. The
+ *  probabilities are clamped into [1e-7, 1 - 1e-7] (f32) or [1e-12, 1 - 1e-12]
+ *  (f64) before the log, so 0 and 1 give large finite losses, not inf. */
+TG_API tg_tensor *tg_bce(tg_ctx *ctx, tg_tensor *prob, tg_tensor *target);
+/** Binary cross-entropy on logits: mean of max(x,0) - x t + log(1 + exp(-|x|)). */
+TG_API tg_tensor *tg_bce_with_logits(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target);
+
+/* ---- fused layers ------------------------------------------------------ */
+
+/** Activation selector for fused and layer APIs. */
+typedef enum {
+    TG_ACT_NONE,
+    TG_ACT_RELU,
+    TG_ACT_TANH,
+    TG_ACT_SIGMOID,
+    TG_ACT_LEAKY_RELU, /* slope 0.01 */
+    TG_ACT_COUNT
+} tg_act;
+
+/** act(x W + b): x [m,in], W [in,out], b [out] or NULL. One node on the tape;
+ *  same values and gradients as tg_matmul, tg_add_bias and the activation. */
+TG_API tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_act act);
+/** Apply an activation by selector (TG_ACT_NONE returns x itself). */
+TG_API tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act);
+
+/* ======================================================================== */
+/** @name Backward and modes                                               */
+/* ======================================================================== */
+
+/** Backpropagate from @p loss (one element): seeds d loss/d loss = 1 and walks
+ *  the tape from loss's node down to the first, adding into every grad. */
+TG_API void tg_backward(tg_ctx *ctx, tg_tensor *loss);
+/** Every parameter's grad to 0 (and tg_grad() to NULL again). */
+TG_API void tg_zero_grad(tg_ctx *ctx);
+/** Drop the tape and all temporaries; keeps the memory for the next step. */
+TG_API void tg_reset(tg_ctx *ctx);
+/** on = 1: stop recording (inference); on = 0: record. Returns the previous
+ *  setting of "no grad" (1 if recording was off). */
+TG_API int tg_no_grad(tg_ctx *ctx, int on);
+
+/** Number of nodes on the tape. */
+TG_API int64_t tg_tape_len(const tg_ctx *ctx);
+/** Print the tape, one node a line (op, input and output shapes), to @p f. */
+TG_API void tg_tape_print(const tg_ctx *ctx, FILE *f);
+
+/** Memory figures of a context. */
+typedef struct {
+    size_t arena_capacity;   /**< bytes reserved by the arena */
+    size_t arena_used;       /**< bytes in use now */
+    size_t arena_peak;       /**< most bytes ever in use */
+    size_t arena_chunks;     /**< chunks the arena holds */
+    uint64_t arena_grows;    /**< times the arena asked the allocator for memory */
+    size_t param_bytes;      /**< data + grad of every parameter */
+    int64_t tape_capacity;   /**< nodes the tape can hold without growing */
+} tg_mem_stats;
+TG_API void tg_mem_stats_get(const tg_ctx *ctx, tg_mem_stats *out);
+
+/** Threads used by GEMM and large elementwise kernels (default: the cores
+ *  available). Results are bit-identical whatever the count. Returns 0. */
+TG_API int tg_set_threads(tg_ctx *ctx, int n);
+TG_API int tg_get_threads(const tg_ctx *ctx);
+
+/* ======================================================================== */
+/** @name Custom ops                                                        */
+/* A user op is defined exactly as the built-in ones are: a tg_op with a
+ * forward and a backward, applied with tg_apply. See docs/guide.md and
+ * examples/custom_op.c.                                                      */
+/* ======================================================================== */
+
+/** One application of an op: what forward and backward see. It is also the
+ *  tape node. */
+typedef struct tg_op_call {
+    const struct tg_op *op;
+    tg_ctx *ctx;
+    tg_tensor *out;                  /**< the output (data allocated before forward) */
+    tg_tensor *in[TG_MAX_INPUTS];    /**< the inputs */
+    int n_in;
+    const void *attr;                /**< copy of the attributes given to tg_apply */
+    void *saved;                     /**< forward may point this at tg_scratch memory */
+} tg_op_call;
+
+typedef struct tg_op {
+    const char *name;
+    /** Compute call->out's data from the inputs. Return 0, or report with
+     *  tg_set_error and return -1. */
+    int (*forward)(tg_op_call *call);
+    /** Add (never assign) d loss/d in[i] into tg_grad_acc(call->in[i]) for each
+     *  input with tg_requires_grad(call->in[i]); tg_grad(call->out) is d loss/d out.
+     *  NULL: the op has no gradient (like tg_step). */
+    void (*backward)(tg_op_call *call);
+} tg_op;
+
+/** Apply @p op to @p n inputs: checks them (non-NULL, same context), makes the
+ *  output (zeros, dtype @p dt, shape @p ndim/@p shape), copies @p attr_size
+ *  bytes of @p attr, runs forward, and records the call when a gradient is
+ *  needed. Returns the output or NULL. */
+TG_API tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int n,
+                           tg_dtype dt, int ndim, const int64_t *shape,
+                           const void *attr, size_t attr_size);
+/** Inside backward: the gradient buffer of @p t, allocated and zeroed on first
+ *  use; add into it. */
+TG_API void *tg_grad_acc(tg_tensor *t);
+/** Arena memory (64-byte aligned, uninitialised) living until tg_reset; for
+ *  what forward saves for backward. NULL on out of memory (error recorded). */
+TG_API void *tg_scratch(tg_ctx *ctx, size_t bytes);
+
+/* ======================================================================== */
+/** @name Gradient checking                                                 */
+/* ======================================================================== */
+
+/** A function of tensors to check: builds its output from inputs with ops. */
+typedef tg_tensor *(*tg_fn)(tg_ctx *ctx, tg_tensor *const *inputs, void *user);
+/** Finite-difference step and tolerances; 0 -> 1e-6, 1e-5, 1e-3. */
+typedef struct { double eps, atol, rtol; } tg_gradcheck_opts;
+/** Compare fn's analytic gradients with central differences, for every element
+ *  of every input (TG_F64 inputs) and, when the output has several elements,
+ *  for every output element (the full Jacobian). Passes when
+ *  |analytic - numeric| <= atol + rtol * |numeric| everywhere. Returns 1 on
+ *  pass; 0 on failure, the reason (input, element, analytic, numeric) in
+ *  tg_errmsg. Inputs may be temporaries or parameters; they, their grads and
+ *  the tape recorded before the call are as they were afterwards. */
+TG_API int tg_gradcheck(tg_ctx *ctx, tg_fn fn, void *user, tg_tensor *const *inputs, int n,
+                        const tg_gradcheck_opts *opts);
+
+/* ======================================================================== */
+/** @name Checkpoints                                                       */
+/* ======================================================================== */
+
+/** Save every parameter, by name, as a safetensors file, atomically (temporary
+ *  file, fsync, rename). 0 ok, -1 error (recorded). */
+TG_API int tg_save(tg_ctx *ctx, const char *path);
+/** Load every parameter by name; all or nothing (validated before any
+ *  parameter is touched). 0 ok, -1 error (recorded, parameters unchanged). */
+TG_API int tg_load(tg_ctx *ctx, const char *path);
+
+/* ==== SECTION: checkpoint extras (owned by io) ==== */
+/* File layout, validation and reading from Python: docs/checkpoints.md.
+ * Like every function, these do nothing and return -1 (or NULL) while an
+ * error is recorded in the context: tg_clear_error() first. */
+
+/** As tg_save, and also store @p n extra string metadata entries
+ *  (keys[i] = values[i], UTF-8, copied into the file's "__metadata__"), e.g.
+ *  the network's architecture. Keys must be non-empty and distinct; "format"
+ *  and keys starting with "tapegrad." are reserved (tapegrad writes them).
+ *  @p keys and @p values may be NULL when @p n is 0. 0 ok, -1 error (recorded;
+ *  a previous file at @p path is left intact). */
+TG_API int tg_save_meta(tg_ctx *ctx, const char *path, const char *const *keys,
+                        const char *const *values, int n);
+
+/** Flags of tg_load_ex (tg_load uses 0: strict). */
+enum {
+    TG_LOAD_ALLOW_MISSING = 1, /**< parameters absent from the file keep their values */
+    TG_LOAD_ALLOW_EXTRA = 2    /**< tensors of the file that are not parameters are
+                                    ignored (they are still validated) */
+};
+
+/** As tg_load, with @p flags (TG_LOAD_ALLOW_MISSING | TG_LOAD_ALLOW_EXTRA, or
+ *  0). A tensor whose name matches a parameter must still match its dtype and
+ *  shape. All or nothing: 0 ok, -1 error (recorded, parameters unchanged). */
+TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
+
+/** The value of metadata @p key in the checkpoint at @p path ("format",
+ *  "tapegrad.xxh3", or a key given to tg_save_meta). The header is read and
+ *  validated as tg_load does (not the data checksum; no parameter is touched).
+ *  Returns a malloc'd copy that the caller releases with free() (it does not
+ *  come from the context's allocator); NULL if the key is absent (no error
+ *  recorded: tg_ok stays 1) or on error (recorded). */
+TG_API char *tg_checkpoint_meta(tg_ctx *ctx, const char *path, const char *key);
+/* ==== END SECTION: checkpoint extras ==== */
+
+/* ==== SECTION: nn and optim (owned by nn) ==== */
+
+/* ======================================================================== */
+/** @name Initialisation                                                    */
+/* Formulas as torch.nn.init (docs/nn.md). Random draws come from the
+ * context's seeded generator, so a seed gives the same weights every run.   */
+/* ======================================================================== */
+
+/** Weight initialisation schemes. */
+typedef enum {
+    TG_INIT_ZEROS,           /**< all 0 */
+    TG_INIT_XAVIER_UNIFORM,  /**< U(-a, a), a = gain sqrt(6 / (fan_in + fan_out)) */
+    TG_INIT_XAVIER_NORMAL,   /**< N(0, s^2), s = gain sqrt(2 / (fan_in + fan_out)) */
+    TG_INIT_HE_UNIFORM,      /**< U(-a, a), a = gain sqrt(3 / fan_in) (kaiming_uniform_) */
+    TG_INIT_HE_NORMAL,       /**< N(0, s^2), s = gain / sqrt(fan_in) (kaiming_normal_) */
+    TG_INIT_COUNT
+} tg_init;
+
+/** Fill float tensor @p w's data (no op recorded) by scheme @p kind with
+ *  fan-in @p fan_in and fan-out @p fan_out (both > 0; for a weight [in,out]
+ *  they are in and out). @p gain 0 picks the scheme's default: 1 for Xavier,
+ *  sqrt(2) (ReLU) for He; otherwise it must be positive and finite. Ignored
+ *  for TG_INIT_ZEROS. Returns 0, or -1 with the error recorded in @p ctx. */
+TG_API int tg_init_tensor(tg_ctx *ctx, tg_tensor *w, tg_init kind, int64_t fan_in,
+                          int64_t fan_out, double gain);
+/** The recommended gain for an activation, as torch.nn.init.calculate_gain:
+ *  1 for none and sigmoid, 5/3 for tanh, sqrt(2) for relu,
+ *  sqrt(2 / (1 + 0.01^2)) for leaky relu (slope 0.01). NaN for an unknown act. */
+TG_API double tg_init_gain(tg_act act);
+/** "zeros", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal";
+ *  "?" for an unknown value. A static string. */
+TG_API const char *tg_init_name(tg_init kind);
+
+/* ======================================================================== */
+/** @name Layers                                                            */
+/* Layers are thin: their forward is made of ops, their backward comes from
+ * the tape. The structs are plain values the caller owns (on the stack or
+ * inside its own structs); the tensors they point at are parameters owned by
+ * the context and live until tg_ctx_free. There is nothing to free.          */
+/* ======================================================================== */
+
+/** A dense (fully connected) layer: y = act(x W + b). */
+typedef struct {
+    tg_tensor *weight;   /**< [in,out] parameter "<name>.weight", owned by the ctx */
+    tg_tensor *bias;     /**< [out] parameter "<name>.bias", owned by the ctx */
+    int64_t in, out;
+} tg_dense;
+
+/** Create the parameters of @p d: "<name>.weight" [in,out] initialised by
+ *  @p init (gain 0: the scheme's default, see tg_init_tensor), and
+ *  "<name>.bias" [out] set to zeros (tapegrad's choice; PyTorch's nn.Linear
+ *  draws the bias from U(-1/sqrt(in), 1/sqrt(in)) instead). @p name NULL:
+ *  the parameters get automatic names ("param<i>"). @p dt is TG_F32 or
+ *  TG_F64. Returns 0, or -1 with the error recorded (then @p d is zeroed; a
+ *  weight already created stays in the context). */
+TG_API int tg_dense_init(tg_ctx *ctx, tg_dense *d, const char *name, int64_t in,
+                         int64_t out, tg_dtype dt, tg_init init);
+/** act(x W + b) for x [m,in] -> [m,out], one tg_linear node on the tape.
+ *  Returns a temporary (lives until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_dense_forward(tg_ctx *ctx, const tg_dense *d, tg_tensor *x, tg_act act);
+
+#define TG_MLP_MAX_LAYERS 16 /**< most dense layers in a tg_mlp */
+
+/** A multilayer perceptron: dense layers with @c act between them and no
+ *  activation after the last (the forward pass returns logits). */
+typedef struct {
+    int n_layers;
+    tg_dense layer[TG_MLP_MAX_LAYERS];
+    tg_act act;          /**< activation of the hidden layers */
+} tg_mlp;
+
+/** Create an MLP with widths[0] inputs, widths[n_widths-1] outputs and
+ *  n_widths - 1 dense layers (1 to TG_MLP_MAX_LAYERS) named "<prefix>1",
+ *  "<prefix>2", ... (@p prefix NULL: "fc"), so the parameters are
+ *  "fc1.weight", "fc1.bias", "fc2.weight", ... Weights are initialised from
+ *  @p act with its tg_init_gain: He uniform for relu and leaky relu, Xavier
+ *  uniform for tanh, sigmoid and none; biases are zeros. Returns 0, or -1
+ *  with the error recorded (then @p m is zeroed; layers created before the
+ *  failure stay in the context). */
+TG_API int tg_mlp_init(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
+                       const int64_t *widths, tg_act act, tg_dtype dt);
+/** As tg_mlp_init, with every weight initialised by @p init (gain: the
+ *  scheme's default) instead of the choice made from @p act. */
+TG_API int tg_mlp_init_ex(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
+                          const int64_t *widths, tg_act act, tg_dtype dt, tg_init init);
+/** x [m,widths[0]] -> logits [m,widths[last]]: each layer's tg_dense_forward,
+ *  with m->act on the hidden layers and none on the last. Returns a temporary
+ *  (lives until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x);
+/** Write the MLP's parameters (weight then bias, layer by layer: 2 n_layers
+ *  of them) into @p out, which has room for @p cap. Returns the number of
+ *  parameters (also when it exceeds cap: then only cap are written), -1 if
+ *  @p m is NULL. The tensors are owned by the context. */
+TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
+
+/* ======================================================================== */
+/** @name Optimisers                                                        */
+/* PyTorch's update rules and defaults (torch.optim, version 1.13), written
+ * out in docs/optim.md. The state (moment buffers) is allocated once, when
+ * the optimiser is made, through the context's allocator: a step never
+ * allocates. A parameter whose gradient is NULL (none reached it since
+ * tg_zero_grad) is skipped, and its state does not advance.                 */
+/* ======================================================================== */
+
+typedef enum { TG_OPT_SGD, TG_OPT_RMSPROP, TG_OPT_ADAM, TG_OPT_ADAMW, TG_OPT_COUNT } tg_opt_kind;
+
+/** Hyper-parameters; a field the kind does not use is ignored. Start from
+ *  tg_optim_defaults(kind) and change what you need. */
+typedef struct {
+    tg_opt_kind kind;
+    double lr;           /**< learning rate, >= 0 */
+    double momentum;     /**< SGD, RMSprop: >= 0 */
+    double dampening;    /**< SGD */
+    double weight_decay; /**< >= 0; L2 added to the gradient, AdamW: decoupled */
+    double alpha;        /**< RMSprop: smoothing constant, >= 0 */
+    double eps;          /**< RMSprop, Adam, AdamW: >= 0 */
+    double beta1, beta2; /**< Adam, AdamW: in [0, 1) */
+    int nesterov;        /**< SGD: needs momentum > 0 and dampening 0 */
+    int centered;        /**< RMSprop */
+    int amsgrad;         /**< Adam, AdamW */
+} tg_optim_opts;
+
+/** PyTorch's defaults for @p kind; the fields it does not use are 0.
+ *  SGD: lr 0.01 (PyTorch has no default lr for SGD; tapegrad picks 0.01),
+ *  momentum 0, dampening 0, weight_decay 0, nesterov 0.
+ *  RMSprop: lr 0.01, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0, centered 0.
+ *  Adam: lr 0.001, betas 0.9 and 0.999, eps 1e-8, weight_decay 0, amsgrad 0.
+ *  AdamW: as Adam with weight_decay 0.01.
+ *  An unknown kind gives all zeros with that kind (tg_optim_new rejects it). */
+TG_API tg_optim_opts tg_optim_defaults(tg_opt_kind kind);
+/** "sgd", "rmsprop", "adam", "adamw"; "?" for an unknown value. */
+TG_API const char *tg_optim_kind_name(tg_opt_kind kind);
+
+/** An optimiser: options, its parameter list and their state. */
+typedef struct tg_optim tg_optim;
+
+/** Make an optimiser over @p n parameters @p params (made by tg_param, of
+ *  this context, no duplicates), or, with @p params NULL and @p n 0, over every
+ *  parameter the context has now (parameters created later are not
+ *  included). Options are checked (kind known; lr, momentum, weight_decay,
+ *  alpha, eps >= 0; betas in [0,1); nesterov only with momentum > 0 and
+ *  dampening 0) and copied. Returns the optimiser, owned by the caller: free
+ *  it with tg_optim_free before tg_ctx_free. NULL on error (recorded). */
+TG_API tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *params,
+                              int n);
+/** One update of every parameter that has a gradient, from its gradient.
+ *  Never allocates. Returns 0; -1 if @p opt is NULL or an error is already
+ *  recorded in the context (then nothing is updated). */
+TG_API int tg_optim_step(tg_optim *opt);
+/** Set the learning rate (e.g. from a tg_sched). A negative or NaN @p lr is
+ *  an error (recorded) and keeps the old one. */
+TG_API void tg_optim_set_lr(tg_optim *opt, double lr);
+/** The current learning rate; NaN if @p opt is NULL. */
+TG_API double tg_optim_get_lr(const tg_optim *opt);
+/** Number of tg_optim_step calls that succeeded so far. -1 if @p opt is NULL. */
+TG_API int64_t tg_optim_step_count(const tg_optim *opt);
+/** The options in use (lr as last set); NULL if @p opt is NULL. Owned by
+ *  the optimiser. */
+TG_API const tg_optim_opts *tg_optim_opts_of(const tg_optim *opt);
+/** Free the optimiser and its state (through the context's allocator, so
+ *  before tg_ctx_free). NULL is fine. */
+TG_API void tg_optim_free(tg_optim *opt);
+
+/** Plain gradient descent, p -= lr * grad, on every parameter of the context
+ *  that has a gradient. Returns 0, or -1 (error recorded; lr < 0 or NaN). */
+TG_API int tg_sgd_step(tg_ctx *ctx, double lr);
+
+/** Clip gradients by their global L2 norm, as torch.nn.utils.clip_grad_norm_:
+ *  norm = sqrt(sum over all elements of all gradients of g^2); if
+ *  max_norm / (norm + 1e-6) < 1, every gradient is multiplied by it.
+ *  Parameters without a gradient are left out. @p params NULL and @p n 0:
+ *  every parameter of the context. @p max_norm must be >= 0 and finite.
+ *  Returns the norm before clipping (0 when no gradient exists); when it is
+ *  not finite, the gradients are left untouched (PyTorch would scale them
+ *  by 0 or NaN). Returns -1 on error (recorded). */
+TG_API double tg_clip_grad_norm(tg_ctx *ctx, tg_tensor *const *params, int n, double max_norm);
+
+/* ======================================================================== */
+/** @name Learning-rate schedules                                           */
+/* ======================================================================== */
+
+typedef enum {
+    TG_SCHED_CONSTANT,    /**< base_lr */
+    TG_SCHED_STEP,        /**< base_lr gamma^floor(s / step_size) (StepLR) */
+    TG_SCHED_EXPONENTIAL, /**< base_lr gamma^s (ExponentialLR) */
+    TG_SCHED_COSINE,      /**< min_lr + (base_lr - min_lr)(1 + cos(pi s / T)) / 2,
+                               T = total_steps - warmup_steps (CosineAnnealingLR);
+                               min_lr for s >= T */
+    TG_SCHED_COUNT
+} tg_sched_kind;
+
+/** A learning-rate schedule: a plain value, filled by the caller.
+ *  With warmup_steps W > 0, steps 0 .. W-1 give base_lr (step+1) / W (a
+ *  linear warm-up reaching base_lr at step W-1), and step >= W gives the
+ *  schedule of @c kind at s = step - W. Without warm-up, s = step. */
+typedef struct {
+    tg_sched_kind kind;
+    double base_lr;      /**< >= 0 */
+    double gamma;        /**< STEP, EXPONENTIAL: decay factor, >= 0 */
+    double min_lr;       /**< COSINE: eta_min, in [0, base_lr] */
+    int64_t step_size;   /**< STEP: > 0 */
+    int64_t total_steps; /**< COSINE: > warmup_steps (the warm-up included) */
+    int64_t warmup_steps;/**< >= 0 */
+} tg_sched;
+
+/** The learning rate at @p step (0-based: the lr for the step-th update).
+ *  NaN if @p s is NULL or invalid (see tg_sched_check) or @p step < 0. */
+TG_API double tg_sched_lr(const tg_sched *s, int64_t step);
+/** 0 if @p s is a valid schedule, else -1 with the reason recorded in @p ctx. */
+TG_API int tg_sched_check(tg_ctx *ctx, const tg_sched *s);
+
+/* ==== END SECTION: nn and optim ==== */
+
+/* ==== SECTION: data and metrics (owned by data) ==== */
+
+/* ---- datasets (src/data.c) --------------------------------------------- */
+
+/** A dataset in memory: n samples of n_features floats, with class labels or
+ *  regression targets (or neither).
+ *
+ *  Ownership: made by tg_dataset_new, the loaders, tg_dataset_subset and
+ *  tg_dataset_split; freed with tg_dataset_free (never free()). Its memory
+ *  comes from the context's allocator, so a dataset must be freed BEFORE the
+ *  context it was made with. It is not a tensor and does not die at tg_reset;
+ *  batches are copied out of it into temporaries (tg_dataset_batch,
+ *  tg_batcher_next). Fields may be read and written freely (lowering @c n
+ *  keeps the first samples); the two private fields must not be touched.
+ *  (owned by data) */
+typedef struct tg_dataset {
+    int64_t n;              /**< number of samples */
+    int64_t n_features;     /**< floats per sample (the flattened sample shape) */
+    float *x;               /**< [n, n_features], row-major */
+    int32_t *labels;        /**< [n] class indices in [0, n_classes), or NULL */
+    float *targets;         /**< [n, n_targets] regression targets, or NULL */
+    int64_t n_targets;      /**< 0 unless targets */
+    int n_classes;          /**< max label + 1 (loaders); 0 without labels */
+    int sample_ndim;        /**< shape of one sample before flattening: */
+    int64_t sample_shape[3];/**< IDX images [rows, cols]; otherwise [n_features] */
+    tg_ctx *owner_;         /**< private: the context whose allocator holds it */
+    size_t bytes_;          /**< private: size of the block */
+} tg_dataset;
+
+/** A dataset of @p n samples (n >= 0) of @p n_features (>= 1) zeros. With
+ *  @p n_targets == 0 it has labels (zeros; set them and n_classes yourself),
+ *  with n_targets > 0 it has [n, n_targets] float targets, with n_targets < 0
+ *  neither. NULL on error. Free with tg_dataset_free. (owned by data) */
+TG_API tg_dataset *tg_dataset_new(tg_ctx *ctx, int64_t n, int64_t n_features,
+                                  int64_t n_targets);
+/** Free a dataset (NULL is fine). Must be called before tg_ctx_free of the
+ *  context that made it. (owned by data) */
+TG_API void tg_dataset_free(tg_dataset *ds);
+/** A new dataset holding copies of samples idx[0..m) of @p ds (any order,
+ *  repeats allowed; each index in [0, ds->n)). Free with tg_dataset_free.
+ *  (owned by data) */
+TG_API tg_dataset *tg_dataset_subset(tg_ctx *ctx, const tg_dataset *ds, const int64_t *idx,
+                                     int64_t m);
+/** Copy samples idx[0..m) of @p ds into temporaries (live until tg_reset):
+ *  *x is [m, n_features] of dtype @p x_dtype (TG_F32 or TG_F64); *y is TG_I32
+ *  [m] labels, or [m, n_targets] targets of dtype x_dtype, or NULL when the
+ *  dataset has neither (@p y may be NULL to skip it). 0 ok, -1 error.
+ *  (owned by data) */
+TG_API int tg_dataset_batch(tg_ctx *ctx, const tg_dataset *ds, const int64_t *idx, int64_t m,
+                            tg_dtype x_dtype, tg_tensor **x, tg_tensor **y);
+/** Random split into two new datasets (free both with tg_dataset_free):
+ *  round(n * test_fraction) samples go to *test (at least 1 and at most n-1),
+ *  the rest to *train; each part keeps the original order of its samples.
+ *  test_fraction <= 0 means 0.2; it must be < 1. Drawn from the context's
+ *  generator, so the same seed gives the same split. Needs n >= 2. 0 ok,
+ *  -1 error (*train and *test set to NULL). (owned by data) */
+TG_API int tg_dataset_split(tg_ctx *ctx, const tg_dataset *ds, double test_fraction,
+                            tg_dataset **train, tg_dataset **test);
+
+/** Permute idx[0..n) in place with Fisher-Yates, drawing from the context's
+ *  generator (tg_rand_below): the same seed gives the same permutation. Fill
+ *  idx with 0..n-1 first for a random permutation of the samples.
+ *  (owned by data) */
+TG_API void tg_shuffle_indices(tg_ctx *ctx, int64_t *idx, int64_t n);
+
+/* ---- loaders (src/idx.c, src/csv.c) ------------------------------------ */
+
+/** Load an IDX pair (the MNIST format), each file gzip'd or not (detected by
+ *  its content). @p images_path: magic 0x0000 08 dd (u8; also i8 09, i16 0B,
+ *  i32 0C, f32 0D, f64 0E), dd = 1 to 4 dimensions, big-endian u32 sizes
+ *  [n, ...]. u8 values are scaled to [0,1] (byte / 255); other types are
+ *  converted unscaled. @p labels_path (may be NULL: no labels): 1-dimensional,
+ *  integer type, values >= 0; n_classes = max + 1. Malformed files (bad magic,
+ *  truncated, trailing bytes, size overflow, image/label count mismatch) are
+ *  rejected with the file name and the byte offset (in the uncompressed
+ *  stream) in the message. Free with tg_dataset_free. (owned by data) */
+TG_API tg_dataset *tg_load_idx(tg_ctx *ctx, const char *images_path, const char *labels_path);
+/** tg_load_idx on the standard MNIST / Fashion-MNIST names in @p dir:
+ *  @p split "train" -> train-images-idx3-ubyte[.gz] and
+ *  train-labels-idx1-ubyte[.gz]; "test" (or "t10k") -> t10k-...; also the
+ *  "train-images.idx3-ubyte" spelling. (owned by data) */
+TG_API tg_dataset *tg_load_idx_dir(tg_ctx *ctx, const char *dir, const char *split);
+
+/** What the y columns of a CSV file are. (owned by data) */
+typedef enum {
+    TG_CSV_Y_LABELS,   /**< one column of class labels (non-negative integers) */
+    TG_CSV_Y_TARGETS,  /**< n_y columns of float regression targets */
+    TG_CSV_Y_NONE      /**< every column is a feature */
+} tg_csv_y;
+/** Header handling of tg_load_csv. (owned by data) */
+typedef enum {
+    TG_CSV_HEADER_AUTO, /**< the first line is a header if a field is not a number */
+    TG_CSV_HEADER_YES,
+    TG_CSV_HEADER_NO
+} tg_csv_header;
+/** Options of tg_load_csv. Start from tg_csv_defaults() and change fields:
+ *  a zeroed struct means "labels in column 0". (owned by data) */
+typedef struct {
+    char delimiter;        /**< field separator, default ',' (0 means ',') */
+    tg_csv_header header;  /**< default TG_CSV_HEADER_AUTO */
+    tg_csv_y y_kind;       /**< default TG_CSV_Y_LABELS */
+    const char *y_name;    /**< the (first) y column by header name; overrides y_col */
+    int y_col;             /**< the (first) y column by index, negative counts from
+                                the end; default -1 (the last column) */
+    int n_y;               /**< TG_CSV_Y_TARGETS: number of consecutive target
+                                columns from the first one; default 1 */
+} tg_csv_opts;
+/** Defaults: ',', header auto-detected, class labels in the last column.
+ *  (owned by data) */
+TG_API tg_csv_opts tg_csv_defaults(void);
+/** Load a numeric CSV file (opts NULL = tg_csv_defaults()). Fields may be
+ *  surrounded by spaces and by double quotes; CRLF line ends, a UTF-8 BOM and
+ *  blank lines are accepted. Every other column is a feature, in file order.
+ *  Rows with the wrong number of fields, empty, non-numeric or non-finite
+ *  fields, and labels that are not non-negative integers are rejected with a
+ *  "tg_load_csv: path:line: ..." message. Numbers are read with strtod (the C
+ *  locale's '.' decimal point). Free with tg_dataset_free. (owned by data) */
+TG_API tg_dataset *tg_load_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *opts);
+
+/* ---- batches (src/data.c) ---------------------------------------------- */
+
+/** Flags of tg_batcher_init. (owned by data) */
+enum {
+    TG_BATCH_SHUFFLE = 1,   /**< a new permutation every epoch */
+    TG_BATCH_DROP_LAST = 2, /**< skip the last batch when it is smaller */
+    TG_BATCH_F64 = 4        /**< x (and float targets) as TG_F64 instead of TG_F32 */
+};
+/** Iterates over a dataset in mini-batches, epoch after epoch. Fields are
+ *  read-only for the user (epoch, n_batches are useful). (owned by data) */
+typedef struct {
+    tg_ctx *ctx;
+    const tg_dataset *ds;
+    int64_t batch_size;
+    int flags;
+    int64_t *order;     /**< [ds->n] sample order of this epoch (ctx allocator) */
+    int64_t pos;        /**< next position in order */
+    int64_t n_batches;  /**< batches per epoch */
+    int64_t batch;      /**< batches produced in this epoch */
+    int64_t epoch;      /**< epochs completed */
+    int fresh;          /**< the next call starts an epoch */
+} tg_batcher;
+/** Prepare @p b to iterate over @p ds (which must outlive it) in batches of
+ *  @p batch_size (>= 1) samples; @p flags: TG_BATCH_* or'ed (1 = shuffle).
+ *  Allocates the order array once; free with tg_batcher_free. 0 ok, -1 error.
+ *  (owned by data) */
+TG_API int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds,
+                           int64_t batch_size, int flags);
+/** The next batch of this epoch as temporaries (see tg_dataset_batch; they
+ *  die at tg_reset, nothing is allocated on the heap): returns 1 and sets *x,
+ *  *y; returns 0 at the end of the epoch (the next call starts a new epoch,
+ *  reshuffled when shuffling); -1 on error. The last batch of an epoch is
+ *  smaller when batch_size does not divide n, unless TG_BATCH_DROP_LAST.
+ *  (owned by data) */
+TG_API int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y);
+/** Free the order array (b may be zeroed or already freed). (owned by data) */
+TG_API void tg_batcher_free(tg_batcher *b);
+
+/* ---- standardisation (src/data.c) -------------------------------------- */
+
+/** Per-feature standardisation x' = (x - mean) / std. (owned by data) */
+typedef struct {
+    int64_t n_features;
+    float *mean;        /**< [n_features] */
+    float *std;         /**< [n_features]; 1 for constant features */
+    tg_ctx *owner_;     /**< private: the allocator of mean and std */
+} tg_scaler;
+/** Fit @p s on @p train (the training part only): mean and population
+ *  standard deviation of every feature, computed in double. A feature whose
+ *  std is 0 (or below 1e-8 |mean|) gets std 1, so it is only centred.
+ *  Free with tg_scaler_free, before the context. 0 ok, -1 error.
+ *  (owned by data) */
+TG_API int tg_scaler_fit(tg_ctx *ctx, tg_scaler *s, const tg_dataset *train);
+/** Standardise @p ds's features in place with @p s's statistics. 0 ok; -1
+ *  if the feature counts differ (error recorded in s's context).
+ *  (owned by data) */
+TG_API int tg_scaler_apply(const tg_scaler *s, tg_dataset *ds);
+/** Free mean and std (s may be zeroed or already freed). (owned by data) */
+TG_API void tg_scaler_free(tg_scaler *s);
+
+/* ---- metrics (src/metrics.c) ------------------------------------------- */
+
+/** Fraction of correct predictions, in [0,1]. @p pred: [N,C] scores (logits or
+ *  probabilities; the class is the argmax, the first on ties), or [N] / [N,1]
+ *  probabilities of class 1 (class 1 when >= 0.5). @p labels: TG_I32 [N]
+ *  classes, float [N] / [N,1] 0-or-1 targets, or float [N,C] one-hot /
+ *  probability rows (argmax). NaN on error (recorded in pred's context).
+ *  (owned by data) */
+TG_API double tg_accuracy(const tg_tensor *pred, const tg_tensor *labels);
+/** As tg_accuracy for binary predictions [N] / [N,1] with a threshold of your
+ *  choice (0 for logits, 0.5 for probabilities). (owned by data) */
+TG_API double tg_binary_accuracy(const tg_tensor *pred, const tg_tensor *labels,
+                                 double threshold);
+/** Add counts to a confusion matrix: matrix[t * n_classes + p] += 1 for each
+ *  sample of true class t predicted as p (rows are true classes). pred and
+ *  labels as in tg_accuracy ([N] probabilities need n_classes == 2). Classes
+ *  outside [0, n_classes) are an error. 0 ok, -1 error. (owned by data) */
+TG_API int tg_confusion(tg_ctx *ctx, const tg_tensor *pred, const tg_tensor *labels,
+                        int n_classes, int64_t *matrix);
+/** Print a confusion matrix as a table (rows: true class) with each class's
+ *  recall, to @p f. (owned by data) */
+TG_API void tg_confusion_print(FILE *f, const int64_t *matrix, int n_classes);
+
+/** A running mean, e.g. of batch losses over an epoch. Zero-initialise it.
+ *  (owned by data) */
+typedef struct { double sum; int64_t n; } tg_mean_meter;
+/** Add @p value with weight @p count (a batch's mean loss and its size, so
+ *  a smaller last batch weighs less); count <= 0 counts as 1. (owned by data) */
+TG_API void tg_mean_meter_add(tg_mean_meter *m, double value, int64_t count);
+/** The weighted mean so far; NaN before anything was added. (owned by data) */
+TG_API double tg_mean_meter_mean(const tg_mean_meter *m);
+TG_API void tg_mean_meter_reset(tg_mean_meter *m);
+
+/* ---- progress line (src/progress.c) ------------------------------------ */
+
+/** A training progress display. On a terminal: one line redrawn in place
+ *  ("epoch 2/10  batch 120/469  loss 0.4312  9821 samples/s  ETA 1m12s"),
+ *  at most ~10 times a second. Otherwise (a file, a pipe, CI): only one plain
+ *  line per epoch. Zero-initialise, or just call tg_progress_begin.
+ *  (owned by data) */
+typedef struct {
+    FILE *out;
+    int tty;
+    int64_t epochs, batches;    /**< totals (0 = unknown) */
+    int64_t epoch;              /**< epochs ended so far */
+    int64_t batch;              /**< batches done in this epoch */
+    int64_t samples;            /**< samples done in this epoch */
+    int64_t batches_done;       /**< batches done since begin */
+    tg_mean_meter loss;         /**< this epoch's loss */
+    double t_begin, t_epoch, t_drawn, t_last; /**< times (monotonic seconds) */
+    int drawn;                  /**< a line is on the terminal */
+} tg_progress;
+/** Start: @p out is the stream (NULL = stderr); @p epochs and
+ *  @p batches_per_epoch are the totals shown (0 = unknown).
+ *  (owned by data) */
+TG_API void tg_progress_begin(tg_progress *p, FILE *out, int64_t epochs,
+                              int64_t batches_per_epoch);
+/** One batch of @p batch_samples samples is done with mean loss @p loss. */
+TG_API void tg_progress_update(tg_progress *p, int64_t batch_samples, double loss);
+/** End the epoch: prints "epoch e/E  loss L  N samples/s  T s" and, when
+ *  @p fmt is not NULL, two spaces and the formatted text (e.g. "test acc
+ *  %.4f"), then a newline. Returns the epoch's mean loss. (owned by data) */
+TG_API double tg_progress_end_epoch(tg_progress *p, const char *fmt, ...) TG_PRINTF(2, 3);
+
+/* ==== END SECTION: data and metrics ==== */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TAPEGRAD_H */

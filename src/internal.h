@@ -1,0 +1,191 @@
+/* internal.h: what the engine's files share. Not installed; every symbol here
+ * is hidden from the shared library (built with -fvisibility=hidden). Internal
+ * cross-file names carry the tgi_ prefix. */
+#ifndef TG_INTERNAL_H
+#define TG_INTERNAL_H
+
+#include "tapegrad.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "gemm.h"
+
+#define TG_ALIGN 64
+
+/* tensor flags */
+enum {
+    TGI_REQ_GRAD = 1u << 0, /* gradients flow into this tensor */
+    TGI_PARAM = 1u << 1,    /* owned by the ctx until tg_ctx_free */
+    TGI_LEAF = 1u << 2,     /* made by tg_new/tg_from/tg_param, not by an op */
+};
+
+struct tg_tensor {
+    void *data;
+    void *grad;          /* NULL until a gradient reaches the tensor */
+    tg_ctx *ctx;
+    int64_t numel;
+    int64_t shape[TG_MAX_DIMS];
+    int ndim;
+    tg_dtype dtype;
+    uint32_t flags;
+    int64_t node;        /* index of the producing tape node, -1 for leaves */
+    void *grad_store;    /* parameters: grad storage reserved at creation */
+    const char *name;    /* parameters: owned copy; temporaries: "" */
+};
+
+/* arena: a list of chunks, bump allocation, rewound by tg_reset */
+typedef struct tgi_chunk {
+    struct tgi_chunk *next;
+    size_t size;         /* usable bytes after the header */
+    size_t used;
+    unsigned char *base; /* 64-byte aligned start */
+} tgi_chunk;
+
+typedef struct {
+    tgi_chunk *head, *cur;
+    size_t capacity, used_before_cur, peak, chunks;
+    uint64_t grows;
+} tgi_arena;
+
+typedef struct { tgi_chunk *cur; size_t used, used_before_cur; } tgi_arena_mark;
+
+#define TGI_PI 3.14159265358979323846
+
+/* Inline attribute storage for built-in ops: 8 words per node. */
+#define TGI_ATTR_WORDS 8
+typedef union { double f[TGI_ATTR_WORDS]; int64_t i[TGI_ATTR_WORDS]; } tgi_attr;
+
+/* A tape node: the op call (what forward/backward see) and its attributes. */
+typedef struct {
+    tg_op_call call;  /* first member: a tg_op_call* of the tape is a tgi_node* */
+    tgi_attr attr;
+    int inline_attr;  /* call.attr points at attr (re-pointed when the tape grows) */
+} tgi_node;
+
+struct tg_ctx {
+    tg_alloc_fn alloc;
+    void *alloc_ud;
+    /* error */
+    int has_error;
+    char errmsg[512];
+    tg_error_fn err_fn;
+    void *err_user;
+    /* modes */
+    int no_grad;
+    int nthreads;
+    /* memory */
+    tgi_arena arena;
+    tgi_node *tape;
+    int64_t tape_len, tape_cap;
+    tg_tensor **params;
+    int n_params, cap_params;
+    size_t param_bytes;
+    /* rng: xoshiro256** */
+    uint64_t rng[4];
+    tg_gemm_ws *gemm;
+};
+
+/* ---- allocation (every byte goes through ctx->alloc) ---- */
+void *tgi_malloc(tg_ctx *ctx, size_t n);           /* NULL + error on OOM */
+void *tgi_calloc(tg_ctx *ctx, size_t n);
+void *tgi_realloc(tg_ctx *ctx, void *p, size_t osize, size_t nsize);
+void tgi_free(tg_ctx *ctx, void *p, size_t size);
+/* 64-byte aligned heap blocks (for parameters); free with tgi_free_aligned */
+void *tgi_malloc_aligned(tg_ctx *ctx, size_t n);
+void tgi_free_aligned(tg_ctx *ctx, void *p, size_t n);
+/* the default allocator */
+void *tgi_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* ---- arena ---- */
+void *tgi_arena_alloc(tg_ctx *ctx, size_t n);      /* 64-aligned, uninitialised */
+void tgi_arena_reset(tg_ctx *ctx);
+void tgi_arena_free(tg_ctx *ctx);
+tgi_arena_mark tgi_arena_get_mark(const tg_ctx *ctx);
+void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m);
+
+/* ---- errors ---- */
+void tgi_verror(tg_ctx *ctx, const char *fmt, va_list ap);
+/* Check a tensor argument: returns 1 if usable. NULL with no error recorded
+ * records "<fn>: argument <arg> is NULL". Also rejects tensors of another ctx. */
+int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+/* 1 if t is f32 or f64, else records "<fn>: <arg> must be f32 or f64, got i32 [shape]" */
+int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+/* 1 if a and b have the same dtype, else records an error naming both */
+int tgi_check_same_dtype(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+/* 1 if a and b have the same shape, else records an error naming both */
+int tgi_check_same_shape(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+/* "[4,3]" into buf (for messages) */
+const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
+#define TGI_SHAPE(t, buf) tgi_shape_str((t)->ndim, (t)->shape, (buf), sizeof(buf))
+
+/* ---- tensors ---- */
+/* A new temporary with uninitialised data (callers that need zeros memset). */
+tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                          const int64_t *shape, int zero);
+int64_t tgi_numel(int ndim, const int64_t *shape);
+static inline size_t tgi_bytes(const tg_tensor *t) {
+    return (size_t)t->numel * tg_dtype_size(t->dtype);
+}
+static inline int tgi_needs_grad(const tg_tensor *t) {
+    return t && (t->flags & TGI_REQ_GRAD);
+}
+
+/* ---- tape ----
+ * Built-in ops use tgi_op_begin/tgi_record rather than tg_apply to avoid the
+ * generic copy of attributes, but the node is the same tg_op_call. Pattern:
+ *
+ *   tg_tensor *out = tgi_tensor_new(ctx, "tg_exp", x->dtype, x->ndim, x->shape, 0);
+ *   if (!out) return NULL;
+ *   tg_op_call *c = tgi_record(ctx, &op_exp, out, ins, 1);  // NULL if nothing to record
+ *   ... run forward kernel (c may be NULL: then no backward will ever run) ...
+ *
+ * tgi_record returns a node only when grad mode is on and an input requires a
+ * grad; it sets out->flags |= TGI_REQ_GRAD and out->node. If the tape cannot
+ * grow it records an error and returns NULL; check tg_ok afterwards. Attributes
+ * of built-in ops are stored in the node's inline attr area (tgi_node_attr). */
+tg_op_call *tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n);
+/* 1 if any input needs grad and recording is on */
+int tgi_should_record(const tg_ctx *ctx, tg_tensor *const *in, int n);
+/* The node's attribute area (always valid for a node returned by tgi_record). */
+tgi_attr *tgi_node_attr(tg_op_call *c);
+
+/* Backward from `loss` seeded with `seed` (numel of loss elements, dtype of
+ * loss; NULL = all ones), walking nodes [first, loss->node]. Used by
+ * tg_backward (first = 0) and tg_gradcheck. */
+void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t first);
+
+/* ---- dtype dispatch: write a kernel once for float and double ----
+ *   TGI_FLOAT_DISPATCH(t->dtype, { const T *x = ...; ... exp(x[i]) ... });
+ * Inside, T is float or double; with <tgmath.h> included, exp/log/tanh/...
+ * pick the right precision. */
+#define TGI_FLOAT_DISPATCH(dt, ...)                                                    \
+    do {                                                                               \
+        if ((dt) == TG_F32) {                                                          \
+            typedef float T;                                                           \
+            __VA_ARGS__                                                                \
+        } else {                                                                       \
+            typedef double T;                                                          \
+            __VA_ARGS__                                                                \
+        }                                                                              \
+    } while (0)
+
+/* ---- broadcasting (NumPy rules), used by elementwise binary ops ---- */
+typedef struct {
+    int ndim;                       /* of the output */
+    int64_t shape[TG_MAX_DIMS];     /* output shape */
+    int64_t sa[TG_MAX_DIMS];        /* element strides of a in output dims (0 on broadcast) */
+    int64_t sb[TG_MAX_DIMS];
+    int64_t numel;
+    int a_full, b_full;             /* input has the output's shape (fast path) */
+} tgi_bcast;
+/* 0 ok; on mismatch records "<fn>: shapes [..] and [..] cannot be broadcast" */
+int tgi_bcast_init(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b,
+                   tgi_bcast *bc);
+
+/* ---- threads ---- */
+/* Number of threads worth using for `work` elementwise operations. */
+int tgi_threads_for(const tg_ctx *ctx, int64_t work);
+
+#endif /* TG_INTERNAL_H */

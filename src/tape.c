@@ -1,0 +1,252 @@
+/* tape.c: recording ops, backward, reset, and the custom-op entry point.
+ *
+ * The tape is an array of nodes appended in call order. Call order is already
+ * a topological order (an op's inputs exist before it is called), so backward
+ * is a reverse loop over the array: no recursion, no sort.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+
+/* ---- recording ---- */
+
+int tgi_should_record(const tg_ctx *ctx, tg_tensor *const *in, int n) {
+    if (ctx->no_grad) return 0;
+    for (int i = 0; i < n; i++)
+        if (in[i] && (in[i]->flags & TGI_REQ_GRAD)) return 1;
+    return 0;
+}
+
+static int tape_grow(tg_ctx *ctx) {
+    int64_t cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
+    tgi_node *t = tgi_realloc(ctx, ctx->tape, (size_t)ctx->tape_cap * sizeof(tgi_node),
+                              (size_t)cap * sizeof(tgi_node));
+    if (!t) return -1;
+    /* call.attr of built-in nodes points into the node itself: re-point it */
+    for (int64_t i = 0; i < ctx->tape_len; i++)
+        if (t[i].inline_attr) t[i].call.attr = &t[i].attr;
+    ctx->tape = t;
+    ctx->tape_cap = cap;
+    return 0;
+}
+
+tg_op_call *tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n) {
+    if (!tgi_should_record(ctx, in, n)) return NULL;
+    if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return NULL;
+    tgi_node *node = &ctx->tape[ctx->tape_len];
+    tg_op_call *c = &node->call;
+    c->op = op;
+    c->ctx = ctx;
+    c->out = out;
+    for (int i = 0; i < TG_MAX_INPUTS; i++) c->in[i] = i < n ? in[i] : NULL;
+    c->n_in = n;
+    c->attr = &node->attr;
+    node->inline_attr = 1;
+    c->saved = NULL;
+    out->flags |= TGI_REQ_GRAD;
+    out->node = ctx->tape_len++;
+    return c;
+}
+
+tgi_attr *tgi_node_attr(tg_op_call *c) {
+    return &((tgi_node *)(void *)c)->attr;
+}
+
+int tg_no_grad(tg_ctx *ctx, int on) {
+    if (!ctx) return 0;
+    int prev = ctx->no_grad;
+    ctx->no_grad = on ? 1 : 0;
+    return prev;
+}
+
+int64_t tg_tape_len(const tg_ctx *ctx) { return ctx ? ctx->tape_len : 0; }
+
+void tg_tape_print(const tg_ctx *ctx, FILE *f) {
+    if (!ctx || !f) return;
+    for (int64_t i = 0; i < ctx->tape_len; i++) {
+        const tg_op_call *c = &ctx->tape[i].call;
+        char b[96];
+        fprintf(f, "%4lld %-16s", (long long)i, c->op->name);
+        for (int k = 0; k < c->n_in; k++) {
+            const tg_tensor *x = c->in[k];
+            if (x->node >= 0)
+                fprintf(f, " %%%lld%s", (long long)x->node, TGI_SHAPE(x, b));
+            else if (x->flags & TGI_PARAM)
+                fprintf(f, " %s%s", x->name, TGI_SHAPE(x, b));
+            else
+                fprintf(f, " leaf%s", TGI_SHAPE(x, b));
+        }
+        fprintf(f, " -> %s %s\n", TGI_SHAPE(c->out, b), tg_dtype_name(c->out->dtype));
+    }
+}
+
+/* ---- gradients ---- */
+
+void *tg_grad_acc(tg_tensor *t) {
+    if (!t) return NULL;
+    if (t->grad) return t->grad;
+    size_t bytes = tgi_bytes(t);
+    if (t->flags & TGI_PARAM) {
+        t->grad = t->grad_store;
+    } else {
+        t->grad = tgi_arena_alloc(t->ctx, bytes);
+        if (!t->grad) return NULL;
+    }
+    if (bytes) memset(t->grad, 0, bytes);
+    return t->grad;
+}
+
+void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t first) {
+    int64_t last = loss->node;
+    /* Non-leaf grads on the walked part of the tape start from zero, so a
+     * second backward over the same tape adds the same gradient to leaves. */
+    for (int64_t i = first; i <= last; i++) {
+        tg_tensor *o = ctx->tape[i].call.out;
+        if (o->grad) memset(o->grad, 0, tgi_bytes(o));
+    }
+    void *g = tg_grad_acc(loss);
+    if (!g) return;
+    if (seed) {
+        memcpy(g, seed, tgi_bytes(loss));
+    } else {
+        TGI_FLOAT_DISPATCH(loss->dtype, {
+            T *p = g;
+            for (int64_t i = 0; i < loss->numel; i++) p[i] += (T)1;
+        });
+    }
+    /* Backward kernels run with recording off: they compute, they don't record. */
+    int prev = ctx->no_grad;
+    ctx->no_grad = 1;
+    for (int64_t i = last; i >= first; i--) {
+        tg_op_call *c = &ctx->tape[i].call;
+        if (!c->out->grad || !c->op->backward) continue;
+        c->op->backward(c);
+        if (!tg_ok(ctx)) break;
+    }
+    ctx->no_grad = prev;
+}
+
+void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
+    if (!ctx) return;
+    if (!tgi_check_arg(ctx, "tg_backward", "loss", loss)) return;
+    if (loss->numel != 1) {
+        char b[96];
+        tg_set_error(ctx,
+                     "tg_backward: loss must have one element, got %s (%lld elements); "
+                     "reduce it with tg_sum or tg_mean first",
+                     TGI_SHAPE(loss, b), (long long)loss->numel);
+        return;
+    }
+    if (!tgi_check_float(ctx, "tg_backward", "loss", loss)) return;
+    if (!(loss->flags & TGI_REQ_GRAD)) {
+        tg_set_error(ctx, "tg_backward: loss does not require a gradient: no parameter or "
+                          "tensor marked with tg_set_requires_grad reaches it (or it was "
+                          "computed under tg_no_grad)");
+        return;
+    }
+    if (loss->node < 0) { /* a leaf: d loss/d loss = 1 and nothing else */
+        TGI_FLOAT_DISPATCH(loss->dtype, {
+            T *p = tg_grad_acc(loss);
+            if (p) p[0] += (T)1;
+        });
+        return;
+    }
+    tgi_backward_from(ctx, loss, NULL, 0);
+}
+
+void tg_zero_grad(tg_ctx *ctx) {
+    if (!ctx) return;
+    for (int i = 0; i < ctx->n_params; i++) {
+        tg_tensor *p = ctx->params[i];
+        if (p->grad) memset(p->grad, 0, tgi_bytes(p));
+    }
+}
+
+void tg_reset(tg_ctx *ctx) {
+    if (!ctx) return;
+    ctx->tape_len = 0;
+    tgi_arena_reset(ctx);
+}
+
+/* ---- custom ops ---- */
+
+tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int n, tg_dtype dt,
+                    int ndim, const int64_t *shape, const void *attr, size_t attr_size) {
+    if (!tg_ok(ctx)) return NULL;
+    const char *name = op && op->name ? op->name : "tg_apply";
+    if (!op || !op->forward) {
+        tg_set_error(ctx, "tg_apply: op or its forward function is NULL");
+        return NULL;
+    }
+    if (n < 1 || n > TG_MAX_INPUTS || !inputs) {
+        tg_set_error(ctx, "%s: takes 1 to %d inputs, got %d", name, TG_MAX_INPUTS, n);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        char arg[32];
+        snprintf(arg, sizeof arg, "input %d", i);
+        if (!tgi_check_arg(ctx, name, arg, inputs[i])) return NULL;
+    }
+    if (attr_size && !attr) {
+        tg_set_error(ctx, "%s: attr is NULL but attr_size is %zu", name, attr_size);
+        return NULL;
+    }
+    tg_tensor *out = tgi_tensor_new(ctx, name, dt, ndim, shape, 1);
+    if (!out) return NULL;
+    void *attr_copy = NULL;
+    if (attr_size) {
+        attr_copy = tgi_arena_alloc(ctx, attr_size);
+        if (!attr_copy) return NULL;
+        memcpy(attr_copy, attr, attr_size);
+    }
+    tg_op_call local = {0};
+    tg_op_call *c = NULL;
+    if (op->backward && dt != TG_I32) c = tgi_record(ctx, op, out, inputs, n);
+    if (!tg_ok(ctx)) return NULL;
+    if (c) ((tgi_node *)(void *)c)->inline_attr = 0; /* attr lives in the arena */
+    if (!c) { /* nothing to record: run forward on a call that lives on the stack */
+        c = &local;
+        c->op = op;
+        c->ctx = ctx;
+        c->out = out;
+        for (int i = 0; i < n; i++) c->in[i] = inputs[i];
+        c->n_in = n;
+    }
+    c->attr = attr_copy;
+    if (op->forward(c) != 0 || !tg_ok(ctx)) {
+        if (tg_ok(ctx)) tg_set_error(ctx, "%s: forward failed", name);
+        return NULL;
+    }
+    return out;
+}
+
+/* ---- broadcasting ---- */
+
+int tgi_bcast_init(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b,
+                   tgi_bcast *bc) {
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    memset(bc, 0, sizeof *bc);
+    bc->ndim = nd;
+    int64_t stride_a = 1, stride_b = 1;
+    for (int i = nd - 1; i >= 0; i--) {
+        int ia = i - (nd - a->ndim), ib = i - (nd - b->ndim);
+        int64_t da = ia >= 0 ? a->shape[ia] : 1;
+        int64_t db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1) {
+            char ba[96], bb[96];
+            tg_set_error(ctx, "%s: shapes %s and %s cannot be broadcast (dimension %d: %lld vs %lld)",
+                         fn, TGI_SHAPE(a, ba), TGI_SHAPE(b, bb), i, (long long)da, (long long)db);
+            return -1;
+        }
+        bc->shape[i] = da > db ? da : db;
+        if (da == 0 || db == 0) bc->shape[i] = 0;
+        bc->sa[i] = da == 1 ? 0 : stride_a;
+        bc->sb[i] = db == 1 ? 0 : stride_b;
+        stride_a *= da;
+        stride_b *= db;
+    }
+    bc->numel = tgi_numel(nd, bc->shape);
+    bc->a_full = a->numel == bc->numel;
+    bc->b_full = b->numel == bc->numel;
+    return 0;
+}
