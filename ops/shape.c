@@ -1,0 +1,191 @@
+/* ops/shape.c: ops that move elements without changing their values.
+ *
+ *   tg_transpose  2-D [m,n] -> [n,m] (a copy)
+ *   tg_reshape    same elements in row-major order, new shape (a copy)
+ *
+ * (tg_identity lives in ops/elementwise.c.) Every op reads top to bottom:
+ * public function (checks, output, record, forward), forward kernel,
+ * backward kernel. Local gradients: docs/ops-elementwise.md.
+ */
+#include "internal.h"
+
+/* Record the node (when a gradient is needed). Returns 0 when the tape could
+ * not grow (error recorded), else 1; *node is the node or NULL. */
+static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+                  tg_op_call **node)
+{
+    *node = tgi_record(ctx, op, out, in, n);
+    return *node != NULL || !tgi_should_record(ctx, in, n);
+}
+
+/* ======================================================================== */
+/* tg_transpose                                                             */
+/* ======================================================================== */
+
+/* y = x^T: x [m,n] -> y [n,m], y[j,i] = x[i,j]. dx[i,j] = dy[j,i] (the
+ * gradient transposed back). Saves nothing. Only 2-D x: any other rank is an
+ * error naming x's shape. Both directions copy in TR_TILE x TR_TILE tiles so
+ * reads and writes stay in cache. */
+#define TR_TILE 32
+
+static void transpose_forward(tg_tensor *y, const tg_tensor *x);
+static void transpose_backward(tg_op_call *c);
+static const tg_op op_transpose = {"transpose", NULL, transpose_backward};
+
+tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x)
+{
+    if (!ctx || !tgi_check_arg(ctx, "tg_transpose", "x", x) ||
+        !tgi_check_float(ctx, "tg_transpose", "x", x))
+        return NULL;
+    if (x->ndim != 2) {
+        char buf[96];
+        tg_set_error(ctx, "tg_transpose: x must be 2-D, got %s (%d dims)", TGI_SHAPE(x, buf),
+                     x->ndim);
+        return NULL;
+    }
+    const int64_t shape[2] = {x->shape[1], x->shape[0]};
+    tg_tensor *out = tgi_tensor_new(ctx, "tg_transpose", x->dtype, 2, shape, 0);
+    if (!out)
+        return NULL;
+    tg_op_call *c;
+    if (!record(ctx, &op_transpose, out, &x, 1, &c))
+        return NULL;
+    transpose_forward(out, x);
+    return out;
+}
+
+/* dst[j,i] (+)= src[i,j], src [m,n], dst [n,m]; ACC is = or += */
+#define TRANSPOSE_TILED(dst, src, m, n, ACC)                                           \
+    do {                                                                               \
+        for (int64_t i0 = 0; i0 < (m); i0 += TR_TILE) {                                \
+            const int64_t i1 = (m) - i0 < TR_TILE ? (m) : i0 + TR_TILE;                \
+            for (int64_t j0 = 0; j0 < (n); j0 += TR_TILE) {                            \
+                const int64_t j1 = (n) - j0 < TR_TILE ? (n) : j0 + TR_TILE;            \
+                for (int64_t i = i0; i < i1; i++)                                      \
+                    for (int64_t j = j0; j < j1; j++)                                  \
+                        (dst)[j * (m) + i] ACC (src)[i * (n) + j];                     \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+
+static void transpose_forward(tg_tensor *y, const tg_tensor *x)
+{
+    const int64_t m = x->shape[0], n = x->shape[1];
+    TGI_FLOAT_DISPATCH(y->dtype, {
+        T *restrict py = (T *)y->data;
+        const T *restrict px = (const T *)x->data;
+        TRANSPOSE_TILED(py, px, m, n, =);
+    });
+}
+
+/* d y[j,i]/d x[i,j] = 1 */
+static void transpose_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0];
+    if (!tgi_needs_grad(x))
+        return;
+    /* dy is [n,m]; dx [m,n] gets dy transposed: dx[i,j] += dy[j,i] */
+    const int64_t m = x->shape[0], n = x->shape[1];
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        T *restrict dx = (T *)tg_grad_acc(x);
+        const T *restrict dy = (const T *)tg_grad(c->out);
+        if (!dx || !dy)
+            return;
+        TRANSPOSE_TILED(dx, dy, n, m, +=);
+    });
+}
+
+/* ======================================================================== */
+/* tg_reshape                                                               */
+/* ======================================================================== */
+
+/* y = x with a new shape: the same elements in the same row-major order.
+ * x any shape -> y `shape` (ndim 0..4, same numel). One entry may be -1: it
+ * is inferred from numel and the others. dx = dy read with x's shape (an
+ * elementwise add). Saves nothing. y is a copy, so writing into tg_data(y)
+ * never changes x. Errors: ndim outside [0, 4], shape NULL with ndim > 0,
+ * an entry < -1, two -1s, or a numel mismatch (naming both shapes). */
+static void reshape_forward(tg_tensor *y, const tg_tensor *x);
+static void reshape_backward(tg_op_call *c);
+static const tg_op op_reshape = {"reshape", NULL, reshape_backward};
+
+tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape)
+{
+    if (!ctx || !tgi_check_arg(ctx, "tg_reshape", "x", x) ||
+        !tgi_check_float(ctx, "tg_reshape", "x", x))
+        return NULL;
+    if (ndim < 0 || ndim > TG_MAX_DIMS) {
+        tg_set_error(ctx, "tg_reshape: ndim must be in [0, %d], got %d", TG_MAX_DIMS, ndim);
+        return NULL;
+    }
+    if (ndim > 0 && !shape) {
+        tg_set_error(ctx, "tg_reshape: argument shape is NULL (ndim %d)", ndim);
+        return NULL;
+    }
+    char bx[96], bs[96];
+    int64_t sh[TG_MAX_DIMS];
+    int infer = -1, has_zero = 0;
+    int64_t known = 1; /* product of the given sizes, -1 on overflow */
+    for (int k = 0; k < ndim; k++) {
+        sh[k] = shape[k];
+        if (sh[k] == -1 && infer < 0) {
+            infer = k;
+        } else if (sh[k] == -1) {
+            tg_set_error(ctx, "tg_reshape: only one -1 allowed, got %s for x of shape %s",
+                         tgi_shape_str(ndim, shape, bs, sizeof bs), TGI_SHAPE(x, bx));
+            return NULL;
+        } else if (sh[k] < 0) {
+            tg_set_error(ctx, "tg_reshape: negative size in %s for x of shape %s",
+                         tgi_shape_str(ndim, shape, bs, sizeof bs), TGI_SHAPE(x, bx));
+            return NULL;
+        } else if (sh[k] == 0) {
+            has_zero = 1;
+        } else if (known > 0 && sh[k] > INT64_MAX / known) {
+            known = -1; /* overflow: cannot match any real numel */
+        } else if (known >= 0) {
+            known *= sh[k];
+        }
+    }
+    if (has_zero)
+        known = 0;
+    if (infer >= 0 && known > 0 && x->numel % known == 0)
+        sh[infer] = x->numel / known;
+    if ((infer >= 0 && (known <= 0 || x->numel % known != 0)) ||
+        (infer < 0 && known != x->numel)) {
+        tg_set_error(ctx, "tg_reshape: cannot reshape x of shape %s (%lld elements) into %s",
+                     TGI_SHAPE(x, bx), (long long)x->numel,
+                     tgi_shape_str(ndim, shape, bs, sizeof bs));
+        return NULL;
+    }
+    tg_tensor *out = tgi_tensor_new(ctx, "tg_reshape", x->dtype, ndim, sh, 0);
+    if (!out)
+        return NULL;
+    tg_op_call *c;
+    if (!record(ctx, &op_reshape, out, &x, 1, &c))
+        return NULL;
+    reshape_forward(out, x);
+    return out;
+}
+
+static void reshape_forward(tg_tensor *y, const tg_tensor *x)
+{
+    if (y->numel > 0)
+        memcpy(y->data, x->data, tgi_bytes(x));
+}
+
+/* d y[i]/d x[i] = 1 (same flat index) */
+static void reshape_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0];
+    if (!tgi_needs_grad(x))
+        return;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        T *restrict dx = (T *)tg_grad_acc(x);
+        const T *restrict dy = (const T *)tg_grad(c->out);
+        if (!dx || !dy)
+            return;
+        const int64_t n = x->numel;
+        for (int64_t i = 0; i < n; i++)
+            dx[i] += dy[i];
+    });
+}
