@@ -505,8 +505,9 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
 /* PyTorch's update rules and defaults (torch.optim, version 1.13), written
  * out in docs/optim.md. The state (moment buffers) is allocated once, when
  * the optimiser is made, through the context's allocator: a step never
- * allocates. A parameter whose gradient is NULL (none reached it since
- * tg_zero_grad) is skipped, and its state does not advance.                 */
+ * allocates. A parameter whose gradient is NULL (tg_grad() is NULL: no
+ * gradient has reached it) is skipped, and its state does not advance, as in
+ * PyTorch for a .grad of None; a zero gradient is not skipped.              */
 /* ======================================================================== */
 
 typedef enum { TG_OPT_SGD, TG_OPT_RMSPROP, TG_OPT_ADAM, TG_OPT_ADAMW, TG_OPT_COUNT } tg_opt_kind;
@@ -603,7 +604,7 @@ typedef enum {
 typedef struct {
     tg_sched_kind kind;
     double base_lr;      /**< >= 0 */
-    double gamma;        /**< STEP, EXPONENTIAL: decay factor, >= 0 */
+    double gamma;        /**< STEP, EXPONENTIAL: decay factor, > 0 */
     double min_lr;       /**< COSINE: eta_min, in [0, base_lr] */
     int64_t step_size;   /**< STEP: > 0 */
     int64_t total_steps; /**< COSINE: > warmup_steps (the warm-up included) */
@@ -752,7 +753,8 @@ typedef struct {
     const tg_dataset *ds;
     int64_t batch_size;
     int flags;
-    int64_t *order;     /**< [ds->n] sample order of this epoch (ctx allocator) */
+    int64_t n;          /**< ds->n at init (the dataset must keep it) */
+    int64_t *order;     /**< [n] sample order of this epoch (ctx allocator) */
     int64_t pos;        /**< next position in order */
     int64_t n_batches;  /**< batches per epoch */
     int64_t batch;      /**< batches produced in this epoch */
@@ -828,6 +830,7 @@ typedef struct { double sum; int64_t n; } tg_mean_meter;
 TG_API void tg_mean_meter_add(tg_mean_meter *m, double value, int64_t count);
 /** The weighted mean so far; NaN before anything was added. (owned by data) */
 TG_API double tg_mean_meter_mean(const tg_mean_meter *m);
+/** Back to empty. (owned by data) */
 TG_API void tg_mean_meter_reset(tg_mean_meter *m);
 
 /* ---- progress line (src/progress.c) ------------------------------------ */
@@ -854,7 +857,9 @@ typedef struct {
  *  (owned by data) */
 TG_API void tg_progress_begin(tg_progress *p, FILE *out, int64_t epochs,
                               int64_t batches_per_epoch);
-/** One batch of @p batch_samples samples is done with mean loss @p loss. */
+/** One batch of @p batch_samples samples is done with mean loss @p loss;
+ *  redraws the line on a terminal (at most every 0.1 s, and at the epoch's
+ *  last batch). (owned by data) */
 TG_API void tg_progress_update(tg_progress *p, int64_t batch_samples, double loss);
 /** End the epoch: prints "epoch e/E  loss L  N samples/s  T s" and, when
  *  @p fmt is not NULL, two spaces and the formatted text (e.g. "test acc
