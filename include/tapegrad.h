@@ -267,7 +267,8 @@ TG_API tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act);
 /** Backpropagate from @p loss (one element): seeds d loss/d loss = 1 and walks
  *  the tape from loss's node down to the first, adding into every grad. */
 TG_API void tg_backward(tg_ctx *ctx, tg_tensor *loss);
-/** Every parameter's grad to 0 (and tg_grad() to NULL again). */
+/** Every parameter's grad to 0, as PyTorch 1.13's zero_grad(): a grad that
+ *  exists stays allocated (tg_grad() non-NULL) and holds zeros. */
 TG_API void tg_zero_grad(tg_ctx *ctx);
 /** Drop the tape and all temporaries; keeps the memory for the next step. */
 TG_API void tg_reset(tg_ctx *ctx);

@@ -1,0 +1,583 @@
+/* optim.c: optimisers (SGD, RMSprop, Adam, AdamW), gradient clipping and
+ * learning-rate schedules.
+ *
+ * The update rules are PyTorch's (torch.optim 1.13, the single-tensor "for
+ * loop" implementations), operation for operation, so that a parameter
+ * follows the same trajectory as in PyTorch to rounding; docs/optim.md writes
+ * every formula out. Conventions below: p parameter, g its gradient, t the
+ * number of updates this parameter has had (1 at its first), lr, wd weight
+ * decay, mu momentum.
+ *
+ * Memory: the state of every parameter (momentum buffers, moments) lives in
+ * one 64-byte aligned block allocated by tg_optim_new through the context's
+ * allocator and zeroed; tg_optim_step never allocates. A parameter whose grad
+ * is NULL is skipped and its t does not advance, as in PyTorch, where its
+ * state is not even created until a gradient reaches it.
+ *
+ * Kernels are written once for float and double (TGI_FLOAT_DISPATCH) as flat
+ * loops over p, g and the state, one loop per case so that each is a
+ * straight-line body gcc can vectorise. Scalars are converted to T before the
+ * loop, as PyTorch converts its Python floats to the tensor's dtype. */
+#include "internal.h"
+
+#include <math.h>
+#include <tgmath.h>
+
+#define OPT_MAX_BUFS 3 /* most state buffers one parameter needs (RMSprop, Adam) */
+
+struct tg_optim {
+    tg_ctx *ctx;
+    tg_optim_opts o;
+    int n;                         /* parameters */
+    int nbufs;                     /* state buffers per parameter */
+    int64_t nsteps;                /* successful tg_optim_step calls */
+    tg_tensor **params;            /* [n] */
+    int64_t *t;                    /* [n] updates each parameter has had */
+    void **buf;                    /* [n * nbufs] state buffers, inside `state` */
+    void *state;                   /* one aligned block, state_bytes long */
+    size_t state_bytes;
+};
+
+/* ---- options ------------------------------------------------------------ */
+
+const char *tg_optim_kind_name(tg_opt_kind kind) {
+    switch (kind) {
+    case TG_OPT_SGD: return "sgd";
+    case TG_OPT_RMSPROP: return "rmsprop";
+    case TG_OPT_ADAM: return "adam";
+    case TG_OPT_ADAMW: return "adamw";
+    case TG_OPT_COUNT: break;
+    }
+    return "?";
+}
+
+tg_optim_opts tg_optim_defaults(tg_opt_kind kind) {
+    tg_optim_opts o;
+    memset(&o, 0, sizeof o);
+    o.kind = kind;
+    switch (kind) {
+    case TG_OPT_SGD: o.lr = 1e-2; break; /* PyTorch: lr required, the rest 0 */
+    case TG_OPT_RMSPROP:
+        o.lr = 1e-2;
+        o.alpha = 0.99;
+        o.eps = 1e-8;
+        break;
+    case TG_OPT_ADAM:
+    case TG_OPT_ADAMW:
+        o.lr = 1e-3;
+        o.beta1 = 0.9;
+        o.beta2 = 0.999;
+        o.eps = 1e-8;
+        o.weight_decay = kind == TG_OPT_ADAMW ? 1e-2 : 0.0;
+        break;
+    case TG_OPT_COUNT: break;
+    }
+    return o;
+}
+
+static int nonneg(double x) { return x >= 0.0 && isfinite(x); }
+
+/* Checks the fields @p o's kind uses, as torch.optim's constructors do (and
+ * finiteness besides). 0 ok, -1 with the error recorded. */
+static int check_opts(tg_ctx *ctx, const char *fn, const tg_optim_opts *o) {
+    if ((unsigned)o->kind >= TG_OPT_COUNT) {
+        tg_set_error(ctx, "%s: unknown optimiser kind %d", fn, (int)o->kind);
+        return -1;
+    }
+    const char *k = tg_optim_kind_name(o->kind);
+#define OPT_REQUIRE(cond, field, what)                                                     \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            tg_set_error(ctx, "%s: %s " #field " must be " what ", got %g", fn, k, (double)o->field); \
+            return -1;                                                                     \
+        }                                                                                  \
+    } while (0)
+    OPT_REQUIRE(nonneg(o->lr), lr, ">= 0 and finite");
+    OPT_REQUIRE(nonneg(o->weight_decay), weight_decay, ">= 0 and finite");
+    switch (o->kind) {
+    case TG_OPT_SGD:
+        OPT_REQUIRE(nonneg(o->momentum), momentum, ">= 0 and finite");
+        OPT_REQUIRE(isfinite(o->dampening), dampening, "finite");
+        if (o->nesterov && (o->momentum <= 0.0 || o->dampening != 0.0)) {
+            tg_set_error(ctx,
+                         "%s: sgd nesterov needs momentum > 0 and dampening 0, got momentum %g, "
+                         "dampening %g",
+                         fn, o->momentum, o->dampening);
+            return -1;
+        }
+        break;
+    case TG_OPT_RMSPROP:
+        OPT_REQUIRE(nonneg(o->momentum), momentum, ">= 0 and finite");
+        OPT_REQUIRE(nonneg(o->alpha), alpha, ">= 0 and finite");
+        OPT_REQUIRE(nonneg(o->eps), eps, ">= 0 and finite");
+        break;
+    case TG_OPT_ADAM:
+    case TG_OPT_ADAMW:
+        OPT_REQUIRE(nonneg(o->eps), eps, ">= 0 and finite");
+        OPT_REQUIRE(o->beta1 >= 0.0 && o->beta1 < 1.0, beta1, "in [0, 1)");
+        OPT_REQUIRE(o->beta2 >= 0.0 && o->beta2 < 1.0, beta2, "in [0, 1)");
+        break;
+    case TG_OPT_COUNT: break;
+    }
+#undef OPT_REQUIRE
+    return 0;
+}
+
+/* State buffers one parameter needs under @p o. */
+static int bufs_needed(const tg_optim_opts *o) {
+    switch (o->kind) {
+    case TG_OPT_SGD: return o->momentum != 0.0;                 /* momentum_buffer */
+    case TG_OPT_RMSPROP:                                        /* square_avg, grad_avg, buf */
+        return 1 + (o->centered != 0) + (o->momentum > 0.0);
+    case TG_OPT_ADAM:
+    case TG_OPT_ADAMW: return 2 + (o->amsgrad != 0);           /* exp_avg, exp_avg_sq, max */
+    case TG_OPT_COUNT: break;
+    }
+    return 0;
+}
+
+/* ---- making and freeing ------------------------------------------------- */
+
+static size_t round_up(size_t n) { return (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1); }
+
+void tg_optim_free(tg_optim *opt) {
+    if (!opt) return;
+    tg_ctx *ctx = opt->ctx;
+    size_t n = (size_t)opt->n;
+    if (opt->state) tgi_free_aligned(ctx, opt->state, opt->state_bytes);
+    if (opt->buf) tgi_free(ctx, opt->buf, n * (size_t)opt->nbufs * sizeof *opt->buf);
+    if (opt->t) tgi_free(ctx, opt->t, n * sizeof *opt->t);
+    if (opt->params) tgi_free(ctx, opt->params, n * sizeof *opt->params);
+    tgi_free(ctx, opt, sizeof *opt);
+}
+
+tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *params, int n) {
+    static const char fn[] = "tg_optim_new";
+    if (!ctx || !tg_ok(ctx)) return NULL;
+    if (!o) {
+        tg_set_error(ctx, "%s: argument o is NULL", fn);
+        return NULL;
+    }
+    if (check_opts(ctx, fn, o)) return NULL;
+    if (n < 0 || (!params && n != 0)) {
+        tg_set_error(ctx, "%s: params is %s with n %d (pass params NULL and n 0 for every parameter)",
+                     fn, params ? "given" : "NULL", n);
+        return NULL;
+    }
+    int all = params == NULL;
+    if (all) n = tg_param_count(ctx);
+    if (n == 0) {
+        tg_set_error(ctx, "%s: no parameters to optimise%s", fn,
+                     all ? " (the context has none yet: create the layers first)" : "");
+        return NULL;
+    }
+    for (int i = 0; i < n && !all; i++) {
+        tg_tensor *p = params[i];
+        char arg[32];
+        snprintf(arg, sizeof arg, "params[%d]", i);
+        if (!tgi_check_arg(ctx, fn, arg, p)) return NULL;
+        if (!(p->flags & TGI_PARAM)) {
+            char b[96];
+            tg_set_error(ctx, "%s: %s (%s %s) is not a parameter made by tg_param", fn, arg,
+                         tg_dtype_name(p->dtype), TGI_SHAPE(p, b));
+            return NULL;
+        }
+        for (int j = 0; j < i; j++) {
+            if (params[j] == p) {
+                tg_set_error(ctx, "%s: parameter '%s' is given twice (params[%d] and %s)", fn,
+                             p->name, j, arg);
+                return NULL;
+            }
+        }
+    }
+
+    tg_optim *opt = tgi_malloc(ctx, sizeof *opt);
+    if (!opt) return NULL;
+    memset(opt, 0, sizeof *opt);
+    opt->ctx = ctx;
+    opt->o = *o;
+    opt->n = n;
+    opt->nbufs = bufs_needed(o);
+    opt->params = tgi_malloc(ctx, (size_t)n * sizeof *opt->params);
+    opt->t = opt->params ? tgi_calloc(ctx, (size_t)n * sizeof *opt->t) : NULL;
+    if (opt->t && opt->nbufs)
+        opt->buf = tgi_malloc(ctx, (size_t)n * (size_t)opt->nbufs * sizeof *opt->buf);
+    if (!opt->t || (opt->nbufs && !opt->buf)) {
+        tg_optim_free(opt);
+        return NULL;
+    }
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        tg_tensor *p = all ? tg_param_at(ctx, i) : params[i];
+        opt->params[i] = p;
+        bytes += (size_t)opt->nbufs * round_up(tgi_bytes(p));
+    }
+    if (bytes) {
+        opt->state = tgi_malloc_aligned(ctx, bytes);
+        if (!opt->state) {
+            tg_optim_free(opt);
+            return NULL;
+        }
+        opt->state_bytes = bytes;
+        memset(opt->state, 0, bytes); /* PyTorch starts every buffer at zeros */
+        unsigned char *q = opt->state;
+        for (int i = 0; i < n; i++) {
+            for (int b = 0; b < opt->nbufs; b++) {
+                opt->buf[i * opt->nbufs + b] = q;
+                q += round_up(tgi_bytes(opt->params[i]));
+            }
+        }
+    }
+    return opt;
+}
+
+/* ---- SGD ----------------------------------------------------------------
+ *   d = g + wd p
+ *   mu != 0:  b = d at t = 1, else b = mu b + (1 - dampening) d
+ *             d = d + mu b (nesterov) or d = b
+ *   p = p - lr d                                                              */
+static void sgd_update(const tg_optim_opts *o, tg_tensor *p, void *b0, int64_t t) {
+    int64_t n = p->numel;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        T *restrict b = b0;
+        const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
+        const T damp1 = (T)(1.0 - o->dampening);
+        if (o->momentum == 0.0) {
+            for (int64_t i = 0; i < n; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
+        } else if (t == 1 && o->nesterov) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                b[i] = d;
+                x[i] = x[i] - lr * (d + mu * d);
+            }
+        } else if (t == 1) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                b[i] = d;
+                x[i] = x[i] - lr * d;
+            }
+        } else if (o->nesterov) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T bi = b[i] * mu + damp1 * d;
+                b[i] = bi;
+                x[i] = x[i] - lr * (d + mu * bi);
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T bi = b[i] * mu + damp1 * d;
+                b[i] = bi;
+                x[i] = x[i] - lr * bi;
+            }
+        }
+    });
+}
+
+/* ---- RMSprop -------------------------------------------------------------
+ *   d = g + wd p
+ *   v = alpha v + (1 - alpha) d^2
+ *   centered: a = alpha a + (1 - alpha) d;  den = sqrt(max(v - a^2, 0)) + eps
+ *   else:     den = sqrt(v) + eps
+ *   mu > 0:   b = mu b + d / den;  p = p - lr b
+ *   else:     p = p - lr d / den
+ * The max(., 0) guards against v - a^2 rounding below 0 (it is >= 0 exactly,
+ * by Cauchy-Schwarz); PyTorch would give NaN there.                          */
+static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st) {
+    int64_t n = p->numel;
+    int centered = o->centered != 0, mom = o->momentum > 0.0;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        T *restrict v = st[0];
+        T *restrict a = centered ? st[1] : NULL;
+        T *restrict b = mom ? st[1 + centered] : NULL;
+        const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
+        const T al = (T)o->alpha, al1 = (T)(1.0 - o->alpha), eps = (T)o->eps;
+        const T zero = 0;
+        if (centered && mom) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T vi = v[i] * al + al1 * d * d;
+                T ai = a[i] * al + al1 * d;
+                v[i] = vi;
+                a[i] = ai;
+                T den = sqrt(fmax(vi - ai * ai, zero)) + eps;
+                T bi = b[i] * mu + d / den;
+                b[i] = bi;
+                x[i] = x[i] - lr * bi;
+            }
+        } else if (centered) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T vi = v[i] * al + al1 * d * d;
+                T ai = a[i] * al + al1 * d;
+                v[i] = vi;
+                a[i] = ai;
+                x[i] = x[i] - lr * (d / (sqrt(fmax(vi - ai * ai, zero)) + eps));
+            }
+        } else if (mom) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T vi = v[i] * al + al1 * d * d;
+                v[i] = vi;
+                T bi = b[i] * mu + d / (sqrt(vi) + eps);
+                b[i] = bi;
+                x[i] = x[i] - lr * bi;
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T vi = v[i] * al + al1 * d * d;
+                v[i] = vi;
+                x[i] = x[i] - lr * (d / (sqrt(vi) + eps));
+            }
+        }
+    });
+}
+
+/* ---- Adam and AdamW --------------------------------------------------------
+ *   Adam:  d = g + wd p           (L2 penalty in the gradient)
+ *   AdamW: p = p (1 - lr wd); d = g (decoupled weight decay)
+ *   m = beta1 m + (1 - beta1) d
+ *   v = beta2 v + (1 - beta2) d^2
+ *   amsgrad: vmax = max(vmax, v), used for v below
+ *   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ * Both kinds share the loop: Adam has decay 1, AdamW has wd_l2 0.            */
+static void adam_update(const tg_optim_opts *o, tg_tensor *p, void *const *st, int64_t t) {
+    int64_t n = p->numel;
+    int adamw = o->kind == TG_OPT_ADAMW;
+    double bc1 = 1.0 - pow(o->beta1, (double)t);
+    double bc2_sqrt = sqrt(1.0 - pow(o->beta2, (double)t));
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        T *restrict m = st[0];
+        T *restrict v = st[1];
+        T *restrict vmax = o->amsgrad ? st[2] : NULL;
+        const T wd = adamw ? (T)0 : (T)o->weight_decay;
+        const T decay = adamw ? (T)(1.0 - o->lr * o->weight_decay) : (T)1;
+        const T b1 = (T)o->beta1, b11 = (T)(1.0 - o->beta1);
+        const T b2 = (T)o->beta2, b21 = (T)(1.0 - o->beta2);
+        const T step_size = (T)(o->lr / bc1), bc2s = (T)bc2_sqrt, eps = (T)o->eps;
+        if (o->amsgrad) {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T mi = m[i] * b1 + b11 * d;
+                T vi = v[i] * b2 + b21 * d * d;
+                T vm = fmax(vmax[i], vi);
+                m[i] = mi;
+                v[i] = vi;
+                vmax[i] = vm;
+                x[i] = x[i] * decay - step_size * (mi / (sqrt(vm) / bc2s + eps));
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++) {
+                T d = g[i] + wd * x[i];
+                T mi = m[i] * b1 + b11 * d;
+                T vi = v[i] * b2 + b21 * d * d;
+                m[i] = mi;
+                v[i] = vi;
+                x[i] = x[i] * decay - step_size * (mi / (sqrt(vi) / bc2s + eps));
+            }
+        }
+    });
+}
+
+int tg_optim_step(tg_optim *opt) {
+    if (!opt) return -1;
+    if (!tg_ok(opt->ctx)) return -1;
+    const tg_optim_opts *o = &opt->o;
+    for (int i = 0; i < opt->n; i++) {
+        tg_tensor *p = opt->params[i];
+        if (!p->grad) continue; /* no gradient reached it: PyTorch skips it too */
+        int64_t t = ++opt->t[i];
+        void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
+        switch (o->kind) {
+        case TG_OPT_SGD: sgd_update(o, p, st ? st[0] : NULL, t); break;
+        case TG_OPT_RMSPROP: rmsprop_update(o, p, st); break;
+        case TG_OPT_ADAM:
+        case TG_OPT_ADAMW: adam_update(o, p, st, t); break;
+        case TG_OPT_COUNT: break;
+        }
+    }
+    opt->nsteps++;
+    return 0;
+}
+
+void tg_optim_set_lr(tg_optim *opt, double lr) {
+    if (!opt) return;
+    if (!nonneg(lr)) {
+        tg_set_error(opt->ctx, "tg_optim_set_lr: lr must be >= 0 and finite, got %g", lr);
+        return;
+    }
+    opt->o.lr = lr;
+}
+
+double tg_optim_get_lr(const tg_optim *opt) { return opt ? opt->o.lr : NAN; }
+
+int64_t tg_optim_step_count(const tg_optim *opt) { return opt ? opt->nsteps : -1; }
+
+const tg_optim_opts *tg_optim_opts_of(const tg_optim *opt) { return opt ? &opt->o : NULL; }
+
+/* ---- plain gradient descent --------------------------------------------- */
+
+int tg_sgd_step(tg_ctx *ctx, double lr) {
+    if (!ctx || !tg_ok(ctx)) return -1;
+    if (!nonneg(lr)) {
+        tg_set_error(ctx, "tg_sgd_step: lr must be >= 0 and finite, got %g", lr);
+        return -1;
+    }
+    for (int k = 0; k < ctx->n_params; k++) {
+        tg_tensor *p = ctx->params[k];
+        if (!p->grad) continue;
+        int64_t n = p->numel;
+        TGI_FLOAT_DISPATCH(p->dtype, {
+            T *restrict x = p->data;
+            const T *restrict g = p->grad;
+            const T a = (T)lr;
+            for (int64_t i = 0; i < n; i++) x[i] = x[i] - a * g[i];
+        });
+    }
+    return 0;
+}
+
+/* ---- gradient clipping ---------------------------------------------------
+ * torch.nn.utils.clip_grad_norm_ with norm_type 2:
+ *   norm = sqrt(sum_p sum_i g_i^2),  c = max_norm / (norm + 1e-6)
+ *   c < 1: g = c g for every gradient
+ * The sum of squares is accumulated in double for both dtypes.               */
+static int clip_list(tg_ctx *ctx, const char *fn, tg_tensor *const *params, int n,
+                     tg_tensor *const **list, int *count) {
+    if (n < 0 || (!params && n != 0)) {
+        tg_set_error(ctx, "%s: params is %s with n %d (pass params NULL and n 0 for every parameter)",
+                     fn, params ? "given" : "NULL", n);
+        return -1;
+    }
+    if (!params) {
+        *list = ctx->params;
+        *count = ctx->n_params;
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        char arg[32];
+        snprintf(arg, sizeof arg, "params[%d]", i);
+        if (!tgi_check_arg(ctx, fn, arg, params[i])) return -1;
+        if (!tgi_check_float(ctx, fn, arg, params[i])) return -1;
+    }
+    *list = params;
+    *count = n;
+    return 0;
+}
+
+double tg_clip_grad_norm(tg_ctx *ctx, tg_tensor *const *params, int n, double max_norm) {
+    static const char fn[] = "tg_clip_grad_norm";
+    if (!ctx || !tg_ok(ctx)) return -1.0;
+    if (!nonneg(max_norm)) {
+        tg_set_error(ctx, "%s: max_norm must be >= 0 and finite, got %g", fn, max_norm);
+        return -1.0;
+    }
+    tg_tensor *const *list;
+    int count;
+    if (clip_list(ctx, fn, params, n, &list, &count)) return -1.0;
+    double ss = 0.0;
+    for (int k = 0; k < count; k++) {
+        const tg_tensor *p = list[k];
+        if (!p->grad) continue;
+        int64_t m = p->numel;
+        TGI_FLOAT_DISPATCH(p->dtype, {
+            const T *restrict g = p->grad;
+            double acc = 0.0;
+            for (int64_t i = 0; i < m; i++) acc += (double)g[i] * (double)g[i];
+            ss += acc;
+        });
+    }
+    double norm = sqrt(ss);
+    if (!isfinite(norm)) return norm; /* left untouched; the caller sees inf/NaN */
+    double c = max_norm / (norm + 1e-6);
+    if (c < 1.0) {
+        for (int k = 0; k < count; k++) {
+            tg_tensor *p = list[k];
+            if (!p->grad) continue;
+            int64_t m = p->numel;
+            TGI_FLOAT_DISPATCH(p->dtype, {
+                T *restrict g = p->grad;
+                const T s = (T)c;
+                for (int64_t i = 0; i < m; i++) g[i] = g[i] * s;
+            });
+        }
+    }
+    return norm;
+}
+
+/* ---- learning-rate schedules -------------------------------------------
+ * With W = warmup_steps: step < W gives base_lr (step+1) / W; otherwise
+ * s = step - W and
+ *   CONSTANT     base_lr
+ *   STEP         base_lr gamma^floor(s / step_size)            (StepLR)
+ *   EXPONENTIAL  base_lr gamma^s                               (ExponentialLR)
+ *   COSINE       T = total_steps - W; s < T:
+ *                min_lr + (base_lr - min_lr) (1 + cos(pi s / T)) / 2
+ *                s >= T: min_lr                          (CosineAnnealingLR) */
+
+/* NULL if valid, else the reason (for tg_sched_check's message). */
+static const char *sched_invalid(const tg_sched *s) {
+    if ((unsigned)s->kind >= TG_SCHED_COUNT) return "unknown schedule kind";
+    if (!nonneg(s->base_lr)) return "base_lr must be >= 0 and finite";
+    if (s->warmup_steps < 0) return "warmup_steps must be >= 0";
+    switch (s->kind) {
+    case TG_SCHED_STEP:
+        if (s->step_size <= 0) return "step_size must be > 0";
+        /* fall through */
+    case TG_SCHED_EXPONENTIAL:
+        if (!(s->gamma > 0.0) || !isfinite(s->gamma)) return "gamma must be > 0 and finite";
+        break;
+    case TG_SCHED_COSINE:
+        if (s->total_steps <= s->warmup_steps) return "total_steps must be > warmup_steps";
+        if (!(s->min_lr >= 0.0 && s->min_lr <= s->base_lr))
+            return "min_lr must be in [0, base_lr]";
+        break;
+    default: break;
+    }
+    return NULL;
+}
+
+int tg_sched_check(tg_ctx *ctx, const tg_sched *s) {
+    if (!ctx) return -1;
+    if (!s) {
+        tg_set_error(ctx, "tg_sched_check: argument s is NULL");
+        return -1;
+    }
+    const char *why = sched_invalid(s);
+    if (why) {
+        tg_set_error(ctx,
+                     "tg_sched_check: %s (kind %d, base_lr %g, gamma %g, min_lr %g, step_size "
+                     "%lld, total_steps %lld, warmup_steps %lld)",
+                     why, (int)s->kind, s->base_lr, s->gamma, s->min_lr, (long long)s->step_size,
+                     (long long)s->total_steps, (long long)s->warmup_steps);
+        return -1;
+    }
+    return 0;
+}
+
+double tg_sched_lr(const tg_sched *s, int64_t step) {
+    if (!s || step < 0 || sched_invalid(s)) return NAN;
+    int64_t w = s->warmup_steps;
+    if (step < w) return s->base_lr * (double)(step + 1) / (double)w;
+    int64_t k = step - w;
+    switch (s->kind) {
+    case TG_SCHED_CONSTANT: return s->base_lr;
+    case TG_SCHED_STEP: return s->base_lr * pow(s->gamma, (double)(k / s->step_size));
+    case TG_SCHED_EXPONENTIAL: return s->base_lr * pow(s->gamma, (double)k);
+    case TG_SCHED_COSINE: {
+        int64_t T = s->total_steps - w;
+        if (k >= T) return s->min_lr;
+        return s->min_lr +
+               (s->base_lr - s->min_lr) * (1.0 + cos(TGI_PI * (double)k / (double)T)) / 2.0;
+    }
+    default: break;
+    }
+    return NAN;
+}
