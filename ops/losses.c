@@ -1,0 +1,505 @@
+/* losses.c: loss functions. Every loss returns a 0-dimensional tensor: the
+ * mean over the batch (over all elements for the elementwise losses, over the
+ * N rows for cross-entropy). An empty input gives NaN, as a mean of nothing.
+ *
+ *   elementwise (pred and target of one shape): tg_mse, tg_l1, tg_bce,
+ *                                               tg_bce_with_logits
+ *   rows of logits:                             tg_cross_entropy
+ *
+ * Every op reads top to bottom: public function (checks, output, record,
+ * forward), forward kernel, backward kernel with its derivative in one comment
+ * line. Kernels are written once for float and double (TGI_FLOAT_DISPATCH +
+ * <tgmath.h>); every sum is accumulated in double, and so is each element's
+ * loss term. Backward ADDS into tg_grad_acc(in[i]) under one `if` per input;
+ * g below is d loss/d out (the seed arriving at the 0-dim output) divided by
+ * the number of terms averaged. Local gradients in full: docs/ops-activations.md.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <tgmath.h>
+
+/* ======================================================================== */
+/* Shared helpers                                                           */
+/* ======================================================================== */
+
+/* Record the node when a gradient is needed. Returns 0 when the tape could
+ * not grow (error recorded), else 1; *node is the node or NULL. */
+static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+                  tg_op_call **node)
+{
+    *node = tgi_record(ctx, op, out, in, n);
+    return *node != NULL || !tgi_should_record(ctx, in, n);
+}
+
+/* A 0-dimensional output of dtype dt (NULL on error). */
+static tg_tensor *scalar_out(tg_ctx *ctx, const char *fn, tg_dtype dt)
+{
+    return tgi_tensor_new(ctx, fn, dt, 0, NULL, 0);
+}
+
+/* Store v into the 0-dimensional tensor t. */
+static void set_scalar(tg_tensor *t, double v)
+{
+    TGI_FLOAT_DISPATCH(t->dtype, { *(T *)t->data = (T)v; });
+}
+
+/* 1/n, or NaN for an empty mean (so the loss is NaN, not a division trap). */
+static double inv_count(int64_t n) { return n > 0 ? 1.0 / (double)n : NAN; }
+
+/* d loss/d out of a loss node divided by the n terms averaged; 0 when no
+ * gradient reached the output (then backward has nothing to add). */
+static int seed_over(const tg_op_call *c, int64_t n, double *g)
+{
+    const void *dy = c->out->grad;
+    if (!dy || n == 0) return 0;
+    TGI_FLOAT_DISPATCH(c->out->dtype, { *g = (double)*(const T *)dy / (double)n; });
+    return 1;
+}
+
+/* Common body of the elementwise losses f(a, b), a and b of one shape:
+ * checks (non-NULL, this ctx, floats, one dtype, one shape), 0-dim output,
+ * record, forward (which returns the sum of the per-element terms, in double). */
+static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *a,
+                            const char *an, tg_tensor *b, const char *bn,
+                            double (*forward)(const tg_tensor *, const tg_tensor *))
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_arg(ctx, fn, an, a) || !tgi_check_arg(ctx, fn, bn, b)) return NULL;
+    if (!tgi_check_float(ctx, fn, an, a) || !tgi_check_float(ctx, fn, bn, b) ||
+        !tgi_check_same_dtype(ctx, fn, a, b) || !tgi_check_same_shape(ctx, fn, a, b))
+        return NULL;
+    tg_tensor *out = scalar_out(ctx, fn, a->dtype);
+    if (!out) return NULL;
+    tg_tensor *in[2] = {a, b};
+    tg_op_call *node;
+    if (!record(ctx, op, out, in, 2, &node)) return NULL;
+    set_scalar(out, forward(a, b) * inv_count(a->numel));
+    return out;
+}
+
+/* ======================================================================== */
+/* tg_mse                                                                   */
+/* pred, target of one shape (N elements) -> []. L = sum (p - t)^2 / N.      */
+/* dL/dp = 2 (p - t) / N; dL/dt = -2 (p - t) / N. Saves: nothing.            */
+/* ======================================================================== */
+
+static double mse_forward(const tg_tensor *p, const tg_tensor *t);
+static void mse_backward(tg_op_call *c);
+static const tg_op op_mse = {"mse", NULL, mse_backward};
+
+tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
+{
+    return pair_loss(ctx, "tg_mse", &op_mse, pred, "pred", target, "target", mse_forward);
+}
+
+static double mse_forward(const tg_tensor *p, const tg_tensor *t)
+{
+    double sum = 0;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        for (int64_t i = 0; i < p->numel; i++) {
+            const double d = (double)pp[i] - (double)pt[i];
+            sum += d * d;
+        }
+    });
+    return sum;
+}
+
+/* d mse/dp = 2 (p - t) / N, d mse/dt = -2 (p - t) / N */
+static void mse_backward(tg_op_call *c)
+{
+    tg_tensor *p = c->in[0], *t = c->in[1];
+    double g;
+    if (!seed_over(c, p->numel, &g)) return;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        if (tgi_needs_grad(p)) {
+            T *dp = tg_grad_acc(p);
+            if (dp)
+                for (int64_t i = 0; i < p->numel; i++)
+                    dp[i] += (T)(2 * g * ((double)pp[i] - (double)pt[i]));
+        }
+        if (tgi_needs_grad(t)) {
+            T *dt = tg_grad_acc(t);
+            if (dt)
+                for (int64_t i = 0; i < t->numel; i++)
+                    dt[i] -= (T)(2 * g * ((double)pp[i] - (double)pt[i]));
+        }
+    });
+}
+
+/* ======================================================================== */
+/* tg_l1                                                                    */
+/* pred, target of one shape (N elements) -> []. L = sum |p - t| / N.        */
+/* dL/dp = sign(p - t) / N (0 where p == t); dL/dt = -sign(p - t) / N.       */
+/* Saves: nothing.                                                           */
+/* ======================================================================== */
+
+static double l1_forward(const tg_tensor *p, const tg_tensor *t);
+static void l1_backward(tg_op_call *c);
+static const tg_op op_l1 = {"l1", NULL, l1_backward};
+
+tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
+{
+    return pair_loss(ctx, "tg_l1", &op_l1, pred, "pred", target, "target", l1_forward);
+}
+
+static double l1_forward(const tg_tensor *p, const tg_tensor *t)
+{
+    double sum = 0;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        for (int64_t i = 0; i < p->numel; i++) sum += fabs((double)pp[i] - (double)pt[i]);
+    });
+    return sum;
+}
+
+/* sign of d as -1, 0, +1 (0 for d == 0 and for NaN) */
+static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
+
+/* d l1/dp = sign(p - t) / N, d l1/dt = -sign(p - t) / N */
+static void l1_backward(tg_op_call *c)
+{
+    tg_tensor *p = c->in[0], *t = c->in[1];
+    double g;
+    if (!seed_over(c, p->numel, &g)) return;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        if (tgi_needs_grad(p)) {
+            T *dp = tg_grad_acc(p);
+            if (dp)
+                for (int64_t i = 0; i < p->numel; i++)
+                    dp[i] += (T)(g * sign_of((double)pp[i] - (double)pt[i]));
+        }
+        if (tgi_needs_grad(t)) {
+            T *dt = tg_grad_acc(t);
+            if (dt)
+                for (int64_t i = 0; i < t->numel; i++)
+                    dt[i] -= (T)(g * sign_of((double)pp[i] - (double)pt[i]));
+        }
+    });
+}
+
+/* ======================================================================== */
+/* tg_bce                                                                   */
+/* prob, target of one shape (N elements) -> [].                            */
+/* q = clamp(p, eps, 1 - eps) with eps = 1e-7 (f32) or 1e-12 (f64);          */
+/* L = -sum (t log q + (1 - t) log(1 - q)) / N.                              */
+/* dL/dp = (q - t) / (q (1 - q)) / N where eps <= p <= 1 - eps, and 0 where  */
+/* p was clamped (the gradient of the clamped function); dL/dt =             */
+/* (log(1 - q) - log q) / N. Saves: nothing.                                 */
+/* Numerical care: the clamp keeps p = 0 and p = 1 finite (loss at most      */
+/* -log eps per element); log(1 - q) is computed as log1p(-q). Targets are   */
+/* not checked to lie in [0, 1].                                             */
+/* ======================================================================== */
+
+static double bce_forward(const tg_tensor *p, const tg_tensor *t);
+static void bce_backward(tg_op_call *c);
+static const tg_op op_bce = {"bce", NULL, bce_backward};
+
+tg_tensor *tg_bce(tg_ctx *ctx, tg_tensor *prob, tg_tensor *target)
+{
+    return pair_loss(ctx, "tg_bce", &op_bce, prob, "prob", target, "target", bce_forward);
+}
+
+/* the clamp bound of tg_bce for a dtype */
+static double bce_eps(tg_dtype dt) { return dt == TG_F32 ? 1e-7 : 1e-12; }
+
+static double bce_forward(const tg_tensor *p, const tg_tensor *t)
+{
+    const double lo = bce_eps(p->dtype), hi = 1 - lo;
+    double sum = 0;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        for (int64_t i = 0; i < p->numel; i++) {
+            const double v = (double)pp[i], tv = (double)pt[i];
+            const double q = v < lo ? lo : v > hi ? hi : v;
+            sum -= tv * log(q) + (1 - tv) * log1p(-q);
+        }
+    });
+    return sum;
+}
+
+/* d bce/dp = (q - t) / (q (1 - q)) / N inside the clamp, 0 outside;
+ * d bce/dt = (log(1 - q) - log q) / N */
+static void bce_backward(tg_op_call *c)
+{
+    tg_tensor *p = c->in[0], *t = c->in[1];
+    const double lo = bce_eps(p->dtype), hi = 1 - lo;
+    double g;
+    if (!seed_over(c, p->numel, &g)) return;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        const T *pp = p->data, *pt = t->data;
+        if (tgi_needs_grad(p)) {
+            T *dp = tg_grad_acc(p);
+            if (dp)
+                for (int64_t i = 0; i < p->numel; i++) {
+                    const double v = (double)pp[i], tv = (double)pt[i];
+                    if (v >= lo && v <= hi) dp[i] += (T)(g * (v - tv) / (v * (1 - v)));
+                }
+        }
+        if (tgi_needs_grad(t)) {
+            T *dt = tg_grad_acc(t);
+            if (dt)
+                for (int64_t i = 0; i < t->numel; i++) {
+                    const double v = (double)pp[i];
+                    const double q = v < lo ? lo : v > hi ? hi : v;
+                    dt[i] += (T)(g * (log1p(-q) - log(q)));
+                }
+        }
+    });
+}
+
+/* ======================================================================== */
+/* tg_bce_with_logits                                                       */
+/* logits x, target t of one shape (N elements) -> [].                       */
+/* L = sum (max(x, 0) - x t + log(1 + e^-|x|)) / N                           */
+/*   (= the bce of sigmoid(x), without forming the sigmoid).                 */
+/* dL/dx = (sigmoid(x) - t) / N; dL/dt = -x / N. Saves: nothing.             */
+/* Numerical care: e^-|x| <= 1 never overflows and log1p keeps the small     */
+/* term exact, so x = +-1000 gives finite, exact losses (x = 1000, t = 0:    */
+/* 1000; x = -1000, t = 0: 0); sigmoid is the overflow-free form.            */
+/* ======================================================================== */
+
+static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t);
+static void bce_with_logits_backward(tg_op_call *c);
+static const tg_op op_bce_with_logits = {"bce_with_logits", NULL, bce_with_logits_backward};
+
+tg_tensor *tg_bce_with_logits(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
+{
+    return pair_loss(ctx, "tg_bce_with_logits", &op_bce_with_logits, logits, "logits", target,
+                     "target", bce_with_logits_forward);
+}
+
+static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t)
+{
+    double sum = 0;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data, *pt = t->data;
+        for (int64_t i = 0; i < x->numel; i++) {
+            const double v = (double)px[i], tv = (double)pt[i];
+            sum += (v > 0 ? v : 0) - v * tv + log1p(exp(-fabs(v)));
+        }
+    });
+    return sum;
+}
+
+/* d/dx = (sigmoid(x) - t) / N, d/dt = -x / N */
+static void bce_with_logits_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0], *t = c->in[1];
+    double g;
+    if (!seed_over(c, x->numel, &g)) return;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data, *pt = t->data;
+        if (tgi_needs_grad(x)) {
+            T *dx = tg_grad_acc(x);
+            if (dx)
+                for (int64_t i = 0; i < x->numel; i++) {
+                    const double v = (double)px[i];
+                    const double s = v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v));
+                    dx[i] += (T)(g * (s - (double)pt[i]));
+                }
+        }
+        if (tgi_needs_grad(t)) {
+            T *dt = tg_grad_acc(t);
+            if (dt)
+                for (int64_t i = 0; i < t->numel; i++) dt[i] -= (T)(g * (double)px[i]);
+        }
+    });
+}
+
+/* ======================================================================== */
+/* tg_cross_entropy                                                         */
+/* logits x [N,C] (or [C], one row) and either                               */
+/*   - class indices y: i32 [N] (or [] / [1] for [C] logits), each in [0,C), */
+/*   - probabilities t: [N,C] of x's dtype (or [C] for [C] logits).          */
+/* Fused log-softmax + negative log-likelihood, mean over the N rows:        */
+/*   lse_i = m_i + log sum_j e^(x_ij - m_i), m_i the row maximum;            */
+/*   indices:       L = sum_i (lse_i - x_i,y_i) / N                          */
+/*   probabilities: L = -sum_ij t_ij (x_ij - lse_i) / N (terms with t = 0    */
+/*                  are skipped: 0 log 0 = 0, so -inf logits stay finite).   */
+/* dL/dx = (p - onehot(y)) / N, or (p sum_j t_ij - t) / N, p = softmax(x);   */
+/* dL/dt = -log_softmax(x) / N (float targets that require a gradient).      */
+/* Saves: p [N,C] (tg_scratch, call->saved), only when recorded.             */
+/* Numerical care: the row maximum is subtracted and log_softmax is never    */
+/* taken as the log of p, so logits of +-1000 give exact, finite losses      */
+/* (logits [1000,-1000], target 1: 2000); sums in double.                    */
+/* ======================================================================== */
+
+static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
+                                  int64_t n, int64_t k, void *probs);
+static void cross_entropy_backward(tg_op_call *c);
+static const tg_op op_cross_entropy = {"cross_entropy", NULL, cross_entropy_backward};
+
+/* Rows and classes of the logits of cross-entropy; 0 if x is not [N,C] or [C]. */
+static int ce_dims(const tg_tensor *x, int64_t *n, int64_t *k)
+{
+    if (x->ndim == 2) {
+        *n = x->shape[0];
+        *k = x->shape[1];
+        return 1;
+    }
+    if (x->ndim == 1) {
+        *n = 1;
+        *k = x->shape[0];
+        return 1;
+    }
+    return 0;
+}
+
+/* Checks the target of cross-entropy against logits x with n rows and k
+ * classes: kind, shape, dtype and (for indices) every index's range. */
+static int ce_check_target(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *t, int64_t n,
+                           int64_t k)
+{
+    static const char fn[] = "tg_cross_entropy";
+    char bx[96], bt[96];
+    if (t->dtype == TG_I32) {
+        const int shape_ok = x->ndim == 2 ? (t->ndim == 1 && t->shape[0] == n)
+                                          : (t->ndim == 0 || (t->ndim == 1 && t->shape[0] == 1));
+        if (!shape_ok) {
+            tg_set_error(ctx,
+                         "%s: class-index target must be i32 %s for logits %s, got i32 %s",
+                         fn, x->ndim == 2 ? "[N]" : "[] or [1]", TGI_SHAPE(x, bx),
+                         TGI_SHAPE(t, bt));
+            return 0;
+        }
+        const int32_t *y = t->data;
+        for (int64_t i = 0; i < n; i++)
+            if (y[i] < 0 || y[i] >= k) {
+                tg_set_error(ctx,
+                             "%s: target[%lld] = %d is outside [0,%lld) (logits %s have %lld "
+                             "classes)",
+                             fn, (long long)i, (int)y[i], (long long)k, TGI_SHAPE(x, bx),
+                             (long long)k);
+                return 0;
+            }
+        return 1;
+    }
+    if (!tgi_check_float(ctx, fn, "target", t) || !tgi_check_same_dtype(ctx, fn, x, t))
+        return 0;
+    int same = x->ndim == t->ndim;
+    for (int d = 0; same && d < x->ndim; d++) same = x->shape[d] == t->shape[d];
+    if (!same) {
+        tg_set_error(ctx,
+                     "%s: a probability target must have the logits' shape: logits %s, "
+                     "target %s (or pass i32 class indices [N])",
+                     fn, TGI_SHAPE(x, bx), TGI_SHAPE(t, bt));
+        return 0;
+    }
+    return 1;
+}
+
+tg_tensor *tg_cross_entropy(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
+{
+    static const char fn[] = "tg_cross_entropy";
+    if (!ctx) return NULL;
+    if (!tgi_check_arg(ctx, fn, "logits", logits) || !tgi_check_arg(ctx, fn, "target", target) ||
+        !tgi_check_float(ctx, fn, "logits", logits))
+        return NULL;
+    int64_t n, k;
+    char bx[96];
+    if (!ce_dims(logits, &n, &k)) {
+        tg_set_error(ctx, "%s: logits must be [N,C] (or [C]), got %s", fn, TGI_SHAPE(logits, bx));
+        return NULL;
+    }
+    if (k == 0) {
+        tg_set_error(ctx, "%s: logits %s have no classes", fn, TGI_SHAPE(logits, bx));
+        return NULL;
+    }
+    if (!ce_check_target(ctx, logits, target, n, k)) return NULL;
+    tg_tensor *out = scalar_out(ctx, fn, logits->dtype);
+    if (!out) return NULL;
+    tg_tensor *in[2] = {logits, target};
+    tg_op_call *node;
+    if (!record(ctx, &op_cross_entropy, out, in, 2, &node)) return NULL;
+    void *probs = NULL;
+    if (node) {
+        probs = tg_scratch(ctx, tgi_bytes(logits));
+        if (!probs && logits->numel) return NULL;
+        node->saved = probs;
+    }
+    cross_entropy_forward(out, logits, target, n, k, probs);
+    return out;
+}
+
+/* probs (NULL when nothing is recorded) receives softmax(x), row by row. */
+static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
+                                  int64_t n, int64_t k, void *probs)
+{
+    const int indices = target->dtype == TG_I32;
+    double loss = 0;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        T *p = probs;
+        for (int64_t i = 0; i < n; i++) {
+            const T *xr = (const T *)x->data + i * k;
+            T m = xr[0];
+            for (int64_t j = 1; j < k; j++)
+                if (xr[j] > m) m = xr[j];
+            double sum = 0;
+            for (int64_t j = 0; j < k; j++) sum += exp((double)(xr[j] - m));
+            const double lse = log(sum);
+            if (p)
+                for (int64_t j = 0; j < k; j++) p[i * k + j] = (T)(exp((double)(xr[j] - m)) / sum);
+            if (indices) {
+                const int32_t y = ((const int32_t *)target->data)[i];
+                loss += lse - (double)(xr[y] - m);
+            } else {
+                const T *tr = (const T *)target->data + i * k;
+                for (int64_t j = 0; j < k; j++)
+                    if (tr[j] != 0) loss -= (double)tr[j] * ((double)(xr[j] - m) - lse);
+            }
+        }
+    });
+    set_scalar(out, loss * inv_count(n));
+}
+
+/* d ce/dx = (p - onehot) / N (indices), (p sum(t) - t) / N (probabilities);
+ * d ce/dt = -log_softmax(x) / N */
+static void cross_entropy_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0], *t = c->in[1];
+    int64_t n, k;
+    double g;
+    if (!ce_dims(x, &n, &k) || !seed_over(c, n, &g)) return;
+    const int indices = t->dtype == TG_I32;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *p = c->saved;
+        if (tgi_needs_grad(x) && p) {
+            T *dx = tg_grad_acc(x);
+            if (dx)
+                for (int64_t i = 0; i < n; i++) {
+                    const T *pr = p + i * k;
+                    T *dxr = dx + i * k;
+                    if (indices) {
+                        const int32_t y = ((const int32_t *)t->data)[i];
+                        for (int64_t j = 0; j < k; j++)
+                            dxr[j] += (T)(g * ((double)pr[j] - (j == y ? 1.0 : 0.0)));
+                    } else {
+                        const T *tr = (const T *)t->data + i * k;
+                        double st = 0;
+                        for (int64_t j = 0; j < k; j++) st += (double)tr[j];
+                        for (int64_t j = 0; j < k; j++)
+                            dxr[j] += (T)(g * ((double)pr[j] * st - (double)tr[j]));
+                    }
+                }
+        }
+        if (!indices && tgi_needs_grad(t)) {
+            T *dt = tg_grad_acc(t);
+            if (dt)
+                for (int64_t i = 0; i < n; i++) { /* log_softmax recomputed from x */
+                    const T *xr = (const T *)x->data + i * k;
+                    T m = xr[0];
+                    for (int64_t j = 1; j < k; j++)
+                        if (xr[j] > m) m = xr[j];
+                    double sum = 0;
+                    for (int64_t j = 0; j < k; j++) sum += exp((double)(xr[j] - m));
+                    const double lse = log(sum);
+                    for (int64_t j = 0; j < k; j++)
+                        dt[i * k + j] -= (T)(g * ((double)(xr[j] - m) - lse));
+                }
+        }
+    });
+}
