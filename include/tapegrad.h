@@ -762,7 +762,7 @@ typedef struct {
     int64_t epoch;      /**< epochs completed */
     int fresh;          /**< the next call starts an epoch */
 } tg_batcher;
-/** Prepare @p b to iterate over @p ds (which must outlive it) in batches of
+/** Prepare @p b to iterate over @p ds (which must outlive it and keep its n) in batches of
  *  @p batch_size (>= 1) samples; @p flags: TG_BATCH_* or'ed (1 = shuffle).
  *  Allocates the order array once; free with tg_batcher_free. 0 ok, -1 error.
  *  (owned by data) */

@@ -184,6 +184,12 @@ typedef struct {
 int tgi_bcast_init(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b,
                    tgi_bcast *bc);
 
+/* ---- datasets (data.c; used by the loaders idx.c and csv.c) ----
+ * A dataset block from the ctx allocator. n_targets: 0 labels, > 0 targets,
+ * < 0 neither. zero: fill with zeros, else leave the data uninitialised. */
+tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
+                              int64_t n_targets, int zero);
+
 /* ---- threads ---- */
 /* Number of threads worth using for `work` elementwise operations. */
 int tgi_threads_for(const tg_ctx *ctx, int64_t work);
