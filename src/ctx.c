@@ -76,6 +76,7 @@ void tg_set_error(tg_ctx *ctx, const char *fmt, ...) {
     va_end(ap);
 }
 
+#undef tg_ok
 int tg_ok(const tg_ctx *ctx) { return ctx && !ctx->has_error; }
 
 const char *tg_errmsg(const tg_ctx *ctx) {
@@ -106,7 +107,7 @@ const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
     return buf;
 }
 
-int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
+int tgi_check_arg_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
     if (!t) {
         if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument %s is NULL", fn, arg);
         return 0;
@@ -118,7 +119,7 @@ int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor 
     return tg_ok(ctx);
 }
 
-int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
+int tgi_check_float_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
     if (t->dtype == TG_F32 || t->dtype == TG_F64) return 1;
     char b[96];
     tg_set_error(ctx, "%s: %s must be f32 or f64, got %s %s", fn, arg, tg_dtype_name(t->dtype),
@@ -126,7 +127,8 @@ int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tenso
     return 0;
 }
 
-int tgi_check_same_dtype(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b) {
+int tgi_check_same_dtype_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a,
+                              const tg_tensor *b) {
     if (a->dtype == b->dtype) return 1;
     char ba[96], bb[96];
     tg_set_error(ctx, "%s: dtypes differ: %s %s and %s %s", fn, tg_dtype_name(a->dtype),
@@ -134,7 +136,8 @@ int tgi_check_same_dtype(tg_ctx *ctx, const char *fn, const tg_tensor *a, const 
     return 0;
 }
 
-int tgi_check_same_shape(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b) {
+int tgi_check_same_shape_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a,
+                              const tg_tensor *b) {
     int same = a->ndim == b->ndim;
     for (int i = 0; same && i < a->ndim; i++) same = a->shape[i] == b->shape[i];
     if (same) return 1;

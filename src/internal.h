@@ -107,15 +107,49 @@ void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m);
 
 /* ---- errors ---- */
 void tgi_verror(tg_ctx *ctx, const char *fmt, va_list ap);
-/* Check a tensor argument: returns 1 if usable. NULL with no error recorded
- * records "<fn>: argument <arg> is NULL". Also rejects tensors of another ctx. */
-int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+/* Argument checks. Each has an inline fast path (the common, valid case costs
+ * a compare or two) and an out-of-line slow path that records the error.
+ *
+ * tgi_check_arg: 1 if t is usable. NULL with no error recorded records
+ * "<fn>: argument <arg> is NULL"; a tensor of another ctx is an error too; and
+ * while an error is recorded every check fails (NULL in, NULL out). */
+int tgi_check_arg_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+static inline int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
+    if (t && t->ctx == ctx && !ctx->has_error) return 1;
+    return tgi_check_arg_slow(ctx, fn, arg, t);
+}
 /* 1 if t is f32 or f64, else records "<fn>: <arg> must be f32 or f64, got i32 [shape]" */
-int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+int tgi_check_float_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+static inline int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
+    if (t->dtype == TG_F32 || t->dtype == TG_F64) return 1;
+    return tgi_check_float_slow(ctx, fn, arg, t);
+}
 /* 1 if a and b have the same dtype, else records an error naming both */
-int tgi_check_same_dtype(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+int tgi_check_same_dtype_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+static inline int tgi_check_same_dtype(tg_ctx *ctx, const char *fn, const tg_tensor *a,
+                                       const tg_tensor *b) {
+    if (a->dtype == b->dtype) return 1;
+    return tgi_check_same_dtype_slow(ctx, fn, a, b);
+}
 /* 1 if a and b have the same shape, else records an error naming both */
-int tgi_check_same_shape(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+int tgi_check_same_shape_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);
+static inline int tgi_check_same_shape(tg_ctx *ctx, const char *fn, const tg_tensor *a,
+                                       const tg_tensor *b) {
+    if (a->ndim == b->ndim && a->numel == b->numel) {
+        int same = 1;
+        for (int i = 0; i < a->ndim; i++) same &= a->shape[i] == b->shape[i];
+        if (same) return 1;
+    }
+    return tgi_check_same_shape_slow(ctx, fn, a, b);
+}
+
+/* Hot accessors, inlined inside the library (the exported functions remain
+ * for users; their definitions #undef these). */
+static inline int tgi_ok(const tg_ctx *ctx) { return ctx && !ctx->has_error; }
+static inline size_t tgi_dtype_size(tg_dtype dt) { return dt == TG_F64 ? 8 : 4; }
+#define tg_ok(ctx) tgi_ok(ctx)
+#define tg_dtype_size(dt) tgi_dtype_size(dt)
+
 /* "[4,3]" into buf (for messages) */
 const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
 #define TGI_SHAPE(t, buf) tgi_shape_str((t)->ndim, (t)->shape, (buf), sizeof(buf))

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <xxhash.h>
 
+#undef tg_dtype_size
 size_t tg_dtype_size(tg_dtype dt) {
     switch (dt) {
     case TG_F32: return 4;
