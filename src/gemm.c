@@ -1,0 +1,486 @@
+/* gemm.c: the GEMM driver: workspace, kernel dispatch, blocking and threads.
+ *
+ *   C[m,n] = (accumulate ? C : 0) + op(A)[m,k] op(B)[k,n], row-major (see gemm.h).
+ *
+ * The kernels themselves live in gemm_tmpl.h, instantiated by gemm_generic.c,
+ * gemm_avx2.c and gemm_avx512.c; this file only moves pointers (it is written once
+ * for both element types, in bytes) and picks what runs.
+ *
+ * Transposes. op(A)(i,p) is A[i*rsa + p*csa] with (rsa, csa) = (lda, 1) for A and
+ * (1, lda) for A^T; likewise op(B)(p,j) = B[p*rsb + j*csb]. Only the packing routines
+ * look at these strides, so A^T B, A B^T and A^T B^T cost one strided copy of data
+ * that is copied anyway, and no transpose is ever materialised.
+ *
+ * Blocked path (the GotoBLAS/BLIS structure). Loop order, outermost first:
+ *
+ *   jc: columns of C in steps of NC
+ *     pc: k in steps of kc (k split into equal blocks of at most KC)
+ *         pack op(B)[pc:pc+kc, jc:jc+nc] -> ~B: NR-column micro-panels  (lives in L3)
+ *       ic: rows of C in steps of MC
+ *           pack op(A)[ic:ic+mc, pc:pc+kc] -> ~A: MR-row micro-panels  (lives in L2)
+ *         jr: NR-column micro-panels of ~B  (one kc x NR micro-panel sits in L1)
+ *           ir: MR-row micro-panels of ~A   (streamed from L2)
+ *             microkernel: MR x NR tile of C in registers, kc multiply-adds each,
+ *                          then C = C + tile (or C = tile on the first k block).
+ *
+ * MR, NR, MC, KC, NC come from the kernel set (table in gemm_kern.h; values and
+ * measurements in docs/gemm.md). Packed panels are zero-padded to whole MR / NR.
+ * Full MR-row tiles go to the microkernel (a partial column panel is computed whole
+ * and only its valid columns written back); the last mc % MR rows go to the direct
+ * kernel's 4-, 2- and 1-row tiles, reading the same packed panels, so a 1024-row
+ * matrix does not pay for a 6-row tile to get 4 rows.
+ *
+ * Direct path. For small or skinny shapes packing A costs more than it saves, so
+ * use_direct() sends them to the direct kernel: same register tile, A read in place
+ * through its strides, and for each k block only one kc x NR slice of op(B) packed
+ * at a time (reading B's rows in place is slow when ldb is a power of two: they
+ * all land in the same few L1 sets).
+ *
+ * Threads. With nthreads > 1 the output is cut statically into nthreads ranges of
+ * whole tiles, along n or m, whichever has more tiles; each OpenMP thread runs the
+ * same single-threaded algorithm on its range with its own packing buffers. The k
+ * blocking depends only on k, and each element's sum is computed identically by
+ * every routine (see gemm_tmpl.h), so the result does not depend on nthreads. The
+ * choice between direct and blocked path depends only on the shape.
+ *
+ * Workspace. One 64-byte-aligned buffer from the caller's allocator, carved per
+ * call into per-thread regions; it grows when a call needs more and is otherwise
+ * reused, so steady-state training allocates nothing here. */
+#include "gemm.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifdef TG_USE_CBLAS
+#include <cblas.h>
+#include <limits.h>
+#endif
+
+#include "gemm_kern.h"
+
+/* ---------------------------------------------------------------------------------
+ * Workspace */
+
+struct tg_gemm_ws {
+    tgi_alloc_fn alloc;
+    void *ud;
+    void *raw;           /* what alloc returned (freed through alloc) */
+    size_t raw_size;     /* its size, as passed to alloc */
+    unsigned char *buf;  /* raw rounded up to 64 bytes */
+    size_t cap;          /* usable bytes at buf */
+};
+
+#define WS_ALIGN 64
+
+tg_gemm_ws *tgi_gemm_ws_new(tgi_alloc_fn alloc, void *ud)
+{
+    if (!alloc) return NULL;
+    tg_gemm_ws *ws = (tg_gemm_ws *)alloc(ud, NULL, 0, sizeof *ws);
+    if (!ws) return NULL;
+    ws->alloc = alloc;
+    ws->ud = ud;
+    ws->raw = NULL;
+    ws->raw_size = 0;
+    ws->buf = NULL;
+    ws->cap = 0;
+    return ws;
+}
+
+void tgi_gemm_ws_free(tg_gemm_ws *ws)
+{
+    if (!ws) return;
+    if (ws->raw) ws->alloc(ws->ud, ws->raw, ws->raw_size, 0);
+    ws->alloc(ws->ud, ws, sizeof *ws, 0);
+}
+
+/* Make at least `bytes` usable bytes available at ws->buf. Contents are not kept.
+ * The new block is allocated before the old one is freed, so on failure the
+ * workspace is as it was. */
+static int ws_reserve(tg_gemm_ws *ws, size_t bytes)
+{
+    if (bytes <= ws->cap) return 0;
+    size_t want = (bytes + 65535u) & ~(size_t)65535u; /* grow in 64 KiB steps */
+    if (want < bytes || want > SIZE_MAX - WS_ALIGN) return -1;
+    void *raw = ws->alloc(ws->ud, NULL, 0, want + WS_ALIGN);
+    if (!raw) return -1;
+    if (ws->raw) ws->alloc(ws->ud, ws->raw, ws->raw_size, 0);
+    ws->raw = raw;
+    ws->raw_size = want + WS_ALIGN;
+    ws->buf = (unsigned char *)(((uintptr_t)raw + (WS_ALIGN - 1)) & ~(uintptr_t)(WS_ALIGN - 1));
+    ws->cap = want;
+    return 0;
+}
+
+static size_t round_up_bytes(size_t n) { return (n + (WS_ALIGN - 1)) & ~(size_t)(WS_ALIGN - 1); }
+
+/* ---------------------------------------------------------------------------------
+ * Kernel dispatch: chosen once from the CPU's features (idempotent, so a race between
+ * two first callers only writes the same pointer twice); tests may force a set. */
+
+static _Atomic(const tgi_gemm_impl *) g_auto_impl;
+static _Atomic(const tgi_gemm_impl *) g_forced_impl;
+
+#if defined(__x86_64__)
+static int cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static int cpu_has_avx512(void)
+{
+#if defined(TGI_GEMM_EMULATE_AVX512)
+    return 1; /* verification build: the AVX-512 set runs on SIMDe (gemm_avx512.c) */
+#else
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+#endif
+}
+#endif
+
+static const tgi_gemm_impl *detect_impl(void)
+{
+#if defined(__x86_64__)
+    if (cpu_has_avx512()) return &tgi_gemm_impl_avx512;
+    if (cpu_has_avx2()) return &tgi_gemm_impl_avx2;
+#endif
+    return &tgi_gemm_impl_generic;
+}
+
+static const tgi_gemm_impl *get_impl(void)
+{
+    const tgi_gemm_impl *f = atomic_load_explicit(&g_forced_impl, memory_order_acquire);
+    if (f) return f;
+    const tgi_gemm_impl *a = atomic_load_explicit(&g_auto_impl, memory_order_acquire);
+    if (!a) {
+        a = detect_impl();
+        atomic_store_explicit(&g_auto_impl, a, memory_order_release);
+    }
+    return a;
+}
+
+#ifdef TG_USE_CBLAS
+/* With TG_USE_CBLAS the automatic choice is the installed CBLAS; a forced kernel
+ * set (tests, benchmarks) still runs tapegrad's own. */
+static int use_cblas(void)
+{
+    return atomic_load_explicit(&g_forced_impl, memory_order_acquire) == NULL;
+}
+#endif
+
+const char *tgi_gemm_kernel_name(void)
+{
+#ifdef TG_USE_CBLAS
+    if (use_cblas()) return "cblas";
+#endif
+    return get_impl()->name;
+}
+
+void tgi_gemm_force_kernel(const char *name)
+{
+    const tgi_gemm_impl *want = NULL;
+    if (!name) {
+        atomic_store_explicit(&g_forced_impl, NULL, memory_order_release);
+        return;
+    }
+    if (strcmp(name, "generic") == 0) want = &tgi_gemm_impl_generic;
+#if defined(__x86_64__)
+    else if (strcmp(name, "avx2") == 0 && cpu_has_avx2()) want = &tgi_gemm_impl_avx2;
+    else if (strcmp(name, "avx512") == 0 && cpu_has_avx512()) want = &tgi_gemm_impl_avx512;
+#endif
+    if (want) atomic_store_explicit(&g_forced_impl, want, memory_order_release);
+}
+
+/* ---------------------------------------------------------------------------------
+ * One problem, described once for both paths. Pointers are bytes; strides elements. */
+
+typedef struct gemm_problem {
+    const tgi_gemm_kern *kern;
+    size_t esz;                  /* sizeof(float) or sizeof(double) */
+    int64_t m, n, k;
+    const unsigned char *A, *B;
+    int64_t rsa, csa, rsb, csb;  /* op(A)(i,p) = A[i*rsa + p*csa], op(B)(p,j) = B[p*rsb + j*csb] */
+    int add;                     /* accumulate into C */
+    unsigned char *C;
+    int64_t ldc;
+    int64_t kcb;                 /* k block: k split into equal blocks of at most KC */
+} gemm_problem;
+
+static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Below this many multiply-adds (some 50 us of work) starting a thread team costs
+ * more than the second core brings. */
+#define PAR_MIN_FLOPS (1 << 21)
+
+/* How many threads to use on `tiles` independent output tiles. */
+static int threads_for(int nthreads, int64_t tiles, int64_t m, int64_t n, int64_t k)
+{
+#ifndef _OPENMP
+    (void)nthreads; /* built without OpenMP: always one thread */
+    return 1;
+#endif
+    if (nthreads <= 1) return 1;
+    if ((double)m * (double)n * (double)k < (double)PAR_MIN_FLOPS) return 1;
+    if (tiles < nthreads) return (int)(tiles < 1 ? 1 : tiles);
+    return nthreads;
+}
+
+#ifdef _OPENMP
+/* Range t of nt gets tiles [lo, hi) of `tiles`. */
+static void split_range(int64_t tiles, int t, int nt, int64_t *lo, int64_t *hi)
+{
+    *lo = tiles * t / nt;
+    *hi = tiles * (t + 1) / nt;
+}
+#endif
+
+/* ---------------------------------------------------------------------------------
+ * Blocked path */
+
+/* The sequential blocked algorithm on rows [i0,i1) x columns [j0,j1) of C. */
+static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                          unsigned char *abuf, unsigned char *bbuf)
+{
+    const tgi_gemm_kern *K = P->kern;
+    const size_t es = P->esz;
+    const int64_t MR = K->mr, NR = K->nr, MC = K->mc, NC = K->nc;
+    const int64_t m = i1 - i0, n = j1 - j0, k = P->k;
+
+    for (int64_t jc = 0; jc < n; jc += NC) {
+        const int64_t nc = imin(NC, n - jc);
+        for (int64_t pc = 0; pc < k; pc += P->kcb) {
+            const int64_t kc = imin(P->kcb, k - pc);
+            const int add = P->add || pc > 0;
+            K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
+                      P->csb, bbuf);
+            for (int64_t ic = 0; ic < m; ic += MC) {
+                const int64_t mc = imin(MC, m - ic);
+                K->pack_a(mc, kc, P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es, P->rsa,
+                          P->csa, abuf);
+                unsigned char *crow = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const unsigned char *bp = bbuf + (size_t)(jr * kc) * es;
+                    const int nr = (int)imin(NR, nc - jr);
+                    int64_t ir = 0;
+                    for (; ir + MR <= mc; ir += MR)
+                        K->ukr(kc, abuf + (size_t)(ir * kc) * es, bp,
+                               crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, add, (int)MR, nr);
+                    if (ir < mc) /* last rows: the direct kernel's smaller tiles on the
+                                    packed panels (A(i,p) at a[i + p*MR]), same sums */
+                        K->direct(mc - ir, kc, abuf + (size_t)(ir * kc) * es, 1, MR, bp, NR, add,
+                                  crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, nr);
+                }
+            }
+        }
+    }
+}
+
+static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
+{
+    const tgi_gemm_kern *K = P->kern;
+    const int64_t MR = K->mr, NR = K->nr;
+    const int64_t mtiles = ceil_div(P->m, MR), ntiles = ceil_div(P->n, NR);
+    const int split_n = ntiles >= mtiles;
+    const int64_t tiles = split_n ? ntiles : mtiles;
+    const int nt = threads_for(nthreads, tiles, P->m, P->n, P->k);
+
+    /* the largest range a thread gets, and its packing buffers */
+    const int64_t tmax = ceil_div(tiles, nt);
+    const int64_t m_thr = split_n ? P->m : imin(P->m, tmax * MR);
+    const int64_t n_thr = split_n ? imin(P->n, tmax * NR) : P->n;
+    const size_t a_bytes =
+        round_up_bytes((size_t)(ceil_div(imin(K->mc, m_thr), MR) * MR * P->kcb) * P->esz);
+    const size_t b_bytes =
+        round_up_bytes((size_t)(ceil_div(imin(K->nc, n_thr), NR) * NR * P->kcb) * P->esz);
+    const size_t per_thread = a_bytes + b_bytes;
+    if (ws_reserve(ws, per_thread * (size_t)nt)) return -1;
+
+    if (nt == 1) {
+        blocked_range(P, 0, P->m, 0, P->n, ws->buf, ws->buf + a_bytes);
+        return 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        /* OpenMP may give fewer threads than asked (nested regions): then a thread
+         * takes several of the nt ranges, which the buffers were sized for */
+        const int t = omp_get_thread_num(), ntr = omp_get_num_threads();
+        unsigned char *abuf = ws->buf + per_thread * (size_t)t;
+        for (int v = t; v < nt; v += ntr) {
+            int64_t lo, hi;
+            split_range(tiles, v, nt, &lo, &hi);
+            if (split_n)
+                blocked_range(P, 0, P->m, lo * NR, imin(hi * NR, P->n), abuf, abuf + a_bytes);
+            else
+                blocked_range(P, lo * MR, imin(hi * MR, P->m), 0, P->n, abuf, abuf + a_bytes);
+        }
+    }
+#endif
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Direct path */
+
+/* Whether a shape goes to the direct path. A function of the shape and the
+ * transposes only (never of the thread count). The thresholds were measured on
+ * Zen 3 against the blocked path (docs/gemm.md). */
+static int use_direct(const gemm_problem *P)
+{
+    const int64_t m = P->m, n = P->n, k = P->k;
+    const double mnk = (double)m * (double)n * (double)k;
+    /* Row-major A whose rows are a multiple of 2 KiB apart: the tile's MR rows, read
+     * in place, map to one or two L1 sets and evict each other (f32 64x1024x1024 ran
+     * at 40% of the blocked path, f64 1024x256x16 at 80%; at 1 KiB the direct path
+     * still wins). Pack A unless the whole thing is tiny. */
+    if (m > 4 && P->csa == 1 && (P->rsa * (int64_t)P->esz) % 2048 == 0 && mnk > 65536.0)
+        return 0;
+    const int f32 = P->esz == sizeof(float);
+    if (n <= 16 || k <= 16) return 1;
+    /* few rows: up to 64 in f32; in f64 the blocked path already wins from m = 8 */
+    if (m <= (f32 ? 64 : 4)) return 1;
+    /* small cubes: f32 up to about 100^3, f64 up to 64^3 (measured crossovers) */
+    return mnk <= (f32 ? 1048576.0 : 262144.0);
+}
+
+/* Column panels [q0,q1) (NR wide) x rows [i0,i1) of C. For each block of k and
+ * each panel, the kc x NR slice of op(B) is copied into bbuf (which also transposes
+ * B^T and zero-pads a partial panel): read in place, its rows would sit at a stride
+ * of ldb and, for power-of-two widths, fight over a few L1 sets. A is read in place. */
+static void direct_range(const gemm_problem *P, int64_t q0, int64_t q1, int64_t i0, int64_t i1,
+                         unsigned char *bbuf)
+{
+    const tgi_gemm_kern *K = P->kern;
+    const size_t es = P->esz;
+    const int64_t NR = K->nr;
+    for (int64_t pc = 0; pc < P->k; pc += P->kcb) {
+        const int64_t kc = imin(P->kcb, P->k - pc);
+        const int add = P->add || pc > 0;
+        const unsigned char *a = P->A + (size_t)(i0 * P->rsa + pc * P->csa) * es;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t j = q * NR;
+            const int nr = (int)imin(NR, P->n - j);
+            K->pack_b(kc, nr, P->B + (size_t)(pc * P->rsb + j * P->csb) * es, P->rsb, P->csb,
+                      bbuf);
+            K->direct(i1 - i0, kc, a, P->rsa, P->csa, bbuf, NR, add,
+                      P->C + (size_t)(i0 * P->ldc + j) * es, P->ldc, nr);
+        }
+    }
+}
+
+static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
+{
+    const tgi_gemm_kern *K = P->kern;
+    const int64_t MR = K->mr, NR = K->nr;
+    const int64_t npan = ceil_div(P->n, NR), mtiles = ceil_div(P->m, MR);
+    const int split_n = npan >= mtiles;
+    const int64_t tiles = split_n ? npan : mtiles;
+    const int nt = threads_for(nthreads, tiles, P->m, P->n, P->k);
+    const size_t per_thread = round_up_bytes((size_t)(P->kcb * NR) * P->esz);
+    if (ws_reserve(ws, per_thread * (size_t)nt)) return -1;
+
+    if (nt == 1) {
+        direct_range(P, 0, npan, 0, P->m, ws->buf);
+        return 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), ntr = omp_get_num_threads();
+        unsigned char *bbuf = ws->buf + per_thread * (size_t)t;
+        for (int v = t; v < nt; v += ntr) { /* as in run_blocked */
+            int64_t lo, hi;
+            split_range(tiles, v, nt, &lo, &hi);
+            if (split_n)
+                direct_range(P, lo, hi, 0, P->m, bbuf);
+            else
+                direct_range(P, 0, npan, lo * MR, imin(hi * MR, P->m), bbuf);
+        }
+    }
+#endif
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Entry points */
+
+static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthreads, int ta,
+                    int tb, int64_t m, int64_t n, int64_t k, const void *A, int64_t lda,
+                    const void *B, int64_t ldb, int accumulate, void *C, int64_t ldc)
+{
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {
+        if (!accumulate) /* all-zero bits are +0.0 for float and double */
+            for (int64_t i = 0; i < m; i++) memset((unsigned char *)C + (size_t)(i * ldc) * esz, 0, (size_t)n * esz);
+        return 0;
+    }
+    if (!ws) return -1;
+    gemm_problem P;
+    P.kern = K;
+    P.esz = esz;
+    P.m = m;
+    P.n = n;
+    P.k = k;
+    P.A = (const unsigned char *)A;
+    P.B = (const unsigned char *)B;
+    P.rsa = ta ? 1 : lda;
+    P.csa = ta ? lda : 1;
+    P.rsb = tb ? 1 : ldb;
+    P.csb = tb ? ldb : 1;
+    P.add = accumulate != 0;
+    P.C = (unsigned char *)C;
+    P.ldc = ldc;
+    P.kcb = ceil_div(k, ceil_div(k, K->kc));
+    if (use_direct(&P)) return run_direct(ws, &P, nthreads);
+    return run_blocked(ws, &P, nthreads);
+}
+
+#ifdef TG_USE_CBLAS
+/* Build option TG_USE_CBLAS: unless a kernel set is forced, hand the product to the
+ * installed CBLAS (when the sizes fit its int arguments). Its threading is its own:
+ * results may then depend on OpenBLAS's thread count, and nthreads is not used. */
+static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc)
+{
+    return use_cblas() && m > 0 && n > 0 && k > 0 && m <= INT_MAX && n <= INT_MAX && k <= INT_MAX &&
+           lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX;
+}
+#endif
+
+int tgi_gemm_f32(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                 const float *A, int64_t lda, const float *B, int64_t ldb, int accumulate,
+                 float *C, int64_t ldc)
+{
+#ifdef TG_USE_CBLAS
+    if (cblas_fits(m, n, k, lda, ldb, ldc)) {
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    (int)m, (int)n, (int)k, 1.0f, A, (int)lda, B, (int)ldb,
+                    accumulate ? 1.0f : 0.0f, C, (int)ldc);
+        return 0;
+    }
+#endif
+    return gemm_any(ws, &get_impl()->f32, sizeof(float), nthreads, ta, tb, m, n, k, A, lda, B,
+                    ldb, accumulate, C, ldc);
+}
+
+int tgi_gemm_f64(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                 const double *A, int64_t lda, const double *B, int64_t ldb, int accumulate,
+                 double *C, int64_t ldc)
+{
+#ifdef TG_USE_CBLAS
+    if (cblas_fits(m, n, k, lda, ldb, ldc)) {
+        cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    (int)m, (int)n, (int)k, 1.0, A, (int)lda, B, (int)ldb,
+                    accumulate ? 1.0 : 0.0, C, (int)ldc);
+        return 0;
+    }
+#endif
+    return gemm_any(ws, &get_impl()->f64, sizeof(double), nthreads, ta, tb, m, n, k, A, lda, B,
+                    ldb, accumulate, C, ldc);
+}

@@ -1,0 +1,264 @@
+/* bench_gemm.c: GFLOP/s of tapegrad's GEMM (src/gemm.c), next to OpenBLAS when the
+ * build found it (TG_HAVE_CBLAS, linked with -lopenblas).
+ *
+ *   bench_gemm [kernel]     kernel: generic, avx2 or avx512 (default: automatic)
+ *
+ * Square n x n x n for n = 64..1024 in the forms NN (A B), TN (A^T B) and NT (A B^T),
+ * f32 and f64, one thread on both sides (best of several warm repetitions); then
+ * two threads at 512 and 1024; then small and skinny shapes, including the forward
+ * and backward products of a 784-128-10 MLP at batch 64. Every result is checked
+ * against OpenBLAS's (column "diff": max |ours - theirs| / max |theirs|).
+ * OPENBLAS_CORETYPE in the environment picks OpenBLAS's kernels (SkylakeX = its
+ * AVX-512 ones); on a CPU without AVX-512 that core would die of SIGILL, so then
+ * the OpenBLAS columns are skipped. Runs in about 15-30 s. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "gemm.h"
+
+#ifdef TG_HAVE_CBLAS
+#include <cblas.h>
+void openblas_set_num_threads(int num_threads);
+char *openblas_get_corename(void);
+#endif
+
+static int have_blas; /* OpenBLAS linked and safe to call on this CPU */
+
+/* One-thread runs are timed in the thread's CPU time, so that other processes on a
+ * busy machine do not count; multi-threaded runs in wall time. */
+static clockid_t timer_clock = CLOCK_MONOTONIC;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(timer_clock, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void *bench_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    (void)osize;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return realloc(ptr, nsize);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+
+/* One GEMM to time: C[m,n] = op(A) op(B), form "NN", "TN" or "NT". */
+typedef struct job {
+    int dbl, ta, tb, threads, ours;
+    int64_t m, n, k;
+    const void *A, *B;
+    void *C;
+    tg_gemm_ws *ws;
+} job;
+
+static void run_job(const job *j)
+{
+    const int64_t lda = j->ta ? j->m : j->k, ldb = j->tb ? j->k : j->n;
+    if (j->ours) {
+        int rc = j->dbl ? tgi_gemm_f64(j->ws, j->threads, j->ta, j->tb, j->m, j->n, j->k,
+                                       (const double *)j->A, lda, (const double *)j->B, ldb, 0,
+                                       (double *)j->C, j->n)
+                        : tgi_gemm_f32(j->ws, j->threads, j->ta, j->tb, j->m, j->n, j->k,
+                                       (const float *)j->A, lda, (const float *)j->B, ldb, 0,
+                                       (float *)j->C, j->n);
+        if (rc) {
+            fprintf(stderr, "bench_gemm: out of memory\n");
+            exit(1);
+        }
+        return;
+    }
+#ifdef TG_HAVE_CBLAS
+    openblas_set_num_threads(j->threads);
+    const enum CBLAS_TRANSPOSE ta = j->ta ? CblasTrans : CblasNoTrans;
+    const enum CBLAS_TRANSPOSE tb = j->tb ? CblasTrans : CblasNoTrans;
+    if (j->dbl)
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)j->m, (int)j->n, (int)j->k, 1.0,
+                    (const double *)j->A, (int)lda, (const double *)j->B, (int)ldb, 0.0,
+                    (double *)j->C, (int)j->n);
+    else
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)j->m, (int)j->n, (int)j->k, 1.0f,
+                    (const float *)j->A, (int)lda, (const float *)j->B, (int)ldb, 0.0f,
+                    (float *)j->C, (int)j->n);
+#endif
+}
+
+/* Seconds per call of each of n jobs (ours, and OpenBLAS's if any): calls are grouped
+ * into batches of about 10 ms, the jobs' batches alternate (so both see the same
+ * machine), and each job's best batch of `rounds` counts, after a warm-up call. */
+static void time_jobs(const job *jobs, int n, int rounds, double *best)
+{
+    int batch[2];
+    timer_clock = jobs[0].threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+    for (int i = 0; i < n; i++) {
+        run_job(&jobs[i]);
+        double t0 = now();
+        run_job(&jobs[i]);
+        const double one = now() - t0;
+        batch[i] = one > 0.01 ? 1 : (int)(0.01 / (one > 1e-7 ? one : 1e-7)) + 1;
+        best[i] = 1e30;
+    }
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < n; i++) {
+            const double t0 = now();
+            for (int b = 0; b < batch[i]; b++) run_job(&jobs[i]);
+            const double t = (now() - t0) / batch[i];
+            if (t < best[i]) best[i] = t;
+        }
+    }
+}
+
+/* max |x - y| / max |y| over n elements */
+static double rel_diff(int dbl, const void *x, const void *y, int64_t n)
+{
+    double dmax = 0, ymax = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double a = dbl ? ((const double *)x)[i] : ((const float *)x)[i];
+        double b = dbl ? ((const double *)y)[i] : ((const float *)y)[i];
+        if (fabs(a - b) > dmax) dmax = fabs(a - b);
+        if (fabs(b) > ymax) ymax = fabs(b);
+    }
+    return ymax > 0 ? dmax / ymax : dmax;
+}
+
+/* Time one shape both ways and print a row. */
+static void bench_row(tg_gemm_ws *ws, const char *label, int dbl, const char *form, int64_t m,
+                      int64_t n, int64_t k, int threads, int rounds)
+{
+    const int ta = form[0] == 'T', tb = form[1] == 'T';
+    const size_t es = dbl ? sizeof(double) : sizeof(float);
+    void *A = malloc((size_t)(m * k) * es), *B = malloc((size_t)(k * n) * es);
+    void *C = malloc((size_t)(m * n) * es), *C2 = malloc((size_t)(m * n) * es);
+    if (!A || !B || !C || !C2) {
+        fprintf(stderr, "bench_gemm: out of memory\n");
+        exit(1);
+    }
+    for (int64_t i = 0; i < m * k; i++) {
+        if (dbl) ((double *)A)[i] = urand();
+        else ((float *)A)[i] = (float)urand();
+    }
+    for (int64_t i = 0; i < k * n; i++) {
+        if (dbl) ((double *)B)[i] = urand();
+        else ((float *)B)[i] = (float)urand();
+    }
+    job jobs[2] = {{dbl, ta, tb, threads, 1, m, n, k, A, B, C, ws},
+                   {dbl, ta, tb, threads, 0, m, n, k, A, B, C2, ws}};
+    double best[2];
+    const double flop = 2.0 * (double)m * (double)n * (double)k;
+    time_jobs(jobs, have_blas ? 2 : 1, rounds, best);
+    const double t_ours = best[0];
+    printf("%-14s %-3s %-2s %5ld %5ld %5ld %3d  %8.1f", label, dbl ? "f64" : "f32", form,
+           (long)m, (long)k, (long)n, threads, flop / t_ours * 1e-9);
+    if (have_blas) {
+        const double t_blas = best[1];
+        printf("  %8.1f  %6.2f  %8.1e", flop / t_blas * 1e-9, t_blas / t_ours,
+               rel_diff(dbl, C, C2, m * n));
+    }
+    printf("  %9.2f\n", t_ours * 1e6);
+    fflush(stdout);
+    free(A);
+    free(B);
+    free(C);
+    free(C2);
+}
+
+static void header(const char *title)
+{
+    printf("\n%s\n", title);
+    printf("%-14s %-3s %-2s %5s %5s %5s %3s  %8s", "shape", "dt", "op", "m", "k", "n", "thr",
+           "ours");
+    if (have_blas) printf("  %8s  %6s  %8s", "openblas", "ratio", "diff");
+    printf("  %9s\n", "us/call");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        tgi_gemm_force_kernel(argv[1]);
+    } else { /* the best set this CPU runs, forced so a TG_USE_CBLAS build measures ours */
+        tgi_gemm_force_kernel("generic");
+        tgi_gemm_force_kernel("avx2");
+        tgi_gemm_force_kernel("avx512");
+    }
+    const char *coretype = getenv("OPENBLAS_CORETYPE");
+
+#ifdef TG_HAVE_CBLAS
+    have_blas = 1;
+    __builtin_cpu_init();
+    if (coretype && (strncasecmp(coretype, "skylakex", 8) == 0 ||
+                     strncasecmp(coretype, "cooperlake", 10) == 0 ||
+                     strncasecmp(coretype, "sapphire", 8) == 0) &&
+        !__builtin_cpu_supports("avx512f")) {
+        printf("OPENBLAS_CORETYPE=%s needs AVX-512, which this CPU lacks: "
+               "OpenBLAS columns skipped\n", coretype);
+        have_blas = 0;
+    }
+#endif
+    printf("tapegrad gemm kernel: %s\n", tgi_gemm_kernel_name());
+#ifdef TG_HAVE_CBLAS
+    printf("OPENBLAS_CORETYPE: %s; OpenBLAS core: %s\n", coretype ? coretype : "(unset)",
+           have_blas ? openblas_get_corename() : "(not used)");
+#else
+    printf("OPENBLAS_CORETYPE: %s; built without OpenBLAS\n", coretype ? coretype : "(unset)");
+#endif
+    printf("GFLOP/s = 2 m n k / time%s\n",
+           have_blas ? "; ratio = ours / OpenBLAS (above 1: we are faster)" : "");
+    printf("1 thread: thread CPU time; 2 threads: wall time\n");
+
+    tg_gemm_ws *ws = tgi_gemm_ws_new(bench_alloc, NULL);
+    if (!ws) return 1;
+    static const char *const forms[] = {"NN", "TN", "NT"};
+
+    header("square, 1 thread");
+    for (int dbl = 0; dbl < 2; dbl++)
+        for (int64_t n = 64; n <= 1024; n *= 2)
+            for (int f = 0; f < 3; f++)
+                bench_row(ws, "square", dbl, forms[f], n, n, n, 1, n >= 512 ? 5 : 8);
+
+    header("square, 2 threads");
+    for (int dbl = 0; dbl < 2; dbl++)
+        for (int64_t n = 512; n <= 1024; n *= 2)
+            for (int f = 0; f < 3; f++) bench_row(ws, "square", dbl, forms[f], n, n, n, 2, 5);
+
+    header("small and skinny, 1 thread");
+    struct { const char *label, *form; int64_t m, k, n; } sk[] = {
+        {"tiny", "NN", 4, 2, 4},
+        {"small", "NN", 16, 16, 16},
+        {"small", "NN", 32, 32, 32},
+        {"skinny", "NN", 64, 784, 64},
+        {"wide", "NN", 256, 1024, 1024},
+        {"mlp fc1 fwd", "NN", 64, 784, 128},   /* X[64,784] W1[784,128] */
+        {"mlp fc1 dW", "TN", 784, 64, 128},    /* X^T dH */
+        {"mlp fc1 dX", "NT", 64, 128, 784},    /* dH W1^T */
+        {"mlp fc2 fwd", "NN", 64, 128, 10},    /* H[64,128] W2[128,10] */
+        {"mlp fc2 dW", "TN", 128, 64, 10},     /* H^T dY */
+        {"mlp fc2 dH", "NT", 64, 10, 128},     /* dY W2^T */
+    };
+    for (int dbl = 0; dbl < 2; dbl++)
+        for (size_t i = 0; i < sizeof sk / sizeof sk[0]; i++)
+            bench_row(ws, sk[i].label, dbl, sk[i].form, sk[i].m, sk[i].n, sk[i].k, 1, 8);
+
+    tgi_gemm_ws_free(ws);
+    return 0;
+}
