@@ -174,6 +174,12 @@ static int use_cblas(void)
 }
 #endif
 
+/* Tests force a kernel set to exercise it on every shape, tiny ones included. */
+static int forced_kernel_active(void)
+{
+    return atomic_load_explicit(&g_forced_impl, memory_order_relaxed) != NULL;
+}
+
 const char *tgi_gemm_kernel_name(void)
 {
 #ifdef TG_USE_CBLAS
@@ -453,10 +459,38 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
 }
 #endif
 
+/* Tiny products (m n k <= TINY_GEMM_WORK, e.g. the 4x2x4 layers of an XOR
+ * network): a plain strided dot product per element of C, in the caller's
+ * thread. Dispatch, workspace and packing cost more than the arithmetic here.
+ * Each C(i,j) sums p = 0..k-1 in order, whatever nthreads is. */
+#define TINY_GEMM_WORK 512
+#define TINY_GEMM(T)                                                                   \
+    static void tiny_gemm_##T(int ta, int tb, int64_t m, int64_t n, int64_t k,           \
+                              const T *A, int64_t lda, const T *B, int64_t ldb,          \
+                              int accumulate, T *C, int64_t ldc)                         \
+    {                                                                                  \
+        const int64_t sai = ta ? 1 : lda, sap = ta ? lda : 1;                          \
+        const int64_t sbp = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
+        for (int64_t i = 0; i < m; i++) {                                              \
+            for (int64_t j = 0; j < n; j++) {                                          \
+                const T *a = A + i * sai, *b = B + j * sbj;                            \
+                T acc = 0;                                                             \
+                for (int64_t p = 0; p < k; p++) acc += a[p * sap] * b[p * sbp];        \
+                C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc : acc;              \
+            }                                                                          \
+        }                                                                              \
+    }
+TINY_GEMM(float)
+TINY_GEMM(double)
+
 int tgi_gemm_f32(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_t n, int64_t k,
                  const float *A, int64_t lda, const float *B, int64_t ldb, int accumulate,
                  float *C, int64_t ldc)
 {
+    if (ws && m > 0 && n > 0 && m * n * k <= TINY_GEMM_WORK && !forced_kernel_active()) {
+        tiny_gemm_float(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+        return 0;
+    }
 #ifdef TG_USE_CBLAS
     if (cblas_fits(m, n, k, lda, ldb, ldc)) {
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
@@ -473,6 +507,10 @@ int tgi_gemm_f64(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_
                  const double *A, int64_t lda, const double *B, int64_t ldb, int accumulate,
                  double *C, int64_t ldc)
 {
+    if (ws && m > 0 && n > 0 && m * n * k <= TINY_GEMM_WORK && !forced_kernel_active()) {
+        tiny_gemm_double(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);
+        return 0;
+    }
 #ifdef TG_USE_CBLAS
     if (cblas_fits(m, n, k, lda, ldb, ldc)) {
         cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
