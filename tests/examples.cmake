@@ -1,14 +1,38 @@
 # The examples are real programs: each one that exists is built and run as a
-# test, and its exit status says whether it reached what it claims.
-set(TG_EXAMPLE_TESTS xor custom_op perceptron adaline overfit)
+# test, and its exit status says whether it reached what it claims (xor: 4/4;
+# perceptron: AND and OR converge, XOR does not; adaline: the learned weights
+# match least squares; overfit: train loss well below test loss;
+# softmax_classifier: the MLP beats chance by far). The test modes are small
+# enough for the sanitizer build (Debug, ASan + UBSan at -O0).
+set(TG_EXAMPLE_TESTS xor custom_op perceptron adaline)
 foreach(ex ${TG_EXAMPLE_TESTS})
   if(TARGET ${ex})
     add_test(NAME example_${ex} COMMAND ${ex})
     set_tests_properties(example_${ex} PROPERTIES TIMEOUT 300)
   endif()
 endforeach()
+if(TARGET overfit)
+  # a 1-64-64-1 network and no weight-decay run (the default is 1-256-256-1)
+  add_test(NAME example_overfit COMMAND overfit --quick)
+  set_tests_properties(example_overfit PROPERTIES TIMEOUT 300)
+endif()
 if(TARGET softmax_classifier)
-  # the spiral fallback keeps this quick under sanitizers
-  add_test(NAME example_softmax_classifier COMMAND softmax_classifier --spiral --out ${CMAKE_BINARY_DIR}/loss_curve_test.csv)
+  # the spiral keeps this quick under sanitizers (Fashion-MNIST: script/demo)
+  add_test(NAME example_softmax_classifier
+           COMMAND softmax_classifier --spiral --out ${CMAKE_BINARY_DIR}/loss_curve_test.csv)
   set_tests_properties(example_softmax_classifier PROPERTIES TIMEOUT 300)
+endif()
+if(TARGET tg-mlp)
+  # train -> eval -> predict on a generated CSV and the tiny IDX fixtures,
+  # the --json line, and bad arguments and inputs (non-zero exit, a message)
+  find_program(TG_BASH bash)
+  if(TG_BASH)
+    add_test(NAME example_tg_mlp_cli
+             COMMAND ${TG_BASH} ${PROJECT_SOURCE_DIR}/tests/cli_test.sh $<TARGET_FILE:tg-mlp>
+                     ${PROJECT_SOURCE_DIR} ${CMAKE_BINARY_DIR}/cli_test)
+    set_tests_properties(example_tg_mlp_cli PROPERTIES TIMEOUT 300
+                         FAIL_REGULAR_EXPRESSION "FAIL ")
+  endif()
+  add_test(NAME example_tg_mlp_help COMMAND tg-mlp --help)
+  set_tests_properties(example_tg_mlp_help PROPERTIES PASS_REGULAR_EXPRESSION "usage:")
 endif()
