@@ -87,7 +87,9 @@ static size_t arena_used(const tgi_arena *a) {
     return a->cur ? a->used_before_cur + a->cur->used : 0;
 }
 
-void *tgi_arena_alloc(tg_ctx *ctx, size_t n) {
+/* The inline fast path (internal.h) bumps the pointer of the current chunk;
+ * here the current chunk is full (or there is none). */
+void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
     tgi_arena *a = &ctx->arena;
     n = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
     if (n == 0) n = TG_ALIGN;

@@ -221,9 +221,11 @@ typedef struct gemm_problem {
 static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Below this many multiply-adds (some 50 us of work) starting a thread team costs
- * more than the second core brings. */
-#define PAR_MIN_FLOPS (1 << 21)
+/* Below this many multiply-adds (some 100-200 us of work on one core) a thread
+ * team is not worth it: waking it costs microseconds, and on a loaded machine
+ * libgomp's spinning workers take the core the caller needs (a batch-64 MLP
+ * trained 20x slower with teams on its 64x784x128 products). */
+#define PAR_MIN_FLOPS (1 << 23)
 
 /* How many threads to use on `tiles` independent output tiles. */
 static int threads_for(int nthreads, int64_t tiles, int64_t m, int64_t n, int64_t k)
@@ -460,9 +462,9 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
 #endif
 
 /* Tiny products (m n k <= TINY_GEMM_WORK, e.g. the 4x2x4 layers of an XOR
- * network): a plain strided dot product per element of C, in the caller's
- * thread. Dispatch, workspace and packing cost more than the arithmetic here.
- * Each C(i,j) sums p = 0..k-1 in order, whatever nthreads is. */
+ * network): a strided dot product per element of C, in the caller's thread.
+ * Dispatch, workspace and packing cost more than the arithmetic here. Each
+ * C(i,j) sums p = 0..k-1 in order, whatever nthreads is. */
 #define TINY_GEMM_WORK 512
 #define TINY_GEMM(T)                                                                   \
     static void tiny_gemm_##T(int ta, int tb, int64_t m, int64_t n, int64_t k,           \

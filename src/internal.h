@@ -99,7 +99,21 @@ void tgi_free_aligned(tg_ctx *ctx, void *p, size_t n);
 void *tgi_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* ---- arena ---- */
-void *tgi_arena_alloc(tg_ctx *ctx, size_t n);      /* 64-aligned, uninitialised */
+void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n);
+/* 64-aligned, uninitialised; NULL + error when out of memory. The fast path
+ * (room in the current chunk) is inline: a bump of the pointer. */
+static inline void *tgi_arena_alloc(tg_ctx *ctx, size_t n) {
+    tgi_chunk *c = ctx->arena.cur;
+    n = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    if (c && n && c->size - c->used >= n) {
+        void *p = c->base + c->used;
+        c->used += n;
+        size_t u = ctx->arena.used_before_cur + c->used;
+        if (u > ctx->arena.peak) ctx->arena.peak = u;
+        return p;
+    }
+    return tgi_arena_alloc_slow(ctx, n);
+}
 void tgi_arena_reset(tg_ctx *ctx);
 void tgi_arena_free(tg_ctx *ctx);
 tgi_arena_mark tgi_arena_get_mark(const tg_ctx *ctx);

@@ -49,12 +49,11 @@ static int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
     const int64_t limit = (int64_t)1 << 40; /* elements; far beyond any real tensor */
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || shape[i] > limit || (shape[i] > 0 && n > limit / shape[i])) {
+        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n) || n > limit) {
             char b[128];
             tg_set_error(ctx, "%s: invalid shape %s", fn, tgi_shape_str(ndim, shape, b, sizeof b));
             return -1;
         }
-        n *= shape[i];
     }
     return n;
 }
