@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -22,11 +23,6 @@ static void setup(void) { ctx = tg_ctx_new(20240611); }
 static void teardown(void) { tg_ctx_free(ctx); }
 
 TestSuite(activations, .init = setup, .fini = teardown);
-
-typedef struct {
-    int ndim;
-    int64_t shape[4];
-} shp;
 
 /* the shapes every elementwise activation is checked on */
 static const shp SHAPES[] = {
@@ -39,56 +35,6 @@ static const shp SHAPES[] = {
 };
 #define N_SHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
 
-static tg_tensor *rnd(tg_dtype dt, shp s, double lo, double hi)
-{
-    tg_tensor *t = tg_new(ctx, dt, s.ndim, s.shape);
-    cr_assert_not_null(t, "%s", tg_errmsg(ctx));
-    tg_fill_uniform(ctx, t, lo, hi);
-    return t;
-}
-
-static double at(const tg_tensor *t, int64_t i)
-{
-    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)tg_data(t))[i]
-                                    : ((const double *)tg_data(t))[i];
-}
-
-static void set_at(tg_tensor *t, int64_t i, double v)
-{
-    if (tg_dtype_of(t) == TG_F32)
-        ((float *)tg_data(t))[i] = (float)v;
-    else
-        ((double *)tg_data(t))[i] = v;
-}
-
-static double grad_at(const tg_tensor *t, int64_t i)
-{
-    const void *g = tg_grad(t);
-    cr_assert_not_null(g, "no gradient reached the tensor");
-    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)g)[i] : ((const double *)g)[i];
-}
-
-/* a 1-D tensor holding v */
-static tg_tensor *vec(tg_dtype dt, int64_t n, const double *v)
-{
-    tg_tensor *t = tg_new(ctx, dt, 1, &n);
-    cr_assert_not_null(t, "%s", tg_errmsg(ctx));
-    for (int64_t i = 0; i < n; i++) set_at(t, i, v[i]);
-    return t;
-}
-
-/* the same data in another dtype (a new leaf) */
-static tg_tensor *convert(const tg_tensor *t, tg_dtype dt)
-{
-    int64_t n = tg_numel(t);
-    void *buf = malloc((size_t)n * 8 + 8);
-    cr_assert_eq(tg_copy_out(t, dt, buf), 0);
-    tg_tensor *r = tg_from(ctx, dt, tg_ndim(t), tg_shape(t), buf);
-    free(buf);
-    cr_assert_not_null(r);
-    return r;
-}
-
 /* Move every element at least `gap` away from 0 (keeps relu's kink out of
  * the finite differences). */
 static void away_from_zero(tg_tensor *t, double gap)
@@ -96,38 +42,6 @@ static void away_from_zero(tg_tensor *t, double gap)
     for (int64_t i = 0; i < tg_numel(t); i++) {
         double v = at(t, i);
         if (fabs(v) < gap) set_at(t, i, v < 0 ? v - gap : v + gap);
-    }
-}
-
-static void gradcheck_opts(tg_fn fn, void *user, tg_tensor **in, int n,
-                           const tg_gradcheck_opts *o, const char *what)
-{
-    int ok = tg_gradcheck(ctx, fn, user, in, n, o);
-    cr_assert(ok, "%s: %s", what, tg_errmsg(ctx));
-    cr_assert(tg_ok(ctx), "%s: %s", what, tg_errmsg(ctx));
-}
-
-static void gradcheck_ok(tg_fn fn, void *user, tg_tensor **in, int n, const char *what)
-{
-    gradcheck_opts(fn, user, in, n, NULL, what);
-}
-
-/* mse(fn(in), w) with fixed random w, backward; then every input must hold a
- * gradient with a non-zero entry, so the gradient checks did not pass
- * vacuously. Leaves the inputs requiring grad. */
-static void assert_grads_nonzero(tg_fn fn, void *user, tg_tensor **in, int n, const char *what)
-{
-    for (int k = 0; k < n; k++) tg_set_requires_grad(in[k], 1);
-    tg_tensor *y = fn(ctx, in, user);
-    cr_assert_not_null(y, "%s: %s", what, tg_errmsg(ctx));
-    tg_tensor *w = tg_new(ctx, tg_dtype_of(y), tg_ndim(y), tg_shape(y));
-    tg_fill_uniform(ctx, w, -3, 3);
-    tg_backward(ctx, tg_mse(ctx, y, w));
-    cr_assert(tg_ok(ctx), "%s: %s", what, tg_errmsg(ctx));
-    for (int k = 0; k < n; k++) {
-        int nz = 0;
-        for (int64_t i = 0; i < tg_numel(in[k]); i++) nz |= grad_at(in[k], i) != 0;
-        cr_assert(nz, "%s: input %d got an all-zero gradient", what, k);
     }
 }
 
@@ -163,15 +77,16 @@ Test(activations, gradcheck_every_op_every_shape)
         for (int s = 0; s < N_SHAPES; s++) {
             char what[96];
             snprintf(what, sizeof what, "%s on shape %d", UNOPS[o].name, s);
-            tg_tensor *x = rnd(TG_F64, SHAPES[s], -2.5, 2.5);
+            tg_tensor *x = rnd(ctx, TG_F64, SHAPES[s], -2.5, 2.5);
             away_from_zero(x, 0.1);
             set_at(x, 0, fabs(at(x, 0))); /* relu: at least one element on the slope */
             tg_tensor *in[1] = {x};
-            gradcheck_ok(fn_unop, (void *)&UNOPS[o], in, 1, what);
+            gradcheck_ok(ctx, fn_unop, (void *)&UNOPS[o], in, 1, what);
             /* softmax of a row of length 1 is the constant 1: zero gradient */
             int64_t last = SHAPES[s].ndim ? SHAPES[s].shape[SHAPES[s].ndim - 1] : 1;
             int row_op = UNOPS[o].f == tg_softmax || UNOPS[o].f == tg_log_softmax;
-            if (!(row_op && last == 1)) assert_grads_nonzero(fn_unop, (void *)&UNOPS[o], in, 1, what);
+            if (!(row_op && last == 1))
+                assert_grads_nonzero(ctx, fn_unop, (void *)&UNOPS[o], in, 1, LOSS_MSE_W, what);
             tg_reset(ctx);
         }
 }
@@ -182,9 +97,9 @@ Test(activations, gradcheck_near_kinks)
     const double v[6] = {1e-3, -1e-3, 2e-3, -2e-3, 1.5, -1.5};
     const unop_info *ops[3] = {&UNOPS[2], &UNOPS[3], &UNOPS[4]};
     for (int o = 0; o < 3; o++) {
-        tg_tensor *x = vec(TG_F64, 6, v);
+        tg_tensor *x = from1(ctx, TG_F64, 6, v);
         tg_tensor *in[1] = {x};
-        gradcheck_ok(fn_unop, (void *)ops[o], in, 1, ops[o]->name);
+        gradcheck_ok(ctx, fn_unop, (void *)ops[o], in, 1, ops[o]->name);
         tg_set_requires_grad(x, 1);
         tg_tensor *y = ops[o]->f(ctx, x);
         tg_backward(ctx, tg_mse(ctx, y, tg_new(ctx, TG_F64, 1, (int64_t[]){6})));
@@ -194,7 +109,8 @@ Test(activations, gradcheck_near_kinks)
         for (int i = 0; i < 6; i++) {
             double local = v[i] > 0 ? 1.0 : slope;
             double yv = v[i] > 0 ? v[i] : slope * v[i];
-            cr_assert_float_eq(grad_at(x, i), 2 * yv / 6 * local, 1e-15, "%s elem %d", ops[o]->name, i);
+            cr_assert_float_eq(grad_at(x, i), 2 * yv / 6 * local, 1e-15, "%s elem %d", ops[o]->name,
+                               i);
         }
         tg_reset(ctx);
     }
@@ -207,9 +123,9 @@ Test(activations, gradcheck_saturation)
     const double v[4] = {8, -8, 7.5, -9};
     const tg_gradcheck_opts tight = {.eps = 1e-5, .atol = 1e-10, .rtol = 1e-4};
     for (int o = 0; o < 2; o++) {
-        tg_tensor *x = vec(TG_F64, 4, v);
+        tg_tensor *x = from1(ctx, TG_F64, 4, v);
         tg_tensor *in[1] = {x};
-        gradcheck_opts(fn_unop, (void *)&UNOPS[o], in, 1, &tight, UNOPS[o].name);
+        gradcheck_opts(ctx, fn_unop, (void *)&UNOPS[o], in, 1, &tight, UNOPS[o].name);
         /* and against the closed form with seed 1 per element */
         tg_set_requires_grad(x, 1);
         tg_tensor *y = UNOPS[o].f(ctx, x);
@@ -238,11 +154,11 @@ Test(activations, softmax_full_jacobian_wide_rows)
 {
     /* rows with spread-out logits: the Jacobian diag(y) - y y^T is far from 0 */
     for (int o = 5; o <= 6; o++) {
-        tg_tensor *x = rnd(TG_F64, (shp){2, {3, 6}}, -4, 4);
+        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {3, 6}}, -4, 4);
         tg_tensor *in[1] = {x};
-        gradcheck_ok(fn_unop, (void *)&UNOPS[o], in, 1, UNOPS[o].name);
+        gradcheck_ok(ctx, fn_unop, (void *)&UNOPS[o], in, 1, UNOPS[o].name);
         /* the plain sum of softmax is constant: a weighted projection is not */
-        assert_grads_nonzero(fn_unop, (void *)&UNOPS[o], in, 1, UNOPS[o].name);
+        assert_grads_nonzero(ctx, fn_unop, (void *)&UNOPS[o], in, 1, LOSS_MSE_W, UNOPS[o].name);
         tg_reset(ctx);
     }
 }
@@ -269,24 +185,24 @@ Test(activations, sigmoid_scaled_gradcheck_all_learnable)
     /* c 0-dim, beta [1] / [1,1]: any ndim with one element */
     const shp cshape[3] = {{0, {0}}, {1, {1}}, {2, {1, 1}}};
     for (int s = 0; s < N_SHAPES; s++) {
-        tg_tensor *x = rnd(TG_F64, SHAPES[s], -2, 2);
-        tg_tensor *c = rnd(TG_F64, cshape[s % 3], 0.5, 2.0);
-        tg_tensor *beta = rnd(TG_F64, cshape[(s + 1) % 3], 0.3, 1.5);
+        tg_tensor *x = rnd(ctx, TG_F64, SHAPES[s], -2, 2);
+        tg_tensor *c = rnd(ctx, TG_F64, cshape[s % 3], 0.5, 2.0);
+        tg_tensor *beta = rnd(ctx, TG_F64, cshape[(s + 1) % 3], 0.3, 1.5);
         tg_tensor *in[3] = {x, c, beta};
         char what[64];
         snprintf(what, sizeof what, "tg_sigmoid_scaled shape %d", s);
-        gradcheck_ok(fn_scaled3, NULL, in, 3, what);
-        assert_grads_nonzero(fn_scaled3, NULL, in, 3, what);
+        gradcheck_ok(ctx, fn_scaled3, NULL, in, 3, what);
+        assert_grads_nonzero(ctx, fn_scaled3, NULL, in, 3, LOSS_MSE_W, what);
         tg_reset(ctx);
     }
 }
 
 Test(activations, sigmoid_scaled_constants_not_learnable)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {3, 4}}, -2, 2);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {3, 4}}, -2, 2);
     scaled_user u = {tg_scalar(ctx, TG_F64, 1.7), tg_scalar(ctx, TG_F64, -0.8)};
     tg_tensor *in[1] = {x};
-    gradcheck_ok(fn_scaled_x, &u, in, 1, "sigmoid_scaled wrt x only");
+    gradcheck_ok(ctx, fn_scaled_x, &u, in, 1, "sigmoid_scaled wrt x only");
     tg_set_requires_grad(x, 1);
     tg_tensor *y = tg_sigmoid_scaled(ctx, x, u.c, u.beta);
     tg_backward(ctx, tg_mse(ctx, y, tg_new(ctx, TG_F64, 2, (int64_t[]){3, 4})));
@@ -301,8 +217,9 @@ Test(activations, sigmoid_scaled_constants_not_learnable)
     /* neither x nor c/beta require grad: nothing is recorded */
     tg_reset(ctx);
     int64_t len0 = tg_tape_len(ctx);
-    tg_tensor *x2 = rnd(TG_F64, (shp){1, {5}}, -1, 1);
-    tg_tensor *y2 = tg_sigmoid_scaled(ctx, x2, tg_scalar(ctx, TG_F64, 2), tg_scalar(ctx, TG_F64, 3));
+    tg_tensor *x2 = rnd(ctx, TG_F64, (shp){1, {5}}, -1, 1);
+    tg_tensor *y2 =
+        tg_sigmoid_scaled(ctx, x2, tg_scalar(ctx, TG_F64, 2), tg_scalar(ctx, TG_F64, 3));
     cr_assert_not_null(y2);
     cr_assert_eq(tg_tape_len(ctx), len0);
     cr_assert_not(tg_requires_grad(y2));
@@ -321,7 +238,7 @@ Test(activations, sigmoid_scaled_params_closed_form)
     tg_fill(beta, 0.7);
     const double xv[5] = {-2, -0.5, 0.25, 1, 3};
     const double wv[5] = {0.3, -1, 2, 0.5, -0.7};
-    tg_tensor *x = vec(TG_F64, 5, xv), *w = vec(TG_F64, 5, wv);
+    tg_tensor *x = from1(ctx, TG_F64, 5, xv), *w = from1(ctx, TG_F64, 5, wv);
     tg_tensor *y = tg_sigmoid_scaled(ctx, x, c, beta);
     tg_backward(ctx, tg_mse(ctx, y, w));
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
@@ -340,15 +257,15 @@ Test(activations, sigmoid_scaled_params_closed_form)
     /* gradcheck with the parameters as inputs (x a temporary constant) */
     tg_tensor *in[3] = {x, c, beta};
     tg_set_requires_grad(x, 0);
-    gradcheck_ok(fn_scaled3, NULL, in, 3, "sigmoid_scaled params");
+    gradcheck_ok(ctx, fn_scaled3, NULL, in, 3, "sigmoid_scaled params");
     /* the check leaves the parameters' grads as they were */
     cr_assert_float_eq(grad_at(c, 0), dc, 1e-14);
 }
 
 Test(activations, sigmoid_scaled_f32_matches_f64_and_saturates)
 {
-    tg_tensor *x64 = rnd(TG_F64, (shp){2, {4, 5}}, -3, 3);
-    tg_tensor *x32 = convert(x64, TG_F32);
+    tg_tensor *x64 = rnd(ctx, TG_F64, (shp){2, {4, 5}}, -3, 3);
+    tg_tensor *x32 = convert(ctx, x64, TG_F32);
     tg_tensor *c64 = tg_scalar(ctx, TG_F64, 2.5), *b64 = tg_scalar(ctx, TG_F64, 1.25);
     tg_tensor *c32 = tg_scalar(ctx, TG_F32, 2.5), *b32 = tg_scalar(ctx, TG_F32, 1.25);
     tg_set_requires_grad(c64, 1);
@@ -357,9 +274,9 @@ Test(activations, sigmoid_scaled_f32_matches_f64_and_saturates)
     tg_set_requires_grad(b32, 1);
     tg_tensor *y64 = tg_sigmoid_scaled(ctx, x64, c64, b64);
     tg_tensor *y32 = tg_sigmoid_scaled(ctx, x32, c32, b32);
-    tg_tensor *w64 = rnd(TG_F64, (shp){2, {4, 5}}, -1, 1);
+    tg_tensor *w64 = rnd(ctx, TG_F64, (shp){2, {4, 5}}, -1, 1);
     tg_backward(ctx, tg_mse(ctx, y64, w64));
-    tg_backward(ctx, tg_mse(ctx, y32, convert(w64, TG_F32)));
+    tg_backward(ctx, tg_mse(ctx, y32, convert(ctx, w64, TG_F32)));
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
     for (int64_t i = 0; i < 20; i++) cr_assert_float_eq(at(y32, i), at(y64, i), 1e-6);
     cr_assert_float_eq(grad_at(c32, 0), grad_at(c64, 0), 1e-5 * (1 + fabs(grad_at(c64, 0))));
@@ -369,7 +286,7 @@ Test(activations, sigmoid_scaled_f32_matches_f64_and_saturates)
     const double big[2] = {1000, -1000};
     for (int d = 0; d < 2; d++) {
         tg_dtype dt = d ? TG_F32 : TG_F64;
-        tg_tensor *xb = vec(dt, 2, big);
+        tg_tensor *xb = from1(ctx, dt, 2, big);
         tg_set_requires_grad(xb, 1);
         tg_tensor *cb = tg_scalar(ctx, dt, 3), *bb = tg_scalar(ctx, dt, 2);
         tg_set_requires_grad(cb, 1);
@@ -392,7 +309,7 @@ Test(activations, forward_values)
     for (int d = 0; d < 2; d++) {
         tg_dtype dt = d ? TG_F32 : TG_F64;
         double tol = d ? 1e-6 : 1e-15;
-        tg_tensor *x = vec(dt, 6, v);
+        tg_tensor *x = from1(ctx, dt, 6, v);
         tg_tensor *s = tg_sigmoid(ctx, x), *t = tg_tanh(ctx, x), *r = tg_relu(ctx, x),
                   *l = tg_leaky_relu(ctx, x, 0.1);
         cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
@@ -451,11 +368,11 @@ Test(activations, softmax_large_logits)
     for (int d = 0; d < 2; d++) {
         tg_dtype dt = d ? TG_F32 : TG_F64;
         const double a[2] = {1000, 0}, b[2] = {-1000, 0}, c[2] = {1000, -1000};
-        tg_tensor *ya = tg_softmax(ctx, vec(dt, 2, a));
-        tg_tensor *yb = tg_softmax(ctx, vec(dt, 2, b));
-        tg_tensor *lc = tg_log_softmax(ctx, vec(dt, 2, c));
+        tg_tensor *ya = tg_softmax(ctx, from1(ctx, dt, 2, a));
+        tg_tensor *yb = tg_softmax(ctx, from1(ctx, dt, 2, b));
+        tg_tensor *lc = tg_log_softmax(ctx, from1(ctx, dt, 2, c));
         const double big[3] = {1000, 1000, 1000};
-        tg_tensor *yu = tg_softmax(ctx, vec(dt, 3, big));
+        tg_tensor *yu = tg_softmax(ctx, from1(ctx, dt, 3, big));
         cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
         cr_assert_eq(at(ya, 0), 1.0);
         cr_assert_eq(at(ya, 1), 0.0);
@@ -467,10 +384,10 @@ Test(activations, softmax_large_logits)
     }
     /* and the gradients there are finite */
     const double c[3] = {1000, -1000, 999};
-    tg_tensor *x = vec(TG_F64, 3, c);
+    tg_tensor *x = from1(ctx, TG_F64, 3, c);
     tg_tensor *in[1] = {x};
-    gradcheck_ok(fn_unop, (void *)&UNOPS[5], in, 1, "softmax at 1000");
-    gradcheck_ok(fn_unop, (void *)&UNOPS[6], in, 1, "log_softmax at 1000");
+    gradcheck_ok(ctx, fn_unop, (void *)&UNOPS[5], in, 1, "softmax at 1000");
+    gradcheck_ok(ctx, fn_unop, (void *)&UNOPS[6], in, 1, "log_softmax at 1000");
 }
 
 Test(activations, sigmoid_tanh_at_1000)
@@ -478,7 +395,7 @@ Test(activations, sigmoid_tanh_at_1000)
     for (int d = 0; d < 2; d++) {
         tg_dtype dt = d ? TG_F32 : TG_F64;
         const double v[4] = {1000, -1000, 800, -800};
-        tg_tensor *x = vec(dt, 4, v);
+        tg_tensor *x = from1(ctx, dt, 4, v);
         tg_set_requires_grad(x, 1);
         tg_tensor *s = tg_sigmoid(ctx, x);
         tg_tensor *t = tg_tanh(ctx, x);
@@ -504,11 +421,11 @@ Test(activations, sigmoid_tanh_at_1000)
 Test(activations, f32_matches_f64)
 {
     for (int o = 0; o < N_UNOPS; o++) {
-        tg_tensor *x64 = rnd(TG_F64, (shp){2, {3, 5}}, -3, 3);
+        tg_tensor *x64 = rnd(ctx, TG_F64, (shp){2, {3, 5}}, -3, 3);
         away_from_zero(x64, 0.05);
-        tg_tensor *x32 = convert(x64, TG_F32);
-        tg_tensor *w64 = rnd(TG_F64, (shp){2, {3, 5}}, -1, 1);
-        tg_tensor *w32 = convert(w64, TG_F32);
+        tg_tensor *x32 = convert(ctx, x64, TG_F32);
+        tg_tensor *w64 = rnd(ctx, TG_F64, (shp){2, {3, 5}}, -1, 1);
+        tg_tensor *w32 = convert(ctx, w64, TG_F32);
         tg_set_requires_grad(x64, 1);
         tg_set_requires_grad(x32, 1);
         tg_tensor *y64 = UNOPS[o].f(ctx, x64), *y32 = UNOPS[o].f(ctx, x32);
@@ -532,9 +449,9 @@ Test(activations, f32_matches_f64)
 
 Test(activations, backward_adds_fan_out_and_twice)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {2, 4}}, -2, 2);
-    tg_tensor *w1 = rnd(TG_F64, (shp){2, {2, 4}}, -1, 1);
-    tg_tensor *w2 = rnd(TG_F64, (shp){2, {2, 4}}, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {2, 4}}, -2, 2);
+    tg_tensor *w1 = rnd(ctx, TG_F64, (shp){2, {2, 4}}, -1, 1);
+    tg_tensor *w2 = rnd(ctx, TG_F64, (shp){2, {2, 4}}, -1, 1);
     tg_set_requires_grad(x, 1);
     for (int o = 0; o < N_UNOPS; o++) {
         /* each path alone */
@@ -565,7 +482,7 @@ Test(activations, backward_adds_fan_out_and_twice)
 
 Test(activations, no_grad_records_nothing)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){1, {4}}, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){1, {4}}, -1, 1);
     tg_set_requires_grad(x, 1);
     int prev = tg_no_grad(ctx, 1);
     int64_t len0 = tg_tape_len(ctx);
@@ -586,7 +503,7 @@ Test(activations, no_grad_records_nothing)
 Test(activations, activate_dispatch)
 {
     const double v[4] = {-2, -0.5, 0.5, 2};
-    tg_tensor *x = vec(TG_F64, 4, v);
+    tg_tensor *x = from1(ctx, TG_F64, 4, v);
     cr_assert_eq(tg_activate(ctx, x, TG_ACT_NONE), x, "TG_ACT_NONE returns x itself");
     struct {
         tg_act a;
@@ -613,7 +530,7 @@ Test(activations, activate_dispatch)
 
 Test(activations, activate_invalid)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {2, 3}}, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {2, 3}}, -1, 1);
     cr_assert_null(tg_activate(ctx, x, TG_ACT_COUNT));
     cr_assert_not(tg_ok(ctx));
     cr_assert(strstr(tg_errmsg(ctx), "tg_activate"), "%s", tg_errmsg(ctx));
@@ -646,7 +563,7 @@ Test(activations, null_arguments)
         cr_assert_str_eq(tg_errmsg(ctx), want);
         tg_clear_error(ctx);
     }
-    tg_tensor *x = rnd(TG_F64, (shp){1, {3}}, -1, 1), *s = tg_scalar(ctx, TG_F64, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){1, {3}}, -1, 1), *s = tg_scalar(ctx, TG_F64, 1);
     cr_assert_null(tg_sigmoid_scaled(ctx, x, NULL, s));
     cr_assert_str_eq(tg_errmsg(ctx), "tg_sigmoid_scaled: argument c is NULL");
     tg_clear_error(ctx);
@@ -671,7 +588,7 @@ Test(activations, i32_input_refused)
                   UNOPS[o].name, tg_errmsg(ctx));
         tg_clear_error(ctx);
     }
-    tg_tensor *x = rnd(TG_F64, (shp){1, {3}}, -1, 1), *s = tg_scalar(ctx, TG_F64, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){1, {3}}, -1, 1), *s = tg_scalar(ctx, TG_F64, 1);
     tg_tensor *si = tg_new(ctx, TG_I32, 0, NULL);
     cr_assert_null(tg_sigmoid_scaled(ctx, x, si, s));
     cr_assert(strstr(tg_errmsg(ctx), "tg_sigmoid_scaled: c must be f32 or f64"), "%s",
@@ -681,9 +598,9 @@ Test(activations, i32_input_refused)
 
 Test(activations, sigmoid_scaled_bad_shapes_and_dtypes)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {3, 4}}, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {3, 4}}, -1, 1);
     tg_tensor *s = tg_scalar(ctx, TG_F64, 1);
-    tg_tensor *c2 = rnd(TG_F64, (shp){1, {2}}, 0, 1);
+    tg_tensor *c2 = rnd(ctx, TG_F64, (shp){1, {2}}, 0, 1);
     cr_assert_null(tg_sigmoid_scaled(ctx, x, c2, s));
     const char *m = tg_errmsg(ctx);
     cr_assert(strstr(m, "tg_sigmoid_scaled") && strstr(m, "one element"), "%s", m);
@@ -708,7 +625,7 @@ Test(activations, sigmoid_scaled_bad_shapes_and_dtypes)
 
 Test(activations, chain_after_error_keeps_first_message)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {3, 4}}, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {3, 4}}, -1, 1);
     tg_tensor *bad = tg_sigmoid_scaled(ctx, x, x, x); /* c not one element */
     cr_assert_null(bad);
     char first[512];

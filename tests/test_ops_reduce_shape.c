@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -17,82 +18,6 @@ static void setup(void) { ctx = tg_ctx_new(777); }
 static void teardown(void) { tg_ctx_free(ctx); }
 
 TestSuite(reduce_shape, .init = setup, .fini = teardown);
-
-typedef struct {
-    int ndim;
-    int64_t shape[4];
-} shp;
-
-static tg_tensor *rnd(tg_dtype dt, shp s, double lo, double hi)
-{
-    tg_tensor *t = tg_new(ctx, dt, s.ndim, s.shape);
-    cr_assert_not_null(t, "%s", tg_errmsg(ctx));
-    tg_fill_uniform(ctx, t, lo, hi);
-    return t;
-}
-
-static double at(const tg_tensor *t, int64_t i)
-{
-    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)tg_data(t))[i]
-                                    : ((const double *)tg_data(t))[i];
-}
-
-static double grad_at(const tg_tensor *t, int64_t i)
-{
-    const void *g = tg_grad(t);
-    cr_assert_not_null(g, "no gradient reached the tensor");
-    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)g)[i] : ((const double *)g)[i];
-}
-
-static tg_tensor *convert(const tg_tensor *t, tg_dtype dt)
-{
-    int64_t n = tg_numel(t);
-    void *buf = malloc((size_t)n * 8 + 8);
-    cr_assert_eq(tg_copy_out(t, dt, buf), 0);
-    tg_tensor *r = tg_from(ctx, dt, tg_ndim(t), tg_shape(t), buf);
-    free(buf);
-    cr_assert_not_null(r);
-    return r;
-}
-
-/* sum(w * fn(inputs)) with fixed random w, backward; every input must get a
- * gradient with a non-zero entry */
-static void assert_grads_nonzero(tg_fn fn, void *user, tg_tensor **in, int n)
-{
-    for (int k = 0; k < n; k++)
-        tg_set_requires_grad(in[k], 1);
-    tg_tensor *y = fn(ctx, in, user);
-    cr_assert_not_null(y, "%s", tg_errmsg(ctx));
-    tg_tensor *w = tg_new(ctx, tg_dtype_of(y), tg_ndim(y), tg_shape(y));
-    tg_fill_uniform(ctx, w, 0.5, 1.5);
-    tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, w)));
-    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
-    for (int k = 0; k < n; k++) {
-        int nz = 0;
-        for (int64_t i = 0; i < tg_numel(in[k]); i++)
-            nz |= grad_at(in[k], i) != 0;
-        cr_assert(nz, "input %d got an all-zero gradient", k);
-    }
-}
-
-static void gradcheck_ok(tg_fn fn, void *user, tg_tensor **in, int n, const char *what)
-{
-    int ok = tg_gradcheck(ctx, fn, user, in, n, NULL);
-    cr_assert(ok, "%s: %s", what, tg_errmsg(ctx));
-    cr_assert(tg_ok(ctx), "%s: %s", what, tg_errmsg(ctx));
-}
-
-static void assert_err(const char *what, const char *s1, const char *s2, const char *s3)
-{
-    const char *m = tg_errmsg(ctx);
-    cr_assert(!tg_ok(ctx), "%s: no error recorded", what);
-    cr_assert_not_null(strstr(m, s1), "%s: '%s' not in '%s'", what, s1, m);
-    if (s2)
-        cr_assert_not_null(strstr(m, s2), "%s: '%s' not in '%s'", what, s2, m);
-    if (s3)
-        cr_assert_not_null(strstr(m, s3), "%s: '%s' not in '%s'", what, s3, m);
-    tg_clear_error(ctx);
-}
 
 static const shp SHAPES[] = {
     {0, {0}}, {1, {1}}, {1, {6}}, {2, {3, 4}}, {3, {2, 3, 4}}, {4, {2, 1, 3, 2}},
@@ -121,7 +46,7 @@ Test(reduce_shape, sum_mean_values_and_gradients)
     for (int k = 0; k < N_SHAPES; k++) {
         for (int dti = 0; dti < 2; dti++) {
             tg_dtype dt = dti ? TG_F64 : TG_F32;
-            tg_tensor *x = rnd(dt, SHAPES[k], -1, 1);
+            tg_tensor *x = rnd(ctx, dt, SHAPES[k], -1, 1);
             tg_set_requires_grad(x, 1);
             tg_tensor *s = tg_sum(ctx, x), *m = tg_mean(ctx, x);
             cr_assert_not_null(s, "%s", tg_errmsg(ctx));
@@ -146,13 +71,13 @@ Test(reduce_shape, sum_mean_values_and_gradients)
 Test(reduce_shape, sum_mean_gradcheck)
 {
     for (int k = 0; k < N_SHAPES; k++) {
-        tg_tensor *in[2] = {rnd(TG_F64, SHAPES[k], -1, 1), rnd(TG_F64, SHAPES[k], -1, 1)};
-        gradcheck_ok(fn_sum, NULL, in, 1, "tg_sum");
-        gradcheck_ok(fn_mean, NULL, in, 1, "tg_mean");
-        gradcheck_ok(fn_sum_sq, NULL, in, 2, "sum * mean(exp)");
-        assert_grads_nonzero(fn_sum, NULL, in, 1);
-        assert_grads_nonzero(fn_mean, NULL, in, 1);
-        assert_grads_nonzero(fn_sum_sq, NULL, in, 2);
+        tg_tensor *in[2] = {rnd(ctx, TG_F64, SHAPES[k], -1, 1), rnd(ctx, TG_F64, SHAPES[k], -1, 1)};
+        gradcheck_ok(ctx, fn_sum, NULL, in, 1, "tg_sum");
+        gradcheck_ok(ctx, fn_mean, NULL, in, 1, "tg_mean");
+        gradcheck_ok(ctx, fn_sum_sq, NULL, in, 2, "sum * mean(exp)");
+        assert_grads_nonzero(ctx, fn_sum, NULL, in, 1, LOSS_SUM_W, NULL);
+        assert_grads_nonzero(ctx, fn_mean, NULL, in, 1, LOSS_SUM_W, NULL);
+        assert_grads_nonzero(ctx, fn_sum_sq, NULL, in, 2, LOSS_SUM_W, NULL);
         tg_reset(ctx);
     }
 }
@@ -203,7 +128,7 @@ Test(reduce_shape, sum_axis_3d_every_axis)
             int ax = axis < 0 ? axis + 3 : axis;
             for (int dti = 0; dti < 2; dti++) {
                 tg_dtype dt = dti ? TG_F64 : TG_F32;
-                tg_tensor *x = rnd(dt, s, -1, 1);
+                tg_tensor *x = rnd(ctx, dt, s, -1, 1);
                 tg_tensor *y = tg_sum_axis(ctx, x, axis, keepdim);
                 cr_assert_not_null(y, "%s", tg_errmsg(ctx));
                 cr_assert_eq(tg_ndim(y), keepdim ? 3 : 2);
@@ -237,11 +162,11 @@ Test(reduce_shape, sum_axis_3d_every_axis)
                         }
             }
             axis_arg a = {axis, keepdim};
-            tg_tensor *in[1] = {rnd(TG_F64, s, -1, 1)};
+            tg_tensor *in[1] = {rnd(ctx, TG_F64, s, -1, 1)};
             char what[64];
             snprintf(what, sizeof what, "tg_sum_axis axis %d keepdim %d", axis, keepdim);
-            gradcheck_ok(fn_sum_axis, &a, in, 1, what);
-            assert_grads_nonzero(fn_sum_axis, &a, in, 1);
+            gradcheck_ok(ctx, fn_sum_axis, &a, in, 1, what);
+            assert_grads_nonzero(ctx, fn_sum_axis, &a, in, 1, LOSS_SUM_W, NULL);
             tg_reset(ctx);
         }
     }
@@ -254,11 +179,11 @@ Test(reduce_shape, sum_axis_other_ranks)
     for (int k = 0; k < 5; k++) {
         for (int axis = 0; axis < shapes[k].ndim; axis++) {
             axis_arg a = {axis, 0};
-            tg_tensor *in[1] = {rnd(TG_F64, shapes[k], -1, 1)};
+            tg_tensor *in[1] = {rnd(ctx, TG_F64, shapes[k], -1, 1)};
             if (tg_numel(in[0]) <= 100) {
-                gradcheck_ok(fn_sum_axis, &a, in, 1, "tg_sum_axis");
+                gradcheck_ok(ctx, fn_sum_axis, &a, in, 1, "tg_sum_axis");
             }
-            assert_grads_nonzero(fn_sum_axis, &a, in, 1);
+            assert_grads_nonzero(ctx, fn_sum_axis, &a, in, 1, LOSS_SUM_W, NULL);
             tg_tensor *y = tg_sum_axis(ctx, in[0], axis, 0);
             double tot = 0, want = 0;
             for (int64_t i = 0; i < tg_numel(y); i++)
@@ -269,11 +194,11 @@ Test(reduce_shape, sum_axis_other_ranks)
             tg_reset(ctx);
         }
     }
-    tg_tensor *v = rnd(TG_F64, (shp){1, {5}}, 0, 1);
+    tg_tensor *v = rnd(ctx, TG_F64, (shp){1, {5}}, 0, 1);
     cr_assert_eq(tg_ndim(tg_sum_axis(ctx, v, 0, 0)), 0);
     cr_assert_eq(tg_ndim(tg_sum_axis(ctx, v, -1, 1)), 1);
     /* 3 x 600 over axis 0: the inner extent spans several tiles */
-    tg_tensor *w = rnd(TG_F32, (shp){2, {3, 600}}, -1, 1);
+    tg_tensor *w = rnd(ctx, TG_F32, (shp){2, {3, 600}}, -1, 1);
     tg_tensor *c = tg_sum_axis(ctx, w, 0, 0);
     for (int j = 0; j < 600; j += 37)
         cr_assert_float_eq(at(c, j), at(w, j) + at(w, 600 + j) + at(w, 1200 + j), 1e-6);
@@ -282,14 +207,14 @@ Test(reduce_shape, sum_axis_other_ranks)
 Test(reduce_shape, sum_axis_bad_axis)
 {
     shp s = {3, {2, 3, 4}};
-    tg_tensor *x = rnd(TG_F64, s, -1, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, s, -1, 1);
     cr_assert_null(tg_sum_axis(ctx, x, 3, 0));
-    assert_err("axis 3", "tg_sum_axis", "axis 3", "[2,3,4]");
+    assert_err(ctx, "axis 3", "tg_sum_axis", "axis 3", "[2,3,4]");
     cr_assert_null(tg_sum_axis(ctx, x, -4, 1));
-    assert_err("axis -4", "tg_sum_axis", "axis -4", "[2,3,4]");
+    assert_err(ctx, "axis -4", "tg_sum_axis", "axis -4", "[2,3,4]");
     tg_tensor *sc = tg_scalar(ctx, TG_F64, 1);
     cr_assert_null(tg_sum_axis(ctx, sc, 0, 0));
-    assert_err("0-dim", "tg_sum_axis", "axis 0", "[]");
+    assert_err(ctx, "0-dim", "tg_sum_axis", "axis 0", "[]");
 }
 
 /* ---- tg_transpose ------------------------------------------------------- */
@@ -304,7 +229,7 @@ Test(reduce_shape, transpose_values_and_gradcheck)
     const shp shapes[] = {{2, {3, 5}}, {2, {1, 4}}, {2, {4, 1}}, {2, {1, 1}}, {2, {40, 70}}};
     for (int k = 0; k < 5; k++) {
         for (int dti = 0; dti < 2; dti++) {
-            tg_tensor *x = rnd(dti ? TG_F64 : TG_F32, shapes[k], -1, 1);
+            tg_tensor *x = rnd(ctx, dti ? TG_F64 : TG_F32, shapes[k], -1, 1);
             tg_tensor *y = tg_transpose(ctx, x);
             int64_t m = shapes[k].shape[0], n = shapes[k].shape[1];
             cr_assert_eq(tg_dim(y, 0), n);
@@ -314,7 +239,7 @@ Test(reduce_shape, transpose_values_and_gradcheck)
                     cr_assert_eq(at(y, j * m + i), at(x, i * n + j));
             /* backward: loss = sum(w * x^T), dx = w^T */
             tg_set_requires_grad(x, 1);
-            tg_tensor *w = rnd(dti ? TG_F64 : TG_F32, (shp){2, {n, m}}, -1, 1);
+            tg_tensor *w = rnd(ctx, dti ? TG_F64 : TG_F32, (shp){2, {n, m}}, -1, 1);
             tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, tg_transpose(ctx, x), w)));
             cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
             for (int64_t i = 0; i < m; i++)
@@ -322,9 +247,9 @@ Test(reduce_shape, transpose_values_and_gradcheck)
                     cr_assert_eq(grad_at(x, i * n + j), at(w, j * m + i));
         }
         if (shapes[k].shape[0] * shapes[k].shape[1] <= 20) {
-            tg_tensor *in[1] = {rnd(TG_F64, shapes[k], -1, 1)};
-            gradcheck_ok(fn_transpose, NULL, in, 1, "tg_transpose");
-            assert_grads_nonzero(fn_transpose, NULL, in, 1);
+            tg_tensor *in[1] = {rnd(ctx, TG_F64, shapes[k], -1, 1)};
+            gradcheck_ok(ctx, fn_transpose, NULL, in, 1, "tg_transpose");
+            assert_grads_nonzero(ctx, fn_transpose, NULL, in, 1, LOSS_SUM_W, NULL);
         }
         tg_reset(ctx);
     }
@@ -332,14 +257,14 @@ Test(reduce_shape, transpose_values_and_gradcheck)
 
 Test(reduce_shape, transpose_bad_rank)
 {
-    tg_tensor *x3 = rnd(TG_F64, (shp){3, {2, 3, 4}}, 0, 1);
+    tg_tensor *x3 = rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0, 1);
     cr_assert_null(tg_transpose(ctx, x3));
-    assert_err("3-D", "tg_transpose", "2-D", "[2,3,4]");
-    tg_tensor *x1 = rnd(TG_F64, (shp){1, {5}}, 0, 1);
+    assert_err(ctx, "3-D", "tg_transpose", "2-D", "[2,3,4]");
+    tg_tensor *x1 = rnd(ctx, TG_F64, (shp){1, {5}}, 0, 1);
     cr_assert_null(tg_transpose(ctx, x1));
-    assert_err("1-D", "tg_transpose", "[5]", NULL);
+    assert_err(ctx, "1-D", "tg_transpose", "[5]", NULL);
     cr_assert_null(tg_transpose(ctx, tg_scalar(ctx, TG_F64, 2)));
-    assert_err("0-D", "tg_transpose", "[]", NULL);
+    assert_err(ctx, "0-D", "tg_transpose", "[]", NULL);
 }
 
 /* ---- tg_reshape --------------------------------------------------------- */
@@ -374,7 +299,7 @@ Test(reduce_shape, reshape_values_and_gradcheck)
         {{2, {3, 5}}, {2, {5, 3}}, {2, {5, 3}}},
     };
     for (int k = 0; k < 7; k++) {
-        tg_tensor *x = rnd(TG_F64, cases[k].from, -1, 1);
+        tg_tensor *x = rnd(ctx, TG_F64, cases[k].from, -1, 1);
         tg_tensor *y = tg_reshape(ctx, x, cases[k].to.ndim, cases[k].to.shape);
         cr_assert_not_null(y, "case %d: %s", k, tg_errmsg(ctx));
         cr_assert_eq(tg_ndim(y), cases[k].want.ndim);
@@ -384,8 +309,8 @@ Test(reduce_shape, reshape_values_and_gradcheck)
         for (int64_t i = 0; i < tg_numel(x); i++)
             cr_assert_eq(at(y, i), at(x, i));
         tg_tensor *in[1] = {x};
-        gradcheck_ok(fn_reshape, (void *)&cases[k].to, in, 1, "tg_reshape");
-        assert_grads_nonzero(fn_reshape, (void *)&cases[k].to, in, 1);
+        gradcheck_ok(ctx, fn_reshape, (void *)&cases[k].to, in, 1, "tg_reshape");
+        assert_grads_nonzero(ctx, fn_reshape, (void *)&cases[k].to, in, 1, LOSS_SUM_W, NULL);
         tg_reset(ctx);
     }
 }
@@ -393,7 +318,8 @@ Test(reduce_shape, reshape_values_and_gradcheck)
 /* reshape then broadcast: [6] -> [2,3] times a [3] row; grad flows back flat */
 Test(reduce_shape, reshape_backward_by_hand)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){1, {6}}, -1, 1), *r = rnd(TG_F64, (shp){1, {3}}, 1, 2);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){1, {6}}, -1, 1),
+              *r = rnd(ctx, TG_F64, (shp){1, {3}}, 1, 2);
     tg_set_requires_grad(x, 1);
     int64_t s[2] = {2, -1};
     tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, tg_reshape(ctx, x, 2, s), r)));
@@ -404,34 +330,34 @@ Test(reduce_shape, reshape_backward_by_hand)
 
 Test(reduce_shape, reshape_errors)
 {
-    tg_tensor *x = rnd(TG_F64, (shp){2, {2, 3}}, 0, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {2, 3}}, 0, 1);
     int64_t s42[2] = {4, 2};
     cr_assert_null(tg_reshape(ctx, x, 2, s42));
-    assert_err("mismatch", "tg_reshape", "[2,3]", "[4,2]");
+    assert_err(ctx, "mismatch", "tg_reshape", "[2,3]", "[4,2]");
     int64_t s4m[2] = {4, -1};
     cr_assert_null(tg_reshape(ctx, x, 2, s4m));
-    assert_err("-1 not divisible", "tg_reshape", "[2,3]", "[4,-1]");
+    assert_err(ctx, "-1 not divisible", "tg_reshape", "[2,3]", "[4,-1]");
     int64_t smm[2] = {-1, -1};
     cr_assert_null(tg_reshape(ctx, x, 2, smm));
-    assert_err("two -1", "tg_reshape", "one -1", NULL);
+    assert_err(ctx, "two -1", "tg_reshape", "one -1", NULL);
     int64_t sneg[2] = {-2, -3};
     cr_assert_null(tg_reshape(ctx, x, 2, sneg));
-    assert_err("negative", "tg_reshape", "negative", "[2,3]");
+    assert_err(ctx, "negative", "tg_reshape", "negative", "[2,3]");
     int64_t s0m[2] = {0, -1};
     cr_assert_null(tg_reshape(ctx, x, 2, s0m));
-    assert_err("0 with -1", "tg_reshape", "[2,3]", "[0,-1]");
+    assert_err(ctx, "0 with -1", "tg_reshape", "[2,3]", "[0,-1]");
     int64_t s5[5] = {1, 1, 1, 2, 3};
     cr_assert_null(tg_reshape(ctx, x, 5, s5));
-    assert_err("ndim 5", "tg_reshape", "ndim", "5");
+    assert_err(ctx, "ndim 5", "tg_reshape", "ndim", "5");
     cr_assert_null(tg_reshape(ctx, x, -1, s5));
-    assert_err("ndim -1", "tg_reshape", "ndim", NULL);
+    assert_err(ctx, "ndim -1", "tg_reshape", "ndim", NULL);
     cr_assert_null(tg_reshape(ctx, x, 2, NULL));
-    assert_err("NULL shape", "tg_reshape", "shape is NULL", NULL);
+    assert_err(ctx, "NULL shape", "tg_reshape", "shape is NULL", NULL);
     int64_t big[2] = {INT64_MAX / 2, 4};
     cr_assert_null(tg_reshape(ctx, x, 2, big));
-    assert_err("overflow", "tg_reshape", "[2,3]", NULL);
+    assert_err(ctx, "overflow", "tg_reshape", "[2,3]", NULL);
     cr_assert_null(tg_reshape(ctx, tg_scalar(ctx, TG_F64, 1), 1, s42));
-    assert_err("0-dim to [4]", "tg_reshape", "[]", "[4]");
+    assert_err(ctx, "0-dim to [4]", "tg_reshape", "[]", "[4]");
 }
 
 /* ---- f32 against f64 ---------------------------------------------------- */
@@ -448,9 +374,9 @@ static tg_tensor *fn_mixed(tg_ctx *c, tg_tensor *const *in, void *user)
 
 Test(reduce_shape, f32_agrees_with_f64)
 {
-    tg_tensor *x64 = rnd(TG_F64, (shp){3, {2, 3, 4}}, -1, 1);
-    tg_tensor *w64 = rnd(TG_F64, (shp){2, {2, 4}}, -1, 1);
-    tg_tensor *x32 = convert(x64, TG_F32), *w32 = convert(w64, TG_F32);
+    tg_tensor *x64 = rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, -1, 1);
+    tg_tensor *w64 = rnd(ctx, TG_F64, (shp){2, {2, 4}}, -1, 1);
+    tg_tensor *x32 = convert(ctx, x64, TG_F32), *w32 = convert(ctx, w64, TG_F32);
     tg_set_requires_grad(x64, 1);
     tg_set_requires_grad(x32, 1);
     tg_tensor *i64[2] = {x64, w64}, *i32[2] = {x32, w32};
@@ -467,8 +393,9 @@ Test(reduce_shape, f32_agrees_with_f64)
         cr_assert_float_eq(grad_at(x32, i), g, 1e-5 * (1 + fabs(g)));
     }
     cr_assert(nz);
-    tg_tensor *in[2] = {rnd(TG_F64, (shp){3, {2, 3, 4}}, -1, 1), rnd(TG_F64, (shp){2, {2, 4}}, -1, 1)};
-    gradcheck_ok(fn_mixed, NULL, in, 2, "mixed reduce/shape graph");
+    tg_tensor *in[2] = {rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, -1, 1),
+                        rnd(ctx, TG_F64, (shp){2, {2, 4}}, -1, 1)};
+    gradcheck_ok(ctx, fn_mixed, NULL, in, 2, "mixed reduce/shape graph");
 }
 
 /* ---- bad input common to all five --------------------------------------- */
@@ -490,14 +417,14 @@ Test(reduce_shape, null_int_and_chain)
 {
     for (int k = 0; k < 5; k++) {
         cr_assert_null(call_op(k, ctx, NULL));
-        assert_err(NAMES[k], NAMES[k], "argument x is NULL", NULL);
+        assert_err(ctx, NAMES[k], NAMES[k], "argument x is NULL", NULL);
         tg_tensor *i = tg_new(ctx, TG_I32, 2, (int64_t[]){2, 2});
         cr_assert_null(call_op(k, ctx, i));
-        assert_err(NAMES[k], NAMES[k], "i32", "[2,2]");
+        assert_err(ctx, NAMES[k], NAMES[k], "i32", "[2,2]");
         cr_assert_null(call_op(k, NULL, i));
     }
     /* chain after an error: NULL all the way, first message kept */
-    tg_tensor *x = rnd(TG_F64, (shp){1, {3}}, 0, 1);
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){1, {3}}, 0, 1);
     tg_tensor *t = tg_transpose(ctx, x);
     cr_assert_null(t);
     char first[512];

@@ -1,0 +1,181 @@
+/* tests/tg_test.h: helpers shared by the op test suites (tests/test_ops_*.c).
+ * Header-only: every helper is `static inline`, so a suite that uses only
+ * some of them compiles warning-free. Helpers that create tensors or look at
+ * the error state take the tg_ctx explicitly (first argument); those that
+ * only read a tensor do not need one. Every helper fails the current
+ * Criterion test (cr_assert) instead of returning an error. */
+#ifndef TG_TEST_H
+#define TG_TEST_H
+
+#include <criterion/criterion.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tapegrad.h"
+
+/* a shape: ndim (0 to 4) and the first ndim sizes */
+typedef struct {
+    int ndim;
+    int64_t shape[4];
+} shp;
+
+/* ---- tensors ------------------------------------------------------------ */
+
+/* a new tensor of shape s in dtype dt, uniform in [lo, hi) from c's generator */
+static inline tg_tensor *rnd(tg_ctx *c, tg_dtype dt, shp s, double lo, double hi)
+{
+    tg_tensor *t = tg_new(c, dt, s.ndim, s.shape);
+    cr_assert_not_null(t, "%s", tg_errmsg(c));
+    tg_fill_uniform(c, t, lo, hi);
+    return t;
+}
+
+/* rnd of shape [r,cols] */
+static inline tg_tensor *rand2(tg_ctx *c, tg_dtype dt, int64_t r, int64_t cols, double lo,
+                               double hi)
+{
+    return rnd(c, dt, (shp){2, {r, cols}}, lo, hi);
+}
+
+/* rnd of shape [n] */
+static inline tg_tensor *rand1(tg_ctx *c, tg_dtype dt, int64_t n, double lo, double hi)
+{
+    return rnd(c, dt, (shp){1, {n}}, lo, hi);
+}
+
+/* element i (flat index) of a float tensor, as a double; no ctx needed */
+static inline double at(const tg_tensor *t, int64_t i)
+{
+    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)tg_data(t))[i]
+                                    : ((const double *)tg_data(t))[i];
+}
+
+/* store v (rounded to f32 for an f32 tensor) at flat index i; no ctx needed */
+static inline void set_at(tg_tensor *t, int64_t i, double v)
+{
+    if (tg_dtype_of(t) == TG_F32)
+        ((float *)tg_data(t))[i] = (float)v;
+    else
+        ((double *)tg_data(t))[i] = v;
+}
+
+/* element i of t's gradient as a double; asserts t has a gradient; no ctx needed */
+static inline double grad_at(const tg_tensor *t, int64_t i)
+{
+    const void *g = tg_grad(t);
+    cr_assert_not_null(g, "no gradient reached the tensor");
+    return tg_dtype_of(t) == TG_F32 ? (double)((const float *)g)[i] : ((const double *)g)[i];
+}
+
+/* a new tensor of dtype dt and the given shape holding v[0 .. numel) */
+static inline tg_tensor *from_nd(tg_ctx *c, tg_dtype dt, int ndim, const int64_t *shape,
+                                 const double *v)
+{
+    tg_tensor *t = tg_new(c, dt, ndim, shape);
+    cr_assert_not_null(t, "%s", tg_errmsg(c));
+    for (int64_t i = 0; i < tg_numel(t); i++) set_at(t, i, v[i]);
+    return t;
+}
+
+/* a new 1-D tensor [n] of dtype dt holding v[0 .. n) */
+static inline tg_tensor *from1(tg_ctx *c, tg_dtype dt, int64_t n, const double *v)
+{
+    return from_nd(c, dt, 1, &n, v);
+}
+
+/* the same data in dtype dt (any of f32, f64, i32): a new leaf in c */
+static inline tg_tensor *convert(tg_ctx *c, const tg_tensor *t, tg_dtype dt)
+{
+    int64_t n = tg_numel(t);
+    void *buf = malloc((size_t)n * 8 + 8);
+    cr_assert_eq(tg_copy_out(t, dt, buf), 0);
+    tg_tensor *r = tg_from(c, dt, tg_ndim(t), tg_shape(t), buf);
+    free(buf);
+    cr_assert_not_null(r);
+    return r;
+}
+
+/* ---- gradients ---------------------------------------------------------- */
+
+/* tg_gradcheck(c, fn, user, in, n, o) must pass and leave no error; what names the case */
+static inline void gradcheck_opts(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                  const tg_gradcheck_opts *o, const char *what)
+{
+    int ok = tg_gradcheck(c, fn, user, in, n, o);
+    cr_assert(ok, "%s: %s", what, tg_errmsg(c));
+    cr_assert(tg_ok(c), "%s: %s", what, tg_errmsg(c));
+}
+
+/* gradcheck_opts with the default options */
+static inline void gradcheck_ok(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                const char *what)
+{
+    gradcheck_opts(c, fn, user, in, n, NULL, what);
+}
+
+/* the scalar loss assert_grads_nonzero backpropagates from y = fn(in) */
+typedef enum {
+    LOSS_SUM_W, /* sum(w * y), w drawn uniform in [0.5, 1.5) */
+    LOSS_MSE_W, /* mse(y, w), w drawn uniform in [-3, 3) */
+    LOSS_SELF,  /* y itself (fn already returns a scalar loss) */
+} loss_kind;
+
+/* Mark in[0..n) as requiring grad, backpropagate the loss `how` of
+ * fn(c, in, user) (the random w comes from c's generator), then assert every
+ * input holds a gradient with a non-zero entry, so the gradient checks did
+ * not pass vacuously. what (may be NULL) names the case in messages. */
+static inline void assert_grads_nonzero(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                        loss_kind how, const char *what)
+{
+    if (!what) what = "assert_grads_nonzero";
+    for (int k = 0; k < n; k++) tg_set_requires_grad(in[k], 1);
+    tg_tensor *y = fn(c, in, user);
+    cr_assert_not_null(y, "%s: %s", what, tg_errmsg(c));
+    tg_tensor *loss = y;
+    if (how != LOSS_SELF) {
+        tg_tensor *w = tg_new(c, tg_dtype_of(y), tg_ndim(y), tg_shape(y));
+        if (how == LOSS_SUM_W) {
+            tg_fill_uniform(c, w, 0.5, 1.5);
+            loss = tg_sum(c, tg_mul(c, y, w));
+        } else {
+            tg_fill_uniform(c, w, -3, 3);
+            loss = tg_mse(c, y, w);
+        }
+    }
+    tg_backward(c, loss);
+    cr_assert(tg_ok(c), "%s: %s", what, tg_errmsg(c));
+    for (int k = 0; k < n; k++) {
+        int nz = 0;
+        for (int64_t i = 0; i < tg_numel(in[k]); i++) nz |= grad_at(in[k], i) != 0;
+        cr_assert(nz, "%s: input %d got an all-zero gradient", what, k);
+    }
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* c must hold an error whose message contains each non-NULL s1, s2, s3;
+ * clears it. what names the case in messages. */
+static inline void assert_err(tg_ctx *c, const char *what, const char *s1, const char *s2,
+                              const char *s3)
+{
+    const char *m = tg_errmsg(c);
+    cr_assert(!tg_ok(c), "%s: no error recorded", what);
+    const char *want[3] = {s1, s2, s3};
+    for (int k = 0; k < 3; k++)
+        if (want[k])
+            cr_assert_not_null(strstr(m, want[k]), "%s: '%s' not in '%s'", what, want[k], m);
+    tg_clear_error(c);
+}
+
+/* r (an op's result) must be NULL and c's error must name fn and contain each
+ * non-NULL s1, s2; clears it */
+static inline void assert_null_err(tg_ctx *c, const tg_tensor *r, const char *fn, const char *s1,
+                                   const char *s2)
+{
+    cr_assert_null(r, "%s: expected NULL", fn);
+    assert_err(c, fn, fn, s1, s2);
+}
+
+#endif /* TG_TEST_H */
