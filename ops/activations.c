@@ -7,9 +7,63 @@
  * double. Backward always adds into tg_grad_acc(in[i]), one `if` per input.
  * Local gradients in full: docs/ops-activations.md. */
 #include "internal.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <tgmath.h>
+
+/* ---- vector kernels and threads ------------------------------------------
+ * The elementwise kernels call src/vmath.h's vector functions, picked for the
+ * element type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
+#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
+#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
+#define V_SIGMOID(y, x, n)                                                             \
+    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
+#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
+#define V_SIGMOID_BWD(dx, y, dy, n)                                                    \
+    _Generic((dx), float *: tgi_vsigmoid_bwd_f32, double *: tgi_vsigmoid_bwd_f64)(dx, y, dy, n)
+#define V_TANH_BWD(dx, y, dy, n)                                                       \
+    _Generic((dx), float *: tgi_vtanh_bwd_f32, double *: tgi_vtanh_bwd_f64)(dx, y, dy, n)
+#define V_RELU_BWD(dx, x, dy, n)                                                       \
+    _Generic((dx), float *: tgi_vrelu_bwd_f32, double *: tgi_vrelu_bwd_f64)(dx, x, dy, n)
+
+/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
+ * below tgi_threads_for's threshold (no OpenMP region at all), else nt
+ * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
+ * bits for any nt: element i depends only on element i of the inputs. Below
+ * PAR_MIN elements (far under the threshold) the question is not even asked:
+ * tiny ops are all overhead. */
+#define PAR_MIN 4096
+#ifdef _OPENMP
+/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
+ * bytes of f32), so no two threads write one cache line. */
+static inline int64_t chunk_at(int64_t n, int nt, int c)
+{
+    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
+}
+
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t n_ = (n);                                                        \
+        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
+        if (nt_ <= 1) {                                                                \
+            const int64_t lo = 0, hi = n_;                                             \
+            __VA_ARGS__                                                                \
+        } else {                                                                       \
+            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
+            for (int c_ = 0; c_ < nt_; c_++) {                                         \
+                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+#else
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t lo = 0, hi = (n);                                                \
+        __VA_ARGS__                                                                    \
+    } while (0)
+#endif
 
 /* The gradient arriving at a node's output (NULL if none reached it). */
 static const void *out_grad(const tg_op_call *c) { return c->out->grad; }
@@ -41,6 +95,9 @@ static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tens
     return out;
 }
 
+/* Elements of a row converted to double per call of tgi_vexp_f64. */
+#define EXP_BLOCK 256
+
 /* The last axis of x as rows x cols; a 0-dim tensor is one row of length 1. */
 static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 {
@@ -56,8 +113,9 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 /* tg_sigmoid                                                               */
 /* x any shape -> y same shape. y = 1 / (1 + e^-x).                          */
 /* dy/dx = y (1 - y). Saves: its output (the node's out).                    */
-/* Numerical care: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise, so no exp   */
-/* overflows; sigmoid(+1000) is exactly 1 and sigmoid(-1000) exactly 0.      */
+/* Numerical care: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise (the vector  */
+/* kernel of src/vmath.h, <= 2 ulp), so no exp overflows; sigmoid(+1000) is  */
+/* exactly 1 and sigmoid(-1000) exactly 0.                                   */
 /* ======================================================================== */
 
 static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
@@ -74,7 +132,7 @@ static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         T *py = y->data;
-        for (int64_t i = 0; i < x->numel; i++) py[i] = SIGMOID_OF(px[i]);
+        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_SIGMOID(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -86,8 +144,9 @@ static void sigmoid_backward(tg_op_call *c)
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *y = c->out->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t i = 0; i < x->numel; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);
+            if (dx && dy) /* dx += dy y (1 - y) */
+                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                           { V_SIGMOID_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
         });
     }
 }
@@ -189,8 +248,8 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 /* ======================================================================== */
 /* tg_tanh                                                                  */
 /* x any shape -> y same shape. y = tanh(x). dy/dx = 1 - y^2.                */
-/* Saves: its output. Numerical care: libm's tanh saturates to +-1 without   */
-/* overflow.                                                                 */
+/* Saves: its output. Numerical care: the vector tanh (src/vmath.h, <= 2     */
+/* ulp) saturates to exactly +-1 without overflow.                           */
 /* ======================================================================== */
 
 static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
@@ -207,7 +266,7 @@ static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         T *py = y->data;
-        for (int64_t i = 0; i < x->numel; i++) py[i] = tanh(px[i]);
+        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_TANH(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -219,8 +278,9 @@ static void tanh_backward(tg_op_call *c)
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *y = c->out->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t i = 0; i < x->numel; i++) dx[i] += dy[i] * (1 - y[i] * y[i]);
+            if (dx && dy) /* dx += dy (1 - y^2) */
+                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                           { V_TANH_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
         });
     }
 }
@@ -246,7 +306,8 @@ static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         T *py = y->data;
-        for (int64_t i = 0; i < x->numel; i++) py[i] = (px[i] > 0 || isnan(px[i])) ? px[i] : 0;
+        /* x > 0 or NaN: x; else +0 */
+        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_RELU(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -258,9 +319,9 @@ static void relu_backward(tg_op_call *c)
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *px = x->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t i = 0; i < x->numel; i++)
-                    if (px[i] > 0) dx[i] += dy[i];
+            if (dx && dy) /* dx += dy where x > 0 */
+                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                           { V_RELU_BWD(dx + lo, px + lo, dy + lo, hi - lo); });
         });
     }
 }
@@ -288,7 +349,9 @@ static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr 
         const T *px = x->data;
         const T a = (T)at->f[0];
         T *py = y->data;
-        for (int64_t i = 0; i < x->numel; i++) py[i] = px[i] > 0 ? px[i] : a * px[i];
+        PAR_CHUNKS(x->ctx, x->numel, lo, hi, {
+            for (int64_t i = lo; i < hi; i++) py[i] = px[i] > 0 ? px[i] : a * px[i];
+        });
     });
 }
 
@@ -302,7 +365,9 @@ static void leaky_relu_backward(tg_op_call *c)
             const T a = (T)tgi_node_attr(c)->f[0];
             T *dx = tg_grad_acc(x);
             if (dx && dy)
-                for (int64_t i = 0; i < x->numel; i++) dx[i] += px[i] > 0 ? dy[i] : a * dy[i];
+                PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+                    for (int64_t i = lo; i < hi; i++) dx[i] += px[i] > 0 ? dy[i] : a * dy[i];
+                });
         });
     }
 }
@@ -313,8 +378,9 @@ static void leaky_relu_backward(tg_op_call *c)
 /* y_j = e^(x_j - m) / sum_k e^(x_k - m), m the row maximum.                 */
 /* dx = y * (dy - sum_k dy_k y_k) per row (the Jacobian diag(y) - y y^T      */
 /* applied to dy). Saves: its output. Numerical care: the row maximum is     */
-/* subtracted, so no exp overflows (softmax([1000, 0]) = [1, 0]); row sums   */
-/* are accumulated in double.                                                */
+/* subtracted, so no exp overflows (softmax([1000, 0]) = [1, 0]); the row's  */
+/* e^(x - m) come from the vector exp (src/vmath.h, <= 1 ulp) and are summed */
+/* in double, in order.                                                      */
 /* ======================================================================== */
 
 static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
@@ -337,11 +403,10 @@ static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at
             T m = xr[0];
             for (int64_t j = 1; j < cols; j++)
                 if (xr[j] > m) m = xr[j];
+            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;
+            V_EXP(yr, yr, cols);
             double sum = 0;
-            for (int64_t j = 0; j < cols; j++) {
-                yr[j] = exp(xr[j] - m);
-                sum += (double)yr[j];
-            }
+            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
             const double inv = 1.0 / sum;
             for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
         }
@@ -378,7 +443,8 @@ static void softmax_backward(tg_op_call *c)
 /* dx = dy - softmax(x) * sum_k dy_k per row, softmax recomputed as e^y.     */
 /* Saves: its output. Numerical care: never takes the log of a softmax, so   */
 /* very negative log-probabilities stay finite and exact                     */
-/* (log_softmax([1000, -1000]) = [0, -2000]); row sums in double.            */
+/* (log_softmax([1000, -1000]) = [0, -2000]); row sums in double, in order,  */
+/* of the vector exp's e^(x - m); backward's e^y by tgi_vexp_f64.            */
 /* ======================================================================== */
 
 static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
@@ -401,8 +467,10 @@ static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr
             T m = xr[0];
             for (int64_t j = 1; j < cols; j++)
                 if (xr[j] > m) m = xr[j];
+            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m; /* y as scratch: */
+            V_EXP(yr, yr, cols);                                   /* e^(x - m) */
             double sum = 0;
-            for (int64_t j = 0; j < cols; j++) sum += (double)exp(xr[j] - m);
+            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
             const double lse = log(sum);
             for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
         }
@@ -425,8 +493,14 @@ static void log_softmax_backward(tg_op_call *c)
                     T *dxr = dx + r * cols;
                     double sdy = 0;
                     for (int64_t j = 0; j < cols; j++) sdy += (double)dyr[j];
-                    for (int64_t j = 0; j < cols; j++)
-                        dxr[j] += (T)((double)dyr[j] - exp((double)yr[j]) * sdy);
+                    double e[EXP_BLOCK]; /* e^y in double, a block at a time */
+                    for (int64_t j0 = 0; j0 < cols; j0 += EXP_BLOCK) {
+                        const int64_t nb = cols - j0 < EXP_BLOCK ? cols - j0 : EXP_BLOCK;
+                        for (int64_t j = 0; j < nb; j++) e[j] = (double)yr[j0 + j];
+                        tgi_vexp_f64(e, e, nb);
+                        for (int64_t j = 0; j < nb; j++)
+                            dxr[j0 + j] += (T)((double)dyr[j0 + j] - e[j] * sdy);
+                    }
                 }
         });
     }

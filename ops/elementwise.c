@@ -24,10 +24,24 @@
  *   a [m,1] with b [1,n]   -> m rows of n,    strides (0,1)
  * and the innermost loop is instantiated with literal strides 0/1 so gcc can
  * vectorise it; a stride-0 target in backward is reduced in a local double.
+ *
+ * Fast path. The two commonest cases, inputs of one shape and a one-element
+ * operand (a scalar), skip the broadcast layout altogether: the public
+ * function classifies the pair (binary_kind), the node keeps the kind
+ * (attribute i[0]), and forward and backward run the same row kernels over
+ * the flat arrays directly. Results are the same bits as through the
+ * general iterator, which collapses these cases to the same single row.
+ *
+ * Threads. Elementwise loops over large tensors (tgi_threads_for) are split
+ * into contiguous chunks, one per thread (PAR_CHUNKS); element i depends only
+ * on element i of the inputs, so the result is the same whatever the thread
+ * count. Reductions (a broadcast target in backward) stay in one thread, in
+ * order. exp and log use the vector kernels of src/vmath.h.
  */
 #include <tgmath.h>
 
 #include "internal.h"
+#include "vmath.h"
 
 /* ======================================================================== */
 /* Shared helpers                                                           */
@@ -39,18 +53,86 @@ static int check_unary(tg_ctx *ctx, const char *fn, const tg_tensor *x)
     return tgi_check_arg(ctx, fn, "x", x) && tgi_check_float(ctx, fn, "x", x);
 }
 
-/* Checks for a binary op: both non-NULL, floats of one dtype, shapes that
- * broadcast (bc filled). Returns 1 if usable. */
-static int check_binary(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b,
-                        tgi_bcast *bc)
+/* Checks for a binary op: both non-NULL, floats of one dtype. (Whether the
+ * shapes broadcast is checked by tgi_bcast_init, on the general path only.)
+ * Returns 1 if usable. */
+static int check_binary(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b)
 {
     if (!tgi_check_arg(ctx, fn, "a", a) || !tgi_check_arg(ctx, fn, "b", b))
         return 0;
     if (!tgi_check_float(ctx, fn, "a", a) || !tgi_check_float(ctx, fn, "b", b))
         return 0;
-    if (!tgi_check_same_dtype(ctx, fn, a, b))
-        return 0;
-    return tgi_bcast_init(ctx, fn, a, b, bc) == 0;
+    return tgi_check_same_dtype(ctx, fn, a, b);
+}
+
+/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
+ * below tgi_threads_for's threshold (no OpenMP region at all), else nt
+ * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
+ * bits for any nt: element i depends only on element i of the inputs. Below
+ * PAR_MIN elements (far under the threshold) the question is not even asked:
+ * tiny ops are all overhead. */
+#define PAR_MIN 4096
+#ifdef _OPENMP
+/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
+ * bytes of f32), so no two threads write one cache line. */
+static inline int64_t chunk_at(int64_t n, int nt, int c)
+{
+    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
+}
+
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t n_ = (n);                                                        \
+        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
+        if (nt_ <= 1) {                                                                \
+            const int64_t lo = 0, hi = n_;                                             \
+            __VA_ARGS__                                                                \
+        } else {                                                                       \
+            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
+            for (int c_ = 0; c_ < nt_; c_++) {                                         \
+                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+#else
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t lo = 0, hi = (n);                                                \
+        __VA_ARGS__                                                                    \
+    } while (0)
+#endif
+
+/* The vector exp and log of src/vmath.h for the element type T of
+ * TGI_FLOAT_DISPATCH, picked by the type of the output pointer. */
+#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
+#define V_LOG(y, x, n) _Generic((y), float *: tgi_vlog_f32, double *: tgi_vlog_f64)(y, x, n)
+
+/* How a binary op's operands pair up (node attribute i[0]). */
+enum {
+    BIN_GENERAL,  /* any other broadcast: the bshape iterator */
+    BIN_SAME,     /* a and b of one shape: y[i] = f(a[i], b[i]) */
+    BIN_B_SCALAR, /* b has one element and no more axes than a: y has a's shape */
+    BIN_A_SCALAR, /* a has one element and no more axes than b: y has b's shape */
+};
+/* The kind in which input SIDE (a or b) is the broadcast scalar. */
+#define BIN_SCALAR_a BIN_A_SCALAR
+#define BIN_SCALAR_b BIN_B_SCALAR
+
+static int binary_kind(const tg_tensor *a, const tg_tensor *b)
+{
+    if (a->ndim == b->ndim && a->numel == b->numel) {
+        int same = 1;
+        for (int k = 0; k < a->ndim; k++)
+            same &= a->shape[k] == b->shape[k];
+        if (same)
+            return BIN_SAME;
+    }
+    if (b->numel == 1 && b->ndim <= a->ndim)
+        return BIN_B_SCALAR;
+    if (a->numel == 1 && a->ndim <= b->ndim)
+        return BIN_A_SCALAR;
+    return BIN_GENERAL;
 }
 
 /* Record the node (when a gradient is needed). Returns 0 when the tape could
@@ -206,30 +288,133 @@ static void bshape_init(const tgi_bcast *bc, bshape *s)
         }                                                                              \
     } while (0)
 
-/* Common body of the four binary public functions. */
+/* Forward on the fast path (kind BIN_SAME, BIN_B_SCALAR or BIN_A_SCALAR),
+ * inside TGI_FLOAT_DISPATCH: the row kernel FWD_ROW_<OP> over chunks of the
+ * flat output, with a scalar operand's stride 0. */
+#define FAST_FORWARD(kind, out, a, b, OP)                                              \
+    do {                                                                               \
+        T *restrict py = (T *)(out)->data;                                             \
+        const T *restrict pa = (const T *)(a)->data;                                   \
+        const T *restrict pb = (const T *)(b)->data;                                   \
+        PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                                 \
+            const int64_t n3 = hi - lo;                                                \
+            T *restrict yr = py + lo;                                                  \
+            if ((kind) == BIN_SAME) {                                                  \
+                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
+                FWD_ROW_##OP(1, 1);                                                    \
+            } else if ((kind) == BIN_B_SCALAR) {                                       \
+                const T *restrict ar = pa + lo, *restrict br = pb;                     \
+                FWD_ROW_##OP(1, 0);                                                    \
+            } else {                                                                   \
+                const T *restrict ar = pa, *restrict br = pb + lo;                     \
+                FWD_ROW_##OP(0, 1);                                                    \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* Backward on the fast path for input SIDE, inside TGI_FLOAT_DISPATCH: the
+ * row kernel BWD_ROW_<SIDE>_<OP>. When SIDE is the scalar operand its
+ * gradient is a sum over every output element: one row, in order, in one
+ * thread (the same bits as the general path); else elementwise chunks. */
+#define FAST_BACKWARD(kind, call, d, SIDE, OP)                                         \
+    do {                                                                               \
+        const T *restrict dy = (const T *)tg_grad((call)->out);                        \
+        const T *restrict py = (const T *)(call)->out->data;                           \
+        const T *restrict pa = (const T *)(call)->in[0]->data;                         \
+        const T *restrict pb = (const T *)(call)->in[1]->data;                         \
+        T *restrict pd = (d);                                                          \
+        const int64_t n_all = (call)->out->numel;                                      \
+        if (!pd || !dy || n_all == 0)                                                  \
+            break;                                                                     \
+        if ((kind) == BIN_SCALAR_##SIDE) {                                             \
+            const int64_t n3 = n_all;                                                  \
+            const T *restrict gr = dy, *restrict yr = py, *restrict ar = pa,           \
+                            *restrict br = pb;                                         \
+            T *restrict dr = pd;                                                       \
+            if ((kind) == BIN_A_SCALAR)                                                \
+                BWD_ROW_##SIDE##_##OP(0, 1);                                           \
+            else                                                                       \
+                BWD_ROW_##SIDE##_##OP(1, 0);                                           \
+            break;                                                                     \
+        }                                                                              \
+        PAR_CHUNKS((call)->ctx, n_all, lo, hi, {                                       \
+            const int64_t n3 = hi - lo;                                                \
+            const T *restrict gr = dy + lo, *restrict yr = py + lo;                    \
+            T *restrict dr = pd + lo;                                                  \
+            if ((kind) == BIN_SAME) {                                                  \
+                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
+                BWD_ROW_##SIDE##_##OP(1, 1);                                           \
+            } else if ((kind) == BIN_B_SCALAR) {                                       \
+                const T *restrict ar = pa + lo, *restrict br = pb;                     \
+                BWD_ROW_##SIDE##_##OP(1, 0);                                           \
+            } else {                                                                   \
+                const T *restrict ar = pa, *restrict br = pb + lo;                     \
+                BWD_ROW_##SIDE##_##OP(0, 1);                                           \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* A binary op's forward and backward kernels: the fast path or the general
+ * broadcast (bc, which backward recomputes only for BIN_GENERAL nodes). */
+#define BINARY_FORWARD(bc, kind, out, a, b, OP)                                        \
+    do {                                                                               \
+        if ((kind) == BIN_GENERAL)                                                     \
+            BCAST_FORWARD(*(bc), out, a, b, OP);                                       \
+        else                                                                           \
+            FAST_FORWARD(kind, out, a, b, OP);                                         \
+    } while (0)
+#define BINARY_BACKWARD(bc, kind, call, d, SIDE, OP)                                   \
+    do {                                                                               \
+        if ((kind) == BIN_GENERAL)                                                     \
+            BCAST_BACKWARD(bc, call, d, SIDE, OP);                                     \
+        else                                                                           \
+            FAST_BACKWARD(kind, call, d, SIDE, OP);                                    \
+    } while (0)
+
+typedef void (*binary_fwd)(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
+                           const tg_tensor *b);
+
+/* Common body of the four binary public functions: checks, the pairing of
+ * a and b (binary_kind; the broadcast layout only when no fast path fits,
+ * which also checks that the shapes broadcast), output, record (the kind in
+ * the node), forward. */
 static tg_tensor *binary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *a,
-                            tg_tensor *b, void (*forward)(const tgi_bcast *, tg_tensor *,
-                                                          const tg_tensor *, const tg_tensor *))
+                            tg_tensor *b, binary_fwd forward)
 {
-    tgi_bcast bc;
-    if (!ctx || !check_binary(ctx, fn, a, b, &bc))
+    if (!ctx || !check_binary(ctx, fn, a, b))
         return NULL;
-    tg_tensor *out = tgi_tensor_new(ctx, fn, a->dtype, bc.ndim, bc.shape, 0);
+    const int kind = binary_kind(a, b);
+    tgi_bcast bc;
+    tg_tensor *out;
+    if (kind == BIN_GENERAL) {
+        if (tgi_bcast_init(ctx, fn, a, b, &bc) != 0)
+            return NULL;
+        out = tgi_tensor_new(ctx, fn, a->dtype, bc.ndim, bc.shape, 0);
+    } else {
+        const tg_tensor *like = kind == BIN_A_SCALAR ? b : a; /* y has its shape */
+        out = tgi_tensor_new(ctx, fn, a->dtype, like->ndim, like->shape, 0);
+    }
     if (!out)
         return NULL;
     tg_tensor *in[2] = {a, b};
     tg_op_call *c;
     if (!record(ctx, op, out, in, 2, &c))
         return NULL;
-    forward(&bc, out, a, b);
+    if (c)
+        tgi_node_attr(c)->i[0] = kind;
+    forward(kind == BIN_GENERAL ? &bc : NULL, kind, out, a, b);
     return out;
 }
 
-/* Recompute the broadcast of a recorded binary node (cannot fail: it
- * succeeded when the node was recorded). */
-static void node_bcast(tg_op_call *c, tgi_bcast *bc)
+/* The kind of a recorded binary node, and for BIN_GENERAL its broadcast
+ * layout, recomputed (it cannot fail: it succeeded when the node was
+ * recorded). */
+static int node_kind(tg_op_call *c, tgi_bcast *bc)
 {
-    tgi_bcast_init(c->ctx, c->op->name, c->in[0], c->in[1], bc);
+    const int kind = (int)tgi_node_attr(c)->i[0];
+    if (kind == BIN_GENERAL)
+        tgi_bcast_init(c->ctx, c->op->name, c->in[0], c->in[1], bc);
+    return kind;
 }
 
 /* ======================================================================== */
@@ -238,7 +423,7 @@ static void node_bcast(tg_op_call *c, tgi_bcast *bc)
 
 /* y = a + b, broadcast shape. da = dy, db = dy, each summed over the axes its
  * input was broadcast along. Saves nothing. */
-static void add_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void add_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b);
 static void add_backward(tg_op_call *c);
 static const tg_op op_add = {"add", NULL, add_backward};
@@ -249,10 +434,10 @@ tg_tensor *tg_add(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_ADD(SA, SB) FWD_ROW(SA, SB, u + v)
-static void add_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void add_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { BCAST_FORWARD(*bc, y, a, b, ADD); });
+    TGI_FLOAT_DISPATCH(y->dtype, { BINARY_FORWARD(bc, kind, y, a, b, ADD); });
 }
 
 /* d(a+b)/da = 1, d(a+b)/db = 1 */
@@ -261,12 +446,12 @@ static void add_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
 static void add_backward(tg_op_call *c)
 {
     tgi_bcast bc;
-    node_bcast(c, &bc);
+    const int kind = node_kind(c, &bc);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         if (tgi_needs_grad(c->in[0]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[0]), a, ADD);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[0]), a, ADD);
         if (tgi_needs_grad(c->in[1]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[1]), b, ADD);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[1]), b, ADD);
     });
 }
 
@@ -276,7 +461,7 @@ static void add_backward(tg_op_call *c)
 
 /* y = a - b, broadcast shape. da = dy, db = -dy, each summed over the axes
  * its input was broadcast along. Saves nothing. */
-static void sub_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void sub_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b);
 static void sub_backward(tg_op_call *c);
 static const tg_op op_sub = {"sub", NULL, sub_backward};
@@ -287,10 +472,10 @@ tg_tensor *tg_sub(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_SUB(SA, SB) FWD_ROW(SA, SB, u - v)
-static void sub_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void sub_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { BCAST_FORWARD(*bc, y, a, b, SUB); });
+    TGI_FLOAT_DISPATCH(y->dtype, { BINARY_FORWARD(bc, kind, y, a, b, SUB); });
 }
 
 /* d(a-b)/da = 1, d(a-b)/db = -1 */
@@ -299,12 +484,12 @@ static void sub_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
 static void sub_backward(tg_op_call *c)
 {
     tgi_bcast bc;
-    node_bcast(c, &bc);
+    const int kind = node_kind(c, &bc);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         if (tgi_needs_grad(c->in[0]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[0]), a, SUB);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[0]), a, SUB);
         if (tgi_needs_grad(c->in[1]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[1]), b, SUB);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[1]), b, SUB);
     });
 }
 
@@ -314,7 +499,7 @@ static void sub_backward(tg_op_call *c)
 
 /* y = a * b, broadcast shape. da = dy * b, db = dy * a, each summed over the
  * axes its input was broadcast along. Saves nothing (reads a and b). */
-static void mul_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void mul_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b);
 static void mul_backward(tg_op_call *c);
 static const tg_op op_mul = {"mul", NULL, mul_backward};
@@ -325,10 +510,10 @@ tg_tensor *tg_mul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_MUL(SA, SB) FWD_ROW(SA, SB, u * v)
-static void mul_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void mul_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { BCAST_FORWARD(*bc, y, a, b, MUL); });
+    TGI_FLOAT_DISPATCH(y->dtype, { BINARY_FORWARD(bc, kind, y, a, b, MUL); });
 }
 
 /* d(ab)/da = b, d(ab)/db = a */
@@ -337,12 +522,12 @@ static void mul_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
 static void mul_backward(tg_op_call *c)
 {
     tgi_bcast bc;
-    node_bcast(c, &bc);
+    const int kind = node_kind(c, &bc);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         if (tgi_needs_grad(c->in[0]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[0]), a, MUL);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[0]), a, MUL);
         if (tgi_needs_grad(c->in[1]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[1]), b, MUL);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[1]), b, MUL);
     });
 }
 
@@ -354,7 +539,7 @@ static void mul_backward(tg_op_call *c)
  * (computed as (dy * y) / b, which does not overflow through b^2 for small
  * b), each summed over the axes its input was broadcast along. Saves nothing
  * (reads b and the output y). b = 0 gives inf/NaN as in C. */
-static void div_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void div_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b);
 static void div_backward(tg_op_call *c);
 static const tg_op op_div = {"div", NULL, div_backward};
@@ -365,10 +550,10 @@ tg_tensor *tg_div(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_DIV(SA, SB) FWD_ROW(SA, SB, u / v)
-static void div_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
+static void div_forward(const tgi_bcast *bc, int kind, tg_tensor *y, const tg_tensor *a,
                         const tg_tensor *b)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { BCAST_FORWARD(*bc, y, a, b, DIV); });
+    TGI_FLOAT_DISPATCH(y->dtype, { BINARY_FORWARD(bc, kind, y, a, b, DIV); });
 }
 
 /* d(a/b)/da = 1/b, d(a/b)/db = -a/b^2 = -y/b */
@@ -377,12 +562,12 @@ static void div_forward(const tgi_bcast *bc, tg_tensor *y, const tg_tensor *a,
 static void div_backward(tg_op_call *c)
 {
     tgi_bcast bc;
-    node_bcast(c, &bc);
+    const int kind = node_kind(c, &bc);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         if (tgi_needs_grad(c->in[0]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[0]), a, DIV);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[0]), a, DIV);
         if (tgi_needs_grad(c->in[1]))
-            BCAST_BACKWARD(bc, c, (T *)tg_grad_acc(c->in[1]), b, DIV);
+            BINARY_BACKWARD(bc, kind, c, (T *)tg_grad_acc(c->in[1]), b, DIV);
     });
 }
 
@@ -415,12 +600,13 @@ static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tens
     do {                                                                               \
         T *restrict py = (T *)(y)->data;                                               \
         const T *restrict px = (const T *)(x)->data;                                   \
-        const int64_t n_ = (y)->numel;                                                 \
-        for (int64_t i = 0; i < n_; i++) {                                             \
-            const T u = px[i];                                                         \
-            (void)u;                                                                   \
-            py[i] = (EXPR);                                                            \
-        }                                                                              \
+        PAR_CHUNKS((y)->ctx, (y)->numel, lo, hi, {                                     \
+            for (int64_t i = lo; i < hi; i++) {                                        \
+                const T u = px[i];                                                     \
+                (void)u;                                                               \
+                py[i] = (EXPR);                                                        \
+            }                                                                          \
+        });                                                                            \
     } while (0)
 
 /* Loop dx[i] += EXPR (g = dy[i], u = x[i], w = y[i]) inside
@@ -433,14 +619,15 @@ static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tens
         const T *restrict dy = (const T *)tg_grad((c)->out);                           \
         const T *restrict px = (const T *)(c)->in[0]->data;                            \
         const T *restrict py = (const T *)(c)->out->data;                              \
-        const int64_t n_ = (c)->out->numel;                                            \
         if (!dx || !dy)                                                                \
             break;                                                                     \
-        for (int64_t i = 0; i < n_; i++) {                                             \
-            const T g = dy[i], u = px[i], w = py[i];                                   \
-            (void)g, (void)u, (void)w;                                                 \
-            dx[i] += (EXPR);                                                           \
-        }                                                                              \
+        PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi, {                                \
+            for (int64_t i = lo; i < hi; i++) {                                        \
+                const T g = dy[i], u = px[i], w = py[i];                               \
+                (void)g, (void)u, (void)w;                                             \
+                dx[i] += (EXPR);                                                       \
+            }                                                                          \
+        });                                                                            \
     } while (0)
 
 /* ======================================================================== */
@@ -506,8 +693,9 @@ static void neg_backward(tg_op_call *c)
 /* ======================================================================== */
 
 /* y = e^x, x's shape. dx = dy * y. Saves nothing extra: backward reads the
- * output y instead of recomputing exp. Overflows to inf above x ~ 88.7 (f32)
- * or ~ 709.8 (f64), as C's exp; the gradient is then inf too. */
+ * output y instead of recomputing exp. The vector exp of src/vmath.h (<= 1
+ * ulp). Overflows to inf above x ~ 88.7 (f32) or ~ 709.8 (f64), as C's exp;
+ * the gradient is then inf too. */
 static void exp_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
 static void exp_backward(tg_op_call *c);
 static const tg_op op_exp = {"exp", NULL, exp_backward};
@@ -519,7 +707,11 @@ tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
 
 static void exp_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { UNARY_FORWARD(y, x, exp(u)); });
+    TGI_FLOAT_DISPATCH(y->dtype, {
+        T *py = y->data;
+        const T *px = x->data;
+        PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_EXP(py + lo, px + lo, hi - lo); });
+    });
 }
 
 /* d e^x/dx = e^x = y */
@@ -534,7 +726,8 @@ static void exp_backward(tg_op_call *c)
 
 /* y = ln x, x's shape. dx = dy / x. Saves nothing (reads x). x = 0 gives
  * -inf and a gradient of +-inf; x < 0 gives NaN, as in C. No clamping:
- * callers that need it (tg_bce) clamp themselves. */
+ * callers that need it (tg_bce) clamp themselves. The vector log of
+ * src/vmath.h (<= 1 ulp). */
 static void log_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
 static void log_backward(tg_op_call *c);
 static const tg_op op_log = {"log", NULL, log_backward};
@@ -546,7 +739,11 @@ tg_tensor *tg_log(tg_ctx *ctx, tg_tensor *x)
 
 static void log_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
 {
-    TGI_FLOAT_DISPATCH(y->dtype, { UNARY_FORWARD(y, x, log(u)); });
+    TGI_FLOAT_DISPATCH(y->dtype, {
+        T *py = y->data;
+        const T *px = x->data;
+        PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_LOG(py + lo, px + lo, hi - lo); });
+    });
 }
 
 /* d ln x/dx = 1/x */

@@ -15,9 +15,14 @@
  * the number of terms averaged. Local gradients in full: docs/ops-activations.md.
  */
 #include "internal.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <tgmath.h>
+
+/* Elements converted to double per call of a vmath f64 kernel (exp of a row
+ * of logits, sigmoid of a run of logits): a stack block, 2 KB. */
+#define VBLOCK 256
 
 /* ======================================================================== */
 /* Shared helpers                                                           */
@@ -259,7 +264,9 @@ static void bce_backward(tg_op_call *c)
 /* dL/dx = (sigmoid(x) - t) / N; dL/dt = -x / N. Saves: nothing.             */
 /* Numerical care: e^-|x| <= 1 never overflows and log1p keeps the small     */
 /* term exact, so x = +-1000 gives finite, exact losses (x = 1000, t = 0:    */
-/* 1000; x = -1000, t = 0: 0); sigmoid is the overflow-free form.            */
+/* 1000; x = -1000, t = 0: 0); sigmoid is the overflow-free form. e^-|x|     */
+/* and the sigmoid come from the f64 vector kernels (src/vmath.h), a block   */
+/* of 256 elements at a time.                                                */
 /* ======================================================================== */
 
 static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t);
@@ -274,12 +281,17 @@ tg_tensor *tg_bce_with_logits(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
 
 static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t)
 {
-    double sum = 0;
+    double sum = 0, e[VBLOCK];
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data, *pt = t->data;
-        for (int64_t i = 0; i < x->numel; i++) {
-            const double v = (double)px[i], tv = (double)pt[i];
-            sum += (v > 0 ? v : 0) - v * tv + log1p(exp(-fabs(v)));
+        for (int64_t i0 = 0; i0 < x->numel; i0 += VBLOCK) { /* e = e^-|x|, a block */
+            const int64_t nb = x->numel - i0 < VBLOCK ? x->numel - i0 : VBLOCK;
+            for (int64_t j = 0; j < nb; j++) e[j] = -fabs((double)px[i0 + j]);
+            tgi_vexp_f64(e, e, nb);
+            for (int64_t j = 0; j < nb; j++) {
+                const double v = (double)px[i0 + j], tv = (double)pt[i0 + j];
+                sum += (v > 0 ? v : 0) - v * tv + log1p(e[j]);
+            }
         }
     });
     return sum;
@@ -296,10 +308,13 @@ static void bce_with_logits_backward(tg_op_call *c)
         if (tgi_needs_grad(x)) {
             T *dx = tg_grad_acc(x);
             if (dx)
-                for (int64_t i = 0; i < x->numel; i++) {
-                    const double v = (double)px[i];
-                    const double s = v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v));
-                    dx[i] += (T)(g * (s - (double)pt[i]));
+                for (int64_t i0 = 0; i0 < x->numel; i0 += VBLOCK) { /* s = sigmoid(x) */
+                    const int64_t nb = x->numel - i0 < VBLOCK ? x->numel - i0 : VBLOCK;
+                    double s[VBLOCK];
+                    for (int64_t j = 0; j < nb; j++) s[j] = (double)px[i0 + j];
+                    tgi_vsigmoid_f64(s, s, nb); /* overflow-free, as tg_sigmoid */
+                    for (int64_t j = 0; j < nb; j++)
+                        dx[i0 + j] += (T)(g * (s[j] - (double)pt[i0 + j]));
                 }
         }
         if (tgi_needs_grad(t)) {
@@ -325,7 +340,8 @@ static void bce_with_logits_backward(tg_op_call *c)
 /* Saves: p [N,C] (tg_scratch, call->saved), only when recorded.             */
 /* Numerical care: the row maximum is subtracted and log_softmax is never    */
 /* taken as the log of p, so logits of +-1000 give exact, finite losses      */
-/* (logits [1000,-1000], target 1: 2000); sums in double.                    */
+/* (logits [1000,-1000], target 1: 2000); e^(x - m) by tgi_vexp_f64 (<= 1    */
+/* ulp) on the shifted row, summed in double in order.                       */
 /* ======================================================================== */
 
 static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
@@ -425,24 +441,49 @@ tg_tensor *tg_cross_entropy(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
     return out;
 }
 
+/* Row maximum m of xr[0..k), then sum_j e^(xr[j] - m) in double: the
+ * shifted row (xr[j] - m rounded to T, as it always was) goes through
+ * tgi_vexp_f64 a block at a time and is summed in order j = 0..k-1. The last
+ * block's exponentials stay in e[] (all of them when k <= VBLOCK). Inside
+ * TGI_FLOAT_DISPATCH. */
+#define ROW_SUMEXP(xr, k, m, sum, e)                                                   \
+    do {                                                                               \
+        m = (xr)[0];                                                                   \
+        for (int64_t j_ = 1; j_ < (k); j_++)                                           \
+            if ((xr)[j_] > m) m = (xr)[j_];                                            \
+        sum = 0;                                                                       \
+        for (int64_t j0_ = 0; j0_ < (k); j0_ += VBLOCK) {                              \
+            const int64_t nb_ = (k) - j0_ < VBLOCK ? (k) - j0_ : VBLOCK;               \
+            for (int64_t j_ = 0; j_ < nb_; j_++) (e)[j_] = (double)((xr)[j0_ + j_] - m); \
+            tgi_vexp_f64((e), (e), nb_);                                               \
+            for (int64_t j_ = 0; j_ < nb_; j_++) sum += (e)[j_];                       \
+        }                                                                              \
+    } while (0)
+
 /* probs (NULL when nothing is recorded) receives softmax(x), row by row. */
 static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
                                   int64_t n, int64_t k, void *probs)
 {
     const int indices = target->dtype == TG_I32;
     double loss = 0;
+    double e[VBLOCK];
     TGI_FLOAT_DISPATCH(x->dtype, {
         T *p = probs;
         for (int64_t i = 0; i < n; i++) {
             const T *xr = (const T *)x->data + i * k;
-            T m = xr[0];
-            for (int64_t j = 1; j < k; j++)
-                if (xr[j] > m) m = xr[j];
-            double sum = 0;
-            for (int64_t j = 0; j < k; j++) sum += exp((double)(xr[j] - m));
+            T m;
+            double sum;
+            ROW_SUMEXP(xr, k, m, sum, e);
             const double lse = log(sum);
-            if (p)
-                for (int64_t j = 0; j < k; j++) p[i * k + j] = (T)(exp((double)(xr[j] - m)) / sum);
+            if (p && k <= VBLOCK) /* e[] holds the row's e^(x - m) */
+                for (int64_t j = 0; j < k; j++) p[i * k + j] = (T)(e[j] / sum);
+            else if (p)
+                for (int64_t j0 = 0; j0 < k; j0 += VBLOCK) {
+                    const int64_t nb = k - j0 < VBLOCK ? k - j0 : VBLOCK;
+                    for (int64_t j = 0; j < nb; j++) e[j] = (double)(xr[j0 + j] - m);
+                    tgi_vexp_f64(e, e, nb);
+                    for (int64_t j = 0; j < nb; j++) p[i * k + j0 + j] = (T)(e[j] / sum);
+                }
             if (indices) {
                 const int32_t y = ((const int32_t *)target->data)[i];
                 loss += lse - (double)(xr[y] - m);
@@ -491,11 +532,9 @@ static void cross_entropy_backward(tg_op_call *c)
             if (dt)
                 for (int64_t i = 0; i < n; i++) { /* log_softmax recomputed from x */
                     const T *xr = (const T *)x->data + i * k;
-                    T m = xr[0];
-                    for (int64_t j = 1; j < k; j++)
-                        if (xr[j] > m) m = xr[j];
-                    double sum = 0;
-                    for (int64_t j = 0; j < k; j++) sum += exp((double)(xr[j] - m));
+                    T m;
+                    double sum, e[VBLOCK];
+                    ROW_SUMEXP(xr, k, m, sum, e);
                     const double lse = log(sum);
                     for (int64_t j = 0; j < k; j++)
                         dt[i * k + j] -= (T)(g * ((double)(xr[j] - m) - lse));

@@ -5,11 +5,91 @@
  * into the gradient buffers (accumulate = 1). Shapes follow llm.c's habit:
  * x is [m,in], W is [in,out]. Local gradients in full: docs/ops-matmul.md. */
 #include "internal.h"
+#include "vmath.h"
 
 #include <tgmath.h>
 
 #define LEAKY_SLOPE 0.01   /* TG_ACT_LEAKY_RELU's slope (tapegrad.h) */
 #define COLSUM_BLOCK 256   /* columns summed per pass of colsum_acc */
+
+/* ---- vector kernels and threads ------------------------------------------
+ * The activations call src/vmath.h's vector functions, picked for the element
+ * type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
+#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
+#define V_SIGMOID(y, x, n)                                                             \
+    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
+#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
+
+/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef AVX2_CLONES
+#define AVX2_CLONES
+#endif
+
+/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
+ * below tgi_threads_for's threshold (no OpenMP region at all), else nt
+ * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
+ * bits for any nt: element i depends only on element i of the inputs. Below
+ * PAR_MIN elements (far under the threshold) the question is not even asked:
+ * tiny ops are all overhead. */
+#define PAR_MIN 4096
+#ifdef _OPENMP
+/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
+ * bytes of f32), so no two threads write one cache line. */
+static inline int64_t chunk_at(int64_t n, int nt, int c)
+{
+    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
+}
+
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t n_ = (n);                                                        \
+        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
+        if (nt_ <= 1) {                                                                \
+            const int64_t lo = 0, hi = n_;                                             \
+            __VA_ARGS__                                                                \
+        } else {                                                                       \
+            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
+            for (int c_ = 0; c_ < nt_; c_++) {                                         \
+                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+#else
+#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t lo = 0, hi = (n);                                                \
+        __VA_ARGS__                                                                    \
+    } while (0)
+#endif
+
+/* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
+ * unconditionally, so the loop is a compare and a blend (vectorised), not a
+ * branch mispredicted on random signs. */
+AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y,
+                                      const float *restrict g, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i];
+        d[i] = y[i] > 0.0f ? gi : 0.0f;
+    }
+}
+
+AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict y,
+                                      const double *restrict g, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double gi = g[i];
+        d[i] = y[i] > 0.0 ? gi : 0.0;
+    }
+}
+#define RELU_MASK(d, y, g, n)                                                          \
+    _Generic((d), float *: relu_mask_f32, double *: relu_mask_f64)(d, y, g, n)
 
 /* ---- helpers shared by the three ops ---------------------------------- */
 
@@ -36,13 +116,22 @@ static int gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb, int64_
 
 /* db[j] += sum_i dy[i,j] for dy [m,n]: row-major sweeps over blocks of
  * columns, summed in double whatever the dtype (so f32 column sums of a large
- * batch keep their precision), added into db once per column. */
+ * batch keep their precision), added into db once per column. Narrow dy (a
+ * few columns) is summed one column at a time, in the same order. */
 static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
 {
     double acc[COLSUM_BLOCK];
     TGI_FLOAT_DISPATCH(dt, {
         const T *dy = dyv;
         T *db = dbv;
+        if (n < 8) {
+            for (int64_t j = 0; j < n; j++) {
+                double a = 0.0;
+                for (int64_t i = 0; i < m; i++) a += (double)dy[i * n + j];
+                db[j] += (T)a;
+            }
+            return;
+        }
         for (int64_t j0 = 0; j0 < n; j0 += COLSUM_BLOCK) {
             int64_t nb = n - j0 < COLSUM_BLOCK ? n - j0 : COLSUM_BLOCK;
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0;
@@ -293,7 +382,8 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
 }
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
- * and applies the activation in place. */
+ * and applies the activation in place (the vector kernels of src/vmath.h),
+ * over contiguous chunks of y, several threads for a large y. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act)
 {
@@ -301,40 +391,40 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
     if (gemm(ctx, "tg_linear", x->dtype, 0, 0, m, n, k, x->data, k, w->data, n, 0, out->data,
              n) != 0)
         return -1;
+    if (!b && act == TG_ACT_NONE) return 0;
     TGI_FLOAT_DISPATCH(x->dtype, {
         T *y = out->data;
         const T *bd = b ? (const T *)b->data : NULL;
         const T slope = (T)LEAKY_SLOPE;
-        for (int64_t i = 0; i < m; i++) {
-            T *row = y + i * n;
-            if (bd)
-                for (int64_t j = 0; j < n; j++) row[j] += bd[j];
-            switch (act) {
-            case TG_ACT_RELU:
-                for (int64_t j = 0; j < n; j++) /* NaN passes, as in tg_relu */
-                    row[j] = (row[j] > 0 || isnan(row[j])) ? row[j] : (T)0;
-                break;
-            case TG_ACT_LEAKY_RELU:
-                for (int64_t j = 0; j < n; j++) row[j] = row[j] > 0 ? row[j] : slope * row[j];
-                break;
-            case TG_ACT_TANH:
-                for (int64_t j = 0; j < n; j++) row[j] = tanh(row[j]);
-                break;
-            case TG_ACT_SIGMOID: /* exp of -|p| only: no overflow */
-                for (int64_t j = 0; j < n; j++) {
-                    T p = row[j];
-                    if (p >= 0) {
-                        row[j] = (T)1 / ((T)1 + exp(-p));
-                    } else {
-                        T e = exp(p);
-                        row[j] = e / ((T)1 + e);
-                    }
+        PAR_CHUNKS(ctx, m * n, lo, hi, {
+            /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
+             * row, or for short rows (an XOR net's) one loop over the chunk */
+            if (bd && n >= 16) {
+                for (int64_t i = lo; i < hi;) {
+                    const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
+                    T *restrict yr = y + i;
+                    const T *restrict br = bd + j0;
+                    for (int64_t j = 0; j < len; j++) yr[j] += br[j];
+                    i += len;
                 }
-                break;
-            default: /* TG_ACT_NONE */
-                break;
+            } else if (bd && lo < hi) {
+                for (int64_t i = lo, j = lo % n; i < hi; i++) {
+                    y[i] += bd[j];
+                    j = j + 1 == n ? 0 : j + 1;
+                }
             }
-        }
+            T *yc = y + lo;
+            const int64_t len = hi - lo;
+            switch (act) {
+            case TG_ACT_RELU: V_RELU(yc, yc, len); break; /* NaN passes, as in tg_relu */
+            case TG_ACT_LEAKY_RELU:
+                for (int64_t j = 0; j < len; j++) yc[j] = yc[j] > 0 ? yc[j] : slope * yc[j];
+                break;
+            case TG_ACT_TANH: V_TANH(yc, yc, len); break;
+            case TG_ACT_SIGMOID: V_SIGMOID(yc, yc, len); break; /* exp of -|p| only */
+            default: break;                                      /* TG_ACT_NONE */
+            }
+        });
     });
     return 0;
 }
@@ -365,22 +455,21 @@ static void linear_backward(tg_op_call *c)
             const T *y = c->out->data, *g = dy;
             T *d = buf;
             const T slope = (T)LEAKY_SLOPE;
-            switch (act) {
-            case TG_ACT_RELU:
-                for (int64_t i = 0; i < len; i++) d[i] = y[i] > 0 ? g[i] : (T)0;
-                break;
-            case TG_ACT_LEAKY_RELU:
-                for (int64_t i = 0; i < len; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
-                break;
-            case TG_ACT_TANH:
-                for (int64_t i = 0; i < len; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
-                break;
-            case TG_ACT_SIGMOID:
-                for (int64_t i = 0; i < len; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
-                break;
-            default:
-                break;
-            }
+            PAR_CHUNKS(ctx, len, lo, hi, {
+                switch (act) {
+                case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
+                case TG_ACT_LEAKY_RELU:
+                    for (int64_t i = lo; i < hi; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
+                    break;
+                case TG_ACT_TANH:
+                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
+                    break;
+                case TG_ACT_SIGMOID:
+                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
+                    break;
+                default: break;
+                }
+            });
         });
         dpre = buf;
     }

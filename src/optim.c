@@ -19,6 +19,7 @@
  * straight-line body gcc can vectorise. Scalars are converted to T before the
  * loop, as PyTorch converts its Python floats to the tensor's dtype. */
 #include "internal.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <tgmath.h>
@@ -231,42 +232,99 @@ tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *pa
     return opt;
 }
 
+/* ---- sweeps: vector clones and threads -------------------------------------
+ * Each update rule is a function over a range [lo, hi) of one parameter's
+ * flat arrays. Its loops are compiled twice, for AVX2 and for baseline
+ * x86-64 (AVX2_CLONES, chosen when the program loads; SGD on a 1.8M-element
+ * parameter takes 0.27 instead of 0.43 ns an element, RMSprop's sqrt and
+ * division gain more). This file is ISO C, where gcc does not contract
+ * a*b+c into a fused multiply-add, and every operation is an IEEE one (sqrt
+ * and division included), so both clones give the same bits. Adam's sweep is
+ * tgi_vadam (src/vmath.h). A large parameter is split into contiguous ranges over threads
+ * (PAR_RANGES): element i of an update depends only on element i of p, g
+ * and the state, so any thread count gives the same bits too. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef AVX2_CLONES
+#define AVX2_CLONES
+#endif
+
+#ifdef _OPENMP
+/* Range c of nt over n elements: starts on a multiple of 16 elements (64
+ * bytes of f32), so no two threads write one cache line. */
+static inline int64_t range_at(int64_t n, int nt, int c) {
+    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
+}
+#endif
+
+/* fn(k, p, st, lo, hi) over [0, n): in the caller's thread below
+ * tgi_threads_for's threshold (no OpenMP region at all), else one contiguous
+ * range per thread. */
+typedef struct upd_k upd_k;
+typedef void (*upd_fn)(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi);
+static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
+    const int64_t n = p->numel;
+    const int nt = n < 4096 ? 1 : tgi_threads_for(ctx, n); /* tiny: not even asked */
+    if (nt <= 1) {
+        fn(k, p, st, 0, n);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int c = 0; c < nt; c++) fn(k, p, st, range_at(n, nt, c), range_at(n, nt, c + 1));
+#else
+    fn(k, p, st, 0, n);
+#endif
+}
+
+/* The scalars of one update, in double (each kernel rounds them to T once). */
+struct upd_k {
+    const tg_optim_opts *o;
+    int64_t t;              /* this parameter's update count, 1 at its first */
+    double lr_t, inv_bc2;   /* Adam: lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t) */
+};
+
 /* ---- SGD ----------------------------------------------------------------
  *   d = g + wd p
  *   mu != 0:  b = d at t = 1, else b = mu b + (1 - dampening) d
  *             d = d + mu b (nesterov) or d = b
  *   p = p - lr d                                                              */
-static void sgd_update(const tg_optim_opts *o, tg_tensor *p, void *b0, int64_t t) {
-    int64_t n = p->numel;
+AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+                                  int64_t hi) {
+    const tg_optim_opts *o = k->o;
+    const int64_t t = k->t;
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;
         const T *restrict g = p->grad;
-        T *restrict b = b0;
+        T *restrict b = st ? st[0] : NULL;
         const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
         const T damp1 = (T)(1.0 - o->dampening);
         if (o->momentum == 0.0) {
-            for (int64_t i = 0; i < n; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
+            for (int64_t i = lo; i < hi; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
         } else if (t == 1 && o->nesterov) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 b[i] = d;
                 x[i] = x[i] - lr * (d + mu * d);
             }
         } else if (t == 1) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 b[i] = d;
                 x[i] = x[i] - lr * d;
             }
         } else if (o->nesterov) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T bi = b[i] * mu + damp1 * d;
                 b[i] = bi;
                 x[i] = x[i] - lr * (d + mu * bi);
             }
         } else {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T bi = b[i] * mu + damp1 * d;
                 b[i] = bi;
@@ -285,8 +343,9 @@ static void sgd_update(const tg_optim_opts *o, tg_tensor *p, void *b0, int64_t t
  *   else:     p = p - lr d / den
  * The max(., 0) guards against v - a^2 rounding below 0 (it is >= 0 exactly,
  * by Cauchy-Schwarz); PyTorch would give NaN there.                          */
-static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st) {
-    int64_t n = p->numel;
+AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+                                      int64_t hi) {
+    const tg_optim_opts *o = k->o;
     int centered = o->centered != 0, mom = o->momentum > 0.0;
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;
@@ -298,7 +357,7 @@ static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st
         const T al = (T)o->alpha, al1 = (T)(1.0 - o->alpha), eps = (T)o->eps;
         const T zero = 0;
         if (centered && mom) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T vi = v[i] * al + al1 * d * d;
                 T ai = a[i] * al + al1 * d;
@@ -310,7 +369,7 @@ static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st
                 x[i] = x[i] - lr * bi;
             }
         } else if (centered) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T vi = v[i] * al + al1 * d * d;
                 T ai = a[i] * al + al1 * d;
@@ -319,7 +378,7 @@ static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st
                 x[i] = x[i] - lr * (d / (sqrt(fmax(vi - ai * ai, zero)) + eps));
             }
         } else if (mom) {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T vi = v[i] * al + al1 * d * d;
                 v[i] = vi;
@@ -328,7 +387,7 @@ static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st
                 x[i] = x[i] - lr * bi;
             }
         } else {
-            for (int64_t i = 0; i < n; i++) {
+            for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 T vi = v[i] * al + al1 * d * d;
                 v[i] = vi;
@@ -342,46 +401,53 @@ static void rmsprop_update(const tg_optim_opts *o, tg_tensor *p, void *const *st
  *   Adam:  d = g + wd p           (L2 penalty in the gradient)
  *   AdamW: p = p (1 - lr wd); d = g (decoupled weight decay)
  *   m = beta1 m + (1 - beta1) d
- *   v = beta2 v + (1 - beta2) d^2
+ *   v = beta2 v + ((1 - beta2) d) d
  *   amsgrad: vmax = max(vmax, v), used for v below
- *   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
- * Both kinds share the loop: Adam has decay 1, AdamW has wd_l2 0.            */
-static void adam_update(const tg_optim_opts *o, tg_tensor *p, void *const *st, int64_t t) {
-    int64_t n = p->numel;
-    int adamw = o->kind == TG_OPT_ADAMW;
-    double bc1 = 1.0 - pow(o->beta1, (double)t);
-    double bc2_sqrt = sqrt(1.0 - pow(o->beta2, (double)t));
+ *   p = p - lr_t (m / (sqrt(v) inv_bc2 + eps))
+ * with lr_t = lr / (1 - beta1^t) and inv_bc2 = 1 / sqrt(1 - beta2^t) formed in
+ * double. PyTorch divides sqrt(v) by sqrt(1 - beta2^t); multiplying by its
+ * reciprocal differs by an ulp at most (within the reference tests' bounds).
+ * Without amsgrad the sweep is tgi_vadam (src/vmath.h), which gives the bits
+ * of this formula evaluated in this order; amsgrad is the loop below, the
+ * same formula on vmax.                                                      */
+static void adam_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi) {
+    const tg_optim_opts *o = k->o;
+    const int adamw = o->kind == TG_OPT_ADAMW;
+    const double wd = o->weight_decay;
+    if (p->dtype == TG_F32)
+        tgi_vadam_f32((float *)p->data + lo, (const float *)p->grad + lo, (float *)st[0] + lo,
+                      (float *)st[1] + lo, hi - lo, k->lr_t, o->beta1, o->beta2, k->inv_bc2,
+                      o->eps, wd, adamw, o->lr);
+    else
+        tgi_vadam_f64((double *)p->data + lo, (const double *)p->grad + lo, (double *)st[0] + lo,
+                      (double *)st[1] + lo, hi - lo, k->lr_t, o->beta1, o->beta2, k->inv_bc2,
+                      o->eps, wd, adamw, o->lr);
+}
+
+AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, void *const *st,
+                                           int64_t lo, int64_t hi) {
+    const tg_optim_opts *o = k->o;
+    const int adamw = o->kind == TG_OPT_ADAMW;
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;
         const T *restrict g = p->grad;
         T *restrict m = st[0];
         T *restrict v = st[1];
-        T *restrict vmax = o->amsgrad ? st[2] : NULL;
+        T *restrict vmax = st[2];
         const T wd = adamw ? (T)0 : (T)o->weight_decay;
         const T decay = adamw ? (T)(1.0 - o->lr * o->weight_decay) : (T)1;
         const T b1 = (T)o->beta1, b11 = (T)(1.0 - o->beta1);
         const T b2 = (T)o->beta2, b21 = (T)(1.0 - o->beta2);
-        const T step_size = (T)(o->lr / bc1), bc2s = (T)bc2_sqrt, eps = (T)o->eps;
-        if (o->amsgrad) {
-            for (int64_t i = 0; i < n; i++) {
-                T d = g[i] + wd * x[i];
-                T mi = m[i] * b1 + b11 * d;
-                T vi = v[i] * b2 + b21 * d * d;
-                T vm = fmax(vmax[i], vi);
-                m[i] = mi;
-                v[i] = vi;
-                vmax[i] = vm;
-                x[i] = x[i] * decay - step_size * (mi / (sqrt(vm) / bc2s + eps));
-            }
-        } else {
-            for (int64_t i = 0; i < n; i++) {
-                T d = g[i] + wd * x[i];
-                T mi = m[i] * b1 + b11 * d;
-                T vi = v[i] * b2 + b21 * d * d;
-                m[i] = mi;
-                v[i] = vi;
-                x[i] = x[i] * decay - step_size * (mi / (sqrt(vi) / bc2s + eps));
-            }
+        const T lr_t = (T)k->lr_t, inv_bc2 = (T)k->inv_bc2, eps = (T)o->eps;
+        for (int64_t i = lo; i < hi; i++) {
+            T d = g[i] + wd * x[i];
+            T mi = m[i] * b1 + b11 * d;
+            T vi = v[i] * b2 + (b21 * d) * d;
+            T vm = fmax(vmax[i], vi);
+            m[i] = mi;
+            v[i] = vi;
+            vmax[i] = vm;
+            x[i] = x[i] * decay - lr_t * (mi / (sqrt(vm) * inv_bc2 + eps));
         }
     });
 }
@@ -395,13 +461,20 @@ int tg_optim_step(tg_optim *opt) {
         if (!p->grad) continue; /* no gradient reached it: PyTorch skips it too */
         int64_t t = ++opt->t[i];
         void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
+        upd_k k = {o, t, 0.0, 0.0};
+        upd_fn fn = NULL;
         switch (o->kind) {
-        case TG_OPT_SGD: sgd_update(o, p, st ? st[0] : NULL, t); break;
-        case TG_OPT_RMSPROP: rmsprop_update(o, p, st); break;
+        case TG_OPT_SGD: fn = sgd_range; break;
+        case TG_OPT_RMSPROP: fn = rmsprop_range; break;
         case TG_OPT_ADAM:
-        case TG_OPT_ADAMW: adam_update(o, p, st, t); break;
+        case TG_OPT_ADAMW:
+            k.lr_t = o->lr / (1.0 - pow(o->beta1, (double)t));
+            k.inv_bc2 = 1.0 / sqrt(1.0 - pow(o->beta2, (double)t));
+            fn = o->amsgrad ? adam_amsgrad_range : adam_range;
+            break;
         case TG_OPT_COUNT: break;
         }
+        if (fn) par_ranges(opt->ctx, fn, &k, p, st);
     }
     opt->nsteps++;
     return 0;
@@ -424,22 +497,30 @@ const tg_optim_opts *tg_optim_opts_of(const tg_optim *opt) { return opt ? &opt->
 
 /* ---- plain gradient descent --------------------------------------------- */
 
+/* p = p - lr g */
+AVX2_CLONES static void gd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+                                 int64_t hi) {
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        const T a = (T)k->o->lr;
+        for (int64_t i = lo; i < hi; i++) x[i] = x[i] - a * g[i];
+    });
+}
+
 int tg_sgd_step(tg_ctx *ctx, double lr) {
     if (!ctx || !tg_ok(ctx)) return -1;
     if (!nonneg(lr)) {
         tg_set_error(ctx, "tg_sgd_step: lr must be >= 0 and finite, got %g", lr);
         return -1;
     }
-    for (int k = 0; k < ctx->n_params; k++) {
-        tg_tensor *p = ctx->params[k];
-        if (!p->grad) continue;
-        int64_t n = p->numel;
-        TGI_FLOAT_DISPATCH(p->dtype, {
-            T *restrict x = p->data;
-            const T *restrict g = p->grad;
-            const T a = (T)lr;
-            for (int64_t i = 0; i < n; i++) x[i] = x[i] - a * g[i];
-        });
+    tg_optim_opts o;
+    memset(&o, 0, sizeof o);
+    o.lr = lr;
+    const upd_k k = {&o, 1, 0.0, 0.0};
+    for (int i = 0; i < ctx->n_params; i++) {
+        tg_tensor *p = ctx->params[i];
+        if (p->grad) par_ranges(ctx, gd_range, &k, p, NULL);
     }
     return 0;
 }
