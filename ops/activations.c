@@ -27,43 +27,6 @@
 #define V_RELU_BWD(dx, x, dy, n)                                                       \
     _Generic((dx), float *: tgi_vrelu_bwd_f32, double *: tgi_vrelu_bwd_f64)(dx, x, dy, n)
 
-/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
- * below tgi_threads_for's threshold (no OpenMP region at all), else nt
- * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
- * bits for any nt: element i depends only on element i of the inputs. Below
- * PAR_MIN elements (far under the threshold) the question is not even asked:
- * tiny ops are all overhead. */
-#define PAR_MIN 4096
-#ifdef _OPENMP
-/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
- * bytes of f32), so no two threads write one cache line. */
-static inline int64_t chunk_at(int64_t n, int nt, int c)
-{
-    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
-}
-
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t n_ = (n);                                                        \
-        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
-        if (nt_ <= 1) {                                                                \
-            const int64_t lo = 0, hi = n_;                                             \
-            __VA_ARGS__                                                                \
-        } else {                                                                       \
-            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
-            for (int c_ = 0; c_ < nt_; c_++) {                                         \
-                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
-                __VA_ARGS__                                                            \
-            }                                                                          \
-        }                                                                              \
-    } while (0)
-#else
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t lo = 0, hi = (n);                                                \
-        __VA_ARGS__                                                                    \
-    } while (0)
-#endif
 
 /* The gradient arriving at a node's output (NULL if none reached it). */
 static const void *out_grad(const tg_op_call *c) { return c->out->grad; }
@@ -132,7 +95,7 @@ static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         T *py = y->data;
-        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_SIGMOID(py + lo, px + lo, hi - lo); });
+        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_SIGMOID(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -145,7 +108,7 @@ static void sigmoid_backward(tg_op_call *c)
             const T *y = c->out->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
             if (dx && dy) /* dx += dy y (1 - y) */
-                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
                            { V_SIGMOID_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
         });
     }
@@ -266,7 +229,7 @@ static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         T *py = y->data;
-        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_TANH(py + lo, px + lo, hi - lo); });
+        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_TANH(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -279,7 +242,7 @@ static void tanh_backward(tg_op_call *c)
             const T *y = c->out->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
             if (dx && dy) /* dx += dy (1 - y^2) */
-                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
                            { V_TANH_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
         });
     }
@@ -307,7 +270,7 @@ static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
         const T *px = x->data;
         T *py = y->data;
         /* x > 0 or NaN: x; else +0 */
-        PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_RELU(py + lo, px + lo, hi - lo); });
+        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_RELU(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -320,7 +283,7 @@ static void relu_backward(tg_op_call *c)
             const T *px = x->data, *dy = out_grad(c);
             T *dx = tg_grad_acc(x);
             if (dx && dy) /* dx += dy where x > 0 */
-                PAR_CHUNKS(c->ctx, x->numel, lo, hi,
+                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
                            { V_RELU_BWD(dx + lo, px + lo, dy + lo, hi - lo); });
         });
     }
@@ -349,7 +312,7 @@ static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr 
         const T *px = x->data;
         const T a = (T)at->f[0];
         T *py = y->data;
-        PAR_CHUNKS(x->ctx, x->numel, lo, hi, {
+        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, {
             for (int64_t i = lo; i < hi; i++) py[i] = px[i] > 0 ? px[i] : a * px[i];
         });
     });
@@ -365,7 +328,7 @@ static void leaky_relu_backward(tg_op_call *c)
             const T a = (T)tgi_node_attr(c)->f[0];
             T *dx = tg_grad_acc(x);
             if (dx && dy)
-                PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
                     for (int64_t i = lo; i < hi; i++) dx[i] += px[i] > 0 ? dy[i] : a * dy[i];
                 });
         });

@@ -33,7 +33,7 @@
  * general iterator, which collapses these cases to the same single row.
  *
  * Threads. Elementwise loops over large tensors (tgi_threads_for) are split
- * into contiguous chunks, one per thread (PAR_CHUNKS); element i depends only
+ * into contiguous chunks, one per thread (TGI_PAR_CHUNKS); element i depends only
  * on element i of the inputs, so the result is the same whatever the thread
  * count. Reductions (a broadcast target in backward) stay in one thread, in
  * order. exp and log use the vector kernels of src/vmath.h.
@@ -65,43 +65,6 @@ static int check_binary(tg_ctx *ctx, const char *fn, const tg_tensor *a, const t
     return tgi_check_same_dtype(ctx, fn, a, b);
 }
 
-/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
- * below tgi_threads_for's threshold (no OpenMP region at all), else nt
- * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
- * bits for any nt: element i depends only on element i of the inputs. Below
- * PAR_MIN elements (far under the threshold) the question is not even asked:
- * tiny ops are all overhead. */
-#define PAR_MIN 4096
-#ifdef _OPENMP
-/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
- * bytes of f32), so no two threads write one cache line. */
-static inline int64_t chunk_at(int64_t n, int nt, int c)
-{
-    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
-}
-
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t n_ = (n);                                                        \
-        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
-        if (nt_ <= 1) {                                                                \
-            const int64_t lo = 0, hi = n_;                                             \
-            __VA_ARGS__                                                                \
-        } else {                                                                       \
-            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
-            for (int c_ = 0; c_ < nt_; c_++) {                                         \
-                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
-                __VA_ARGS__                                                            \
-            }                                                                          \
-        }                                                                              \
-    } while (0)
-#else
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t lo = 0, hi = (n);                                                \
-        __VA_ARGS__                                                                    \
-    } while (0)
-#endif
 
 /* The vector exp and log of src/vmath.h for the element type T of
  * TGI_FLOAT_DISPATCH, picked by the type of the output pointer. */
@@ -296,7 +259,7 @@ static void bshape_init(const tgi_bcast *bc, bshape *s)
         T *restrict py = (T *)(out)->data;                                             \
         const T *restrict pa = (const T *)(a)->data;                                   \
         const T *restrict pb = (const T *)(b)->data;                                   \
-        PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                                 \
+        TGI_PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                                 \
             const int64_t n3 = hi - lo;                                                \
             T *restrict yr = py + lo;                                                  \
             if ((kind) == BIN_SAME) {                                                  \
@@ -337,7 +300,7 @@ static void bshape_init(const tgi_bcast *bc, bshape *s)
                 BWD_ROW_##SIDE##_##OP(1, 0);                                           \
             break;                                                                     \
         }                                                                              \
-        PAR_CHUNKS((call)->ctx, n_all, lo, hi, {                                       \
+        TGI_PAR_CHUNKS((call)->ctx, n_all, lo, hi, {                                       \
             const int64_t n3 = hi - lo;                                                \
             const T *restrict gr = dy + lo, *restrict yr = py + lo;                    \
             T *restrict dr = pd + lo;                                                  \
@@ -600,7 +563,7 @@ static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tens
     do {                                                                               \
         T *restrict py = (T *)(y)->data;                                               \
         const T *restrict px = (const T *)(x)->data;                                   \
-        PAR_CHUNKS((y)->ctx, (y)->numel, lo, hi, {                                     \
+        TGI_PAR_CHUNKS((y)->ctx, (y)->numel, lo, hi, {                                     \
             for (int64_t i = lo; i < hi; i++) {                                        \
                 const T u = px[i];                                                     \
                 (void)u;                                                               \
@@ -621,7 +584,7 @@ static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tens
         const T *restrict py = (const T *)(c)->out->data;                              \
         if (!dx || !dy)                                                                \
             break;                                                                     \
-        PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi, {                                \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi, {                                \
             for (int64_t i = lo; i < hi; i++) {                                        \
                 const T g = dy[i], u = px[i], w = py[i];                               \
                 (void)g, (void)u, (void)w;                                             \
@@ -710,7 +673,7 @@ static void exp_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
     TGI_FLOAT_DISPATCH(y->dtype, {
         T *py = y->data;
         const T *px = x->data;
-        PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_EXP(py + lo, px + lo, hi - lo); });
+        TGI_PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_EXP(py + lo, px + lo, hi - lo); });
     });
 }
 
@@ -742,7 +705,7 @@ static void log_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
     TGI_FLOAT_DISPATCH(y->dtype, {
         T *py = y->data;
         const T *px = x->data;
-        PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_LOG(py + lo, px + lo, hi - lo); });
+        TGI_PAR_CHUNKS(y->ctx, y->numel, lo, hi, { V_LOG(py + lo, px + lo, hi - lo); });
     });
 }
 

@@ -30,43 +30,6 @@
 #define AVX2_CLONES
 #endif
 
-/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
- * below tgi_threads_for's threshold (no OpenMP region at all), else nt
- * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
- * bits for any nt: element i depends only on element i of the inputs. Below
- * PAR_MIN elements (far under the threshold) the question is not even asked:
- * tiny ops are all overhead. */
-#define PAR_MIN 4096
-#ifdef _OPENMP
-/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
- * bytes of f32), so no two threads write one cache line. */
-static inline int64_t chunk_at(int64_t n, int nt, int c)
-{
-    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
-}
-
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t n_ = (n);                                                        \
-        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
-        if (nt_ <= 1) {                                                                \
-            const int64_t lo = 0, hi = n_;                                             \
-            __VA_ARGS__                                                                \
-        } else {                                                                       \
-            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
-            for (int c_ = 0; c_ < nt_; c_++) {                                         \
-                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
-                __VA_ARGS__                                                            \
-            }                                                                          \
-        }                                                                              \
-    } while (0)
-#else
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t lo = 0, hi = (n);                                                \
-        __VA_ARGS__                                                                    \
-    } while (0)
-#endif
 
 /* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
  * unconditionally, so the loop is a compare and a blend (vectorised), not a
@@ -396,7 +359,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
         T *y = out->data;
         const T *bd = b ? (const T *)b->data : NULL;
         const T slope = (T)LEAKY_SLOPE;
-        PAR_CHUNKS(ctx, m * n, lo, hi, {
+        TGI_PAR_CHUNKS(ctx, m * n, lo, hi, {
             /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
              * row, or for short rows (an XOR net's) one loop over the chunk */
             if (bd && n >= 16) {
@@ -455,7 +418,7 @@ static void linear_backward(tg_op_call *c)
             const T *y = c->out->data, *g = dy;
             T *d = buf;
             const T slope = (T)LEAKY_SLOPE;
-            PAR_CHUNKS(ctx, len, lo, hi, {
+            TGI_PAR_CHUNKS(ctx, len, lo, hi, {
                 switch (act) {
                 case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
                 case TG_ACT_LEAKY_RELU:

@@ -15,43 +15,6 @@
  */
 #include "internal.h"
 
-/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
- * below tgi_threads_for's threshold (no OpenMP region at all), else nt
- * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
- * bits for any nt: element i depends only on element i of the inputs. Below
- * PAR_MIN elements (far under the threshold) the question is not even asked:
- * tiny ops are all overhead. */
-#define PAR_MIN 4096
-#ifdef _OPENMP
-/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
- * bytes of f32), so no two threads write one cache line. */
-static inline int64_t chunk_at(int64_t n, int nt, int c)
-{
-    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
-}
-
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t n_ = (n);                                                        \
-        const int nt_ = n_ < PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
-        if (nt_ <= 1) {                                                                \
-            const int64_t lo = 0, hi = n_;                                             \
-            __VA_ARGS__                                                                \
-        } else {                                                                       \
-            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
-            for (int c_ = 0; c_ < nt_; c_++) {                                         \
-                const int64_t lo = chunk_at(n_, nt_, c_), hi = chunk_at(n_, nt_, c_ + 1); \
-                __VA_ARGS__                                                            \
-            }                                                                          \
-        }                                                                              \
-    } while (0)
-#else
-#define PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
-    do {                                                                               \
-        const int64_t lo = 0, hi = (n);                                                \
-        __VA_ARGS__                                                                    \
-    } while (0)
-#endif
 
 /* Record the node (when a gradient is needed). Returns 0 when the tape could
  * not grow (error recorded), else 1; *node is the node or NULL. */
@@ -119,7 +82,7 @@ static void sum_backward(tg_op_call *c)
         if (!dx || !dy)
             return;
         const T g = dy[0];
-        PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+        TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
             for (int64_t i = lo; i < hi; i++)
                 dx[i] += g;
         });
@@ -173,7 +136,7 @@ static void mean_backward(tg_op_call *c)
         if (!dx || !dy)
             return;
         const T g = (T)((double)dy[0] / (double)x->numel);
-        PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+        TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
             for (int64_t i = lo; i < hi; i++)
                 dx[i] += g;
         });

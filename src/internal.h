@@ -242,4 +242,43 @@ tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_
 /* Number of threads worth using for `work` elementwise operations. */
 int tgi_threads_for(const tg_ctx *ctx, int64_t work);
 
+/* ---- elementwise work split over threads (used by the op files) ---- */
+/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
+ * below tgi_threads_for's threshold (no OpenMP region at all), else nt
+ * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
+ * bits for any nt: element i depends only on element i of the inputs. Below
+ * TGI_PAR_MIN elements (far under the threshold) the question is not even asked:
+ * tiny ops are all overhead. */
+#define TGI_PAR_MIN 4096
+#ifdef _OPENMP
+/* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
+ * bytes of f32), so no two threads write one cache line. */
+static inline int64_t tgi_chunk_at(int64_t n, int nt, int c)
+{
+    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
+}
+
+#define TGI_PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t n_ = (n);                                                        \
+        const int nt_ = n_ < TGI_PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
+        if (nt_ <= 1) {                                                                \
+            const int64_t lo = 0, hi = n_;                                             \
+            __VA_ARGS__                                                                \
+        } else {                                                                       \
+            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
+            for (int c_ = 0; c_ < nt_; c_++) {                                         \
+                const int64_t lo = tgi_chunk_at(n_, nt_, c_), hi = tgi_chunk_at(n_, nt_, c_ + 1); \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+#else
+#define TGI_PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+    do {                                                                               \
+        const int64_t lo = 0, hi = (n);                                                \
+        __VA_ARGS__                                                                    \
+    } while (0)
+#endif
+
 #endif /* TG_INTERNAL_H */
