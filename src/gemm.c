@@ -462,28 +462,74 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
 #endif
 
 /* Tiny products (m n k <= TINY_GEMM_WORK, e.g. the 4x2x4 layers of an XOR
- * network): a strided dot product per element of C, in the caller's thread.
- * Dispatch, workspace and packing cost more than the arithmetic here. Each
- * C(i,j) sums p = 0..k-1 in order, whatever nthreads is. */
+ * network): in the caller's thread, with no workspace, dispatch or blocking,
+ * which would cost more than the arithmetic. A row of C is built TINY_VL
+ * columns at a time in a 16-byte vector (GCC vector extensions: SSE2 on any
+ * x86-64, NEON on arm64) from rows of op(B): read in place when B is not
+ * transposed and n is a whole number of vectors, else first copied into a
+ * zero-padded k x ceil(n/VL)*VL block on the stack (at most 512 + 3*512
+ * elements). A single column C[m,1] that is contiguous is computed as the row
+ * C^T = op(B)^T op(A)^T instead, so that its m values fill the vectors.
+ * Every C(i,j) is 0 + A(i,0) B(0,j) + A(i,1) B(1,j) + ... in order of p, each
+ * product rounded then added (no FMA), then added to C when accumulating:
+ * the same bits as the plain scalar loop, whatever nthreads is. */
 #define TINY_GEMM_WORK 512
-#define TINY_GEMM(T)                                                                   \
-    static void tiny_gemm_##T(int ta, int tb, int64_t m, int64_t n, int64_t k,           \
-                              const T *A, int64_t lda, const T *B, int64_t ldb,          \
-                              int accumulate, T *C, int64_t ldc)                         \
-    {                                                                                  \
-        const int64_t sai = ta ? 1 : lda, sap = ta ? lda : 1;                          \
-        const int64_t sbp = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
-        for (int64_t i = 0; i < m; i++) {                                              \
-            for (int64_t j = 0; j < n; j++) {                                          \
-                const T *a = A + i * sai, *b = B + j * sbj;                            \
-                T acc = 0;                                                             \
-                for (int64_t p = 0; p < k; p++) acc += a[p * sap] * b[p * sbp];        \
-                C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc : acc;              \
-            }                                                                          \
-        }                                                                              \
+#define TINY_GEMM(T, VT)                                                                   \
+    static void tiny_gemm_##T(int ta, int tb, int64_t m, int64_t n, int64_t k,               \
+                              const T *A, int64_t lda, const T *B, int64_t ldb,              \
+                              int accumulate, T *C, int64_t ldc)                             \
+    {                                                                                      \
+        enum { VL = sizeof(VT) / sizeof(T) };                                              \
+        if (n == 1 && ldc == 1 && m > 1) { /* C^T[1,m] = op(B)^T[1,k] op(A)^T[k,m] */     \
+            const T *t = A;                                                                \
+            int64_t lt = lda, mt = m;                                                      \
+            int tt = ta;                                                                   \
+            A = B, lda = ldb, ta = !tb;                                                    \
+            B = t, ldb = lt, tb = !tt;                                                     \
+            m = 1, n = mt;                                                                 \
+        }                                                                                  \
+        const int64_t sai = ta ? 1 : lda, sap = ta ? lda : 1;                              \
+        const int64_t npad = (n + VL - 1) / VL * VL;                                       \
+        T pad[TINY_GEMM_WORK * VL];                                                        \
+        const T *b = B;                                                                    \
+        int64_t ldbp = ldb;                                                                \
+        if (tb || npad != n) { /* op(B) -> pad[k][npad], zeros after column n */          \
+            const int64_t sbp = tb ? 1 : ldb, sbj = tb ? ldb : 1;                          \
+            const VT zero = {0};                                                           \
+            for (int64_t p = 0; p < k; p++) {                                              \
+                T *row = pad + p * npad;                                                   \
+                memcpy(row + npad - VL, &zero, sizeof zero); /* the padding */             \
+                for (int64_t j = 0; j < n; j++) row[j] = B[p * sbp + j * sbj];             \
+            }                                                                              \
+            b = pad, ldbp = npad;                                                          \
+        }                                                                                  \
+        for (int64_t i = 0; i < m; i++) {                                                  \
+            const T *a = A + i * sai;                                                      \
+            T *c = C + i * ldc;                                                            \
+            for (int64_t j = 0; j < n; j += VL) {                                          \
+                VT acc = {0}, v;                                                           \
+                const T *bj = b + j;                                                       \
+                for (int64_t p = 0; p < k; p++) {                                          \
+                    memcpy(&v, bj + p * ldbp, sizeof v);                                   \
+                    acc += a[p * sap] * v;                                                 \
+                }                                                                          \
+                if (j + VL <= n) {                                                         \
+                    if (accumulate) {                                                      \
+                        memcpy(&v, c + j, sizeof v);                                       \
+                        acc = v + acc;                                                     \
+                    }                                                                      \
+                    memcpy(c + j, &acc, sizeof acc);                                       \
+                } else { /* the last n - j < VL columns */                                 \
+                    for (int64_t q = 0; q < n - j; q++)                                    \
+                        c[j + q] = accumulate ? c[j + q] + acc[q] : acc[q];                \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
     }
-TINY_GEMM(float)
-TINY_GEMM(double)
+typedef float tiny_v4f __attribute__((vector_size(16)));
+typedef double tiny_v2d __attribute__((vector_size(16)));
+TINY_GEMM(float, tiny_v4f)
+TINY_GEMM(double, tiny_v2d)
 
 int tgi_gemm_f32(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_t n, int64_t k,
                  const float *A, int64_t lda, const float *B, int64_t ldb, int accumulate,
