@@ -31,29 +31,34 @@ int64_t tgi_numel(int ndim, const int64_t *shape) {
     return n;
 }
 
-/* Validates dtype, ndim and shape; returns numel or -1 with an error recorded. */
-static int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+/* The error for a dtype, ndim or shape that check_shape refused; returns -1. */
+static int64_t shape_error(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                            const int64_t *shape) {
-    if (dt != TG_F32 && dt != TG_F64 && dt != TG_I32) {
+    if ((unsigned)dt > TG_I32) {
         tg_set_error(ctx, "%s: invalid dtype %d", fn, (int)dt);
-        return -1;
-    }
-    if (ndim < 0 || ndim > TG_MAX_DIMS) {
+    } else if (ndim < 0 || ndim > TG_MAX_DIMS) {
         tg_set_error(ctx, "%s: ndim must be 0 to %d, got %d", fn, TG_MAX_DIMS, ndim);
-        return -1;
-    }
-    if (ndim > 0 && !shape) {
+    } else if (ndim > 0 && !shape) {
         tg_set_error(ctx, "%s: shape is NULL for ndim %d", fn, ndim);
-        return -1;
+    } else {
+        char b[128];
+        tg_set_error(ctx, "%s: invalid shape %s", fn, tgi_shape_str(ndim, shape, b, sizeof b));
     }
-    const int64_t limit = (int64_t)1 << 40; /* elements; far beyond any real tensor */
+    return -1;
+}
+
+/* Validates dtype, ndim and shape; returns numel or -1 with an error recorded.
+ * Inline, so that the valid case costs a few compares; the messages are made out
+ * of line. At most 2^40 elements: far beyond any real tensor. */
+static inline int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                                  const int64_t *shape) {
+    const int64_t limit = (int64_t)1 << 40;
+    if ((unsigned)dt > TG_I32 || (unsigned)ndim > TG_MAX_DIMS || (ndim > 0 && !shape))
+        return shape_error(ctx, fn, dt, ndim, shape);
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n) || n > limit) {
-            char b[128];
-            tg_set_error(ctx, "%s: invalid shape %s", fn, tgi_shape_str(ndim, shape, b, sizeof b));
-            return -1;
-        }
+        if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n) || n > limit)
+            return shape_error(ctx, fn, dt, ndim, shape);
     }
     return n;
 }
@@ -62,8 +67,8 @@ tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                           const int64_t *shape, int zero) {
     int64_t n = check_shape(ctx, fn, dt, ndim, shape);
     if (n < 0) return NULL;
-    size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
-    size_t bytes = (size_t)n * tg_dtype_size(dt);
+    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    const size_t bytes = (size_t)n * (dt == TG_F64 ? 8u : 4u);
     unsigned char *mem = tgi_arena_alloc(ctx, head + bytes);
     if (!mem) return NULL;
     tg_tensor *t = (tg_tensor *)mem;
@@ -72,7 +77,8 @@ tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
     t->ctx = ctx;
     t->numel = n;
     t->ndim = ndim;
-    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = 1;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->dtype = dt;
     t->flags = 0;
     t->node = -1;
