@@ -28,13 +28,16 @@
  * Full MR-row tiles go to the microkernel (a partial column panel is computed whole
  * and only its valid columns written back); the last mc % MR rows go to the direct
  * kernel's 4-, 2- and 1-row tiles, reading the same packed panels, so a 1024-row
- * matrix does not pay for a 6-row tile to get 4 rows.
+ * matrix does not pay for a 6-row tile to get 4 rows. When op(A) = A^T, the full
+ * row panels are not packed beforehand: the first column panel's tiles (ukr_pa)
+ * read A^T in place and write the packed panels as they go.
  *
  * Direct path. For small or skinny shapes packing A costs more than it saves, so
  * use_direct() sends them to the direct kernel: same register tile, A read in place
  * through its strides, and for each k block only one kc x NR slice of op(B) packed
  * at a time (reading B's rows in place is slow when ldb is a power of two: they
- * all land in the same few L1 sets).
+ * all land in the same few L1 sets). A row-major op(B) is packed by the first row
+ * tile while it computes (or read in place when one tile covers all the rows).
  *
  * Threads. With nthreads > 1 the output is cut statically into nthreads ranges of
  * whole tiles, along n or m, whichever has more tiles; each OpenMP thread runs the
@@ -270,20 +273,31 @@ static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t
                       P->csb, bbuf);
             for (int64_t ic = 0; ic < m; ic += MC) {
                 const int64_t mc = imin(MC, m - ic);
-                K->pack_a(mc, kc, P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es, P->rsa,
-                          P->csa, abuf);
+                const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
+                /* op(A) = A^T: the first column panel's tiles pack their rows of A as they
+                 * go (ukr_pa); only the last partial row panel is packed here */
+                const int fuse = P->rsa == 1 && K->ukr_pa != NULL;
+                const int64_t mfull = fuse ? mc / MR * MR : 0;
+                if (mfull < mc)
+                    K->pack_a(mc - mfull, kc, ablk + (size_t)(mfull * P->rsa) * es, P->rsa,
+                              P->csa, abuf + (size_t)(mfull * kc) * es);
                 unsigned char *crow = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const unsigned char *bp = bbuf + (size_t)(jr * kc) * es;
                     const int nr = (int)imin(NR, nc - jr);
                     int64_t ir = 0;
+                    if (jr == 0)
+                        for (; ir < mfull; ir += MR)
+                            K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa,
+                                      abuf + (size_t)(ir * kc) * es, bp,
+                                      crow + (size_t)(ir * P->ldc) * es, P->ldc, add, nr);
                     for (; ir + MR <= mc; ir += MR)
                         K->ukr(kc, abuf + (size_t)(ir * kc) * es, bp,
                                crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, add, (int)MR, nr);
                     if (ir < mc) /* last rows: the direct kernel's smaller tiles on the
                                     packed panels (A(i,p) at a[i + p*MR]), same sums */
-                        K->direct(mc - ir, kc, abuf + (size_t)(ir * kc) * es, 1, MR, bp, NR, add,
-                                  crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, nr);
+                        K->direct(mc - ir, kc, abuf + (size_t)(ir * kc) * es, 1, MR, bp, NR,
+                                  NULL, add, crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, nr);
                 }
             }
         }
@@ -352,8 +366,12 @@ static int use_direct(const gemm_problem *P)
         return 0;
     const int f32 = P->esz == sizeof(float);
     if (n <= 16 || k <= 16) return 1;
-    /* few rows: up to 64 in f32; in f64 the blocked path already wins from m = 8 */
+    /* few rows: up to 64 in f32. In f64 the blocked path wins from m = 8 when op(B)
+     * must be transposed into its slices (B^T); a row-major op(B) is packed by the
+     * first row tile instead (direct_range), and then direct wins up to m = 32
+     * (64 x 784 x 128 A^T B: 4% slower direct) */
     if (m <= (f32 ? 64 : 4)) return 1;
+    if (!f32 && m <= 32 && P->csb == 1) return 1;
     /* small cubes: f32 up to about 100^3, f64 up to 64^3 (measured crossovers) */
     return mnk <= (f32 ? 1048576.0 : 262144.0);
 }
@@ -375,10 +393,17 @@ static void direct_range(const gemm_problem *P, int64_t q0, int64_t q1, int64_t 
         for (int64_t q = q0; q < q1; q++) {
             const int64_t j = q * NR;
             const int nr = (int)imin(NR, P->n - j);
-            K->pack_b(kc, nr, P->B + (size_t)(pc * P->rsb + j * P->csb) * es, P->rsb, P->csb,
-                      bbuf);
-            K->direct(i1 - i0, kc, a, P->rsa, P->csa, bbuf, NR, add,
-                      P->C + (size_t)(i0 * P->ldc + j) * es, P->ldc, nr);
+            const unsigned char *b = P->B + (size_t)(pc * P->rsb + j * P->csb) * es;
+            unsigned char *c = P->C + (size_t)(i0 * P->ldc + j) * es;
+            if (P->csb == 1 && nr == NR) {
+                /* row-major op(B), full panel: read in place by a single row tile (each
+                 * value is used once), else packed by the first row tile for the rest */
+                K->direct(i1 - i0, kc, a, P->rsa, P->csa, b, P->rsb,
+                          i1 - i0 > K->mr ? bbuf : NULL, add, c, P->ldc, nr);
+                continue;
+            }
+            K->pack_b(kc, nr, b, P->rsb, P->csb, bbuf);
+            K->direct(i1 - i0, kc, a, P->rsa, P->csa, bbuf, NR, NULL, add, c, P->ldc, nr);
         }
     }
 }

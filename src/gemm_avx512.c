@@ -69,9 +69,11 @@
 const tgi_gemm_impl tgi_gemm_impl_avx512 = {
     "avx512",
     {12, 32, 240, 192, 4096, tgi_ukr_avx512_f32, tgi_pack_a_avx512_f32,
-     tgi_pack_b_avx512_f32, tgi_direct_avx512_f32},
+     tgi_pack_b_avx512_f32, tgi_direct_avx512_f32,
+     tgi_ukr_pa_avx512_f32},
     {12, 16, 120, 192, 4096, tgi_ukr_avx512_f64, tgi_pack_a_avx512_f64,
-     tgi_pack_b_avx512_f64, tgi_direct_avx512_f64},
+     tgi_pack_b_avx512_f64, tgi_direct_avx512_f64,
+     tgi_ukr_pa_avx512_f64},
 };
 
 #else

@@ -64,7 +64,9 @@ static inline void gv2d_store(double *p, tgi_gv2d v) { memcpy(p, &v, sizeof v); 
 const tgi_gemm_impl tgi_gemm_impl_generic = {
     "generic",
     {4, 8, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f32, tgi_pack_a_generic_f32,
-     tgi_pack_b_generic_f32, tgi_direct_generic_f32},
+     tgi_pack_b_generic_f32, tgi_direct_generic_f32,
+     tgi_ukr_pa_generic_f32},
     {4, 4, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f64, tgi_pack_a_generic_f64,
-     tgi_pack_b_generic_f64, tgi_direct_generic_f64},
+     tgi_pack_b_generic_f64, tgi_direct_generic_f64,
+     tgi_ukr_pa_generic_f64},
 };

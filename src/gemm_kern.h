@@ -28,12 +28,23 @@ typedef void (*tgi_gemm_pack_b_fn)(int64_t kc, int64_t nc, const void *B, int64_
 /* Direct kernel (A unpacked): for one column panel of at most NR columns,
  * C[0:m, 0:nr] = (add ? C : 0) + A B with A(i,p) = A[i*rsa + p*csa] and
  * B(p,j) = B[p*ldb + j]. All NR columns of every B row must be readable (the driver
- * passes a packed, zero-padded kc x NR slice); only nr columns of C are written.
- * k >= 1. Any m: MR-row tiles, then 8 (if MR > 8), 4, 2, 1-row tiles. Each element
- * is summed exactly as by the microkernel, so the two can share a product. */
+ * passes a packed, zero-padded kc x NR slice, or with bpk a full panel of a
+ * row-major op(B)); only nr columns of C are written. k >= 1. Any m: MR-row tiles,
+ * then 8 (if MR > 8), 4, 2, 1-row tiles. bpk: NULL, or (when m >= MR) a k x NR
+ * buffer that the first tile fills with the rows of B it reads, so that the other
+ * tiles read them from there (packing B inside the first tile's multiply-adds).
+ * Each element is summed exactly as by the microkernel, so the two can share a
+ * product. */
 typedef void (*tgi_gemm_direct_fn)(int64_t m, int64_t k, const void *A, int64_t rsa,
-                                   int64_t csa, const void *B, int64_t ldb, int add,
+                                   int64_t csa, const void *B, int64_t ldb, void *bpk, int add,
                                    void *C, int64_t ldc, int nr);
+
+/* Microkernel that also packs A: a full MR x NR tile as tgi_gemm_ukr_fn with
+ * mr = MR, where op(A) = A^T (MR contiguous values per k step, at asrc + p*csa) is
+ * read in place and copied into the micro-panel apk on the way (kc x MR, the layout
+ * tgi_gemm_pack_a_fn writes), for the tiles of the next column panels to read. */
+typedef void (*tgi_gemm_ukr_pa_fn)(int64_t kc, const void *asrc, int64_t csa, void *apk,
+                                   const void *b, void *c, int64_t ldc, int add, int nr);
 
 typedef struct tgi_gemm_kern {
     int mr, nr;          /* register tile (rows x columns of C) */
@@ -42,6 +53,7 @@ typedef struct tgi_gemm_kern {
     tgi_gemm_pack_a_fn pack_a;
     tgi_gemm_pack_b_fn pack_b;
     tgi_gemm_direct_fn direct;
+    tgi_gemm_ukr_pa_fn ukr_pa;
 } tgi_gemm_kern;
 
 typedef struct tgi_gemm_impl {

@@ -288,6 +288,18 @@ Test(gemm, wider_than_nc)
     check_shapes(shapes, 1, 1, 1);
 }
 
+/* Paths that pack while computing: the direct path's first row tile packing a
+ * row-major B slice for the others (64 rows: MR tiles and a smaller last tile; two
+ * k blocks), a single row tile reading B in place (m < MR), and the blocked path's
+ * first column panel packing A^T (several MC blocks, a last partial row panel). */
+Test(gemm, fused_packing_shapes)
+{
+    static const int64_t shapes[][3] = {{5, 40, 270}, {13, 64, 20}};
+    check_shapes(shapes, (int)(sizeof shapes / sizeof shapes[0]), 1, 0);
+    static const int64_t sparse[][3] = {{64, 48, 270}, {200, 48, 120}, {301, 35, 70}};
+    check_shapes(sparse, (int)(sizeof sparse / sizeof sparse[0]), 1, 1);
+}
+
 /* Two threads (the shapes are above the size where gemm starts a second thread):
  * direct path split along n, blocked path split along m. */
 Test(gemm, two_threads_are_correct)

@@ -1,12 +1,16 @@
 /* bench_gemm.c: GFLOP/s of tapegrad's GEMM (src/gemm.c), next to OpenBLAS when the
  * build found it (TG_HAVE_CBLAS, linked with -lopenblas).
  *
- *   bench_gemm [kernel]     kernel: generic, avx2 or avx512 (default: automatic)
+ *   bench_gemm [kernel] [filter]
+ *       kernel: generic, avx2 or avx512 (default, or "auto": the best this CPU runs)
+ *       filter: run only the rows whose label contains this text (e.g. "mlp",
+ *               "square"); rounds are doubled then, for steadier figures
  *
  * Square n x n x n for n = 64..1024 in the forms NN (A B), TN (A^T B) and NT (A B^T),
  * f32 and f64, one thread on both sides (best of several warm repetitions); then
  * two threads at 512 and 1024; then small and skinny shapes, including the forward
- * and backward products of a 784-128-10 MLP at batch 64. Every result is checked
+ * and backward products of a 784-128-10 MLP at batch 64 ("mlp") and of a
+ * 784-1024-1024-10 MLP at batch 256 ("mlp256"). Every result is checked
  * against OpenBLAS's (column "diff": max |ours - theirs| / max |theirs|).
  * OPENBLAS_CORETYPE in the environment picks OpenBLAS's kernels (SkylakeX = its
  * AVX-512 ones); on a CPU without AVX-512 that core would die of SIGILL, so then
@@ -32,6 +36,9 @@ char *openblas_get_corename(void);
 #endif
 
 static int have_blas; /* OpenBLAS linked and safe to call on this CPU */
+static const char *row_filter; /* only rows whose label contains this, if set */
+static int headed;             /* the current section's header is printed */
+static const char *pending_title;
 
 /* One-thread runs are timed in the thread's CPU time, so that other processes on a
  * busy machine do not count; multi-threaded runs in wall time. */
@@ -146,6 +153,16 @@ static double rel_diff(int dbl, const void *x, const void *y, int64_t n)
 static void bench_row(tg_gemm_ws *ws, const char *label, int dbl, const char *form, int64_t m,
                       int64_t n, int64_t k, int threads, int rounds)
 {
+    if (row_filter && !strstr(label, row_filter)) return;
+    if (row_filter) rounds *= 2;
+    if (!headed) {
+        headed = 1;
+        printf("\n%s\n", pending_title);
+        printf("%-14s %-3s %-2s %5s %5s %5s %3s  %8s", "shape", "dt", "op", "m", "k", "n",
+               "thr", "ours");
+        if (have_blas) printf("  %8s  %6s  %8s", "openblas", "ratio", "diff");
+        printf("  %9s\n", "us/call");
+    }
     const int ta = form[0] == 'T', tb = form[1] == 'T';
     const size_t es = dbl ? sizeof(double) : sizeof(float);
     void *A = malloc((size_t)(m * k) * es), *B = malloc((size_t)(k * n) * es);
@@ -183,18 +200,17 @@ static void bench_row(tg_gemm_ws *ws, const char *label, int dbl, const char *fo
     free(C2);
 }
 
+/* Start a section; its header is printed before its first row that runs. */
 static void header(const char *title)
 {
-    printf("\n%s\n", title);
-    printf("%-14s %-3s %-2s %5s %5s %5s %3s  %8s", "shape", "dt", "op", "m", "k", "n", "thr",
-           "ours");
-    if (have_blas) printf("  %8s  %6s  %8s", "openblas", "ratio", "diff");
-    printf("  %9s\n", "us/call");
+    pending_title = title;
+    headed = 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc > 1) {
+    if (argc > 2) row_filter = argv[2];
+    if (argc > 1 && strcmp(argv[1], "auto") != 0) {
         tgi_gemm_force_kernel(argv[1]);
     } else { /* the best set this CPU runs, forced so a TG_USE_CBLAS build measures ours */
         tgi_gemm_force_kernel("generic");
@@ -247,13 +263,22 @@ int main(int argc, char **argv)
         {"small", "NN", 16, 16, 16},
         {"small", "NN", 32, 32, 32},
         {"skinny", "NN", 64, 784, 64},
-        {"wide", "NN", 256, 1024, 1024},
         {"mlp fc1 fwd", "NN", 64, 784, 128},   /* X[64,784] W1[784,128] */
         {"mlp fc1 dW", "TN", 784, 64, 128},    /* X^T dH */
         {"mlp fc1 dX", "NT", 64, 128, 784},    /* dH W1^T */
         {"mlp fc2 fwd", "NN", 64, 128, 10},    /* H[64,128] W2[128,10] */
         {"mlp fc2 dW", "TN", 128, 64, 10},     /* H^T dY */
         {"mlp fc2 dH", "NT", 64, 10, 128},     /* dY W2^T */
+        /* 784-1024-1024-10 at batch 256 */
+        {"mlp256 fc1 fwd", "NN", 256, 784, 1024},  /* X[256,784] W1[784,1024] */
+        {"mlp256 fc1 dW", "TN", 784, 256, 1024},   /* X^T dH1 */
+        {"mlp256 fc1 dX", "NT", 256, 1024, 784},   /* dH1 W1^T */
+        {"mlp256 fc2 fwd", "NN", 256, 1024, 1024}, /* H1[256,1024] W2[1024,1024] */
+        {"mlp256 fc2 dW", "TN", 1024, 256, 1024},  /* H1^T dH2 */
+        {"mlp256 fc2 dH", "NT", 256, 1024, 1024},  /* dH2 W2^T */
+        {"mlp256 fc3 fwd", "NN", 256, 1024, 10},   /* H2[256,1024] W3[1024,10] */
+        {"mlp256 fc3 dW", "TN", 1024, 256, 10},    /* H2^T dY */
+        {"mlp256 fc3 dH", "NT", 256, 10, 1024},    /* dY W3^T */
     };
     for (int dbl = 0; dbl < 2; dbl++)
         for (size_t i = 0; i < sizeof sk / sizeof sk[0]; i++)
