@@ -432,3 +432,12 @@ Test(gemm, steady_state_does_not_allocate)
     tgi_gemm_force_kernel(NULL);
     tgi_gemm_ws_free(ws);
 }
+
+#if defined(TGI_GEMM_EMULATE_AVX512)
+/* test_gemm_avx512emu (CMakeLists.txt): the library is built with the AVX-512 set on
+ * SIMDe, so every shape above also ran through the AVX-512 kernels */
+Test(gemm, avx512_set_runs_emulated)
+{
+    cr_assert_str_eq(tgi_gemm_kernel_name(), "avx512");
+}
+#endif

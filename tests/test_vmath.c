@@ -791,3 +791,13 @@ Test(vmath, isa_selection)
     tgi_vexp_f32(&y, &x, -3);
     cr_assert(y == 5.0f);
 }
+
+#if defined(TGI_VMATH_EMULATE_AVX512)
+/* test_vmath_avx512emu (CMakeLists.txt): the library is built with the AVX-512 set on
+ * SIMDe, so the sweeps above also checked the AVX-512 kernels */
+Test(vmath, avx512_set_runs_emulated)
+{
+    tgi_vmath_force(NULL);
+    cr_assert_str_eq(tgi_vmath_isa(), "avx512");
+}
+#endif
