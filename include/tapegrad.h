@@ -508,7 +508,8 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
  * the optimiser is made, through the context's allocator: a step never
  * allocates. A parameter whose gradient is NULL (tg_grad() is NULL: no
  * gradient has reached it) is skipped, and its state does not advance, as in
- * PyTorch for a .grad of None; a zero gradient is not skipped.              */
+ * PyTorch for a .grad of None; a zero gradient is not skipped. On x86 the
+ * updates run with subnormal numbers flushed to zero (docs/optim.md).       */
 /* ======================================================================== */
 
 typedef enum { TG_OPT_SGD, TG_OPT_RMSPROP, TG_OPT_ADAM, TG_OPT_ADAMW, TG_OPT_COUNT } tg_opt_kind;

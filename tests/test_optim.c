@@ -307,6 +307,58 @@ Test(optim, param_without_grad_is_untouched) {
     tg_ctx_free(ctx);
 }
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+/* The sweeps flush subnormals (src/optim.c: x86's microcode assists made a Fashion-MNIST
+ * Adam step twice as slow). A subnormal gradient counts as 0, so a parameter at 0 stays
+ * at +0; a tiny normal one still moves it; and the caller's SSE mode is left as it was.
+ * Both the one-thread path and the threaded one (a parameter above the threshold). */
+Test(optim, subnormals_are_flushed_in_the_sweeps) {
+    tg_ctx *ctx = tg_ctx_new(2);
+    tg_set_threads(ctx, 2);
+    enum { BIG = 1 << 17 };
+    tg_tensor *small = tg_param(ctx, "small", TG_F32, 1, (int64_t[]){5});
+    tg_tensor *big = tg_param(ctx, "big", TG_F32, 1, (int64_t[]){BIG});
+    const tg_opt_kind kinds[3] = {TG_OPT_SGD, TG_OPT_RMSPROP, TG_OPT_ADAM};
+    const unsigned int csr0 = _mm_getcsr();
+    cr_assert_eq(csr0 & 0x8040u, 0u, "the test starts without FTZ/DAZ");
+    for (int kk = 0; kk < 3; kk++) {
+        for (int tiny_normal = 0; tiny_normal < 2; tiny_normal++) {
+            const float gval = tiny_normal ? 1e-30f : 1e-39f; /* 1e-39: subnormal */
+            tg_tensor *ps[2] = {small, big};
+            for (int q = 0; q < 2; q++) {
+                tg_fill(ps[q], 0.0);
+                float *g = tg_grad_acc(ps[q]);
+                for (int64_t i = 0; i < tg_numel(ps[q]); i++) g[i] = gval;
+            }
+            tg_optim_opts o = tg_optim_defaults(kinds[kk]);
+            o.lr = 1e-3;
+            tg_optim *opt = tg_optim_new(ctx, &o, NULL, 0);
+            cr_assert_not_null(opt, "%s", tg_errmsg(ctx));
+            cr_assert_eq(tg_optim_step(opt), 0, "%s", tg_errmsg(ctx));
+            /* the mode (FTZ, DAZ, rounding, masks); bits 0-5 are sticky exception
+             * flags that any floating-point code may raise */
+            cr_assert_eq(_mm_getcsr() & ~0x3Fu, csr0 & ~0x3Fu, "%s left the SSE mode changed",
+                         tg_optim_kind_name(kinds[kk]));
+            for (int q = 0; q < 2; q++) {
+                const float *p = tg_data(ps[q]);
+                for (int64_t i = 0; i < tg_numel(ps[q]); i += 997) {
+                    if (tiny_normal)
+                        cr_assert_lt(p[i], 0.0f, "%s: a 1e-30 gradient moves p[%lld]",
+                                     tg_optim_kind_name(kinds[kk]), (long long)i);
+                    else
+                        cr_assert(p[i] == 0.0f && !signbit(p[i]),
+                                  "%s: a subnormal gradient moved p[%lld] to %a",
+                                  tg_optim_kind_name(kinds[kk]), (long long)i, (double)p[i]);
+                }
+            }
+            tg_optim_free(opt);
+        }
+    }
+    tg_ctx_free(ctx);
+}
+#endif
+
 Test(optim, explicit_subset_of_params) {
     tg_ctx *ctx = tg_ctx_new(1);
     tg_tensor *a = tg_param(ctx, "a", TG_F32, 1, (int64_t[]){3});
