@@ -419,6 +419,17 @@ def read_time_v(path):
     return rss, el
 
 
+def read_time_rounds(d, stem):
+    """read_time_v over stem.time or stem_r<k>.time: the largest peak RSS and the
+    median elapsed time of the rounds."""
+    names = sorted(n for n in os.listdir(d)
+                   if n == stem + ".time" or re.match(re.escape(stem) + r"_r\d+\.time$", n))
+    got = [read_time_v(os.path.join(d, n)) for n in names]
+    rss = [r for r, _ in got if r is not None]
+    el = [e for _, e in got if e is not None]
+    return (max(rss) if rss else None), (statistics.median(el) if el else None)
+
+
 def combine(d, md_out=None):
     R, loads = load_results(d)
     tg, pt = R.get("tapegrad", {}), R.get("pytorch", {})
@@ -518,8 +529,8 @@ def combine(d, md_out=None):
                      f"{ab:.2f} %" if ab is not None else "n/a",
                      f"{diff:+.2f} points" if diff is not None else "n/a", "within 0.5 points",
                      met(diff is not None and abs(diff) <= 0.5, diff)])
-        ra, ea = read_time_v(os.path.join(d, "tg_fashion.time"))
-        rb, eb = read_time_v(os.path.join(d, "torch_fashion.time"))
+        ra, ea = read_time_rounds(d, "tg_fashion")
+        rb, eb = read_time_rounds(d, "torch_fashion")
         src = "/usr/bin/time -v"
         if ra is None or rb is None:
             ra, rb = v(tg, "fashion.self_peak_rss_mb"), v(pt, "fashion.self_peak_rss_mb")
@@ -559,7 +570,7 @@ def combine(d, md_out=None):
     mode = next((r["value"] for r in tg.get("meta.mode", {}).values()), "?")
     notes = [
         "",
-        f"Mode: {mode}, {n_rounds} round{'s' if n_rounds > 1 else ''} per workload (Fashion-MNIST: 1). "
+        f"Mode: {mode}, {n_rounds} round{'s' if n_rounds > 1 else ''} per workload. "
         "Ratio: PyTorch time / tapegrad time, or tapegrad",
         "samples/s / PyTorch's (above 1: tapegrad is faster); with several rounds, the median of",
         "the per-round ratios [and their range]; the two sides of a round ran one right after the",
