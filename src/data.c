@@ -11,11 +11,37 @@
  * tg_reset), so a training loop that resets every step allocates nothing on
  * the heap per batch; the batcher's sample order is allocated once.
  */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
+#endif
 #include "internal.h"
 
 #include <math.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define DS_ALIGN ((size_t)64)
+
+/* Batches gather rows from random places of a data set; with 4 KiB pages nearly
+ * every row costs a TLB miss and a page walk (Fashion-MNIST's 188 MB of images: a
+ * batch of 64 rows took 38-43 us to gather, 28-31 us with 2 MiB pages). So a large
+ * block asks Linux for transparent huge pages, before anything touches it, over the
+ * whole 2 MiB-aligned pages inside it. Only advice: a no-op where THP is off
+ * ("never") or the allocator's memory is not anonymous (madvise then fails, and is
+ * ignored); results never depend on it. */
+static void advise_huge_pages(void *p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)1 << 21;
+    if (bytes < 8 * huge) return;
+    const uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    const uintptr_t hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (hi > lo) (void)madvise((void *)lo, (size_t)(hi - lo), MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
 
 static size_t align_up(size_t v) { return (v + DS_ALIGN - 1) & ~(DS_ALIGN - 1); }
 
@@ -60,6 +86,7 @@ tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_
     size_t total = off_y + yb;
     unsigned char *base = zero ? tgi_calloc(ctx, total) : tgi_malloc(ctx, total);
     if (!base) return NULL;
+    advise_huge_pages(base, total);
     memset(base, 0, sizeof(tg_dataset));
     tg_dataset *ds = (tg_dataset *)base;
     ds->n = n;
