@@ -82,6 +82,18 @@ void tg_tape_print(const tg_ctx *ctx, FILE *f) {
 
 /* ---- gradients ---- */
 
+/* Zero a gradient buffer: a large one in contiguous pieces over the context's
+ * threads (TGI_PAR_CHUNKS: below its threshold, one memset in this thread).
+ * The millions of floats of an MLP-1024's gradients were a serial 2-3 % of its
+ * step, time the second thread spent waiting. */
+static void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
+    const size_t es = tg_dtype_size(t->dtype);
+    unsigned char *b = g;
+    TGI_PAR_CHUNKS(ctx, t->numel, lo, hi, {
+        if (hi > lo) memset(b + (size_t)lo * es, 0, (size_t)(hi - lo) * es);
+    });
+}
+
 void *tg_grad_acc(tg_tensor *t) {
     if (!t) return NULL;
     if (t->grad) return t->grad;
@@ -92,7 +104,7 @@ void *tg_grad_acc(tg_tensor *t) {
         t->grad = tgi_arena_alloc(t->ctx, bytes);
         if (!t->grad) return NULL;
     }
-    if (bytes) memset(t->grad, 0, bytes);
+    if (bytes) zero_grad_buf(t->ctx, t->grad, t);
     return t->grad;
 }
 
@@ -102,7 +114,7 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
      * second backward over the same tape adds the same gradient to leaves. */
     for (int64_t i = first; i <= last; i++) {
         tg_tensor *o = ctx->tape[i].call.out;
-        if (o->grad) memset(o->grad, 0, tgi_bytes(o));
+        if (o->grad) zero_grad_buf(ctx, o->grad, o);
     }
     void *g = tg_grad_acc(loss);
     if (!g) return;
@@ -158,7 +170,7 @@ void tg_zero_grad(tg_ctx *ctx) {
     if (!ctx) return;
     for (int i = 0; i < ctx->n_params; i++) {
         tg_tensor *p = ctx->params[i];
-        if (p->grad) memset(p->grad, 0, tgi_bytes(p));
+        if (p->grad) zero_grad_buf(ctx, p->grad, p);
     }
 }
 
