@@ -13,17 +13,6 @@
 #include "gemm.h"
 #include "internal.h"
 
-static void *test_alloc(void *ud, void *p, size_t old, size_t n)
-{
-    (void)ud;
-    (void)old;
-    if (n == 0) {
-        free(p);
-        return NULL;
-    }
-    return realloc(p, n);
-}
-
 #define PLAIN_LOOP(T)                                                                  \
     static void plain_##T(int ta, int tb, int64_t m, int64_t n, int64_t k, const T *A,    \
                           int64_t lda, const T *B, int64_t ldb, int acc, T *C, int64_t ldc) \
@@ -67,27 +56,27 @@ static int check(int64_t m, int64_t n, int64_t k, int64_t pad, tg_gemm_ws *ws)
             cr_assert(buf);
             uint64_t s = (uint64_t)(m * 1000003 + n * 1009 + k * 17 + combo * 3 + wide);
             for (int64_t i = 0; i < na + nb + nc; i++) buf[i] = val(&s);
+            /* C (to be computed by tgi_gemm_*) and R (by the plain loop) start equal */
+#define RUN_CASE(T, GEMM, PLAIN, mem)                                                   \
+    do {                                                                               \
+        T *A = (mem), *B = A + na, *C = B + nb, *R = C + nc;                           \
+        memcpy(R, C, (size_t)nc * sizeof *R);                                          \
+        cr_assert_eq(GEMM(ws, 1, ta, tb, m, n, k, A, lda, B, ldb, acc, C, ldc), 0);    \
+        PLAIN(ta, tb, m, n, k, A, lda, B, ldb, acc, R, ldc);                           \
+        cr_assert(memcmp(C, R, (size_t)nc * sizeof *C) == 0,                           \
+                  "%s %lldx%lldx%lld ta=%d tb=%d acc=%d ldc=%lld: not the plain loop's bits", \
+                  #T, (long long)m, (long long)n, (long long)k, ta, tb, acc, (long long)ldc); \
+    } while (0)
             if (dbl) {
-                double *A = buf, *B = A + na, *C = B + nb, *R = C + nc;
-                memcpy(R, C, (size_t)nc * sizeof *R);
-                cr_assert_eq(tgi_gemm_f64(ws, 1, ta, tb, m, n, k, A, lda, B, ldb, acc, C, ldc), 0);
-                plain_double(ta, tb, m, n, k, A, lda, B, ldb, acc, R, ldc);
-                cr_assert(memcmp(C, R, (size_t)nc * sizeof *C) == 0,
-                          "f64 %lldx%lldx%lld ta=%d tb=%d acc=%d ldc=%lld: not the plain loop's bits",
-                          (long long)m, (long long)n, (long long)k, ta, tb, acc, (long long)ldc);
+                RUN_CASE(double, tgi_gemm_f64, plain_double, buf);
             } else {
                 float *f = malloc((size_t)(na + nb + 2 * nc) * sizeof(float));
                 cr_assert(f);
                 for (int64_t i = 0; i < na + nb + nc; i++) f[i] = (float)buf[i];
-                float *A = f, *B = A + na, *C = B + nb, *R = C + nc;
-                memcpy(R, C, (size_t)nc * sizeof *R);
-                cr_assert_eq(tgi_gemm_f32(ws, 1, ta, tb, m, n, k, A, lda, B, ldb, acc, C, ldc), 0);
-                plain_float(ta, tb, m, n, k, A, lda, B, ldb, acc, R, ldc);
-                cr_assert(memcmp(C, R, (size_t)nc * sizeof *C) == 0,
-                          "f32 %lldx%lldx%lld ta=%d tb=%d acc=%d ldc=%lld: not the plain loop's bits",
-                          (long long)m, (long long)n, (long long)k, ta, tb, acc, (long long)ldc);
+                RUN_CASE(float, tgi_gemm_f32, plain_float, f);
                 free(f);
             }
+#undef RUN_CASE
             free(buf);
             cases++;
         }
@@ -97,7 +86,7 @@ static int check(int64_t m, int64_t n, int64_t k, int64_t pad, tg_gemm_ws *ws)
 
 Test(gemm_tiny, plain_loop_bits_in_every_form)
 {
-    tg_gemm_ws *ws = tgi_gemm_ws_new(test_alloc, NULL);
+    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(ws);
     /* the XOR 2-4-1 products, odd widths (vector tails), single rows and columns,
      * k = 1, and the largest products the path takes (m n k = 512) */
@@ -117,7 +106,7 @@ Test(gemm_tiny, plain_loop_bits_in_every_form)
 Test(gemm_tiny, padding_of_c_untouched)
 {
     /* C rows of 4 + 3 floats; the 3 after each row hold a sentinel */
-    tg_gemm_ws *ws = tgi_gemm_ws_new(test_alloc, NULL);
+    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(ws);
     float A[8] = {1, 2, 3, 4, 5, 6, 7, 8}, B[8] = {1, -1, 2, -2, 3, -3, 4, -4};
     float C[4 * 7];
