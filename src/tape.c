@@ -86,12 +86,19 @@ void tg_tape_print(const tg_ctx *ctx, FILE *f) {
  * threads (TGI_PAR_CHUNKS: below its threshold, one memset in this thread).
  * The millions of floats of an MLP-1024's gradients were a serial 2-3 % of its
  * step, time the second thread spent waiting. */
-static void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
+__attribute__((noinline)) static void zero_grad_par(tg_ctx *ctx, void *g, const tg_tensor *t) {
     const size_t es = tg_dtype_size(t->dtype);
     unsigned char *b = g;
     TGI_PAR_CHUNKS(ctx, t->numel, lo, hi, {
         if (hi > lo) memset(b + (size_t)lo * es, 0, (size_t)(hi - lo) * es);
     });
+}
+
+static inline void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
+    if (t->numel < TGI_PAR_MIN) /* small: the plain memset, no thread question */
+        memset(g, 0, tgi_bytes(t));
+    else
+        zero_grad_par(ctx, g, t);
 }
 
 void *tg_grad_acc(tg_tensor *t) {
