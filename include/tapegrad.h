@@ -44,7 +44,7 @@ extern "C" {
 #endif
 
 #define TG_MAX_DIMS 4      /**< tensors have 0 to TG_MAX_DIMS dimensions */
-#define TG_MAX_INPUTS 4    /**< an op takes 1 to TG_MAX_INPUTS tensor inputs */
+#define TG_MAX_INPUTS 8    /**< an op takes 1 to TG_MAX_INPUTS tensor inputs */
 
 /* ======================================================================== */
 /** @name Types and context                                                 */
@@ -179,7 +179,8 @@ TG_API void tg_seed(tg_ctx *ctx, uint64_t seed);
  * share one floating dtype. Local gradients: docs/ops.md.                   */
 /* ======================================================================== */
 
-/** C = A B, A [m,k], B [k,n] -> [m,n]. */
+/** C = A B, A [m,k], B [k,n] -> [m,n]; batched: A [...,m,k], B [...,k,n] with
+ *  the leading dimensions broadcast -> [...,m,n] (torch.matmul). */
 TG_API tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
 /** x [m,n] + b [n] (b added to every row). */
 TG_API tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b);
@@ -224,6 +225,87 @@ TG_API tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope);
 TG_API tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x);
 /** log(softmax(x)) along the last axis, computed stably. */
 TG_API tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x);
+
+/* ---- elementwise and reductions (second round) ----------------------- */
+
+/** sqrt(x); gradient 1 / (2 sqrt(x)) (inf at 0, as PyTorch). */
+TG_API tg_tensor *tg_sqrt(tg_ctx *ctx, tg_tensor *x);
+/** |x|; gradient sign(x), 0 at 0. */
+TG_API tg_tensor *tg_abs(tg_ctx *ctx, tg_tensor *x);
+/** min(max(x, lo), hi); gradient 1 inside [lo, hi], else 0. lo <= hi. */
+TG_API tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi);
+/** x Phi(x), the erf form of GELU (F.gelu, approximate='none'). */
+TG_API tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x);
+/** Mean over @p axis (negative counts from the end); keepdim keeps it as size 1. */
+TG_API tg_tensor *tg_mean_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim);
+/** Values of x.max(axis); the gradient goes to the first maximum. */
+TG_API tg_tensor *tg_max_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim);
+
+/* ---- shape and indexing ----------------------------------------------- */
+/* tg_matmul also takes a [...,m,k] x b [...,k,n], the leading (batch)
+ * dimensions broadcast, as torch.matmul for operands of 2 or more dimensions. */
+
+/** x.permute(perm): @p perm has tg_ndim(x) entries, a permutation of 0..ndim-1. */
+TG_API tg_tensor *tg_permute(tg_ctx *ctx, tg_tensor *x, const int *perm);
+/** x.narrow(axis, start, end - start), a copy; a negative axis counts from the
+ *  end; 0 <= start <= end <= size. */
+TG_API tg_tensor *tg_slice(tg_ctx *ctx, tg_tensor *x, int axis, int64_t start, int64_t end);
+/** torch.cat(xs, axis) of @p n >= 1 tensors of one dtype whose shapes agree
+ *  except along @p axis. */
+TG_API tg_tensor *tg_concat(tg_ctx *ctx, tg_tensor *const *xs, int n, int axis);
+/** F.embedding: weight [V,D], idx TG_I32 of any shape -> idx.shape + [D]; an
+ *  index outside [0,V) is an error. */
+TG_API tg_tensor *tg_embedding(tg_ctx *ctx, tg_tensor *weight, tg_tensor *idx);
+
+/* ---- convolution and pooling, NCHW ------------------------------------ */
+
+/** F.conv2d: x [N,C,H,W], w [O,C,kh,kw], b [O] or NULL -> [N,O,Ho,Wo],
+ *  Ho = (H + 2 padding - kh) / stride + 1 (likewise Wo); zero padding. */
+TG_API tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int stride,
+                            int padding);
+/** F.max_pool2d(x, kernel, stride), no padding; the gradient goes to the first
+ *  maximum of each window. */
+TG_API tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride);
+/** F.avg_pool2d(x, kernel, stride), no padding. */
+TG_API tg_tensor *tg_avg_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride);
+
+/* ---- normalisation and regularisation --------------------------------- */
+
+/** F.layer_norm(x, (D,), weight, bias, eps) over the last axis (size D);
+ *  weight and bias [D] or NULL. */
+TG_API tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor *bias,
+                                double eps);
+/** F.batch_norm: x [N,C] or [N,C,H,W]. Training: the batch statistics normalise
+ *  (biased variance) and running_mean/running_var [C] are updated in place
+ *  (unbiased variance, r = (1 - momentum) r + momentum batch); they may be NULL
+ *  (nothing updated). Eval: the running statistics normalise (required).
+ *  weight, bias [C] or NULL. */
+TG_API tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
+                                tg_tensor *running_var, tg_tensor *weight, tg_tensor *bias,
+                                int training, double momentum, double eps);
+/** Inverted dropout from the context's generator: each element is 0 with
+ *  probability p, else x / (1 - p); identity when !training or p == 0.
+ *  p in [0, 1). */
+TG_API tg_tensor *tg_dropout(tg_ctx *ctx, tg_tensor *x, double p, int training);
+
+/* ---- recurrent cells, PyTorch's layouts and gate orders ---------------- */
+
+/** nn.LSTMCell: x [N,in], h and c [N,H], w_ih [4H,in], w_hh [4H,H], biases
+ *  [4H] or NULL, gates i,f,g,o. Returns h' and sets *c_out = c'. */
+TG_API tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c,
+                               tg_tensor *w_ih, tg_tensor *w_hh, tg_tensor *b_ih,
+                               tg_tensor *b_hh, tg_tensor **c_out);
+/** nn.GRUCell: x [N,in], h [N,H], w_ih [3H,in], w_hh [3H,H], biases [3H] or
+ *  NULL, gates r,z,n. Returns h'. */
+TG_API tg_tensor *tg_gru_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *w_ih,
+                              tg_tensor *w_hh, tg_tensor *b_ih, tg_tensor *b_hh);
+
+/* ---- attention --------------------------------------------------------- */
+
+/** softmax(q k^T / sqrt(D)) v: q [B,H,T,D], k and v [B,H,S,D] -> [B,H,T,D];
+ *  when @p causal, position j > i is masked out (then T == S). */
+TG_API tg_tensor *tg_attention(tg_ctx *ctx, tg_tensor *q, tg_tensor *k, tg_tensor *v,
+                               int causal);
 
 /* ---- losses: mean over the batch, a one-element (0-dimensional) result -- */
 
@@ -623,7 +705,7 @@ TG_API int tg_sched_check(tg_ctx *ctx, const tg_sched *s);
 
 /* ==== SECTION: data and metrics (owned by data) ==== */
 
-/* ---- datasets (src/data.c) --------------------------------------------- */
+/* ---- datasets (src/toolkit/data.c) --------------------------------------------- */
 
 /** A dataset in memory: n samples of n_features floats, with class labels or
  *  regression targets (or neither).
@@ -686,7 +768,7 @@ TG_API int tg_dataset_split(tg_ctx *ctx, const tg_dataset *ds, double test_fract
  *  (owned by data) */
 TG_API void tg_shuffle_indices(tg_ctx *ctx, int64_t *idx, int64_t n);
 
-/* ---- loaders (src/idx.c, src/csv.c) ------------------------------------ */
+/* ---- loaders (src/toolkit/idx.c, src/toolkit/csv.c) ------------------------------------ */
 
 /** Load an IDX pair (the MNIST format), each file gzip'd or not (detected by
  *  its content). @p images_path: magic 0x0000 08 dd (u8; also i8 09, i16 0B,
@@ -740,7 +822,7 @@ TG_API tg_csv_opts tg_csv_defaults(void);
  *  locale's '.' decimal point). Free with tg_dataset_free. (owned by data) */
 TG_API tg_dataset *tg_load_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *opts);
 
-/* ---- batches (src/data.c) ---------------------------------------------- */
+/* ---- batches (src/toolkit/data.c) ---------------------------------------------- */
 
 /** Flags of tg_batcher_init. (owned by data) */
 enum {
@@ -779,7 +861,7 @@ TG_API int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y);
 /** Free the order array (b may be zeroed or already freed). (owned by data) */
 TG_API void tg_batcher_free(tg_batcher *b);
 
-/* ---- standardisation (src/data.c) -------------------------------------- */
+/* ---- standardisation (src/toolkit/data.c) -------------------------------------- */
 
 /** Per-feature standardisation x' = (x - mean) / std. (owned by data) */
 typedef struct {
@@ -801,7 +883,7 @@ TG_API int tg_scaler_apply(const tg_scaler *s, tg_dataset *ds);
 /** Free mean and std (s may be zeroed or already freed). (owned by data) */
 TG_API void tg_scaler_free(tg_scaler *s);
 
-/* ---- metrics (src/metrics.c) ------------------------------------------- */
+/* ---- metrics (src/toolkit/metrics.c) ------------------------------------------- */
 
 /** Fraction of correct predictions, in [0,1]. @p pred: [N,C] scores (logits or
  *  probabilities; the class is the argmax, the first on ties), or [N] / [N,1]
@@ -835,7 +917,7 @@ TG_API double tg_mean_meter_mean(const tg_mean_meter *m);
 /** Back to empty. (owned by data) */
 TG_API void tg_mean_meter_reset(tg_mean_meter *m);
 
-/* ---- progress line (src/progress.c) ------------------------------------ */
+/* ---- progress line (src/toolkit/progress.c) ------------------------------------ */
 
 /** A training progress display. On a terminal: one line redrawn in place
  *  ("epoch 2/10  batch 120/469  loss 0.4312  9821 samples/s  ETA 1m12s"),

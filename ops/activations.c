@@ -13,7 +13,7 @@
 #include <tgmath.h>
 
 /* ---- vector kernels and threads ------------------------------------------
- * The elementwise kernels call src/vmath.h's vector functions, picked for the
+ * The elementwise kernels call src/kernels/vmath.h's vector functions, picked for the
  * element type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
 #define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
 #define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
@@ -77,7 +77,7 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 /* x any shape -> y same shape. y = 1 / (1 + e^-x).                          */
 /* dy/dx = y (1 - y). Saves: its output (the node's out).                    */
 /* Numerical care: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise (the vector  */
-/* kernel of src/vmath.h, <= 2 ulp), so no exp overflows; sigmoid(+1000) is  */
+/* kernel of src/kernels/vmath.h, <= 2 ulp), so no exp overflows; sigmoid(+1000) is  */
 /* exactly 1 and sigmoid(-1000) exactly 0.                                   */
 /* ======================================================================== */
 
@@ -211,7 +211,7 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 /* ======================================================================== */
 /* tg_tanh                                                                  */
 /* x any shape -> y same shape. y = tanh(x). dy/dx = 1 - y^2.                */
-/* Saves: its output. Numerical care: the vector tanh (src/vmath.h, <= 2     */
+/* Saves: its output. Numerical care: the vector tanh (src/kernels/vmath.h, <= 2     */
 /* ulp) saturates to exactly +-1 without overflow.                           */
 /* ======================================================================== */
 
@@ -342,7 +342,7 @@ static void leaky_relu_backward(tg_op_call *c)
 /* dx = y * (dy - sum_k dy_k y_k) per row (the Jacobian diag(y) - y y^T      */
 /* applied to dy). Saves: its output. Numerical care: the row maximum is     */
 /* subtracted, so no exp overflows (softmax([1000, 0]) = [1, 0]); the row's  */
-/* e^(x - m) come from the vector exp (src/vmath.h, <= 1 ulp) and are summed */
+/* e^(x - m) come from the vector exp (src/kernels/vmath.h, <= 1 ulp) and are summed */
 /* in double, in order.                                                      */
 /* ======================================================================== */
 

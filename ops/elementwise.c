@@ -36,7 +36,7 @@
  * into contiguous chunks, one per thread (TGI_PAR_CHUNKS); element i depends only
  * on element i of the inputs, so the result is the same whatever the thread
  * count. Reductions (a broadcast target in backward) stay in one thread, in
- * order. exp and log use the vector kernels of src/vmath.h.
+ * order. exp and log use the vector kernels of src/kernels/vmath.h.
  */
 #include <tgmath.h>
 
@@ -66,7 +66,7 @@ static int check_binary(tg_ctx *ctx, const char *fn, const tg_tensor *a, const t
 }
 
 
-/* The vector exp and log of src/vmath.h for the element type T of
+/* The vector exp and log of src/kernels/vmath.h for the element type T of
  * TGI_FLOAT_DISPATCH, picked by the type of the output pointer. */
 #define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
 #define V_LOG(y, x, n) _Generic((y), float *: tgi_vlog_f32, double *: tgi_vlog_f64)(y, x, n)
@@ -656,7 +656,7 @@ static void neg_backward(tg_op_call *c)
 /* ======================================================================== */
 
 /* y = e^x, x's shape. dx = dy * y. Saves nothing extra: backward reads the
- * output y instead of recomputing exp. The vector exp of src/vmath.h (<= 1
+ * output y instead of recomputing exp. The vector exp of src/kernels/vmath.h (<= 1
  * ulp). Overflows to inf above x ~ 88.7 (f32) or ~ 709.8 (f64), as C's exp;
  * the gradient is then inf too. */
 static void exp_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
@@ -690,7 +690,7 @@ static void exp_backward(tg_op_call *c)
 /* y = ln x, x's shape. dx = dy / x. Saves nothing (reads x). x = 0 gives
  * -inf and a gradient of +-inf; x < 0 gives NaN, as in C. No clamping:
  * callers that need it (tg_bce) clamp themselves. The vector log of
- * src/vmath.h (<= 1 ulp). */
+ * src/kernels/vmath.h (<= 1 ulp). */
 static void log_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
 static void log_backward(tg_op_call *c);
 static const tg_op op_log = {"log", NULL, log_backward};

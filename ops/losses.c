@@ -265,7 +265,7 @@ static void bce_backward(tg_op_call *c)
 /* Numerical care: e^-|x| <= 1 never overflows and log1p keeps the small     */
 /* term exact, so x = +-1000 gives finite, exact losses (x = 1000, t = 0:    */
 /* 1000; x = -1000, t = 0: 0); sigmoid is the overflow-free form. e^-|x|     */
-/* and the sigmoid come from the f64 vector kernels (src/vmath.h), a block   */
+/* and the sigmoid come from the f64 vector kernels (src/kernels/vmath.h), a block   */
 /* of 256 elements at a time.                                                */
 /* ======================================================================== */
 

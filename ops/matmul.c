@@ -1,6 +1,6 @@
 /* ops/matmul.c: the matrix op family: tg_matmul, tg_add_bias, tg_linear.
  *
- * Every product goes through the GEMM (src/gemm.c) with its transpose flags,
+ * Every product goes through the GEMM (src/kernels/gemm.c) with its transpose flags,
  * so no transpose is ever materialised, and backward accumulates straight
  * into the gradient buffers (accumulate = 1). Shapes follow llm.c's habit:
  * x is [m,in], W is [in,out]. Local gradients in full: docs/ops-matmul.md. */
@@ -13,7 +13,7 @@
 #define COLSUM_BLOCK 256   /* columns summed per pass of colsum_acc */
 
 /* ---- vector kernels and threads ------------------------------------------
- * The activations call src/vmath.h's vector functions, picked for the element
+ * The activations call src/kernels/vmath.h's vector functions, picked for the element
  * type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
 #define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
 #define V_SIGMOID(y, x, n)                                                             \
@@ -56,7 +56,7 @@ AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict
 
 /* ---- helpers shared by the three ops ---------------------------------- */
 
-/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B), by dtype (src/gemm.h;
+/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B), by dtype (src/kernels/gemm.h;
  * it accepts zero sizes). On a GEMM workspace failure records
  * "<fn>: out of memory ..." and returns -1. */
 static int gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb, int64_t m,
@@ -345,7 +345,7 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
 }
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
- * and applies the activation in place (the vector kernels of src/vmath.h),
+ * and applies the activation in place (the vector kernels of src/kernels/vmath.h),
  * over contiguous chunks of y, several threads for a large y. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Expected values for tests/test_optim.c, computed with PyTorch's optimisers.
+"""Expected values for tests/toolkit/test_optim.c, computed with PyTorch's optimisers.
 
 Run once by hand (needs torch; the test itself does not):
     /usr/bin/python3 tests/optim_reference.py > /tmp/optim_ref.h
-and paste the arrays into tests/test_optim.c. Generated with torch 1.13.
+and paste the arrays into tests/toolkit/test_optim.c. Generated with torch 1.13.
 
 The problem, identical in the C test: two float64 parameters
     p = [0.5, -1.2, 2.0]   q = [1.0, -0.5]
@@ -80,7 +80,7 @@ if __name__ == "__main__":
     main()
 
 
-# ---- schedules and clipping (also pasted into tests/test_optim.c) ----------
+# ---- schedules and clipping (also pasted into tests/toolkit/test_optim.c) ----------
 
 def sched_values(make, n):
     p = torch.zeros(1, requires_grad=True)

@@ -1,4 +1,4 @@
-/* bench_gemm.c: GFLOP/s of tapegrad's GEMM (src/gemm.c), next to OpenBLAS when the
+/* bench_gemm.c: GFLOP/s of tapegrad's GEMM (src/kernels/gemm.c), next to OpenBLAS when the
  * build found it (TG_HAVE_CBLAS, linked with -lopenblas).
  *
  *   bench_gemm [kernel] [filter]

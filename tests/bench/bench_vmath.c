@@ -1,4 +1,4 @@
-/* bench_vmath.c: speed and accuracy of the vmath kernels (src/vmath.c).
+/* bench_vmath.c: speed and accuracy of the vmath kernels (src/kernels/vmath.c).
  *
  *   bench_vmath [isa]            speed: elements per nanosecond of every kernel next to
  *                                a plain C loop (libm's expf/logf/tanhf/... for the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the small committed fixtures of tests/test_data.c (run from tests/data)."""
+"""Write the small committed fixtures of tests/toolkit/test_data.c (run from tests/data)."""
 import gzip
 import struct
 

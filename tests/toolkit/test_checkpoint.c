@@ -1,4 +1,4 @@
-/* tests/test_io.c: checkpoints (tg_save, tg_load and the extras).
+/* tests/toolkit/test_checkpoint.c: checkpoints (tg_save, tg_load and the extras).
  * Round trips are bit-exact (tg_hash before and after); every malformed file
  * is rejected with its own message and leaves parameters and grads untouched;
  * failed saves leave the previous file intact and no temporary behind; an
@@ -22,7 +22,7 @@
 #define TG_SOURCE_DIR "."
 #endif
 
-/* test hook in src/io.c: byte-swap as a big-endian host would */
+/* test hook in src/toolkit/checkpoint.c: byte-swap as a big-endian host would */
 int tgi_io_force_byteswap(int on);
 
 /* ---- fixtures ----------------------------------------------------------- */

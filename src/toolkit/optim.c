@@ -18,7 +18,7 @@
  * loops over p, g and the state, one loop per case so that each is a
  * straight-line body gcc can vectorise. Scalars are converted to T before the
  * loop, as PyTorch converts its Python floats to the tensor's dtype. */
-#include "internal.h"
+#include "toolkit.h"
 #include "vmath.h"
 
 #include <math.h>
@@ -243,7 +243,7 @@ tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *pa
  * division gain more). This file is ISO C, where gcc does not contract
  * a*b+c into a fused multiply-add, and every operation is an IEEE one (sqrt
  * and division included), so both clones give the same bits. Adam's sweep is
- * tgi_vadam (src/vmath.h). A large parameter is split into contiguous ranges over threads
+ * tgi_vadam (src/kernels/vmath.h). A large parameter is split into contiguous ranges over threads
  * (PAR_RANGES): element i of an update depends only on element i of p, g
  * and the state, so any thread count gives the same bits too. */
 #if defined(__x86_64__) && defined(__has_attribute)
@@ -457,7 +457,7 @@ AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *const 
  * with lr_t = lr / (1 - beta1^t) and inv_bc2 = 1 / sqrt(1 - beta2^t) formed in
  * double. PyTorch divides sqrt(v) by sqrt(1 - beta2^t); multiplying by its
  * reciprocal differs by an ulp at most (within the reference tests' bounds).
- * Without amsgrad the sweep is tgi_vadam (src/vmath.h), which gives the bits
+ * Without amsgrad the sweep is tgi_vadam (src/kernels/vmath.h), which gives the bits
  * of this formula evaluated in this order; amsgrad is the loop below, the
  * same formula on vmax.                                                      */
 static void adam_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi) {

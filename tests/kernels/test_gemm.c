@@ -1,4 +1,4 @@
-/* test_gemm.c: the GEMM kernels (src/gemm.c) against a naive long-double reference.
+/* test_gemm.c: the GEMM kernels (src/kernels/gemm.c) against a naive long-double reference.
  *
  * Every kernel set this CPU can run (generic, avx2, avx512) is forced in turn; every
  * shape is tried in the four forms (A B, A^T B, A B^T, A^T B^T), with and without

@@ -1,4 +1,4 @@
-/* io.c: checkpoints. Every parameter of a context, by name, in a safetensors
+/* checkpoint.c: checkpoints. Every parameter of a context, by name, in a safetensors
  * file (https://github.com/huggingface/safetensors), so weights move to and
  * from the Python ecosystem:
  *
@@ -19,7 +19,7 @@
 #define _XOPEN_SOURCE 700 /* mkstemp, fsync, fchmod */
 #endif
 
-#include "internal.h"
+#include "toolkit.h"
 
 #include <errno.h>
 #include <fcntl.h>

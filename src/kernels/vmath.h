@@ -14,7 +14,7 @@
  *
  * Accuracy: maximum error in units in the last place of the result, measured against
  * libm in higher precision over every float of the range (f32) and 2^24 random doubles
- * (f64), generic and avx2 sets; the bounds are what tests/test_vmath.c asserts for every
+ * (f64), generic and avx2 sets; the bounds are what tests/kernels/test_vmath.c asserts for every
  * set. Details, the AVX-512 figures and the method: docs/vmath.md.
  *              measured f32 / f64     asserted bound f32 / f64
  *   exp          1.014 / 0.978            1.05 / 1.1     subnormal results are kept

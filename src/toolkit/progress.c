@@ -9,7 +9,7 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, isatty, fileno */
 #endif
-#include "internal.h"
+#include "toolkit.h"
 
 #include <math.h>
 #include <stdarg.h>

@@ -11,7 +11,7 @@
  *   he_uniform      U(-a, a),   a = gain sqrt(3 / fan_in)
  *   he_normal       N(0, s^2),  s = gain / sqrt(fan_in)
  * drawn from the context's seeded generator, so a seed fixes the weights. */
-#include "internal.h"
+#include "toolkit.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -13,7 +13,7 @@
  * anywhere (skipped), spaces or tabs around fields, fields in double quotes
  * ("" inside quotes is a quote). Not accepted: quoted fields that span lines.
  */
-#include "internal.h"
+#include "toolkit.h"
 
 #include <errno.h>
 #include <float.h>

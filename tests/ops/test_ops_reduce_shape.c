@@ -1,4 +1,4 @@
-/* tests/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_transpose,
+/* tests/ops/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_transpose,
  * tg_reshape. Gradient checks in f64 over the full Jacobian, values against
  * naive loops, f32 accuracy of long sums, f32 against f64, and bad input. */
 #include <criterion/criterion.h>

@@ -13,7 +13,7 @@
  * the header says. Nothing is read past a buffer: every read asks zlib for at
  * most the bytes the buffer holds.
  */
-#include "internal.h"
+#include "toolkit.h"
 
 #include <errno.h>
 #include <limits.h>

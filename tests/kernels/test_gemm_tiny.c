@@ -1,4 +1,4 @@
-/* test_gemm_tiny.c: the tiny-product path of src/gemm.c (m n k <= 512, the layers
+/* test_gemm_tiny.c: the tiny-product path of src/kernels/gemm.c (m n k <= 512, the layers
  * of an XOR-sized network), which runs only when no kernel set is forced and so is
  * not reached by test_gemm's per-kernel sweeps. It promises the bits of the plain
  * loop: C(i,j) = 0 + A(i,0) B(0,j) + A(i,1) B(1,j) + ... in order of p, then added

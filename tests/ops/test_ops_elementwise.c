@@ -1,4 +1,4 @@
-/* tests/test_ops_elementwise.c: tg_add, tg_sub, tg_mul, tg_div (broadcasting),
+/* tests/ops/test_ops_elementwise.c: tg_add, tg_sub, tg_mul, tg_div (broadcasting),
  * tg_scale, tg_neg, tg_exp, tg_log, tg_pow, tg_identity, tg_step.
  * Gradient checks in f64 over the full Jacobian on many shapes, forward values
  * against hand-computed ones and a naive broadcasting loop, f32 against f64,

@@ -14,7 +14,7 @@
 #if defined(__linux__) && !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #endif
-#include "internal.h"
+#include "toolkit.h"
 
 #include <math.h>
 #if defined(__linux__)

@@ -1,4 +1,4 @@
-/* internal.h: what the engine's files share. Not installed; every symbol here
+/* internal.h: what the engine's files share with the op files and the toolkit. Not installed; every symbol here
  * is hidden from the shared library (built with -fvisibility=hidden). Internal
  * cross-file names carry the tgi_ prefix. */
 #ifndef TG_INTERNAL_H
@@ -231,12 +231,6 @@ typedef struct {
 /* 0 ok; on mismatch records "<fn>: shapes [..] and [..] cannot be broadcast" */
 int tgi_bcast_init(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b,
                    tgi_bcast *bc);
-
-/* ---- datasets (data.c; used by the loaders idx.c and csv.c) ----
- * A dataset block from the ctx allocator. n_targets: 0 labels, > 0 targets,
- * < 0 neither. zero: fill with zeros, else leave the data uninitialised. */
-tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
-                              int64_t n_targets, int zero);
 
 /* ---- threads ---- */
 /* Number of threads worth using for `work` elementwise operations. */

@@ -8,7 +8,7 @@
  *          float [N] or [N,1] binary targets: class 1 when >= 0.5;
  *          float [N,C] one-hot or probability rows: the argmax.
  */
-#include "internal.h"
+#include "toolkit.h"
 
 #include <math.h>
 

@@ -1,4 +1,4 @@
-/* test_vmath.c: the vectorised kernels of src/vmath.c, on every kernel set this CPU
+/* test_vmath.c: the vectorised kernels of src/kernels/vmath.c, on every kernel set this CPU
  * can run (generic, avx2, avx512: each forced in turn with tgi_vmath_force).
  *
  * Accuracy: exp, log, tanh and sigmoid are compared with libm evaluated in double
@@ -644,7 +644,7 @@ Test(vmath, adam_matches_scalar_loop)
 
 /* PyTorch 1.13's numbers for 4 steps of Adam / AdamW on the problem of
  * tests/optim_reference.py (two parameters p[3], q[2] taken as one flat array of 5,
- * gradient c x + d), copied from tests/test_optim.c. */
+ * gradient c x + d), copied from tests/toolkit/test_optim.c. */
 static const double torch_adam_default[4][5] = {
     {0.4990000000125, -1.1990000000035714, 1.9990000000090908, 0.99900000000769229, -0.49900000010000001},
     {0.49800003282302474, -1.1980000186959507, 1.9980000118947454, 0.99800003027513262, -0.4980001894680714},

@@ -309,7 +309,7 @@ Test(optim, param_without_grad_is_untouched) {
 
 #if defined(__x86_64__)
 #include <xmmintrin.h>
-/* The sweeps flush subnormals (src/optim.c: x86's microcode assists made a Fashion-MNIST
+/* The sweeps flush subnormals (src/toolkit/optim.c: x86's microcode assists made a Fashion-MNIST
  * Adam step twice as slow). A subnormal gradient counts as 0, so a parameter at 0 stays
  * at +0; a tiny normal one still moves it; and the caller's SSE mode is left as it was.
  * Both the one-thread path and the threaded one (a parameter above the threshold). */

@@ -1,0 +1,15 @@
+/* toolkit.h: what the training toolkit's files share (not installed; hidden
+ * from the shared library's exports). The toolkit is built on the public API and
+ * the engine's internal.h; the engine knows nothing of it. */
+#ifndef TG_TOOLKIT_H
+#define TG_TOOLKIT_H
+
+#include "internal.h"
+
+/* ---- datasets (data.c; used by the loaders idx.c and csv.c) ----
+ * A dataset block from the ctx allocator. n_targets: 0 labels, > 0 targets,
+ * < 0 neither. zero: fill with zeros, else leave the data uninitialised. */
+tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
+                              int64_t n_targets, int zero);
+
+#endif /* TG_TOOLKIT_H */
