@@ -357,6 +357,12 @@ TG_API void tg_reset(tg_ctx *ctx);
 /** on = 1: stop recording (inference); on = 0: record. Returns the previous
  *  setting of "no grad" (1 if recording was off). */
 TG_API int tg_no_grad(tg_ctx *ctx, int on);
+/** on = 1 (the default): training mode; on = 0: evaluation mode, as
+ *  nn.Module.train() / eval(). The layers that differ between the two
+ *  (dropout, batch norm) read it. Returns the previous mode. */
+TG_API int tg_train_mode(tg_ctx *ctx, int on);
+/** 1 in training mode (the default), 0 in evaluation mode. */
+TG_API int tg_is_training(const tg_ctx *ctx);
 
 /** Number of nodes on the tape. */
 TG_API int64_t tg_tape_len(const tg_ctx *ctx);
@@ -582,6 +588,21 @@ TG_API tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x);
  *  parameters (also when it exceeds cap: then only cap are written), -1 if
  *  @p m is NULL. The tensors are owned by the context. */
 TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
+
+/* The layers of CNNs, recurrent networks and transformers follow. Each is a
+ * plain struct like tg_dense, with an _init that creates its parameters under
+ * the names the equivalent torch.nn module gives them, in PyTorch's layouts and
+ * with PyTorch's default initialisation, and a _forward made of ops. */
+
+/* ---- layers: convolution (src/toolkit/layers_conv.c) ---- */
+
+/* ---- layers: normalisation and dropout (src/toolkit/layers_norm.c) ---- */
+
+/* ---- layers: embedding (src/toolkit/layers_embed.c) ---- */
+
+/* ---- layers: recurrent (src/toolkit/layers_rnn.c) ---- */
+
+/* ---- layers: transformer (src/toolkit/layers_transformer.c) ---- */
 
 /* ======================================================================== */
 /** @name Optimisers                                                        */

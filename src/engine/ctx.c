@@ -30,6 +30,7 @@ tg_ctx *tg_ctx_new_with_alloc(uint64_t seed, tg_alloc_fn alloc, void *ud) {
     ctx->alloc = alloc;
     ctx->alloc_ud = ud;
     ctx->nthreads = default_threads();
+    ctx->training = 1;
     tg_seed(ctx, seed);
     ctx->gemm = tgi_gemm_ws_new(alloc, ud);
     if (!ctx->gemm) {

@@ -74,6 +74,7 @@ struct tg_ctx {
     void *err_user;
     /* modes */
     int no_grad;
+    int training;       /* tg_train_mode: 1 train (default), 0 eval */
     int nthreads;
     /* memory */
     tgi_arena arena;

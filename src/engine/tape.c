@@ -59,6 +59,15 @@ int tg_no_grad(tg_ctx *ctx, int on) {
     return prev;
 }
 
+int tg_train_mode(tg_ctx *ctx, int on) {
+    if (!ctx) return 0;
+    int prev = ctx->training;
+    ctx->training = on ? 1 : 0;
+    return prev;
+}
+
+int tg_is_training(const tg_ctx *ctx) { return ctx ? ctx->training : 0; }
+
 int64_t tg_tape_len(const tg_ctx *ctx) { return ctx ? ctx->tape_len : 0; }
 
 void tg_tape_print(const tg_ctx *ctx, FILE *f) {

@@ -529,3 +529,15 @@ Test(core, threads_setting) {
     tg_set_threads(ctx, 0);
     cr_assert_geq(tg_get_threads(ctx), 1);
 }
+
+/* ---- training / evaluation mode ---- */
+
+Test(core, train_mode_switch) {
+    cr_assert_eq(tg_is_training(ctx), 1, "a new context trains");
+    cr_assert_eq(tg_train_mode(ctx, 0), 1, "returns the previous mode");
+    cr_assert_eq(tg_is_training(ctx), 0);
+    cr_assert_eq(tg_train_mode(ctx, 5), 0);
+    cr_assert_eq(tg_is_training(ctx), 1, "any non-zero is training");
+    cr_assert_eq(tg_is_training(NULL), 0);
+    cr_assert_eq(tg_train_mode(NULL, 1), 0);
+}
