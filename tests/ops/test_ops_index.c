@@ -160,6 +160,32 @@ Test(index, permute_every_perm_against_index_loops)
     }
 }
 
+/* large enough to be split over threads: forward and backward give the same
+ * bits with 1 and 2 threads, for a run-copy and a tiled permutation */
+Test(index, permute_same_bits_for_any_thread_count)
+{
+    const int perms[2][4] = {{0, 2, 1, 3}, {3, 1, 2, 0}};
+    for (int k = 0; k < 2; k++) {
+        uint64_t h[2][2];
+        for (int nt = 1; nt <= 2; nt++) {
+            tg_ctx *c = tg_ctx_new(5);
+            tg_set_threads(c, nt);
+            tg_tensor *x = rnd(c, TG_F32, (shp){4, {16, 70, 4, 40}}, -1, 1);
+            tg_set_requires_grad(x, 1);
+            tg_tensor *y = tg_permute(c, x, perms[k]);
+            tg_tensor *w = rnd(c, TG_F32, (shp){4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2),
+                                                    tg_dim(y, 3)}}, -1, 1);
+            tg_backward(c, tg_sum(c, tg_mul(c, y, w)));
+            cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+            h[nt - 1][0] = tg_hash(y);
+            h[nt - 1][1] = tg_hash(tg_from(c, TG_F32, 4, tg_shape(x), tg_grad(x)));
+            tg_ctx_free(c);
+        }
+        cr_assert_eq(h[0][0], h[1][0], "forward differs with 2 threads");
+        cr_assert_eq(h[0][1], h[1][1], "backward differs with 2 threads");
+    }
+}
+
 Test(index, permute_gradcheck)
 {
     const struct {
