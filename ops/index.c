@@ -254,6 +254,17 @@ PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void 
                     const int64_t a1 = na - a0 < PERM_TILE ? na : a0 + PERM_TILE;
                     for (int64_t b0 = 0; b0 < len; b0 += PERM_TILE) {
                         const int64_t b1 = len - b0 < PERM_TILE ? len : b0 + PERM_TILE;
+                        if (b1 - b0 < a1 - a0) { /* short rows of dst: sweep src rows */
+                            for (int64_t b = b0; b < b1; b++) {
+                                T *restrict d = dst + dof + b;
+                                const T *restrict s = src + so + b * ssb;
+                                if (acc)
+                                    for (int64_t a = a0; a < a1; a++) d[a * dsa] += s[a];
+                                else
+                                    for (int64_t a = a0; a < a1; a++) d[a * dsa] = s[a];
+                            }
+                            continue;
+                        }
                         for (int64_t a = a0; a < a1; a++) {
                             T *restrict d = dst + dof + a * dsa;
                             const T *restrict s = src + so + a;
