@@ -82,9 +82,9 @@ static inline void copy_run(void *restrict dv, const void *restrict sv, size_t n
     if (n) memcpy(d, s, 4); /* the last float of an odd-length f32 run */
 }
 
-/* dst[r * dld + j] (+)= src[r * sld + j] for r < rows, j < len (elements of
- * size es): the strided row copy every op here reduces to. acc: add
- * (float dtypes) instead of copy. */
+/* dst[r * dld + j] (+)= src[r * sld + j] for r < rows, j < len (in elements
+ * of dt): the strided row copy slice and concat reduce to. acc: add (float
+ * dtypes) instead of copy. */
 static void copy_rows(tg_dtype dt, int acc, void *dst, int64_t dld, const void *src, int64_t sld,
                       int64_t rows, int64_t len)
 {
@@ -121,7 +121,8 @@ static void copy_rows(tg_dtype dt, int acc, void *dst, int64_t dld, const void *
  * The copy follows a plan made once per call: axes of size 1 are dropped and
  * output axes that are also neighbours in x are merged, so the common cases
  * are a few long runs. When x's innermost axis stays innermost the copy is
- * whole runs (memcpy forward, one add loop backward); otherwise it moves
+ * whole runs (inline 64-byte moves or memcpy forward, one add loop
+ * backward); otherwise it moves
  * PERM_TILE x PERM_TILE tiles between the output's innermost axis and x's,
  * so reads and writes both stay in cache. Large copies are split over the
  * context's threads by outer index; every element is written by exactly one
