@@ -611,7 +611,9 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
  * the optimiser is made, through the context's allocator: a step never
  * allocates. A parameter whose gradient is NULL (tg_grad() is NULL: no
  * gradient has reached it) is skipped, and its state does not advance, as in
- * PyTorch for a .grad of None; a zero gradient is not skipped. On x86 the
+ * PyTorch for a .grad of None; a zero gradient is not skipped. A parameter
+ * that does not require grad (tg_set_requires_grad(p, 0)) is skipped too,
+ * weight decay included, even if it holds an old gradient. On x86 the
  * updates run with subnormal numbers flushed to zero (docs/optim.md).       */
 /* ======================================================================== */
 
