@@ -12,10 +12,11 @@
  * with sums shifted by the group's first value k: s1 = sum (x - k),
  * s2 = sum (x - k)^2, mean = k + s1 / n, var = s2 / n - (s1 / n)^2. The shift
  * keeps the subtraction from cancelling when |mean| is large against the
- * spread (the textbook one-pass E[x^2] - E[x]^2 does not), and the pass is a
- * plain sum that gcc vectorises (layer norm keeps LANES partial sums; the
- * order of the additions is fixed, so the bits do not depend on the machine's
- * vector width). rstd = 1 / sqrt(var + eps). */
+ * spread (the textbook one-pass E[x^2] - E[x]^2 does not). Layer norm's row
+ * reductions run on 4 doubles at a time (GCC vector types, as
+ * src/kernels/vmath_generic.c uses), keeping LANES partial sums in a fixed
+ * order, so the bits do not depend on the machine's vector width.
+ * rstd = 1 / sqrt(var + eps). */
 #include "internal.h"
 
 #include <math.h>
@@ -32,7 +33,22 @@
 #define AVX2_CLONES
 #endif
 
-#define LANES 8 /* partial sums kept by the row reductions of layer norm */
+#define LANES 8 /* partial sums kept by the row reductions of layer norm: two v4d */
+
+/* 4 doubles, and unaligned views of 4 doubles or 4 floats in memory. Macros,
+ * not functions: a helper taking a 32-byte vector by value would be called
+ * with another ABI from the AVX2 clone than the one it was compiled for. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v4d_mem __attribute__((vector_size(32), aligned(8), may_alias));
+typedef float v4f_mem __attribute__((vector_size(16), aligned(4), may_alias));
+/* p[0..4) as v4d, p a const float * or const double * */
+#define LOAD4(p)                                                                       \
+    _Generic((p), const float *: __builtin_convertvector(*(const v4f_mem *)(p), v4d),  \
+             const double *: *(const v4d_mem *)(p))
+#define STORE4(p, v) (*(v4d_mem *)(p) = (v))
+/* the 8 lanes of a and b summed in a fixed order */
+#define HSUM8(a, b)                                                                    \
+    ((((a)[0] + (b)[0]) + ((a)[1] + (b)[1])) + (((a)[2] + (b)[2]) + ((a)[3] + (b)[3])))
 
 /* Record the node when a gradient is needed. Returns 0 when the tape could
  * not grow (error recorded), else 1; *node is the node or NULL. */
@@ -158,28 +174,27 @@ tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor
     return out;
 }
 
-/* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values,
- * k = x[0], in LANES partial sums. */
-#define ROW_SUMS(T, xr, n, k, s1, s2)                                                  \
+/* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values
+ * (T, from TGI_FLOAT_DISPATCH), in LANES partial sums. */
+#define ROW_SUMS(xr, n, k, s1, s2)                                                     \
     do {                                                                               \
-        double a1_[LANES] = {0}, a2_[LANES] = {0};                                     \
+        const v4d k_ = {(k), (k), (k), (k)};                                           \
+        v4d a1_ = {0}, a2_ = {0}, b1_ = {0}, b2_ = {0};                                \
         int64_t j_ = 0;                                                                \
-        for (; j_ + LANES <= (n); j_ += LANES)                                         \
-            for (int l_ = 0; l_ < LANES; l_++) {                                       \
-                const double d_ = (double)(xr)[j_ + l_] - (k);                         \
-                a1_[l_] += d_;                                                         \
-                a2_[l_] += d_ * d_;                                                    \
-            }                                                                          \
+        for (; j_ + LANES <= (n); j_ += LANES) {                                       \
+            const v4d d_ = LOAD4((const T *)(xr) + j_) - k_;                           \
+            const v4d e_ = LOAD4((const T *)(xr) + j_ + 4) - k_;                       \
+            a1_ += d_;                                                                 \
+            a2_ += d_ * d_;                                                            \
+            b1_ += e_;                                                                 \
+            b2_ += e_ * e_;                                                            \
+        }                                                                              \
+        (s1) = HSUM8(a1_, b1_);                                                        \
+        (s2) = HSUM8(a2_, b2_);                                                        \
         for (; j_ < (n); j_++) {                                                       \
             const double d_ = (double)(xr)[j_] - (k);                                  \
-            a1_[0] += d_;                                                              \
-            a2_[0] += d_ * d_;                                                         \
-        }                                                                              \
-        (s1) = 0;                                                                      \
-        (s2) = 0;                                                                      \
-        for (int l_ = 0; l_ < LANES; l_++) {                                           \
-            (s1) += a1_[l_];                                                           \
-            (s2) += a2_[l_];                                                           \
+            (s1) += d_;                                                                \
+            (s2) += d_ * d_;                                                           \
         }                                                                              \
     } while (0)
 
@@ -195,7 +210,7 @@ AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, con
             T *restrict yr = (T *)y->data + r * d;
             const double k = (double)xr[0];
             double s1, s2, mean, rstd;
-            ROW_SUMS(T, xr, d, k, s1, s2);
+            ROW_SUMS(xr, d, k, s1, s2);
             stats_from_sums(k, s1, s2, (double)d, eps, &mean, &rstd, NULL);
             if (saved) {
                 saved[2 * r] = mean;
@@ -242,32 +257,39 @@ AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
         for (int64_t r = 0; r < rows; r++) {
             const T *restrict xr = (const T *)x->data + r * d, *restrict dyr = dy + r * d;
             const double mean = saved[2 * r], rstd = saved[2 * r + 1];
-            if (acc_w)
-                for (int64_t j = 0; j < d; j++) {
-                    const double xh = ((double)xr[j] - mean) * rstd;
-                    acc_w[j] += (double)dyr[j] * xh;
-                    acc_b[j] += (double)dyr[j];
-                }
-            if (!dx) continue;
-            /* sg = sum g, sgx = sum g xh with g = dy w, in LANES partial sums */
-            double a1[LANES] = {0}, a2[LANES] = {0};
+            /* one pass: sg = sum g, sgx = sum g xh (g = dy w), and the column
+             * sums of dy xh and dy into acc_w, acc_b */
+            const v4d mv = {mean, mean, mean, mean}, rv = {rstd, rstd, rstd, rstd};
+            v4d a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
             int64_t j = 0;
-            for (; j + LANES <= d; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    const double g = pw ? (double)dyr[j + l] * (double)pw[j + l] : (double)dyr[j + l];
-                    a1[l] += g;
-                    a2[l] += g * (((double)xr[j + l] - mean) * rstd);
+            for (; j + LANES <= d; j += LANES) {
+                const v4d dy0 = LOAD4(dyr + j), dy1 = LOAD4(dyr + j + 4);
+                const v4d xh0 = (LOAD4(xr + j) - mv) * rv, xh1 = (LOAD4(xr + j + 4) - mv) * rv;
+                const v4d g0 = pw ? dy0 * LOAD4(pw + j) : dy0;
+                const v4d g1 = pw ? dy1 * LOAD4(pw + j + 4) : dy1;
+                a1 += g0;
+                a2 += g0 * xh0;
+                b1 += g1;
+                b2 += g1 * xh1;
+                if (acc_w) {
+                    STORE4(acc_w + j, *(const v4d_mem *)(acc_w + j) + dy0 * xh0);
+                    STORE4(acc_w + j + 4, *(const v4d_mem *)(acc_w + j + 4) + dy1 * xh1);
+                    STORE4(acc_b + j, *(const v4d_mem *)(acc_b + j) + dy0);
+                    STORE4(acc_b + j + 4, *(const v4d_mem *)(acc_b + j + 4) + dy1);
                 }
+            }
+            double sg = HSUM8(a1, b1), sgx = HSUM8(a2, b2);
             for (; j < d; j++) {
-                const double g = pw ? (double)dyr[j] * (double)pw[j] : (double)dyr[j];
-                a1[0] += g;
-                a2[0] += g * (((double)xr[j] - mean) * rstd);
+                const double dyj = (double)dyr[j], xh = ((double)xr[j] - mean) * rstd;
+                const double g = pw ? dyj * (double)pw[j] : dyj;
+                sg += g;
+                sgx += g * xh;
+                if (acc_w) {
+                    acc_w[j] += dyj * xh;
+                    acc_b[j] += dyj;
+                }
             }
-            double sg = 0, sgx = 0;
-            for (int l = 0; l < LANES; l++) {
-                sg += a1[l];
-                sgx += a2[l];
-            }
+            if (!dx) continue;
             const T mg = (T)(sg / (double)d), mgx = (T)(sgx / (double)d);
             const T kt = xr[0], m1 = (T)(mean - (double)kt), rs = (T)rstd;
             T *restrict dxr = dx + r * d;

@@ -212,6 +212,7 @@ static const shp LN_SHAPES[] = {
     {3, {2, 3, 5}},     /* odd sizes, 3-D */
     {4, {2, 1, 3, 4}},  /* 4-D */
     {2, {4, 1}},        /* D = 1: y = b, dx = 0 */
+    {2, {2, 19}},       /* the 8-lane vector loops and a tail of 3 */
 };
 
 Test(norm, layer_norm_gradcheck_every_input)
