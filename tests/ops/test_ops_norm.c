@@ -268,6 +268,81 @@ Test(norm, layer_norm_large_offset)
     }
 }
 
+/* rows with a mean of 1e6 in f32 through batch norm too (the channel's
+ * first value is its shift) */
+Test(norm, batch_norm_large_offset)
+{
+    tg_tensor *x = tg_new(ctx, TG_F32, 2, (int64_t[]){64, 2});
+    for (int64_t i = 0; i < 128; i++) set_at(x, i, 1e6 + sin(1.7 * (double)i));
+    tg_tensor *y = tg_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 1, 0.1, 0);
+    cr_assert_not_null(y, "%s", tg_errmsg(ctx));
+    for (int c = 0; c < 2; c++) {
+        double m = 0, v = 0;
+        for (int n = 0; n < 64; n++) m += at(x, n * 2 + c) / 64;
+        for (int n = 0; n < 64; n++) v += (at(x, n * 2 + c) - m) * (at(x, n * 2 + c) - m) / 64;
+        for (int n = 0; n < 64; n++) {
+            double want = (at(x, n * 2 + c) - m) / sqrt(v);
+            cr_assert(fabs(at(y, n * 2 + c) - want) < 1e-5, "[%d,%d]: %g vs %g", n, c,
+                      at(y, n * 2 + c), want);
+        }
+    }
+}
+
+/* ---- all three: empty tensors, and backward adds ---------------------------- */
+
+Test(norm, empty_tensors)
+{
+    tg_tensor *x = tg_new(ctx, TG_F64, 2, (int64_t[]){0, 5});
+    tg_set_requires_grad(x, 1);
+    tg_tensor *ys[3] = {tg_layer_norm(ctx, x, NULL, NULL, 1e-5),
+                        tg_batch_norm(ctx, x, rand1(ctx, TG_F64, 5, 0, 1), rand1(ctx, TG_F64, 5, 1, 2),
+                                      NULL, NULL, 0, 0.1, 1e-5),
+                        tg_dropout(ctx, x, 0.5, 1)};
+    for (int k = 0; k < 3; k++) {
+        cr_assert_not_null(ys[k], "op %d: %s", k, tg_errmsg(ctx));
+        cr_assert_eq(tg_numel(ys[k]), 0);
+        tg_backward(ctx, tg_sum(ctx, ys[k]));
+        cr_assert(tg_ok(ctx), "op %d: %s", k, tg_errmsg(ctx));
+    }
+}
+
+/* x feeds the op twice (y = op(x) + x) and backward runs twice: every
+ * gradient is exactly twice the first one */
+static tg_tensor *fn_ln_plus_x(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_layer_norm(c, in[0], in[1], in[2], 1e-5), in[0]);
+}
+static tg_tensor *fn_bn_plus_x(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_batch_norm(c, in[0], NULL, NULL, in[1], in[2], 1, 0.1, 1e-5), in[0]);
+}
+
+Test(norm, backward_adds_into_gradients)
+{
+    tg_fn fns[2] = {fn_ln_plus_x, fn_bn_plus_x};
+    for (int k = 0; k < 2; k++) {
+        tg_tensor *in[3] = {rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2), rand1(ctx, TG_F64, 4, 0.5, 1.5),
+                            rand1(ctx, TG_F64, 4, -1, 1)};
+        for (int i = 0; i < 3; i++) tg_set_requires_grad(in[i], 1);
+        tg_tensor *r = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -1, 1);
+        tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, fns[k](ctx, in, NULL), r));
+        tg_backward(ctx, loss);
+        double first[3][24];
+        for (int i = 0; i < 3; i++)
+            for (int64_t j = 0; j < tg_numel(in[i]); j++) first[i][j] = grad_at(in[i], j);
+        tg_backward(ctx, loss);
+        for (int i = 0; i < 3; i++)
+            for (int64_t j = 0; j < tg_numel(in[i]); j++)
+                cr_assert(fabs(grad_at(in[i], j) - 2 * first[i][j]) < 1e-12, "op %d input %d [%lld]", k,
+                          i, (long long)j);
+        in[0] = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2); /* and the gradcheck of the sum */
+        gradcheck_ok(ctx, fns[k], NULL, in, 3, k ? "batch_norm + x" : "layer_norm + x");
+        tg_reset(ctx);
+    }
+}
+
 /* ---- batch norm ----------------------------------------------------------- */
 
 static const shp BN_SHAPES[] = {
