@@ -348,7 +348,8 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
         tg_set_error(ctx, "%s: x %s must be [N,C] or [N,C,H,W]", fn, TGI_SHAPE(x, bx));
         return NULL;
     }
-    const int64_t nb = x->shape[0], ch = x->shape[1], sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
+    const int64_t nb = x->shape[0], ch = x->shape[1],
+                  sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
     if (!training && (!running_mean || !running_var)) {
         tg_set_error(ctx, "%s: eval mode (training 0) normalises with the running statistics, "
                           "but running_%s is NULL (x %s)",
@@ -507,7 +508,8 @@ static void batch_norm_backward(tg_op_call *c)
                     if (training) {
                         const T mdy = (T)(sdy[ci] * inv_m), mdyx = (T)(sdyx[ci] * inv_m);
                         for (int64_t s = 0; s < sp; s++)
-                            dx[o + s] += gs * (dy[o + s] - mdy - ((px[o + s] - k) - m1) * rs * mdyx);
+                            dx[o + s] +=
+                                gs * (dy[o + s] - mdy - ((px[o + s] - k) - m1) * rs * mdyx);
                     } else {
                         for (int64_t s = 0; s < sp; s++) dx[o + s] += gs * dy[o + s];
                     }

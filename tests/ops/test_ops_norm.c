@@ -222,7 +222,8 @@ Test(norm, layer_norm_gradcheck_every_input)
             shp sh = LN_SHAPES[s];
             ncase k = {.has_w = wb & 1, .has_b = wb >> 1};
             char what[96];
-            snprintf(what, sizeof what, "layer_norm shape %zu weight %d bias %d", s, k.has_w, k.has_b);
+            snprintf(what, sizeof what, "layer_norm shape %zu weight %d bias %d", s, k.has_w,
+                     k.has_b);
             check_case(fn_ln, &k, sh, sh.shape[sh.ndim - 1], sh.shape[sh.ndim - 1] > 1, what);
             tg_reset(ctx);
         }
@@ -258,11 +259,12 @@ Test(norm, layer_norm_large_offset)
         for (int r = 0; r < 2; r++) { /* two-pass reference in double, on x as stored */
             double m = 0, v = 0;
             for (int j = 0; j < 64; j++) m += at(x, r * 64 + j) / 64;
-            for (int j = 0; j < 64; j++) v += (at(x, r * 64 + j) - m) * (at(x, r * 64 + j) - m) / 64;
+            for (int j = 0; j < 64; j++)
+                v += (at(x, r * 64 + j) - m) * (at(x, r * 64 + j) - m) / 64;
             for (int j = 0; j < 64; j++) {
                 double want = (at(x, r * 64 + j) - m) / sqrt(v);
-                cr_assert(fabs(at(y, r * 64 + j) - want) < (d ? 1e-5 : 1e-9), "%s [%d,%d]: %g vs %g",
-                          tg_dtype_name(dt), r, j, at(y, r * 64 + j), want);
+                cr_assert(fabs(at(y, r * 64 + j) - want) < (d ? 1e-5 : 1e-9),
+                          "%s [%d,%d]: %g vs %g", tg_dtype_name(dt), r, j, at(y, r * 64 + j), want);
             }
         }
     }
@@ -295,8 +297,8 @@ Test(norm, empty_tensors)
     tg_tensor *x = tg_new(ctx, TG_F64, 2, (int64_t[]){0, 5});
     tg_set_requires_grad(x, 1);
     tg_tensor *ys[3] = {tg_layer_norm(ctx, x, NULL, NULL, 1e-5),
-                        tg_batch_norm(ctx, x, rand1(ctx, TG_F64, 5, 0, 1), rand1(ctx, TG_F64, 5, 1, 2),
-                                      NULL, NULL, 0, 0.1, 1e-5),
+                        tg_batch_norm(ctx, x, rand1(ctx, TG_F64, 5, 0, 1),
+                                      rand1(ctx, TG_F64, 5, 1, 2), NULL, NULL, 0, 0.1, 1e-5),
                         tg_dropout(ctx, x, 0.5, 1)};
     for (int k = 0; k < 3; k++) {
         cr_assert_not_null(ys[k], "op %d: %s", k, tg_errmsg(ctx));
@@ -323,8 +325,8 @@ Test(norm, backward_adds_into_gradients)
 {
     tg_fn fns[2] = {fn_ln_plus_x, fn_bn_plus_x};
     for (int k = 0; k < 2; k++) {
-        tg_tensor *in[3] = {rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2), rand1(ctx, TG_F64, 4, 0.5, 1.5),
-                            rand1(ctx, TG_F64, 4, -1, 1)};
+        tg_tensor *in[3] = {rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2),
+                            rand1(ctx, TG_F64, 4, 0.5, 1.5), rand1(ctx, TG_F64, 4, -1, 1)};
         for (int i = 0; i < 3; i++) tg_set_requires_grad(in[i], 1);
         tg_tensor *r = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -1, 1);
         tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, fns[k](ctx, in, NULL), r));
@@ -335,8 +337,8 @@ Test(norm, backward_adds_into_gradients)
         tg_backward(ctx, loss);
         for (int i = 0; i < 3; i++)
             for (int64_t j = 0; j < tg_numel(in[i]); j++)
-                cr_assert(fabs(grad_at(in[i], j) - 2 * first[i][j]) < 1e-12, "op %d input %d [%lld]", k,
-                          i, (long long)j);
+                cr_assert(fabs(grad_at(in[i], j) - 2 * first[i][j]) < 1e-12,
+                          "op %d input %d [%lld]", k, i, (long long)j);
         in[0] = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2); /* and the gradcheck of the sum */
         gradcheck_ok(ctx, fns[k], NULL, in, 3, k ? "batch_norm + x" : "layer_norm + x");
         tg_reset(ctx);
@@ -429,7 +431,8 @@ Test(norm, batch_norm_training_without_running_stats)
 {
     shp s = {4, {3, 2, 2, 2}};
     tg_tensor *x = rnd(ctx, TG_F64, s, -2, 2);
-    tg_tensor *rm = tg_new(ctx, TG_F64, 1, (int64_t[]){2}), *rv = tg_new(ctx, TG_F64, 1, (int64_t[]){2});
+    tg_tensor *rm = tg_new(ctx, TG_F64, 1, (int64_t[]){2}),
+              *rv = tg_new(ctx, TG_F64, 1, (int64_t[]){2});
     tg_tensor *y1 = tg_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5);
     tg_tensor *y2 = tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 1, 0.1, 1e-5);
     cr_assert(y1 && y2, "%s", tg_errmsg(ctx));
@@ -453,10 +456,12 @@ Test(norm, batch_norm_eval_backward_uses_saved_stats)
     tg_tensor *x = rnd(ctx, TG_F64, s, -2, 2), *r = rnd(ctx, TG_F64, s, -1, 1);
     tg_tensor *rm = rand1(ctx, TG_F64, 3, -0.5, 0.5), *rv = rand1(ctx, TG_F64, 3, 0.5, 1.5);
     tg_set_requires_grad(x, 1);
-    tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 0, 0.1, 1e-5), r));
+    tg_tensor *loss =
+        tg_sum(ctx, tg_mul(ctx, tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 0, 0.1, 1e-5), r));
     double want[12];
     for (int i = 0; i < 12; i++) want[i] = at(r, i) / sqrt(at(rv, i % 3) + 1e-5);
-    cr_assert_not_null(tg_batch_norm(ctx, rnd(ctx, TG_F64, s, 5, 9), rm, rv, NULL, NULL, 1, 0.9, 1e-5));
+    cr_assert_not_null(
+        tg_batch_norm(ctx, rnd(ctx, TG_F64, s, 5, 9), rm, rv, NULL, NULL, 1, 0.9, 1e-5));
     tg_backward(ctx, loss);
     assert_close(x, want, 12, 1e-14, 1, "dx");
 }
@@ -517,7 +522,8 @@ Test(norm, dropout_identity_cases)
     const int train[2] = {1, 0};
     for (int k = 0; k < 2; k++) {
         tg_reset(ctx);
-        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -2, 2), *r = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -1, 1);
+        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -2, 2),
+                  *r = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -1, 1);
         tg_set_requires_grad(x, 1);
         tg_seed(ctx, 11);
         tg_tensor *y = tg_dropout(ctx, x, ps[k], train[k]);
@@ -572,8 +578,10 @@ Test(norm, f32_matches_f64)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         tg_reset(ctx);
-        tg_tensor *x64 = rnd(ctx, TG_F64, cases[k].s, -2, 2), *r64 = rnd(ctx, TG_F64, cases[k].s, -1, 1);
-        tg_tensor *w64 = rand1(ctx, TG_F64, cases[k].nf, 0.5, 1.5), *b64 = rand1(ctx, TG_F64, cases[k].nf, -1, 1);
+        tg_tensor *x64 = rnd(ctx, TG_F64, cases[k].s, -2, 2),
+                  *r64 = rnd(ctx, TG_F64, cases[k].s, -1, 1);
+        tg_tensor *w64 = rand1(ctx, TG_F64, cases[k].nf, 0.5, 1.5),
+                  *b64 = rand1(ctx, TG_F64, cases[k].nf, -1, 1);
         tg_tensor *t64[4] = {x64, w64, b64, r64}, *t32[4];
         for (int i = 0; i < 4; i++) t32[i] = convert(ctx, t64[i], TG_F32);
         tg_tensor *y[2];
@@ -585,15 +593,18 @@ Test(norm, f32_matches_f64)
             cr_assert(tg_ok(ctx), "%s: %s", cases[k].name, tg_errmsg(ctx));
         }
         for (int64_t i = 0; i < tg_numel(x64); i++) {
-            cr_assert(fabs(at(y[0], i) - at(y[1], i)) < 1e-5, "%s y[%lld]", cases[k].name, (long long)i);
+            cr_assert(fabs(at(y[0], i) - at(y[1], i)) < 1e-5, "%s y[%lld]", cases[k].name,
+                      (long long)i);
             cr_assert(fabs(grad_at(x64, i) - grad_at(t32[0], i)) < 1e-4, "%s dx[%lld]: %g vs %g",
                       cases[k].name, (long long)i, grad_at(x64, i), grad_at(t32[0], i));
         }
         if (cases[k].f == drop3) continue;
         for (int64_t j = 0; j < cases[k].nf; j++) {
-            cr_assert(fabs(grad_at(w64, j) - grad_at(t32[1], j)) < 1e-4 * (1 + fabs(grad_at(w64, j))),
+            cr_assert(fabs(grad_at(w64, j) - grad_at(t32[1], j)) <
+                          1e-4 * (1 + fabs(grad_at(w64, j))),
                       "%s dw[%lld]", cases[k].name, (long long)j);
-            cr_assert(fabs(grad_at(b64, j) - grad_at(t32[2], j)) < 1e-4 * (1 + fabs(grad_at(b64, j))),
+            cr_assert(fabs(grad_at(b64, j) - grad_at(t32[2], j)) <
+                          1e-4 * (1 + fabs(grad_at(b64, j))),
                       "%s db[%lld]", cases[k].name, (long long)j);
         }
     }
@@ -621,7 +632,8 @@ Test(norm, layer_norm_bad_arguments)
         "tg_layer_norm", "x []", "no last axis");
     bad(tg_layer_norm(ctx, x, w4, NULL, 1e-5), t0, "tg_layer_norm", "weight [4] must be [D] = [5]",
         "x [2,5]");
-    bad(tg_layer_norm(ctx, x, w5, w4, 1e-5), t0, "tg_layer_norm", "bias [4] must be [D] = [5]", NULL);
+    bad(tg_layer_norm(ctx, x, w5, w4, 1e-5), t0, "tg_layer_norm", "bias [4] must be [D] = [5]",
+        NULL);
     bad(tg_layer_norm(ctx, x, rand2(ctx, TG_F64, 1, 5, 0, 1), NULL, 1e-5), t0, "tg_layer_norm",
         "weight [1,5]", NULL);
     bad(tg_layer_norm(ctx, x, w5f, NULL, 1e-5), t0, "tg_layer_norm", "f32", NULL);
@@ -647,11 +659,13 @@ Test(norm, batch_norm_bad_arguments_change_nothing)
     tg_tensor *r2 = rand1(ctx, TG_F64, 2, 0, 1);
     int64_t t0 = tg_tape_len(ctx);
     const char *fn = "tg_batch_norm";
-    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0, 1), rm, rv, w3, NULL, 1, 0.1, 1e-5),
+    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0, 1), rm, rv, w3, NULL, 1, 0.1,
+                      1e-5),
         t0, fn, "x [2,3,4]", "must be [N,C] or [N,C,H,W]");
-    bad(tg_batch_norm(ctx, x, rm, rv, w2, NULL, 1, 0.1, 1e-5), t0, fn, "weight [2] must be [C] = [3]",
-        "x [2,3,2,2]");
-    bad(tg_batch_norm(ctx, x, rm, rv, w3, w2, 1, 0.1, 1e-5), t0, fn, "bias [2] must be [C] = [3]", NULL);
+    bad(tg_batch_norm(ctx, x, rm, rv, w2, NULL, 1, 0.1, 1e-5), t0, fn,
+        "weight [2] must be [C] = [3]", "x [2,3,2,2]");
+    bad(tg_batch_norm(ctx, x, rm, rv, w3, w2, 1, 0.1, 1e-5), t0, fn, "bias [2] must be [C] = [3]",
+        NULL);
     bad(tg_batch_norm(ctx, x, r2, rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
         "running_mean [2] must be [C] = [3]", NULL);
     bad(tg_batch_norm(ctx, x, rm, r2, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
@@ -663,10 +677,11 @@ Test(norm, batch_norm_bad_arguments_change_nothing)
     bad(tg_batch_norm(ctx, x, rm, rv, w3, NULL, 1, 0.1, -1), t0, fn, "eps must be >= 0", "-1");
     bad(tg_batch_norm(ctx, x, rm, rv, w3, NULL, 1, 1.5, 1e-5), t0, fn, "momentum must be in [0, 1]",
         "1.5");
-    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){2, {1, 3}}, 0, 1), rm, rv, NULL, NULL, 1, 0.1, 1e-5),
+    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){2, {1, 3}}, 0, 1), rm, rv, NULL, NULL, 1, 0.1,
+                      1e-5),
         t0, fn, "more than 1 value per channel", "x is [1,3]");
-    bad(tg_batch_norm(ctx, x, convert(ctx, rm, TG_F32), rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn, "f32",
-        NULL);
+    bad(tg_batch_norm(ctx, x, convert(ctx, rm, TG_F32), rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
+        "f32", NULL);
     cr_assert_eq(tg_hash(rm), hm, "running_mean changed by a failing call");
     cr_assert_eq(tg_hash(rv), hv, "running_var changed by a failing call");
     /* and a valid call does change them */
