@@ -59,6 +59,26 @@ static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const
     return *node != NULL || !tgi_should_record(ctx, in, n);
 }
 
+/* Work split over threads: fn(arg, u0, u1) on contiguous ranges of units
+ * [0, units), one range per thread, the thread count from the op's total
+ * work in elements (one range below tgi_threads_for's threshold). The
+ * kernels make each unit's result independent of the split, so the bits do
+ * not depend on the thread count. */
+typedef void (*range_fn)(const void *arg, int64_t u0, int64_t u1);
+static void run_ranges(tg_ctx *ctx, int64_t work, int64_t units, range_fn fn, const void *arg)
+{
+    int nt = work < TGI_PAR_MIN ? 1 : tgi_threads_for(ctx, work);
+    if (nt > units) nt = (int)units;
+    if (nt <= 1) {
+        if (units > 0) fn(arg, 0, units);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int t = 0; t < nt; t++) fn(arg, units * t / nt, units * (t + 1) / nt);
+}
+
 /* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
 static int check_eps(tg_ctx *ctx, const char *fn, double eps)
 {
@@ -198,20 +218,48 @@ tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor
         }                                                                              \
     } while (0)
 
-/* Per row: one pass for the statistics, one for y = (x - mean) rstd w + b. */
-AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                                           const tg_tensor *b, double eps, double *saved)
+/* What the row kernels of layer norm read. */
+typedef struct {
+    tg_tensor *y;
+    const tg_tensor *x, *w, *b;
+    double eps;
+    double *saved;          /* mean, rstd per row */
+    const void *dy;         /* backward: the output's gradient */
+    void *dx;               /* backward: x's gradient, or NULL */
+    double *acc;            /* backward: per block of ROW_BLOCK rows, the dw then db sums [2 D] */
+    int64_t d, rows;
+} ln_args;
+
+/* Rows whose dw and db sums layer norm's backward keeps together: a fixed
+ * block, so how the rows are split over threads does not change the bits. */
+#define ROW_BLOCK 256
+
+static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1);
+
+/* Rows split over threads; each row independent. */
+static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                               const tg_tensor *b, double eps, double *saved)
 {
-    const int64_t d = x->ndim ? x->shape[x->ndim - 1] : 1, rows = d > 0 ? x->numel / d : 0;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *restrict pw = w ? w->data : NULL, *restrict pb = b ? b->data : NULL;
-        for (int64_t r = 0; r < rows; r++) {
-            const T *restrict xr = (const T *)x->data + r * d;
-            T *restrict yr = (T *)y->data + r * d;
+    const int64_t d = x->shape[x->ndim - 1], rows = d > 0 ? x->numel / d : 0;
+    const ln_args a = {.y = y, .x = x, .w = w, .b = b, .eps = eps, .saved = saved, .d = d};
+    run_ranges(x->ctx, x->numel, rows, layer_norm_rows, &a);
+}
+
+/* Rows [r0, r1): one pass for the statistics, one for y = (x - mean) rstd w + b. */
+AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
+{
+    const ln_args *a = arg;
+    const int64_t d = a->d;
+    double *saved = a->saved;
+    TGI_FLOAT_DISPATCH(a->x->dtype, {
+        const T *restrict pw = a->w ? a->w->data : NULL, *restrict pb = a->b ? a->b->data : NULL;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict xr = (const T *)a->x->data + r * d;
+            T *restrict yr = (T *)a->y->data + r * d;
             const double k = (double)xr[0];
             double s1, s2, mean, rstd;
             ROW_SUMS(xr, d, k, s1, s2);
-            stats_from_sums(k, s1, s2, (double)d, eps, &mean, &rstd, NULL);
+            stats_from_sums(k, s1, s2, (double)d, a->eps, &mean, &rstd, NULL);
             if (saved) {
                 saved[2 * r] = mean;
                 saved[2 * r + 1] = rstd;
@@ -231,36 +279,55 @@ AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, con
     });
 }
 
+static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1);
+
 /* d y/dx = rstd (I - 1/D - xh xh^T / D) diag(w);  d y/dw = xh;  d y/db = 1 */
-AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
+static void layer_norm_backward(tg_op_call *c)
 {
     const tgi_attr *at = tgi_node_attr(c);
-    const int64_t rows = at->i[0], d = at->i[1];
+    const int64_t rows = at->i[0], d = at->i[1], blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
     tg_tensor *x = c->in[0], *w = at->i[2] ? c->in[at->i[2]] : NULL;
     tg_tensor *b = at->i[3] ? c->in[at->i[3]] : NULL;
-    const double *saved = c->saved;
     const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
     if (!c->out->grad || rows == 0 || !(need_x || need_w || need_b)) return;
-    /* column sums of dy xh and dy over the rows, in double */
-    double *acc_w = NULL, *acc_b = NULL;
-    if (need_w || need_b) {
-        acc_w = tg_scratch(c->ctx, (size_t)d * 2 * sizeof(double));
-        if (!acc_w) return;
-        acc_b = acc_w + d;
-        memset(acc_w, 0, (size_t)d * 2 * sizeof(double));
+    ln_args a = {.x = x, .w = w, .saved = c->saved, .dy = c->out->grad, .d = d, .rows = rows};
+    if (need_w || need_b) { /* per-block column sums of dy xh and dy, then their total */
+        a.acc = tg_scratch(c->ctx, (size_t)(blocks + 1) * 2 * (size_t)d * sizeof(double));
+        if (!a.acc) return;
+        memset(a.acc, 0, (size_t)blocks * 2 * (size_t)d * sizeof(double));
     }
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *restrict dy = c->out->grad;
-        const T *restrict pw = w ? w->data : NULL;
-        T *restrict dx = need_x ? tg_grad_acc(x) : NULL;
-        if (need_x && !dx) return;
-        for (int64_t r = 0; r < rows; r++) {
-            const T *restrict xr = (const T *)x->data + r * d, *restrict dyr = dy + r * d;
+    if (need_x && !(a.dx = tg_grad_acc(x))) return;
+    run_ranges(c->ctx, x->numel, blocks, layer_norm_backward_blocks, &a);
+    if (!a.acc) return;
+    double *total = a.acc + blocks * 2 * d;
+    for (int64_t j = 0; j < 2 * d; j++) {
+        double t = 0;
+        for (int64_t k = 0; k < blocks; k++) t += a.acc[k * 2 * d + j];
+        total[j] = t;
+    }
+    if (need_w) grad_add_sums(w, total);
+    if (need_b) grad_add_sums(b, total + d);
+}
+
+/* Blocks [b0, b1) of ROW_BLOCK rows: per row one pass for sum g, sum g xh
+ * (g = dy w) and the block's column sums, one for dx. */
+AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
+{
+    const ln_args *a = arg;
+    const int64_t d = a->d;
+    const double *saved = a->saved;
+    TGI_FLOAT_DISPATCH(a->x->dtype, {
+        const T *restrict dy = a->dy;
+        const T *restrict pw = a->w ? a->w->data : NULL;
+        T *restrict dx = a->dx;
+        const int64_t r1 = b1 * ROW_BLOCK < a->rows ? b1 * ROW_BLOCK : a->rows;
+        for (int64_t r = b0 * ROW_BLOCK; r < r1; r++) {
+            double *restrict acc_w = a->acc ? a->acc + (r / ROW_BLOCK) * 2 * d : NULL;
+            double *restrict acc_b = acc_w ? acc_w + d : NULL;
+            const T *restrict xr = (const T *)a->x->data + r * d, *restrict dyr = dy + r * d;
             const double mean = saved[2 * r], rstd = saved[2 * r + 1];
-            /* one pass: sg = sum g, sgx = sum g xh (g = dy w), and the column
-             * sums of dy xh and dy into acc_w, acc_b */
             const v4d mv = {mean, mean, mean, mean}, rv = {rstd, rstd, rstd, rstd};
-            v4d a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
+            v4d a1 = {0}, a2 = {0}, c1 = {0}, c2 = {0};
             int64_t j = 0;
             for (; j + LANES <= d; j += LANES) {
                 const v4d dy0 = LOAD4(dyr + j), dy1 = LOAD4(dyr + j + 4);
@@ -269,8 +336,8 @@ AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
                 const v4d g1 = pw ? dy1 * LOAD4(pw + j + 4) : dy1;
                 a1 += g0;
                 a2 += g0 * xh0;
-                b1 += g1;
-                b2 += g1 * xh1;
+                c1 += g1;
+                c2 += g1 * xh1;
                 if (acc_w) {
                     STORE4(acc_w + j, *(const v4d_mem *)(acc_w + j) + dy0 * xh0);
                     STORE4(acc_w + j + 4, *(const v4d_mem *)(acc_w + j + 4) + dy1 * xh1);
@@ -278,7 +345,7 @@ AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
                     STORE4(acc_b + j + 4, *(const v4d_mem *)(acc_b + j + 4) + dy1);
                 }
             }
-            double sg = HSUM8(a1, b1), sgx = HSUM8(a2, b2);
+            double sg = HSUM8(a1, c1), sgx = HSUM8(a2, c2);
             for (; j < d; j++) {
                 const double dyj = (double)dyr[j], xh = ((double)xr[j] - mean) * rstd;
                 const double g = pw ? dyj * (double)pw[j] : dyj;
@@ -301,8 +368,6 @@ AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
                     dxr[jj] += rs * (dyr[jj] - mg - ((xr[jj] - kt) - m1) * rs * mgx);
         }
     });
-    if (need_w) grad_add_sums(w, acc_w);
-    if (need_b) grad_add_sums(b, acc_b);
 }
 
 /* ======================================================================== */

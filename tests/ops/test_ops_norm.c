@@ -229,17 +229,24 @@ Test(norm, layer_norm_gradcheck_every_input)
         }
 }
 
-Test(norm, layer_norm_matches_pytorch)
+/* y = layer_norm(x, w, b) with all three requiring grad, then backward from
+ * sum(r * y); returns y */
+static tg_tensor *ln_with_grads(tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_tensor *r)
 {
-    tg_tensor *x = formula_x(TG_F64, (shp){2, {3, 5}}, 0);
-    tg_tensor *w = formula(TG_F64, (shp){1, {5}}, fw), *b = formula(TG_F64, (shp){1, {5}}, fb);
-    tg_tensor *r = formula(TG_F64, (shp){2, {3, 5}}, fr);
     tg_set_requires_grad(x, 1);
     tg_set_requires_grad(w, 1);
     tg_set_requires_grad(b, 1);
     tg_tensor *y = tg_layer_norm(ctx, x, w, b, 1e-5);
     tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, r)));
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    return y;
+}
+
+Test(norm, layer_norm_matches_pytorch)
+{
+    tg_tensor *x = formula_x(TG_F64, (shp){2, {3, 5}}, 0);
+    tg_tensor *w = formula(TG_F64, (shp){1, {5}}, fw), *b = formula(TG_F64, (shp){1, {5}}, fb);
+    tg_tensor *y = ln_with_grads(x, w, b, formula(TG_F64, (shp){2, {3, 5}}, fr));
     assert_close(y, LN_Y, 15, 1e-13, 0, "y");
     assert_close(x, LN_DX, 15, 1e-12, 1, "dx");
     assert_close(w, LN_DW, 5, 1e-12, 1, "dw");
@@ -343,6 +350,32 @@ Test(norm, backward_adds_into_gradients)
         gradcheck_ok(ctx, fns[k], NULL, in, 3, k ? "batch_norm + x" : "layer_norm + x");
         tg_reset(ctx);
     }
+}
+
+/* layer norm splits rows over threads (forward) and blocks of rows
+ * (backward): 1 and 2 threads give the same bits */
+Test(norm, layer_norm_same_bits_on_1_and_2_threads)
+{
+    /* 90300 elements: above the threading threshold; f64, where a different
+     * order of the double sums would show */
+    const int64_t sh[2] = {300, 301};
+    uint64_t h[2][4];
+    for (int k = 0; k < 2; k++) {
+        tg_reset(ctx);
+        tg_seed(ctx, 4);
+        tg_set_threads(ctx, k + 1);
+        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {sh[0], sh[1]}}, -2, 2);
+        tg_tensor *w = rand1(ctx, TG_F64, sh[1], 0.5, 1.5), *b = rand1(ctx, TG_F64, sh[1], -1, 1);
+        tg_tensor *y = ln_with_grads(x, w, b, rnd(ctx, TG_F64, (shp){2, {sh[0], sh[1]}}, -1, 1));
+        tg_tensor *gx = tg_from(ctx, TG_F64, 2, sh, tg_grad(x));
+        tg_tensor *gw = tg_from(ctx, TG_F64, 1, &sh[1], tg_grad(w));
+        tg_tensor *gb = tg_from(ctx, TG_F64, 1, &sh[1], tg_grad(b));
+        h[k][0] = tg_hash(y);
+        h[k][1] = tg_hash(gx);
+        h[k][2] = tg_hash(gw);
+        h[k][3] = tg_hash(gb);
+    }
+    for (int i = 0; i < 4; i++) cr_assert_eq(h[0][i], h[1][i], "result %d differs", i);
 }
 
 /* ---- batch norm ----------------------------------------------------------- */
