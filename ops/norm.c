@@ -16,7 +16,12 @@
  * reductions run on 4 doubles at a time (GCC vector types, as
  * src/kernels/vmath_generic.c uses), keeping LANES partial sums in a fixed
  * order, so the bits do not depend on the machine's vector width.
- * rstd = 1 / sqrt(var + eps). */
+ * rstd = 1 / sqrt(var + eps).
+ *
+ * Threads. Layer norm splits its rows (forward) and blocks of ROW_BLOCK rows
+ * (backward) over the context's threads (run_ranges); the results do not
+ * depend on the split. Batch norm and dropout run in the caller's thread
+ * (dropout draws its mask in order from the one generator). */
 #include "internal.h"
 
 #include <math.h>
