@@ -81,6 +81,12 @@ static geom geom_load(const tg_op_call *c)
     return geom_of(c->in[0], a->i[0], a->i[1], a->i[2], a->i[3]);
 }
 
+/* A 1x1 convolution with stride 1 and no padding needs no unfolding: col_n is x_n. */
+static int is_pointwise(const geom *g)
+{
+    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->p == 0;
+}
+
 /* x must be 4-D [N,C,H,W]; records "<fn>: x must be 4-D [N,C,H,W], got [..]" */
 static int check_nchw(tg_ctx *ctx, const char *fn, const tg_tensor *x)
 {
@@ -173,7 +179,8 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
     *lo = a, *hi = b;
 }
 
-/* col [K,P] = unfold(x_n [C,H,W]); zeros where the window leaves the image */
+/* col [K,P] = unfold(x_n [C,H,W]); zeros where the window leaves the image.
+ * Any stride; stride 1 takes IM2COL_S1_BODY instead. */
 #define IM2COL_BODY(T)                                                                    \
     for (int64_t ch = 0; ch < g->c; ch++)                                                 \
         for (int64_t i = 0; i < g->kh; i++)                                               \
@@ -183,18 +190,41 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
                 int64_t oh0, oh1, ow0, ow1;                                               \
                 valid_range(g->h, g->ho, g->s, i - g->p, &oh0, &oh1);                     \
                 valid_range(g->w, g->wo, g->s, j - g->p, &ow0, &ow1);                     \
-                memset(row, 0, (size_t)(oh0 * g->wo) * sizeof(T));                       \
+                for (int64_t q = 0; q < oh0 * g->wo; q++) row[q] = 0;                     \
                 for (int64_t oh = oh0; oh < oh1; oh++) {                                  \
                     T *r = row + oh * g->wo;                                              \
                     const T *xr = plane + (oh * g->s + i - g->p) * g->w + j - g->p;       \
                     for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                       \
-                    if (g->s == 1)                                                        \
-                        memcpy(r + ow0, xr + ow0, (size_t)(ow1 - ow0) * sizeof(T));       \
-                    else                                                                  \
-                        for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * g->s];     \
+                    for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * g->s];         \
                     for (int64_t ow = ow1; ow < g->wo; ow++) r[ow] = 0;                   \
                 }                                                                         \
-                memset(row + oh1 * g->wo, 0, (size_t)((g->ho - oh1) * g->wo) * sizeof(T)); \
+                for (int64_t q = oh1 * g->wo; q < g->ho * g->wo; q++) row[q] = 0;         \
+            }
+
+/* Stride 1: the image is first copied into the interior of pad [C,H+2p,W+2p],
+ * whose border the caller zeroed once (it stays zero). Then every output row
+ * of every column row is wo contiguous elements of pad, copied as whole
+ * chunks of COPY_CHUNK elements: a copy may run past its row's end, and the
+ * next row's copy (written later, further on) overwrites the excess. So col
+ * needs COPY_CHUNK ceil(wo / COPY_CHUNK) elements of slack at its end, and
+ * pad as many (read, never used). */
+#define COPY_CHUNK 16
+#define IM2COL_S1_BODY(T)                                                                 \
+    const int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;                             \
+    const int64_t nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK;                             \
+    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
+        for (int64_t h = 0; h < g->h; h++)                                                \
+            memcpy(pad + (ch * hp + h + g->p) * wp + g->p, x + (ch * g->h + h) * g->w,    \
+                   (size_t)g->w * sizeof(T));                                             \
+    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
+        for (int64_t i = 0; i < g->kh; i++)                                               \
+            for (int64_t j = 0; j < g->kw; j++) {                                         \
+                T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;            \
+                const T *src = pad + (ch * hp + i) * wp + j;                              \
+                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
+                    for (int64_t t = 0; t < nc; t++)                                      \
+                        memcpy(row + oh * g->wo + t * COPY_CHUNK,                         \
+                               src + oh * wp + t * COPY_CHUNK, COPY_CHUNK * sizeof(T));   \
             }
 
 /* dx_n [C,H,W] += fold(col [K,P]): the transpose of im2col */
@@ -217,30 +247,77 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
                 }                                                                         \
             }
 
-static void im2col_f32(float *restrict col, const float *restrict x, const geom *g)
+/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef AVX2_CLONES
+#define AVX2_CLONES
+#endif
+
+AVX2_CLONES static void im2col_f32(float *restrict col, float *restrict pad, const float *restrict x,
+                       const geom *g)
 {
-    IM2COL_BODY(float)
+    if (g->s == 1) {
+        IM2COL_S1_BODY(float)
+    } else {
+        IM2COL_BODY(float)
+    }
 }
-static void im2col_f64(double *restrict col, const double *restrict x, const geom *g)
+AVX2_CLONES static void im2col_f64(double *restrict col, double *restrict pad, const double *restrict x,
+                       const geom *g)
 {
-    IM2COL_BODY(double)
+    if (g->s == 1) {
+        IM2COL_S1_BODY(double)
+    } else {
+        IM2COL_BODY(double)
+    }
 }
-static void col2im_f32(float *restrict dx, const float *restrict col, const geom *g)
+AVX2_CLONES static void col2im_f32(float *restrict dx, const float *restrict col, const geom *g)
 {
     COL2IM_BODY(float)
 }
-static void col2im_f64(double *restrict dx, const double *restrict col, const geom *g)
+AVX2_CLONES static void col2im_f64(double *restrict dx, const double *restrict col, const geom *g)
 {
     COL2IM_BODY(double)
 }
-#define IM2COL(col, x, g) _Generic((col), float *: im2col_f32, double *: im2col_f64)(col, x, g)
+#define IM2COL(col, pad, x, g)                                                            \
+    _Generic((col), float *: im2col_f32, double *: im2col_f64)(col, pad, x, g)
+
+/* The unfolding buffers of one image, from the arena: col [K,P] and, for
+ * stride 1, pad [C,H+2p,W+2p] with its border zeroed (each with the slack
+ * IM2COL_S1_BODY needs). 0, or -1 with the error recorded. */
+static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, void **col, void **pad)
+{
+    const int64_t slack = COPY_CHUNK * ((g->wo + COPY_CHUNK - 1) / COPY_CHUNK);
+    const int64_t k = g->c * g->kh * g->kw, np = g->ho * g->wo;
+    *col = tg_scratch(ctx, (size_t)(k * np + slack) * esize);
+    *pad = NULL;
+    if (!*col) return -1;
+    if (g->s != 1) return 0;
+    const size_t pbytes = (size_t)(g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p) + slack) * esize;
+    *pad = tg_scratch(ctx, pbytes);
+    if (!*pad) return -1;
+    memset(*pad, 0, pbytes);
+    return 0;
+}
 #define COL2IM(dx, col, g) _Generic((dx), float *: col2im_f32, double *: col2im_f64)(dx, col, g)
 
-/* A 1x1 convolution with stride 1 and no padding needs no unfolding: col_n is x_n. */
-static int is_pointwise(const geom *g)
-{
-    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->p == 0;
-}
+/* sum of r[0..n) in double, in 8 interleaved partial sums (vectorised; the
+ * order is fixed, so the bits are too) */
+#define PLANE_SUM_BODY                                                                    \
+    double acc[8] = {0};                                                                  \
+    int64_t q = 0;                                                                        \
+    for (; q + 8 <= n; q += 8)                                                            \
+        for (int j = 0; j < 8; j++) acc[j] += (double)r[q + j];                           \
+    for (; q < n; q++) acc[0] += (double)r[q];                                            \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+
+AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
+AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
+#define PLANE_SUM(r, n) _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
 
 /* y_n = b (broadcast over the plane), then y_n += W col_n, image by image */
 static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
@@ -252,22 +329,19 @@ static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
     /* the columns live only during this call: the arena is rewound after it
      * (the output was allocated before them) */
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *colv = NULL;
-    if (!pw) {
-        colv = tg_scratch(ctx, (size_t)(k * np) * tgi_dtype_size(x->dtype) + TG_ALIGN);
-        if (!colv) return -1;
-    }
+    void *colv = NULL, *padv = NULL;
+    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), &colv, &padv) != 0) return -1;
     int rc = 0;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b ? (const T *)b->data : NULL;
-        T *y = out->data, *col = colv;
+        T *y = out->data, *col = colv, *pad = padv;
         for (int64_t n = 0; n < g->n && rc == 0; n++) {
             const T *xn = xd + n * g->c * g->h * g->w;
             T *yn = y + n * o * np;
             if (bd)
                 for (int64_t oc = 0; oc < o; oc++)
                     for (int64_t q = 0; q < np; q++) yn[oc * np + q] = bd[oc];
-            if (!pw) IM2COL(col, xn, g);
+            if (!pw) IM2COL(col, pad, xn, g);
             rc = gemm(ctx, "tg_conv2d", x->dtype, 0, 0, o, np, k, w->data, k, pw ? xn : col, np,
                       bd != NULL, yn, np);
         }
@@ -299,19 +373,18 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     /* the gradient buffers exist before the columns, which are given back at the end */
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *colv = NULL;
-    if (!pw && (dwv || dxv)) {
-        colv = tg_scratch(ctx, (size_t)(k * np) * tgi_dtype_size(x->dtype) + TG_ALIGN);
-        if (!colv) return;
-    }
+    void *colv = NULL, *padv = NULL;
+    if (!pw && (dwv || dxv) &&
+        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), &colv, &padv) != 0)
+        return;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *dy = dyv;
-        T *col = colv, *dx = dxv, *dbt = dbv;
+        T *col = colv, *pad = padv, *dx = dxv, *dbt = dbv;
         for (int64_t n = 0; n < g.n; n++) {
             const T *xn = xd + n * g.c * g.h * g.w, *dyn = dy + n * o * np;
             T *dxn = dx ? dx + n * g.c * g.h * g.w : NULL;
             if (dwv) { /* [O,K] += [O,P] ([K,P] stored, read as its transpose) */
-                if (!pw) IM2COL(col, xn, &g);
+                if (!pw) IM2COL(col, pad, xn, &g);
                 if (gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col, np,
                          1, dwv, k) != 0)
                     return;
@@ -332,10 +405,7 @@ static void conv2d_backward(tg_op_call *c)
         if (dbt) /* images in order, each channel's plane summed in double */
             for (int64_t oc = 0; oc < o; oc++) {
                 double s = 0.0;
-                for (int64_t n = 0; n < g.n; n++) {
-                    const T *r = dy + (n * o + oc) * np;
-                    for (int64_t q = 0; q < np; q++) s += (double)r[q];
-                }
+                for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
                 dbt[oc] += (T)s;
             }
     });
@@ -426,31 +496,78 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
     return out;
 }
 
-/* y = the window's first maximum; arg (may be NULL) its index in the plane */
+/* v replaces the running maximum m: larger, or the first NaN (a NaN stays) */
+#define MAX_TAKES(v, m) ((v) > (m) || ((v) != (v) && (m) == (m)))
+
+/* The 2x2, stride 2 windows of one plane (the common case), without
+ * branches: y[oh,ow] and the index in the plane of its first maximum. */
+#define MAX_POOL_2X2_BODY(T)                                                              \
+    for (int64_t oh = 0; oh < g->ho; oh++) {                                              \
+        const T *r0 = xp + 2 * oh * g->w, *r1 = r0 + g->w;                                \
+        T *yr = y + oh * g->wo;                                                           \
+        int32_t *ar = arg ? arg + oh * g->wo : NULL;                                      \
+        const int32_t base = (int32_t)(2 * oh * g->w), w = (int32_t)g->w;                 \
+        for (int64_t ow = 0; ow < g->wo; ow++) {                                          \
+            const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1]; \
+            const int32_t k0 = base + 2 * (int32_t)ow;                                    \
+            T m = a;                                                                      \
+            int32_t k = k0;                                                               \
+            const int tb = MAX_TAKES(b, m);                                               \
+            m = tb ? b : m, k = tb ? k0 + 1 : k;                                          \
+            const int tc = MAX_TAKES(c, m);                                               \
+            m = tc ? c : m, k = tc ? k0 + w : k;                                          \
+            const int td = MAX_TAKES(d, m);                                               \
+            m = td ? d : m, k = td ? k0 + w + 1 : k;                                      \
+            yr[ow] = m;                                                                   \
+            if (ar) ar[ow] = k;                                                           \
+        }                                                                                 \
+    }
+
+/* Any window: a row-major scan of each window */
+#define MAX_POOL_ANY_BODY(T)                                                              \
+    for (int64_t oh = 0; oh < g->ho; oh++)                                                \
+        for (int64_t ow = 0; ow < g->wo; ow++) {                                          \
+            int64_t best = oh * g->s * g->w + ow * g->s;                                  \
+            T m = xp[best];                                                               \
+            for (int64_t i = 0; i < g->kh; i++) {                                         \
+                const int64_t r = (oh * g->s + i) * g->w + ow * g->s;                     \
+                for (int64_t j = 0; j < g->kw; j++)                                       \
+                    if (MAX_TAKES(xp[r + j], m)) m = xp[r + j], best = r + j;             \
+            }                                                                             \
+            y[oh * g->wo + ow] = m;                                                       \
+            if (arg) arg[oh * g->wo + ow] = (int32_t)best;                                \
+        }
+
+static void max_pool_plane_f32(float *restrict y, int32_t *restrict arg,
+                               const float *restrict xp, const geom *g)
+{
+    if (g->kh == 2 && g->kw == 2 && g->s == 2) {
+        MAX_POOL_2X2_BODY(float)
+    } else {
+        MAX_POOL_ANY_BODY(float)
+    }
+}
+static void max_pool_plane_f64(double *restrict y, int32_t *restrict arg,
+                               const double *restrict xp, const geom *g)
+{
+    if (g->kh == 2 && g->kw == 2 && g->s == 2) {
+        MAX_POOL_2X2_BODY(double)
+    } else {
+        MAX_POOL_ANY_BODY(double)
+    }
+}
+#define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
+    _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
+
+/* y = each window's first maximum; arg (may be NULL) its index in the plane */
 static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int32_t *arg)
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data;
         T *y = out->data;
-        for (int64_t pl = 0; pl < planes; pl++) {
-            const T *xp = xd + pl * hw;
-            for (int64_t oh = 0; oh < g->ho; oh++)
-                for (int64_t ow = 0; ow < g->wo; ow++) {
-                    int64_t best = oh * g->s * g->w + ow * g->s;
-                    T m = xp[best];
-                    for (int64_t i = 0; i < g->kh; i++) {
-                        const int64_t r = (oh * g->s + i) * g->w + ow * g->s;
-                        for (int64_t j = 0; j < g->kw; j++) {
-                            const T v = xp[r + j];
-                            if (v > m || (isnan(v) && !isnan(m))) m = v, best = r + j;
-                        }
-                    }
-                    const int64_t q = pl * np + oh * g->wo + ow;
-                    y[q] = m;
-                    if (arg) arg[q] = (int32_t)best;
-                }
-        }
+        for (int64_t pl = 0; pl < planes; pl++)
+            MAX_POOL_PLANE(y + pl * np, arg ? arg + pl * np : NULL, xd + pl * hw, g);
     });
 }
 
