@@ -247,6 +247,38 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
                 }                                                                         \
             }
 
+/* Stride 1: the transpose of IM2COL_S1_BODY. The column rows are added in
+ * whole chunks (a fixed-length loop the compiler vectorises, the elements past
+ * the row's end masked to 0) into dpad [C,H+2p,wq], zeroed here, whose rows are
+ * wq = kw - 1 + COPY_CHUNK ceil(wo / COPY_CHUNK) wide so that a chunk never
+ * leaves its row. The interior of dpad is then added into dx. */
+#define COL2IM_S1_BODY(T)                                                                 \
+    const int64_t hp = g->h + 2 * g->p, nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK;       \
+    const int64_t wq = g->kw - 1 + COPY_CHUNK * nc;                                       \
+    memset(dpad, 0, (size_t)(g->c * hp * wq) * sizeof(T));                                \
+    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
+        for (int64_t i = 0; i < g->kh; i++)                                               \
+            for (int64_t j = 0; j < g->kw; j++) {                                         \
+                const T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;      \
+                T *dst = dpad + (ch * hp + i) * wq + j;                                   \
+                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
+                    for (int64_t t = 0; t < nc; t++) {                                    \
+                        T *d = dst + oh * wq + t * COPY_CHUNK;                            \
+                        const T *r = row + oh * g->wo + t * COPY_CHUNK;                   \
+                        const int64_t rem = g->wo - t * COPY_CHUNK;                       \
+                        for (int e = 0; e < COPY_CHUNK; e++) {                            \
+                            const T v = r[e]; /* read unconditionally: a blend, no branch */ \
+                            d[e] += e < rem ? v : (T)0;                                   \
+                        }                                                                 \
+                    }                                                                     \
+            }                                                                             \
+    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
+        for (int64_t h = 0; h < g->h; h++) {                                              \
+            T *xr = dx + (ch * g->h + h) * g->w;                                          \
+            const T *pr = dpad + (ch * hp + h + g->p) * wq + g->p;                        \
+            for (int64_t w = 0; w < g->w; w++) xr[w] += pr[w];                            \
+        }
+
 /* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
 #if defined(__x86_64__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
@@ -275,35 +307,53 @@ AVX2_CLONES static void im2col_f64(double *restrict col, double *restrict pad, c
         IM2COL_BODY(double)
     }
 }
-AVX2_CLONES static void col2im_f32(float *restrict dx, const float *restrict col, const geom *g)
+AVX2_CLONES static void col2im_f32(float *restrict dx, float *restrict dpad,
+                                   const float *restrict col, const geom *g)
 {
-    COL2IM_BODY(float)
+    if (g->s == 1) {
+        COL2IM_S1_BODY(float)
+    } else {
+        COL2IM_BODY(float)
+    }
 }
-AVX2_CLONES static void col2im_f64(double *restrict dx, const double *restrict col, const geom *g)
+AVX2_CLONES static void col2im_f64(double *restrict dx, double *restrict dpad,
+                                   const double *restrict col, const geom *g)
 {
-    COL2IM_BODY(double)
+    if (g->s == 1) {
+        COL2IM_S1_BODY(double)
+    } else {
+        COL2IM_BODY(double)
+    }
 }
 #define IM2COL(col, pad, x, g)                                                            \
     _Generic((col), float *: im2col_f32, double *: im2col_f64)(col, pad, x, g)
 
 /* The unfolding buffers of one image, from the arena: col [K,P] and, for
  * stride 1, pad [C,H+2p,W+2p] with its border zeroed (each with the slack
- * IM2COL_S1_BODY needs). 0, or -1 with the error recorded. */
-static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, void **col, void **pad)
+ * IM2COL_S1_BODY needs, zeroed) and, with fold set, dpad for COL2IM_S1_BODY.
+ * 0, or -1 with the error recorded. */
+static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, int fold, void **col,
+                          void **pad, void **dpad)
 {
-    const int64_t slack = COPY_CHUNK * ((g->wo + COPY_CHUNK - 1) / COPY_CHUNK);
-    const int64_t k = g->c * g->kh * g->kw, np = g->ho * g->wo;
+    const int64_t nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK, slack = COPY_CHUNK * nc;
+    const int64_t k = g->c * g->kh * g->kw, np = g->ho * g->wo, hp = g->h + 2 * g->p;
     *col = tg_scratch(ctx, (size_t)(k * np + slack) * esize);
-    *pad = NULL;
+    *pad = *dpad = NULL;
     if (!*col) return -1;
+    memset((char *)*col + (size_t)(k * np) * esize, 0, (size_t)slack * esize);
     if (g->s != 1) return 0;
-    const size_t pbytes = (size_t)(g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p) + slack) * esize;
+    const size_t pbytes = (size_t)(g->c * hp * (g->w + 2 * g->p) + slack) * esize;
     *pad = tg_scratch(ctx, pbytes);
     if (!*pad) return -1;
     memset(*pad, 0, pbytes);
+    if (fold) {
+        *dpad = tg_scratch(ctx, (size_t)(g->c * hp * (g->kw - 1 + slack)) * esize);
+        if (!*dpad) return -1;
+    }
     return 0;
 }
-#define COL2IM(dx, col, g) _Generic((dx), float *: col2im_f32, double *: col2im_f64)(dx, col, g)
+#define COL2IM(dx, dpad, col, g)                                                          \
+    _Generic((dx), float *: col2im_f32, double *: col2im_f64)(dx, dpad, col, g)
 
 /* sum of r[0..n) in double, in 8 interleaved partial sums (vectorised; the
  * order is fixed, so the bits are too) */
@@ -330,7 +380,9 @@ static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
      * (the output was allocated before them) */
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
     void *colv = NULL, *padv = NULL;
-    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), &colv, &padv) != 0) return -1;
+    void *dpadv = NULL;
+    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), 0, &colv, &padv, &dpadv) != 0)
+        return -1;
     int rc = 0;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b ? (const T *)b->data : NULL;
@@ -373,13 +425,13 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     /* the gradient buffers exist before the columns, which are given back at the end */
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *colv = NULL, *padv = NULL;
+    void *colv = NULL, *padv = NULL, *dpadv = NULL;
     if (!pw && (dwv || dxv) &&
-        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), &colv, &padv) != 0)
+        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), dxv != NULL, &colv, &padv, &dpadv) != 0)
         return;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *dy = dyv;
-        T *col = colv, *pad = padv, *dx = dxv, *dbt = dbv;
+        T *col = colv, *pad = padv, *dpad = dpadv, *dx = dxv, *dbt = dbv;
         for (int64_t n = 0; n < g.n; n++) {
             const T *xn = xd + n * g.c * g.h * g.w, *dyn = dy + n * o * np;
             T *dxn = dx ? dx + n * g.c * g.h * g.w : NULL;
@@ -398,7 +450,7 @@ static void conv2d_backward(tg_op_call *c)
                     if (gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np, 0,
                              col, np) != 0)
                         return;
-                    COL2IM(dxn, col, &g);
+                    COL2IM(dxn, dpad, col, &g);
                 }
             }
         }
