@@ -28,7 +28,9 @@
  *                    evaluation excluded), samples_per_second and
  *                    warm_step_arena_grows (arena growths after the first step:
  *                    0 means a warm training step allocates nothing)
- * Exit status: 0 ok, 1 an error or the accuracy below --min-accuracy, 2 bad arguments.
+ * Exit status: 0 ok; 1 an error, the accuracy below --min-accuracy, or an arena
+ * growth in a training step after the first (a warm step must allocate
+ * nothing); 2 bad arguments.
  */
 #include <errno.h>
 #include <math.h>
@@ -284,6 +286,11 @@ int main(int argc, char **argv)
     if (!(test_acc >= o.min_accuracy)) {
         fprintf(stderr, PROG ": test accuracy %.4f is below --min-accuracy %.4f\n", test_acc,
                 o.min_accuracy);
+        rc = 1;
+    }
+    if (grows_end != grows_after_first) {
+        fprintf(stderr, PROG ": the arena grew %llu times after the first training step\n",
+                (unsigned long long)(grows_end - grows_after_first));
         rc = 1;
     }
 done:
