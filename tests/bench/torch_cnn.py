@@ -11,7 +11,8 @@ so that seconds per epoch can be compared as a ratio measured in the same run:
 
 --limit N trains on the first N training images only (a part of an epoch, to
 time it quickly); seconds_per_epoch is the training time of one pass over those
-N images (evaluation excluded), as in cnn_classifier. With --json the last line
+N images (evaluation excluded), as in cnn_classifier; cpu_seconds_per_epoch the
+same in CPU time (steadier on a shared machine). With --json the last line
 is a JSON object with test_accuracy, train_loss, seconds_per_epoch and
 samples_per_second. Debian's PyTorch does its GEMMs in OpenBLAS, whose own
 thread count is set too.
@@ -91,11 +92,11 @@ def main():
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     n = xtr.shape[0]
-    t_train, train_loss = 0.0, float("nan")
+    t_train, cpu_train, train_loss = 0.0, 0.0, float("nan")
     for e in range(a.epochs):
         perm = torch.randperm(n)
         tot, cnt = 0.0, 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for s in range(0, n, a.batch):
             idx = perm[s:s + a.batch]
             loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
@@ -106,6 +107,7 @@ def main():
             cnt += idx.numel()
         dt = time.perf_counter() - t0
         t_train += dt
+        cpu_train += time.process_time() - c0
         train_loss = tot / cnt
         with torch.no_grad():
             correct, tl = 0, 0.0
@@ -124,6 +126,7 @@ def main():
         print(json.dumps({"side": "pytorch", "test_accuracy": round(acc, 4),
                           "test_loss": round(test_loss, 4), "train_loss": round(train_loss, 4),
                           "seconds_per_epoch": round(spe, 3),
+                          "cpu_seconds_per_epoch": round(cpu_train / a.epochs, 3),
                           "samples_per_second": round(n / spe, 1), "train_samples": n,
                           "threads": a.threads}))
 
