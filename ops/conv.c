@@ -289,42 +289,28 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
 #define AVX2_CLONES
 #endif
 
-AVX2_CLONES static void im2col_f32(float *restrict col, float *restrict pad, const float *restrict x,
-                       const geom *g)
-{
-    if (g->s == 1) {
-        IM2COL_S1_BODY(float)
-    } else {
-        IM2COL_BODY(float)
+/* The unfolding and folding of one image, for T = float and double */
+#define DEFINE_UNFOLD(T, SFX)                                                             \
+    AVX2_CLONES static void im2col_##SFX(T *restrict col, T *restrict pad,                \
+                                         const T *restrict x, const geom *g)              \
+    {                                                                                     \
+        if (g->s == 1) {                                                                  \
+            IM2COL_S1_BODY(T)                                                             \
+        } else {                                                                          \
+            IM2COL_BODY(T)                                                                \
+        }                                                                                 \
+    }                                                                                     \
+    AVX2_CLONES static void col2im_##SFX(T *restrict dx, T *restrict dpad,                \
+                                         const T *restrict col, const geom *g)            \
+    {                                                                                     \
+        if (g->s == 1) {                                                                  \
+            COL2IM_S1_BODY(T)                                                             \
+        } else {                                                                          \
+            COL2IM_BODY(T)                                                                \
+        }                                                                                 \
     }
-}
-AVX2_CLONES static void im2col_f64(double *restrict col, double *restrict pad, const double *restrict x,
-                       const geom *g)
-{
-    if (g->s == 1) {
-        IM2COL_S1_BODY(double)
-    } else {
-        IM2COL_BODY(double)
-    }
-}
-AVX2_CLONES static void col2im_f32(float *restrict dx, float *restrict dpad,
-                                   const float *restrict col, const geom *g)
-{
-    if (g->s == 1) {
-        COL2IM_S1_BODY(float)
-    } else {
-        COL2IM_BODY(float)
-    }
-}
-AVX2_CLONES static void col2im_f64(double *restrict dx, double *restrict dpad,
-                                   const double *restrict col, const geom *g)
-{
-    if (g->s == 1) {
-        COL2IM_S1_BODY(double)
-    } else {
-        COL2IM_BODY(double)
-    }
-}
+DEFINE_UNFOLD(float, f32)
+DEFINE_UNFOLD(double, f64)
 #define IM2COL(col, pad, x, g)                                                            \
     _Generic((col), float *: im2col_f32, double *: im2col_f64)(col, pad, x, g)
 
@@ -590,24 +576,18 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
             if (arg) arg[oh * g->wo + ow] = (int32_t)best;                                \
         }
 
-static void max_pool_plane_f32(float *restrict y, int32_t *restrict arg,
-                               const float *restrict xp, const geom *g)
-{
-    if (g->kh == 2 && g->kw == 2 && g->s == 2) {
-        MAX_POOL_2X2_BODY(float)
-    } else {
-        MAX_POOL_ANY_BODY(float)
+#define DEFINE_MAX_POOL_PLANE(T, SFX)                                                     \
+    static void max_pool_plane_##SFX(T *restrict y, int32_t *restrict arg,                \
+                                     const T *restrict xp, const geom *g)                 \
+    {                                                                                     \
+        if (g->kh == 2 && g->kw == 2 && g->s == 2) {                                      \
+            MAX_POOL_2X2_BODY(T)                                                          \
+        } else {                                                                          \
+            MAX_POOL_ANY_BODY(T)                                                          \
+        }                                                                                 \
     }
-}
-static void max_pool_plane_f64(double *restrict y, int32_t *restrict arg,
-                               const double *restrict xp, const geom *g)
-{
-    if (g->kh == 2 && g->kw == 2 && g->s == 2) {
-        MAX_POOL_2X2_BODY(double)
-    } else {
-        MAX_POOL_ANY_BODY(double)
-    }
-}
+DEFINE_MAX_POOL_PLANE(float, f32)
+DEFINE_MAX_POOL_PLANE(double, f64)
 #define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
     _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
 
