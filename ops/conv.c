@@ -12,8 +12,6 @@
  * Local gradients in full: docs/ops.md, "Convolution and pooling". */
 #include "internal.h"
 
-#include <math.h>
-
 /* ---- helpers shared by the ops ---------------------------------------- */
 
 /* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B) by dtype; -1 with the
@@ -353,7 +351,8 @@ static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, int fold, vo
 
 AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
 AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
-#define PLANE_SUM(r, n) _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
+#define PLANE_SUM(r, n)                                                                   \
+    _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
 
 /* y_n = b (broadcast over the plane), then y_n += W col_n, image by image */
 static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
@@ -367,8 +366,10 @@ static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
     void *colv = NULL, *padv = NULL;
     void *dpadv = NULL;
-    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), 0, &colv, &padv, &dpadv) != 0)
+    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), 0, &colv, &padv, &dpadv) != 0) {
+        tgi_arena_rewind(ctx, mark);
         return -1;
+    }
     int rc = 0;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b ? (const T *)b->data : NULL;
@@ -413,34 +414,29 @@ static void conv2d_backward(tg_op_call *c)
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
     void *colv = NULL, *padv = NULL, *dpadv = NULL;
     if (!pw && (dwv || dxv) &&
-        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), dxv != NULL, &colv, &padv, &dpadv) != 0)
+        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), dxv != NULL, &colv, &padv, &dpadv) != 0) {
+        tgi_arena_rewind(ctx, mark);
         return;
+    }
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *dy = dyv;
         T *col = colv, *pad = padv, *dpad = dpadv, *dx = dxv, *dbt = dbv;
-        for (int64_t n = 0; n < g.n; n++) {
+        int rc = 0; /* a GEMM out of memory (recorded) stops the loop */
+        for (int64_t n = 0; n < g.n && rc == 0; n++) {
             const T *xn = xd + n * g.c * g.h * g.w, *dyn = dy + n * o * np;
             T *dxn = dx ? dx + n * g.c * g.h * g.w : NULL;
             if (dwv) { /* [O,K] += [O,P] ([K,P] stored, read as its transpose) */
                 if (!pw) IM2COL(col, pad, xn, &g);
-                if (gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col, np,
-                         1, dwv, k) != 0)
-                    return;
+                rc = gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col, np,
+                          1, dwv, k);
             }
-            if (dx) { /* [K,P] = ([O,K] stored, read as its transpose) [O,P] */
-                if (pw) {
-                    if (gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np, 1,
-                             dxn, np) != 0)
-                        return;
-                } else {
-                    if (gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np, 0,
-                             col, np) != 0)
-                        return;
-                    COL2IM(dxn, dpad, col, &g);
-                }
+            if (dx && rc == 0) { /* [K,P] = ([O,K] stored, read as its transpose) [O,P] */
+                rc = gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np, pw,
+                          pw ? dxn : col, np); /* 1x1: straight into dx */
+                if (!pw && rc == 0) COL2IM(dxn, dpad, col, &g);
             }
         }
-        if (dbt) /* images in order, each channel's plane summed in double */
+        if (dbt && rc == 0) /* images in order, each channel's plane summed in double */
             for (int64_t oc = 0; oc < o; oc++) {
                 double s = 0.0;
                 for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
