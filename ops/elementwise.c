@@ -1,7 +1,7 @@
 /* ops/elementwise.c: elementwise ops, binary ones with NumPy broadcasting.
  *
  *   binary (broadcasting): tg_add, tg_sub, tg_mul, tg_div
- *   unary:                 tg_scale, tg_neg, tg_exp, tg_log, tg_pow,
+ *   unary:                 tg_scale, tg_neg, tg_exp, tg_log, tg_sqrt, tg_pow,
  *                          tg_identity, tg_step
  *
  * Every op reads top to bottom: public function (checks, output, record,
@@ -256,6 +256,34 @@ static int log_forward(tg_op_call *c)
 static void log_backward(tg_op_call *c)
 {
     TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / u); });
+}
+
+/* ======================================================================== */
+/* tg_sqrt                                                                  */
+/* ======================================================================== */
+
+/* y = sqrt(x), x's shape. dx = dy / (2 y). Saves nothing (reads the output
+ * y). x = 0 gives y = 0 and a gradient of +inf (NaN where dy = 0), x < 0
+ * gives NaN, both as PyTorch. C's correctly rounded sqrt. */
+static int sqrt_forward(tg_op_call *c);
+static void sqrt_backward(tg_op_call *c);
+static const tg_op op_sqrt = {"sqrt", sqrt_forward, sqrt_backward};
+
+tg_tensor *tg_sqrt(tg_ctx *ctx, tg_tensor *x)
+{
+    return tgi_unary(ctx, "tg_sqrt", &op_sqrt, x, NULL);
+}
+
+static int sqrt_forward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, sqrt(u)); });
+    return 0;
+}
+
+/* d sqrt(x)/dx = 1 / (2 sqrt(x)) = 1 / (2 y) */
+static void sqrt_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / (w + w)); });
 }
 
 /* ======================================================================== */
