@@ -237,6 +237,45 @@ static void leaky_relu_backward(tg_op_call *c)
 }
 
 /* ======================================================================== */
+/* tg_gelu                                                                  */
+/* x any shape -> y same shape. y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2,  */
+/* the erf form (F.gelu, approximate='none').                                */
+/* dy/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi). Saves:        */
+/* nothing (reads x). Numerical care: C's erf and exp in the tensor's        */
+/* precision, PyTorch's arrangement; no overflow (e^(-x^2/2) <= 1).          */
+/* ======================================================================== */
+
+#define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
+#define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+
+static int gelu_forward(tg_op_call *c);
+static void gelu_backward(tg_op_call *c);
+static const tg_op op_gelu = {"gelu", gelu_forward, gelu_backward};
+
+tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x)
+{
+    return tgi_unary(ctx, "tg_gelu", &op_gelu, x, NULL);
+}
+
+static int gelu_forward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T r = (T)GELU_SQRT1_2;
+        UNARY_FORWARD(c, u * (T)0.5 * ((T)1 + erf(u * r)));
+    });
+    return 0;
+}
+
+/* d gelu(x)/dx = Phi(x) + x phi(x) */
+static void gelu_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T r = (T)GELU_SQRT1_2, k = (T)GELU_INV_SQRT_2PI;
+        UNARY_BACKWARD(c, g * ((T)0.5 * ((T)1 + erf(u * r)) + u * k * exp((T)-0.5 * u * u)));
+    });
+}
+
+/* ======================================================================== */
 /* tg_softmax (last axis)                                                   */
 /* x [..., C] -> y [..., C]; a 0-dim x is one row of length 1, so y = 1.     */
 /* y_j = e^(x_j - m) / sum_k e^(x_k - m), m the row maximum.                 */

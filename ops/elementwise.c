@@ -1,7 +1,8 @@
 /* ops/elementwise.c: elementwise ops, binary ones with NumPy broadcasting.
  *
  *   binary (broadcasting): tg_add, tg_sub, tg_mul, tg_div
- *   unary:                 tg_scale, tg_neg, tg_exp, tg_log, tg_sqrt, tg_pow,
+ *   unary:                 tg_scale, tg_neg, tg_exp, tg_log, tg_sqrt, tg_abs,
+ *                          tg_clamp, tg_pow,
  *                          tg_identity, tg_step
  *
  * Every op reads top to bottom: public function (checks, output, record,
@@ -284,6 +285,75 @@ static int sqrt_forward(tg_op_call *c)
 static void sqrt_backward(tg_op_call *c)
 {
     TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / (w + w)); });
+}
+
+/* ======================================================================== */
+/* tg_abs                                                                   */
+/* ======================================================================== */
+
+/* y = |x|, x's shape. dx = dy sign(x), 0 at x = 0 (and for NaN), as
+ * PyTorch. Saves nothing (reads x). */
+static int abs_forward(tg_op_call *c);
+static void abs_backward(tg_op_call *c);
+static const tg_op op_abs = {"abs", abs_forward, abs_backward};
+
+tg_tensor *tg_abs(tg_ctx *ctx, tg_tensor *x)
+{
+    return tgi_unary(ctx, "tg_abs", &op_abs, x, NULL);
+}
+
+static int abs_forward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, fabs(u)); });
+    return 0;
+}
+
+/* d |x|/dx = sign(x) (0 at 0) */
+static void abs_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, u > 0 ? g : u < 0 ? -g : (T)0); });
+}
+
+/* ======================================================================== */
+/* tg_clamp                                                                 */
+/* ======================================================================== */
+
+/* y = min(max(x, lo), hi), x's shape (torch.clamp). dx = dy where lo <= x <=
+ * hi (both ends included, as PyTorch), else 0. Saves lo and hi (attributes
+ * f[0], f[1]). NaN passes through with a gradient of 0. lo > hi or a NaN
+ * bound is an error naming both. */
+static int clamp_forward(tg_op_call *c);
+static void clamp_backward(tg_op_call *c);
+static const tg_op op_clamp = {"clamp", clamp_forward, clamp_backward};
+
+tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi)
+{
+    if (ctx && tgi_check_float_arg(ctx, "tg_clamp", "x", x, NULL) && !(lo <= hi)) {
+        char b[96];
+        tg_set_error(ctx, "tg_clamp: needs lo <= hi, got lo %g and hi %g (x %s)", lo, hi,
+                     TGI_SHAPE(x, b));
+        return NULL;
+    }
+    const tgi_attr at = {.f = {lo, hi}};
+    return tgi_unary(ctx, "tg_clamp", &op_clamp, x, &at);
+}
+
+static int clamp_forward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
+        UNARY_FORWARD(c, u < lo ? lo : u > hi ? hi : u);
+    });
+    return 0;
+}
+
+/* d clamp(x)/dx = [lo <= x <= hi] */
+static void clamp_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
+        UNARY_BACKWARD(c, u >= lo && u <= hi ? g : (T)0);
+    });
 }
 
 /* ======================================================================== */

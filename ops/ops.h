@@ -106,8 +106,8 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
     do {                                                                               \
         T *restrict py = (T *)(c)->out->data;                                          \
         const T *restrict px = (const T *)(c)->in[0]->data;                            \
-        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi, {                            \
-            for (int64_t i = lo; i < hi; i++) {                                        \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
+            for (int64_t i = i0_; i < i1_; i++) {                                      \
                 const T u = px[i];                                                     \
                 (void)u;                                                               \
                 py[i] = (EXPR);                                                        \
@@ -127,8 +127,8 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
         const T *restrict py = (const T *)(c)->out->data;                              \
         if (!dx || !dy)                                                                \
             break;                                                                     \
-        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi, {                            \
-            for (int64_t i = lo; i < hi; i++) {                                        \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
+            for (int64_t i = i0_; i < i1_; i++) {                                      \
                 const T g = dy[i], u = px[i], w = py[i];                               \
                 (void)g, (void)u, (void)w;                                             \
                 dx[i] += (EXPR);                                                       \

@@ -52,6 +52,7 @@ static tg_tensor *pow_half(tg_ctx *c, tg_tensor *x) { return tg_pow(c, x, 0.5); 
 static tg_tensor *pow_m1(tg_ctx *c, tg_tensor *x) { return tg_pow(c, x, -1); }
 static tg_tensor *leaky_02(tg_ctx *c, tg_tensor *x) { return tg_leaky_relu(c, x, 0.2); }
 static tg_tensor *leaky_m05(tg_ctx *c, tg_tensor *x) { return tg_leaky_relu(c, x, -0.5); }
+static tg_tensor *clamp_m05_08(tg_ctx *c, tg_tensor *x) { return tg_clamp(c, x, -0.5, 0.8); }
 
 /* The table: one row per op (or per attribute worth its own row). The value
  * lists are written by `/usr/bin/python3 tests/ops_reference.py --update`. */
@@ -75,6 +76,12 @@ static const unary_case UNARY[] = {
       1.6492422502470643},
      {0.14433756729740646, 0.19611613513818407, 0.23717082451262844, 0.27216552697590873,
       0.3031695312954162}},
+    {"tg_abs", tg_abs, -2, 2, {0, NAN}, "torch.abs(x)",
+     {1.6, 0.8, 0.0, 0.7999999999999998, 1.6},
+     {-0.2, -0.4, 0.0, 0.8, 1.0}},
+    {"tg_clamp(-0.5,0.8)", clamp_m05_08, -2, 2, {-0.5, 0.8}, "torch.clamp(x, -0.5, 0.8)",
+     {-0.5, -0.5, 0.0, 0.7999999999999998, 0.8},
+     {0.0, 0.0, 0.6, 0.8, 0.0}},
     {"tg_pow(2)", pow_2, -2, 2, NOKINK, "x ** 2",
      {2.5600000000000005, 0.6400000000000001, 0.0, 0.6399999999999997, 2.5600000000000005},
      {-0.6400000000000001, -0.6400000000000001, 0.0, 1.2799999999999998, 3.2}},
@@ -109,6 +116,9 @@ static const unary_case UNARY[] = {
     {"tg_leaky_relu(-0.5)", leaky_m05, -2.5, 2.5, {0, NAN}, "F.leaky_relu(x, -0.5)",
      {1.0, 0.5, -0.0, 1.0, 2.0},
      {-0.1, -0.2, -0.3, 0.8, 1.0}},
+    {"tg_gelu", tg_gelu, -3, 3, NOKINK, "F.gelu(x)",
+     {-0.019674086219030773, -0.13808360426604993, 0.0, 1.0619163957339504, 2.38032591378097},
+     {-0.00910986735660536, -0.04718143830325891, 0.3, 0.8943628766065178, 1.0455493367830269}},
     {"tg_softmax", tg_softmax, -2.5, 2.5, NOKINK, "torch.softmax(x, -1)",
      {0.011656230956039609, 0.031684920796124276, 0.08612854443626873, 0.23412165725273668,
       0.6364086465588309},
@@ -282,4 +292,47 @@ Test(unary, null_and_i32_arguments)
         cr_assert_null(UNARY[o].f(NULL, xi));
     }
     cr_assert(tg_ok(ctx));
+}
+
+/* ---- edge cases of single ops ------------------------------------------- */
+
+Test(unary, sqrt_abs_clamp_gelu_edges)
+{
+    /* sqrt at 0: y 0, gradient +inf (as PyTorch); abs at 0: gradient 0 */
+    const double z[2] = {0, 4};
+    tg_tensor *x = from1(ctx, TG_F64, 2, z);
+    tg_set_requires_grad(x, 1);
+    tg_backward(ctx, tg_sum(ctx, tg_sqrt(ctx, x)));
+    cr_assert_eq(grad_at(x, 0), INFINITY);
+    cr_assert_eq(grad_at(x, 1), 0.25);
+    tg_tensor *xa = from1(ctx, TG_F64, 2, (double[]){0, -3});
+    tg_set_requires_grad(xa, 1);
+    tg_backward(ctx, tg_sum(ctx, tg_abs(ctx, xa)));
+    cr_assert_eq(grad_at(xa, 0), 0.0);
+    cr_assert_eq(grad_at(xa, 1), -1.0);
+    /* clamp: both bounds included in the gradient; NaN passes with gradient 0 */
+    tg_tensor *xc = from1(ctx, TG_F64, 4, (double[]){-0.5, 0.8, 0.9, NAN});
+    tg_set_requires_grad(xc, 1);
+    tg_tensor *yc = tg_clamp(ctx, xc, -0.5, 0.8);
+    tg_backward(ctx, tg_sum(ctx, yc));
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    cr_assert_eq(at(yc, 2), 0.8);
+    cr_assert(isnan(at(yc, 3)));
+    const double want[4] = {1, 1, 0, 0};
+    for (int i = 0; i < 4; i++) cr_assert_eq(grad_at(xc, i), want[i], "clamp dx[%d]", i);
+    /* gelu far out: x and 0, finite slopes 1 and 0 */
+    tg_tensor *xg = from1(ctx, TG_F32, 2, (double[]){40, -40});
+    tg_set_requires_grad(xg, 1);
+    tg_tensor *yg = tg_gelu(ctx, xg);
+    tg_backward(ctx, tg_sum(ctx, yg));
+    cr_assert_eq(at(yg, 0), 40.0);
+    cr_assert_eq(at(yg, 1), 0.0);
+    cr_assert_eq(grad_at(xg, 0), 1.0);
+    cr_assert_eq(grad_at(xg, 1), 0.0);
+    /* clamp's bounds */
+    cr_assert_null(tg_clamp(ctx, xc, 1, 0));
+    assert_err(ctx, "clamp lo > hi", "tg_clamp: needs lo <= hi, got lo 1 and hi 0 (x [4])", NULL,
+               NULL);
+    cr_assert_null(tg_clamp(ctx, xc, NAN, 0));
+    assert_err(ctx, "clamp NaN", "tg_clamp: needs lo <= hi", "lo nan", NULL);
 }
