@@ -7,9 +7,7 @@
  * &op_exp, ...) computes what tg_exp(ctx, ...) does. docs/guide.md, "Adding
  * a built-in op", shows the pattern; a one-input op is
  *
- *   static int exp_forward(tg_op_call *c);
- *   static void exp_backward(tg_op_call *c);
- *   static const tg_op op_exp = {"exp", exp_forward, exp_backward};
+ *   TGI_OP(exp); // declares exp_forward, exp_backward; defines op_exp
  *
  *   tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
  *   {
@@ -49,6 +47,14 @@ static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *n
         return 0;
     return !ref || tgi_check_same_dtype(ctx, fn, ref, t);
 }
+
+/* Declare an op's forward and backward kernels and define its tg_op, named
+ * NAME (as the tape prints it): TGI_OP(exp) makes op_exp = {"exp",
+ * exp_forward, exp_backward}; the file then defines the two kernels. */
+#define TGI_OP(NAME)                                                                   \
+    static int NAME##_forward(tg_op_call *c);                                          \
+    static void NAME##_backward(tg_op_call *c);                                        \
+    static const tg_op op_##NAME = {#NAME, NAME##_forward, NAME##_backward}
 
 /* The attributes of a call, as the public function passed them (a tgi_attr:
  * f[] doubles, i[] integers). */
@@ -145,6 +151,21 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
         TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                              \
                        { VF(py_ + lo, px_ + lo, hi - lo); });                          \
     })
+
+/* The tg_op, public function tg_NAME(ctx, x) and forward of a one-input op
+ * whose forward is the vector kernel VF; the file writes NAME_backward. */
+#define TGI_VMATH_OP(NAME, VF)                                                         \
+    TGI_OP(NAME);                                                                      \
+    tg_tensor *tg_##NAME(tg_ctx *ctx, tg_tensor *x)                                    \
+    {                                                                                  \
+        return tgi_unary(ctx, "tg_" #NAME, &op_##NAME, x, NULL);                        \
+    }                                                                                  \
+    static int NAME##_forward(tg_op_call *c)                                           \
+    {                                                                                  \
+        UNARY_VMATH(c, VF);                                                            \
+        return 0;                                                                      \
+    }                                                                                  \
+    static void NAME##_backward(tg_op_call *c) /* its definition follows the macro */
 
 /* A unary op's backward by a vector kernel VB (V_TANH_BWD, ...): dx += dy *
  * f'(s), s the output (SRC out) or the input (SRC in[0]); dtype dispatch
