@@ -18,20 +18,27 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
     *rows = *cols > 0 ? x->numel / *cols : 0;
 }
 
-/* Row r of a softmax-family call, inside TGI_FLOAT_DISPATCH: xr the row of
- * x, m its maximum, yr the row of y set to e^(x - m) (the vector exp), sum
- * their sum in double, in order. */
-#define ROW_SHIFTED_EXP(c, r, cols, xr, yr, m, sum)                                    \
-    const T *xr = (const T *)(c)->in[0]->data + (r) * (cols);                          \
+/* The forward of a softmax-family call, inside which BODY runs for every
+ * row with xr the row of x, m its maximum, yr the row of y holding e^(x - m)
+ * (the vector exp), sum their sum in double, in order, cols the row length. */
+#define ROWS_FORWARD(c, ...)                                                           \
     do {                                                                               \
-        yr = (T *)(c)->out->data + (r) * (cols);                                       \
-        m = xr[0];                                                                     \
-        for (int64_t j_ = 1; j_ < (cols); j_++)                                        \
-            if (xr[j_] > m) m = xr[j_];                                                \
-        for (int64_t j_ = 0; j_ < (cols); j_++) yr[j_] = xr[j_] - m;                   \
-        V_EXP(yr, yr, (cols));                                                         \
-        sum = 0;                                                                       \
-        for (int64_t j_ = 0; j_ < (cols); j_++) sum += (double)yr[j_];                 \
+        int64_t rows, cols;                                                            \
+        last_axis((c)->in[0], &rows, &cols);                                           \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            for (int64_t r = 0; r < rows; r++) {                                       \
+                const T *xr = (const T *)(c)->in[0]->data + r * cols;                  \
+                T *yr = (T *)(c)->out->data + r * cols, m = xr[0];                     \
+                for (int64_t j = 1; j < cols; j++)                                     \
+                    if (xr[j] > m) m = xr[j];                                          \
+                for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;                  \
+                V_EXP(yr, yr, cols);                                                   \
+                double sum = 0;                                                        \
+                for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];               \
+                (void)m;                                                               \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        });                                                                            \
     } while (0)
 
 /* The backward of a softmax-family call: when x needs a gradient, BODY runs
@@ -203,22 +210,16 @@ tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
     return tgi_unary(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at);
 }
 
-static int leaky_relu_forward(tg_op_call *c)
+static int leaky_relu_forward(tg_op_call *c) /* a0 = slope */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T a = (T)TGI_ATTR(c)->f[0];
-        UNARY_FORWARD(c, u > 0 ? u : a * u);
-    });
+    UNARY_FWD(c, u > 0 ? u : a0 * u);
     return 0;
 }
 
 /* d leaky_relu(x)/dx = 1 if x > 0 else slope */
 static void leaky_relu_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T a = (T)TGI_ATTR(c)->f[0];
-        UNARY_BACKWARD(c, u > 0 ? g : a * g);
-    });
+    UNARY_BWD(c, u > 0 ? g : a0 * g);
 }
 
 /* ======================================================================== */
@@ -233,29 +234,19 @@ static void leaky_relu_backward(tg_op_call *c)
 #define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
 #define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
 
-TGI_OP(gelu);
-
-tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_gelu", &op_gelu, x, NULL);
-}
+TGI_UNARY_OP(gelu);
 
 static int gelu_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T r = (T)GELU_SQRT1_2;
-        UNARY_FORWARD(c, u * (T)0.5 * ((T)1 + erf(u * r)));
-    });
+    UNARY_FWD(c, u * (T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)));
     return 0;
 }
 
 /* d gelu(x)/dx = Phi(x) + x phi(x) */
 static void gelu_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T r = (T)GELU_SQRT1_2, k = (T)GELU_INV_SQRT_2PI;
-        UNARY_BACKWARD(c, g * ((T)0.5 * ((T)1 + erf(u * r)) + u * k * exp((T)-0.5 * u * u)));
-    });
+    UNARY_BWD(c, g * ((T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)) +
+                      u * (T)GELU_INV_SQRT_2PI * exp((T)-0.5 * u * u)));
 }
 
 /* ======================================================================== */
@@ -269,26 +260,13 @@ static void gelu_backward(tg_op_call *c)
 /* in double, in order.                                                      */
 /* ======================================================================== */
 
-TGI_OP(softmax);
-
-tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_softmax", &op_softmax, x, NULL);
-}
+TGI_UNARY_OP(softmax);
 
 static int softmax_forward(tg_op_call *c)
 {
-    int64_t rows, cols;
-    last_axis(c->in[0], &rows, &cols);
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            T m, *yr;
-            double sum;
-            ROW_SHIFTED_EXP(c, r, cols, xr, yr, m, sum);
-            (void)xr;
-            const double inv = 1.0 / sum;
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
-        }
+    ROWS_FORWARD(c, {
+        const double inv = 1.0 / sum;
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
     });
     return 0;
 }
@@ -315,25 +293,13 @@ static void softmax_backward(tg_op_call *c)
 /* of the vector exp's e^(x - m); backward's e^y by tgi_vexp_f64.            */
 /* ======================================================================== */
 
-TGI_OP(log_softmax);
-
-tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_log_softmax", &op_log_softmax, x, NULL);
-}
+TGI_UNARY_OP(log_softmax);
 
 static int log_softmax_forward(tg_op_call *c)
 {
-    int64_t rows, cols;
-    last_axis(c->in[0], &rows, &cols);
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            T m, *yr; /* y as scratch for e^(x - m) */
-            double sum;
-            ROW_SHIFTED_EXP(c, r, cols, xr, yr, m, sum);
-            const double lse = log(sum);
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
-        }
+    ROWS_FORWARD(c, { /* y held e^(x - m) */
+        const double lse = log(sum);
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
     });
     return 0;
 }

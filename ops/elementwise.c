@@ -147,22 +147,16 @@ tg_tensor *tg_scale(tg_ctx *ctx, tg_tensor *x, double s)
     return tgi_unary(ctx, "tg_scale", &op_scale, x, &at);
 }
 
-static int scale_forward(tg_op_call *c)
+static int scale_forward(tg_op_call *c) /* a0 = s */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T s = (T)TGI_ATTR(c)->f[0];
-        UNARY_FORWARD(c, s * u);
-    });
+    UNARY_FWD(c, a0 * u);
     return 0;
 }
 
 /* d(s x)/dx = s */
 static void scale_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T s = (T)TGI_ATTR(c)->f[0];
-        UNARY_BACKWARD(c, s * g);
-    });
+    UNARY_BWD(c, a0 * g);
 }
 
 /* ======================================================================== */
@@ -170,23 +164,18 @@ static void scale_backward(tg_op_call *c)
 /* ======================================================================== */
 
 /* y = -x, x's shape. dx = -dy. Saves nothing. */
-TGI_OP(neg);
-
-tg_tensor *tg_neg(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_neg", &op_neg, x, NULL);
-}
+TGI_UNARY_OP(neg);
 
 static int neg_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, -u); });
+    UNARY_FWD(c, -u);
     return 0;
 }
 
 /* d(-x)/dx = -1 */
 static void neg_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, -g); });
+    UNARY_BWD(c, -g);
 }
 
 /* ======================================================================== */
@@ -202,7 +191,7 @@ TGI_VMATH_OP(exp, V_EXP);
 /* d e^x/dx = e^x = y */
 static void exp_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g * w); });
+    UNARY_BWD(c, g * w);
 }
 
 /* ======================================================================== */
@@ -218,7 +207,7 @@ TGI_VMATH_OP(log, V_LOG);
 /* d ln x/dx = 1/x */
 static void log_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / u); });
+    UNARY_BWD(c, g / u);
 }
 
 /* ======================================================================== */
@@ -228,23 +217,18 @@ static void log_backward(tg_op_call *c)
 /* y = sqrt(x), x's shape. dx = dy / (2 y). Saves nothing (reads the output
  * y). x = 0 gives y = 0 and a gradient of +inf (NaN where dy = 0), x < 0
  * gives NaN, both as PyTorch. C's correctly rounded sqrt. */
-TGI_OP(sqrt);
-
-tg_tensor *tg_sqrt(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_sqrt", &op_sqrt, x, NULL);
-}
+TGI_UNARY_OP(sqrt);
 
 static int sqrt_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, sqrt(u)); });
+    UNARY_FWD(c, sqrt(u));
     return 0;
 }
 
 /* d sqrt(x)/dx = 1 / (2 sqrt(x)) = 1 / (2 y) */
 static void sqrt_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / (w + w)); });
+    UNARY_BWD(c, g / (w + w));
 }
 
 /* ======================================================================== */
@@ -253,23 +237,18 @@ static void sqrt_backward(tg_op_call *c)
 
 /* y = |x|, x's shape. dx = dy sign(x), 0 at x = 0 (and for NaN), as
  * PyTorch. Saves nothing (reads x). */
-TGI_OP(abs);
-
-tg_tensor *tg_abs(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_abs", &op_abs, x, NULL);
-}
+TGI_UNARY_OP(abs);
 
 static int abs_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, fabs(u)); });
+    UNARY_FWD(c, fabs(u));
     return 0;
 }
 
 /* d |x|/dx = sign(x) (0 at 0) */
 static void abs_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, u > 0 ? g : u < 0 ? -g : (T)0); });
+    UNARY_BWD(c, u > 0 ? g : u < 0 ? -g : (T)0);
 }
 
 /* ======================================================================== */
@@ -294,22 +273,16 @@ tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi)
     return tgi_unary(ctx, "tg_clamp", &op_clamp, x, &at);
 }
 
-static int clamp_forward(tg_op_call *c)
+static int clamp_forward(tg_op_call *c) /* a0 = lo, a1 = hi */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
-        UNARY_FORWARD(c, u < lo ? lo : u > hi ? hi : u);
-    });
+    UNARY_FWD(c, u < a0 ? a0 : u > a1 ? a1 : u);
     return 0;
 }
 
 /* d clamp(x)/dx = [lo <= x <= hi] */
 static void clamp_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
-        UNARY_BACKWARD(c, u >= lo && u <= hi ? g : (T)0);
-    });
+    UNARY_BWD(c, u >= a0 && u <= a1 ? g : (T)0);
 }
 
 /* ======================================================================== */
@@ -386,16 +359,11 @@ tg_tensor *tg_identity(tg_ctx *ctx, tg_tensor *x)
  * tg_backward, tg_grad(x) is a buffer of zeros, not NULL, exactly as for any
  * other input that gradients reached, and ops downstream of step see an
  * output that requires grad, as in PyTorch. Saves nothing. */
-TGI_OP(step);
-
-tg_tensor *tg_step(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_step", &op_step, x, NULL);
-}
+TGI_UNARY_OP(step);
 
 static int step_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, u >= (T)0 ? (T)1 : (T)0); });
+    UNARY_FWD(c, u >= (T)0 ? (T)1 : (T)0);
     return 0;
 }
 

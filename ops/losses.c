@@ -75,19 +75,32 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
         return 0;                                                                      \
     }
 
-/* sum += TERM over the elements, TERM of d = p - t (in double), in order. */
-#define DIFF_LOSS_SUM(p, t, TERM, sum)                                                 \
-    TGI_FLOAT_DISPATCH((p)->dtype, {                                                   \
-        const T *pp_ = (p)->data, *pt_ = (t)->data;                                    \
-        for (int64_t i = 0; i < (p)->numel; i++) {                                     \
-            const double d = (double)pp_[i] - (double)pt_[i];                          \
-            sum += (TERM);                                                             \
-        }                                                                              \
-    })
+/* Forward of a loss whose term depends on d = p - t only: the mean of TERM
+ * (of d, in double), summed in order. */
+#define DIFF_LOSS_FORWARD(c, TERM)                                                     \
+    do {                                                                               \
+        const tg_tensor *p = (c)->in[0], *t = (c)->in[1];                              \
+        double sum = 0;                                                                \
+        TGI_FLOAT_DISPATCH(p->dtype, {                                                 \
+            const T *pp_ = p->data, *pt_ = t->data;                                    \
+            for (int64_t i = 0; i < p->numel; i++) {                                   \
+                const double d = (double)pp_[i] - (double)pt_[i];                      \
+                sum += (TERM);                                                         \
+            }                                                                          \
+        });                                                                            \
+        set_scalar((c)->out, sum * inv_count(p->numel));                               \
+    } while (0)
 
-/* Backward of a loss whose term depends on d = p - t only (in double):
- * dp += TERM, dt -= TERM, each input under its own `if`. */
-#define DIFF_LOSS_BACKWARD(p, t, TERM)                                                 \
+/* Its backward: dp += TERM, dt -= TERM, each input under its own `if`; TERM
+ * of d and g, the seed over N (nothing when no gradient reached the loss). */
+#define DIFF_LOSS_BACKWARD(c, TERM)                                                    \
+    do {                                                                               \
+        tg_tensor *p = (c)->in[0], *t = (c)->in[1];                                    \
+        double g;                                                                      \
+        if (seed_over((c), p->numel, &g))                                              \
+            DIFF_LOSS_ADD(p, t, TERM);                                                 \
+    } while (0)
+#define DIFF_LOSS_ADD(p, t, TERM)                                                      \
     TGI_FLOAT_DISPATCH((p)->dtype, {                                                   \
         const T *pp_ = (p)->data, *pt_ = (t)->data;                                    \
         for (int k_ = 0; k_ < 2; k_++) {                                               \
@@ -111,7 +124,6 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
 /* dL/dp = 2 (p - t) / N; dL/dt = -2 (p - t) / N. Saves: nothing.            */
 /* ======================================================================== */
 
-static double mse_sum(const tg_tensor *p, const tg_tensor *t);
 TGI_OP(mse);
 
 tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
@@ -119,21 +131,16 @@ tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
     return pair_loss(ctx, "tg_mse", &op_mse, pred, "pred", target, "target");
 }
 
-static double mse_sum(const tg_tensor *p, const tg_tensor *t)
+static int mse_forward(tg_op_call *c)
 {
-    double sum = 0;
-    DIFF_LOSS_SUM(p, t, d * d, sum);
-    return sum;
+    DIFF_LOSS_FORWARD(c, d * d);
+    return 0;
 }
-PAIR_LOSS_FORWARD(mse)
 
 /* d mse/dp = 2 (p - t) / N, d mse/dt = -2 (p - t) / N */
 static void mse_backward(tg_op_call *c)
 {
-    tg_tensor *p = c->in[0], *t = c->in[1];
-    double g;
-    if (!seed_over(c, p->numel, &g)) return;
-    DIFF_LOSS_BACKWARD(p, t, 2 * g * d);
+    DIFF_LOSS_BACKWARD(c, 2 * g * d);
 }
 
 /* ======================================================================== */
@@ -143,7 +150,6 @@ static void mse_backward(tg_op_call *c)
 /* Saves: nothing.                                                           */
 /* ======================================================================== */
 
-static double l1_sum(const tg_tensor *p, const tg_tensor *t);
 TGI_OP(l1);
 
 tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
@@ -151,13 +157,11 @@ tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
     return pair_loss(ctx, "tg_l1", &op_l1, pred, "pred", target, "target");
 }
 
-static double l1_sum(const tg_tensor *p, const tg_tensor *t)
+static int l1_forward(tg_op_call *c)
 {
-    double sum = 0;
-    DIFF_LOSS_SUM(p, t, fabs(d), sum);
-    return sum;
+    DIFF_LOSS_FORWARD(c, fabs(d));
+    return 0;
 }
-PAIR_LOSS_FORWARD(l1)
 
 /* sign of d as -1, 0, +1 (0 for d == 0 and for NaN) */
 static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
@@ -165,10 +169,7 @@ static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
 /* d l1/dp = sign(p - t) / N, d l1/dt = -sign(p - t) / N */
 static void l1_backward(tg_op_call *c)
 {
-    tg_tensor *p = c->in[0], *t = c->in[1];
-    double g;
-    if (!seed_over(c, p->numel, &g)) return;
-    DIFF_LOSS_BACKWARD(p, t, g * sign_of(d));
+    DIFF_LOSS_BACKWARD(c, g * sign_of(d));
 }
 
 /* ======================================================================== */

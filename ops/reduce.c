@@ -220,19 +220,28 @@ static int axis_sum(tg_op_call *c, double div)
     return 0;
 }
 
+/* The backward of an axis reduction: when x needs a gradient, BODY runs
+ * inside TGI_FLOAT_DISPATCH with dx and dy (x's and y's gradients) and the
+ * call's x as [outer, n, inner]. */
+#define AXIS_BACKWARD(c, ...)                                                          \
+    do {                                                                               \
+        if (!tgi_needs_grad((c)->in[0]))                                               \
+            break;                                                                     \
+        int64_t outer, n, inner;                                                       \
+        axis_split((c), &outer, &n, &inner);                                           \
+        TGI_FLOAT_DISPATCH((c)->in[0]->dtype, {                                        \
+            T *restrict dx = (T *)tg_grad_acc((c)->in[0]);                             \
+            const T *restrict dy = (const T *)tg_grad((c)->out);                       \
+            if (dx && dy) {                                                            \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
 /* dx[o,j,i] += dy[o,i] / div for every j (div 1 for the sum: dy itself) */
 static void axis_sum_back(tg_op_call *c, double div)
 {
-    tg_tensor *x = c->in[0];
-    if (!tgi_needs_grad(x))
-        return;
-    int64_t outer, n, inner;
-    axis_split(c, &outer, &n, &inner);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *restrict dx = (T *)tg_grad_acc(x);
-        const T *restrict dy = (const T *)tg_grad(c->out);
-        if (!dx || !dy)
-            return;
+    AXIS_BACKWARD(c, {
         for (int64_t o = 0; o < outer; o++)
             for (int64_t j = 0; j < n; j++) {
                 T *restrict dr = dx + (o * n + j) * inner;
@@ -339,17 +348,10 @@ static int max_axis_forward(tg_op_call *c)
 /* d y[o,i]/d x[o,j,i] = [j == j*] */
 static void max_axis_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
     const int64_t *arg = c->saved;
-    if (!tgi_needs_grad(x) || !arg)
+    if (!arg)
         return;
-    int64_t outer, n, inner;
-    axis_split(c, &outer, &n, &inner);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *restrict dx = (T *)tg_grad_acc(x);
-        const T *restrict dy = (const T *)tg_grad(c->out);
-        if (!dx || !dy)
-            return;
+    AXIS_BACKWARD(c, {
         for (int64_t o = 0; o < outer; o++)
             for (int64_t i = 0; i < inner; i++)
                 dx[(o * n + arg[o * inner + i]) * inner + i] += dy[o * inner + i];
