@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,6 +195,29 @@ static inline void assert_null_err(tg_ctx *c, const tg_tensor *r, const char *fn
 {
     cr_assert_null(r, "%s: expected NULL", fn);
     assert_err(c, fn, fn, s1, s2);
+}
+
+/* A one-input op under the name its messages use. */
+typedef struct {
+    const char *name;
+    tg_tensor *(*f)(tg_ctx *, tg_tensor *);
+} named_unop;
+
+/* op's messages for a NULL x ("<name>: argument x is NULL") and an i32 x
+ * ("<name>: x must be f32 or f64, got i32 [2,2]"), and NULL for a NULL ctx. */
+static inline void assert_x_arg_errors(tg_ctx *c, const named_unop *op)
+{
+    char want[128];
+    cr_assert_null(op->f(c, NULL), "%s", op->name);
+    snprintf(want, sizeof want, "%s: argument x is NULL", op->name);
+    cr_assert_str_eq(tg_errmsg(c), want);
+    tg_clear_error(c);
+    tg_tensor *xi = tg_new(c, TG_I32, 2, (int64_t[]){2, 2});
+    cr_assert_null(op->f(c, xi), "%s", op->name);
+    snprintf(want, sizeof want, "%s: x must be f32 or f64, got i32 [2,2]", op->name);
+    cr_assert_str_eq(tg_errmsg(c), want);
+    tg_clear_error(c);
+    cr_assert_null(op->f(NULL, xi), "%s", op->name);
 }
 
 /* ---- built-in ops through tg_apply ---------------------------------------- */

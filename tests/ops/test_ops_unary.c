@@ -270,19 +270,10 @@ Test(unary, apply_of_the_op_is_the_direct_call)
 
 Test(unary, null_and_i32_arguments)
 {
-    tg_tensor *xi = tg_new(ctx, TG_I32, 2, (int64_t[]){2, 3});
     for (int o = 0; o < N_UNARY; o++) {
-        char fn[64], want[128];
+        char fn[64];
         fn_name(&UNARY[o], fn, sizeof fn);
-        cr_assert_null(UNARY[o].f(ctx, NULL));
-        snprintf(want, sizeof want, "%s: argument x is NULL", fn);
-        cr_assert_str_eq(tg_errmsg(ctx), want);
-        tg_clear_error(ctx);
-        cr_assert_null(UNARY[o].f(ctx, xi));
-        snprintf(want, sizeof want, "%s: x must be f32 or f64, got i32 [2,3]", fn);
-        cr_assert(strstr(tg_errmsg(ctx), want), "%s: %s", UNARY[o].name, tg_errmsg(ctx));
-        tg_clear_error(ctx);
-        cr_assert_null(UNARY[o].f(NULL, xi));
+        assert_x_arg_errors(ctx, &(named_unop){fn, UNARY[o].f});
     }
     cr_assert(tg_ok(ctx));
 }
