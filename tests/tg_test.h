@@ -162,7 +162,8 @@ static inline void assert_grads_nonzero(tg_ctx *c, tg_fn fn, void *user, tg_tens
 static inline const void *row_named(const void *table, size_t size, size_t n, const char *name)
 {
     for (size_t k = 0; k < n; k++) {
-        const char *const *row = (const char *const *)(const void *)((const char *)table + k * size);
+        const void *at_k = (const char *)table + k * size;
+        const char *const *row = at_k;
         if (strcmp(*row, name) == 0) return row;
     }
     cr_assert_fail("no row named %s", name);

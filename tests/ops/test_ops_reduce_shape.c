@@ -1,6 +1,7 @@
 /* tests/ops/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_mean_axis,
- * tg_max_axis, tg_transpose, tg_reshape. Gradient checks in f64 over the full Jacobian, values against
- * naive loops, f32 accuracy of long sums, f32 against f64, and bad input. */
+ * tg_max_axis, tg_transpose, tg_reshape. Gradient checks in f64 over the full
+ * Jacobian, values against naive loops and PyTorch, f32 accuracy of long sums,
+ * f32 against f64, and bad input. */
 #include <criterion/criterion.h>
 
 #include <math.h>
@@ -583,7 +584,10 @@ Test(reduce_shape, f32_agrees_with_f64)
 static tg_tensor *u_sum_axis(tg_ctx *c, tg_tensor *x) { return tg_sum_axis(c, x, 0, 0); }
 static tg_tensor *u_mean_axis(tg_ctx *c, tg_tensor *x) { return tg_mean_axis(c, x, 0, 0); }
 static tg_tensor *u_max_axis(tg_ctx *c, tg_tensor *x) { return tg_max_axis(c, x, 0, 0); }
-static tg_tensor *u_reshape(tg_ctx *c, tg_tensor *x) { return tg_reshape(c, x, 1, (int64_t[]){-1}); }
+static tg_tensor *u_reshape(tg_ctx *c, tg_tensor *x)
+{
+    return tg_reshape(c, x, 1, (int64_t[]){-1});
+}
 
 /* the one-input ops of this suite, keyed by the name their messages use */
 static const named_unop OPS[] = {
