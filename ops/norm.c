@@ -60,8 +60,7 @@ typedef float v4f_mem __attribute__((vector_size(16), aligned(4), may_alias));
 static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
                   tg_op_call **node)
 {
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
+    return tgi_record(ctx, op, out, in, n, node) == 0;
 }
 
 /* Work split over threads: fn(arg, u0, u1) on contiguous ranges of units
