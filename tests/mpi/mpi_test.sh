@@ -92,8 +92,11 @@ example)
     && pass "mpi_mlp trains on 2 ranks" || fail "mpi_mlp on 2 ranks"
   cat "$w/out.log"
   [ -s "$w/mlp.safetensors" ] && pass "rank 0 wrote the checkpoint" || fail "no checkpoint"
-  n=$(grep -c "^epoch" "$w/out.log")
+  # one end-of-epoch line per epoch (on a terminal the progress line is redrawn in place)
+  n=$(grep -o "epoch [0-9]/3  loss" "$w/out.log" | wc -l)
   [ "$n" = 3 ] && pass "only rank 0 prints progress (3 epoch lines)" || fail "$n epoch lines"
+  grep -q "2 rank(s), global batch 256: test accuracy 0\.[89]" "$w/out.log" \
+    && pass "test accuracy >= 0.80" || fail "accuracy"
   ;;
 *) echo "FAIL unknown case $case_name"; exit 1 ;;
 esac
