@@ -193,16 +193,18 @@ static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
     MPI_Allreduce(mx, all, 4, MPI_DOUBLE, MPI_MAX, tg_mpi_comm(mp));
     if (tg_ok(ctx) && tg_mpi_rank(mp) == 0) {
         double steps = o->bench;
+        char bucket[64] = "one allreduce";
+        if (o->bucket > 0) snprintf(bucket, sizeof bucket, "buckets of %ld bytes", o->bucket);
         printf("bench: 784-1024-1024-10 f32, global batch %lld, %d rank(s) x %d thread(s), "
                "%d steps\n", (long long)o->batch, tg_mpi_size(mp), o->threads, o->bench);
         printf("  %.1f samples/s  %.2f ms/step  compute %.2f ms/step\n",
                steps * (double)o->batch / wall, 1e3 * wall / steps, 1e3 * all[3] / steps);
         printf("  communication %.2f ms/step (allreduce %.2f, pack+unpack %.2f, sync %.3f; "
-               "%.1f%% of the step), %.1f MB reduced per step, bucket %ld bytes\n",
+               "%.1f%% of the step), %.1f MB reduced per step, %s\n",
                1e3 * (all[0] + all[1] + all[2]) / steps, 1e3 * all[0] / steps,
                1e3 * all[1] / steps, 1e3 * all[2] / steps,
                100 * (all[0] + all[1] + all[2]) / wall,
-               st.calls ? (double)st.bytes / (double)st.calls / 1e6 : 0, o->bucket);
+               st.calls ? (double)st.bytes / (double)st.calls / 1e6 : 0, bucket);
     }
     tg_batcher_free(&b);
     tg_dataset_free(ds);

@@ -68,8 +68,9 @@ typedef struct {
 } tg_mpi_stats;
 
 /** Attach @p ctx to a duplicate of @p comm (MPI must be initialised; the
- *  program keeps calling MPI_Init and MPI_Finalize). Bucket size: 1 MiB of
- *  gradients per allreduce (tg_mpi_set_bucket_bytes). Returns NULL on error
+ *  program keeps calling MPI_Init and MPI_Finalize). Gradients go in one
+ *  allreduce (tg_mpi_set_bucket_bytes to change it). Collective (it
+ *  duplicates @p comm). Returns NULL on error
  *  (recorded in @p ctx). Not collective for errors: every rank must succeed. */
 TG_API tg_mpi *tg_mpi_new(tg_ctx *ctx, MPI_Comm comm);
 /** Free the duplicate communicator and the buffers. NULL is fine. */
@@ -81,8 +82,9 @@ TG_API int tg_mpi_size(const tg_mpi *mp);
 TG_API MPI_Comm tg_mpi_comm(const tg_mpi *mp);
 
 /** Gradients are reduced in buckets of at most @p bytes (0: all of them in one
- *  allreduce), packed into one buffer reserved once. docs/distributed.md has
- *  the measurements behind the default (1 MiB). Must be the same on all ranks. */
+ *  allreduce, the default), packed into one buffer reserved once.
+ *  docs/distributed.md has the measurements behind the default. Must be the
+ *  same on all ranks. */
 TG_API void tg_mpi_set_bucket_bytes(tg_mpi *mp, size_t bytes);
 
 /** Collective sync point: 0 when no rank has an error recorded; else every

@@ -12,10 +12,11 @@
  * Gradients: each parameter's data and grad are one heap block of their own
  * (src/engine/tensor.c), so there is no flat gradient vector to reduce in place.
  * They are packed, already multiplied by this rank's weight, into one buffer
- * reserved once (per dtype: f32 parameters, then f64 ones), reduced in buckets
- * of bucket_bytes with MPI_Iallreduce, and unpacked. Bucket k+1 is packed while
- * bucket k is in flight, and bucket k is unpacked while k+1 is, so each bucket
- * is still in cache when it is unpacked (docs/distributed.md has the
+ * reserved once (per dtype: f32 parameters, then f64 ones), reduced with one
+ * MPI_Iallreduce (the default, the fastest measured here) or in buckets of
+ * bucket_bytes, and unpacked. With buckets, bucket k+1 is packed while bucket
+ * k is in flight, and bucket k is unpacked while k+1 is, so each bucket is
+ * still in cache when it is unpacked (docs/distributed.md has the
  * measurements). Only parameters that have a gradient on some rank take part
  * (a second small allreduce, MAX of one byte per parameter), so a parameter no
  * rank touched keeps a NULL gradient and the optimisers skip it, as in one
@@ -35,7 +36,7 @@
 
 #include "internal.h"
 
-#define DEFAULT_BUCKET ((size_t)1 << 20)
+#define DEFAULT_BUCKET 0 /* one allreduce of everything: docs/distributed.md */
 #define MSG_LEN 512
 
 struct tg_mpi {

@@ -17,12 +17,31 @@ rm -f "$w"/*
 # sanitizer checks stay on
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
 export OMP_NUM_THREADS=1
+# a waiting rank yields its core instead of spinning: CI machines are shared
+export OMPI_MCA_mpi_yield_when_idle=1
 mpi() { local np=$1; shift; "$mpirun" --allow-run-as-root --oversubscribe -np "$np" "$@"; }
 train="$bindir/mpi_train"
 status=0
 pass() { echo "PASS $*"; }
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 fail() { echo "FAIL $*"; status=1; }
+
+# failing_job LOG ARGS...: 2 ranks of mpi_train that must fail, and within seconds
+failing_job() {
+  local log=$1; shift
+  local t0 rc t
+  t0=$(date +%s.%N)
+  mpi 2 "$train" "$@" >"$log" 2>&1
+  rc=$? t=$(elapsed "$t0")
+  cat "$log"
+  [ $rc -ne 0 ] && pass "the job fails (exit $rc) in ${t}s" || fail "the job exits 0"
+  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
+}
+# checkpoint_loads PATH WHAT: the checkpoint rank 0 wrote before the failure loads
+checkpoint_loads() {
+  mpi 1 "$train" --load "$1" && pass "the checkpoint $2 loads" \
+    || fail "the checkpoint $2, written before the failure, does not load"
+}
 
 case "$case_name" in
 equivalence_f64|equivalence_f32)
@@ -50,42 +69,23 @@ rerun_identical)
     || fail "f32 reruns differ: '$h3' '$h4'"
   ;;
 bad_data_path)
-  t0=$(date +%s.%N)
-  mpi 2 "$train" --bad-data-rank 1 >"$w/out.log" 2>&1
-  rc=$? t=$(elapsed "$t0")
-  cat "$w/out.log"
-  [ $rc -ne 0 ] && pass "the job fails (exit $rc) in ${t}s" || fail "the job exits 0"
+  failing_job "$w/out.log" --bad-data-rank 1
   grep -q "mpi_train: rank 0: .*rank 1 failed: tg_load_csv: .*/nonexistent/" "$w/out.log" \
     && pass "rank 0 stops with rank 1's message" || fail "rank 0 does not report rank 1's error"
   grep -q "mpi_train: rank 1: tg_load_csv: .*/nonexistent/" "$w/out.log" \
     && pass "rank 1 reports its own error" || fail "rank 1's message is missing"
-  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
   ;;
 fail_after_checkpoint)
-  t0=$(date +%s.%N)
-  mpi 2 "$train" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --fail-rank 1 --fail-step 70 \
-    >"$w/out.log" 2>&1
-  rc=$? t=$(elapsed "$t0")
-  cat "$w/out.log"
-  [ $rc -ne 0 ] && pass "the job fails (exit $rc) in ${t}s" || fail "the job exits 0"
+  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --fail-rank 1 --fail-step 70
   grep -q "rank 1 failed: mpi_train: injected failure at step 70" "$w/out.log" \
     && pass "every rank stops with rank 1's message" || fail "rank 1's message did not reach rank 0"
-  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
-  mpi 1 "$train" --load "$w/ckpt.safetensors" && pass "the checkpoint of step 60 loads" \
-    || fail "the checkpoint written before the failure does not load"
+  checkpoint_loads "$w/ckpt.safetensors" "of step 60"
   ;;
 killed_rank)
-  t0=$(date +%s.%N)
-  mpi 2 "$train" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --kill-rank 1 --kill-step 50 \
-    >"$w/out.log" 2>&1
-  rc=$? t=$(elapsed "$t0")
-  cat "$w/out.log"
-  [ $rc -ne 0 ] && pass "the job fails (exit $rc) in ${t}s" || fail "the job exits 0"
+  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --kill-rank 1 --kill-step 50
   grep -qi "signal 9\|killed" "$w/out.log" && pass "mpirun says a rank was killed" \
     || fail "no message about the killed rank"
-  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
-  mpi 1 "$train" --load "$w/ckpt.safetensors" && pass "the checkpoint of step 40 loads" \
-    || fail "the checkpoint written before the kill does not load"
+  checkpoint_loads "$w/ckpt.safetensors" "of step 40"
   ;;
 example)
   mpi 2 "$bindir/mpi_mlp" --generated --epochs 3 --ckpt "$w/mlp.safetensors" >"$w/out.log" 2>&1 \
