@@ -13,7 +13,7 @@
  * (src/engine/tensor.c), so there is no flat gradient vector to reduce in place.
  * They are packed, already multiplied by this rank's weight, into one buffer
  * reserved once (per dtype: f32 parameters, then f64 ones), reduced with one
- * MPI_Iallreduce (the default, the fastest measured here) or in buckets of
+ * MPI_Allreduce (the default, the fastest measured here) or in buckets of
  * bucket_bytes, and unpacked. With buckets, bucket k+1 is packed while bucket
  * k is in flight, and bucket k is unpacked while k+1 is, so each bucket is
  * still in cache when it is unpacked (docs/distributed.md has the
@@ -232,7 +232,8 @@ int tg_mpi_params_equal(tg_mpi *mp) {
     if (check_layout(mp, fn) != 0) return -1;
     tg_ctx *ctx = mp->ctx;
     uint64_t h = 0;
-    for (int i = 0; i < ctx->n_params; i++) h = XXH3_64bits_withSeed(&h, sizeof h, tg_hash(ctx->params[i]));
+    for (int i = 0; i < ctx->n_params; i++)
+        h = XXH3_64bits_withSeed(&h, sizeof h, tg_hash(ctx->params[i]));
     int64_t r[4];
     sync_reduce(mp, 0, h, r);
     return r[2] == -r[3];
@@ -309,14 +310,18 @@ static void reduce_dtype(tg_mpi *mp, tg_dtype dt, int64_t n, double weight) {
                 pack_double(ctx, mp->has, dt, (double *)mp->buf, lo, hi, weight);
             tp += now() - t0;
             t0 = now();
-            MPI_Iallreduce(MPI_IN_PLACE, mp->buf + (size_t)lo * es, (int)(hi - lo), mpi_type(dt),
-                           MPI_SUM, mp->comm, &mp->reqs[k]);
+            void *at = mp->buf + (size_t)lo * es;
+            if (nb == 1) /* one bucket: the blocking collective, nothing to overlap */
+                MPI_Allreduce(MPI_IN_PLACE, at, (int)(hi - lo), mpi_type(dt), MPI_SUM, mp->comm);
+            else
+                MPI_Iallreduce(MPI_IN_PLACE, at, (int)(hi - lo), mpi_type(dt), MPI_SUM, mp->comm,
+                               &mp->reqs[k]);
             tc += now() - t0;
         }
         if (k > 0) { /* finish bucket k-1 and unpack it while it is in cache */
             int64_t lo = (k - 1) * per, hi = lo + per < n ? lo + per : n;
             t0 = now();
-            MPI_Wait(&mp->reqs[k - 1], MPI_STATUS_IGNORE);
+            if (nb > 1) MPI_Wait(&mp->reqs[k - 1], MPI_STATUS_IGNORE);
             tc += now() - t0;
             t0 = now();
             unpack_range(ctx, mp->has, dt, mp->buf, lo, hi);
