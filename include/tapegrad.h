@@ -961,6 +961,10 @@ typedef struct {
     int64_t batch;      /**< batches produced in this epoch */
     int64_t epoch;      /**< epochs completed */
     int fresh;          /**< the next call starts an epoch */
+    int shard_rank;     /**< this process's share of each batch (tg_batcher_shard) */
+    int shard_count;    /**< number of shares; 0 or 1: not sharded */
+    int64_t global_size;/**< samples in the latest batch, all shares together */
+    int64_t share_size; /**< samples in this process's share of it (rows of x) */
 } tg_batcher;
 /** Prepare @p b to iterate over @p ds (which must outlive it and keep its n) in batches of
  *  @p batch_size (>= 1) samples; @p flags: TG_BATCH_* or'ed (1 = shuffle).
@@ -975,6 +979,22 @@ TG_API int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds,
 TG_API int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y);
 /** Free the order array (b may be zeroed or already freed). */
 TG_API void tg_batcher_free(tg_batcher *b);
+/** Data-parallel training: make @p b give share @p rank (0 to @p count - 1)
+ *  of each batch to this process, one of @p count processes that iterate the
+ *  same dataset with the same seed (so they shuffle alike). batch_size is
+ *  then the global batch: each batch of m samples (in the order one process
+ *  would see them) is cut into @p count contiguous runs, rank r taking
+ *  positions [m r / count, m (r + 1) / count), so the shares of ranks 0, 1,
+ *  ... put end to end are exactly the batch one unsharded batcher gives, in
+ *  the same order. A last partial batch smaller than @p count is dropped
+ *  (every share must have a sample); n_batches counts what is given.
+ *  After each batch, global_size is m and share_size this rank's part: weigh
+ *  this rank's mean-loss gradient by share_size / global_size before summing
+ *  over ranks to get the gradient of the mean over the global batch. Call it
+ *  after tg_batcher_init, before the first batch of an epoch; count 1 undoes
+ *  it. Needs 1 <= count <= batch_size. 0 ok, -1 error (recorded).
+ *  (owned by data) */
+TG_API int tg_batcher_shard(tg_batcher *b, int rank, int count);
 
 /* ---- standardisation (src/toolkit/data.c) -------------------------------------- */
 
