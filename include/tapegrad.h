@@ -477,12 +477,14 @@ TG_API int tg_save_meta(tg_ctx *ctx, const char *path, const char *const *keys,
 enum {
     TG_LOAD_ALLOW_MISSING = 1, /**< parameters absent from the file keep their values */
     TG_LOAD_ALLOW_EXTRA = 2    /**< tensors of the file that are not parameters are
-                                    ignored (they are still validated) */
+                                    ignored, whatever their dtype (I64, U8, ...; they
+                                    are still validated) */
 };
 
 /** As tg_load, with @p flags (TG_LOAD_ALLOW_MISSING | TG_LOAD_ALLOW_EXTRA, or
  *  0). A tensor whose name matches a parameter must still match its dtype and
- *  shape. All or nothing: 0 ok, -1 error (recorded, parameters unchanged). */
+ *  shape; F16 and BF16 tensors load into F32 and F64 parameters, converted.
+ *  All or nothing: 0 ok, -1 error (recorded, parameters unchanged). */
 TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
 
 /** The value of metadata @p key in the checkpoint at @p path ("format",
