@@ -13,7 +13,7 @@
  * The model is saved as a safetensors checkpoint (tg_save_meta) whose
  * metadata describe the network, so eval and predict rebuild it without
  * being told the architecture:
- *   tg_mlp.version   "1"
+ *   tg_mlp.version   "2" (1: the weights were [in,out] and named fc1, fc2, ...)
  *   tg_mlp.widths    "784,128,10"   inputs, hidden widths, classes
  *   tg_mlp.act       "relu"         hidden activation (relu, tanh, sigmoid, leaky_relu, none)
  *   tg_mlp.input     "idx" | "csv"
@@ -23,7 +23,9 @@
  *                    training part, comma-separated, "%.9g" (exact for floats)
  *   tg_mlp.optimizer, tg_mlp.lr, tg_mlp.epochs, tg_mlp.batch, tg_mlp.seed,
  *   tg_mlp.test_accuracy   how it was trained (informational)
- * The parameters are "fc1.weight" [in,out], "fc1.bias" [out], "fc2.weight", ...
+ * The parameters are those of the equivalent torch.nn.Sequential(Linear, act,
+ * Linear, ...): "0.weight" [out,in], "0.bias" [out], "2.weight", ..., so the
+ * file loads into it with load_state_dict(strict=True) (docs/interop.md).
  *
  * Exit status: 0 ok, 1 an error (data, model, file), 2 bad arguments.
  * Documentation: docs/cli.md.
@@ -44,6 +46,7 @@
 #define MAX_WIDTH (1 << 24)
 #define MAX_CLASSES 65536
 #define EVAL_BATCH 1000
+#define MODEL_VERSION "2"
 
 /* ======================================================================== */
 /* Options                                                                  */
@@ -59,14 +62,14 @@ typedef struct {
     long epochs, batch, seed, threads;
     const char *opt_name;
     double lr, weight_decay, test_fraction;
-    int lr_set, wd_set, standardize, json, quiet;
+    int lr_set, wd_set, standardize, json, quiet, proba;
 } options;
 
 static const char USAGE[] =
     "usage:\n"
     "  " PROG " train   --data DIR|FILE.csv [options]\n"
     "  " PROG " eval    --model MODEL --data DIR|FILE.csv [--label L] [--json]\n"
-    "  " PROG " predict --model MODEL --data DIR|FILE [--label L]\n"
+    "  " PROG " predict --model MODEL --data DIR|FILE [--label L] [--proba]\n"
     "\n"
     "train options:\n"
     "  --data D             IDX directory (train-* and t10k-* files) or a CSV file\n"
@@ -90,7 +93,8 @@ static const char USAGE[] =
     "\n"
     "eval prints loss, accuracy and the confusion matrix on D (an IDX directory's\n"
     "t10k files, or a whole CSV file); predict prints one class per line (CSV with\n"
-    "or without the label column, an IDX directory's t10k images or an IDX image file).\n"
+    "or without the label column, an IDX directory's t10k images or an IDX image file);\n"
+    "with --proba, the softmax probabilities of the classes instead, comma-separated.\n"
     "See docs/cli.md.\n";
 
 static int usage_error(const char *fmt, ...) TG_PRINTF(1, 2);
@@ -171,11 +175,13 @@ static int parse_options(int argc, char **argv, options *o) {
             fputs(USAGE, stdout);
             return 1;
         }
-        if (!strcmp(name, "--json") || !strcmp(name, "--quiet") || !strcmp(name, "--standardize")) {
+        if (!strcmp(name, "--json") || !strcmp(name, "--quiet") || !strcmp(name, "--standardize") ||
+            !strcmp(name, "--proba")) {
             if (v) return usage_error("%s takes no value", name);
             if (!strcmp(name, "--json") && o->cmd != CMD_PREDICT) o->json = 1;
             else if (!strcmp(name, "--quiet") && o->cmd != CMD_PREDICT) o->quiet = 1;
             else if (!strcmp(name, "--standardize") && train) o->standardize = 1;
+            else if (!strcmp(name, "--proba") && o->cmd == CMD_PREDICT) o->proba = 1;
             else return usage_error("%s is not an option of this command", name);
             continue;
         }
@@ -469,7 +475,16 @@ static int model_load(tg_ctx *ctx, const char *path, model *md) {
             return -1;
         }
     }
-    if (tg_mlp_init(ctx, &md->mlp, "fc", md->n_widths, md->widths, md->act, TG_F32)) return -1;
+    char *version = tg_checkpoint_meta(ctx, path, "tg_mlp.version");
+    bad = version && strcmp(version, MODEL_VERSION) != 0;
+    if (bad)
+        tg_set_error(ctx, "%s: a tg-mlp model of version %s; this tg-mlp reads version " MODEL_VERSION
+                          " (PyTorch's layout: retrain, or transpose the weights and rename fc<i> to"
+                          " <2(i-1)>)", path, version);
+    free(version);
+    if (bad) return -1;
+    /* "": nn.Sequential's names */
+    if (tg_mlp_init(ctx, &md->mlp, "", md->n_widths, md->widths, md->act, TG_F32)) return -1;
     return tg_load(ctx, path);
 }
 
@@ -549,7 +564,7 @@ static int cmd_train(options *o) {
     widths[0] = tr->n_features;
     widths[n_widths - 1] = classes;
     tg_mlp m;
-    if (tg_mlp_init(ctx, &m, "fc", n_widths, widths, o->act, TG_F32)) goto fail;
+    if (tg_mlp_init(ctx, &m, "", n_widths, widths, o->act, TG_F32)) goto fail;
     int64_t n_params = 0;
     for (int i = 0; i < tg_param_count(ctx); i++) n_params += tg_numel(tg_param_at(ctx, i));
 
@@ -615,7 +630,7 @@ static int cmd_train(options *o) {
     const char *keys[16], *vals[16];
     char s_lr[32], s_epochs[32], s_batch[32], s_seed[32], s_acc[32];
     int nk = 0;
-    keys[nk] = "tg_mlp.version", vals[nk++] = "1";
+    keys[nk] = "tg_mlp.version", vals[nk++] = MODEL_VERSION;
     keys[nk] = "tg_mlp.widths", vals[nk++] = sw.p ? sw.p : "";
     keys[nk] = "tg_mlp.act", vals[nk++] = ACT_NAMES[o->act];
     keys[nk] = "tg_mlp.input", vals[nk++] = idx ? "idx" : "csv";
@@ -839,9 +854,13 @@ static int cmd_predict(options *o) {
         tg_tensor *x = tg_from(ctx, TG_F32, 2, (const int64_t[]){m, ds->n_features},
                                ds->x + s * ds->n_features);
         tg_tensor *logits = tg_mlp_forward(ctx, &md.mlp, x);
+        if (o->proba) logits = tg_softmax(ctx, logits);
         if (!logits) break;
         const float *z = tg_data(logits);
-        for (int64_t i = 0; i < m; i++) {
+        for (int64_t i = 0; o->proba && i < m; i++)
+            for (int64_t c = 0; c < classes; c++)
+                printf("%.9g%c", (double)z[i * classes + c], c + 1 < classes ? ',' : '\n');
+        for (int64_t i = 0; !o->proba && i < m; i++) {
             int64_t best = 0; /* argmax, the first on ties */
             for (int64_t c = 1; c < classes; c++)
                 if (z[i * classes + c] > z[i * classes + best]) best = c;

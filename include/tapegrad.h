@@ -537,14 +537,15 @@ TG_API const char *tg_init_name(tg_init kind);
  * the context and live until tg_ctx_free. There is nothing to free.          */
 /* ======================================================================== */
 
-/** A dense (fully connected) layer: y = act(x W + b). */
+/** A dense (fully connected) layer: y = act(x W^T + b), as torch.nn.Linear:
+ *  the weight is kept [out,in], so its checkpoint is nn.Linear's state_dict. */
 typedef struct {
-    tg_tensor *weight;   /**< [in,out] parameter "<name>.weight", owned by the ctx */
+    tg_tensor *weight;   /**< [out,in] parameter "<name>.weight", owned by the ctx */
     tg_tensor *bias;     /**< [out] parameter "<name>.bias", owned by the ctx */
     int64_t in, out;
 } tg_dense;
 
-/** Create the parameters of @p d: "<name>.weight" [in,out] initialised by
+/** Create the parameters of @p d: "<name>.weight" [out,in] initialised by
  *  @p init (gain 0: the scheme's default, see tg_init_tensor), and
  *  "<name>.bias" [out] set to zeros (tapegrad's choice; PyTorch's nn.Linear
  *  draws the bias from U(-1/sqrt(in), 1/sqrt(in)) instead). @p name NULL:
@@ -553,7 +554,8 @@ typedef struct {
  *  weight already created stays in the context). */
 TG_API int tg_dense_init(tg_ctx *ctx, tg_dense *d, const char *name, int64_t in,
                          int64_t out, tg_dtype dt, tg_init init);
-/** act(x W + b) for x [m,in] -> [m,out], one tg_linear node on the tape.
+/** act(x W^T + b) for x [m,in] -> [m,out], one linear node on the tape (the
+ *  same op as tg_linear, reading the [out,in] weight transposed in place).
  *  Returns a temporary (lives until tg_reset), or NULL on error. */
 TG_API tg_tensor *tg_dense_forward(tg_ctx *ctx, const tg_dense *d, tg_tensor *x, tg_act act);
 
@@ -570,7 +572,9 @@ typedef struct {
 /** Create an MLP with widths[0] inputs, widths[n_widths-1] outputs and
  *  n_widths - 1 dense layers (1 to TG_MLP_MAX_LAYERS) named "<prefix>1",
  *  "<prefix>2", ... (@p prefix NULL: "fc"), so the parameters are
- *  "fc1.weight", "fc1.bias", "fc2.weight", ... Weights are initialised from
+ *  "fc1.weight", "fc1.bias", "fc2.weight", ... A prefix "" or ending in '.'
+ *  gives the names of the equivalent nn.Sequential(Linear, act, Linear, ...):
+ *  "0.weight", "2.weight", ... (or "body.0.weight", ... for "body."). Weights are initialised from
  *  @p act with its tg_init_gain: He uniform for relu and leaky relu, Xavier
  *  uniform for tanh, sigmoid and none; biases are zeros. Returns 0, or -1
  *  with the error recorded (then @p m is zeroed; layers created before the
