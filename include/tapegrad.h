@@ -496,6 +496,19 @@ TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
 TG_API char *tg_checkpoint_meta(tg_ctx *ctx, const char *path, const char *key);
 /* ==== END SECTION: checkpoint extras ==== */
 
+/* ---- interop: one tensor to and from NumPy (src/toolkit/npy.c; docs/interop.md) ---- */
+
+/** Write @p t to @p path as a NumPy .npy file (format 1.0, little-endian, C
+ *  order: '<f4', '<f8' or '<i4'), which np.load reads. 0 ok, -1 error
+ *  (recorded; a partly written file is removed). */
+TG_API int tg_save_npy(tg_ctx *ctx, const tg_tensor *t, const char *path);
+/** Read a .npy file (format 1.0 to 3.0, float32, float64 or int32, either byte
+ *  order, C order, at most TG_MAX_DIMS dimensions) as a new tensor of that
+ *  dtype and shape. Returns a temporary (lives until tg_reset; copy it into a
+ *  parameter with memcpy on tg_data), or NULL on error (recorded, naming the
+ *  file and what was wrong). */
+TG_API tg_tensor *tg_load_npy(tg_ctx *ctx, const char *path);
+
 /* ==== SECTION: nn and optim (owned by nn) ==== */
 
 /* ======================================================================== */
