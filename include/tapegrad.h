@@ -901,6 +901,26 @@ TG_API int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y);
 /** Free the order array (b may be zeroed or already freed). (owned by data) */
 TG_API void tg_batcher_free(tg_batcher *b);
 
+/* ---- resumable training (src/toolkit/resume.c; docs/checkpoints.md, "Resuming") ---- */
+
+/** Save what a training run needs to continue bit-identically, beside the
+ *  model file (tg_save keeps holding just the parameters): the context's
+ *  random state, @p opt's state (moments, per-parameter step counts, step
+ *  count, learning rate; NULL: none), @p b's state (sample order and position;
+ *  NULL: none) and @p epoch (the caller's count of completed epochs). The
+ *  schedule position is the step count (tg_sched_lr(s, step)). Written
+ *  atomically (temporary file, rename). 0 ok, -1 error (recorded). */
+TG_API int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batcher *b,
+                          int64_t epoch);
+/** Restore what tg_resume_save wrote into @p opt and @p b (either may be NULL:
+ *  not restored), made the same way as before (same optimiser kind and options
+ *  that set its buffers, same parameters in the same order, same data set size,
+ *  batch size and flags), and the context's random state; *@p epoch (if not
+ *  NULL) gets the saved epoch. Everything is validated (and the checksum
+ *  checked) before anything changes. 0 ok, -1 error (recorded). */
+TG_API int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b,
+                          int64_t *epoch);
+
 /* ---- standardisation (src/toolkit/data.c) -------------------------------------- */
 
 /** Per-feature standardisation x' = (x - mean) / std. (owned by data) */
