@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tapegrad.h"
+#include "tg_test.h"
 
 static tg_ctx *ctx;
 static char dir[64];
@@ -16,28 +16,18 @@ static char dir[64];
 static void setup(void)
 {
     ctx = tg_ctx_new(7);
-    snprintf(dir, sizeof dir, "/tmp/tg_npy_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    scratch_make(dir, sizeof dir, "npy");
 }
 
 static void teardown(void)
 {
     tg_ctx_free(ctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    scratch_remove(dir);
 }
 
 TestSuite(npy, .init = setup, .fini = teardown);
 
-static const char *in_dir(const char *name)
-{
-    static char buf[2][128];
-    static int k;
-    k ^= 1;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
+static const char *in_dir(const char *name) { return scratch_path(dir, name); }
 
 static int have_numpy(void)
 {

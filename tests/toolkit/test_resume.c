@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tapegrad.h"
+#include "tg_test.h"
 
 #define N 96
 #define F 5
@@ -18,29 +18,11 @@
 
 static char dir[64];
 
-static void setup(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/tg_resume_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
-static void teardown(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
+static void setup(void) { scratch_make(dir, sizeof dir, "resume"); }
+static void teardown(void) { scratch_remove(dir); }
 TestSuite(resume, .init = setup, .fini = teardown);
 
-static const char *in_dir(const char *name)
-{
-    static char buf[4][128];
-    static int k;
-    k = (k + 1) & 3;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-    return buf[k];
-}
+static const char *in_dir(const char *name) { return scratch_path(dir, name); }
 
 typedef struct {
     tg_ctx *ctx;
