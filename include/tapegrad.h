@@ -496,6 +496,20 @@ TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
 TG_API char *tg_checkpoint_meta(tg_ctx *ctx, const char *path, const char *key);
 /* ==== END SECTION: checkpoint extras ==== */
 
+/* ---- seeing a model (src/toolkit/inspect.c) ---- */
+
+/** Print a table of the context's parameters to @p f: name, shape, dtype,
+ *  element count and bytes, one line each in creation order, then the totals
+ *  (values, trainable values, MiB). 0 ok, -1 on a write error or NULL @p f
+ *  (recorded). Reads only. */
+TG_API int tg_summary(tg_ctx *ctx, FILE *f);
+/** Write the tape recorded since the last tg_reset to @p f as a Graphviz DOT
+ *  graph (render with `dot -Tsvg`): a box per op ("#index name", output dtype and
+ *  shape), an ellipse per leaf (parameters by name in bold, other inputs by dtype
+ *  and shape), edges from inputs to ops; tensors that need a gradient are drawn
+ *  solid, the others dashed. 0 ok, -1 on error (recorded). Reads only. */
+TG_API int tg_tape_dot(tg_ctx *ctx, FILE *f);
+
 /* ---- interop: one tensor to and from NumPy (src/toolkit/npy.c; docs/interop.md) ---- */
 
 /** Write @p t to @p path as a NumPy .npy file (format 1.0, little-endian, C

@@ -43,3 +43,8 @@ if(TARGET tg-mlp)
   add_test(NAME example_tg_mlp_help COMMAND tg-mlp --help)
   set_tests_properties(example_tg_mlp_help PROPERTIES PASS_REGULAR_EXPRESSION "usage:")
 endif()
+if(TARGET tape_graph)
+  # tg_summary's table and tg_tape_dot's graph, rendered by Graphviz when installed
+  add_test(NAME example_tape_graph COMMAND tape_graph ${CMAKE_BINARY_DIR}/tape_graph)
+  set_tests_properties(example_tape_graph PROPERTIES TIMEOUT 300)
+endif()
