@@ -11,13 +11,16 @@
 # 3. The `lib` preset (the library alone, no sanitizers, so that clang can link
 #    it) is built, installed and used by gcc and clang, shared and static, via
 #    pkg-config and find_package; a version find_package cannot satisfy fails.
-set -euo pipefail
+set -Eeuo pipefail
 build=$(realpath "$1") src=$(realpath "$2") sanitize=${3:-OFF}
 san=()
 # a library built with sanitizers needs their runtimes in the program too
 case "$sanitize" in ON|on|1|TRUE|true) san=(-fsanitize=address,undefined) ;; esac
 work=$(mktemp -d)
+log=$work/output.log
 trap 'rm -rf "$work"' EXIT
+# the commands' own output goes to $log, shown when a step fails
+trap 'echo "install test: FAILED at line $LINENO; the last output:"; tail -n 40 "$log"' ERR
 program=$src/tests/contract/contract_program.c
 say() { echo "install test: $*"; }
 
@@ -25,7 +28,7 @@ say() { echo "install test: $*"; }
 # library there, the static one must not need it
 run() {
   local prog=$1 libdir=$2
-  (cd "$work" && LD_LIBRARY_PATH="$libdir" "$prog" >/dev/null) || { say "$prog failed"; exit 1; }
+  (cd "$work" && LD_LIBRARY_PATH="$libdir" "$prog" >>"$log" 2>&1) || { say "$prog failed"; exit 1; }
   if ldd "$prog" | grep -q 'libtapegrad\.so'; then echo shared; else echo static; fi
 }
 
@@ -53,8 +56,8 @@ cmake_programs() {
   local cc=$1 prefix=$2 flags=${3:-}
   local bdir=$work/cmake_$cc libdir
   cmake -S "$src/tests/install" -B "$bdir" -DCMAKE_C_COMPILER="$cc" -DCMAKE_PREFIX_PATH="$prefix" \
-    -DTG_PROGRAM="$program" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" >/dev/null
-  cmake --build "$bdir" >/dev/null
+    -DTG_PROGRAM="$program" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" >>"$log" 2>&1
+  cmake --build "$bdir" >>"$log" 2>&1
   libdir=$(dirname "$(find "$prefix" -name 'libtapegrad.so' | head -n 1)")
   for linkage in shared static; do
     got=$(run "$bdir/app_$linkage" "$libdir")
@@ -65,7 +68,7 @@ cmake_programs() {
 
 # ---- 1. the build under test ----
 p1=$work/prefix1
-cmake --install "$build" --prefix "$p1" >/dev/null
+cmake --install "$build" --prefix "$p1" >>"$log" 2>&1
 test -f "$p1/include/tapegrad.h"
 test -x "$p1/bin/tg-mlp" || { say "tg-mlp was not installed"; exit 1; }
 lib=$(dirname "$(find "$p1" -name 'libtapegrad.so.0' | head -n 1)")
@@ -83,19 +86,19 @@ cmake_programs gcc "$p1" "${san[*]}"
 # ---- 2. add_subdirectory ----
 sub=$work/subdir
 cmake -S "$src/tests/install" -B "$sub" -DCMAKE_C_COMPILER=gcc -DTG_SUBDIR="$src" \
-  -DTG_PROGRAM="$program" -DCMAKE_BUILD_TYPE=Debug >/dev/null
-cmake --build "$sub" -j2 >/dev/null
+  -DTG_PROGRAM="$program" -DCMAKE_BUILD_TYPE=Debug >>"$log" 2>&1
+cmake --build "$sub" -j2 >>"$log" 2>&1
 [ "$(run "$sub/app_shared" "$sub/tapegrad")" = shared ] && [ "$(run "$sub/app_static" "")" = static ]
 say "add_subdirectory: tapegrad::tapegrad and tapegrad::tapegrad_static build and run"
 
 # ---- 3. the lib preset, gcc and clang ----
 lb=$work/lib p3=$work/prefix3
-cmake -S "$src" --preset lib -B "$lb" -DCMAKE_C_COMPILER=gcc >/dev/null
+cmake -S "$src" --preset lib -B "$lb" -DCMAKE_C_COMPILER=gcc >>"$log" 2>&1
 grep -q '^TG_BUILD_TESTS:BOOL=OFF' "$lb/CMakeCache.txt"
-cmake --build "$lb" -j2 >/dev/null
-cmake --install "$lb" --prefix "$p3" >/dev/null
+cmake --build "$lb" -j2 >>"$log" 2>&1
+cmake --install "$lb" --prefix "$p3" >>"$log" 2>&1
 compilers=(gcc)
-if command -v clang >/dev/null; then compilers+=(clang); else say "clang not installed: SKIPPED its builds (script/bootstrap installs it)"; fi
+if command -v clang >>"$log" 2>&1; then compilers+=(clang); else say "clang not installed: SKIPPED its builds (script/bootstrap installs it)"; fi
 for cc in "${compilers[@]}"; do
   pc_program "$cc" "$p3" shared
   pc_program "$cc" "$p3" static
@@ -103,7 +106,7 @@ for cc in "${compilers[@]}"; do
   cmake_programs "$cc" "$p3"
 done
 if cmake -S "$src/tests/install" -B "$work/toonew" -DCMAKE_PREFIX_PATH="$p3" -DTG_PROGRAM="$program" \
-     -DTG_WANT_VERSION=9.0 >/dev/null 2>&1; then
+     -DTG_WANT_VERSION=9.0 >>"$log" 2>&1; then
   say "find_package(tapegrad 9.0) was satisfied by $(sed -n 's/^Version: //p' "$p3"/lib*/pkgconfig/tapegrad.pc)"
   exit 1
 fi
