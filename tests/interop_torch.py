@@ -11,6 +11,8 @@ Usage: interop_torch.py TG_MLP WORK_DIR
 2. The other way: an nn.Sequential with PyTorch's own initialisation is saved in
    the safetensors layout with tg-mlp's metadata, and `tg-mlp predict --proba`
    must give PyTorch's probabilities.
+3. The same with the state_dict in float16 (net.half()): tapegrad converts the
+   F16 tensors into its F32 parameters.
 Runs under Debian's /usr/bin/python3 with python3-torch; without torch it
 prints SKIPPED and exits 77 (ctest reports the test as skipped).
 """
@@ -50,10 +52,12 @@ def read_safetensors(path):
 
 
 def write_safetensors(path, tensors, meta):
+    kinds = {torch.float32: ("F32", "<f4"), torch.float16: ("F16", "<f2"), torch.int64: ("I64", "<i8")}
     head, chunks, at = {"__metadata__": meta}, [], 0
     for name, t in tensors.items():
-        b = t.detach().contiguous().numpy().astype("<f4").tobytes()
-        head[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [at, at + len(b)]}
+        dtype, np_kind = kinds[t.dtype]
+        b = t.detach().contiguous().numpy().astype(np_kind).tobytes()
+        head[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [at, at + len(b)]}
         chunks.append(b)
         at += len(b)
     text = json.dumps(head, separators=(",", ":")).encode()
@@ -127,6 +131,18 @@ def main():
         failures += not ok
         print("%s torch -> tapegrad, %s %s: max |p_torch - p_tapegrad| = %.3g"
               % ("ok  " if ok else "FAIL", act, "-".join(map(str, widths)), diff))
+
+    # 3. a half-precision state_dict (net.half()): F16 tensors load into F32 parameters
+    net = sequential([f, 8, 3], "relu").half().float()  # the weights, rounded to F16
+    path = "torch_f16.safetensors"
+    write_safetensors(path, {k: v.half() for k, v in net.state_dict().items()}, {
+        "format": "pt", "tg_mlp.version": "2", "tg_mlp.widths": "%d,8,3" % f,
+        "tg_mlp.act": "relu", "tg_mlp.input": "csv", "tg_mlp.label": "-1"})
+    diff = np.abs(torch_proba(net, xf) - tg_proba(tg_mlp, path, "features.csv")).max()
+    ok = diff < TOL
+    failures += not ok
+    print("%s torch F16 -> tapegrad F32, relu %d-8-3: max |p_torch - p_tapegrad| = %.3g"
+          % ("ok  " if ok else "FAIL", f, diff))
     sys.exit(1 if failures else 0)
 
 
