@@ -1225,6 +1225,13 @@ static int train_resume(tg_ctx *ctx, const options *o, train_model *t, long *epo
     char *b = tg_checkpoint_meta(ctx, o->resume, "tg_mlp.best_val_loss");
     if (b) *best = strtod(b, NULL);
     free(b);
+    /* the two files are written one after the other: they must be of one epoch */
+    char *me = tg_checkpoint_meta(ctx, o->resume, "tg_mlp.epochs");
+    long model_epoch = me ? strtol(me, NULL, 10) : -1;
+    free(me);
+    if (tg_ok(ctx) && model_epoch != (long)e)
+        tg_set_error(ctx, "%s is from epoch %ld but %s from epoch %lld: not one run's pair", o->resume,
+                     model_epoch, rpath, (long long)e);
     *epoch = (long)e;
     return tg_ok(ctx) ? 0 : 1;
 }

@@ -284,6 +284,10 @@ if [ "$(($(wc -l <pat.csv) - 1))" -lt 60 ] && [ "$(($(wc -l <pat.csv) - 1))" -le
 "$BIN" train -d rings.csv -L cls -l 8 -e 6 -q -o part.safetensors --log part.csv --resume part.safetensors
 if cmp -s full.safetensors part.safetensors; then pass "--resume: bit-identical to the uninterrupted run"; else fail "--resume differs"; fi
 if diff <(cut -d, -f1-8 full.csv) <(cut -d, -f1-8 part.csv) >/dev/null; then pass "--resume: the log continues"; else fail "--resume log"; fi
+"$BIN" train -d rings.csv -L cls -l 8 -e 2 -q -o two.safetensors
+cp full.safetensors.resume two.safetensors.resume
+expect_message 1 "two.safetensors is from epoch 2 but two.safetensors.resume from epoch 6" -- \
+    train -d rings.csv -L cls -l 8 -e 9 -q -o x.safetensors --resume two.safetensors
 expect_message 2 "has done 6 epochs already" -- train -d rings.csv -L cls -l 8 -e 6 -q -o x.safetensors --resume part.safetensors
 expect_message 1 "the file has shape" -- train -d rings.csv -L cls -l 4 -e 9 -q -o x.safetensors --resume part.safetensors
 
