@@ -29,7 +29,11 @@ say() { echo "install test: $*"; }
 run() {
   local prog=$1 libdir=$2
   (cd "$work" && LD_LIBRARY_PATH="$libdir" "$prog" >>"$log" 2>&1) || { say "$prog failed"; exit 1; }
-  if ldd "$prog" | grep -q 'libtapegrad\.so'; then echo shared; else echo static; fi
+  # (ldd's output in full first: `ldd | grep -q` under pipefail fails when grep
+  # stops reading early and ldd gets SIGPIPE)
+  local deps
+  deps=$(ldd "$prog")
+  case $deps in *libtapegrad.so*) echo shared ;; *) echo static ;; esac
 }
 
 # pkg-config: CC PREFIX LINKAGE [extra flags]
