@@ -1,7 +1,7 @@
 /* xor.c: a 2-4-1 MLP learns XOR, which no single line can separate.
  *
- *   h = tanh(x W1 + b1)        x [4,2], W1 [2,4], b1 [4]     (tg_mlp, layer fc1)
- *   z = h W2 + b2              W2 [4,1], b2 [1]              (tg_mlp, layer fc2: logits)
+ *   h = tanh(x W1^T + b1)      x [4,2], W1 [4,2], b1 [4]     (tg_mlp, layer fc1)
+ *   z = h W2^T + b2            W2 [1,4], b2 [1]              (tg_mlp, layer fc2: logits)
  *   p = sigmoid(z)                                           (tg_sigmoid)
  *   loss = mean((p - y)^2)                                   (tg_mse)
  *

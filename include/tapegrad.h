@@ -482,12 +482,14 @@ TG_API int tg_save_meta(tg_ctx *ctx, const char *path, const char *const *keys,
 enum {
     TG_LOAD_ALLOW_MISSING = 1, /**< parameters absent from the file keep their values */
     TG_LOAD_ALLOW_EXTRA = 2    /**< tensors of the file that are not parameters are
-                                    ignored (they are still validated) */
+                                    ignored, whatever their dtype (I64, U8, ...; they
+                                    are still validated) */
 };
 
 /** As tg_load, with @p flags (TG_LOAD_ALLOW_MISSING | TG_LOAD_ALLOW_EXTRA, or
  *  0). A tensor whose name matches a parameter must still match its dtype and
- *  shape. All or nothing: 0 ok, -1 error (recorded, parameters unchanged). */
+ *  shape; F16 and BF16 tensors load into F32 and F64 parameters, converted.
+ *  All or nothing: 0 ok, -1 error (recorded, parameters unchanged). */
 TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
 
 /** The value of metadata @p key in the checkpoint at @p path ("format",
@@ -497,6 +499,33 @@ TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
  *  come from the context's allocator); NULL if the key is absent (no error
  *  recorded: tg_ok stays 1) or on error (recorded). */
 TG_API char *tg_checkpoint_meta(tg_ctx *ctx, const char *path, const char *key);
+
+/* ---- seeing a model (src/toolkit/inspect.c) ---- */
+
+/** Print a table of the context's parameters to @p f: name, shape, dtype,
+ *  element count and bytes, one line each in creation order, then the totals
+ *  (values, trainable values, MiB). 0 ok, -1 on a write error or NULL @p f
+ *  (recorded). Reads only. */
+TG_API int tg_summary(tg_ctx *ctx, FILE *f);
+/** Write the tape recorded since the last tg_reset to @p f as a Graphviz DOT
+ *  graph (render with `dot -Tsvg`): a box per op ("#index name", output dtype and
+ *  shape), an ellipse per leaf (parameters by name in bold, other inputs by dtype
+ *  and shape), edges from inputs to ops; tensors that need a gradient are drawn
+ *  solid, the others dashed. 0 ok, -1 on error (recorded). Reads only. */
+TG_API int tg_tape_dot(tg_ctx *ctx, FILE *f);
+
+/* ---- interop: one tensor to and from NumPy (src/toolkit/npy.c; docs/interop.md) ---- */
+
+/** Write @p t to @p path as a NumPy .npy file (format 1.0, little-endian, C
+ *  order: '<f4', '<f8' or '<i4'), which np.load reads. 0 ok, -1 error
+ *  (recorded; a partly written file is removed). */
+TG_API int tg_save_npy(tg_ctx *ctx, const tg_tensor *t, const char *path);
+/** Read a .npy file (format 1.0 to 3.0, float32, float64 or int32, either byte
+ *  order, C order, at most TG_MAX_DIMS dimensions) as a new tensor of that
+ *  dtype and shape. Returns a temporary (lives until tg_reset; copy it into a
+ *  parameter with memcpy on tg_data), or NULL on error (recorded, naming the
+ *  file and what was wrong). */
+TG_API tg_tensor *tg_load_npy(tg_ctx *ctx, const char *path);
 
 /* ======================================================================== */
 /** @name Layers and optimisers                                             */
@@ -541,14 +570,15 @@ TG_API const char *tg_init_name(tg_init kind);
  * the context and live until tg_ctx_free. There is nothing to free.          */
 /* ======================================================================== */
 
-/** A dense (fully connected) layer: y = act(x W + b). */
+/** A dense (fully connected) layer: y = act(x W^T + b), as torch.nn.Linear:
+ *  the weight is kept [out,in], so its checkpoint is nn.Linear's state_dict. */
 typedef struct {
-    tg_tensor *weight;   /**< [in,out] parameter "<name>.weight", owned by the ctx */
+    tg_tensor *weight;   /**< [out,in] parameter "<name>.weight", owned by the ctx */
     tg_tensor *bias;     /**< [out] parameter "<name>.bias", owned by the ctx */
     int64_t in, out;
 } tg_dense;
 
-/** Create the parameters of @p d: "<name>.weight" [in,out] initialised by
+/** Create the parameters of @p d: "<name>.weight" [out,in] initialised by
  *  @p init (gain 0: the scheme's default, see tg_init_tensor), and
  *  "<name>.bias" [out] set to zeros (tapegrad's choice; PyTorch's nn.Linear
  *  draws the bias from U(-1/sqrt(in), 1/sqrt(in)) instead). @p name NULL:
@@ -557,7 +587,8 @@ typedef struct {
  *  weight already created stays in the context). */
 TG_API int tg_dense_init(tg_ctx *ctx, tg_dense *d, const char *name, int64_t in,
                          int64_t out, tg_dtype dt, tg_init init);
-/** act(x W + b) for x [m,in] -> [m,out], one tg_linear node on the tape.
+/** act(x W^T + b) for x [m,in] -> [m,out], one linear node on the tape (the
+ *  same op as tg_linear, reading the [out,in] weight transposed in place).
  *  Returns a temporary (lives until tg_reset), or NULL on error. */
 TG_API tg_tensor *tg_dense_forward(tg_ctx *ctx, const tg_dense *d, tg_tensor *x, tg_act act);
 
@@ -574,7 +605,9 @@ typedef struct {
 /** Create an MLP with widths[0] inputs, widths[n_widths-1] outputs and
  *  n_widths - 1 dense layers (1 to TG_MLP_MAX_LAYERS) named "<prefix>1",
  *  "<prefix>2", ... (@p prefix NULL: "fc"), so the parameters are
- *  "fc1.weight", "fc1.bias", "fc2.weight", ... Weights are initialised from
+ *  "fc1.weight", "fc1.bias", "fc2.weight", ... A prefix "" or ending in '.'
+ *  gives the names of the equivalent nn.Sequential(Linear, act, Linear, ...):
+ *  "0.weight", "2.weight", ... (or "body.0.weight", ... for "body."). Weights are initialised from
  *  @p act with its tg_init_gain: He uniform for relu and leaky relu, Xavier
  *  uniform for tanh, sigmoid and none; biases are zeros. Returns 0, or -1
  *  with the error recorded (then @p m is zeroed; layers created before the
@@ -995,6 +1028,26 @@ TG_API void tg_batcher_free(tg_batcher *b);
  *  it. Needs 1 <= count <= batch_size. 0 ok, -1 error (recorded).
  *  (owned by data) */
 TG_API int tg_batcher_shard(tg_batcher *b, int rank, int count);
+
+/* ---- resumable training (src/toolkit/resume.c; docs/checkpoints.md, "Resuming") ---- */
+
+/** Save what a training run needs to continue bit-identically, beside the
+ *  model file (tg_save keeps holding just the parameters): the context's
+ *  random state, @p opt's state (moments, per-parameter step counts, step
+ *  count, learning rate; NULL: none), @p b's state (sample order and position;
+ *  NULL: none) and @p epoch (the caller's count of completed epochs). The
+ *  schedule position is the step count (tg_sched_lr(s, step)). Written
+ *  atomically (temporary file, rename). 0 ok, -1 error (recorded). */
+TG_API int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batcher *b,
+                          int64_t epoch);
+/** Restore what tg_resume_save wrote into @p opt and @p b (either may be NULL:
+ *  not restored), made the same way as before (same optimiser kind and options
+ *  that set its buffers, same parameters in the same order, same data set size,
+ *  batch size and flags), and the context's random state; *@p epoch (if not
+ *  NULL) gets the saved epoch. Everything is validated (and the checksum
+ *  checked) before anything changes. 0 ok, -1 error (recorded). */
+TG_API int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b,
+                          int64_t *epoch);
 
 /* ---- standardisation (src/toolkit/data.c) -------------------------------------- */
 

@@ -239,31 +239,37 @@ static void add_bias_backward(tg_op_call *c)
  * directly). Numerics: sigmoid is evaluated without overflow (exp of a
  * non-positive number only); at p = 0 relu's derivative is 0 and leaky
  * relu's is the slope, as in tg_relu and tg_leaky_relu. */
+/* The same node with the weight kept as nn.Linear keeps it (tgi_linear_wt):
+ * W is [out,in] and y = act(x W^T + b); the GEMM reads W transposed in place
+ * (attribute i[1] = 1), so
+ *   dW += d_pre^T x  ([out,in]),  dx += d_pre W,  db as above. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
-                      const tg_tensor *b, tg_act act);
+                      const tg_tensor *b, tg_act act, int wt);
 TGI_OP(linear);
 
-tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_act act)
+/* tg_linear (wt 0: w [in,out]) and tgi_linear_wt (wt 1: w [out,in]) */
+static tg_tensor *linear(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
+                         tg_act act, int wt)
 {
-    static const char fn[] = "tg_linear";
     if (!ctx) return NULL;
     if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
         return NULL;
     if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 2 || w->ndim != 2) {
-        tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and [in,out]): x is %s, w is %s", fn,
-                     TGI_SHAPE(x, sx), TGI_SHAPE(w, sw));
+        tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and %s): x is %s, w is %s", fn,
+                     wt ? "[out,in]" : "[in,out]", TGI_SHAPE(x, sx), TGI_SHAPE(w, sw));
         return NULL;
     }
-    if (x->shape[1] != w->shape[0]) {
+    const int64_t w_in = w->shape[wt ? 1 : 0], w_out = w->shape[wt ? 0 : 1];
+    if (x->shape[1] != w_in) {
         tg_set_error(ctx, "%s: inner dimensions differ: x is %s, w is %s", fn, TGI_SHAPE(x, sx),
                      TGI_SHAPE(w, sw));
         return NULL;
     }
-    if (b && (b->ndim != 1 || b->shape[0] != w->shape[1])) {
+    if (b && (b->ndim != 1 || b->shape[0] != w_out)) {
         tg_set_error(ctx, "%s: bias must be [%lld] to match w %s, got b %s", fn,
-                     (long long)w->shape[1], TGI_SHAPE(w, sw), TGI_SHAPE(b, sb));
+                     (long long)w_out, TGI_SHAPE(w, sw), TGI_SHAPE(b, sb));
         return NULL;
     }
     if ((int)act < 0 || act >= TG_ACT_COUNT) {
@@ -271,24 +277,35 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
                      TGI_SHAPE(x, sx), TGI_SHAPE(w, sw));
         return NULL;
     }
-    int64_t shape[2] = {x->shape[0], w->shape[1]};
+    int64_t shape[2] = {x->shape[0], w_out};
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
-    const tgi_attr at = {.i = {(int64_t)act}};
+    const tgi_attr at = {.i = {(int64_t)act, wt}};
     return tgi_op_run(ctx, &op_linear, out, in, n_in, &at, sizeof at);
+}
+
+tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_act act)
+{
+    return linear(ctx, "tg_linear", x, w, b, act, 0);
+}
+
+tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
+                         tg_act act)
+{
+    return linear(ctx, fn, x, w, b, act, 1);
 }
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
  * and applies the activation in place (the vector kernels of src/kernels/vmath.h),
  * over contiguous chunks of y, several threads for a large y. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
-                      const tg_tensor *b, tg_act act)
+                      const tg_tensor *b, tg_act act, int wt)
 {
-    int64_t m = x->shape[0], k = x->shape[1], n = w->shape[1];
-    if (gemm(ctx, "tg_linear", x->dtype, 0, 0, m, n, k, x->data, k, w->data, n, 0, out->data,
-             n) != 0)
+    int64_t m = x->shape[0], k = x->shape[1], n = out->shape[1];
+    if (gemm(ctx, "tg_linear", x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
+             out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
     TGI_FLOAT_DISPATCH(x->dtype, {
@@ -331,7 +348,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
 static int linear_forward(tg_op_call *c)
 {
     return linear_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL,
-                      (tg_act)TGI_ATTR(c)->i[0]);
+                      (tg_act)TGI_ATTR(c)->i[0], (int)TGI_ATTR(c)->i[1]);
 }
 
 /* d_pre = dy * act'(p), written from y:
@@ -342,9 +359,10 @@ static void linear_backward(tg_op_call *c)
     tg_ctx *ctx = c->ctx;
     tg_tensor *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
     tg_act act = (tg_act)TGI_ATTR(c)->i[0];
+    const int wt = (int)TGI_ATTR(c)->i[1];
     const void *dy = tg_grad(c->out);
     if (!dy) return;
-    int64_t m = x->shape[0], k = x->shape[1], n = w->shape[1];
+    int64_t m = x->shape[0], k = x->shape[1], n = c->out->shape[1];
     const void *dpre = dy;
     if (act != TG_ACT_NONE && c->out->numel > 0) {
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
@@ -372,16 +390,20 @@ static void linear_backward(tg_op_call *c)
         });
         dpre = buf;
     }
-    if (tgi_needs_grad(w)) { /* [k,n] += ([m,k] stored, read as its transpose) [m,n] */
+    if (tgi_needs_grad(w)) {
         void *dw = tg_grad_acc(w);
-        if (!dw || gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n, 1, dw,
-                        n) != 0)
+        /* wt: [n,k] += ([m,n] stored, read as its transpose) [m,k]
+         * else [k,n] += ([m,k] stored, read as its transpose) [m,n] */
+        if (!dw || (wt ? gemm(ctx, "tg_linear", x->dtype, 1, 0, n, k, m, dpre, n, x->data, k, 1,
+                              dw, k)
+                       : gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n, 1,
+                              dw, n)) != 0)
             return;
     }
-    if (tgi_needs_grad(x)) { /* [m,k] += [m,n] ([k,n] stored, read as its transpose) */
+    if (tgi_needs_grad(x)) { /* [m,k] += [m,n] W, W read as stored ([n,k]) or transposed ([k,n]) */
         void *dx = tg_grad_acc(x);
-        if (!dx || gemm(ctx, "tg_linear", x->dtype, 0, 1, m, k, n, dpre, n, w->data, n, 1, dx,
-                        k) != 0)
+        if (!dx || gemm(ctx, "tg_linear", x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
+                        wt ? k : n, 1, dx, k) != 0)
             return;
     }
     if (b && tgi_needs_grad(b)) {

@@ -91,7 +91,7 @@ if cmp -s pred.out pred2.out; then pass "predict ignores a label column"; else f
 
 # ---- softmax regression (no hidden layer) ----
 if "$BIN" train --data rings.csv --layers '' --epochs 5 --out soft.safetensors --json --quiet >soft.out 2>&1 &&
-    grep -q '"widths":"3,2"' soft.out; then pass "--layers '' trains softmax regression"; else fail "--layers ''"; cat soft.out; fi
+    grep -q '"widths":\[3,2\]' soft.out; then pass "--layers '' trains softmax regression"; else fail "--layers ''"; cat soft.out; fi
 
 # ---- IDX: the tiny fixtures as a train/t10k directory ----
 mkdir -p idx
@@ -171,6 +171,134 @@ expect_error 1 "a label beyond the model's classes" -- eval --model model.safete
 expect_error 1 "IDX model on a CSV file for eval" -- eval --model idx.safetensors --data rings.csv
 expect_error 1 "unwritable --out" -- train --data rings.csv --epochs 1 --out /nonexistent-dir/m.safetensors
 if "$BIN" --help | grep -q "usage:"; then pass "--help"; else fail "--help"; fi
+
+# ---- the option parser: short and long forms, --version, per-command help ----
+if "$BIN" --version | grep -qE '^tg-mlp [0-9]+\.[0-9]+\.[0-9]+ \(tapegrad '; then pass "--version"; else fail "--version: $("$BIN" --version)"; fi
+for c in train eval predict plot; do
+    if "$BIN" $c --help | grep -q "usage: tg-mlp $c"; then pass "$c --help"; else fail "$c --help"; fi
+done
+if "$BIN" train --help | grep -q -- "--val-split"; then pass "train --help lists --val-split"; else fail "train --help"; fi
+"$BIN" train -d rings.csv -L cls -l 8 -a tanh -e 2 -b 32 -O momentum -r 0.05 -s 2 -j 1 -q -o short.safetensors
+"$BIN" train --data=rings.csv --label cls --layers=8 --act tanh --epochs 2 --batch=32 --opt momentum \
+    --lr 0.05 --seed 2 --threads 1 --quiet --out long.safetensors
+if cmp -s short.safetensors long.safetensors; then pass "short and long options give the same model"; else fail "short and long options differ"; fi
+expect_message() { # expect_message WANT_RC MESSAGE -- ARGS...
+    local want=$1 msg=$2
+    shift 3
+    "$BIN" "$@" >msg.out 2>msg.err
+    local rc=$?
+    if [ $rc -eq "$want" ] && grep -qF -- "$msg" msg.err && clean msg.err; then
+        pass "exit $rc: $msg"
+    else
+        fail "want exit $want and '$msg', got exit $rc: $(cat msg.err)"
+    fi
+}
+expect_message 2 "unknown option '--epohcs' (did you mean --epochs?)" -- train -d rings.csv --epohcs 3
+expect_message 2 "unknown option '--vall-split' (did you mean --val-split?)" -- train -d rings.csv --vall-split 0.2
+expect_message 2 "unknown option '--bogus' for train" -- train -d rings.csv --bogus
+expect_message 2 "option --lr needs a value" -- train -d rings.csv --lr
+expect_message 2 "option -e needs a value" -- train -d rings.csv -e
+expect_message 2 "--layers is not an option of eval" -- eval -m model.safetensors -d rings.csv --layers 3
+expect_message 2 "--proba is not an option of train" -- train -d rings.csv --proba
+expect_message 2 "unexpected argument 'extra'" -- train -d rings.csv extra
+expect_message 2 "--train: a command comes first" -- --train
+expect_message 2 "--delimiter: 'ab' is not one character (or 'tab')" -- train -d rings.csv -t ab
+expect_message 2 "--weight-decay: '-1' is not a number >= 0" -- train -d rings.csv --weight-decay -1
+expect_message 2 "--threads: '0' is not 1 to 1024" -- train -d rings.csv -j 0
+expect_message 2 "--batch: '0' is not an integer from 1 to" -- train -d rings.csv -b 0
+expect_message 2 "--seed: 'x' is not an integer from 0 to 2147483647" -- train -d rings.csv -s x
+"$BIN" train -d rings.csv -L cls -l 8 -e 2 -O adamw --weight-decay 0.5 --test-fraction 0.5 -q -o wd.safetensors --json >wd.out
+if [ "$(json_get "$(tail -n 1 wd.out)" test_samples)" = 200 ] && ! cmp -s wd.safetensors short.safetensors; then
+    pass "--opt adamw --weight-decay --test-fraction 0.5"; else fail "--weight-decay/--test-fraction: $(cat wd.out)"; fi
+expect_message 2 "--val-split: '1.5' is not a number in (0, 1)" -- train -d rings.csv --val-split 1.5
+expect_message 2 "--patience: '0' is not an integer from 1 to 1000000" -- train -d rings.csv --val-split 0.2 --patience 0
+expect_message 2 "--patience needs --val-split" -- train -d rings.csv --patience 3
+expect_message 2 "--schedule: 'linear' is not constant, cosine, step or exponential" -- train -d rings.csv --schedule linear
+expect_message 2 "--warmup: '-1' is not a number of steps >= 0" -- train -d rings.csv --warmup -1
+expect_message 2 "--clip: '0' is not a positive number" -- train -d rings.csv --clip 0
+expect_message 2 "--log: empty path" -- train -d rings.csv --log ''
+expect_message 2 "--resume: empty path" -- train -d rings.csv --resume ''
+expect_message 2 "plot needs --out FILE.svg" -- plot train.log
+expect_message 2 "plot takes one LOG file (got 2)" -- plot a.log b.log -o x.svg
+
+# ---- every path is checked before any work ----
+start=$(date +%s%N)
+expect_message 1 "--out /nonexistent-dir/m.safetensors: the folder /nonexistent-dir does not exist" -- \
+    train -d rings.csv -e 1000 --out /nonexistent-dir/m.safetensors
+if [ $((($(date +%s%N) - start) / 1000000)) -lt 3000 ] && ! grep -q "epoch" msg.err; then pass "--out checked before training"; else fail "--out checked late"; fi
+expect_message 1 "--log /nonexistent-dir/log.csv: the folder /nonexistent-dir does not exist" -- train -d rings.csv --log /nonexistent-dir/log.csv
+expect_message 1 "--data no-such.csv: No such file or directory" -- train -d no-such.csv
+expect_message 1 "--model no-such.safetensors: No such file or directory" -- predict -m no-such.safetensors -d rings.csv
+expect_message 1 "--resume no-such.safetensors: No such file or directory" -- train -d rings.csv --resume no-such.safetensors
+cp long.safetensors lone.safetensors
+expect_message 1 "--resume state lone.safetensors.resume: No such file" -- train -d rings.csv --resume lone.safetensors
+expect_message 1 "log no-such.log: No such file or directory" -- plot no-such.log -o x.svg
+expect_message 1 "--out /nonexistent-dir/x.svg: the folder /nonexistent-dir does not exist" -- plot rings.csv -o /nonexistent-dir/x.svg
+
+# ---- --delimiter and class names ----
+awk 'BEGIN { srand(5); print "len;width;species"; split("setosa versicolor virginica", n, " ");
+    for (i = 0; i < 150; i++) { c = i % 3; printf "%.3f;%.3f;%s\n", 1 + 2 * c + rand(), 3 - c + rand(), n[c + 1] } }' >flowers.csv
+cut -d';' -f1-2 flowers.csv >flowers-nolabel.csv
+expect_message 1 "try --delimiter ';'" -- train -d flowers.csv
+if "$BIN" train -d flowers.csv -t ';' -L species -l 8 -e 30 -r 0.02 -q -o flowers.safetensors --json >fl.out 2>fl.err &&
+    ge "$(json_get "$(tail -n 1 fl.out)" test_accuracy)" 0.8; then pass "--delimiter ';' and class names train"; else fail "class names: $(cat fl.err fl.out)"; fi
+if head -c 4096 flowers.safetensors | grep -aqF '"tg_mlp.classes":"setosa\nversicolor\nvirginica"'; then pass "class names in the metadata"; else fail "no tg_mlp.classes"; fi
+"$BIN" predict -m flowers.safetensors -d flowers-nolabel.csv -t ';' >fp.out 2>fp.err
+if [ "$(sort -u fp.out | tr '\n' ' ')" = "setosa versicolor virginica " ]; then pass "predict prints class names"; else fail "predict names: $(sort -u fp.out | head) $(cat fp.err)"; fi
+"$BIN" predict -m flowers.safetensors -d flowers.csv -t ';' >fp2.out 2>&1
+if cmp -s fp.out fp2.out; then pass "predict with the name column"; else fail "predict with the name column: $(head -3 fp2.out)"; fi
+if "$BIN" eval -m flowers.safetensors -d flowers.csv -t ';' | grep -q "class 0: setosa, class 1: versicolor, class 2: virginica"; then pass "eval names the classes"; else fail "eval names"; fi
+printf 'len;width;species\n1;2;rose\n' >rose.csv
+expect_message 1 "the label 'rose' is not one of the model's classes" -- eval -m flowers.safetensors -d rose.csv -t ';'
+
+# ---- predict --proba ----
+"$BIN" predict -m flowers.safetensors -d flowers-nolabel.csv -t ';' --proba >pp.out
+if awk -F, 'NF != 3 { bad = 1 } { s = $1 + $2 + $3; if (s < 0.9999 || s > 1.0001) bad = 1 } END { exit bad || NR != 150 }' pp.out; then
+    pass "--proba: 3 probabilities summing to 1 per row"; else fail "--proba: $(head -2 pp.out)"; fi
+
+# ---- --val-split, --schedule, --warmup, --clip, --log ----
+"$BIN" train -d rings.csv -L cls -l 8 -e 6 --val-split 0.25 --schedule cosine --warmup 10 --clip 1 \
+    --log log.csv -q -o sched.safetensors --json >sched.out
+last=$(tail -n 1 sched.out)
+if [ "$(json_get "$last" val_loss)" != null ] && [ -n "$(json_get "$last" val_loss)" ]; then pass "--val-split: a validation loss"; else fail "--val-split: $last"; fi
+if [ "$(head -1 log.csv)" = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,lr,seconds" ] &&
+    [ "$(wc -l <log.csv)" -eq 7 ]; then pass "--log: a CSV header and 6 lines"; else fail "--log: $(cat log.csv)"; fi
+lr1=$(sed -n 2p log.csv | cut -d, -f8) lr6=$(sed -n 7p log.csv | cut -d, -f8)
+if awk -v a="$lr1" -v b="$lr6" 'BEGIN { exit !(a < 0.001 && b < 0.0001) }'; then pass "--warmup then --schedule cosine: lr $lr1 -> $lr6"; else fail "schedule: lr $lr1 -> $lr6"; fi
+"$BIN" train -d rings.csv -L cls -l 8 -e 3 --log log.jsonl -q -o j.safetensors
+if [ "$(wc -l <log.jsonl)" -eq 3 ] && python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' log.jsonl; then pass "--log *.jsonl: JSON lines"; else fail "--log jsonl: $(cat log.jsonl)"; fi
+"$BIN" train -d rings.csv -L cls -l 8 -e 3 --clip 1e-9 -q -o c1.safetensors
+"$BIN" train -d rings.csv -L cls -l 8 -e 3 -q -o c2.safetensors
+if ! cmp -s c1.safetensors c2.safetensors; then pass "--clip changes the training"; else fail "--clip had no effect"; fi
+
+# ---- --patience keeps the best checkpoint ----
+"$BIN" train -d rings.csv -L cls -l 16 -e 60 -r 0.05 --val-split 0.3 --patience 3 --log pat.csv -q -o best.safetensors 2>pat.err
+best_epoch=$(tail -n +2 pat.csv | sort -t, -k4 -g | head -1 | cut -d, -f1)
+saved=$(head -c 4096 best.safetensors | grep -ao '"tg_mlp.epochs":"[0-9]*"' | grep -o '[0-9]*')
+if [ -n "$saved" ] && [ "$saved" = "$best_epoch" ]; then pass "--patience: the saved model is epoch $saved, the best validation loss"; else fail "--patience: saved $saved, best $best_epoch"; fi
+if [ "$(($(wc -l <pat.csv) - 1))" -lt 60 ] && [ "$(($(wc -l <pat.csv) - 1))" -le $((best_epoch + 3)) ]; then pass "--patience stopped early after epoch $(($(wc -l <pat.csv) - 1))"; else fail "--patience did not stop: $(wc -l <pat.csv)"; fi
+
+# ---- --resume: stopped after epoch 3 and resumed ends bit-identical ----
+"$BIN" train -d rings.csv -L cls -l 8 -e 6 -q -o full.safetensors --log full.csv
+"$BIN" train -d rings.csv -L cls -l 8 -e 3 -q -o part.safetensors --log part.csv
+"$BIN" train -d rings.csv -L cls -l 8 -e 6 -q -o part.safetensors --log part.csv --resume part.safetensors
+if cmp -s full.safetensors part.safetensors; then pass "--resume: bit-identical to the uninterrupted run"; else fail "--resume differs"; fi
+if diff <(cut -d, -f1-8 full.csv) <(cut -d, -f1-8 part.csv) >/dev/null; then pass "--resume: the log continues"; else fail "--resume log"; fi
+"$BIN" train -d rings.csv -L cls -l 8 -e 2 -q -o two.safetensors
+cp full.safetensors.resume two.safetensors.resume
+expect_message 1 "two.safetensors is from epoch 2 but two.safetensors.resume from epoch 6" -- \
+    train -d rings.csv -L cls -l 8 -e 9 -q -o x.safetensors --resume two.safetensors
+expect_message 2 "has done 6 epochs already" -- train -d rings.csv -L cls -l 8 -e 6 -q -o x.safetensors --resume part.safetensors
+expect_message 1 "the file has shape" -- train -d rings.csv -L cls -l 4 -e 9 -q -o x.safetensors --resume part.safetensors
+
+# ---- plot ----
+if "$BIN" plot log.csv -o curves.svg >plot.out && grep -q '<svg' curves.svg && [ "$(grep -c '<polyline' curves.svg)" -eq 6 ]; then
+    pass "plot: an SVG with train, validation and test loss and accuracy"; else fail "plot: $(cat plot.out)"; fi
+if "$BIN" plot log.jsonl -o curves2.svg >/dev/null && grep -q '<polyline' curves2.svg; then pass "plot reads JSON lines"; else fail "plot jsonl"; fi
+expect_message 1 "rings.csv:1: not a line of a tg-mlp --log" -- plot rings.csv -o x.svg
+if command -v rsvg-convert >/dev/null; then
+    if rsvg-convert -o curves.png curves.svg && [ -s curves.png ]; then pass "the SVG renders (rsvg-convert)"; else fail "rsvg-convert"; fi
+fi
 
 echo
 if [ $failures -eq 0 ]; then echo "cli_test: all passed"; else echo "cli_test: $failures FAILED"; fi

@@ -33,6 +33,13 @@ if(TARGET tg-mlp)
     set_tests_properties(example_tg_mlp_cli PROPERTIES TIMEOUT 300
                          FAIL_REGULAR_EXPRESSION "FAIL ")
   endif()
+  # a tg-mlp checkpoint is a PyTorch state_dict, both ways (Debian's python3-torch;
+  # skipped, and said so, without it)
+  if(EXISTS /usr/bin/python3)
+    add_test(NAME interop_torch COMMAND /usr/bin/python3 ${PROJECT_SOURCE_DIR}/tests/interop_torch.py
+             $<TARGET_FILE:tg-mlp> ${CMAKE_BINARY_DIR}/interop_torch)
+    set_tests_properties(interop_torch PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77)
+  endif()
   add_test(NAME example_tg_mlp_help COMMAND tg-mlp --help)
   set_tests_properties(example_tg_mlp_help PROPERTIES PASS_REGULAR_EXPRESSION "usage:")
 endif()
@@ -51,4 +58,9 @@ if(TARGET cnn_classifier)
                      --min-accuracy 0.3)
     set_tests_properties(example_cnn_classifier_fashion PROPERTIES TIMEOUT 300)
   endif()
+endif()
+if(TARGET tape_graph)
+  # tg_summary's table and tg_tape_dot's graph, rendered by Graphviz when installed
+  add_test(NAME example_tape_graph COMMAND tape_graph ${CMAKE_BINARY_DIR}/tape_graph)
+  set_tests_properties(example_tape_graph PROPERTIES TIMEOUT 300)
 endif()

@@ -267,5 +267,28 @@ static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tens
     }
 }
 #endif
+/* ---- a scratch directory per test: made in .init, removed in .fini ---- */
+static inline void scratch_make(char *dir, size_t size, const char *tag)
+{
+    snprintf(dir, size, "/tmp/tg_%s_XXXXXX", tag);
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static inline void scratch_remove(const char *dir)
+{
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* "<dir>/<name>" in one of four rotating buffers */
+static inline const char *scratch_path(const char *dir, const char *name)
+{
+    static char buf[4][256];
+    static int k;
+    k = (k + 1) & 3;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+    return buf[k];
+}
 
 #endif /* TG_TEST_H */

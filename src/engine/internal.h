@@ -299,5 +299,11 @@ static inline int tgi_par_threads(const tg_ctx *ctx, int64_t n)
 #ifndef TGI_AVX2_CLONES
 #define TGI_AVX2_CLONES
 #endif
+/* ---- an op entry point the toolkit uses (defined in ops/matmul.c) ----
+ * tg_linear's node with the weight as nn.Linear keeps it: x [m,in], w [out,in],
+ * b [out] or NULL -> act(x w^T + b) [m,out]; the GEMM reads w transposed in
+ * place. Errors are named after fn (the public caller). */
+tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
+                         tg_act act);
 
 #endif /* TG_INTERNAL_H */

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -94,12 +95,45 @@ static const char *io_dtype_str(tg_dtype dt) {
     return "?";
 }
 
-static int io_dtype_parse(const char *s, tg_dtype *dt) {
-    if (strcmp(s, "F32") == 0) *dt = TG_F32;
-    else if (strcmp(s, "F64") == 0) *dt = TG_F64;
-    else if (strcmp(s, "I32") == 0) *dt = TG_I32;
-    else return 0;
-    return 1;
+/* The dtypes a safetensors file may hold. Those of tapegrad load into
+ * parameters of the same dtype; F16 and BF16 load into F32 and F64 parameters
+ * (converted exactly: every half is a float); the others can only be skipped
+ * (TG_LOAD_ALLOW_EXTRA), e.g. a BatchNorm's I64 num_batches_tracked. */
+typedef struct {
+    const char *name;
+    unsigned size;
+    int tg; /* the tg_dtype, or -1 */
+} io_fdtype;
+enum { IO_F32, IO_F64, IO_I32, IO_F16, IO_BF16 }; /* the first rows of io_fdtypes */
+static const io_fdtype io_fdtypes[] = {
+    {"F32", 4, TG_F32}, {"F64", 8, TG_F64}, {"I32", 4, TG_I32}, {"F16", 2, -1},
+    {"BF16", 2, -1},    {"I64", 8, -1},     {"U64", 8, -1},     {"U32", 4, -1},
+    {"I16", 2, -1},     {"U16", 2, -1},     {"I8", 1, -1},      {"U8", 1, -1},
+    {"BOOL", 1, -1},    {"F8_E4M3", 1, -1}, {"F8_E5M2", 1, -1},
+};
+#define IO_N_FDTYPES ((int)(sizeof io_fdtypes / sizeof io_fdtypes[0]))
+
+static int io_fdtype_parse(const char *s) {
+    for (int i = 0; i < IO_N_FDTYPES; i++)
+        if (strcmp(s, io_fdtypes[i].name) == 0) return i;
+    return -1;
+}
+
+/* an IEEE half (F16) or bfloat16 (BF16), little-endian at p, as a double */
+static double io_half_value(const unsigned char *p, int fdt) {
+    uint32_t h = (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    if (fdt == IO_BF16) {
+        uint32_t bits = h << 16;
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        return v;
+    }
+    int sign = h >> 15, exp = (h >> 10) & 31;
+    double mant = (double)(h & 1023), v;
+    if (exp == 0) v = ldexp(mant, -24);                          /* subnormal */
+    else if (exp == 31) v = mant ? NAN : INFINITY;
+    else v = ldexp(mant + 1024.0, exp - 25);
+    return sign ? -v : v;
 }
 
 static const char *io_json_type(const json_t *j) {
@@ -428,7 +462,7 @@ int tg_save(tg_ctx *ctx, const char *path) { return tg_save_meta(ctx, path, NULL
 /* One tensor entry of the header, validated. */
 typedef struct {
     const char *name;      /* key in the parsed JSON (lives as long as it) */
-    tg_dtype dtype;
+    int fdt;               /* row of io_fdtypes */
     int ndim;
     int64_t shape[TG_MAX_DIMS];
     uint64_t begin, end;   /* relative to the data section */
@@ -516,8 +550,9 @@ static int io_parse_entry(io_file *f, const char *name, const json_t *v, io_entr
 
     if (!json_is_string(dt))
         return io_fail(f, "tensor '%s': dtype must be a string, got %s", name, io_json_type(dt));
-    if (!io_dtype_parse(json_string_value(dt), &e->dtype))
-        return io_fail(f, "tensor '%s': unknown dtype '%s' (tapegrad reads F32, F64 and I32)",
+    if ((e->fdt = io_fdtype_parse(json_string_value(dt))) < 0)
+        return io_fail(f, "tensor '%s': unknown dtype '%s' (safetensors has F64, F32, F16, "
+                          "BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, F8_E5M2)",
                        name, json_string_value(dt));
 
     if (!json_is_array(shape))
@@ -537,7 +572,7 @@ static int io_parse_entry(io_file *f, const char *name, const json_t *v, io_entr
         if (x != 0 && numel > UINT64_MAX / x) overflow = 1;
         else numel *= x;
     }
-    uint64_t esize = tg_dtype_size(e->dtype);
+    uint64_t esize = io_fdtypes[e->fdt].size;
     char sb[128];
     if (overflow || numel > UINT64_MAX / esize)
         return io_fail(f, "tensor '%s': shape %s is too large (its size in bytes overflows 64 "
@@ -565,7 +600,7 @@ static int io_parse_entry(io_file *f, const char *name, const json_t *v, io_entr
     if (e->end - e->begin != need)
         return io_fail(f, "tensor '%s': %s %s needs %" PRIu64 " bytes but data_offsets [%" PRIu64
                           ",%" PRIu64 "] span %" PRIu64,
-                       name, io_dtype_str(e->dtype), io_shape_str(e, sb, sizeof sb), need,
+                       name, io_fdtypes[e->fdt].name, io_shape_str(e, sb, sizeof sb), need,
                        e->begin, e->end, e->end - e->begin);
     if (e->end > f->data_size)
         return io_fail(f, "tensor '%s': data_offsets [%" PRIu64 ",%" PRIu64 "] extend past the "
@@ -716,9 +751,10 @@ static int io_match(io_file *f, int flags) {
             return io_fail(f, "parameter '%s' (%s %s) is missing from the file", p->name,
                            io_dtype_str(p->dtype), TGI_SHAPE(p, sa));
         }
-        if (e->dtype != p->dtype)
+        int half = (e->fdt == IO_F16 || e->fdt == IO_BF16) && p->dtype != TG_I32;
+        if (io_fdtypes[e->fdt].tg != (int)p->dtype && !half)
             return io_fail(f, "tensor '%s': the file has dtype %s, the parameter is %s", p->name,
-                           io_dtype_str(e->dtype), io_dtype_str(p->dtype));
+                           io_fdtypes[e->fdt].name, io_dtype_str(p->dtype));
         int same = e->ndim == p->ndim;
         for (int d = 0; same && d < p->ndim; d++) same = e->shape[d] == p->shape[d];
         if (!same)
@@ -732,7 +768,7 @@ static int io_match(io_file *f, int flags) {
             if (!f->ent[k].param)
                 return io_fail(f, "tensor '%s' (%s %s) in the file is not a parameter of this "
                                   "context",
-                               f->ent[k].name, io_dtype_str(f->ent[k].dtype),
+                               f->ent[k].name, io_fdtypes[f->ent[k].fdt].name,
                                io_shape_str(&f->ent[k], sb, sizeof sb));
     return 0;
 }
@@ -782,7 +818,15 @@ int tg_load_ex(tg_ctx *ctx, const char *path, int flags) {
         const io_entry *e = &f.ent[k];
         if (!e->param) continue;
         unsigned char *src = data + e->begin;
-        if (swap) io_swap(src, e->end - e->begin, tg_dtype_size(e->dtype));
+        if (io_fdtypes[e->fdt].tg < 0) { /* F16 or BF16 into an F32 or F64 parameter */
+            for (int64_t i = 0; i < e->param->numel; i++) {
+                double v = io_half_value(src + 2 * i, e->fdt);
+                if (e->param->dtype == TG_F32) ((float *)e->param->data)[i] = (float)v;
+                else ((double *)e->param->data)[i] = v;
+            }
+            continue;
+        }
+        if (swap) io_swap(src, e->end - e->begin, io_fdtypes[e->fdt].size);
         if (e->end > e->begin) memcpy(e->param->data, src, e->end - e->begin);
     }
     rc = 0;

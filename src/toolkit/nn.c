@@ -132,7 +132,7 @@ static int dense_init(tg_ctx *ctx, const char *fn, tg_dense *d, const char *name
         if (param_name(ctx, fn, wname, name, "weight") || param_name(ctx, fn, bname, name, "bias"))
             return -1;
     }
-    int64_t wshape[2] = {in, out}, bshape[1] = {out};
+    int64_t wshape[2] = {out, in}, bshape[1] = {out}; /* [out,in], as nn.Linear */
     tg_tensor *w = tg_param(ctx, name ? wname : NULL, dt, 2, wshape);
     if (!w || tg_init_tensor(ctx, w, init, in, out, gain)) return -1;
     tg_tensor *b = tg_param(ctx, name ? bname : NULL, dt, 1, bshape); /* zeros */
@@ -188,12 +188,14 @@ static int check_dense(tg_ctx *ctx, const char *fn, const tg_dense *d, const tg_
     return 1;
 }
 
-/* y = act(x W + b): x [m,in], W [in,out], b [out] -> y [m,out]. One fused
- * tg_linear node, so the gradients of x, W and b come from its backward. */
+/* y = act(x W^T + b): x [m,in], W [out,in], b [out] -> y [m,out]. One fused
+ * linear node (W read transposed in place), so the gradients of x, W and b
+ * come from its backward. */
 tg_tensor *tg_dense_forward(tg_ctx *ctx, const tg_dense *d, tg_tensor *x, tg_act act) {
+    static const char fn[] = "tg_dense_forward";
     if (!ctx) return NULL;
-    if (!check_dense(ctx, "tg_dense_forward", d, x, act)) return NULL;
-    return tg_linear(ctx, x, d->weight, d->bias, act);
+    if (!check_dense(ctx, fn, d, x, act)) return NULL;
+    return tgi_linear_wt(ctx, fn, x, d->weight, d->bias, act);
 }
 
 /* ---- MLP ---------------------------------------------------------------- */
@@ -230,13 +232,13 @@ static int mlp_init(tg_ctx *ctx, const char *fn, tg_mlp *m, const char *prefix, 
         }
     }
     if (!prefix) prefix = "fc";
-    if (!*prefix) {
-        tg_set_error(ctx, "%s: prefix is empty (pass NULL for \"fc\")", fn);
-        return -1;
-    }
+    /* "" or a prefix ending in '.': the names nn.Sequential(Linear, act, Linear,
+     * ...) gives, the linear layers at the even indices: "<prefix>0", "<prefix>2" */
+    size_t plen = strlen(prefix);
+    int sequential = plen == 0 || prefix[plen - 1] == '.';
     for (int l = 0; l < n_widths - 1; l++) {
         char name[NN_NAME_MAX];
-        int len = snprintf(name, sizeof name, "%s%d", prefix, l + 1);
+        int len = snprintf(name, sizeof name, "%s%d", prefix, sequential ? 2 * l : l + 1);
         if (len < 0 || len >= NN_NAME_MAX - 8) {
             tg_set_error(ctx, "%s: prefix '%.40s...' is too long", fn, prefix);
             memset(m, 0, sizeof *m);
@@ -264,7 +266,7 @@ int tg_mlp_init_ex(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
     return mlp_init(ctx, "tg_mlp_init_ex", m, prefix, n_widths, widths, act, dt, init, 0.0);
 }
 
-/* x [m,widths[0]] -> act(...act(x W1 + b1)...) W_L + b_L, logits [m,widths[L]]. */
+/* x [m,widths[0]] -> act(...act(x W1^T + b1)...) W_L^T + b_L, logits [m,widths[L]]. */
 tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     static const char fn[] = "tg_mlp_forward";
     if (!ctx) return NULL;
@@ -282,7 +284,7 @@ tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     for (int l = 0; l < m->n_layers; l++) {
         tg_act act = l == m->n_layers - 1 ? TG_ACT_NONE : m->act;
         if (!check_dense(ctx, fn, &m->layer[l], h, act)) return NULL;
-        h = tg_linear(ctx, h, m->layer[l].weight, m->layer[l].bias, act);
+        h = tgi_linear_wt(ctx, fn, h, m->layer[l].weight, m->layer[l].bias, act);
     }
     return h;
 }

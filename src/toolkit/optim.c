@@ -698,3 +698,15 @@ double tg_sched_lr(const tg_sched *s, int64_t step) {
     }
     return NAN;
 }
+
+/* ---- the state, for saving and restoring it (resume.c) ------------------- */
+
+void tgi_optim_view_of(tg_optim *opt, tgi_optim_view *v) {
+    v->n = opt->n;
+    v->nbufs = opt->nbufs;
+    v->params = opt->params;
+    v->t = opt->t;
+    v->buf = opt->buf;
+    v->nsteps = &opt->nsteps;
+    v->opts = &opt->o;
+}

@@ -12,4 +12,17 @@
 tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
                               int64_t n_targets, int zero);
 
+/* ---- the optimiser's state (optim.c; saved and restored by resume.c) ----
+ * Pointers into the live optimiser: buf[i * nbufs + k] is parameter i's k-th
+ * state buffer (numel elements of its dtype), t[i] its update count. */
+typedef struct {
+    int n, nbufs;
+    tg_tensor **params;
+    int64_t *t;
+    void **buf;
+    int64_t *nsteps;
+    tg_optim_opts *opts;
+} tgi_optim_view;
+void tgi_optim_view_of(tg_optim *opt, tgi_optim_view *v);
+
 #endif /* TG_TOOLKIT_H */

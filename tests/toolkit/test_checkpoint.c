@@ -7,6 +7,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -542,8 +543,8 @@ typedef struct {
 
 static const bad_case bad_cases[] = {
     {"unknown dtype",
-     "{\"a\":{\"dtype\":\"BF16\",\"shape\":[2,3],\"data_offsets\":[0,24]}," B_OK "}", 40,
-     "tensor 'a': unknown dtype 'BF16' (tapegrad reads F32, F64 and I32)"},
+     "{\"a\":{\"dtype\":\"Q4\",\"shape\":[2,3],\"data_offsets\":[0,24]}," B_OK "}", 40,
+     "tensor 'a': unknown dtype 'Q4' (safetensors has F64, F32, F16, BF16, I64, I32"},
     {"shape/size mismatch",
      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,4],\"data_offsets\":[0,24]}," B_OK "}", 40,
      "tensor 'a': F32 [2,4] needs 32 bytes but data_offsets [0,24] span 24"},
@@ -800,18 +801,67 @@ Test(io, load_flags_allow_missing_and_extra)
     cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_EXTRA), 0, "%s", tg_errmsg(ctx));
     cr_assert_eq(((const double *)tg_data(tg_param_at(ctx, 1)))[0], 7.25);
 
+    /* extra tensors of dtypes tapegrad does not have are skipped (a BatchNorm's
+     * I64 num_batches_tracked, a U8 mask) ... */
+    write_st(path,
+             "{" A_OK "," B_OK ",\"c\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[40,44]},"
+             "\"n\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[44,52]}}",
+             small_data, 52);
+    cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_EXTRA), 0, "%s", tg_errmsg(ctx));
+    cr_assert_eq(tg_load(ctx, path), -1, "strict loading refuses them");
+    cr_assert_not_null(strstr(tg_errmsg(ctx), "tensor 'c' (U8 [4]) in the file is not a parameter"),
+                       "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    /* ... but a parameter's name with such a dtype is an error */
+    write_st(path, "{\"a\":{\"dtype\":\"I64\",\"shape\":[2,3],\"data_offsets\":[0,48]}}",
+             small_data, 48);
+    cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_MISSING | TG_LOAD_ALLOW_EXTRA), -1);
+    cr_assert_not_null(strstr(tg_errmsg(ctx), "tensor 'a': the file has dtype I64, the parameter is F32"),
+                       "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
     /* extra tensors are still validated */
     write_st(path,
-             "{" A_OK "," B_OK ",\"c\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[40,44]}}",
+             "{" A_OK "," B_OK ",\"c\":{\"dtype\":\"U4\",\"shape\":[4],\"data_offsets\":[40,44]}}",
              small_data, 44);
     cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_EXTRA), -1);
-    cr_assert_not_null(strstr(tg_errmsg(ctx), "tensor 'c': unknown dtype 'U8'"));
+    cr_assert_not_null(strstr(tg_errmsg(ctx), "tensor 'c': unknown dtype 'U4'"));
     tg_clear_error(ctx);
     /* and a matching name must still match dtype and shape */
     write_st(path, "{\"a\":{\"dtype\":\"F32\",\"shape\":[6],\"data_offsets\":[0,24]}}", small_data,
              24);
     cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_MISSING | TG_LOAD_ALLOW_EXTRA), -1);
     cr_assert_not_null(strstr(tg_errmsg(ctx), "the file has shape [6], the parameter is [2,3]"));
+}
+
+/* F16 and BF16 tensors load into F32 and F64 parameters, exactly */
+Test(io, half_precision_tensors_load_into_float_parameters)
+{
+    const char *path = in_dir("half");
+    tg_tensor *a = tg_param(ctx, "a", TG_F32, 1, (int64_t[]){6});
+    tg_tensor *b = tg_param(ctx, "b", TG_F64, 1, (int64_t[]){3});
+    /* F16: 1, -2.5, 0.5, 65504 (largest), 2^-24 (smallest subnormal), -0 */
+    const uint16_t h[6] = {0x3C00, 0xC100, 0x3800, 0x7BFF, 0x0001, 0x8000};
+    /* BF16: 1, -2.5, 3.140625 */
+    const uint16_t bf[3] = {0x3F80, 0xC020, 0x4049};
+    unsigned char data[18];
+    for (int i = 0; i < 6; i++) data[2 * i] = h[i] & 255, data[2 * i + 1] = h[i] >> 8;
+    for (int i = 0; i < 3; i++) data[12 + 2 * i] = bf[i] & 255, data[12 + 2 * i + 1] = bf[i] >> 8;
+    write_st(path,
+             "{\"a\":{\"dtype\":\"F16\",\"shape\":[6],\"data_offsets\":[0,12]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[12,18]}}",
+             data, 18);
+    cr_assert_eq(tg_load(ctx, path), 0, "%s", tg_errmsg(ctx));
+    const float *av = tg_data(a);
+    const float want[6] = {1.0f, -2.5f, 0.5f, 65504.0f, 0x1p-24f, -0.0f};
+    for (int i = 0; i < 6; i++) cr_assert_eq(av[i], want[i], "a[%d] = %g", i, av[i]);
+    cr_assert(signbit(av[5]), "-0 keeps its sign");
+    const double *bv = tg_data(b);
+    cr_assert(bv[0] == 1.0 && bv[1] == -2.5 && bv[2] == 3.140625);
+    /* a half tensor must still match the parameter's shape */
+    write_st(path, "{\"a\":{\"dtype\":\"F16\",\"shape\":[2,3],\"data_offsets\":[0,12]}}", data, 12);
+    cr_assert_eq(tg_load_ex(ctx, path, TG_LOAD_ALLOW_MISSING), -1);
+    cr_assert_not_null(strstr(tg_errmsg(ctx), "tensor 'a': the file has shape [2,3], the parameter is [6]"),
+                       "%s", tg_errmsg(ctx));
 }
 
 /* ---- failing saves leave the previous checkpoint intact -------------------- */

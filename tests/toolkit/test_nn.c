@@ -164,8 +164,8 @@ Test(nn, dense_names_shapes_and_bias_zeros) {
     cr_assert_eq(tg_param_find(ctx, "fc1.weight"), d.weight);
     cr_assert_eq(tg_param_find(ctx, "fc1.bias"), d.bias);
     cr_assert_eq(tg_ndim(d.weight), 2);
-    cr_assert_eq(tg_dim(d.weight, 0), 5);
-    cr_assert_eq(tg_dim(d.weight, 1), 3);
+    cr_assert_eq(tg_dim(d.weight, 0), 3, "[out,in], as nn.Linear keeps it");
+    cr_assert_eq(tg_dim(d.weight, 1), 5);
     cr_assert_eq(tg_ndim(d.bias), 1);
     cr_assert_eq(tg_dim(d.bias, 0), 3);
     cr_assert(tg_requires_grad(d.weight) && tg_requires_grad(d.bias));
@@ -206,8 +206,9 @@ Test(nn, dense_forward_equals_composed_ops) {
         cr_assert_eq(tg_ndim(y), 2);
         cr_assert_eq(tg_dim(y, 0), 6);
         cr_assert_eq(tg_dim(y, 1), 3);
-        tg_tensor *z = tg_activate(ctx, tg_add_bias(ctx, tg_matmul(ctx, x, d.weight), d.bias),
-                                   (tg_act)act);
+        tg_tensor *z = tg_activate(
+            ctx, tg_add_bias(ctx, tg_matmul(ctx, x, tg_transpose(ctx, d.weight)), d.bias),
+            (tg_act)act);
         char what[32];
         snprintf(what, sizeof what, "act %d", act);
         assert_close(y, z, 1e-14, what);
@@ -292,8 +293,8 @@ Test(nn, mlp_names_shapes_and_params) {
         cr_assert_eq(tg_param_at(ctx, i), ps[i], "creation order");
     }
     for (int l = 0; l < 3; l++) {
-        cr_assert_eq(tg_dim(m.layer[l].weight, 0), w[l]);
-        cr_assert_eq(tg_dim(m.layer[l].weight, 1), w[l + 1]);
+        cr_assert_eq(tg_dim(m.layer[l].weight, 0), w[l + 1], "[out,in]");
+        cr_assert_eq(tg_dim(m.layer[l].weight, 1), w[l]);
         cr_assert_eq(tg_dim(m.layer[l].bias, 0), w[l + 1]);
     }
     tg_tensor *two[2];
@@ -306,6 +307,14 @@ Test(nn, mlp_names_shapes_and_params) {
     cr_assert_eq(tg_mlp_init(ctx, &e, "enc", 2, (int64_t[]){3, 2}, TG_ACT_TANH, TG_F32), 0);
     cr_assert_str_eq(tg_name(e.layer[0].weight), "enc1.weight");
     cr_assert_eq(tg_dtype_of(e.layer[0].bias), TG_F32);
+    /* nn.Sequential's names: "" at the top, "<attr>." for one held by a module */
+    tg_mlp q, r;
+    cr_assert_eq(tg_mlp_init(ctx, &q, "", 3, (int64_t[]){3, 4, 2}, TG_ACT_RELU, TG_F32), 0);
+    cr_assert_str_eq(tg_name(q.layer[0].weight), "0.weight");
+    cr_assert_str_eq(tg_name(q.layer[1].bias), "2.bias");
+    cr_assert_eq(tg_mlp_init(ctx, &r, "body.", 4, (int64_t[]){3, 4, 4, 2}, TG_ACT_TANH, TG_F32), 0,
+                 "%s", tg_errmsg(ctx));
+    cr_assert_str_eq(tg_name(r.layer[2].weight), "body.4.weight");
 
     tg_tensor *x = rand_matrix(ctx, TG_F64, 5, 4);
     tg_tensor *y = tg_mlp_forward(ctx, &m, x);
@@ -461,7 +470,6 @@ Test(nn, mlp_bad_arguments) {
                  "widths[1] must be > 0, got 0");
     expect_error(tg_mlp_init(ctx, &m, NULL, 3, w, TG_ACT_COUNT, TG_F64),
                  "tg_mlp_init: unknown activation");
-    expect_error(tg_mlp_init(ctx, &m, "", 3, w, TG_ACT_RELU, TG_F64), "prefix is empty");
     expect_error(tg_mlp_init(ctx, &m, NULL, 3, w, TG_ACT_RELU, TG_I32), "must be f32 or f64");
     expect_error(tg_mlp_init_ex(ctx, &m, NULL, 3, w, TG_ACT_RELU, TG_F64, TG_INIT_COUNT),
                  "tg_mlp_init_ex: unknown init kind");
