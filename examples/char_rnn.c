@@ -50,6 +50,13 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* CPU seconds of the process (all its threads): on a shared, busy machine a fairer
+ * clock for comparing two programs than the wall. */
+static double cpu_now(void)
+{
+    return (double)clock() / CLOCKS_PER_SEC;
+}
+
 /* The whole file (malloc'd), its length in *n; NULL with a message on failure. */
 static unsigned char *read_file(const char *path, int64_t *n)
 {
@@ -297,7 +304,7 @@ int main(int argc, char **argv)
            "%ld thread%s\n", o.layers, o.hidden, (long long)T, (long long)N, o.lr,
            (long long)nparams, o.threads, o.threads > 1 ? "s" : "");
 
-    double t0 = now(), t_warm = 0, first_loss = NAN, recent = 0, tail_sum = 0;
+    double t0 = now(), t_warm = 0, c_warm = 0, first_loss = NAN, recent = 0, tail_sum = 0;
     long steps = 0, tail_n = 0, every = o.steps >= 20 ? o.steps / 20 : 1;
     uint64_t grows_after_first = 0, grows_end = 0;
     for (long s = 1; s <= o.steps; s++) {
@@ -321,6 +328,7 @@ int main(int argc, char **argv)
             recent = l;
             grows_after_first = st.arena_grows;
             t_warm = now();
+            c_warm = cpu_now();
         }
         grows_end = st.arena_grows;
         recent = 0.9 * recent + 0.1 * l;
@@ -343,12 +351,14 @@ int main(int argc, char **argv)
     if (!tg_ok(ctx) || !steps) goto done;
     double train_s = now() - t0;
     double ms_per_step = steps > 1 ? 1e3 * (now() - t_warm) / (double)(steps - 1) : 1e3 * train_s;
+    double cpu_ms_per_step = steps > 1 ? 1e3 * (cpu_now() - c_warm) / (double)(steps - 1) : NAN;
     double tv = now();
     double val = validate(ctx, &m, text + n_train, n_val, T, N, onehot, tgt);
     double val_s = now() - tv;
     double tail = tail_sum / (double)tail_n;
-    printf("trained %ld steps in %.1f s (%.1f ms per step after the first); "
-           "training loss %.4f -> %.4f\n", steps, train_s, ms_per_step, first_loss, tail);
+    printf("trained %ld steps in %.1f s (%.1f ms per step after the first, %.1f ms of CPU); "
+           "training loss %.4f -> %.4f\n", steps, train_s, ms_per_step, cpu_ms_per_step,
+           first_loss, tail);
     printf("held-out loss %.4f nats per character (%.3f bits), %.1f s to evaluate\n", val,
            val / log(2.0), val_s);
     printf("arena grows after the first step: %llu\n",
@@ -360,11 +370,13 @@ int main(int argc, char **argv)
     if (!fell) printf("UNEXPECTED: the training loss did not fall\n");
     if (!no_alloc) printf("UNEXPECTED: warm steps grew the arena\n");
     if (o.json)
-        printf("{\"example\":\"char_rnn\",\"val_loss\":%.6f,\"ms_per_step\":%.3f,\"steps\":%ld,"
+        printf("{\"example\":\"char_rnn\",\"val_loss\":%.6f,\"ms_per_step\":%.3f,"
+               "\"cpu_ms_per_step\":%.3f,\"steps\":%ld,"
                "\"first_loss\":%.6f,\"train_loss\":%.6f,\"seconds\":%.2f,\"params\":%lld,"
                "\"vocab\":%d,\"hidden\":%ld,\"layers\":%ld,\"seq\":%lld,\"batch\":%lld,"
                "\"threads\":%ld,\"arena_grows_warm\":%llu}\n",
-               val, ms_per_step, steps, first_loss, tail, train_s, (long long)nparams, V,
+               val, ms_per_step, cpu_ms_per_step, steps, first_loss, tail, train_s,
+               (long long)nparams, V,
                o.hidden, o.layers, (long long)T, (long long)N, o.threads,
                (unsigned long long)(grows_end - grows_after_first));
 done:

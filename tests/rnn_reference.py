@@ -26,24 +26,24 @@ def emit(name, t):
     print("static const double %s[%d] __attribute__((unused)) = {%s};" % (name, t.numel(), vals))
 
 
+def filled_cell(cell, g, IN, H):
+    """The cell's weights and biases filled as tensors 4 to 7 of the C tests."""
+    with torch.no_grad():
+        cell.weight_ih.copy_(fill((g * H, IN), 4))
+        cell.weight_hh.copy_(fill((g * H, H), 5))
+        cell.bias_ih.copy_(fill((g * H,), 6))
+        cell.bias_hh.copy_(fill((g * H,), 7))
+    return cell
+
+
 def cells():
     N, IN, H = 2, 3, 4
     x, h, c = fill((N, IN), 1), fill((N, H), 2), fill((N, H), 3)
-    lstm = torch.nn.LSTMCell(IN, H)
-    with torch.no_grad():
-        lstm.weight_ih.copy_(fill((4 * H, IN), 4))
-        lstm.weight_hh.copy_(fill((4 * H, H), 5))
-        lstm.bias_ih.copy_(fill((4 * H,), 6))
-        lstm.bias_hh.copy_(fill((4 * H,), 7))
+    lstm = filled_cell(torch.nn.LSTMCell(IN, H), 4, IN, H)
     h1, c1 = lstm(x, (h, c))
     emit("ref_lstm_h", h1)
     emit("ref_lstm_c", c1)
-    gru = torch.nn.GRUCell(IN, H)
-    with torch.no_grad():
-        gru.weight_ih.copy_(fill((3 * H, IN), 4))
-        gru.weight_hh.copy_(fill((3 * H, H), 5))
-        gru.bias_ih.copy_(fill((3 * H,), 6))
-        gru.bias_hh.copy_(fill((3 * H,), 7))
+    gru = filled_cell(torch.nn.GRUCell(IN, H), 3, IN, H)
     emit("ref_gru_h", gru(x, h))
 
 

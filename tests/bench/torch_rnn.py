@@ -13,7 +13,8 @@ state, as char_rnn does.
 Run it with Debian's /usr/bin/python3 (python3-torch imports there). One thread by
 default: torch.set_num_threads and, since Debian's PyTorch does its GEMMs in OpenBLAS,
 openblas_set_num_threads too. Prints progress; --json ends with one JSON line with
-ms_per_step (median of the steps after the first 5) and val_loss.
+ms_per_step (median of the steps after the first 5), cpu_ms_per_step (their mean
+CPU time) and val_loss.
 """
 import argparse
 import ctypes
@@ -73,10 +74,10 @@ def main():
         h, _ = lstm(x)
         return head(h.reshape(-1, H)), win[:, 1:].t().reshape(-1)
 
-    times, first, t0 = [], None, time.perf_counter()
+    times, cpu, first, t0 = [], [], None, time.perf_counter()
     offs = torch.arange(T + 1)
     for s in range(1, a.steps + 1):
-        ts = time.perf_counter()
+        ts, cs = time.perf_counter(), time.process_time()
         pos = torch.randint(0, n_train - T - 1, (N,), generator=g)
         win = ids[pos[:, None] + offs]
         lg, y = logits_of(win)
@@ -87,6 +88,7 @@ def main():
         opt.step()
         l = loss.item()
         times.append(time.perf_counter() - ts)
+        cpu.append(time.process_time() - cs)
         if first is None:
             first = l
         if s % max(1, a.steps // 20) == 0 or s == 1:
@@ -98,6 +100,8 @@ def main():
     warm = times[5:] if steps > 10 else times[1:] or times
     ms = 1e3 * statistics.median(warm)
     ms_mean = 1e3 * sum(warm) / len(warm)
+    cpu_warm = cpu[5:] if steps > 10 else cpu[1:] or cpu
+    cpu_ms = 1e3 * sum(cpu_warm) / len(cpu_warm)
 
     with torch.no_grad():
         val = ids[n_train:]
@@ -111,12 +115,12 @@ def main():
             tot += torch.nn.functional.cross_entropy(lg, y, reduction="sum").item()
             cnt += y.numel()
         val_loss = tot / cnt
-    print("trained %d steps in %.1f s: %.1f ms per step (median; mean %.1f); loss %.4f -> %.4f; "
-          "held-out %.4f nats per character" % (steps, time.perf_counter() - t0, ms, ms_mean,
-                                                first, l, val_loss), flush=True)
+    print("trained %d steps in %.1f s: %.1f ms per step (median; mean %.1f, CPU %.1f); "
+          "loss %.4f -> %.4f; held-out %.4f nats per character"
+          % (steps, time.perf_counter() - t0, ms, ms_mean, cpu_ms, first, l, val_loss), flush=True)
     if a.json:
         print(json.dumps({"side": "pytorch", "example": "char_rnn", "ms_per_step": ms,
-                          "ms_per_step_mean": ms_mean, "val_loss": val_loss, "steps": steps,
+                          "ms_per_step_mean": ms_mean, "cpu_ms_per_step": cpu_ms, "val_loss": val_loss, "steps": steps,
                           "threads": a.threads, "torch": torch.__version__}))
 
 
