@@ -199,7 +199,6 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
     static const char fn[] = "tg_lstm_cell";
     if (!ctx) return NULL;
     if (c_out) *c_out = NULL;
-    if (!tgi_check_arg(ctx, fn, "c", c)) return NULL;
     if (!check_cell(ctx, fn, 4, x, h, c, w_ih, w_hh, b_ih, b_hh)) return NULL;
     if (!c_out) {
         char sh[64];
@@ -209,18 +208,14 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
         return NULL;
     }
     const int64_t N = x->shape[0], H = h->shape[1];
+    const size_t es = tgi_dtype_size(x->dtype);
     lstm_saved *s = tg_scratch(ctx, sizeof *s);
     tg_tensor *c_new = s ? tgi_tensor_new(ctx, fn, x->dtype, 2, h->shape, 0) : NULL;
     tg_tensor *h_new = c_new ? tgi_tensor_new(ctx, fn, x->dtype, 2, h->shape, 0) : NULL;
-    size_t es = tgi_dtype_size(x->dtype);
-    s = h_new ? s : NULL;
-    if (s) {
-        s->gates = tg_scratch(ctx, (size_t)(N * 4 * H) * es);
-        s->tc = s->gates ? tg_scratch(ctx, (size_t)(N * H) * es) : NULL;
-        s->h_out = h_new;
-        s->dh_ready = 0;
-    }
-    if (!s || !s->tc) return NULL;
+    void *gates = h_new ? tg_scratch(ctx, (size_t)(N * 4 * H) * es) : NULL;
+    void *tc = gates ? tg_scratch(ctx, (size_t)(N * H) * es) : NULL;
+    if (!tc) return NULL; /* out of memory, recorded */
+    *s = (lstm_saved){gates, tc, h_new, 0};
     tg_tensor *in[7] = {x, h, c, w_ih, w_hh, NULL, NULL};
     int n_in = 5;
     if (b_ih) in[n_in++] = b_ih;
