@@ -5,58 +5,8 @@
  * with its derivative in one comment line. Kernels are written once for float
  * and double with TGI_FLOAT_DISPATCH and <tgmath.h>; sums are accumulated in
  * double. Backward always adds into tg_grad_acc(in[i]), one `if` per input.
- * Local gradients in full: docs/ops-activations.md. */
-#include "internal.h"
-#include "vmath.h"
-
-#include <math.h>
-#include <tgmath.h>
-
-/* ---- vector kernels and threads ------------------------------------------
- * The elementwise kernels call src/kernels/vmath.h's vector functions, picked for the
- * element type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
-#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
-#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
-#define V_SIGMOID(y, x, n)                                                             \
-    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
-#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
-#define V_SIGMOID_BWD(dx, y, dy, n)                                                    \
-    _Generic((dx), float *: tgi_vsigmoid_bwd_f32, double *: tgi_vsigmoid_bwd_f64)(dx, y, dy, n)
-#define V_TANH_BWD(dx, y, dy, n)                                                       \
-    _Generic((dx), float *: tgi_vtanh_bwd_f32, double *: tgi_vtanh_bwd_f64)(dx, y, dy, n)
-#define V_RELU_BWD(dx, x, dy, n)                                                       \
-    _Generic((dx), float *: tgi_vrelu_bwd_f32, double *: tgi_vrelu_bwd_f64)(dx, x, dy, n)
-
-
-/* The gradient arriving at a node's output (NULL if none reached it). */
-static const void *out_grad(const tg_op_call *c) { return c->out->grad; }
-
-/* Record the node when a gradient is needed. Returns 0 when the tape could
- * not grow (error recorded), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
-}
-
-/* Common body of the one-input ops: checks x (non-NULL, this ctx, floating),
- * makes an output of x's shape, records the node (storing attr in it), runs
- * forward. NULL on error. */
-static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *x,
-                           const tgi_attr *attr,
-                           void (*forward)(tg_tensor *, const tg_tensor *, const tgi_attr *))
-{
-    if (!ctx) return NULL;
-    if (!tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
-    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
-    if (!out) return NULL;
-    tg_op_call *c;
-    if (!record(ctx, op, out, &x, 1, &c)) return NULL;
-    if (c && attr) *tgi_node_attr(c) = *attr;
-    forward(out, x, attr);
-    return out;
-}
+ * Local gradients in full: docs/ops.md. */
+#include "ops.h"
 
 /* Elements of a row converted to double per call of tgi_vexp_f64. */
 #define EXP_BLOCK 256
@@ -67,6 +17,51 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
     *cols = x->ndim > 0 ? x->shape[x->ndim - 1] : 1;
     *rows = *cols > 0 ? x->numel / *cols : 0;
 }
+
+/* The forward of a softmax-family call, inside which BODY runs for every
+ * row with xr the row of x, m its maximum, yr the row of y holding e^(x - m)
+ * (the vector exp), sum their sum in double, in order, cols the row length. */
+#define ROWS_FORWARD(c, ...)                                                           \
+    do {                                                                               \
+        int64_t rows, cols;                                                            \
+        last_axis((c)->in[0], &rows, &cols);                                           \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            for (int64_t r = 0; r < rows; r++) {                                       \
+                const T *xr = (const T *)(c)->in[0]->data + r * cols;                  \
+                T *yr = (T *)(c)->out->data + r * cols, m = xr[0];                     \
+                for (int64_t j = 1; j < cols; j++)                                     \
+                    if (xr[j] > m) m = xr[j];                                          \
+                for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;                  \
+                V_EXP(yr, yr, cols);                                                   \
+                double sum = 0;                                                        \
+                for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];               \
+                (void)m;                                                               \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* The backward of a softmax-family call: when x needs a gradient, BODY runs
+ * for every row with yr, dyr, dxr the rows of y, dy and dx (cols long),
+ * inside TGI_FLOAT_DISPATCH. */
+#define ROWS_BACKWARD(c, ...)                                                          \
+    do {                                                                               \
+        tg_tensor *x_ = (c)->in[0];                                                    \
+        if (!tgi_needs_grad(x_))                                                       \
+            break;                                                                     \
+        int64_t rows, cols;                                                            \
+        last_axis(x_, &rows, &cols);                                                   \
+        TGI_FLOAT_DISPATCH(x_->dtype, {                                                \
+            const T *y_ = (c)->out->data, *dy_ = tg_grad((c)->out);                    \
+            T *dx_ = tg_grad_acc(x_);                                                  \
+            if (dx_ && dy_)                                                            \
+                for (int64_t r = 0; r < rows; r++) {                                   \
+                    const T *yr = y_ + r * cols, *dyr = dy_ + r * cols;                \
+                    T *dxr = dx_ + r * cols;                                           \
+                    __VA_ARGS__                                                        \
+                }                                                                      \
+        });                                                                            \
+    } while (0)
 
 /* Overflow-free sigmoid of one value v of type T (tgmath picks exp's
  * precision): 1/(1+e^-v) for v >= 0, e^v/(1+e^v) otherwise. */
@@ -81,38 +76,10 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 /* exactly 1 and sigmoid(-1000) exactly 0.                                   */
 /* ======================================================================== */
 
-static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void sigmoid_backward(tg_op_call *c);
-static const tg_op op_sigmoid = {"sigmoid", NULL, sigmoid_backward};
-
-tg_tensor *tg_sigmoid(tg_ctx *ctx, tg_tensor *x)
-{
-    return unary_op(ctx, "tg_sigmoid", &op_sigmoid, x, NULL, sigmoid_forward);
-}
-
-static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
-{
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_SIGMOID(py + lo, px + lo, hi - lo); });
-    });
-}
+TGI_VMATH_OP(sigmoid, V_SIGMOID);
 
 /* d sigmoid(x)/dx = y (1 - y) */
-static void sigmoid_backward(tg_op_call *c)
-{
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy y (1 - y) */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_SIGMOID_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
-        });
-    }
-}
+static void sigmoid_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_SIGMOID_BWD, out); }
 
 /* ======================================================================== */
 /* tg_sigmoid_scaled                                                        */
@@ -124,10 +91,7 @@ static void sigmoid_backward(tg_op_call *c)
 /* cannot be recovered from y). Numerical care: the overflow-free sigmoid.   */
 /* ======================================================================== */
 
-static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *c,
-                                   const tg_tensor *beta);
-static void sigmoid_scaled_backward(tg_op_call *c);
-static const tg_op op_sigmoid_scaled = {"sigmoid_scaled", NULL, sigmoid_scaled_backward};
+TGI_OP(sigmoid_scaled);
 
 tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor *beta)
 {
@@ -149,15 +113,13 @@ tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor 
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {x, c, beta};
-    tg_op_call *node;
-    if (!record(ctx, &op_sigmoid_scaled, out, in, 3, &node)) return NULL;
-    sigmoid_scaled_forward(out, x, c, beta);
-    return out;
+    return tgi_op_run(ctx, &op_sigmoid_scaled, out, in, 3, NULL, 0);
 }
 
-static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *c,
-                                   const tg_tensor *beta)
+static int sigmoid_scaled_forward(tg_op_call *call)
 {
+    const tg_tensor *x = call->in[0], *c = call->in[1], *beta = call->in[2];
+    tg_tensor *y = call->out;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         const T cv = *(const T *)c->data, bv = *(const T *)beta->data;
@@ -167,6 +129,7 @@ static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_te
             py[i] = cv * SIGMOID_OF(z);
         }
     });
+    return 0;
 }
 
 /* d y/dx = c s(1-s) beta;  d y/dc = s;  d y/dbeta = c s(1-s) x */
@@ -174,7 +137,7 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 {
     tg_tensor *x = c->in[0], *ct = c->in[1], *bt = c->in[2];
     TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data, *dy = out_grad(c);
+        const T *px = x->data, *dy = tg_grad(c->out);
         const T cv = *(const T *)ct->data, bv = *(const T *)bt->data;
         const int64_t n = x->numel;
         if (dy && tgi_needs_grad(x)) {
@@ -215,38 +178,10 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 /* ulp) saturates to exactly +-1 without overflow.                           */
 /* ======================================================================== */
 
-static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void tanh_backward(tg_op_call *c);
-static const tg_op op_tanh = {"tanh", NULL, tanh_backward};
-
-tg_tensor *tg_tanh(tg_ctx *ctx, tg_tensor *x)
-{
-    return unary_op(ctx, "tg_tanh", &op_tanh, x, NULL, tanh_forward);
-}
-
-static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
-{
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_TANH(py + lo, px + lo, hi - lo); });
-    });
-}
+TGI_VMATH_OP(tanh, V_TANH);
 
 /* d tanh(x)/dx = 1 - y^2 */
-static void tanh_backward(tg_op_call *c)
-{
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy (1 - y^2) */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_TANH_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
-        });
-    }
-}
+static void tanh_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_TANH_BWD, out); }
 
 /* ======================================================================== */
 /* tg_relu                                                                  */
@@ -255,39 +190,10 @@ static void tanh_backward(tg_op_call *c)
 /* its input x).                                                             */
 /* ======================================================================== */
 
-static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void relu_backward(tg_op_call *c);
-static const tg_op op_relu = {"relu", NULL, relu_backward};
-
-tg_tensor *tg_relu(tg_ctx *ctx, tg_tensor *x)
-{
-    return unary_op(ctx, "tg_relu", &op_relu, x, NULL, relu_forward);
-}
-
-static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
-{
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        /* x > 0 or NaN: x; else +0 */
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_RELU(py + lo, px + lo, hi - lo); });
-    });
-}
+TGI_VMATH_OP(relu, V_RELU);
 
 /* d relu(x)/dx = [x > 0] */
-static void relu_backward(tg_op_call *c)
-{
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *px = x->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy where x > 0 */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_RELU_BWD(dx + lo, px + lo, dy + lo, hi - lo); });
-        });
-    }
-}
+static void relu_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_RELU_BWD, in[0]); }
 
 /* ======================================================================== */
 /* tg_leaky_relu                                                            */
@@ -296,43 +202,51 @@ static void relu_backward(tg_op_call *c)
 /* attribute f[0]).                                                          */
 /* ======================================================================== */
 
-static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void leaky_relu_backward(tg_op_call *c);
-static const tg_op op_leaky_relu = {"leaky_relu", NULL, leaky_relu_backward};
+TGI_OP(leaky_relu);
 
 tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
 {
     const tgi_attr at = {.f = {slope}};
-    return unary_op(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at, leaky_relu_forward);
+    return tgi_unary(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at);
 }
 
-static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int leaky_relu_forward(tg_op_call *c) /* a0 = slope */
 {
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        const T a = (T)at->f[0];
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, {
-            for (int64_t i = lo; i < hi; i++) py[i] = px[i] > 0 ? px[i] : a * px[i];
-        });
-    });
+    UNARY_FWD(c, u > 0 ? u : a0 * u);
+    return 0;
 }
 
 /* d leaky_relu(x)/dx = 1 if x > 0 else slope */
 static void leaky_relu_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *px = x->data, *dy = out_grad(c);
-            const T a = (T)tgi_node_attr(c)->f[0];
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
-                    for (int64_t i = lo; i < hi; i++) dx[i] += px[i] > 0 ? dy[i] : a * dy[i];
-                });
-        });
-    }
+    UNARY_BWD(c, u > 0 ? g : a0 * g);
+}
+
+/* ======================================================================== */
+/* tg_gelu                                                                  */
+/* x any shape -> y same shape. y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2,  */
+/* the erf form (F.gelu, approximate='none').                                */
+/* dy/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi). Saves:        */
+/* nothing (reads x). Numerical care: C's erf and exp in the tensor's        */
+/* precision, PyTorch's arrangement; no overflow (e^(-x^2/2) <= 1).          */
+/* ======================================================================== */
+
+#define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
+#define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+
+TGI_UNARY_OP(gelu);
+
+static int gelu_forward(tg_op_call *c)
+{
+    UNARY_FWD(c, u * (T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)));
+    return 0;
+}
+
+/* d gelu(x)/dx = Phi(x) + x phi(x) */
+static void gelu_backward(tg_op_call *c)
+{
+    UNARY_BWD(c, g * ((T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)) +
+                      u * (T)GELU_INV_SQRT_2PI * exp((T)-0.5 * u * u)));
 }
 
 /* ======================================================================== */
@@ -346,57 +260,26 @@ static void leaky_relu_backward(tg_op_call *c)
 /* in double, in order.                                                      */
 /* ======================================================================== */
 
-static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void softmax_backward(tg_op_call *c);
-static const tg_op op_softmax = {"softmax", NULL, softmax_backward};
+TGI_UNARY_OP(softmax);
 
-tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x)
+static int softmax_forward(tg_op_call *c)
 {
-    return unary_op(ctx, "tg_softmax", &op_softmax, x, NULL, softmax_forward);
-}
-
-static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
-{
-    int64_t rows, cols;
-    last_axis(x, &rows, &cols);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            const T *xr = (const T *)x->data + r * cols;
-            T *yr = (T *)y->data + r * cols;
-            T m = xr[0];
-            for (int64_t j = 1; j < cols; j++)
-                if (xr[j] > m) m = xr[j];
-            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;
-            V_EXP(yr, yr, cols);
-            double sum = 0;
-            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
-            const double inv = 1.0 / sum;
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
-        }
+    ROWS_FORWARD(c, {
+        const double inv = 1.0 / sum;
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
     });
+    return 0;
 }
 
 /* d softmax(x)/dx = diag(y) - y y^T  =>  dx = y (dy - <dy, y>) */
 static void softmax_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        int64_t rows, cols;
-        last_axis(x, &rows, &cols);
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t r = 0; r < rows; r++) {
-                    const T *yr = y + r * cols, *dyr = dy + r * cols;
-                    T *dxr = dx + r * cols;
-                    double dot = 0;
-                    for (int64_t j = 0; j < cols; j++) dot += (double)dyr[j] * (double)yr[j];
-                    for (int64_t j = 0; j < cols; j++)
-                        dxr[j] += (T)((double)yr[j] * ((double)dyr[j] - dot));
-                }
-        });
-    }
+    ROWS_BACKWARD(c, {
+        double dot = 0;
+        for (int64_t j = 0; j < cols; j++) dot += (double)dyr[j] * (double)yr[j];
+        for (int64_t j = 0; j < cols; j++)
+            dxr[j] += (T)((double)yr[j] * ((double)dyr[j] - dot));
+    });
 }
 
 /* ======================================================================== */
@@ -410,69 +293,39 @@ static void softmax_backward(tg_op_call *c)
 /* of the vector exp's e^(x - m); backward's e^y by tgi_vexp_f64.            */
 /* ======================================================================== */
 
-static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
-static void log_softmax_backward(tg_op_call *c);
-static const tg_op op_log_softmax = {"log_softmax", NULL, log_softmax_backward};
+TGI_UNARY_OP(log_softmax);
 
-tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x)
+static int log_softmax_forward(tg_op_call *c)
 {
-    return unary_op(ctx, "tg_log_softmax", &op_log_softmax, x, NULL, log_softmax_forward);
-}
-
-static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
-{
-    int64_t rows, cols;
-    last_axis(x, &rows, &cols);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            const T *xr = (const T *)x->data + r * cols;
-            T *yr = (T *)y->data + r * cols;
-            T m = xr[0];
-            for (int64_t j = 1; j < cols; j++)
-                if (xr[j] > m) m = xr[j];
-            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m; /* y as scratch: */
-            V_EXP(yr, yr, cols);                                   /* e^(x - m) */
-            double sum = 0;
-            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
-            const double lse = log(sum);
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
-        }
+    ROWS_FORWARD(c, { /* y held e^(x - m) */
+        const double lse = log(sum);
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
     });
+    return 0;
 }
 
 /* d log_softmax(x)/dx = I - 1 softmax^T  =>  dx = dy - e^y sum(dy) */
 static void log_softmax_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        int64_t rows, cols;
-        last_axis(x, &rows, &cols);
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t r = 0; r < rows; r++) {
-                    const T *yr = y + r * cols, *dyr = dy + r * cols;
-                    T *dxr = dx + r * cols;
-                    double sdy = 0;
-                    for (int64_t j = 0; j < cols; j++) sdy += (double)dyr[j];
-                    double e[EXP_BLOCK]; /* e^y in double, a block at a time */
-                    for (int64_t j0 = 0; j0 < cols; j0 += EXP_BLOCK) {
-                        const int64_t nb = cols - j0 < EXP_BLOCK ? cols - j0 : EXP_BLOCK;
-                        for (int64_t j = 0; j < nb; j++) e[j] = (double)yr[j0 + j];
-                        tgi_vexp_f64(e, e, nb);
-                        for (int64_t j = 0; j < nb; j++)
-                            dxr[j0 + j] += (T)((double)dyr[j0 + j] - e[j] * sdy);
-                    }
-                }
-        });
-    }
+    ROWS_BACKWARD(c, {
+        double sdy = 0;
+        for (int64_t j = 0; j < cols; j++) sdy += (double)dyr[j];
+        double e[EXP_BLOCK]; /* e^y in double, a block at a time */
+        for (int64_t j0 = 0; j0 < cols; j0 += EXP_BLOCK) {
+            const int64_t nb = cols - j0 < EXP_BLOCK ? cols - j0 : EXP_BLOCK;
+            for (int64_t j = 0; j < nb; j++) e[j] = (double)yr[j0 + j];
+            tgi_vexp_f64(e, e, nb);
+            for (int64_t j = 0; j < nb; j++)
+                dxr[j0 + j] += (T)((double)dyr[j0 + j] - e[j] * sdy);
+        }
+    });
 }
 
 /* ======================================================================== */
 /* tg_activate: apply an activation by selector                             */
 /* TG_ACT_NONE returns x itself (no node); TG_ACT_LEAKY_RELU uses slope      */
-/* 0.01; any other value than the tg_act enumerators is an error.            */
+/* TGI_LEAKY_SLOPE (0.01); any other value than the tg_act enumerators is an */
+/* error.                                                                    */
 /* ======================================================================== */
 
 tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act)
@@ -484,7 +337,7 @@ tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act)
     case TG_ACT_RELU: return tg_relu(ctx, x);
     case TG_ACT_TANH: return tg_tanh(ctx, x);
     case TG_ACT_SIGMOID: return tg_sigmoid(ctx, x);
-    case TG_ACT_LEAKY_RELU: return tg_leaky_relu(ctx, x, 0.01);
+    case TG_ACT_LEAKY_RELU: return tg_leaky_relu(ctx, x, TGI_LEAKY_SLOPE);
     case TG_ACT_COUNT: break;
     }
     char b[96];

@@ -3,39 +3,16 @@
  * Every product goes through the GEMM (src/kernels/gemm.c) with its transpose flags,
  * so no transpose is ever materialised, and backward accumulates straight
  * into the gradient buffers (accumulate = 1). Shapes follow llm.c's habit:
- * x is [m,in], W is [in,out]. Local gradients in full: docs/ops-matmul.md. */
-#include "internal.h"
-#include "vmath.h"
+ * x is [m,in], W is [in,out]. Local gradients in full: docs/ops.md. */
+#include "ops.h"
 
-#include <tgmath.h>
-
-#define LEAKY_SLOPE 0.01   /* TG_ACT_LEAKY_RELU's slope (tapegrad.h) */
 #define COLSUM_BLOCK 256   /* columns summed per pass of colsum_acc */
-
-/* ---- vector kernels and threads ------------------------------------------
- * The activations call src/kernels/vmath.h's vector functions, picked for the element
- * type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
-#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
-#define V_SIGMOID(y, x, n)                                                             \
-    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
-#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
-
-/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef AVX2_CLONES
-#define AVX2_CLONES
-#endif
-
 
 /* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
  * unconditionally, so the loop is a compare and a blend (vectorised), not a
  * branch mispredicted on random signs. */
-AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y,
-                                      const float *restrict g, int64_t n)
+TGI_AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y,
+                                          const float *restrict g, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         const float gi = g[i];
@@ -43,8 +20,8 @@ AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y
     }
 }
 
-AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict y,
-                                      const double *restrict g, int64_t n)
+TGI_AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict y,
+                                          const double *restrict g, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         const double gi = g[i];
@@ -107,25 +84,6 @@ static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void 
     });
 }
 
-/* The argument checks every op here starts with: present (else "<fn>:
- * argument <name> is NULL", or silence after an earlier error), f32 or f64,
- * and the dtype of `ref` when given. 1 if usable. */
-static int check_float_arg(tg_ctx *ctx, const char *fn, const char *name, const tg_tensor *t,
-                           const tg_tensor *ref)
-{
-    if (!tgi_check_arg(ctx, fn, name, t)) return 0;
-    if (!tgi_check_float(ctx, fn, name, t)) return 0;
-    if (ref && !tgi_check_same_dtype(ctx, fn, ref, t)) return 0;
-    return 1;
-}
-
-/* 1 if a node should have been recorded but the tape could not grow (the
- * error is recorded by tgi_record). */
-static int record_failed(tg_ctx *ctx, const tg_op_call *c, tg_tensor *const *in, int n)
-{
-    return !c && tgi_should_record(ctx, in, n);
-}
-
 /* ======================================================================== */
 /* tg_matmul                                                                 */
 /* ======================================================================== */
@@ -136,17 +94,16 @@ static int record_failed(tg_ctx *ctx, const tg_op_call *c, tg_tensor *const *in,
  * Saves nothing: the inputs themselves are what backward reads.
  * Numerics: the GEMM's summation order is fixed whatever the thread count, so
  * results are bit-identical across runs; f32 accumulates in f32. */
-static int matmul_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b);
-static int matmul_forward(tg_op_call *c);
-static void matmul_backward(tg_op_call *c);
-static const tg_op op_matmul = {"matmul", matmul_forward, matmul_backward};
+TGI_OP(matmul);
+static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
 
 tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
     static const char fn[] = "tg_matmul";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "a", a, NULL) || !check_float_arg(ctx, fn, "b", b, a))
+    if (!tgi_check_float_arg(ctx, fn, "a", a, NULL) || !tgi_check_float_arg(ctx, fn, "b", b, a))
         return NULL;
+    if (a->ndim > 2 || b->ndim > 2) return bmm(ctx, a, b);
     char sa[64], sb[64];
     if (a->ndim != 2 || b->ndim != 2) {
         tg_set_error(ctx, "%s: a and b must be 2-D: a is %s, b is %s", fn, TGI_SHAPE(a, sa),
@@ -162,23 +119,16 @@ tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, fn, a->dtype, 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {a, b};
-    tg_op_call *c = tgi_record(ctx, &op_matmul, out, in, 2);
-    if (record_failed(ctx, c, in, 2)) return NULL;
-    if (matmul_fwd(ctx, out, a, b) != 0) return NULL;
-    return out;
+    return tgi_op_run(ctx, &op_matmul, out, in, 2, NULL, 0);
 }
 
 /* C[m,n] = A[m,k] B[k,n] */
-static int matmul_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b)
-{
-    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    return gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0, out->data,
-                n);
-}
-
 static int matmul_forward(tg_op_call *c)
 {
-    return matmul_fwd(c->ctx, c->out, c->in[0], c->in[1]);
+    const tg_tensor *a = c->in[0], *b = c->in[1];
+    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    return gemm(c->ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0,
+                c->out->data, n);
 }
 
 /* d(AB)/dA: dA = dC B^T;  d(AB)/dB: dB = A^T dC */
@@ -211,16 +161,13 @@ static void matmul_backward(tg_op_call *c)
  *   db += column sums of dy (sum over the m rows)
  * Saves nothing (both local gradients are independent of the values).
  * Numerics: column sums accumulate in double, also for f32. */
-static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b);
-static int add_bias_forward(tg_op_call *c);
-static void add_bias_backward(tg_op_call *c);
-static const tg_op op_add_bias = {"add_bias", add_bias_forward, add_bias_backward};
+TGI_OP(add_bias);
 
 tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b)
 {
     static const char fn[] = "tg_add_bias";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_float_arg(ctx, fn, "b", b, x))
+    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "b", b, x))
         return NULL;
     char sx[64], sb[64];
     if (x->ndim != 2 || b->ndim != 1) {
@@ -236,15 +183,14 @@ tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, x->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {x, b};
-    tg_op_call *c = tgi_record(ctx, &op_add_bias, out, in, 2);
-    if (record_failed(ctx, c, in, 2)) return NULL;
-    add_bias_fwd(out, x, b);
-    return out;
+    return tgi_op_run(ctx, &op_add_bias, out, in, 2, NULL, 0);
 }
 
 /* y[i,j] = x[i,j] + b[j] */
-static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b)
+static int add_bias_forward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0], *b = c->in[1];
+    tg_tensor *out = c->out;
     int64_t m = x->shape[0], n = x->shape[1];
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b->data;
@@ -252,11 +198,6 @@ static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b)
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < n; j++) y[i * n + j] = xd[i * n + j] + bd[j];
     });
-}
-
-static int add_bias_forward(tg_op_call *c)
-{
-    add_bias_fwd(c->out, c->in[0], c->in[1]);
     return 0;
 }
 
@@ -300,17 +241,15 @@ static void add_bias_backward(tg_op_call *c)
  * relu's is the slope, as in tg_relu and tg_leaky_relu. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act);
-static int linear_forward(tg_op_call *c);
-static void linear_backward(tg_op_call *c);
-static const tg_op op_linear = {"linear", linear_forward, linear_backward};
+TGI_OP(linear);
 
 tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_act act)
 {
     static const char fn[] = "tg_linear";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_float_arg(ctx, fn, "w", w, x))
+    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
         return NULL;
-    if (b && !check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 2 || w->ndim != 2) {
         tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and [in,out]): x is %s, w is %s", fn,
@@ -337,11 +276,8 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
-    tg_op_call *c = tgi_record(ctx, &op_linear, out, in, n_in);
-    if (record_failed(ctx, c, in, n_in)) return NULL;
-    if (c) tgi_node_attr(c)->i[0] = (int64_t)act;
-    if (linear_fwd(ctx, out, x, w, b, act) != 0) return NULL;
-    return out;
+    const tgi_attr at = {.i = {(int64_t)act}};
+    return tgi_op_run(ctx, &op_linear, out, in, n_in, &at, sizeof at);
 }
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
@@ -358,7 +294,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
     TGI_FLOAT_DISPATCH(x->dtype, {
         T *y = out->data;
         const T *bd = b ? (const T *)b->data : NULL;
-        const T slope = (T)LEAKY_SLOPE;
+        const T slope = (T)TGI_LEAKY_SLOPE;
         TGI_PAR_CHUNKS(ctx, m * n, lo, hi, {
             /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
              * row, or for short rows (an XOR net's) one loop over the chunk */
@@ -395,7 +331,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
 static int linear_forward(tg_op_call *c)
 {
     return linear_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL,
-                      (tg_act)tgi_node_attr(c)->i[0]);
+                      (tg_act)TGI_ATTR(c)->i[0]);
 }
 
 /* d_pre = dy * act'(p), written from y:
@@ -405,7 +341,7 @@ static void linear_backward(tg_op_call *c)
 {
     tg_ctx *ctx = c->ctx;
     tg_tensor *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
-    tg_act act = (tg_act)tgi_node_attr(c)->i[0];
+    tg_act act = (tg_act)TGI_ATTR(c)->i[0];
     const void *dy = tg_grad(c->out);
     if (!dy) return;
     int64_t m = x->shape[0], k = x->shape[1], n = w->shape[1];
@@ -417,7 +353,7 @@ static void linear_backward(tg_op_call *c)
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *y = c->out->data, *g = dy;
             T *d = buf;
-            const T slope = (T)LEAKY_SLOPE;
+            const T slope = (T)TGI_LEAKY_SLOPE;
             TGI_PAR_CHUNKS(ctx, len, lo, hi, {
                 switch (act) {
                 case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
@@ -451,5 +387,157 @@ static void linear_backward(tg_op_call *c)
     if (b && tgi_needs_grad(b)) {
         void *db = tg_grad_acc(b);
         if (db) colsum_acc(x->dtype, m, n, dpre, db);
+    }
+}
+
+/* ======================================================================== */
+/* batched tg_matmul                                                         */
+/* ======================================================================== */
+
+/* C = A B per batch entry, torch.matmul for operands of 2 or more dims, one
+ * of them more than 2.  A is [...,m,k], B is [...,k,n]; the leading (batch)
+ * dims are aligned from the right and broadcast (a missing dim or a dim of 1
+ * stretches), C is [batch...,m,n]. For each entry e of C's batch, with ea
+ * and eb the entries of A and B it reads:
+ *   C_e = A_ea B_eb
+ *   dA_ea += dC_e B_eb^T,   dB_eb += A_ea^T dC_e
+ * summed over every e that reads ea (eb): a broadcast operand's gradient is
+ * the sum over the entries it was stretched across, in the order of e, so
+ * the bits are fixed. One GEMM call per entry and direction, transposes
+ * read in place. Saves nothing: the inputs are what backward reads.
+ * 2-D x 2-D never comes here (op "matmul" above, unchanged). */
+typedef struct {
+    int nb;                    /* batch dims of C */
+    int64_t shape[TG_MAX_DIMS]; /* C's batch sizes */
+    int64_t sa[TG_MAX_DIMS];   /* matrix stride of A per batch dim, 0 where broadcast */
+    int64_t sb[TG_MAX_DIMS];
+    int64_t count;             /* entries in C's batch */
+    int64_t m, k, n;
+} bmm_plan;
+
+/* The plan for a x b; 0, or -1 with the error recorded. */
+static int bmm_plan_make(tg_ctx *ctx, const tg_tensor *a, const tg_tensor *b, bmm_plan *p)
+{
+    static const char fn[] = "tg_matmul";
+    char sa[64], sb[64];
+    if (a->ndim < 2 || b->ndim < 2) {
+        tg_set_error(ctx, "%s: batched operands must both have at least 2 dims ([...,m,k] and "
+                          "[...,k,n]): a is %s, b is %s", fn, TGI_SHAPE(a, sa), TGI_SHAPE(b, sb));
+        return -1;
+    }
+    p->m = a->shape[a->ndim - 2];
+    p->k = a->shape[a->ndim - 1];
+    p->n = b->shape[b->ndim - 1];
+    if (b->shape[b->ndim - 2] != p->k) {
+        tg_set_error(ctx, "%s: inner dimensions differ: a is %s, b is %s", fn, TGI_SHAPE(a, sa),
+                     TGI_SHAPE(b, sb));
+        return -1;
+    }
+    const int na = a->ndim - 2, nbb = b->ndim - 2;
+    p->nb = na > nbb ? na : nbb;
+    int64_t stra = 1, strb = 1;
+    p->count = 1;
+    for (int i = p->nb - 1; i >= 0; i--) { /* right-aligned batch dims */
+        const int ia = i - (p->nb - na), ib = i - (p->nb - nbb);
+        const int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1) {
+            tg_set_error(ctx, "%s: batch dimensions cannot be broadcast: a is %s, b is %s", fn,
+                         TGI_SHAPE(a, sa), TGI_SHAPE(b, sb));
+            return -1;
+        }
+        p->shape[i] = da == 1 ? db : da;
+        p->sa[i] = da == 1 ? 0 : stra;
+        p->sb[i] = db == 1 ? 0 : strb;
+        stra *= da;
+        strb *= db;
+        p->count *= p->shape[i];
+    }
+    return 0;
+}
+
+/* The matrices of A and B read by batch entry e of C. */
+static void bmm_entry(const bmm_plan *p, int64_t e, int64_t *ea, int64_t *eb)
+{
+    *ea = *eb = 0;
+    for (int i = p->nb - 1; i >= 0; i--) {
+        const int64_t j = e % p->shape[i];
+        e /= p->shape[i];
+        *ea += j * p->sa[i];
+        *eb += j * p->sb[i];
+    }
+}
+
+static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
+                   const bmm_plan *p);
+static int bmm_forward(tg_op_call *c);
+static void bmm_backward(tg_op_call *c);
+static const tg_op op_bmm = {"bmm", bmm_forward, bmm_backward};
+
+static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
+{
+    bmm_plan p;
+    if (bmm_plan_make(ctx, a, b, &p) != 0) return NULL;
+    int64_t shape[TG_MAX_DIMS];
+    memcpy(shape, p.shape, sizeof(int64_t) * (size_t)p.nb);
+    shape[p.nb] = p.m;
+    shape[p.nb + 1] = p.n;
+    tg_tensor *out = tgi_tensor_new(ctx, "tg_matmul", a->dtype, p.nb + 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[2] = {a, b};
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_bmm, out, in, 2, &c) != 0) return NULL;
+    if (bmm_fwd(ctx, out, a, b, &p) != 0) return NULL;
+    return out;
+}
+
+/* C_e[m,n] = A_ea[m,k] B_eb[k,n] for every batch entry e */
+static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
+                   const bmm_plan *p)
+{
+    const int64_t m = p->m, k = p->k, n = p->n;
+    const size_t es = tgi_dtype_size(a->dtype);
+    for (int64_t e = 0; e < p->count; e++) {
+        int64_t ea, eb;
+        bmm_entry(p, e, &ea, &eb);
+        if (gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, (const char *)a->data + ea * m * k * es,
+                 k, (const char *)b->data + eb * k * n * es, n, 0,
+                 (char *)out->data + e * m * n * es, n) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int bmm_forward(tg_op_call *c)
+{
+    bmm_plan p;
+    if (bmm_plan_make(c->ctx, c->in[0], c->in[1], &p) != 0) return -1;
+    return bmm_fwd(c->ctx, c->out, c->in[0], c->in[1], &p);
+}
+
+/* d(A_ea B_eb)/dA_ea: dA_ea += dC_e B_eb^T;  d(A_ea B_eb)/dB_eb: dB_eb += A_ea^T dC_e */
+static void bmm_backward(tg_op_call *c)
+{
+    tg_ctx *ctx = c->ctx;
+    tg_tensor *a = c->in[0], *b = c->in[1];
+    const char *dc = tg_grad(c->out);
+    if (!dc) return;
+    bmm_plan p;
+    if (bmm_plan_make(ctx, a, b, &p) != 0) return;
+    const int64_t m = p.m, k = p.k, n = p.n;
+    const size_t es = tgi_dtype_size(a->dtype);
+    char *da = tgi_needs_grad(a) ? tg_grad_acc(a) : NULL;
+    char *db = tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
+    for (int64_t e = 0; e < p.count; e++) {
+        int64_t ea, eb;
+        bmm_entry(&p, e, &ea, &eb);
+        const char *dce = dc + e * m * n * es;
+        if (da && gemm(ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dce, n,
+                       (const char *)b->data + eb * k * n * es, n, 1, da + ea * m * k * es,
+                       k) != 0)
+            return;
+        if (db && gemm(ctx, "tg_matmul", a->dtype, 1, 0, k, n, m,
+                       (const char *)a->data + ea * m * k * es, k, dce, n, 1,
+                       db + eb * k * n * es, n) != 0)
+            return;
     }
 }

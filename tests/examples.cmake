@@ -36,6 +36,22 @@ if(TARGET tg-mlp)
   add_test(NAME example_tg_mlp_help COMMAND tg-mlp --help)
   set_tests_properties(example_tg_mlp_help PROPERTIES PASS_REGULAR_EXPRESSION "usage:")
 endif()
+if(TARGET cnn_classifier)
+  # made-up 28x28 images of 10 classes (a bright square at one of ten places):
+  # quick under the sanitizers; exit 0 only when the test accuracy reaches 0.5
+  # and no training step after the first grew the arena
+  add_test(NAME example_cnn_classifier
+           COMMAND cnn_classifier --synthetic 320 --epochs 2 --json --min-accuracy 0.5)
+  set_tests_properties(example_cnn_classifier PROPERTIES TIMEOUT 300)
+  # a slice of Fashion-MNIST when it is installed (dataset-fashion-mnist): ten
+  # batches reach about 0.47 (chance: 0.10)
+  if(EXISTS /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz)
+    add_test(NAME example_cnn_classifier_fashion
+             COMMAND cnn_classifier --limit 640 --test-limit 500 --epochs 1 --json
+                     --min-accuracy 0.3)
+    set_tests_properties(example_cnn_classifier_fashion PROPERTIES TIMEOUT 300)
+  endif()
+endif()
 if(TARGET char_rnn)
   # a 2-layer LSTM of 32 on Genesis 1-2 (tests/data/genesis.txt, 7 KB): exit 0 when
   # the training loss falls and warm steps allocate nothing; --json and --sample run

@@ -313,6 +313,13 @@ done:
 
 /* ---- batcher ---- */
 
+/* Batches per epoch: the full ones, and the last partial one unless it is
+ * dropped (TG_BATCH_DROP_LAST, or too small to give every shard a sample). */
+static void count_batches(tg_batcher *b) {
+    int64_t rem = b->n % b->batch_size, min_last = b->shard_count > 1 ? b->shard_count : 1;
+    b->n_batches = b->n / b->batch_size + (!(b->flags & TG_BATCH_DROP_LAST) && rem >= min_last);
+}
+
 int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds, int64_t batch_size,
                     int flags) {
     static const char fn[] = "tg_batcher_init";
@@ -339,9 +346,33 @@ int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds, int64_t ba
     b->flags = flags;
     b->order = order;
     b->n = ds->n;
-    b->n_batches = (flags & TG_BATCH_DROP_LAST) ? ds->n / batch_size
-                                                : (ds->n + batch_size - 1) / batch_size;
+    b->shard_count = 1;
+    count_batches(b);
     b->fresh = 1;
+    return 0;
+}
+
+int tg_batcher_shard(tg_batcher *b, int rank, int count) {
+    static const char fn[] = "tg_batcher_shard";
+    if (!b || !b->ctx || !b->order) {
+        if (b && b->ctx && tg_ok(b->ctx)) tg_set_error(b->ctx, "%s: batcher is not initialised", fn);
+        return -1;
+    }
+    tg_ctx *ctx = b->ctx;
+    if (!tg_ok(ctx)) return -1;
+    if (count < 1 || rank < 0 || rank >= count || count > b->batch_size) {
+        tg_set_error(ctx, "%s: need 0 <= rank < count <= batch_size (%lld), got rank %d of %d", fn,
+                     (long long)b->batch_size, rank, count);
+        return -1;
+    }
+    if (!b->fresh) {
+        tg_set_error(ctx, "%s: the batcher is inside an epoch (batch %lld); shard it before the "
+                          "first batch or at the end of an epoch", fn, (long long)b->batch);
+        return -1;
+    }
+    b->shard_rank = rank;
+    b->shard_count = count;
+    count_batches(b);
     return 0;
 }
 
@@ -374,15 +405,20 @@ int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y) {
     }
     int64_t m = b->n - b->pos;
     if (m > b->batch_size) m = b->batch_size;
-    if (m <= 0 || ((b->flags & TG_BATCH_DROP_LAST) && m < b->batch_size)) {
+    const int64_t shards = b->shard_count > 1 ? b->shard_count : 1;
+    if (m <= 0 || m < shards || ((b->flags & TG_BATCH_DROP_LAST) && m < b->batch_size)) {
         b->epoch++;
         b->fresh = 1;
         return 0;
     }
+    /* this rank's contiguous run of the global batch order[pos, pos + m) */
+    const int64_t lo = m * b->shard_rank / shards, hi = m * (b->shard_rank + 1) / shards;
     tg_dtype dt = (b->flags & TG_BATCH_F64) ? TG_F64 : TG_F32;
-    if (make_batch(ctx, fn, ds, b->order + b->pos, m, dt, x, y) != 0) return -1;
+    if (make_batch(ctx, fn, ds, b->order + b->pos + lo, hi - lo, dt, x, y) != 0) return -1;
     b->pos += m;
     b->batch++;
+    b->global_size = m;
+    b->share_size = hi - lo;
     return 1;
 }
 

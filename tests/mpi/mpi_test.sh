@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# tests/mpi/mpi_test.sh CASE MPIRUN BINDIR WORKDIR: one MPI test case, run by ctest.
+# Prints "PASS <what>" or "FAIL <what>" lines; exit 0 pass, 1 fail, 77 skipped
+# (no mpirun). Open MPI refuses to run as root and to start more processes than
+# cores unless told: --allow-run-as-root and --oversubscribe (CI runs as root on
+# a 2-core machine).
+set -u
+case_name=$1 mpirun=${2:-} bindir=$3 work=$4
+if [ -z "$mpirun" ] || ! command -v "$mpirun" >/dev/null 2>&1; then
+  echo "SKIP mpi_$case_name: mpirun not found (apt-get install openmpi-bin libopenmpi-dev)"
+  exit 77
+fi
+mkdir -p "$work/$case_name"
+w="$work/$case_name"
+rm -f "$w"/*
+# Open MPI's own allocations are not freed at exit: leak reports off, the other
+# sanitizer checks stay on
+export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
+export OMP_NUM_THREADS=1
+# a waiting rank yields its core instead of spinning: CI machines are shared
+export OMPI_MCA_mpi_yield_when_idle=1
+mpi() { local np=$1; shift; "$mpirun" --allow-run-as-root --oversubscribe -np "$np" "$@"; }
+train="$bindir/mpi_train"
+status=0
+pass() { echo "PASS $*"; }
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+fail() { echo "FAIL $*"; status=1; }
+
+# failing_job LOG ARGS...: 2 ranks of mpi_train that must fail, and within seconds
+failing_job() {
+  local log=$1; shift
+  local t0 rc t
+  t0=$(date +%s.%N)
+  mpi 2 "$train" "$@" >"$log" 2>&1
+  rc=$? t=$(elapsed "$t0")
+  cat "$log"
+  [ $rc -ne 0 ] && pass "the job fails (exit $rc) in ${t}s" || fail "the job exits 0"
+  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
+}
+# checkpoint_loads PATH WHAT: the checkpoint rank 0 wrote before the failure loads
+checkpoint_loads() {
+  mpi 1 "$train" --load "$1" && pass "the checkpoint $2 loads" \
+    || fail "the checkpoint $2, written before the failure, does not load"
+}
+
+case "$case_name" in
+equivalence_f64|equivalence_f32)
+  dt=${case_name#equivalence_}
+  tol=$([ "$dt" = f64 ] && echo 1e-12 || echo 1e-5)
+  # one process, global batch 64, against 2 ranks with 32 each, 200 steps
+  mpi 1 "$train" --dtype "$dt" --steps 200 --batch 64 --out "$w/one.safetensors" >"$w/one.log" 2>&1 \
+    || fail "1 rank trains ($(tail -3 "$w/one.log"))"
+  mpi 2 "$train" --dtype "$dt" --steps 200 --batch 64 --compare "$w/one.safetensors" --rtol "$tol" \
+    >"$w/two.log" 2>&1 && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt)" \
+    || fail "2 ranks x 32 against 1 rank x 64 ($dt)"
+  cat "$w/one.log" "$w/two.log"
+  ;;
+rerun_identical)
+  for run in 1 2; do
+    mpi 2 "$train" --dtype f64 --steps 200 --hash >"$w/run$run.log" 2>&1 || fail "run $run"
+  done
+  mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run3.log" 2>&1 || fail "run 3"
+  mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run4.log" 2>&1 || fail "run 4"
+  h1=$(grep hash "$w/run1.log") h2=$(grep hash "$w/run2.log")
+  h3=$(grep hash "$w/run3.log") h4=$(grep hash "$w/run4.log")
+  [ -n "$h1" ] && [ "$h1" = "$h2" ] && pass "2 ranks, f64: reruns bit-identical ($h1)" \
+    || fail "f64 reruns differ: '$h1' '$h2'"
+  [ -n "$h3" ] && [ "$h3" = "$h4" ] && pass "2 ranks, f32: reruns bit-identical ($h3)" \
+    || fail "f32 reruns differ: '$h3' '$h4'"
+  ;;
+bad_data_path)
+  failing_job "$w/out.log" --bad-data-rank 1
+  grep -q "mpi_train: rank 0: .*rank 1 failed: tg_load_csv: .*/nonexistent/" "$w/out.log" \
+    && pass "rank 0 stops with rank 1's message" || fail "rank 0 does not report rank 1's error"
+  grep -q "mpi_train: rank 1: tg_load_csv: .*/nonexistent/" "$w/out.log" \
+    && pass "rank 1 reports its own error" || fail "rank 1's message is missing"
+  ;;
+fail_after_checkpoint)
+  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --fail-rank 1 --fail-step 70
+  grep -q "rank 1 failed: mpi_train: injected failure at step 70" "$w/out.log" \
+    && pass "every rank stops with rank 1's message" || fail "rank 1's message did not reach rank 0"
+  checkpoint_loads "$w/ckpt.safetensors" "of step 60"
+  ;;
+killed_rank)
+  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --kill-rank 1 --kill-step 50
+  grep -qi "signal 9\|killed" "$w/out.log" && pass "mpirun says a rank was killed" \
+    || fail "no message about the killed rank"
+  checkpoint_loads "$w/ckpt.safetensors" "of step 40"
+  ;;
+example)
+  mpi 2 "$bindir/mpi_mlp" --generated --epochs 3 --ckpt "$w/mlp.safetensors" >"$w/out.log" 2>&1 \
+    && pass "mpi_mlp trains on 2 ranks" || fail "mpi_mlp on 2 ranks"
+  cat "$w/out.log"
+  [ -s "$w/mlp.safetensors" ] && pass "rank 0 wrote the checkpoint" || fail "no checkpoint"
+  # one end-of-epoch line per epoch (on a terminal the progress line is redrawn in place)
+  n=$(grep -o "epoch [0-9]/3  loss" "$w/out.log" | wc -l)
+  [ "$n" = 3 ] && pass "only rank 0 prints progress (3 epoch lines)" || fail "$n epoch lines"
+  grep -q "2 rank(s), global batch 256: test accuracy 0\.[89]" "$w/out.log" \
+    && pass "test accuracy >= 0.80" || fail "accuracy"
+  ;;
+*) echo "FAIL unknown case $case_name"; exit 1 ;;
+esac
+exit $status

@@ -1,0 +1,240 @@
+/* mpi_train.c: the program behind the MPI tests (tests/mpi/mpi_test.sh).
+ *
+ * Trains a 20-64-64-5 tanh MLP with SGD (momentum 0.9) on 2,000 generated
+ * samples (5 classes from a random linear teacher), data-parallel over however
+ * many ranks mpirun starts: each rank takes its share of every global batch
+ * (tg_mpi_shard), gradients are combined by tg_mpi_average_grads. Under
+ * `mpirun -np 1` it is the single-process reference: the same code, one share.
+ *
+ * Options:
+ *   --dtype f32|f64     parameters and batches (default f64)
+ *   --steps N           optimiser steps (default 200)
+ *   --batch B           global batch (default 64)
+ *   --out PATH          rank 0 saves the final parameters there
+ *   --compare REF       rank 0 compares them with checkpoint REF: prints the largest
+ *                       relative difference max|a-b| / max|b| over the parameters
+ *   --rtol X            ... and fails (exit 3) above X
+ *   --hash              rank 0 prints one XXH3 of all final parameters
+ *   --ckpt PATH --ckpt-every K   rank 0 saves a checkpoint every K steps
+ *   --bad-data-rank R   rank R reads its data from a path that does not exist
+ *   --fail-rank R --fail-step S  rank R records an error at step S
+ *   --kill-rank R --kill-step S  rank R kills itself (SIGKILL) at step S
+ *   --load PATH         no training: load checkpoint PATH into the model (exit 0 if it loads)
+ * Exit status: 0 ok; 1 an error (the message on stderr, from every rank); 3 compare failed.
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tapegrad.h"
+#include "tapegrad/mpi.h"
+
+#define N_SAMPLES 2000
+#define N_FEATURES 20
+#define N_CLASSES 5
+#define SEED 424242u
+
+typedef struct {
+    tg_dtype dt;
+    int steps, batch, ckpt_every;
+    int bad_data_rank, fail_rank, fail_step, kill_rank, kill_step, hash;
+    double rtol;
+    const char *out, *compare, *ckpt, *load;
+} opts;
+
+/* x ~ N(0,1)^20, label = argmax(x T + 0.3 noise) for a random teacher T [20,5] */
+static tg_dataset *make_data(tg_ctx *ctx) {
+    tg_dataset *ds = tg_dataset_new(ctx, N_SAMPLES, N_FEATURES, 0);
+    if (!ds) return NULL;
+    double teacher[N_FEATURES * N_CLASSES];
+    for (int i = 0; i < N_FEATURES * N_CLASSES; i++) teacher[i] = tg_rand_normal(ctx);
+    for (int64_t s = 0; s < N_SAMPLES; s++) {
+        float *x = ds->x + s * N_FEATURES;
+        for (int j = 0; j < N_FEATURES; j++) x[j] = (float)tg_rand_normal(ctx);
+        int best = 0;
+        double bv = -INFINITY;
+        for (int c = 0; c < N_CLASSES; c++) {
+            double v = 0.3 * tg_rand_normal(ctx);
+            for (int j = 0; j < N_FEATURES; j++) v += x[j] * teacher[j * N_CLASSES + c];
+            if (v > bv) bv = v, best = c;
+        }
+        ds->labels[s] = best;
+    }
+    ds->n_classes = N_CLASSES;
+    return ds;
+}
+
+static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
+    const int64_t widths[] = {N_FEATURES, 64, 64, N_CLASSES};
+    return tg_mlp_init(ctx, m, "fc", 4, widths, TG_ACT_TANH, dt);
+}
+
+static uint64_t params_hash(tg_ctx *ctx) {
+    uint64_t h = 0;
+    for (int i = 0; i < tg_param_count(ctx); i++) h = h * 0x100000001B3u ^ tg_hash(tg_param_at(ctx, i));
+    return h;
+}
+
+/* largest max|a-b| / max|b| over the parameters of ctx and REF's */
+static int compare_with(tg_ctx *ctx, const opts *o) {
+    tg_ctx *ref = tg_ctx_new(SEED);
+    tg_mlp m;
+    if (!ref || build_model(ref, &m, o->dt) != 0 || tg_load(ref, o->compare) != 0) {
+        fprintf(stderr, "mpi_train: cannot load %s: %s\n", o->compare, ref ? tg_errmsg(ref) : "");
+        tg_ctx_free(ref);
+        return 1;
+    }
+    double worst = 0;
+    for (int i = 0; i < tg_param_count(ctx); i++) {
+        tg_tensor *a = tg_param_at(ctx, i), *b = tg_param_at(ref, i);
+        double dmax = 0, bmax = 0;
+        for (int64_t k = 0; k < tg_numel(a); k++) {
+            double av = o->dt == TG_F32 ? ((float *)tg_data(a))[k] : ((double *)tg_data(a))[k];
+            double bv = o->dt == TG_F32 ? ((float *)tg_data(b))[k] : ((double *)tg_data(b))[k];
+            if (fabs(av - bv) > dmax) dmax = fabs(av - bv);
+            if (fabs(bv) > bmax) bmax = fabs(bv);
+        }
+        double rel = bmax > 0 ? dmax / bmax : dmax;
+        printf("  %-10s max|a-b| %.3e  max|b| %.3e  relative %.3e\n", tg_name(a), dmax, bmax, rel);
+        if (rel > worst) worst = rel;
+    }
+    tg_ctx_free(ref);
+    printf("largest relative difference %.3e (tolerance %.1e)\n", worst, o->rtol);
+    return o->rtol > 0 && !(worst <= o->rtol) ? 3 : 0;
+}
+
+static int parse(int argc, char **argv, opts *o) {
+    *o = (opts){.dt = TG_F64, .steps = 200, .batch = 64, .bad_data_rank = -1, .fail_rank = -1,
+                .kill_rank = -1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--hash")) { o->hash = 1; continue; }
+        if (!v) return -1;
+        i++;
+        if (!strcmp(a, "--dtype")) o->dt = !strcmp(v, "f32") ? TG_F32 : TG_F64;
+        else if (!strcmp(a, "--steps")) o->steps = atoi(v);
+        else if (!strcmp(a, "--batch")) o->batch = atoi(v);
+        else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--compare")) o->compare = v;
+        else if (!strcmp(a, "--rtol")) o->rtol = atof(v);
+        else if (!strcmp(a, "--ckpt")) o->ckpt = v;
+        else if (!strcmp(a, "--ckpt-every")) o->ckpt_every = atoi(v);
+        else if (!strcmp(a, "--bad-data-rank")) o->bad_data_rank = atoi(v);
+        else if (!strcmp(a, "--fail-rank")) o->fail_rank = atoi(v);
+        else if (!strcmp(a, "--fail-step")) o->fail_step = atoi(v);
+        else if (!strcmp(a, "--kill-rank")) o->kill_rank = atoi(v);
+        else if (!strcmp(a, "--kill-step")) o->kill_step = atoi(v);
+        else if (!strcmp(a, "--load")) o->load = v;
+        else return -1;
+    }
+    return 0;
+}
+
+/* the whole run on one rank; returns the exit status */
+static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
+    const int rank = tg_mpi_rank(mp);
+    tg_dataset *ds = NULL;
+    if (rank == o->bad_data_rank)
+        ds = tg_load_csv(ctx, "/nonexistent/tapegrad-mpi-test/train.csv", NULL);
+    else
+        ds = make_data(ctx);
+    tg_mlp m;
+    build_model(ctx, &m, o->dt);
+    /* sync point: a rank that could not load its data stops every rank here */
+    if (tg_mpi_broadcast_params(mp, 0) != 0) {
+        tg_dataset_free(ds);
+        return 1;
+    }
+    tg_optim_opts oo = tg_optim_defaults(TG_OPT_SGD);
+    oo.lr = 0.05;
+    oo.momentum = 0.9;
+    tg_optim *opt = tg_optim_new(ctx, &oo, NULL, 0);
+    tg_batcher b;
+    tg_batcher_init(&b, ctx, ds, o->batch,
+                    TG_BATCH_SHUFFLE | TG_BATCH_DROP_LAST | (o->dt == TG_F64 ? TG_BATCH_F64 : 0));
+    tg_mpi_shard(mp, &b);
+    int rc = 0;
+    double first_loss = NAN, last_loss = NAN;
+    for (int step = 0; step < o->steps; step++) {
+        tg_tensor *x, *y;
+        int got = tg_batcher_next(&b, &x, &y);
+        if (got == 0) got = tg_batcher_next(&b, &x, &y); /* the next epoch */
+        if (rank == o->fail_rank && step == o->fail_step)
+            tg_set_error(ctx, "mpi_train: injected failure at step %d", step);
+        if (rank == o->kill_rank && step == o->kill_step) raise(SIGKILL);
+        tg_zero_grad(ctx);
+        tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y);
+        tg_backward(ctx, loss);
+        double l[2] = {tg_ok(ctx) ? tg_item(loss) * (double)b.share_size : 0, (double)b.share_size};
+        /* the sync point of every step: any rank's error stops all of them here */
+        if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0 || tg_mpi_sum(mp, l, 2) != 0) {
+            rc = 1;
+            break;
+        }
+        if (step == 0) first_loss = l[0] / l[1];
+        last_loss = l[0] / l[1];
+        tg_optim_step(opt);
+        tg_reset(ctx);
+        if (o->ckpt && o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0) {
+            if (rank == 0) tg_save(ctx, o->ckpt);
+            if (tg_mpi_check(mp) != 0) { /* a failed save stops every rank */
+                rc = 1;
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        int eq = tg_mpi_params_equal(mp);
+        if (eq != 1) {
+            if (eq == 0) tg_set_error(ctx, "mpi_train: the ranks' parameters differ after training");
+            rc = 1;
+        }
+    }
+    if (rc == 0 && rank == 0) {
+        printf("loss %.6f -> %.6f over %d steps of %d samples on %d rank(s)\n", first_loss,
+               last_loss, o->steps, o->batch, tg_mpi_size(mp));
+        if (!(last_loss < 0.5 * first_loss)) {
+            tg_set_error(ctx, "mpi_train: the loss did not halve (%g -> %g)", first_loss, last_loss);
+            rc = 1;
+        }
+        if (rc == 0 && o->hash) printf("params hash %016llx\n", (unsigned long long)params_hash(ctx));
+        if (rc == 0 && o->out && tg_save(ctx, o->out) != 0) rc = 1;
+        if (rc == 0 && o->compare) rc = compare_with(ctx, o);
+    }
+    tg_batcher_free(&b);
+    tg_optim_free(opt);
+    tg_dataset_free(ds);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    opts o;
+    if (parse(argc, argv, &o) != 0) {
+        fprintf(stderr, "mpi_train: bad arguments (see the comment at the top of mpi_train.c)\n");
+        MPI_Finalize();
+        return 2;
+    }
+    tg_ctx *ctx = tg_ctx_new(SEED);
+    tg_set_threads(ctx, 1);
+    int rc;
+    if (o.load) {
+        tg_mlp m;
+        build_model(ctx, &m, o.dt);
+        rc = tg_load(ctx, o.load) == 0 ? 0 : 1;
+        printf("%s: %s\n", o.load, rc ? tg_errmsg(ctx) : "loads");
+        tg_ctx_free(ctx);
+        MPI_Finalize();
+        return rc;
+    }
+    tg_mpi *mp = tg_mpi_new(ctx, MPI_COMM_WORLD);
+    if (!mp) tg_mpi_abort(NULL, tg_errmsg(ctx));
+    rc = run(ctx, mp, &o);
+    if (rc == 1) fprintf(stderr, "mpi_train: rank %d: %s\n", tg_mpi_rank(mp), tg_errmsg(ctx));
+    tg_mpi_free(mp);
+    tg_ctx_free(ctx);
+    MPI_Finalize();
+    return rc;
+}
