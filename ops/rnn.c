@@ -221,19 +221,20 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
     if (b_ih) in[n_in++] = b_ih;
     if (b_hh) in[n_in++] = b_hh;
     const int64_t tape0 = ctx->tape_len;
-    tg_op_call *node = tgi_record(ctx, &op_lstm_cell, c_new, in, n_in);
-    if (!node && tgi_should_record(ctx, in, n_in)) return NULL;
+    tg_op_call *node;
+    if (tgi_record(ctx, &op_lstm_cell, c_new, in, n_in, &node) != 0) return NULL;
     if (node) {
         node->saved = s;
         tgi_attr *at = tgi_node_attr(node);
         at->i[0] = b_ih != NULL; /* which biases are in[5], in[6] */
         at->i[1] = b_hh != NULL;
-        tg_op_call *hn = tgi_record(ctx, &op_lstm_cell_h, h_new, &c_new, 1);
-        if (!hn) { /* the tape could not grow: take the cell node back */
+        tg_op_call *hn;
+        if (tgi_record(ctx, &op_lstm_cell_h, h_new, &c_new, 1, &hn) != 0) {
+            /* the tape could not grow: take the cell node back */
             ctx->tape_len = tape0;
             return NULL;
         }
-        hn->saved = s;
+        if (hn) hn->saved = s; /* always recorded: c' needs a gradient */
     }
     if (lstm_fwd(ctx, c_new, h_new, x, h, c, w_ih, w_hh, b_ih, b_hh, s) != 0) {
         ctx->tape_len = tape0;
@@ -411,8 +412,8 @@ tg_tensor *tg_gru_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *w_ih,
     if (b_ih) in[n_in++] = b_ih;
     if (b_hh) in[n_in++] = b_hh;
     const int64_t tape0 = ctx->tape_len;
-    tg_op_call *node = tgi_record(ctx, &op_gru_cell, out, in, n_in);
-    if (!node && tgi_should_record(ctx, in, n_in)) return NULL;
+    tg_op_call *node;
+    if (tgi_record(ctx, &op_gru_cell, out, in, n_in, &node) != 0) return NULL;
     if (node) {
         node->saved = saved;
         tgi_node_attr(node)->i[0] = b_ih != NULL;

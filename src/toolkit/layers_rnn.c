@@ -25,8 +25,8 @@ static tg_tensor *seq_select(tg_ctx *ctx, const char *fn, tg_tensor *x, int64_t 
 {
     tg_tensor *y = tgi_tensor_new(ctx, fn, x->dtype, x->ndim - 1, x->shape + 1, 0);
     if (!y) return NULL;
-    tg_op_call *c = tgi_record(ctx, &op_seq_select, y, &x, 1);
-    if (!c && tgi_should_record(ctx, &x, 1)) return NULL;
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_seq_select, y, &x, 1, &c) != 0) return NULL;
     if (c) tgi_node_attr(c)->i[0] = t;
     memcpy(y->data, (const char *)x->data + (size_t)t * tgi_bytes(y), tgi_bytes(y));
     return y;
@@ -75,11 +75,13 @@ static tg_tensor *seq_stack(tg_ctx *ctx, const char *fn, tg_tensor *const *xs, i
     const size_t step = tgi_bytes(x0);
     if (tgi_should_record(ctx, &rep, 1)) {
         tg_tensor **keep = tg_scratch(ctx, (size_t)K * sizeof *keep);
-        tg_op_call *c = keep ? tgi_record(ctx, &op_seq_stack, y, &rep, 1) : NULL;
-        if (!c) return NULL;
-        memcpy(keep, xs, (size_t)K * sizeof *keep);
-        c->saved = keep;
-        tgi_node_attr(c)->i[0] = K;
+        tg_op_call *c = NULL;
+        if (!keep || tgi_record(ctx, &op_seq_stack, y, &rep, 1, &c) != 0) return NULL;
+        if (c) { /* always, as rep needs a gradient */
+            memcpy(keep, xs, (size_t)K * sizeof *keep);
+            c->saved = keep;
+            tgi_node_attr(c)->i[0] = K;
+        }
     }
     for (int64_t k = 0; k < K; k++) memcpy((char *)y->data + (size_t)k * step, xs[k]->data, step);
     return y;
