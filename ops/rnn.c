@@ -8,14 +8,7 @@
  * for dx, dh, dW_ih, dW_hh and column sums for the biases. PyTorch's layouts and gate
  * orders (nn.LSTMCell: i,f,g,o; nn.GRUCell: r,z,n). Derivations: docs/ops.md,
  * "Recurrent cells". */
-#include "internal.h"
-#include "vmath.h"
-
-#include <tgmath.h>
-
-#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
-#define V_SIGMOID(y, x, n)                                                             \
-    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
+#include "ops.h" /* the engine's internals, V_TANH and V_SIGMOID, tgi_check_float_arg */
 
 #define COLSUM_BLOCK 256 /* columns summed per pass of colsum_acc */
 
@@ -72,9 +65,7 @@ static int check_cell(tg_ctx *ctx, const char *fn, int gates, const tg_tensor *x
     for (int k = 0; k < 7; k++) {
         if (k == 2 && gates == 3) continue;       /* the GRU has no c */
         if (k >= 5 && !t[k]) continue;            /* biases are optional */
-        if (!tgi_check_arg(ctx, fn, names[k], t[k])) return 0;
-        if (!tgi_check_float(ctx, fn, names[k], t[k])) return 0;
-        if (!tgi_check_same_dtype(ctx, fn, x, t[k])) return 0;
+        if (!tgi_check_float_arg(ctx, fn, names[k], t[k], k ? x : NULL)) return 0;
     }
     char sx[64], sh[64], sc[64], sw[64];
     if (x->ndim != 2 || h->ndim != 2 || (c && c->ndim != 2)) {
