@@ -733,6 +733,50 @@ TG_API tg_tensor *tg_embed_forward(tg_ctx *ctx, const tg_embed *e, tg_tensor *id
 
 /* ---- layers: recurrent (src/toolkit/layers_rnn.c) ---- */
 
+#define TG_RNN_MAX_LAYERS 8 /**< most stacked layers in a tg_lstm or tg_gru */
+
+/** A stack of recurrent layers over a sequence: nn.LSTM or nn.GRU with
+ *  num_layers, batch_first=False, no dropout, one direction. tg_lstm and tg_gru
+ *  are this struct; @c gates says which (4: LSTM, 3: GRU). Layer l's parameters
+ *  are "<name>.weight_ih_l<l>" [gH,in_l], "<name>.weight_hh_l<l>" [gH,H],
+ *  "<name>.bias_ih_l<l>" and "<name>.bias_hh_l<l>" [gH] (in_0 = input_size, else
+ *  H), nn.LSTM's state_dict names and layouts; owned by the ctx. */
+typedef struct {
+    int64_t input_size, hidden_size;
+    int num_layers;
+    int gates;  /**< 4 for an LSTM (i,f,g,o), 3 for a GRU (r,z,n) */
+    tg_tensor *weight_ih[TG_RNN_MAX_LAYERS], *weight_hh[TG_RNN_MAX_LAYERS];
+    tg_tensor *bias_ih[TG_RNN_MAX_LAYERS], *bias_hh[TG_RNN_MAX_LAYERS]; /**< NULL without bias */
+} tg_rnn;
+typedef tg_rnn tg_lstm; /**< made by tg_lstm_init */
+typedef tg_rnn tg_gru;  /**< made by tg_gru_init */
+
+/** Create an LSTM's parameters (see tg_rnn) with num_layers 1 to
+ *  TG_RNN_MAX_LAYERS, biases when @p bias, every one drawn from
+ *  U(-1/sqrt(H), 1/sqrt(H)) as PyTorch does. @p name NULL: the bare names of a
+ *  standalone nn.LSTM ("weight_ih_l0", ...). Returns 0, or -1 with the error
+ *  recorded (then @p m is zeroed). */
+TG_API int tg_lstm_init(tg_ctx *ctx, tg_lstm *m, const char *name, int64_t input_size,
+                        int64_t hidden_size, int num_layers, int bias, tg_dtype dt);
+/** nn.LSTM's forward: x [T,N,input_size] -> output [T,N,H] (the last layer's h
+ *  at every step). h0, c0 [L,N,H] or NULL (zeros). When @p h_n / @p c_n are not
+ *  NULL they receive the final states [L,N,H]. The tape unrolls the steps: two
+ *  nodes per tg_lstm_cell, plus a copy per step of x and one to stack the
+ *  outputs. Returns a temporary, or NULL on error (then *h_n, *c_n are NULL). */
+TG_API tg_tensor *tg_lstm_forward(tg_ctx *ctx, const tg_lstm *m, tg_tensor *x, tg_tensor *h0,
+                                  tg_tensor *c0, tg_tensor **h_n, tg_tensor **c_n);
+/** As tg_lstm_init for a GRU (3H gate rows; nn.GRU's names). */
+TG_API int tg_gru_init(tg_ctx *ctx, tg_gru *m, const char *name, int64_t input_size,
+                       int64_t hidden_size, int num_layers, int bias, tg_dtype dt);
+/** nn.GRU's forward: x [T,N,input_size], h0 [L,N,H] or NULL -> output [T,N,H];
+ *  *h_n (if not NULL) = the final states [L,N,H]. */
+TG_API tg_tensor *tg_gru_forward(tg_ctx *ctx, const tg_gru *m, tg_tensor *x, tg_tensor *h0,
+                                 tg_tensor **h_n);
+/** Write the parameters (per layer: weight_ih, weight_hh, bias_ih, bias_hh, as
+ *  nn.LSTM's parameters()) into @p out, which has room for @p cap. Returns the
+ *  number (also when it exceeds cap), -1 if @p m is NULL. */
+TG_API int tg_rnn_params(const tg_rnn *m, tg_tensor **out, int cap);
+
 /* ---- layers: transformer (src/toolkit/layers_transformer.c) ---- */
 
 /* ======================================================================== */

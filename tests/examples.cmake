@@ -64,3 +64,12 @@ if(TARGET tape_graph)
   add_test(NAME example_tape_graph COMMAND tape_graph ${CMAKE_BINARY_DIR}/tape_graph)
   set_tests_properties(example_tape_graph PROPERTIES TIMEOUT 300)
 endif()
+if(TARGET char_rnn)
+  # a 2-layer LSTM of 32 on Genesis 1-2 (tests/data/genesis.txt, 7 KB): exit 0 when
+  # the training loss falls and warm steps allocate nothing; --json and --sample run
+  add_test(NAME example_char_rnn
+           COMMAND char_rnn --text ${PROJECT_SOURCE_DIR}/tests/data/genesis.txt --hidden 32
+                   --layers 2 --seq 16 --batch 8 --steps 150 --sample 50 --json)
+  set_tests_properties(example_char_rnn PROPERTIES TIMEOUT 300
+                       FAIL_REGULAR_EXPRESSION "UNEXPECTED")
+endif()
