@@ -600,6 +600,23 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
 
 /* ---- layers: embedding (src/toolkit/layers_embed.c) ---- */
 
+/** An embedding table, nn.Embedding: token v's vector is row v of the weight. */
+typedef struct {
+    tg_tensor *weight;   /**< [num,dim] parameter "<name>.weight", owned by the ctx */
+    int64_t num, dim;    /**< number of tokens, width of each vector */
+} tg_embed;
+
+/** Create the parameter of @p e: "<name>.weight" [num,dim] drawn from
+ *  N(0, 1) as nn.Embedding does (@p name NULL: an automatic name). @p num is
+ *  1 to INT32_MAX (indices are i32), @p dim > 0, @p dt TG_F32 or TG_F64.
+ *  Returns 0, or -1 with the error recorded (then @p e is zeroed). */
+TG_API int tg_embed_init(tg_ctx *ctx, tg_embed *e, const char *name, int64_t num, int64_t dim,
+                         tg_dtype dt);
+/** idx TG_I32 of any shape (up to 3 dims), every entry in [0, num) ->
+ *  idx.shape + [dim], one tg_embedding node. Returns a temporary (lives
+ *  until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_embed_forward(tg_ctx *ctx, const tg_embed *e, tg_tensor *idx);
+
 /* ---- layers: recurrent (src/toolkit/layers_rnn.c) ---- */
 
 /* ---- layers: transformer (src/toolkit/layers_transformer.c) ---- */

@@ -140,6 +140,7 @@ static int matmul_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_
 static int matmul_forward(tg_op_call *c);
 static void matmul_backward(tg_op_call *c);
 static const tg_op op_matmul = {"matmul", matmul_forward, matmul_backward};
+static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
 
 tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -147,6 +148,7 @@ tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
     if (!ctx) return NULL;
     if (!check_float_arg(ctx, fn, "a", a, NULL) || !check_float_arg(ctx, fn, "b", b, a))
         return NULL;
+    if (a->ndim > 2 || b->ndim > 2) return bmm(ctx, a, b);
     char sa[64], sb[64];
     if (a->ndim != 2 || b->ndim != 2) {
         tg_set_error(ctx, "%s: a and b must be 2-D: a is %s, b is %s", fn, TGI_SHAPE(a, sa),
@@ -451,5 +453,157 @@ static void linear_backward(tg_op_call *c)
     if (b && tgi_needs_grad(b)) {
         void *db = tg_grad_acc(b);
         if (db) colsum_acc(x->dtype, m, n, dpre, db);
+    }
+}
+
+/* ======================================================================== */
+/* batched tg_matmul                                                         */
+/* ======================================================================== */
+
+/* C = A B per batch entry, torch.matmul for operands of 2 or more dims, one
+ * of them more than 2.  A is [...,m,k], B is [...,k,n]; the leading (batch)
+ * dims are aligned from the right and broadcast (a missing dim or a dim of 1
+ * stretches), C is [batch...,m,n]. For each entry e of C's batch, with ea
+ * and eb the entries of A and B it reads:
+ *   C_e = A_ea B_eb
+ *   dA_ea += dC_e B_eb^T,   dB_eb += A_ea^T dC_e
+ * summed over every e that reads ea (eb): a broadcast operand's gradient is
+ * the sum over the entries it was stretched across, in the order of e, so
+ * the bits are fixed. One GEMM call per entry and direction, transposes
+ * read in place. Saves nothing: the inputs are what backward reads.
+ * 2-D x 2-D never comes here (op "matmul" above, unchanged). */
+typedef struct {
+    int nb;                    /* batch dims of C */
+    int64_t shape[TG_MAX_DIMS]; /* C's batch sizes */
+    int64_t sa[TG_MAX_DIMS];   /* matrix stride of A per batch dim, 0 where broadcast */
+    int64_t sb[TG_MAX_DIMS];
+    int64_t count;             /* entries in C's batch */
+    int64_t m, k, n;
+} bmm_plan;
+
+/* The plan for a x b; 0, or -1 with the error recorded. */
+static int bmm_plan_make(tg_ctx *ctx, const tg_tensor *a, const tg_tensor *b, bmm_plan *p)
+{
+    static const char fn[] = "tg_matmul";
+    char sa[64], sb[64];
+    if (a->ndim < 2 || b->ndim < 2) {
+        tg_set_error(ctx, "%s: batched operands must both have at least 2 dims ([...,m,k] and "
+                          "[...,k,n]): a is %s, b is %s", fn, TGI_SHAPE(a, sa), TGI_SHAPE(b, sb));
+        return -1;
+    }
+    p->m = a->shape[a->ndim - 2];
+    p->k = a->shape[a->ndim - 1];
+    p->n = b->shape[b->ndim - 1];
+    if (b->shape[b->ndim - 2] != p->k) {
+        tg_set_error(ctx, "%s: inner dimensions differ: a is %s, b is %s", fn, TGI_SHAPE(a, sa),
+                     TGI_SHAPE(b, sb));
+        return -1;
+    }
+    const int na = a->ndim - 2, nbb = b->ndim - 2;
+    p->nb = na > nbb ? na : nbb;
+    int64_t stra = 1, strb = 1;
+    p->count = 1;
+    for (int i = p->nb - 1; i >= 0; i--) { /* right-aligned batch dims */
+        const int ia = i - (p->nb - na), ib = i - (p->nb - nbb);
+        const int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1) {
+            tg_set_error(ctx, "%s: batch dimensions cannot be broadcast: a is %s, b is %s", fn,
+                         TGI_SHAPE(a, sa), TGI_SHAPE(b, sb));
+            return -1;
+        }
+        p->shape[i] = da == 1 ? db : da;
+        p->sa[i] = da == 1 ? 0 : stra;
+        p->sb[i] = db == 1 ? 0 : strb;
+        stra *= da;
+        strb *= db;
+        p->count *= p->shape[i];
+    }
+    return 0;
+}
+
+/* The matrices of A and B read by batch entry e of C. */
+static void bmm_entry(const bmm_plan *p, int64_t e, int64_t *ea, int64_t *eb)
+{
+    *ea = *eb = 0;
+    for (int i = p->nb - 1; i >= 0; i--) {
+        const int64_t j = e % p->shape[i];
+        e /= p->shape[i];
+        *ea += j * p->sa[i];
+        *eb += j * p->sb[i];
+    }
+}
+
+static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
+                   const bmm_plan *p);
+static int bmm_forward(tg_op_call *c);
+static void bmm_backward(tg_op_call *c);
+static const tg_op op_bmm = {"bmm", bmm_forward, bmm_backward};
+
+static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
+{
+    bmm_plan p;
+    if (bmm_plan_make(ctx, a, b, &p) != 0) return NULL;
+    int64_t shape[TG_MAX_DIMS];
+    memcpy(shape, p.shape, sizeof(int64_t) * (size_t)p.nb);
+    shape[p.nb] = p.m;
+    shape[p.nb + 1] = p.n;
+    tg_tensor *out = tgi_tensor_new(ctx, "tg_matmul", a->dtype, p.nb + 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[2] = {a, b};
+    tg_op_call *c = tgi_record(ctx, &op_bmm, out, in, 2);
+    if (record_failed(ctx, c, in, 2)) return NULL;
+    if (bmm_fwd(ctx, out, a, b, &p) != 0) return NULL;
+    return out;
+}
+
+/* C_e[m,n] = A_ea[m,k] B_eb[k,n] for every batch entry e */
+static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
+                   const bmm_plan *p)
+{
+    const int64_t m = p->m, k = p->k, n = p->n;
+    const size_t es = tgi_dtype_size(a->dtype);
+    for (int64_t e = 0; e < p->count; e++) {
+        int64_t ea, eb;
+        bmm_entry(p, e, &ea, &eb);
+        if (gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, (const char *)a->data + ea * m * k * es,
+                 k, (const char *)b->data + eb * k * n * es, n, 0,
+                 (char *)out->data + e * m * n * es, n) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int bmm_forward(tg_op_call *c)
+{
+    bmm_plan p;
+    if (bmm_plan_make(c->ctx, c->in[0], c->in[1], &p) != 0) return -1;
+    return bmm_fwd(c->ctx, c->out, c->in[0], c->in[1], &p);
+}
+
+/* d(A_ea B_eb)/dA_ea: dA_ea += dC_e B_eb^T;  d(A_ea B_eb)/dB_eb: dB_eb += A_ea^T dC_e */
+static void bmm_backward(tg_op_call *c)
+{
+    tg_ctx *ctx = c->ctx;
+    tg_tensor *a = c->in[0], *b = c->in[1];
+    const char *dc = tg_grad(c->out);
+    if (!dc) return;
+    bmm_plan p;
+    if (bmm_plan_make(ctx, a, b, &p) != 0) return;
+    const int64_t m = p.m, k = p.k, n = p.n;
+    const size_t es = tgi_dtype_size(a->dtype);
+    char *da = tgi_needs_grad(a) ? tg_grad_acc(a) : NULL;
+    char *db = tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
+    for (int64_t e = 0; e < p.count; e++) {
+        int64_t ea, eb;
+        bmm_entry(&p, e, &ea, &eb);
+        const char *dce = dc + e * m * n * es;
+        if (da && gemm(ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dce, n,
+                       (const char *)b->data + eb * k * n * es, n, 1, da + ea * m * k * es,
+                       k) != 0)
+            return;
+        if (db && gemm(ctx, "tg_matmul", a->dtype, 1, 0, k, n, m,
+                       (const char *)a->data + ea * m * k * es, k, dce, n, 1,
+                       db + eb * k * n * es, n) != 0)
+            return;
     }
 }
