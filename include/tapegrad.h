@@ -598,6 +598,59 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
 
 /* ---- layers: normalisation and dropout (src/toolkit/layers_norm.c) ---- */
 
+/** nn.LayerNorm(dim): normalises the last axis (size @p dim) of its input,
+ *  y = (x - mean) / sqrt(var + eps) weight + bias (tg_layer_norm). */
+typedef struct {
+    tg_tensor *weight;   /**< [dim] parameter "<name>.weight", ones; owned by the ctx */
+    tg_tensor *bias;     /**< [dim] parameter "<name>.bias", zeros; owned by the ctx */
+    int64_t dim;
+    double eps;          /**< 1e-5 (PyTorch's default); may be changed */
+} tg_layernorm;
+
+/** Create the parameters of @p ln as nn.LayerNorm(dim) does: "<name>.weight"
+ *  ones and "<name>.bias" zeros, both [dim] (@p name NULL: automatic names),
+ *  eps 1e-5. @p dt is TG_F32 or TG_F64. Returns 0, or -1 with the error
+ *  recorded (then @p ln is zeroed). */
+TG_API int tg_layernorm_init(tg_ctx *ctx, tg_layernorm *ln, const char *name, int64_t dim,
+                             tg_dtype dt);
+/** tg_layer_norm(x, weight, bias, eps) over x's last axis, which must have
+ *  size dim: x [..., dim] -> x's shape. A temporary, or NULL on error. */
+TG_API tg_tensor *tg_layernorm_forward(tg_ctx *ctx, const tg_layernorm *ln, tg_tensor *x);
+
+/** nn.BatchNorm1d(C) on [N,C] / nn.BatchNorm2d(C) on [N,C,H,W]: in training
+ *  mode (tg_train_mode) the batch statistics normalise and update the running
+ *  statistics; in evaluation mode the running statistics normalise. */
+typedef struct {
+    tg_tensor *weight;        /**< [C] parameter "<name>.weight", ones */
+    tg_tensor *bias;          /**< [C] parameter "<name>.bias", zeros */
+    tg_tensor *running_mean;  /**< [C] "<name>.running_mean", zeros; state: no gradient */
+    tg_tensor *running_var;   /**< [C] "<name>.running_var", ones; state: no gradient */
+    int64_t channels;
+    double momentum;          /**< 0.1: r = (1 - momentum) r + momentum batch */
+    double eps;               /**< 1e-5 */
+} tg_batchnorm;
+
+/** Create the parameters of @p bn as nn.BatchNorm2d(channels) does, under
+ *  its state_dict names: "<name>.weight" ones, "<name>.bias" zeros,
+ *  "<name>.running_mean" zeros, "<name>.running_var" ones, all [channels]
+ *  (@p name NULL: automatic names); momentum 0.1, eps 1e-5. The running
+ *  statistics are parameters so that tg_save/tg_load carry them, with their
+ *  gradient turned off (tg_set_requires_grad(t, 0)): backward never reaches
+ *  them and the optimisers leave them alone. PyTorch's num_batches_tracked
+ *  is not kept (docs/nn.md). Returns 0, or -1 with the error recorded (then
+ *  @p bn is zeroed; parameters created before the failure stay). */
+TG_API int tg_batchnorm_init(tg_ctx *ctx, tg_batchnorm *bn, const char *name, int64_t channels,
+                             tg_dtype dt);
+/** tg_batch_norm(x, running_mean, running_var, weight, bias,
+ *  tg_is_training(ctx), momentum, eps): x [N,C] or [N,C,H,W] -> x's shape.
+ *  In training mode it updates the running statistics in place. A temporary,
+ *  or NULL on error (then nothing is updated). */
+TG_API tg_tensor *tg_batchnorm_forward(tg_ctx *ctx, const tg_batchnorm *bn, tg_tensor *x);
+
+/** nn.Dropout(p): tg_dropout(x, p, tg_is_training(ctx)), so a model's forward
+ *  drops in training mode and is the identity in evaluation mode. */
+TG_API tg_tensor *tg_dropout_forward(tg_ctx *ctx, tg_tensor *x, double p);
+
 /* ---- layers: embedding (src/toolkit/layers_embed.c) ---- */
 
 /** An embedding table, nn.Embedding: token v's vector is row v of the weight. */
@@ -628,7 +681,9 @@ TG_API tg_tensor *tg_embed_forward(tg_ctx *ctx, const tg_embed *e, tg_tensor *id
  * the optimiser is made, through the context's allocator: a step never
  * allocates. A parameter whose gradient is NULL (tg_grad() is NULL: no
  * gradient has reached it) is skipped, and its state does not advance, as in
- * PyTorch for a .grad of None; a zero gradient is not skipped. On x86 the
+ * PyTorch for a .grad of None; a zero gradient is not skipped. A parameter
+ * that does not require grad (tg_set_requires_grad(p, 0)) is skipped too,
+ * weight decay included, even if it holds an old gradient. On x86 the
  * updates run with subnormal numbers flushed to zero (docs/optim.md).       */
 /* ======================================================================== */
 

@@ -12,7 +12,10 @@
  * one 64-byte aligned block allocated by tg_optim_new through the context's
  * allocator and zeroed; tg_optim_step never allocates. A parameter whose grad
  * is NULL is skipped and its t does not advance, as in PyTorch, where its
- * state is not even created until a gradient reaches it.
+ * state is not even created until a gradient reaches it. So is a parameter
+ * that does not require grad (frozen, or state such as batch norm's running
+ * statistics), even when it holds a gradient from before it was frozen: no
+ * update and no weight decay touch it.
  *
  * Kernels are written once for float and double (TGI_FLOAT_DISPATCH) as flat
  * loops over p, g and the state, one loop per case so that each is a
@@ -508,7 +511,7 @@ int tg_optim_step(tg_optim *opt) {
     const tg_optim_opts *o = &opt->o;
     for (int i = 0; i < opt->n; i++) {
         tg_tensor *p = opt->params[i];
-        if (!p->grad) continue; /* no gradient reached it: PyTorch skips it too */
+        if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
         int64_t t = ++opt->t[i];
         void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
         upd_k k = {o, t, 0.0, 0.0};
@@ -570,7 +573,7 @@ int tg_sgd_step(tg_ctx *ctx, double lr) {
     const upd_k k = {&o, 1, 0.0, 0.0};
     for (int i = 0; i < ctx->n_params; i++) {
         tg_tensor *p = ctx->params[i];
-        if (p->grad) par_ranges(ctx, gd_range, &k, p, NULL);
+        if (p->grad && (p->flags & TGI_REQ_GRAD)) par_ranges(ctx, gd_range, &k, p, NULL);
     }
     return 0;
 }

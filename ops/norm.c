@@ -1,0 +1,567 @@
+/* ops/norm.c: normalisation and dropout: tg_layer_norm, tg_batch_norm, tg_dropout.
+ *
+ * Each op is one fused node with its own backward. Every op reads top to
+ * bottom: the public function (argument checks, output, saved memory, tape
+ * record, forward), the forward kernel, then the backward kernel with its
+ * derivative in one comment line. Kernels are written once for float and
+ * double (TGI_FLOAT_DISPATCH); statistics and every sum are accumulated in
+ * double. Local gradients in full: docs/ops.md, "Normalisation and dropout".
+ *
+ * Statistics. The mean and the biased variance of a group of values (a row
+ * of layer norm, a channel of batch norm) come from one pass over the values
+ * with sums shifted by the group's first value k: s1 = sum (x - k),
+ * s2 = sum (x - k)^2, mean = k + s1 / n, var = s2 / n - (s1 / n)^2. The shift
+ * keeps the subtraction from cancelling when |mean| is large against the
+ * spread (the textbook one-pass E[x^2] - E[x]^2 does not), and the pass is a
+ * plain sum that gcc vectorises (layer norm keeps LANES partial sums; the
+ * order of the additions is fixed, so the bits do not depend on the machine's
+ * vector width). rstd = 1 / sqrt(var + eps). */
+#include "internal.h"
+
+#include <math.h>
+
+/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. This
+ * file is ISO C, where gcc does not contract a*b+c into a fused multiply-add,
+ * so both clones give the same bits. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef AVX2_CLONES
+#define AVX2_CLONES
+#endif
+
+#define LANES 8 /* partial sums kept by the row reductions of layer norm */
+
+/* Record the node when a gradient is needed. Returns 0 when the tape could
+ * not grow (error recorded), else 1; *node is the node or NULL. */
+static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+                  tg_op_call **node)
+{
+    *node = tgi_record(ctx, op, out, in, n);
+    return *node != NULL || !tgi_should_record(ctx, in, n);
+}
+
+/* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
+static int check_eps(tg_ctx *ctx, const char *fn, double eps)
+{
+    if (eps >= 0 && isfinite(eps)) return 1;
+    tg_set_error(ctx, "%s: eps must be >= 0 and finite, got %g", fn, eps);
+    return 0;
+}
+
+/* An optional per-feature tensor (weight, bias, running statistics): NULL is
+ * fine; otherwise it must be of this ctx, of x's dtype and of shape [n].
+ * 1 ok, else the error is recorded. what names x's axis ("D", "C"). */
+static int check_vec(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *v,
+                     const tg_tensor *x, int64_t n, const char *what)
+{
+    if (!v) return 1;
+    if (!tgi_check_arg(ctx, fn, arg, v) || !tgi_check_same_dtype(ctx, fn, x, v)) return 0;
+    if (v->ndim == 1 && v->shape[0] == n) return 1;
+    char bv[96], bx[96];
+    tg_set_error(ctx, "%s: %s %s must be [%s] = [%lld] for x %s", fn, arg, TGI_SHAPE(v, bv), what,
+                 (long long)n, TGI_SHAPE(x, bx));
+    return 0;
+}
+
+/* The inputs of a node: x, then weight and bias when given; *iw and *ib get
+ * their positions (0 when absent: position 0 is x). Returns the count. */
+static int gather_inputs(tg_tensor **in, tg_tensor *x, tg_tensor *w, tg_tensor *b, int64_t *iw,
+                         int64_t *ib)
+{
+    int n = 0;
+    in[n++] = x;
+    *iw = w ? n : 0;
+    if (w) in[n++] = w;
+    *ib = b ? n : 0;
+    if (b) in[n++] = b;
+    return n;
+}
+
+/* t's gradient += sums (t's numel doubles, rounded to t's dtype) */
+static void grad_add_sums(tg_tensor *t, const double *sums)
+{
+    TGI_FLOAT_DISPATCH(t->dtype, {
+        T *g = tg_grad_acc(t);
+        if (g)
+            for (int64_t i = 0; i < t->numel; i++) g[i] += (T)sums[i];
+    });
+}
+
+/* mean and rstd of a group from its shifted sums (see the file comment) */
+static void stats_from_sums(double k, double s1, double s2, double n, double eps, double *mean,
+                            double *rstd, double *var)
+{
+    const double m1 = s1 / n;
+    double v = s2 / n - m1 * m1;
+    if (v < 0) v = 0;
+    *mean = k + m1;
+    *rstd = 1.0 / sqrt(v + eps);
+    if (var) *var = v;
+}
+
+/* ======================================================================== */
+/* tg_layer_norm                                                            */
+/* x [..., D] (1 to 4 dims), weight and bias [D] or NULL -> y of x's shape. */
+/* Per row r (every index but the last): mean_r, var_r (biased), rstd_r =    */
+/* 1/sqrt(var_r + eps), xh = (x - mean_r) rstd_r, y = xh w + b (F.layer_norm */
+/* over (D,)). With g = dy w and means over the row:                         */
+/*   dx = rstd (g - mean(g) - xh mean(g xh))                                 */
+/*   dw = sum over rows of dy xh,   db = sum over rows of dy.                */
+/* Saves: mean and rstd of every row (2 rows doubles, tg_scratch, only when  */
+/* recorded); backward recomputes xh from x. Attributes: i[0] rows, i[1] D,  */
+/* i[2], i[3] the positions of weight and bias among the inputs (0: absent). */
+/* Numerical care: shifted one-pass statistics in double; eps >= 0.          */
+/* ======================================================================== */
+
+static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                               const tg_tensor *b, double eps, double *saved);
+static void layer_norm_backward(tg_op_call *c);
+static const tg_op op_layer_norm = {"layer_norm", NULL, layer_norm_backward};
+
+tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor *bias,
+                         double eps)
+{
+    static const char fn[] = "tg_layer_norm";
+    if (!ctx) return NULL;
+    if (!tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
+    if (x->ndim < 1) {
+        char bx[96];
+        tg_set_error(ctx, "%s: x %s has no last axis to normalise over (needs 1 to 4 dims)", fn,
+                     TGI_SHAPE(x, bx));
+        return NULL;
+    }
+    const int64_t d = x->shape[x->ndim - 1], rows = d > 0 ? x->numel / d : 0;
+    if (!check_vec(ctx, fn, "weight", weight, x, d, "D") ||
+        !check_vec(ctx, fn, "bias", bias, x, d, "D") || !check_eps(ctx, fn, eps))
+        return NULL;
+
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[3];
+    tgi_attr at = {.i = {rows, d}};
+    const int n = gather_inputs(in, x, weight, bias, &at.i[2], &at.i[3]);
+    double *saved = NULL;
+    if (tgi_should_record(ctx, in, n) && rows > 0) {
+        saved = tg_scratch(ctx, (size_t)rows * 2 * sizeof(double));
+        if (!saved) return NULL;
+    }
+    tg_op_call *node;
+    if (!record(ctx, &op_layer_norm, out, in, n, &node)) return NULL;
+    if (node) {
+        *tgi_node_attr(node) = at;
+        node->saved = saved;
+    }
+    layer_norm_forward(out, x, weight, bias, eps, saved);
+    return out;
+}
+
+/* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values,
+ * k = x[0], in LANES partial sums. */
+#define ROW_SUMS(T, xr, n, k, s1, s2)                                                  \
+    do {                                                                               \
+        double a1_[LANES] = {0}, a2_[LANES] = {0};                                     \
+        int64_t j_ = 0;                                                                \
+        for (; j_ + LANES <= (n); j_ += LANES)                                         \
+            for (int l_ = 0; l_ < LANES; l_++) {                                       \
+                const double d_ = (double)(xr)[j_ + l_] - (k);                         \
+                a1_[l_] += d_;                                                         \
+                a2_[l_] += d_ * d_;                                                    \
+            }                                                                          \
+        for (; j_ < (n); j_++) {                                                       \
+            const double d_ = (double)(xr)[j_] - (k);                                  \
+            a1_[0] += d_;                                                              \
+            a2_[0] += d_ * d_;                                                         \
+        }                                                                              \
+        (s1) = 0;                                                                      \
+        (s2) = 0;                                                                      \
+        for (int l_ = 0; l_ < LANES; l_++) {                                           \
+            (s1) += a1_[l_];                                                           \
+            (s2) += a2_[l_];                                                           \
+        }                                                                              \
+    } while (0)
+
+/* Per row: one pass for the statistics, one for y = (x - mean) rstd w + b. */
+AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                                           const tg_tensor *b, double eps, double *saved)
+{
+    const int64_t d = x->ndim ? x->shape[x->ndim - 1] : 1, rows = d > 0 ? x->numel / d : 0;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *restrict pw = w ? w->data : NULL, *restrict pb = b ? b->data : NULL;
+        for (int64_t r = 0; r < rows; r++) {
+            const T *restrict xr = (const T *)x->data + r * d;
+            T *restrict yr = (T *)y->data + r * d;
+            const double k = (double)xr[0];
+            double s1, s2, mean, rstd;
+            ROW_SUMS(T, xr, d, k, s1, s2);
+            stats_from_sums(k, s1, s2, (double)d, eps, &mean, &rstd, NULL);
+            if (saved) {
+                saved[2 * r] = mean;
+                saved[2 * r + 1] = rstd;
+            }
+            /* x - mean as (x - k) - (mean - k): exact-ish in T even when |mean|
+             * dwarfs the spread (a mean rounded to T would not be) */
+            const T kt = xr[0], m1 = (T)(mean - k), rs = (T)rstd;
+            if (pw && pb)
+                for (int64_t j = 0; j < d; j++) yr[j] = ((xr[j] - kt) - m1) * rs * pw[j] + pb[j];
+            else if (pw)
+                for (int64_t j = 0; j < d; j++) yr[j] = ((xr[j] - kt) - m1) * rs * pw[j];
+            else if (pb)
+                for (int64_t j = 0; j < d; j++) yr[j] = ((xr[j] - kt) - m1) * rs + pb[j];
+            else
+                for (int64_t j = 0; j < d; j++) yr[j] = ((xr[j] - kt) - m1) * rs;
+        }
+    });
+}
+
+/* d y/dx = rstd (I - 1/D - xh xh^T / D) diag(w);  d y/dw = xh;  d y/db = 1 */
+AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
+{
+    const tgi_attr *at = tgi_node_attr(c);
+    const int64_t rows = at->i[0], d = at->i[1];
+    tg_tensor *x = c->in[0], *w = at->i[2] ? c->in[at->i[2]] : NULL;
+    tg_tensor *b = at->i[3] ? c->in[at->i[3]] : NULL;
+    const double *saved = c->saved;
+    const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
+    if (!c->out->grad || rows == 0 || !(need_x || need_w || need_b)) return;
+    /* column sums of dy xh and dy over the rows, in double */
+    double *acc_w = NULL, *acc_b = NULL;
+    if (need_w || need_b) {
+        acc_w = tg_scratch(c->ctx, (size_t)d * 2 * sizeof(double));
+        if (!acc_w) return;
+        acc_b = acc_w + d;
+        memset(acc_w, 0, (size_t)d * 2 * sizeof(double));
+    }
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *restrict dy = c->out->grad;
+        const T *restrict pw = w ? w->data : NULL;
+        T *restrict dx = need_x ? tg_grad_acc(x) : NULL;
+        if (need_x && !dx) return;
+        for (int64_t r = 0; r < rows; r++) {
+            const T *restrict xr = (const T *)x->data + r * d, *restrict dyr = dy + r * d;
+            const double mean = saved[2 * r], rstd = saved[2 * r + 1];
+            if (acc_w)
+                for (int64_t j = 0; j < d; j++) {
+                    const double xh = ((double)xr[j] - mean) * rstd;
+                    acc_w[j] += (double)dyr[j] * xh;
+                    acc_b[j] += (double)dyr[j];
+                }
+            if (!dx) continue;
+            /* sg = sum g, sgx = sum g xh with g = dy w, in LANES partial sums */
+            double a1[LANES] = {0}, a2[LANES] = {0};
+            int64_t j = 0;
+            for (; j + LANES <= d; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    const double g = pw ? (double)dyr[j + l] * (double)pw[j + l] : (double)dyr[j + l];
+                    a1[l] += g;
+                    a2[l] += g * (((double)xr[j + l] - mean) * rstd);
+                }
+            for (; j < d; j++) {
+                const double g = pw ? (double)dyr[j] * (double)pw[j] : (double)dyr[j];
+                a1[0] += g;
+                a2[0] += g * (((double)xr[j] - mean) * rstd);
+            }
+            double sg = 0, sgx = 0;
+            for (int l = 0; l < LANES; l++) {
+                sg += a1[l];
+                sgx += a2[l];
+            }
+            const T mg = (T)(sg / (double)d), mgx = (T)(sgx / (double)d);
+            const T kt = xr[0], m1 = (T)(mean - (double)kt), rs = (T)rstd;
+            T *restrict dxr = dx + r * d;
+            if (pw)
+                for (int64_t jj = 0; jj < d; jj++)
+                    dxr[jj] += rs * (dyr[jj] * pw[jj] - mg - ((xr[jj] - kt) - m1) * rs * mgx);
+            else
+                for (int64_t jj = 0; jj < d; jj++)
+                    dxr[jj] += rs * (dyr[jj] - mg - ((xr[jj] - kt) - m1) * rs * mgx);
+        }
+    });
+    if (need_w) grad_add_sums(w, acc_w);
+    if (need_b) grad_add_sums(b, acc_b);
+}
+
+/* ======================================================================== */
+/* tg_batch_norm                                                            */
+/* x [N,C] or [N,C,H,W] -> y of x's shape; running_mean, running_var,        */
+/* weight, bias [C] or NULL. Seen as [N,C,S] with S = H W (1 for [N,C]);     */
+/* channel c's M = N S values x[n,c,s] share mean_c and rstd_c:              */
+/*   training: mean_c, var_c (biased) of the batch; the running statistics, */
+/*     when given, become r = (1 - momentum) r + momentum stat, with the     */
+/*     unbiased variance var_c M / (M - 1) (M must be > 1, as PyTorch);      */
+/*   eval: mean_c = running_mean_c, var_c = running_var_c (both required).   */
+/* rstd_c = 1/sqrt(var_c + eps), xh = (x - mean_c) rstd_c, y = xh w_c + b_c. */
+/* Local gradients, sums over the M values of channel c:                     */
+/*   training: dx = rstd w (dy - sum(dy)/M - xh sum(dy xh)/M)                */
+/*   eval:     dx = rstd w dy (the statistics are constants)                 */
+/*   dw_c = sum dy xh, db_c = sum dy; the running statistics get none.       */
+/* Saves: mean_c, rstd_c and the shift k_c (see below) in tg_scratch, so     */
+/* backward does not read the running statistics, which later steps          */
+/* overwrite. Numerical care: x - mean is computed as (x - k) - (mean - k),  */
+/* k_c the channel's first value, so an f32 channel whose mean dwarfs its    */
+/* spread keeps its digits. Attributes:                                      */
+/* i[0..2] N, C, S; i[3] training; i[4], i[5] the positions of weight and    */
+/* bias among the inputs (0: absent). A failing call updates nothing.        */
+/* ======================================================================== */
+
+static void batch_norm_stats(const tg_tensor *x, int64_t nb, int64_t ch, int64_t sp, double eps,
+                             double *st);
+static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                               const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
+                               const double *st);
+static void batch_norm_backward(tg_op_call *c);
+static const tg_op op_batch_norm = {"batch_norm", NULL, batch_norm_backward};
+
+tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
+                         tg_tensor *running_var, tg_tensor *weight, tg_tensor *bias,
+                         int training, double momentum, double eps)
+{
+    static const char fn[] = "tg_batch_norm";
+    char bx[96];
+    if (!ctx) return NULL;
+    if (!tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
+    if (x->ndim != 2 && x->ndim != 4) {
+        tg_set_error(ctx, "%s: x %s must be [N,C] or [N,C,H,W]", fn, TGI_SHAPE(x, bx));
+        return NULL;
+    }
+    const int64_t nb = x->shape[0], ch = x->shape[1], sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
+    if (!training && (!running_mean || !running_var)) {
+        tg_set_error(ctx, "%s: eval mode (training 0) normalises with the running statistics, "
+                          "but running_%s is NULL (x %s)",
+                     fn, running_mean ? "var" : "mean", TGI_SHAPE(x, bx));
+        return NULL;
+    }
+    if (!check_vec(ctx, fn, "running_mean", running_mean, x, ch, "C") ||
+        !check_vec(ctx, fn, "running_var", running_var, x, ch, "C") ||
+        !check_vec(ctx, fn, "weight", weight, x, ch, "C") ||
+        !check_vec(ctx, fn, "bias", bias, x, ch, "C") || !check_eps(ctx, fn, eps))
+        return NULL;
+    if (training && (running_mean || running_var) && !(momentum >= 0 && momentum <= 1)) {
+        tg_set_error(ctx, "%s: momentum must be in [0, 1], got %g", fn, momentum);
+        return NULL;
+    }
+    if (training && nb * sp <= 1 && ch > 0) {
+        tg_set_error(ctx, "%s: training needs more than 1 value per channel, x is %s", fn,
+                     TGI_SHAPE(x, bx));
+        return NULL;
+    }
+
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    if (!out) return NULL;
+    double *st = ch > 0 ? tg_scratch(ctx, (size_t)ch * 4 * sizeof(double)) : NULL;
+    if (ch > 0 && !st) return NULL;
+    tg_tensor *in[3];
+    tgi_attr at = {.i = {nb, ch, sp, training ? 1 : 0}};
+    const int n = gather_inputs(in, x, weight, bias, &at.i[4], &at.i[5]);
+    tg_op_call *node;
+    if (!record(ctx, &op_batch_norm, out, in, n, &node)) return NULL;
+    if (node) {
+        *tgi_node_attr(node) = at;
+        node->saved = st;
+    }
+    /* st: mean [C], rstd [C], biased batch variance [C], shift k [C] */
+    double *mean = st, *rstd = st ? st + ch : NULL, *var = st ? st + 2 * ch : NULL;
+    if (training) {
+        batch_norm_stats(x, nb, ch, sp, eps, st);
+    } else {
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *rm = running_mean->data, *rv = running_var->data;
+            for (int64_t c = 0; c < ch; c++) {
+                mean[c] = st[3 * ch + c] = (double)rm[c];
+                rstd[c] = 1.0 / sqrt((double)rv[c] + eps);
+            }
+        });
+    }
+    batch_norm_forward(out, x, weight, bias, nb, ch, sp, st);
+    if (training && nb * sp > 1) { /* r = (1 - m) r + m stat, the variance unbiased */
+        const double m = momentum, unbias = (double)(nb * sp) / (double)(nb * sp - 1);
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            T *rm = running_mean ? running_mean->data : NULL;
+            T *rv = running_var ? running_var->data : NULL;
+            for (int64_t c = 0; c < ch; c++) {
+                if (rm) rm[c] = (T)((1 - m) * (double)rm[c] + m * mean[c]);
+                if (rv) rv[c] = (T)((1 - m) * (double)rv[c] + m * var[c] * unbias);
+            }
+        });
+    }
+    return out;
+}
+
+/* Batch statistics per channel into st (mean, rstd, var, k; [C] each):
+ * shifted sums in double over n and s. */
+static void batch_norm_stats(const tg_tensor *x, int64_t nb, int64_t ch, int64_t sp, double eps,
+                             double *st)
+{
+    double *mean = st, *rstd = st + ch, *var = st + 2 * ch, *shift = st + 3 * ch;
+    double *s1 = var, *s2 = rstd; /* the sums live in the outputs until the end */
+    memset(s1, 0, (size_t)ch * sizeof(double));
+    memset(s2, 0, (size_t)ch * sizeof(double));
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data;
+        for (int64_t c = 0; c < ch; c++) shift[c] = (double)px[c * sp];
+        for (int64_t n = 0; n < nb; n++)
+            for (int64_t c = 0; c < ch; c++) {
+                const T *xs = px + (n * ch + c) * sp;
+                const double k = shift[c];
+                double a1 = 0, a2 = 0;
+                for (int64_t s = 0; s < sp; s++) {
+                    const double d = (double)xs[s] - k;
+                    a1 += d;
+                    a2 += d * d;
+                }
+                s1[c] += a1;
+                s2[c] += a2;
+            }
+    });
+    for (int64_t c = 0; c < ch; c++)
+        stats_from_sums(shift[c], s1[c], s2[c], (double)(nb * sp), eps, &mean[c], &rstd[c],
+                        &var[c]);
+}
+
+/* y = (x - k_c) scale_c + add_c with scale_c = rstd_c w_c,
+ * add_c = b_c - (mean_c - k_c) scale_c */
+static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                               const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
+                               const double *st)
+{
+    const double *mean = st, *rstd = st + ch, *shift = st + 3 * ch;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data, *pw = w ? w->data : NULL, *pb = b ? b->data : NULL;
+        T *py = y->data;
+        for (int64_t n = 0; n < nb; n++)
+            for (int64_t c = 0; c < ch; c++) {
+                const double sc = rstd[c] * (pw ? (double)pw[c] : 1.0);
+                const T scale = (T)sc, k = (T)shift[c];
+                const T add = (T)((pb ? (double)pb[c] : 0.0) - (mean[c] - shift[c]) * sc);
+                const T *xs = px + (n * ch + c) * sp;
+                T *ys = py + (n * ch + c) * sp;
+                for (int64_t s = 0; s < sp; s++) ys[s] = (xs[s] - k) * scale + add;
+            }
+    });
+}
+
+/* training: d y/dx = rstd w (I - 1/M - xh xh^T / M);  eval: rstd w;  d y/dw = xh;  d y/db = 1 */
+static void batch_norm_backward(tg_op_call *c)
+{
+    const tgi_attr *at = tgi_node_attr(c);
+    const int64_t nb = at->i[0], ch = at->i[1], sp = at->i[2];
+    const int training = (int)at->i[3];
+    tg_tensor *x = c->in[0], *w = at->i[4] ? c->in[at->i[4]] : NULL;
+    tg_tensor *b = at->i[5] ? c->in[at->i[5]] : NULL;
+    const double *mean = c->saved, *rstd = mean + ch, *shift = mean + 3 * ch;
+    const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
+    if (!c->out->grad || ch == 0 || !(need_x || need_w || need_b)) return;
+    /* sdy_c = sum dy, sdyx_c = sum dy xh */
+    double *sdy = tg_scratch(c->ctx, (size_t)ch * 2 * sizeof(double));
+    if (!sdy) return;
+    double *sdyx = sdy + ch;
+    memset(sdy, 0, (size_t)ch * 2 * sizeof(double));
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data, *dy = c->out->grad, *pw = w ? w->data : NULL;
+        for (int64_t n = 0; n < nb; n++)
+            for (int64_t ci = 0; ci < ch; ci++) {
+                const int64_t o = (n * ch + ci) * sp;
+                const double m = mean[ci], rs = rstd[ci];
+                double a1 = 0, a2 = 0;
+                for (int64_t s = 0; s < sp; s++) {
+                    a1 += (double)dy[o + s];
+                    a2 += (double)dy[o + s] * (((double)px[o + s] - m) * rs);
+                }
+                sdy[ci] += a1;
+                sdyx[ci] += a2;
+            }
+        if (need_x) {
+            T *dx = tg_grad_acc(x);
+            if (!dx) return;
+            const double inv_m = 1.0 / (double)(nb * sp);
+            for (int64_t n = 0; n < nb; n++)
+                for (int64_t ci = 0; ci < ch; ci++) {
+                    const int64_t o = (n * ch + ci) * sp;
+                    const double g = rstd[ci] * (pw ? (double)pw[ci] : 1.0);
+                    const T gs = (T)g, k = (T)shift[ci], m1 = (T)(mean[ci] - shift[ci]);
+                    const T rs = (T)rstd[ci];
+                    if (training) {
+                        const T mdy = (T)(sdy[ci] * inv_m), mdyx = (T)(sdyx[ci] * inv_m);
+                        for (int64_t s = 0; s < sp; s++)
+                            dx[o + s] += gs * (dy[o + s] - mdy - ((px[o + s] - k) - m1) * rs * mdyx);
+                    } else {
+                        for (int64_t s = 0; s < sp; s++) dx[o + s] += gs * dy[o + s];
+                    }
+                }
+        }
+    });
+    if (need_w) grad_add_sums(w, sdyx);
+    if (need_b) grad_add_sums(b, sdy);
+}
+
+/* ======================================================================== */
+/* tg_dropout                                                               */
+/* x any shape -> y of x's shape; p in [0, 1). Inverted dropout: element i  */
+/* is kept when u_i >= p, u_i uniform in [0, 1) from the context's generator */
+/* (tg_rand_uniform's 53 bits, one draw per element in order), so each is 0  */
+/* with probability p; y_i = x_i / (1 - p) when kept, else 0.                */
+/* dx = dy mask / (1 - p). Not training or p == 0: tg_identity (a node, so   */
+/* gradients flow; no draw). Saves: the mask, one byte per element           */
+/* (tg_scratch), only when recorded. Attributes: f[0] = 1 / (1 - p).        */
+/* ======================================================================== */
+
+static void dropout_backward(tg_op_call *c);
+static const tg_op op_dropout = {"dropout", NULL, dropout_backward};
+
+tg_tensor *tg_dropout(tg_ctx *ctx, tg_tensor *x, double p, int training)
+{
+    static const char fn[] = "tg_dropout";
+    if (!ctx) return NULL;
+    if (!tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
+    if (!(p >= 0 && p < 1)) {
+        char bx[96];
+        tg_set_error(ctx, "%s: p must be in [0, 1), got %g (x %s)", fn, p, TGI_SHAPE(x, bx));
+        return NULL;
+    }
+    if (!training || p == 0) return tg_identity(ctx, x);
+
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    if (!out) return NULL;
+    unsigned char *mask = NULL;
+    if (tgi_should_record(ctx, &x, 1) && x->numel > 0) {
+        mask = tg_scratch(ctx, (size_t)x->numel);
+        if (!mask) return NULL;
+    }
+    tg_op_call *node;
+    if (!record(ctx, &op_dropout, out, &x, 1, &node)) return NULL;
+    const double scale = 1.0 / (1.0 - p);
+    if (node) {
+        tgi_node_attr(node)->f[0] = scale;
+        node->saved = mask;
+    }
+    /* keep when u >= p, u = (r >> 11) 2^-53: when r >> 11 >= ceil(p 2^53) */
+    const uint64_t thr = (uint64_t)ceil(p * 0x1.0p53);
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *px = x->data;
+        T *py = out->data;
+        const T s = (T)scale;
+        for (int64_t i = 0; i < x->numel; i++) {
+            const unsigned char keep = (tg_rand_u64(ctx) >> 11) >= thr;
+            if (mask) mask[i] = keep;
+            py[i] = keep ? px[i] * s : (T)0;
+        }
+    });
+    return out;
+}
+
+/* d y/dx = mask / (1 - p) */
+static void dropout_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0];
+    const unsigned char *mask = c->saved;
+    if (!tgi_needs_grad(x) || !c->out->grad || !mask) return;
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *dy = c->out->grad;
+        const T s = (T)tgi_node_attr(c)->f[0];
+        T *dx = tg_grad_acc(x);
+        if (dx)
+            for (int64_t i = 0; i < x->numel; i++) dx[i] += mask[i] ? dy[i] * s : (T)0;
+    });
+}

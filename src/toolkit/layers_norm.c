@@ -1,0 +1,137 @@
+/* layers_norm.c: the normalisation and dropout layers: tg_layernorm (nn.LayerNorm),
+ * tg_batchnorm (nn.BatchNorm1d / nn.BatchNorm2d) and tg_dropout_forward
+ * (nn.Dropout).
+ *
+ * Thin, like the dense layer: each forward is one op of ops/norm.c, so the
+ * backward pass comes from the tape. Parameters get PyTorch's names and
+ * defaults, so a checkpoint is the module's state_dict (without batch norm's
+ * num_batches_tracked, see docs/nn.md). Batch norm's running statistics are
+ * parameters too, so tg_save and tg_load carry them, but they do not require
+ * a gradient: backward never reaches them and the optimisers skip them (no
+ * update, no weight decay); only the op's training forward changes them.
+ * Batch norm and dropout read the context's mode (tg_train_mode). */
+#include "toolkit.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#define NORM_NAME_MAX 256 /* longest parameter name built here, with its NUL */
+
+/* A parameter [n] named "<name>.<suffix>" (automatic when name is NULL),
+ * filled with value; requires a gradient when grad. NULL on error. */
+static tg_tensor *vec_param(tg_ctx *ctx, const char *fn, const char *name, const char *suffix,
+                            tg_dtype dt, int64_t n, double value, int grad)
+{
+    char full[NORM_NAME_MAX];
+    if (name) {
+        int len = snprintf(full, sizeof full, "%s.%s", name, suffix);
+        if (len < 0 || len >= (int)sizeof full) {
+            tg_set_error(ctx, "%s: name '%.40s...' is too long (at most %d characters)", fn, name,
+                         NORM_NAME_MAX - 2 - (int)strlen(suffix));
+            return NULL;
+        }
+    }
+    tg_tensor *t = tg_param(ctx, name ? full : NULL, dt, 1, &n);
+    if (!t) return NULL;
+    tg_fill(t, value);
+    if (!grad) tg_set_requires_grad(t, 0);
+    return t;
+}
+
+/* The checks both inits share: a layer pointer, n > 0, a float dtype, a name
+ * that is NULL or not empty. 1 ok, else the error is recorded. */
+static int check_init(tg_ctx *ctx, const char *fn, const void *layer, const char *name,
+                      int64_t n, const char *what, tg_dtype dt)
+{
+    if (!tg_ok(ctx)) return 0;
+    if (!layer) {
+        tg_set_error(ctx, "%s: the layer argument is NULL", fn);
+        return 0;
+    }
+    if (n <= 0) {
+        tg_set_error(ctx, "%s: layer '%s' needs %s > 0, got %lld", fn, name ? name : "(unnamed)",
+                     what, (long long)n);
+        return 0;
+    }
+    if (dt != TG_F32 && dt != TG_F64) {
+        tg_set_error(ctx, "%s: layer dtype must be f32 or f64, got %s", fn, tg_dtype_name(dt));
+        return 0;
+    }
+    if (name && !*name) {
+        tg_set_error(ctx, "%s: name is empty (pass NULL for automatic names)", fn);
+        return 0;
+    }
+    return 1;
+}
+
+/* 1 if a forward can run on the layer (argument arg of fn) whose weight is
+ * given; else records why (unless an error is recorded already). */
+static int layer_ready(tg_ctx *ctx, const char *fn, const char *arg, const void *layer,
+                       const tg_tensor *weight)
+{
+    if (layer && weight) return 1;
+    if (!tg_ok(ctx)) return 0;
+    if (!layer)
+        tg_set_error(ctx, "%s: argument %s is NULL", fn, arg);
+    else
+        tg_set_error(ctx, "%s: the layer has no weight (was %.*s_init called?)", fn,
+                     (int)(strlen(fn) - strlen("_forward")), fn);
+    return 0;
+}
+
+/* ---- layer norm ----------------------------------------------------------- */
+
+int tg_layernorm_init(tg_ctx *ctx, tg_layernorm *ln, const char *name, int64_t dim, tg_dtype dt)
+{
+    static const char fn[] = "tg_layernorm_init";
+    if (!ctx) return -1;
+    if (ln) memset(ln, 0, sizeof *ln);
+    if (!check_init(ctx, fn, ln, name, dim, "dim", dt)) return -1;
+    tg_tensor *w = vec_param(ctx, fn, name, "weight", dt, dim, 1.0, 1);
+    tg_tensor *b = w ? vec_param(ctx, fn, name, "bias", dt, dim, 0.0, 1) : NULL;
+    if (!b) return -1;
+    *ln = (tg_layernorm){.weight = w, .bias = b, .dim = dim, .eps = 1e-5};
+    return 0;
+}
+
+tg_tensor *tg_layernorm_forward(tg_ctx *ctx, const tg_layernorm *ln, tg_tensor *x)
+{
+    if (!ctx || !layer_ready(ctx, "tg_layernorm_forward", "ln", ln, ln ? ln->weight : NULL))
+        return NULL;
+    return tg_layer_norm(ctx, x, ln->weight, ln->bias, ln->eps);
+}
+
+/* ---- batch norm ----------------------------------------------------------- */
+
+int tg_batchnorm_init(tg_ctx *ctx, tg_batchnorm *bn, const char *name, int64_t channels,
+                      tg_dtype dt)
+{
+    static const char fn[] = "tg_batchnorm_init";
+    if (!ctx) return -1;
+    if (bn) memset(bn, 0, sizeof *bn);
+    if (!check_init(ctx, fn, bn, name, channels, "channels", dt)) return -1;
+    tg_tensor *w = vec_param(ctx, fn, name, "weight", dt, channels, 1.0, 1);
+    tg_tensor *b = w ? vec_param(ctx, fn, name, "bias", dt, channels, 0.0, 1) : NULL;
+    tg_tensor *rm = b ? vec_param(ctx, fn, name, "running_mean", dt, channels, 0.0, 0) : NULL;
+    tg_tensor *rv = rm ? vec_param(ctx, fn, name, "running_var", dt, channels, 1.0, 0) : NULL;
+    if (!rv) return -1;
+    *bn = (tg_batchnorm){.weight = w, .bias = b, .running_mean = rm, .running_var = rv,
+                         .channels = channels, .momentum = 0.1, .eps = 1e-5};
+    return 0;
+}
+
+tg_tensor *tg_batchnorm_forward(tg_ctx *ctx, const tg_batchnorm *bn, tg_tensor *x)
+{
+    if (!ctx || !layer_ready(ctx, "tg_batchnorm_forward", "bn", bn, bn ? bn->weight : NULL))
+        return NULL;
+    return tg_batch_norm(ctx, x, bn->running_mean, bn->running_var, bn->weight, bn->bias,
+                         tg_is_training(ctx), bn->momentum, bn->eps);
+}
+
+/* ---- dropout -------------------------------------------------------------- */
+
+tg_tensor *tg_dropout_forward(tg_ctx *ctx, tg_tensor *x, double p)
+{
+    if (!ctx) return NULL;
+    return tg_dropout(ctx, x, p, tg_is_training(ctx));
+}
