@@ -419,7 +419,10 @@ typedef struct tg_op {
 /** Apply @p op to @p n inputs: checks them (non-NULL, same context), makes the
  *  output (zeros, dtype @p dt, shape @p ndim/@p shape), copies @p attr_size
  *  bytes of @p attr, runs forward, and records the call when a gradient is
- *  needed. Returns the output or NULL. */
+ *  needed. Attributes of up to 64 bytes are kept in the tape node itself (no
+ *  arena memory, as for the built-in ops, which take this same path), larger
+ *  ones in the arena; call->attr is 8-byte aligned either way. A forward that
+ *  fails leaves nothing on the tape. Returns the output or NULL. */
 TG_API tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int n,
                            tg_dtype dt, int ndim, const int64_t *shape,
                            const void *attr, size_t attr_size);
@@ -459,7 +462,9 @@ TG_API int tg_save(tg_ctx *ctx, const char *path);
  *  parameter is touched). 0 ok, -1 error (recorded, parameters unchanged). */
 TG_API int tg_load(tg_ctx *ctx, const char *path);
 
-/* ==== SECTION: checkpoint extras (owned by io) ==== */
+/* ======================================================================== */
+/** @name Checkpoint extras                                                 */
+/* ======================================================================== */
 /* File layout, validation and reading from Python: docs/checkpoints.md.
  * Like every function, these do nothing and return -1 (or NULL) while an
  * error is recorded in the context: tg_clear_error() first. */
@@ -492,9 +497,10 @@ TG_API int tg_load_ex(tg_ctx *ctx, const char *path, int flags);
  *  come from the context's allocator); NULL if the key is absent (no error
  *  recorded: tg_ok stays 1) or on error (recorded). */
 TG_API char *tg_checkpoint_meta(tg_ctx *ctx, const char *path, const char *key);
-/* ==== END SECTION: checkpoint extras ==== */
 
-/* ==== SECTION: nn and optim (owned by nn) ==== */
+/* ======================================================================== */
+/** @name Layers and optimisers                                             */
+/* ======================================================================== */
 
 /* ======================================================================== */
 /** @name Initialisation                                                    */
@@ -794,9 +800,10 @@ TG_API double tg_sched_lr(const tg_sched *s, int64_t step);
 /** 0 if @p s is a valid schedule, else -1 with the reason recorded in @p ctx. */
 TG_API int tg_sched_check(tg_ctx *ctx, const tg_sched *s);
 
-/* ==== END SECTION: nn and optim ==== */
 
-/* ==== SECTION: data and metrics (owned by data) ==== */
+/* ======================================================================== */
+/** @name Data and metrics                                                  */
+/* ======================================================================== */
 
 /* ---- datasets (src/toolkit/data.c) --------------------------------------------- */
 
@@ -809,8 +816,7 @@ TG_API int tg_sched_check(tg_ctx *ctx, const tg_sched *s);
  *  context it was made with. It is not a tensor and does not die at tg_reset;
  *  batches are copied out of it into temporaries (tg_dataset_batch,
  *  tg_batcher_next). Fields may be read and written freely (lowering @c n
- *  keeps the first samples); the two private fields must not be touched.
- *  (owned by data) */
+ *  keeps the first samples); the two private fields must not be touched. */
 typedef struct tg_dataset {
     int64_t n;              /**< number of samples */
     int64_t n_features;     /**< floats per sample (the flattened sample shape) */
@@ -828,22 +834,20 @@ typedef struct tg_dataset {
 /** A dataset of @p n samples (n >= 0) of @p n_features (>= 1) zeros. With
  *  @p n_targets == 0 it has labels (zeros; set them and n_classes yourself),
  *  with n_targets > 0 it has [n, n_targets] float targets, with n_targets < 0
- *  neither. NULL on error. Free with tg_dataset_free. (owned by data) */
+ *  neither. NULL on error. Free with tg_dataset_free. */
 TG_API tg_dataset *tg_dataset_new(tg_ctx *ctx, int64_t n, int64_t n_features,
                                   int64_t n_targets);
 /** Free a dataset (NULL is fine). Must be called before tg_ctx_free of the
- *  context that made it. (owned by data) */
+ *  context that made it. */
 TG_API void tg_dataset_free(tg_dataset *ds);
 /** A new dataset holding copies of samples idx[0..m) of @p ds (any order,
- *  repeats allowed; each index in [0, ds->n)). Free with tg_dataset_free.
- *  (owned by data) */
+ *  repeats allowed; each index in [0, ds->n)). Free with tg_dataset_free. */
 TG_API tg_dataset *tg_dataset_subset(tg_ctx *ctx, const tg_dataset *ds, const int64_t *idx,
                                      int64_t m);
 /** Copy samples idx[0..m) of @p ds into temporaries (live until tg_reset):
  *  *x is [m, n_features] of dtype @p x_dtype (TG_F32 or TG_F64); *y is TG_I32
  *  [m] labels, or [m, n_targets] targets of dtype x_dtype, or NULL when the
- *  dataset has neither (@p y may be NULL to skip it). 0 ok, -1 error.
- *  (owned by data) */
+ *  dataset has neither (@p y may be NULL to skip it). 0 ok, -1 error. */
 TG_API int tg_dataset_batch(tg_ctx *ctx, const tg_dataset *ds, const int64_t *idx, int64_t m,
                             tg_dtype x_dtype, tg_tensor **x, tg_tensor **y);
 /** Random split into two new datasets (free both with tg_dataset_free):
@@ -851,14 +855,13 @@ TG_API int tg_dataset_batch(tg_ctx *ctx, const tg_dataset *ds, const int64_t *id
  *  the rest to *train; each part keeps the original order of its samples.
  *  test_fraction <= 0 means 0.2; it must be < 1. Drawn from the context's
  *  generator, so the same seed gives the same split. Needs n >= 2. 0 ok,
- *  -1 error (*train and *test set to NULL). (owned by data) */
+ *  -1 error (*train and *test set to NULL). */
 TG_API int tg_dataset_split(tg_ctx *ctx, const tg_dataset *ds, double test_fraction,
                             tg_dataset **train, tg_dataset **test);
 
 /** Permute idx[0..n) in place with Fisher-Yates, drawing from the context's
  *  generator (tg_rand_below): the same seed gives the same permutation. Fill
- *  idx with 0..n-1 first for a random permutation of the samples.
- *  (owned by data) */
+ *  idx with 0..n-1 first for a random permutation of the samples. */
 TG_API void tg_shuffle_indices(tg_ctx *ctx, int64_t *idx, int64_t n);
 
 /* ---- loaders (src/toolkit/idx.c, src/toolkit/csv.c) ------------------------------------ */
@@ -871,28 +874,28 @@ TG_API void tg_shuffle_indices(tg_ctx *ctx, int64_t *idx, int64_t n);
  *  integer type, values >= 0; n_classes = max + 1. Malformed files (bad magic,
  *  truncated, trailing bytes, size overflow, image/label count mismatch) are
  *  rejected with the file name and the byte offset (in the uncompressed
- *  stream) in the message. Free with tg_dataset_free. (owned by data) */
+ *  stream) in the message. Free with tg_dataset_free. */
 TG_API tg_dataset *tg_load_idx(tg_ctx *ctx, const char *images_path, const char *labels_path);
 /** tg_load_idx on the standard MNIST / Fashion-MNIST names in @p dir:
  *  @p split "train" -> train-images-idx3-ubyte[.gz] and
  *  train-labels-idx1-ubyte[.gz]; "test" (or "t10k") -> t10k-...; also the
- *  "train-images.idx3-ubyte" spelling. (owned by data) */
+ *  "train-images.idx3-ubyte" spelling. */
 TG_API tg_dataset *tg_load_idx_dir(tg_ctx *ctx, const char *dir, const char *split);
 
-/** What the y columns of a CSV file are. (owned by data) */
+/** What the y columns of a CSV file are. */
 typedef enum {
     TG_CSV_Y_LABELS,   /**< one column of class labels (non-negative integers) */
     TG_CSV_Y_TARGETS,  /**< n_y columns of float regression targets */
     TG_CSV_Y_NONE      /**< every column is a feature */
 } tg_csv_y;
-/** Header handling of tg_load_csv. (owned by data) */
+/** Header handling of tg_load_csv. */
 typedef enum {
     TG_CSV_HEADER_AUTO, /**< the first line is a header if a field is not a number */
     TG_CSV_HEADER_YES,
     TG_CSV_HEADER_NO
 } tg_csv_header;
 /** Options of tg_load_csv. Start from tg_csv_defaults() and change fields:
- *  a zeroed struct means "labels in column 0". (owned by data) */
+ *  a zeroed struct means "labels in column 0". */
 typedef struct {
     char delimiter;        /**< field separator, default ',' (0 means ',') */
     tg_csv_header header;  /**< default TG_CSV_HEADER_AUTO */
@@ -903,8 +906,7 @@ typedef struct {
     int n_y;               /**< TG_CSV_Y_TARGETS: number of consecutive target
                                 columns from the first one; default 1 */
 } tg_csv_opts;
-/** Defaults: ',', header auto-detected, class labels in the last column.
- *  (owned by data) */
+/** Defaults: ',', header auto-detected, class labels in the last column. */
 TG_API tg_csv_opts tg_csv_defaults(void);
 /** Load a numeric CSV file (opts NULL = tg_csv_defaults()). Fields may be
  *  surrounded by spaces and by double quotes; CRLF line ends, a UTF-8 BOM and
@@ -912,19 +914,19 @@ TG_API tg_csv_opts tg_csv_defaults(void);
  *  Rows with the wrong number of fields, empty, non-numeric or non-finite
  *  fields, and labels that are not non-negative integers are rejected with a
  *  "tg_load_csv: path:line: ..." message. Numbers are read with strtod (the C
- *  locale's '.' decimal point). Free with tg_dataset_free. (owned by data) */
+ *  locale's '.' decimal point). Free with tg_dataset_free. */
 TG_API tg_dataset *tg_load_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *opts);
 
 /* ---- batches (src/toolkit/data.c) ---------------------------------------------- */
 
-/** Flags of tg_batcher_init. (owned by data) */
+/** Flags of tg_batcher_init. */
 enum {
     TG_BATCH_SHUFFLE = 1,   /**< a new permutation every epoch */
     TG_BATCH_DROP_LAST = 2, /**< skip the last batch when it is smaller */
     TG_BATCH_F64 = 4        /**< x (and float targets) as TG_F64 instead of TG_F32 */
 };
 /** Iterates over a dataset in mini-batches, epoch after epoch. Fields are
- *  read-only for the user (epoch, n_batches are useful). (owned by data) */
+ *  read-only for the user (epoch, n_batches are useful). */
 typedef struct {
     tg_ctx *ctx;
     const tg_dataset *ds;
@@ -940,23 +942,21 @@ typedef struct {
 } tg_batcher;
 /** Prepare @p b to iterate over @p ds (which must outlive it and keep its n) in batches of
  *  @p batch_size (>= 1) samples; @p flags: TG_BATCH_* or'ed (1 = shuffle).
- *  Allocates the order array once; free with tg_batcher_free. 0 ok, -1 error.
- *  (owned by data) */
+ *  Allocates the order array once; free with tg_batcher_free. 0 ok, -1 error. */
 TG_API int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds,
                            int64_t batch_size, int flags);
 /** The next batch of this epoch as temporaries (see tg_dataset_batch; they
  *  die at tg_reset, nothing is allocated on the heap): returns 1 and sets *x,
  *  *y; returns 0 at the end of the epoch (the next call starts a new epoch,
  *  reshuffled when shuffling); -1 on error. The last batch of an epoch is
- *  smaller when batch_size does not divide n, unless TG_BATCH_DROP_LAST.
- *  (owned by data) */
+ *  smaller when batch_size does not divide n, unless TG_BATCH_DROP_LAST. */
 TG_API int tg_batcher_next(tg_batcher *b, tg_tensor **x, tg_tensor **y);
-/** Free the order array (b may be zeroed or already freed). (owned by data) */
+/** Free the order array (b may be zeroed or already freed). */
 TG_API void tg_batcher_free(tg_batcher *b);
 
 /* ---- standardisation (src/toolkit/data.c) -------------------------------------- */
 
-/** Per-feature standardisation x' = (x - mean) / std. (owned by data) */
+/** Per-feature standardisation x' = (x - mean) / std. */
 typedef struct {
     int64_t n_features;
     float *mean;        /**< [n_features] */
@@ -966,14 +966,12 @@ typedef struct {
 /** Fit @p s on @p train (the training part only): mean and population
  *  standard deviation of every feature, computed in double. A feature whose
  *  std is 0 (or below 1e-8 |mean|) gets std 1, so it is only centred.
- *  Free with tg_scaler_free, before the context. 0 ok, -1 error.
- *  (owned by data) */
+ *  Free with tg_scaler_free, before the context. 0 ok, -1 error. */
 TG_API int tg_scaler_fit(tg_ctx *ctx, tg_scaler *s, const tg_dataset *train);
 /** Standardise @p ds's features in place with @p s's statistics. 0 ok; -1
- *  if the feature counts differ (error recorded in s's context).
- *  (owned by data) */
+ *  if the feature counts differ (error recorded in s's context). */
 TG_API int tg_scaler_apply(const tg_scaler *s, tg_dataset *ds);
-/** Free mean and std (s may be zeroed or already freed). (owned by data) */
+/** Free mean and std (s may be zeroed or already freed). */
 TG_API void tg_scaler_free(tg_scaler *s);
 
 /* ---- metrics (src/toolkit/metrics.c) ------------------------------------------- */
@@ -982,32 +980,30 @@ TG_API void tg_scaler_free(tg_scaler *s);
  *  probabilities; the class is the argmax, the first on ties), or [N] / [N,1]
  *  probabilities of class 1 (class 1 when >= 0.5). @p labels: TG_I32 [N]
  *  classes, float [N] / [N,1] 0-or-1 targets, or float [N,C] one-hot /
- *  probability rows (argmax). NaN on error (recorded in pred's context).
- *  (owned by data) */
+ *  probability rows (argmax). NaN on error (recorded in pred's context). */
 TG_API double tg_accuracy(const tg_tensor *pred, const tg_tensor *labels);
 /** As tg_accuracy for binary predictions [N] / [N,1] with a threshold of your
- *  choice (0 for logits, 0.5 for probabilities). (owned by data) */
+ *  choice (0 for logits, 0.5 for probabilities). */
 TG_API double tg_binary_accuracy(const tg_tensor *pred, const tg_tensor *labels,
                                  double threshold);
 /** Add counts to a confusion matrix: matrix[t * n_classes + p] += 1 for each
  *  sample of true class t predicted as p (rows are true classes). pred and
  *  labels as in tg_accuracy ([N] probabilities need n_classes == 2). Classes
- *  outside [0, n_classes) are an error. 0 ok, -1 error. (owned by data) */
+ *  outside [0, n_classes) are an error. 0 ok, -1 error. */
 TG_API int tg_confusion(tg_ctx *ctx, const tg_tensor *pred, const tg_tensor *labels,
                         int n_classes, int64_t *matrix);
 /** Print a confusion matrix as a table (rows: true class) with each class's
- *  recall, to @p f. (owned by data) */
+ *  recall, to @p f. */
 TG_API void tg_confusion_print(FILE *f, const int64_t *matrix, int n_classes);
 
-/** A running mean, e.g. of batch losses over an epoch. Zero-initialise it.
- *  (owned by data) */
+/** A running mean, e.g. of batch losses over an epoch. Zero-initialise it. */
 typedef struct { double sum; int64_t n; } tg_mean_meter;
 /** Add @p value with weight @p count (a batch's mean loss and its size, so
- *  a smaller last batch weighs less); count <= 0 counts as 1. (owned by data) */
+ *  a smaller last batch weighs less); count <= 0 counts as 1. */
 TG_API void tg_mean_meter_add(tg_mean_meter *m, double value, int64_t count);
-/** The weighted mean so far; NaN before anything was added. (owned by data) */
+/** The weighted mean so far; NaN before anything was added. */
 TG_API double tg_mean_meter_mean(const tg_mean_meter *m);
-/** Back to empty. (owned by data) */
+/** Back to empty. */
 TG_API void tg_mean_meter_reset(tg_mean_meter *m);
 
 /* ---- progress line (src/toolkit/progress.c) ------------------------------------ */
@@ -1015,8 +1011,7 @@ TG_API void tg_mean_meter_reset(tg_mean_meter *m);
 /** A training progress display. On a terminal: one line redrawn in place
  *  ("epoch 2/10  batch 120/469  loss 0.4312  9821 samples/s  ETA 1m12s"),
  *  at most ~10 times a second. Otherwise (a file, a pipe, CI): only one plain
- *  line per epoch. Zero-initialise, or just call tg_progress_begin.
- *  (owned by data) */
+ *  line per epoch. Zero-initialise, or just call tg_progress_begin. */
 typedef struct {
     FILE *out;
     int tty;
@@ -1030,20 +1025,18 @@ typedef struct {
     int drawn;                  /**< a line is on the terminal */
 } tg_progress;
 /** Start: @p out is the stream (NULL = stderr); @p epochs and
- *  @p batches_per_epoch are the totals shown (0 = unknown).
- *  (owned by data) */
+ *  @p batches_per_epoch are the totals shown (0 = unknown). */
 TG_API void tg_progress_begin(tg_progress *p, FILE *out, int64_t epochs,
                               int64_t batches_per_epoch);
 /** One batch of @p batch_samples samples is done with mean loss @p loss;
  *  redraws the line on a terminal (at most every 0.1 s, and at the epoch's
- *  last batch). (owned by data) */
+ *  last batch). */
 TG_API void tg_progress_update(tg_progress *p, int64_t batch_samples, double loss);
 /** End the epoch: prints "epoch e/E  loss L  N samples/s  T s" and, when
  *  @p fmt is not NULL, two spaces and the formatted text (e.g. "test acc
- *  %.4f"), then a newline. Returns the epoch's mean loss. (owned by data) */
+ *  %.4f"), then a newline. Returns the epoch's mean loss. */
 TG_API double tg_progress_end_epoch(tg_progress *p, const char *fmt, ...) TG_PRINTF(2, 3);
 
-/* ==== END SECTION: data and metrics ==== */
 
 #ifdef __cplusplus
 }

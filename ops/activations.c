@@ -5,58 +5,8 @@
  * with its derivative in one comment line. Kernels are written once for float
  * and double with TGI_FLOAT_DISPATCH and <tgmath.h>; sums are accumulated in
  * double. Backward always adds into tg_grad_acc(in[i]), one `if` per input.
- * Local gradients in full: docs/ops-activations.md. */
-#include "internal.h"
-#include "vmath.h"
-
-#include <math.h>
-#include <tgmath.h>
-
-/* ---- vector kernels and threads ------------------------------------------
- * The elementwise kernels call src/kernels/vmath.h's vector functions, picked for the
- * element type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
-#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
-#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
-#define V_SIGMOID(y, x, n)                                                             \
-    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
-#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
-#define V_SIGMOID_BWD(dx, y, dy, n)                                                    \
-    _Generic((dx), float *: tgi_vsigmoid_bwd_f32, double *: tgi_vsigmoid_bwd_f64)(dx, y, dy, n)
-#define V_TANH_BWD(dx, y, dy, n)                                                       \
-    _Generic((dx), float *: tgi_vtanh_bwd_f32, double *: tgi_vtanh_bwd_f64)(dx, y, dy, n)
-#define V_RELU_BWD(dx, x, dy, n)                                                       \
-    _Generic((dx), float *: tgi_vrelu_bwd_f32, double *: tgi_vrelu_bwd_f64)(dx, x, dy, n)
-
-
-/* The gradient arriving at a node's output (NULL if none reached it). */
-static const void *out_grad(const tg_op_call *c) { return c->out->grad; }
-
-/* Record the node when a gradient is needed. Returns 0 when the tape could
- * not grow (error recorded), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
-}
-
-/* Common body of the one-input ops: checks x (non-NULL, this ctx, floating),
- * makes an output of x's shape, records the node (storing attr in it), runs
- * forward. NULL on error. */
-static tg_tensor *unary_op(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *x,
-                           const tgi_attr *attr,
-                           void (*forward)(tg_tensor *, const tg_tensor *, const tgi_attr *))
-{
-    if (!ctx) return NULL;
-    if (!tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
-    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
-    if (!out) return NULL;
-    tg_op_call *c;
-    if (!record(ctx, op, out, &x, 1, &c)) return NULL;
-    if (c && attr) *tgi_node_attr(c) = *attr;
-    forward(out, x, attr);
-    return out;
-}
+ * Local gradients in full: docs/ops.md. */
+#include "ops.h"
 
 /* Elements of a row converted to double per call of tgi_vexp_f64. */
 #define EXP_BLOCK 256
@@ -81,37 +31,25 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 /* exactly 1 and sigmoid(-1000) exactly 0.                                   */
 /* ======================================================================== */
 
-static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int sigmoid_forward(tg_op_call *c);
 static void sigmoid_backward(tg_op_call *c);
-static const tg_op op_sigmoid = {"sigmoid", NULL, sigmoid_backward};
+static const tg_op op_sigmoid = {"sigmoid", sigmoid_forward, sigmoid_backward};
 
 tg_tensor *tg_sigmoid(tg_ctx *ctx, tg_tensor *x)
 {
-    return unary_op(ctx, "tg_sigmoid", &op_sigmoid, x, NULL, sigmoid_forward);
+    return tgi_unary(ctx, "tg_sigmoid", &op_sigmoid, x, NULL);
 }
 
-static void sigmoid_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int sigmoid_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_SIGMOID(py + lo, px + lo, hi - lo); });
-    });
+    UNARY_VMATH(c, V_SIGMOID);
+    return 0;
 }
 
 /* d sigmoid(x)/dx = y (1 - y) */
 static void sigmoid_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy y (1 - y) */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_SIGMOID_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
-        });
-    }
+    UNARY_VMATH_BACKWARD(c, V_SIGMOID_BWD, out);
 }
 
 /* ======================================================================== */
@@ -124,10 +62,10 @@ static void sigmoid_backward(tg_op_call *c)
 /* cannot be recovered from y). Numerical care: the overflow-free sigmoid.   */
 /* ======================================================================== */
 
-static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *c,
-                                   const tg_tensor *beta);
+static int sigmoid_scaled_forward(tg_op_call *call);
 static void sigmoid_scaled_backward(tg_op_call *c);
-static const tg_op op_sigmoid_scaled = {"sigmoid_scaled", NULL, sigmoid_scaled_backward};
+static const tg_op op_sigmoid_scaled = {"sigmoid_scaled", sigmoid_scaled_forward,
+                                        sigmoid_scaled_backward};
 
 tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor *beta)
 {
@@ -149,15 +87,13 @@ tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor 
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {x, c, beta};
-    tg_op_call *node;
-    if (!record(ctx, &op_sigmoid_scaled, out, in, 3, &node)) return NULL;
-    sigmoid_scaled_forward(out, x, c, beta);
-    return out;
+    return tgi_op_run(ctx, &op_sigmoid_scaled, out, in, 3, NULL, 0);
 }
 
-static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *c,
-                                   const tg_tensor *beta)
+static int sigmoid_scaled_forward(tg_op_call *call)
 {
+    const tg_tensor *x = call->in[0], *c = call->in[1], *beta = call->in[2];
+    tg_tensor *y = call->out;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
         const T cv = *(const T *)c->data, bv = *(const T *)beta->data;
@@ -167,6 +103,7 @@ static void sigmoid_scaled_forward(tg_tensor *y, const tg_tensor *x, const tg_te
             py[i] = cv * SIGMOID_OF(z);
         }
     });
+    return 0;
 }
 
 /* d y/dx = c s(1-s) beta;  d y/dc = s;  d y/dbeta = c s(1-s) x */
@@ -174,7 +111,7 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 {
     tg_tensor *x = c->in[0], *ct = c->in[1], *bt = c->in[2];
     TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data, *dy = out_grad(c);
+        const T *px = x->data, *dy = tg_grad(c->out);
         const T cv = *(const T *)ct->data, bv = *(const T *)bt->data;
         const int64_t n = x->numel;
         if (dy && tgi_needs_grad(x)) {
@@ -215,37 +152,25 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 /* ulp) saturates to exactly +-1 without overflow.                           */
 /* ======================================================================== */
 
-static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int tanh_forward(tg_op_call *c);
 static void tanh_backward(tg_op_call *c);
-static const tg_op op_tanh = {"tanh", NULL, tanh_backward};
+static const tg_op op_tanh = {"tanh", tanh_forward, tanh_backward};
 
 tg_tensor *tg_tanh(tg_ctx *ctx, tg_tensor *x)
 {
-    return unary_op(ctx, "tg_tanh", &op_tanh, x, NULL, tanh_forward);
+    return tgi_unary(ctx, "tg_tanh", &op_tanh, x, NULL);
 }
 
-static void tanh_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int tanh_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_TANH(py + lo, px + lo, hi - lo); });
-    });
+    UNARY_VMATH(c, V_TANH);
+    return 0;
 }
 
 /* d tanh(x)/dx = 1 - y^2 */
 static void tanh_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy (1 - y^2) */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_TANH_BWD(dx + lo, y + lo, dy + lo, hi - lo); });
-        });
-    }
+    UNARY_VMATH_BACKWARD(c, V_TANH_BWD, out);
 }
 
 /* ======================================================================== */
@@ -255,38 +180,25 @@ static void tanh_backward(tg_op_call *c)
 /* its input x).                                                             */
 /* ======================================================================== */
 
-static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int relu_forward(tg_op_call *c);
 static void relu_backward(tg_op_call *c);
-static const tg_op op_relu = {"relu", NULL, relu_backward};
+static const tg_op op_relu = {"relu", relu_forward, relu_backward};
 
 tg_tensor *tg_relu(tg_ctx *ctx, tg_tensor *x)
 {
-    return unary_op(ctx, "tg_relu", &op_relu, x, NULL, relu_forward);
+    return tgi_unary(ctx, "tg_relu", &op_relu, x, NULL);
 }
 
-static void relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int relu_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        T *py = y->data;
-        /* x > 0 or NaN: x; else +0 */
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, { V_RELU(py + lo, px + lo, hi - lo); });
-    });
+    UNARY_VMATH(c, V_RELU);
+    return 0;
 }
 
 /* d relu(x)/dx = [x > 0] */
 static void relu_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *px = x->data, *dy = out_grad(c);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy) /* dx += dy where x > 0 */
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi,
-                           { V_RELU_BWD(dx + lo, px + lo, dy + lo, hi - lo); });
-        });
-    }
+    UNARY_VMATH_BACKWARD(c, V_RELU_BWD, in[0]);
 }
 
 /* ======================================================================== */
@@ -296,43 +208,71 @@ static void relu_backward(tg_op_call *c)
 /* attribute f[0]).                                                          */
 /* ======================================================================== */
 
-static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int leaky_relu_forward(tg_op_call *c);
 static void leaky_relu_backward(tg_op_call *c);
-static const tg_op op_leaky_relu = {"leaky_relu", NULL, leaky_relu_backward};
+static const tg_op op_leaky_relu = {"leaky_relu", leaky_relu_forward, leaky_relu_backward};
 
 tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
 {
     const tgi_attr at = {.f = {slope}};
-    return unary_op(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at, leaky_relu_forward);
+    return tgi_unary(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at);
 }
 
-static void leaky_relu_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int leaky_relu_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data;
-        const T a = (T)at->f[0];
-        T *py = y->data;
-        TGI_PAR_CHUNKS(x->ctx, x->numel, lo, hi, {
-            for (int64_t i = lo; i < hi; i++) py[i] = px[i] > 0 ? px[i] : a * px[i];
-        });
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T a = (T)TGI_ATTR(c)->f[0];
+        UNARY_FORWARD(c, u > 0 ? u : a * u);
     });
+    return 0;
 }
 
 /* d leaky_relu(x)/dx = 1 if x > 0 else slope */
 static void leaky_relu_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *px = x->data, *dy = out_grad(c);
-            const T a = (T)tgi_node_attr(c)->f[0];
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
-                    for (int64_t i = lo; i < hi; i++) dx[i] += px[i] > 0 ? dy[i] : a * dy[i];
-                });
-        });
-    }
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T a = (T)TGI_ATTR(c)->f[0];
+        UNARY_BACKWARD(c, u > 0 ? g : a * g);
+    });
+}
+
+/* ======================================================================== */
+/* tg_gelu                                                                  */
+/* x any shape -> y same shape. y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2,  */
+/* the erf form (F.gelu, approximate='none').                                */
+/* dy/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi). Saves:        */
+/* nothing (reads x). Numerical care: C's erf and exp in the tensor's        */
+/* precision, PyTorch's arrangement; no overflow (e^(-x^2/2) <= 1).          */
+/* ======================================================================== */
+
+#define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
+#define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+
+static int gelu_forward(tg_op_call *c);
+static void gelu_backward(tg_op_call *c);
+static const tg_op op_gelu = {"gelu", gelu_forward, gelu_backward};
+
+tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x)
+{
+    return tgi_unary(ctx, "tg_gelu", &op_gelu, x, NULL);
+}
+
+static int gelu_forward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T r = (T)GELU_SQRT1_2;
+        UNARY_FORWARD(c, u * (T)0.5 * ((T)1 + erf(u * r)));
+    });
+    return 0;
+}
+
+/* d gelu(x)/dx = Phi(x) + x phi(x) */
+static void gelu_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T r = (T)GELU_SQRT1_2, k = (T)GELU_INV_SQRT_2PI;
+        UNARY_BACKWARD(c, g * ((T)0.5 * ((T)1 + erf(u * r)) + u * k * exp((T)-0.5 * u * u)));
+    });
 }
 
 /* ======================================================================== */
@@ -346,17 +286,18 @@ static void leaky_relu_backward(tg_op_call *c)
 /* in double, in order.                                                      */
 /* ======================================================================== */
 
-static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int softmax_forward(tg_op_call *c);
 static void softmax_backward(tg_op_call *c);
-static const tg_op op_softmax = {"softmax", NULL, softmax_backward};
+static const tg_op op_softmax = {"softmax", softmax_forward, softmax_backward};
 
 tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x)
 {
-    return unary_op(ctx, "tg_softmax", &op_softmax, x, NULL, softmax_forward);
+    return tgi_unary(ctx, "tg_softmax", &op_softmax, x, NULL);
 }
 
-static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int softmax_forward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0], *y = c->out;
     int64_t rows, cols;
     last_axis(x, &rows, &cols);
     TGI_FLOAT_DISPATCH(x->dtype, {
@@ -374,6 +315,7 @@ static void softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at
             for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
         }
     });
+    return 0;
 }
 
 /* d softmax(x)/dx = diag(y) - y y^T  =>  dx = y (dy - <dy, y>) */
@@ -384,7 +326,7 @@ static void softmax_backward(tg_op_call *c)
         int64_t rows, cols;
         last_axis(x, &rows, &cols);
         TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
+            const T *y = c->out->data, *dy = tg_grad(c->out);
             T *dx = tg_grad_acc(x);
             if (dx && dy)
                 for (int64_t r = 0; r < rows; r++) {
@@ -410,17 +352,18 @@ static void softmax_backward(tg_op_call *c)
 /* of the vector exp's e^(x - m); backward's e^y by tgi_vexp_f64.            */
 /* ======================================================================== */
 
-static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at);
+static int log_softmax_forward(tg_op_call *c);
 static void log_softmax_backward(tg_op_call *c);
-static const tg_op op_log_softmax = {"log_softmax", NULL, log_softmax_backward};
+static const tg_op op_log_softmax = {"log_softmax", log_softmax_forward, log_softmax_backward};
 
 tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x)
 {
-    return unary_op(ctx, "tg_log_softmax", &op_log_softmax, x, NULL, log_softmax_forward);
+    return tgi_unary(ctx, "tg_log_softmax", &op_log_softmax, x, NULL);
 }
 
-static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr *at)
+static int log_softmax_forward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0], *y = c->out;
     int64_t rows, cols;
     last_axis(x, &rows, &cols);
     TGI_FLOAT_DISPATCH(x->dtype, {
@@ -438,6 +381,7 @@ static void log_softmax_forward(tg_tensor *y, const tg_tensor *x, const tgi_attr
             for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
         }
     });
+    return 0;
 }
 
 /* d log_softmax(x)/dx = I - 1 softmax^T  =>  dx = dy - e^y sum(dy) */
@@ -448,7 +392,7 @@ static void log_softmax_backward(tg_op_call *c)
         int64_t rows, cols;
         last_axis(x, &rows, &cols);
         TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = out_grad(c);
+            const T *y = c->out->data, *dy = tg_grad(c->out);
             T *dx = tg_grad_acc(x);
             if (dx && dy)
                 for (int64_t r = 0; r < rows; r++) {
@@ -472,7 +416,8 @@ static void log_softmax_backward(tg_op_call *c)
 /* ======================================================================== */
 /* tg_activate: apply an activation by selector                             */
 /* TG_ACT_NONE returns x itself (no node); TG_ACT_LEAKY_RELU uses slope      */
-/* 0.01; any other value than the tg_act enumerators is an error.            */
+/* TGI_LEAKY_SLOPE (0.01); any other value than the tg_act enumerators is an */
+/* error.                                                                    */
 /* ======================================================================== */
 
 tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act)
@@ -484,7 +429,7 @@ tg_tensor *tg_activate(tg_ctx *ctx, tg_tensor *x, tg_act act)
     case TG_ACT_RELU: return tg_relu(ctx, x);
     case TG_ACT_TANH: return tg_tanh(ctx, x);
     case TG_ACT_SIGMOID: return tg_sigmoid(ctx, x);
-    case TG_ACT_LEAKY_RELU: return tg_leaky_relu(ctx, x, 0.01);
+    case TG_ACT_LEAKY_RELU: return tg_leaky_relu(ctx, x, TGI_LEAKY_SLOPE);
     case TG_ACT_COUNT: break;
     }
     char b[96];

@@ -12,13 +12,9 @@
  * <tgmath.h>); every sum is accumulated in double, and so is each element's
  * loss term. Backward ADDS into tg_grad_acc(in[i]) under one `if` per input;
  * g below is d loss/d out (the seed arriving at the 0-dim output) divided by
- * the number of terms averaged. Local gradients in full: docs/ops-activations.md.
+ * the number of terms averaged. Local gradients in full: docs/ops.md.
  */
-#include "internal.h"
-#include "vmath.h"
-
-#include <math.h>
-#include <tgmath.h>
+#include "ops.h"
 
 /* Elements converted to double per call of a vmath f64 kernel (exp of a row
  * of logits, sigmoid of a run of logits): a stack block, 2 KB. */
@@ -27,15 +23,6 @@
 /* ======================================================================== */
 /* Shared helpers                                                           */
 /* ======================================================================== */
-
-/* Record the node when a gradient is needed. Returns 0 when the tape could
- * not grow (error recorded), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
-}
 
 /* A 0-dimensional output of dtype dt (NULL on error). */
 static tg_tensor *scalar_out(tg_ctx *ctx, const char *fn, tg_dtype dt)
@@ -64,10 +51,9 @@ static int seed_over(const tg_op_call *c, int64_t n, double *g)
 
 /* Common body of the elementwise losses f(a, b), a and b of one shape:
  * checks (non-NULL, this ctx, floats, one dtype, one shape), 0-dim output,
- * record, forward (which returns the sum of the per-element terms, in double). */
+ * record and forward (op->forward: PAIR_LOSS_FORWARD). */
 static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *a,
-                            const char *an, tg_tensor *b, const char *bn,
-                            double (*forward)(const tg_tensor *, const tg_tensor *))
+                            const char *an, tg_tensor *b, const char *bn)
 {
     if (!ctx) return NULL;
     if (!tgi_check_arg(ctx, fn, an, a) || !tgi_check_arg(ctx, fn, bn, b)) return NULL;
@@ -77,11 +63,17 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
     tg_tensor *out = scalar_out(ctx, fn, a->dtype);
     if (!out) return NULL;
     tg_tensor *in[2] = {a, b};
-    tg_op_call *node;
-    if (!record(ctx, op, out, in, 2, &node)) return NULL;
-    set_scalar(out, forward(a, b) * inv_count(a->numel));
-    return out;
+    return tgi_op_run(ctx, op, out, in, 2, NULL, 0);
 }
+
+/* The forward of an elementwise loss NAME: the mean of the per-element
+ * terms whose sum NAME_sum(a, b) returns (in double). */
+#define PAIR_LOSS_FORWARD(NAME)                                                        \
+    static int NAME##_forward(tg_op_call *c)                                           \
+    {                                                                                  \
+        set_scalar(c->out, NAME##_sum(c->in[0], c->in[1]) * inv_count(c->in[0]->numel)); \
+        return 0;                                                                      \
+    }
 
 /* ======================================================================== */
 /* tg_mse                                                                   */
@@ -89,16 +81,17 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
 /* dL/dp = 2 (p - t) / N; dL/dt = -2 (p - t) / N. Saves: nothing.            */
 /* ======================================================================== */
 
-static double mse_forward(const tg_tensor *p, const tg_tensor *t);
+static double mse_sum(const tg_tensor *p, const tg_tensor *t);
+static int mse_forward(tg_op_call *c);
 static void mse_backward(tg_op_call *c);
-static const tg_op op_mse = {"mse", NULL, mse_backward};
+static const tg_op op_mse = {"mse", mse_forward, mse_backward};
 
 tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
 {
-    return pair_loss(ctx, "tg_mse", &op_mse, pred, "pred", target, "target", mse_forward);
+    return pair_loss(ctx, "tg_mse", &op_mse, pred, "pred", target, "target");
 }
 
-static double mse_forward(const tg_tensor *p, const tg_tensor *t)
+static double mse_sum(const tg_tensor *p, const tg_tensor *t)
 {
     double sum = 0;
     TGI_FLOAT_DISPATCH(p->dtype, {
@@ -110,6 +103,7 @@ static double mse_forward(const tg_tensor *p, const tg_tensor *t)
     });
     return sum;
 }
+PAIR_LOSS_FORWARD(mse)
 
 /* d mse/dp = 2 (p - t) / N, d mse/dt = -2 (p - t) / N */
 static void mse_backward(tg_op_call *c)
@@ -141,16 +135,17 @@ static void mse_backward(tg_op_call *c)
 /* Saves: nothing.                                                           */
 /* ======================================================================== */
 
-static double l1_forward(const tg_tensor *p, const tg_tensor *t);
+static double l1_sum(const tg_tensor *p, const tg_tensor *t);
+static int l1_forward(tg_op_call *c);
 static void l1_backward(tg_op_call *c);
-static const tg_op op_l1 = {"l1", NULL, l1_backward};
+static const tg_op op_l1 = {"l1", l1_forward, l1_backward};
 
 tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
 {
-    return pair_loss(ctx, "tg_l1", &op_l1, pred, "pred", target, "target", l1_forward);
+    return pair_loss(ctx, "tg_l1", &op_l1, pred, "pred", target, "target");
 }
 
-static double l1_forward(const tg_tensor *p, const tg_tensor *t)
+static double l1_sum(const tg_tensor *p, const tg_tensor *t)
 {
     double sum = 0;
     TGI_FLOAT_DISPATCH(p->dtype, {
@@ -159,6 +154,7 @@ static double l1_forward(const tg_tensor *p, const tg_tensor *t)
     });
     return sum;
 }
+PAIR_LOSS_FORWARD(l1)
 
 /* sign of d as -1, 0, +1 (0 for d == 0 and for NaN) */
 static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
@@ -199,19 +195,20 @@ static void l1_backward(tg_op_call *c)
 /* not checked to lie in [0, 1].                                             */
 /* ======================================================================== */
 
-static double bce_forward(const tg_tensor *p, const tg_tensor *t);
+static double bce_sum(const tg_tensor *p, const tg_tensor *t);
+static int bce_forward(tg_op_call *c);
 static void bce_backward(tg_op_call *c);
-static const tg_op op_bce = {"bce", NULL, bce_backward};
+static const tg_op op_bce = {"bce", bce_forward, bce_backward};
 
 tg_tensor *tg_bce(tg_ctx *ctx, tg_tensor *prob, tg_tensor *target)
 {
-    return pair_loss(ctx, "tg_bce", &op_bce, prob, "prob", target, "target", bce_forward);
+    return pair_loss(ctx, "tg_bce", &op_bce, prob, "prob", target, "target");
 }
 
 /* the clamp bound of tg_bce for a dtype */
 static double bce_eps(tg_dtype dt) { return dt == TG_F32 ? 1e-7 : 1e-12; }
 
-static double bce_forward(const tg_tensor *p, const tg_tensor *t)
+static double bce_sum(const tg_tensor *p, const tg_tensor *t)
 {
     const double lo = bce_eps(p->dtype), hi = 1 - lo;
     double sum = 0;
@@ -225,6 +222,7 @@ static double bce_forward(const tg_tensor *p, const tg_tensor *t)
     });
     return sum;
 }
+PAIR_LOSS_FORWARD(bce)
 
 /* d bce/dp = (q - t) / (q (1 - q)) / N inside the clamp, 0 outside;
  * d bce/dt = (log(1 - q) - log q) / N */
@@ -269,17 +267,19 @@ static void bce_backward(tg_op_call *c)
 /* of 256 elements at a time.                                                */
 /* ======================================================================== */
 
-static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t);
+static double bce_with_logits_sum(const tg_tensor *x, const tg_tensor *t);
+static int bce_with_logits_forward(tg_op_call *c);
 static void bce_with_logits_backward(tg_op_call *c);
-static const tg_op op_bce_with_logits = {"bce_with_logits", NULL, bce_with_logits_backward};
+static const tg_op op_bce_with_logits = {"bce_with_logits", bce_with_logits_forward,
+                                         bce_with_logits_backward};
 
 tg_tensor *tg_bce_with_logits(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
 {
     return pair_loss(ctx, "tg_bce_with_logits", &op_bce_with_logits, logits, "logits", target,
-                     "target", bce_with_logits_forward);
+                     "target");
 }
 
-static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t)
+static double bce_with_logits_sum(const tg_tensor *x, const tg_tensor *t)
 {
     double sum = 0, e[VBLOCK];
     TGI_FLOAT_DISPATCH(x->dtype, {
@@ -296,6 +296,7 @@ static double bce_with_logits_forward(const tg_tensor *x, const tg_tensor *t)
     });
     return sum;
 }
+PAIR_LOSS_FORWARD(bce_with_logits)
 
 /* d/dx = (sigmoid(x) - t) / N, d/dt = -x / N */
 static void bce_with_logits_backward(tg_op_call *c)
@@ -344,10 +345,10 @@ static void bce_with_logits_backward(tg_op_call *c)
 /* ulp) on the shifted row, summed in double in order.                       */
 /* ======================================================================== */
 
-static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
-                                  int64_t n, int64_t k, void *probs);
+static int cross_entropy_forward(tg_op_call *c);
 static void cross_entropy_backward(tg_op_call *c);
-static const tg_op op_cross_entropy = {"cross_entropy", NULL, cross_entropy_backward};
+static const tg_op op_cross_entropy = {"cross_entropy", cross_entropy_forward,
+                                       cross_entropy_backward};
 
 /* Rows and classes of the logits of cross-entropy; 0 if x is not [N,C] or [C]. */
 static int ce_dims(const tg_tensor *x, int64_t *n, int64_t *k)
@@ -429,16 +430,7 @@ tg_tensor *tg_cross_entropy(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
     tg_tensor *out = scalar_out(ctx, fn, logits->dtype);
     if (!out) return NULL;
     tg_tensor *in[2] = {logits, target};
-    tg_op_call *node;
-    if (!record(ctx, &op_cross_entropy, out, in, 2, &node)) return NULL;
-    void *probs = NULL;
-    if (node) {
-        probs = tg_scratch(ctx, tgi_bytes(logits));
-        if (!probs && logits->numel) return NULL;
-        node->saved = probs;
-    }
-    cross_entropy_forward(out, logits, target, n, k, probs);
-    return out;
+    return tgi_op_run(ctx, &op_cross_entropy, out, in, 2, NULL, 0);
 }
 
 /* Row maximum m of xr[0..k), then sum_j e^(xr[j] - m) in double: the
@@ -460,10 +452,18 @@ tg_tensor *tg_cross_entropy(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
         }                                                                              \
     } while (0)
 
-/* probs (NULL when nothing is recorded) receives softmax(x), row by row. */
-static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_tensor *target,
-                                  int64_t n, int64_t k, void *probs)
+/* When recorded, saves softmax(x), row by row, in c->saved. */
+static int cross_entropy_forward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0], *target = c->in[1];
+    int64_t n = 0, k = 0;
+    ce_dims(x, &n, &k);
+    void *probs = NULL;
+    if (tgi_recorded(c)) {
+        probs = tg_scratch(c->ctx, tgi_bytes(x));
+        if (!probs && x->numel) return -1;
+        c->saved = probs;
+    }
     const int indices = target->dtype == TG_I32;
     double loss = 0;
     double e[VBLOCK];
@@ -494,7 +494,8 @@ static void cross_entropy_forward(tg_tensor *out, const tg_tensor *x, const tg_t
             }
         }
     });
-    set_scalar(out, loss * inv_count(n));
+    set_scalar(c->out, loss * inv_count(n));
+    return 0;
 }
 
 /* d ce/dx = (p - onehot) / N (indices), (p sum(t) - t) / N (probabilities);

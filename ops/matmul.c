@@ -3,39 +3,16 @@
  * Every product goes through the GEMM (src/kernels/gemm.c) with its transpose flags,
  * so no transpose is ever materialised, and backward accumulates straight
  * into the gradient buffers (accumulate = 1). Shapes follow llm.c's habit:
- * x is [m,in], W is [in,out]. Local gradients in full: docs/ops-matmul.md. */
-#include "internal.h"
-#include "vmath.h"
+ * x is [m,in], W is [in,out]. Local gradients in full: docs/ops.md. */
+#include "ops.h"
 
-#include <tgmath.h>
-
-#define LEAKY_SLOPE 0.01   /* TG_ACT_LEAKY_RELU's slope (tapegrad.h) */
 #define COLSUM_BLOCK 256   /* columns summed per pass of colsum_acc */
-
-/* ---- vector kernels and threads ------------------------------------------
- * The activations call src/kernels/vmath.h's vector functions, picked for the element
- * type T of TGI_FLOAT_DISPATCH by the type of their first pointer. */
-#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
-#define V_SIGMOID(y, x, n)                                                             \
-    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
-#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
-
-/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef AVX2_CLONES
-#define AVX2_CLONES
-#endif
-
 
 /* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
  * unconditionally, so the loop is a compare and a blend (vectorised), not a
  * branch mispredicted on random signs. */
-AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y,
-                                      const float *restrict g, int64_t n)
+TGI_AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y,
+                                          const float *restrict g, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         const float gi = g[i];
@@ -43,8 +20,8 @@ AVX2_CLONES static void relu_mask_f32(float *restrict d, const float *restrict y
     }
 }
 
-AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict y,
-                                      const double *restrict g, int64_t n)
+TGI_AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *restrict y,
+                                          const double *restrict g, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         const double gi = g[i];
@@ -107,25 +84,6 @@ static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void 
     });
 }
 
-/* The argument checks every op here starts with: present (else "<fn>:
- * argument <name> is NULL", or silence after an earlier error), f32 or f64,
- * and the dtype of `ref` when given. 1 if usable. */
-static int check_float_arg(tg_ctx *ctx, const char *fn, const char *name, const tg_tensor *t,
-                           const tg_tensor *ref)
-{
-    if (!tgi_check_arg(ctx, fn, name, t)) return 0;
-    if (!tgi_check_float(ctx, fn, name, t)) return 0;
-    if (ref && !tgi_check_same_dtype(ctx, fn, ref, t)) return 0;
-    return 1;
-}
-
-/* 1 if a node should have been recorded but the tape could not grow (the
- * error is recorded by tgi_record). */
-static int record_failed(tg_ctx *ctx, const tg_op_call *c, tg_tensor *const *in, int n)
-{
-    return !c && tgi_should_record(ctx, in, n);
-}
-
 /* ======================================================================== */
 /* tg_matmul                                                                 */
 /* ======================================================================== */
@@ -136,7 +94,6 @@ static int record_failed(tg_ctx *ctx, const tg_op_call *c, tg_tensor *const *in,
  * Saves nothing: the inputs themselves are what backward reads.
  * Numerics: the GEMM's summation order is fixed whatever the thread count, so
  * results are bit-identical across runs; f32 accumulates in f32. */
-static int matmul_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b);
 static int matmul_forward(tg_op_call *c);
 static void matmul_backward(tg_op_call *c);
 static const tg_op op_matmul = {"matmul", matmul_forward, matmul_backward};
@@ -146,7 +103,7 @@ tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
     static const char fn[] = "tg_matmul";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "a", a, NULL) || !check_float_arg(ctx, fn, "b", b, a))
+    if (!tgi_check_float_arg(ctx, fn, "a", a, NULL) || !tgi_check_float_arg(ctx, fn, "b", b, a))
         return NULL;
     if (a->ndim > 2 || b->ndim > 2) return bmm(ctx, a, b);
     char sa[64], sb[64];
@@ -164,23 +121,16 @@ tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, fn, a->dtype, 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {a, b};
-    tg_op_call *c = tgi_record(ctx, &op_matmul, out, in, 2);
-    if (record_failed(ctx, c, in, 2)) return NULL;
-    if (matmul_fwd(ctx, out, a, b) != 0) return NULL;
-    return out;
+    return tgi_op_run(ctx, &op_matmul, out, in, 2, NULL, 0);
 }
 
 /* C[m,n] = A[m,k] B[k,n] */
-static int matmul_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b)
-{
-    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    return gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0, out->data,
-                n);
-}
-
 static int matmul_forward(tg_op_call *c)
 {
-    return matmul_fwd(c->ctx, c->out, c->in[0], c->in[1]);
+    const tg_tensor *a = c->in[0], *b = c->in[1];
+    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    return gemm(c->ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0,
+                c->out->data, n);
 }
 
 /* d(AB)/dA: dA = dC B^T;  d(AB)/dB: dB = A^T dC */
@@ -213,7 +163,6 @@ static void matmul_backward(tg_op_call *c)
  *   db += column sums of dy (sum over the m rows)
  * Saves nothing (both local gradients are independent of the values).
  * Numerics: column sums accumulate in double, also for f32. */
-static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b);
 static int add_bias_forward(tg_op_call *c);
 static void add_bias_backward(tg_op_call *c);
 static const tg_op op_add_bias = {"add_bias", add_bias_forward, add_bias_backward};
@@ -222,7 +171,7 @@ tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b)
 {
     static const char fn[] = "tg_add_bias";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_float_arg(ctx, fn, "b", b, x))
+    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "b", b, x))
         return NULL;
     char sx[64], sb[64];
     if (x->ndim != 2 || b->ndim != 1) {
@@ -238,15 +187,14 @@ tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, x->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {x, b};
-    tg_op_call *c = tgi_record(ctx, &op_add_bias, out, in, 2);
-    if (record_failed(ctx, c, in, 2)) return NULL;
-    add_bias_fwd(out, x, b);
-    return out;
+    return tgi_op_run(ctx, &op_add_bias, out, in, 2, NULL, 0);
 }
 
 /* y[i,j] = x[i,j] + b[j] */
-static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b)
+static int add_bias_forward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0], *b = c->in[1];
+    tg_tensor *out = c->out;
     int64_t m = x->shape[0], n = x->shape[1];
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b->data;
@@ -254,11 +202,6 @@ static void add_bias_fwd(tg_tensor *out, const tg_tensor *x, const tg_tensor *b)
         for (int64_t i = 0; i < m; i++)
             for (int64_t j = 0; j < n; j++) y[i * n + j] = xd[i * n + j] + bd[j];
     });
-}
-
-static int add_bias_forward(tg_op_call *c)
-{
-    add_bias_fwd(c->out, c->in[0], c->in[1]);
     return 0;
 }
 
@@ -310,9 +253,9 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
 {
     static const char fn[] = "tg_linear";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_float_arg(ctx, fn, "w", w, x))
+    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
         return NULL;
-    if (b && !check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 2 || w->ndim != 2) {
         tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and [in,out]): x is %s, w is %s", fn,
@@ -339,11 +282,8 @@ tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_a
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
-    tg_op_call *c = tgi_record(ctx, &op_linear, out, in, n_in);
-    if (record_failed(ctx, c, in, n_in)) return NULL;
-    if (c) tgi_node_attr(c)->i[0] = (int64_t)act;
-    if (linear_fwd(ctx, out, x, w, b, act) != 0) return NULL;
-    return out;
+    const tgi_attr at = {.i = {(int64_t)act}};
+    return tgi_op_run(ctx, &op_linear, out, in, n_in, &at, sizeof at);
 }
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
@@ -360,7 +300,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
     TGI_FLOAT_DISPATCH(x->dtype, {
         T *y = out->data;
         const T *bd = b ? (const T *)b->data : NULL;
-        const T slope = (T)LEAKY_SLOPE;
+        const T slope = (T)TGI_LEAKY_SLOPE;
         TGI_PAR_CHUNKS(ctx, m * n, lo, hi, {
             /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
              * row, or for short rows (an XOR net's) one loop over the chunk */
@@ -397,7 +337,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
 static int linear_forward(tg_op_call *c)
 {
     return linear_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL,
-                      (tg_act)tgi_node_attr(c)->i[0]);
+                      (tg_act)TGI_ATTR(c)->i[0]);
 }
 
 /* d_pre = dy * act'(p), written from y:
@@ -407,7 +347,7 @@ static void linear_backward(tg_op_call *c)
 {
     tg_ctx *ctx = c->ctx;
     tg_tensor *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
-    tg_act act = (tg_act)tgi_node_attr(c)->i[0];
+    tg_act act = (tg_act)TGI_ATTR(c)->i[0];
     const void *dy = tg_grad(c->out);
     if (!dy) return;
     int64_t m = x->shape[0], k = x->shape[1], n = w->shape[1];
@@ -419,7 +359,7 @@ static void linear_backward(tg_op_call *c)
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *y = c->out->data, *g = dy;
             T *d = buf;
-            const T slope = (T)LEAKY_SLOPE;
+            const T slope = (T)TGI_LEAKY_SLOPE;
             TGI_PAR_CHUNKS(ctx, len, lo, hi, {
                 switch (act) {
                 case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;

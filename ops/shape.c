@@ -5,18 +5,9 @@
  *
  * (tg_identity lives in ops/elementwise.c.) Every op reads top to bottom:
  * public function (checks, output, record, forward), forward kernel,
- * backward kernel. Local gradients: docs/ops-elementwise.md.
+ * backward kernel. Local gradients: docs/ops.md.
  */
-#include "internal.h"
-
-/* Record the node (when a gradient is needed). Returns 0 when the tape could
- * not grow (error recorded), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
-}
+#include "ops.h"
 
 /* ======================================================================== */
 /* tg_transpose                                                             */
@@ -28,14 +19,13 @@ static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const
  * reads and writes stay in cache. */
 #define TR_TILE 32
 
-static void transpose_forward(tg_tensor *y, const tg_tensor *x);
+static int transpose_forward(tg_op_call *c);
 static void transpose_backward(tg_op_call *c);
-static const tg_op op_transpose = {"transpose", NULL, transpose_backward};
+static const tg_op op_transpose = {"transpose", transpose_forward, transpose_backward};
 
 tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x)
 {
-    if (!ctx || !tgi_check_arg(ctx, "tg_transpose", "x", x) ||
-        !tgi_check_float(ctx, "tg_transpose", "x", x))
+    if (!ctx || !tgi_check_float_arg(ctx, "tg_transpose", "x", x, NULL))
         return NULL;
     if (x->ndim != 2) {
         char buf[96];
@@ -47,11 +37,7 @@ tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x)
     tg_tensor *out = tgi_tensor_new(ctx, "tg_transpose", x->dtype, 2, shape, 0);
     if (!out)
         return NULL;
-    tg_op_call *c;
-    if (!record(ctx, &op_transpose, out, &x, 1, &c))
-        return NULL;
-    transpose_forward(out, x);
-    return out;
+    return tgi_op_run(ctx, &op_transpose, out, &x, 1, NULL, 0);
 }
 
 /* dst[j,i] (+)= src[i,j], src [m,n], dst [n,m]; ACC is = or += */
@@ -68,14 +54,15 @@ tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x)
         }                                                                              \
     } while (0)
 
-static void transpose_forward(tg_tensor *y, const tg_tensor *x)
+static int transpose_forward(tg_op_call *c)
 {
-    const int64_t m = x->shape[0], n = x->shape[1];
-    TGI_FLOAT_DISPATCH(y->dtype, {
-        T *restrict py = (T *)y->data;
-        const T *restrict px = (const T *)x->data;
+    const int64_t m = c->in[0]->shape[0], n = c->in[0]->shape[1];
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        T *restrict py = (T *)c->out->data;
+        const T *restrict px = (const T *)c->in[0]->data;
         TRANSPOSE_TILED(py, px, m, n, =);
     });
+    return 0;
 }
 
 /* d y[j,i]/d x[i,j] = 1 */
@@ -105,14 +92,11 @@ static void transpose_backward(tg_op_call *c)
  * elementwise add). Saves nothing. y is a copy, so writing into tg_data(y)
  * never changes x. Errors: ndim outside [0, 4], shape NULL with ndim > 0,
  * an entry < -1, two -1s, or a numel mismatch (naming both shapes). */
-static void reshape_forward(tg_tensor *y, const tg_tensor *x);
-static void reshape_backward(tg_op_call *c);
-static const tg_op op_reshape = {"reshape", NULL, reshape_backward};
+static const tg_op op_reshape = {"reshape", tgi_copy_forward, tgi_pass_backward};
 
 tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape)
 {
-    if (!ctx || !tgi_check_arg(ctx, "tg_reshape", "x", x) ||
-        !tgi_check_float(ctx, "tg_reshape", "x", x))
+    if (!ctx || !tgi_check_float_arg(ctx, "tg_reshape", "x", x, NULL))
         return NULL;
     if (ndim < 0 || ndim > TG_MAX_DIMS) {
         tg_set_error(ctx, "tg_reshape: ndim must be in [0, %d], got %d", TG_MAX_DIMS, ndim);
@@ -160,32 +144,5 @@ tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape)
     tg_tensor *out = tgi_tensor_new(ctx, "tg_reshape", x->dtype, ndim, sh, 0);
     if (!out)
         return NULL;
-    tg_op_call *c;
-    if (!record(ctx, &op_reshape, out, &x, 1, &c))
-        return NULL;
-    reshape_forward(out, x);
-    return out;
-}
-
-static void reshape_forward(tg_tensor *y, const tg_tensor *x)
-{
-    if (y->numel > 0)
-        memcpy(y->data, x->data, tgi_bytes(x));
-}
-
-/* d y[i]/d x[i] = 1 (same flat index) */
-static void reshape_backward(tg_op_call *c)
-{
-    tg_tensor *x = c->in[0];
-    if (!tgi_needs_grad(x))
-        return;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *restrict dx = (T *)tg_grad_acc(x);
-        const T *restrict dy = (const T *)tg_grad(c->out);
-        if (!dx || !dy)
-            return;
-        const int64_t n = x->numel;
-        for (int64_t i = 0; i < n; i++)
-            dx[i] += dy[i];
-    });
+    return tgi_op_run(ctx, &op_reshape, out, &x, 1, NULL, 0);
 }

@@ -178,4 +178,51 @@ static inline void assert_null_err(tg_ctx *c, const tg_tensor *r, const char *fn
     assert_err(c, fn, fn, s1, s2);
 }
 
+/* ---- built-in ops through tg_apply ---------------------------------------- */
+
+#ifdef TG_INTERNAL_H /* for suites that include internal.h before this header */
+/* y = fn(in) must be one built-in op's output; its tape node gives the op's
+ * tg_op and attributes. tg_apply of that op on the same inputs must give the
+ * same bits, and backpropagating sum(w * y) through either the same gradient
+ * bits into every float input (they are marked as requiring grad). */
+static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                        const char *what)
+{
+    for (int k = 0; k < n; k++)
+        if (tg_dtype_of(in[k]) != TG_I32) tg_set_requires_grad(in[k], 1);
+    tg_tensor *y = fn(c, in, user);
+    cr_assert(y && tg_ok(c) && y->node == tg_tape_len(c) - 1, "%s: %s", what, tg_errmsg(c));
+    const tg_op_call node = c->tape[y->node].call;
+    tgi_attr attr;
+    memset(&attr, 0, sizeof attr);
+    if (node.attr) memcpy(&attr, node.attr, sizeof attr);
+    tg_tensor *y2 = tg_apply(c, node.op, node.in, node.n_in, tg_dtype_of(y), tg_ndim(y),
+                             tg_shape(y), node.attr ? &attr : NULL, node.attr ? sizeof attr : 0);
+    cr_assert_not_null(y2, "%s: %s", what, tg_errmsg(c));
+    size_t es = tg_dtype_of(y) == TG_F32 ? 4 : 8;
+    cr_assert_eq(memcmp(tg_data(y), tg_data(y2), (size_t)tg_numel(y) * es), 0,
+                 "%s: tg_apply's values differ from the direct call's", what);
+    tg_tensor *w = tg_new(c, tg_dtype_of(y), tg_ndim(y), tg_shape(y));
+    tg_fill_uniform(c, w, 0.5, 1.5);
+    tg_backward(c, tg_sum(c, tg_mul(c, y, w)));
+    void *g1[TG_MAX_INPUTS] = {0};
+    for (int k = 0; k < n; k++) {
+        if (!tg_grad(in[k])) continue;
+        size_t bytes = (size_t)tg_numel(in[k]) * (tg_dtype_of(in[k]) == TG_F32 ? 4 : 8);
+        g1[k] = malloc(bytes + 1);
+        memcpy(g1[k], tg_grad(in[k]), bytes);
+        memset(tg_grad(in[k]), 0, bytes);
+    }
+    tg_backward(c, tg_sum(c, tg_mul(c, y2, w)));
+    cr_assert(tg_ok(c), "%s: %s", what, tg_errmsg(c));
+    for (int k = 0; k < n; k++) {
+        if (!g1[k]) continue;
+        size_t bytes = (size_t)tg_numel(in[k]) * (tg_dtype_of(in[k]) == TG_F32 ? 4 : 8);
+        int same = memcmp(g1[k], tg_grad(in[k]), bytes) == 0;
+        free(g1[k]);
+        cr_assert(same, "%s: tg_apply's gradient of input %d differs", what, k);
+    }
+}
+#endif
+
 #endif /* TG_TEST_H */

@@ -52,6 +52,8 @@ typedef struct {
 typedef struct { tgi_chunk *cur; size_t used, used_before_cur; } tgi_arena_mark;
 
 #define TGI_PI 3.14159265358979323846
+/* TG_ACT_LEAKY_RELU's slope (tapegrad.h), for tg_activate, tg_linear, tg_init_gain */
+#define TGI_LEAKY_SLOPE 0.01
 
 /* Inline attribute storage for built-in ops: 8 words per node. */
 #define TGI_ATTR_WORDS 8
@@ -182,22 +184,27 @@ static inline int tgi_needs_grad(const tg_tensor *t) {
 }
 
 /* ---- tape ----
- * Built-in ops use tgi_op_begin/tgi_record rather than tg_apply to avoid the
- * generic copy of attributes, but the node is the same tg_op_call. Pattern:
+ * Every op, built-in or the user's, is a tg_op {name, forward, backward} and
+ * goes through tgi_op_run: the built-ins after their own checks and output,
+ * tg_apply after its generic ones. ops/ops.h wraps this for the op files.
  *
- *   tg_tensor *out = tgi_tensor_new(ctx, "tg_exp", x->dtype, x->ndim, x->shape, 0);
- *   if (!out) return NULL;
- *   tg_op_call *c = tgi_record(ctx, &op_exp, out, ins, 1);  // NULL if nothing to record
- *   ... run forward kernel (c may be NULL: then no backward will ever run) ...
- *
- * tgi_record returns a node only when grad mode is on and an input requires a
- * grad; it sets out->flags |= TGI_REQ_GRAD and out->node. If the tape cannot
- * grow it records an error and returns NULL; check tg_ok afterwards. Attributes
- * of built-in ops are stored in the node's inline attr area (tgi_node_attr). */
-tg_op_call *tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n);
+ * tgi_record appends a node when grad mode is on and an input requires a
+ * grad (it sets out->flags |= TGI_REQ_GRAD and out->node). Returns 0 with
+ * *node the node, or NULL when nothing needs recording; -1 when the tape
+ * could not grow (error recorded, *node NULL). The node's attr is NULL. */
+int tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+               tg_op_call **node);
 /* 1 if any input needs grad and recording is on */
 int tgi_should_record(const tg_ctx *ctx, tg_tensor *const *in, int n);
-/* The node's attribute area (always valid for a node returned by tgi_record). */
+/* Record (when needed; never for an op without backward or an i32 output)
+ * and run op->forward on out, whose data is allocated. attr_size bytes of
+ * attr are copied: up to TGI_ATTR_WORDS words into the node itself (or onto
+ * the stack when nothing is recorded), more into the arena. A failing forward
+ * (non-zero or an error recorded) takes its node off the tape. Returns out,
+ * or NULL on error. */
+tg_tensor *tgi_op_run(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+                      const void *attr, size_t attr_size);
+/* The node's inline attribute area. */
 tgi_attr *tgi_node_attr(tg_op_call *c);
 
 /* Backward from `loss` seeded with `seed` (numel of loss elements, dtype of
@@ -245,18 +252,24 @@ int tgi_threads_for(const tg_ctx *ctx, int64_t work);
  * TGI_PAR_MIN elements (far under the threshold) the question is not even asked:
  * tiny ops are all overhead. */
 #define TGI_PAR_MIN 4096
-#ifdef _OPENMP
 /* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
  * bytes of f32), so no two threads write one cache line. */
 static inline int64_t tgi_chunk_at(int64_t n, int nt, int c)
 {
     return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
 }
+/* Threads worth using for n elementwise operations: 1 below TGI_PAR_MIN
+ * without asking tgi_threads_for. */
+static inline int tgi_par_threads(const tg_ctx *ctx, int64_t n)
+{
+    return n < TGI_PAR_MIN ? 1 : tgi_threads_for(ctx, n);
+}
+#ifdef _OPENMP
 
 #define TGI_PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
     do {                                                                               \
         const int64_t n_ = (n);                                                        \
-        const int nt_ = n_ < TGI_PAR_MIN ? 1 : tgi_threads_for((ctx), n_);                 \
+        const int nt_ = tgi_par_threads((ctx), n_);                                    \
         if (nt_ <= 1) {                                                                \
             const int64_t lo = 0, hi = n_;                                             \
             __VA_ARGS__                                                                \
@@ -274,6 +287,17 @@ static inline int64_t tgi_chunk_at(int64_t n, int nt, int c)
         const int64_t lo = 0, hi = (n);                                                \
         __VA_ARGS__                                                                    \
     } while (0)
+#endif
+
+/* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
+ * clones give the same bits: ISO C, no contraction into FMA). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define TGI_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef TGI_AVX2_CLONES
+#define TGI_AVX2_CLONES
 #endif
 
 #endif /* TG_INTERNAL_H */

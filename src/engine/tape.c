@@ -30,22 +30,80 @@ static int tape_grow(tg_ctx *ctx) {
     return 0;
 }
 
-tg_op_call *tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n) {
-    if (!tgi_should_record(ctx, in, n)) return NULL;
-    if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return NULL;
-    tgi_node *node = &ctx->tape[ctx->tape_len];
-    tg_op_call *c = &node->call;
+/* Append a node for op(in) -> out (room on the tape checked by the caller). */
+static inline tg_op_call *append_node(tg_ctx *ctx, const tg_op *op, tg_tensor *out,
+                                      tg_tensor *const *in, int n) {
+    tgi_node *nd = &ctx->tape[ctx->tape_len];
+    tg_op_call *c = &nd->call;
     c->op = op;
     c->ctx = ctx;
     c->out = out;
     for (int i = 0; i < TG_MAX_INPUTS; i++) c->in[i] = i < n ? in[i] : NULL;
     c->n_in = n;
-    c->attr = &node->attr;
-    node->inline_attr = 1;
+    c->attr = NULL;
+    nd->inline_attr = 0;
     c->saved = NULL;
     out->flags |= TGI_REQ_GRAD;
     out->node = ctx->tape_len++;
     return c;
+}
+
+int tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+               tg_op_call **node) {
+    *node = NULL;
+    if (!tgi_should_record(ctx, in, n)) return 0;
+    if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return -1;
+    *node = append_node(ctx, op, out, in, n);
+    return 0;
+}
+
+/* Take the last node (out's) off the tape again. */
+static void unrecord(tg_ctx *ctx, tg_tensor *out) {
+    if (out->node >= 0 && out->node == ctx->tape_len - 1) ctx->tape_len--;
+    out->flags &= ~(uint32_t)TGI_REQ_GRAD;
+    out->node = -1;
+}
+
+tg_tensor *tgi_op_run(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
+                      const void *attr, size_t attr_size) {
+    tg_op_call *c, local;
+    tgi_attr local_attr;
+    void *at = NULL; /* where the attributes live for this call */
+    if (op->backward && out->dtype != TG_I32 && tgi_should_record(ctx, in, n)) {
+        if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return NULL;
+        c = append_node(ctx, op, out, in, n);
+        tgi_node *nd = (tgi_node *)(void *)c;
+        if (attr_size && attr_size <= sizeof nd->attr) {
+            nd->inline_attr = 1; /* re-pointed when the tape grows */
+            at = &nd->attr;
+        }
+    } else { /* nothing to record: forward runs on a call that lives on the stack */
+        c = &local;
+        c->op = op;
+        c->ctx = ctx;
+        c->out = out;
+        for (int i = 0; i < TG_MAX_INPUTS; i++) c->in[i] = i < n ? in[i] : NULL;
+        c->n_in = n;
+        c->saved = NULL;
+        if (attr_size && attr_size <= sizeof local_attr) at = &local_attr;
+    }
+    if (attr_size == sizeof(tgi_attr)) { /* the built-ins' size: an inlined copy */
+        memcpy(at, attr, sizeof(tgi_attr));
+    } else if (attr_size) {
+        if (!at) at = tgi_arena_alloc(ctx, attr_size);
+        if (!at) {
+            if (c != &local) unrecord(ctx, out);
+            return NULL;
+        }
+        memcpy(at, attr, attr_size);
+    }
+    c->attr = at;
+    if (op->forward(c) != 0 || !tg_ok(ctx)) {
+        if (tg_ok(ctx)) tg_set_error(ctx, "%s: forward failed", op->name ? op->name : "tg_apply");
+        if (c != &local) unrecord(ctx, out);
+        return NULL;
+    }
+    return out;
 }
 
 tgi_attr *tgi_node_attr(tg_op_call *c) {
@@ -221,30 +279,6 @@ tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int 
     }
     tg_tensor *out = tgi_tensor_new(ctx, name, dt, ndim, shape, 1);
     if (!out) return NULL;
-    void *attr_copy = NULL;
-    if (attr_size) {
-        attr_copy = tgi_arena_alloc(ctx, attr_size);
-        if (!attr_copy) return NULL;
-        memcpy(attr_copy, attr, attr_size);
-    }
-    tg_op_call local = {0};
-    tg_op_call *c = NULL;
-    if (op->backward && dt != TG_I32) c = tgi_record(ctx, op, out, inputs, n);
-    if (!tg_ok(ctx)) return NULL;
-    if (c) ((tgi_node *)(void *)c)->inline_attr = 0; /* attr lives in the arena */
-    if (!c) { /* nothing to record: run forward on a call that lives on the stack */
-        c = &local;
-        c->op = op;
-        c->ctx = ctx;
-        c->out = out;
-        for (int i = 0; i < n; i++) c->in[i] = inputs[i];
-        c->n_in = n;
-    }
-    c->attr = attr_copy;
-    if (op->forward(c) != 0 || !tg_ok(ctx)) {
-        if (tg_ok(ctx)) tg_set_error(ctx, "%s: forward failed", name);
-        return NULL;
-    }
-    return out;
+    return tgi_op_run(ctx, op, out, inputs, n, attr, attr_size);
 }
 

@@ -39,7 +39,7 @@ double tg_init_gain(tg_act act) {
     case TG_ACT_SIGMOID: return 1.0;
     case TG_ACT_TANH: return 5.0 / 3.0;
     case TG_ACT_RELU: return sqrt(2.0);
-    case TG_ACT_LEAKY_RELU: return sqrt(2.0 / (1.0 + 0.01 * 0.01));
+    case TG_ACT_LEAKY_RELU: return sqrt(2.0 / (1.0 + TGI_LEAKY_SLOPE * TGI_LEAKY_SLOPE));
     case TG_ACT_COUNT: break;
     }
     return NAN;

@@ -241,31 +241,14 @@ tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *pa
 /* ---- sweeps: vector clones and threads -------------------------------------
  * Each update rule is a function over a range [lo, hi) of one parameter's
  * flat arrays. Its loops are compiled twice, for AVX2 and for baseline
- * x86-64 (AVX2_CLONES, chosen when the program loads; SGD on a 1.8M-element
+ * x86-64 (TGI_AVX2_CLONES, chosen when the program loads; SGD on a 1.8M-element
  * parameter takes 0.27 instead of 0.43 ns an element, RMSprop's sqrt and
  * division gain more). This file is ISO C, where gcc does not contract
  * a*b+c into a fused multiply-add, and every operation is an IEEE one (sqrt
  * and division included), so both clones give the same bits. Adam's sweep is
  * tgi_vadam (src/kernels/vmath.h). A large parameter is split into contiguous ranges over threads
- * (PAR_RANGES): element i of an update depends only on element i of p, g
+ * (par_ranges): element i of an update depends only on element i of p, g
  * and the state, so any thread count gives the same bits too. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef AVX2_CLONES
-#define AVX2_CLONES
-#endif
-
-#ifdef _OPENMP
-/* Range c of nt over n elements: starts on a multiple of 16 elements (64
- * bytes of f32), so no two threads write one cache line. */
-static inline int64_t range_at(int64_t n, int nt, int c) {
-    return c >= nt ? n : (n / nt * c) & ~(int64_t)15;
-}
-#endif
-
 /* Subnormal numbers. The moments of a parameter whose gradient is almost always
  * zero (the weights of an image's border pixels, say) decay geometrically, m = beta1 m,
  * until they are subnormal, and the square of a gradient below ~1e-19 is subnormal at
@@ -312,7 +295,7 @@ typedef struct upd_k upd_k;
 typedef void (*upd_fn)(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi);
 static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
     const int64_t n = p->numel;
-    const int nt = n < 4096 ? 1 : tgi_threads_for(ctx, n); /* tiny: not even asked */
+    const int nt = tgi_par_threads(ctx, n); /* tiny: not even asked */
     if (nt <= 1) {
         const fp_mode m = flush_subnormals_begin();
         fn(k, p, st, 0, n);
@@ -323,7 +306,7 @@ static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, voi
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int c = 0; c < nt; c++) {
         const fp_mode m = flush_subnormals_begin();
-        fn(k, p, st, range_at(n, nt, c), range_at(n, nt, c + 1));
+        fn(k, p, st, tgi_chunk_at(n, nt, c), tgi_chunk_at(n, nt, c + 1));
         flush_subnormals_end(m);
     }
 #else
@@ -345,7 +328,7 @@ struct upd_k {
  *   mu != 0:  b = d at t = 1, else b = mu b + (1 - dampening) d
  *             d = d + mu b (nesterov) or d = b
  *   p = p - lr d                                                              */
-AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                   int64_t hi) {
     const tg_optim_opts *o = k->o;
     const int64_t t = k->t;
@@ -396,7 +379,7 @@ AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st,
  *   else:     p = p - lr d / den
  * The max(., 0) guards against v - a^2 rounding below 0 (it is >= 0 exactly,
  * by Cauchy-Schwarz); PyTorch would give NaN there.                          */
-AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+TGI_AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                       int64_t hi) {
     const tg_optim_opts *o = k->o;
     int centered = o->centered != 0, mom = o->momentum > 0.0;
@@ -477,7 +460,7 @@ static void adam_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo
                       o->eps, wd, adamw, o->lr);
 }
 
-AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, void *const *st,
+TGI_AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, void *const *st,
                                            int64_t lo, int64_t hi) {
     const tg_optim_opts *o = k->o;
     const int adamw = o->kind == TG_OPT_ADAMW;
@@ -551,7 +534,7 @@ const tg_optim_opts *tg_optim_opts_of(const tg_optim *opt) { return opt ? &opt->
 /* ---- plain gradient descent --------------------------------------------- */
 
 /* p = p - lr g */
-AVX2_CLONES static void gd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
+TGI_AVX2_CLONES static void gd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                  int64_t hi) {
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;

@@ -29,8 +29,9 @@ typedef struct {
     const char *name;
 } binop_info;
 
-static const binop_info BINOPS[4] = {
+static const binop_info BINOPS[] = {
     {tg_add, "tg_add"}, {tg_sub, "tg_sub"}, {tg_mul, "tg_mul"}, {tg_div, "tg_div"}};
+#define N_BINOPS (int)(sizeof BINOPS / sizeof BINOPS[0])
 
 static tg_tensor *fn_binop(tg_ctx *c, tg_tensor *const *in, void *user)
 {
@@ -86,7 +87,7 @@ Test(elementwise, binary_forward_matches_naive_broadcast)
 {
     for (int dti = 0; dti < 2; dti++) {
         tg_dtype dt = dti ? TG_F64 : TG_F32;
-        for (int op = 0; op < 4; op++) {
+        for (int op = 0; op < N_BINOPS; op++) {
             for (int k = 0; k < N_BCASES; k++) {
                 const bcase *bc = &BCASES[k];
                 tg_tensor *a = rnd(ctx, dt, bc->a, -2, 2);
@@ -124,7 +125,7 @@ Test(elementwise, binary_forward_matches_naive_broadcast)
 /* every binary op, every broadcasting case, full Jacobian in f64 */
 Test(elementwise, binary_gradcheck_all_broadcast_cases)
 {
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         for (int k = 0; k < N_BCASES; k++) {
             const bcase *bc = &BCASES[k];
             tg_tensor *in[2] = {rnd(ctx, TG_F64, bc->a, -2, 2), rnd(ctx, TG_F64, bc->b, 0.5, 2)};
@@ -164,7 +165,7 @@ Test(elementwise, binary_grad_only_where_required)
 Test(elementwise, broadcast_backward_reduces_by_hand)
 {
     shp s34 = {2, {3, 4}}, s4 = {1, {4}};
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         tg_tensor *a = rnd(ctx, TG_F64, s34, -1, 1), *b = rnd(ctx, TG_F64, s4, 0.5, 2);
         tg_tensor *w = rnd(ctx, TG_F64, s34, -1, 1);
         tg_set_requires_grad(a, 1);
@@ -240,7 +241,7 @@ Test(elementwise, binary_large_rows_match_naive)
 
 /* ---- unary ops ---------------------------------------------------------- */
 
-typedef enum { U_SCALE, U_NEG, U_EXP, U_LOG, U_POW, U_IDENTITY, U_STEP } ukind;
+typedef enum { U_SCALE, U_NEG, U_EXP, U_LOG, U_POW, U_IDENTITY, U_STEP, U_COUNT } ukind;
 typedef struct {
     ukind k;
     double p;
@@ -570,7 +571,7 @@ Test(elementwise, no_grad_records_nothing)
 Test(elementwise, binary_incompatible_shapes)
 {
     shp s34 = {2, {3, 4}}, s3 = {1, {3}}, s234 = {3, {2, 3, 4}}, s24 = {2, {2, 4}};
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         tg_tensor *a = rnd(ctx, TG_F64, s34, 1, 2), *b = rnd(ctx, TG_F64, s3, 1, 2);
         cr_assert_null(BINOPS[op].f(ctx, a, b));
         assert_err(ctx, BINOPS[op].name, BINOPS[op].name, "[3,4]", "[3]");
@@ -583,7 +584,7 @@ Test(elementwise, binary_incompatible_shapes)
 Test(elementwise, binary_mixed_dtypes)
 {
     shp s = {2, {2, 3}};
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         tg_tensor *a = rnd(ctx, TG_F32, s, 1, 2), *b = rnd(ctx, TG_F64, s, 1, 2);
         cr_assert_null(BINOPS[op].f(ctx, a, b));
         assert_err(ctx, BINOPS[op].name, BINOPS[op].name, "f32", "f64");
@@ -595,7 +596,7 @@ Test(elementwise, binary_mixed_dtypes)
 Test(elementwise, binary_null_and_int)
 {
     shp s = {1, {3}};
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         tg_tensor *a = rnd(ctx, TG_F64, s, 1, 2);
         cr_assert_null(BINOPS[op].f(ctx, NULL, a));
         assert_err(ctx, BINOPS[op].name, BINOPS[op].name, "argument a is NULL", NULL);
@@ -616,12 +617,17 @@ static tg_tensor *call_unary(ukind k, tg_ctx *c, tg_tensor *x)
     return apply_u(c, &u, x);
 }
 
-static const char *UNAMES[7] = {"tg_scale", "tg_neg",      "tg_exp", "tg_log",
-                                "tg_pow",   "tg_identity", "tg_step"};
+/* the public function of each kind, indexed by the kind */
+static const char *const UNAMES[] = {
+    [U_SCALE] = "tg_scale", [U_NEG] = "tg_neg",           [U_EXP] = "tg_exp",
+    [U_LOG] = "tg_log",     [U_POW] = "tg_pow",           [U_IDENTITY] = "tg_identity",
+    [U_STEP] = "tg_step",
+};
+_Static_assert(sizeof UNAMES / sizeof UNAMES[0] == U_COUNT, "UNAMES: one name per ukind");
 
 Test(elementwise, unary_null_and_int)
 {
-    for (int k = U_SCALE; k <= U_STEP; k++) {
+    for (int k = U_SCALE; k < U_COUNT; k++) {
         cr_assert_null(call_unary(k, ctx, NULL));
         assert_err(ctx, UNAMES[k], UNAMES[k], "argument x is NULL", NULL);
         tg_tensor *i = tg_new(ctx, TG_I32, 2, (int64_t[]){2, 2});
@@ -643,10 +649,10 @@ Test(elementwise, chain_after_error_keeps_first_message)
     snprintf(first, sizeof first, "%s", tg_errmsg(ctx));
     cr_assert_not_null(strstr(first, "tg_mul"));
     tg_tensor *t = bad;
-    for (int k = U_SCALE; k <= U_STEP; k++)
+    for (int k = U_SCALE; k < U_COUNT; k++)
         t = call_unary(k, ctx, t);
     cr_assert_null(t);
-    for (int op = 0; op < 4; op++) {
+    for (int op = 0; op < N_BINOPS; op++) {
         cr_assert_null(BINOPS[op].f(ctx, bad, a));
         cr_assert_null(BINOPS[op].f(ctx, a, bad));
     }

@@ -1,5 +1,5 @@
-/* tests/ops/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_transpose,
- * tg_reshape. Gradient checks in f64 over the full Jacobian, values against
+/* tests/ops/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_mean_axis,
+ * tg_max_axis, tg_transpose, tg_reshape. Gradient checks in f64 over the full Jacobian, values against
  * naive loops, f32 accuracy of long sums, f32 against f64, and bad input. */
 #include <criterion/criterion.h>
 
@@ -215,6 +215,186 @@ Test(reduce_shape, sum_axis_bad_axis)
     tg_tensor *sc = tg_scalar(ctx, TG_F64, 1);
     cr_assert_null(tg_sum_axis(ctx, sc, 0, 0));
     assert_err(ctx, "0-dim", "tg_sum_axis", "axis 0", "[]");
+}
+
+/* ---- tg_mean_axis, tg_max_axis ------------------------------------------ */
+
+/* PyTorch's x.mean(axis) and x.max(axis).values of axis_x() below, and the
+ * gradient of sum(w * y) (tests/ops_reference.py writes these rows) */
+typedef struct {
+    const char *op;
+    int axis;
+    double y[12], dx[24];
+} axis_ref;
+static const axis_ref AXIS_REF[] = {
+/* ops_reference.py: axis */
+    {"mean", 0,
+     {-0.375, 0.0, 0.375, 0.75, -0.25, 0.125, 0.5, -0.5, -0.125, 0.25, -0.75, -0.375},
+     {0.25, 0.4642857142857143, 0.6785714285714286, 0.39285714285714285, 0.6071428571428572,
+      0.3214285714285714, 0.5357142857142857, 0.25, 0.4642857142857143,
+      0.6785714285714286, 0.39285714285714285, 0.6071428571428572, 0.25,
+      0.4642857142857143, 0.6785714285714286, 0.39285714285714285, 0.6071428571428572,
+      0.3214285714285714, 0.5357142857142857, 0.25, 0.4642857142857143,
+      0.6785714285714286, 0.39285714285714285, 0.6071428571428572}},
+    {"mean", 1,
+     {-0.6666666666666666, 0.16666666666666666, 0.08333333333333333, 0.0, 0.16666666666666666,
+      0.08333333333333333, 0.0, -0.08333333333333333},
+     {0.16666666666666666, 0.30952380952380953, 0.4523809523809524, 0.2619047619047619,
+      0.16666666666666666, 0.30952380952380953, 0.4523809523809524, 0.2619047619047619,
+      0.16666666666666666, 0.30952380952380953, 0.4523809523809524, 0.2619047619047619,
+      0.4047619047619048, 0.21428571428571427, 0.35714285714285715, 0.16666666666666666,
+      0.4047619047619048, 0.21428571428571427, 0.35714285714285715, 0.16666666666666666,
+      0.4047619047619048, 0.21428571428571427, 0.35714285714285715, 0.16666666666666666}},
+    {"mean", 2,
+     {0.0, 0.125, -0.4375, 0.375, -0.1875, -0.0625},
+     {0.125, 0.125, 0.125, 0.125, 0.23214285714285715, 0.23214285714285715,
+      0.23214285714285715, 0.23214285714285715, 0.3392857142857143, 0.3392857142857143,
+      0.3392857142857143, 0.3392857142857143, 0.19642857142857142, 0.19642857142857142,
+      0.19642857142857142, 0.19642857142857142, 0.3035714285714286, 0.3035714285714286,
+      0.3035714285714286, 0.3035714285714286, 0.1607142857142857, 0.1607142857142857,
+      0.1607142857142857, 0.1607142857142857}},
+    {"max", 0,
+     {0.5, 0.5, 1.25, 1.25, 0.25, 1.0, 1.0, 0.0, 0.75, 0.75, -0.25, 0.5},
+     {0.0, 0.9285714285714286, 0.0, 0.7857142857142857, 1.2142857142857144, 0.0,
+      1.0714285714285714, 0.5, 0.0, 1.3571428571428572, 0.7857142857142857, 0.0, 0.5, 0.0,
+      1.3571428571428572, 0.0, 0.0, 0.6428571428571428, 0.0, 0.0, 0.9285714285714286, 0.0,
+      0.0, 1.2142857142857144}},
+    {"max", 1,
+     {0.25, 0.75, 1.0, 1.25, 0.75, 1.0, 1.25, 0.5},
+     {0.0, 0.0, 0.0, 0.7857142857142857, 0.5, 0.0, 1.3571428571428572, 0.0, 0.0,
+      0.9285714285714286, 0.0, 0.0, 0.0, 0.0, 1.0714285714285714, 0.0, 0.0,
+      0.6428571428571428, 0.0, 0.0, 1.2142857142857144, 0.0, 0.0, 0.5}},
+    {"max", 2,
+     {1.25, 1.0, 0.75, 1.25, 1.0, 0.75},
+     {0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.9285714285714286, 0.0, 0.0, 1.3571428571428572, 0.0, 0.0,
+      0.0, 0.0, 0.7857142857142857, 0.0, 0.0, 1.2142857142857144, 0.0, 0.0,
+      0.6428571428571428, 0.0, 0.0, 0.0}},
+/* ops_reference.py: axis end */
+};
+#define N_AXIS_REF (int)(sizeof AXIS_REF / sizeof AXIS_REF[0])
+_Static_assert(N_AXIS_REF == 6, "AXIS_REF: mean and max over each of the 3 axes");
+
+/* [2,3,4] with ties, (7 i mod 11 - 5) / 4, as tests/ops_reference.py makes it */
+static tg_tensor *axis_x(tg_dtype dt)
+{
+    double v[24];
+    for (int i = 0; i < 24; i++) v[i] = ((7 * i) % 11 - 5) / 4.0;
+    return from_nd(ctx, dt, 3, (int64_t[]){2, 3, 4}, v);
+}
+
+static tg_tensor *axis_op(tg_ctx *c, const char *op, tg_tensor *x, int axis, int keepdim)
+{
+    return op[1] == 'e' ? tg_mean_axis(c, x, axis, keepdim) : tg_max_axis(c, x, axis, keepdim);
+}
+
+Test(reduce_shape, mean_max_axis_match_pytorch)
+{
+    for (int r = 0; r < N_AXIS_REF; r++)
+        for (int neg = 0; neg < 2; neg++) {
+            const axis_ref *ref = &AXIS_REF[r];
+            tg_tensor *x = axis_x(TG_F64);
+            tg_set_requires_grad(x, 1);
+            tg_tensor *y = axis_op(ctx, ref->op, x, neg ? ref->axis - 3 : ref->axis, neg);
+            cr_assert_not_null(y, "%s: %s", ref->op, tg_errmsg(ctx));
+            cr_assert_eq(tg_ndim(y), neg ? 3 : 2);
+            double w[12];
+            for (int i = 0; i < 12; i++) w[i] = 0.5 + ((3 * i) % 7) / 7.0;
+            tg_tensor *wt = from_nd(ctx, TG_F64, tg_ndim(y), tg_shape(y), w);
+            tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, wt)));
+            cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+            for (int64_t i = 0; i < tg_numel(y); i++)
+                cr_assert(fabs(at(y, i) - ref->y[i]) <= 1e-15, "%s axis %d y[%lld]: %g vs %g",
+                          ref->op, ref->axis, (long long)i, at(y, i), ref->y[i]);
+            for (int i = 0; i < 24; i++)
+                cr_assert(fabs(grad_at(x, i) - ref->dx[i]) <= 1e-15,
+                          "%s axis %d dx[%d]: %g vs %g", ref->op, ref->axis, i, grad_at(x, i),
+                          ref->dx[i]);
+            tg_reset(ctx);
+        }
+}
+
+static tg_tensor *fn_axis(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    const int *a = user; /* {op: 0 mean, 1 max; axis; keepdim} */
+    return axis_op(c, a[0] ? "max" : "mean", in[0], a[1], a[2]);
+}
+
+Test(reduce_shape, mean_max_axis_gradcheck_and_f32)
+{
+    for (int s = 1; s < N_SHAPES; s++)
+        for (int op = 0; op < 2; op++)
+            for (int axis = -SHAPES[s].ndim; axis < SHAPES[s].ndim; axis++) {
+                char what[64];
+                snprintf(what, sizeof what, "%s shape %d axis %d", op ? "max" : "mean", s, axis);
+                int user[3] = {op, axis, axis & 1};
+                tg_tensor *x = rnd(ctx, TG_F64, SHAPES[s], -2, 2); /* no ties: distinct draws */
+                tg_tensor *in[1] = {x};
+                gradcheck_ok(ctx, fn_axis, user, in, 1, what);
+                assert_grads_nonzero(ctx, fn_axis, user, in, 1, LOSS_MSE_W, what);
+                tg_tensor *x32 = convert(ctx, x, TG_F32);
+                tg_tensor *y64 = fn_axis(ctx, in, user), *y32 = fn_axis(ctx, &x32, user);
+                for (int64_t i = 0; i < tg_numel(y64); i++)
+                    cr_assert(fabs(at(y64, i) - at(y32, i)) <= 1e-6, "%s", what);
+                tg_reset(ctx);
+            }
+}
+
+Test(reduce_shape, max_axis_ties_nan_and_empty)
+{
+    /* ties: the gradient goes to the first maximum only */
+    const double v[6] = {1, 3, 3, -1, 2, 2};
+    tg_tensor *x = from_nd(ctx, TG_F64, 2, (int64_t[]){2, 3}, v);
+    tg_set_requires_grad(x, 1);
+    tg_tensor *y = tg_max_axis(ctx, x, 1, 0);
+    tg_backward(ctx, tg_sum(ctx, y));
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    cr_assert_eq(at(y, 0), 3.0);
+    cr_assert_eq(at(y, 1), 2.0);
+    const double want[6] = {0, 1, 0, 0, 1, 0};
+    for (int i = 0; i < 6; i++) cr_assert_eq(grad_at(x, i), want[i], "dx[%d]", i);
+    /* a NaN is the maximum (the first one), as in PyTorch */
+    const double n[4] = {1, NAN, 5, NAN};
+    tg_tensor *xn = from1(ctx, TG_F64, 4, n);
+    tg_set_requires_grad(xn, 1);
+    tg_tensor *yn = tg_max_axis(ctx, xn, 0, 0);
+    cr_assert(isnan(at(yn, 0)));
+    tg_backward(ctx, yn);
+    const double wantn[4] = {0, 1, 0, 0};
+    for (int i = 0; i < 4; i++) cr_assert_eq(grad_at(xn, i), wantn[i], "dx[%d]", i);
+    /* mean over an empty axis is NaN; max over one is an error */
+    tg_tensor *e = tg_new(ctx, TG_F64, 2, (int64_t[]){2, 0});
+    tg_tensor *me = tg_mean_axis(ctx, e, 1, 0);
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    cr_assert(isnan(at(me, 0)) && isnan(at(me, 1)));
+    cr_assert_null(tg_max_axis(ctx, e, -1, 0));
+    assert_err(ctx, "max empty", "tg_max_axis: cannot take the maximum of an empty axis",
+               "axis -1 of x [2,0]", NULL);
+    /* over the non-empty axis, an empty result */
+    tg_tensor *m0 = tg_max_axis(ctx, e, 0, 1);
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    cr_assert_eq(tg_numel(m0), 0);
+}
+
+Test(reduce_shape, mean_max_axis_bad_arguments)
+{
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {2, 3}}, -1, 1);
+    cr_assert_null(tg_mean_axis(ctx, x, 2, 0));
+    assert_err(ctx, "mean axis", "tg_mean_axis: axis 2 out of range for x of shape [2,3]",
+               NULL, NULL);
+    cr_assert_null(tg_max_axis(ctx, x, -3, 0));
+    assert_err(ctx, "max axis", "tg_max_axis: axis -3 out of range for x of shape [2,3]", NULL,
+               NULL);
+    cr_assert_null(tg_max_axis(ctx, tg_scalar(ctx, TG_F64, 1), 0, 0));
+    assert_err(ctx, "max 0-dim", "tg_max_axis: axis 0 out of range", "(0 dims)", NULL);
+    cr_assert_null(tg_mean_axis(ctx, NULL, 0, 0));
+    assert_err(ctx, "mean NULL", "tg_mean_axis: argument x is NULL", NULL, NULL);
+    cr_assert_null(tg_max_axis(ctx, NULL, 0, 0));
+    assert_err(ctx, "max NULL", "tg_max_axis: argument x is NULL", NULL, NULL);
+    tg_tensor *xi = tg_new(ctx, TG_I32, 1, (int64_t[]){3});
+    cr_assert_null(tg_max_axis(ctx, xi, 0, 0));
+    assert_err(ctx, "max i32", "tg_max_axis: x must be f32 or f64, got i32 [3]", NULL, NULL);
+    cr_assert_null(tg_mean_axis(NULL, x, 0, 0));
+    cr_assert(tg_ok(ctx));
 }
 
 /* ---- tg_transpose ------------------------------------------------------- */

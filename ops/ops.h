@@ -1,0 +1,526 @@
+/* ops/ops.h: the op-writing kit, shared by every family file in ops/.
+ *
+ * An op is a tg_op {name, forward, backward}, exactly as a user's op: its
+ * public function checks the arguments, makes the output and hands both to
+ * tgi_op_run (src/engine/tape.c), which records the node when a gradient is
+ * needed, copies the attributes into it and runs forward. So tg_apply(ctx,
+ * &op_exp, ...) computes what tg_exp(ctx, ...) does. docs/guide.md, "Adding
+ * a built-in op", shows the pattern; a one-input op is
+ *
+ *   static int exp_forward(tg_op_call *c);
+ *   static void exp_backward(tg_op_call *c);
+ *   static const tg_op op_exp = {"exp", exp_forward, exp_backward};
+ *
+ *   tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
+ *   {
+ *       return tgi_unary(ctx, "tg_exp", &op_exp, x, NULL);
+ *   }
+ *   static int exp_forward(tg_op_call *c) { UNARY_VMATH(c, V_EXP); return 0; }
+ *   // d e^x/dx = e^x = y
+ *   static void exp_backward(tg_op_call *c) { UNARY_BACKWARD(c, g * w); }
+ *
+ * What is here: argument checks, the unary and binary (broadcasting) op
+ * bodies and their forward/backward loop macros, the dtype-generic wrappers
+ * of the vector kernels (src/kernels/vmath.h). The engine's internal.h
+ * supplies the rest (TGI_FLOAT_DISPATCH, TGI_PAR_CHUNKS, TGI_AVX2_CLONES,
+ * TGI_LEAKY_SLOPE, tg_scratch, tgi_bcast). Not installed; every name is
+ * static or a macro.
+ */
+#ifndef TG_OPS_H
+#define TG_OPS_H
+
+#include "internal.h"
+#include "vmath.h"
+
+#include <math.h>
+#include <tgmath.h>
+
+/* ======================================================================== */
+/* Checks, attributes, recording state                                      */
+/* ======================================================================== */
+
+/* t present (else "<fn>: argument <name> is NULL", or silence after an
+ * earlier error), f32 or f64, and of ref's dtype when ref is given. 1 if
+ * usable. */
+static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *name,
+                                      const tg_tensor *t, const tg_tensor *ref)
+{
+    if (!tgi_check_arg(ctx, fn, name, t) || !tgi_check_float(ctx, fn, name, t))
+        return 0;
+    return !ref || tgi_check_same_dtype(ctx, fn, ref, t);
+}
+
+/* The attributes of a call, as the public function passed them (a tgi_attr:
+ * f[] doubles, i[] integers). */
+#define TGI_ATTR(c) ((const tgi_attr *)(c)->attr)
+
+/* 1 if the call is a tape node (backward will run): forward saves what
+ * backward needs (tg_scratch into c->saved) only then. */
+static inline int tgi_recorded(const tg_op_call *c)
+{
+    const tg_ctx *ctx = c->ctx;
+    return c->out->node >= 0 && c->out->node < ctx->tape_len &&
+           &ctx->tape[c->out->node].call == c;
+}
+
+/* ======================================================================== */
+/* Vector kernels for the element type T of TGI_FLOAT_DISPATCH              */
+/* ======================================================================== */
+
+/* src/kernels/vmath.h's f32 or f64 function, picked by the type of the first
+ * pointer. y = f(x) over n elements; the _BWD ones dx += dy * f'(.). */
+#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
+#define V_LOG(y, x, n) _Generic((y), float *: tgi_vlog_f32, double *: tgi_vlog_f64)(y, x, n)
+#define V_TANH(y, x, n) _Generic((y), float *: tgi_vtanh_f32, double *: tgi_vtanh_f64)(y, x, n)
+#define V_SIGMOID(y, x, n)                                                             \
+    _Generic((y), float *: tgi_vsigmoid_f32, double *: tgi_vsigmoid_f64)(y, x, n)
+#define V_RELU(y, x, n) _Generic((y), float *: tgi_vrelu_f32, double *: tgi_vrelu_f64)(y, x, n)
+#define V_SIGMOID_BWD(dx, y, dy, n)                                                    \
+    _Generic((dx), float *: tgi_vsigmoid_bwd_f32, double *: tgi_vsigmoid_bwd_f64)(dx, y, dy, n)
+#define V_TANH_BWD(dx, y, dy, n)                                                       \
+    _Generic((dx), float *: tgi_vtanh_bwd_f32, double *: tgi_vtanh_bwd_f64)(dx, y, dy, n)
+#define V_RELU_BWD(dx, x, dy, n)                                                       \
+    _Generic((dx), float *: tgi_vrelu_bwd_f32, double *: tgi_vrelu_bwd_f64)(dx, x, dy, n)
+
+/* ======================================================================== */
+/* Unary ops: y of x's shape, y[i] depends on x[i] only                     */
+/* ======================================================================== */
+
+/* The whole public function of a one-input op on floats: checks x (present,
+ * this ctx, f32 or f64), makes y of x's shape, records and runs op->forward
+ * with the attributes attr (NULL: none). NULL on error. */
+static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *x,
+                                   const tgi_attr *attr)
+{
+    if (!ctx || !tgi_check_float_arg(ctx, fn, "x", x, NULL))
+        return NULL;
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    if (!out)
+        return NULL;
+    return tgi_op_run(ctx, op, out, &x, 1, attr, attr ? sizeof *attr : 0);
+}
+
+/* Inside TGI_FLOAT_DISPATCH, in a unary op's forward: y[i] = EXPR for every
+ * element (u = x[i]), in contiguous chunks over threads. */
+#define UNARY_FORWARD(c, EXPR)                                                         \
+    do {                                                                               \
+        T *restrict py = (T *)(c)->out->data;                                          \
+        const T *restrict px = (const T *)(c)->in[0]->data;                            \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
+            for (int64_t i = i0_; i < i1_; i++) {                                      \
+                const T u = px[i];                                                     \
+                (void)u;                                                               \
+                py[i] = (EXPR);                                                        \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* Inside TGI_FLOAT_DISPATCH, in a unary op's backward: dx[i] += EXPR for
+ * every element (g = dy[i], u = x[i], w = y[i]) when x needs a gradient. */
+#define UNARY_BACKWARD(c, EXPR)                                                        \
+    do {                                                                               \
+        if (!tgi_needs_grad((c)->in[0]))                                               \
+            break;                                                                     \
+        T *restrict dx = (T *)tg_grad_acc((c)->in[0]);                                 \
+        const T *restrict dy = (const T *)tg_grad((c)->out);                           \
+        const T *restrict px = (const T *)(c)->in[0]->data;                            \
+        const T *restrict py = (const T *)(c)->out->data;                              \
+        if (!dx || !dy)                                                                \
+            break;                                                                     \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
+            for (int64_t i = i0_; i < i1_; i++) {                                      \
+                const T g = dy[i], u = px[i], w = py[i];                               \
+                (void)g, (void)u, (void)w;                                             \
+                dx[i] += (EXPR);                                                       \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* A unary op's forward by a vector kernel VF (V_EXP, V_TANH, ...), the
+ * chunks over threads; dtype dispatch included. */
+#define UNARY_VMATH(c, VF)                                                             \
+    TGI_FLOAT_DISPATCH((c)->out->dtype, {                                              \
+        T *py_ = (T *)(c)->out->data;                                                  \
+        const T *px_ = (const T *)(c)->in[0]->data;                                    \
+        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                              \
+                       { VF(py_ + lo, px_ + lo, hi - lo); });                          \
+    })
+
+/* A unary op's backward by a vector kernel VB (V_TANH_BWD, ...): dx += dy *
+ * f'(s), s the output (SRC out) or the input (SRC in[0]); dtype dispatch
+ * included. */
+#define UNARY_VMATH_BACKWARD(c, VB, SRC)                                               \
+    do {                                                                               \
+        if (!tgi_needs_grad((c)->in[0]))                                               \
+            break;                                                                     \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            const T *s_ = (const T *)(c)->SRC->data, *dy_ = (const T *)tg_grad((c)->out); \
+            T *dx_ = (T *)tg_grad_acc((c)->in[0]);                                     \
+            if (dx_ && dy_)                                                            \
+                TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                      \
+                               { VB(dx_ + lo, s_ + lo, dy_ + lo, hi - lo); });         \
+        });                                                                            \
+    } while (0)
+
+/* Forward and backward of the ops that move x's elements unchanged in
+ * row-major order (tg_identity, tg_reshape): y = a copy of x; dx += dy. */
+static inline int tgi_copy_forward(tg_op_call *c)
+{
+    if (c->out->numel > 0)
+        memcpy(c->out->data, c->in[0]->data, tgi_bytes(c->in[0]));
+    return 0;
+}
+
+/* d y[i]/d x[i] = 1 (same flat index) */
+static inline void tgi_pass_backward(tg_op_call *c)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g); });
+}
+
+/* ======================================================================== */
+/* Binary ops with NumPy broadcasting                                       */
+/* ======================================================================== */
+/*
+ * The output of a binary op has the broadcast shape of a and b
+ * (tgi_bcast_init). Forward reads a[ia] and b[ib] for every output element i,
+ * where ia/ib come from element strides that are 0 on broadcast axes. Backward
+ * is the transpose of that gather: it ADDS d loss/d y[i] (times the local
+ * derivative) into da[ia] and db[ib], so an input element that fed k output
+ * elements receives the sum of their k contributions: the reduction over the
+ * broadcast axes. Both directions share one iterator (struct tgi_bshape):
+ * axes of size 1 are dropped and adjacent axes merged where both inputs are
+ * contiguous across them, so the common cases collapse to one flat loop:
+ *   same shapes            -> 1 row of numel, strides (1,1)
+ *   a [m,n] with scalar b  -> 1 row of numel, strides (1,0)
+ *   a [m,n] with row b [n] -> m rows of n,    strides (1,1), b's row stride 0
+ *   a [m,1] with b [1,n]   -> m rows of n,    strides (0,1)
+ * and the innermost loop is instantiated with literal strides 0/1 so gcc can
+ * vectorise it; a stride-0 target in backward is reduced in a local double.
+ *
+ * Fast path. The two commonest cases, inputs of one shape and a one-element
+ * operand (a scalar), skip the broadcast layout altogether: the public
+ * function classifies the pair (tgi_binary_kind), the node keeps the kind
+ * (attribute i[0]), and forward and backward run the same row kernels over
+ * the flat arrays directly. Results are the same bits as through the
+ * general iterator, which collapses these cases to the same single row.
+ *
+ * Threads: elementwise chunks (TGI_PAR_CHUNKS); a reduction onto a broadcast
+ * operand in backward stays in one thread, in order.
+ *
+ * An op OP defines its row kernels FWD_ROW_<OP>(SA,SB) and
+ * BWD_ROW_a_<OP>(SA,SB), BWD_ROW_b_<OP>(SA,SB) from FWD_ROW and BWD_ROW
+ * below; its forward is BINARY_FORWARD(c, OP), its backward
+ * BINARY_BACKWARD(c, OP), its public function tgi_binary(...).
+ */
+
+/* How a binary op's operands pair up (node attribute i[0]). */
+enum {
+    BIN_GENERAL,  /* any other broadcast: the bshape iterator */
+    BIN_SAME,     /* a and b of one shape: y[i] = f(a[i], b[i]) */
+    BIN_B_SCALAR, /* b has one element and no more axes than a: y has a's shape */
+    BIN_A_SCALAR, /* a has one element and no more axes than b: y has b's shape */
+};
+/* The kind in which input SIDE (a or b) is the broadcast scalar. */
+#define BIN_SCALAR_a BIN_A_SCALAR
+#define BIN_SCALAR_b BIN_B_SCALAR
+
+static inline int tgi_binary_kind(const tg_tensor *a, const tg_tensor *b)
+{
+    if (a->ndim == b->ndim && a->numel == b->numel) {
+        int same = 1;
+        for (int k = 0; k < a->ndim; k++)
+            same &= a->shape[k] == b->shape[k];
+        if (same)
+            return BIN_SAME;
+    }
+    if (b->numel == 1 && b->ndim <= a->ndim)
+        return BIN_B_SCALAR;
+    if (a->numel == 1 && a->ndim <= b->ndim)
+        return BIN_A_SCALAR;
+    return BIN_GENERAL;
+}
+
+/* The whole public function of a binary op: checks (both present, floats of
+ * one dtype), the pairing of a and b (the broadcast layout only when no fast
+ * path fits, which also checks that the shapes broadcast), output, and
+ * tgi_op_run with the kind as attribute i[0]. */
+static inline tg_tensor *tgi_binary(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *a,
+                                    tg_tensor *b)
+{
+    if (!ctx || !tgi_check_float_arg(ctx, fn, "a", a, NULL) ||
+        !tgi_check_float_arg(ctx, fn, "b", b, NULL) || !tgi_check_same_dtype(ctx, fn, a, b))
+        return NULL;
+    const tgi_attr at = {.i = {tgi_binary_kind(a, b)}};
+    tg_tensor *out;
+    if (at.i[0] == BIN_GENERAL) {
+        tgi_bcast bc;
+        if (tgi_bcast_init(ctx, fn, a, b, &bc) != 0)
+            return NULL;
+        out = tgi_tensor_new(ctx, fn, a->dtype, bc.ndim, bc.shape, 0);
+    } else {
+        const tg_tensor *like = at.i[0] == BIN_A_SCALAR ? b : a; /* y has its shape */
+        out = tgi_tensor_new(ctx, fn, a->dtype, like->ndim, like->shape, 0);
+    }
+    if (!out)
+        return NULL;
+    tg_tensor *in[2] = {a, b};
+    return tgi_op_run(ctx, op, out, in, 2, &at, sizeof at);
+}
+
+/* The kind of a binary call, and for BIN_GENERAL its broadcast layout,
+ * recomputed (it cannot fail: it succeeded in the public function). */
+static inline int tgi_binary_layout(const tg_op_call *c, tgi_bcast *bc)
+{
+    const int kind = (int)TGI_ATTR(c)->i[0];
+    if (kind == BIN_GENERAL)
+        tgi_bcast_init(c->ctx, c->op->name, c->in[0], c->in[1], bc);
+    return kind;
+}
+
+/* The broadcast iteration space, padded to 4 axes: n[] the output's sizes,
+ * sa[]/sb[] the element strides of a and b (0 on broadcast axes). Axes of
+ * size 1 are dropped and mergeable neighbours merged. */
+typedef struct {
+    int64_t n[4], sa[4], sb[4];
+} tgi_bshape;
+
+static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
+{
+    int64_t n[4], sa[4], sb[4];
+    int m = 0;
+    for (int k = 0; k < bc->ndim; k++) {
+        const int64_t nk = bc->shape[k];
+        if (nk == 1)
+            continue; /* one index: strides irrelevant */
+        if (m > 0 && sa[m - 1] == bc->sa[k] * nk && sb[m - 1] == bc->sb[k] * nk) {
+            n[m - 1] *= nk; /* contiguous (or broadcast) across both axes: merge */
+            sa[m - 1] = bc->sa[k];
+            sb[m - 1] = bc->sb[k];
+        } else {
+            n[m] = nk;
+            sa[m] = bc->sa[k];
+            sb[m] = bc->sb[k];
+            m++;
+        }
+    }
+    const int pad = 4 - m;
+    for (int k = 0; k < 4; k++) {
+        s->n[k] = k < pad ? 1 : n[k - pad];
+        s->sa[k] = k < pad ? 0 : sa[k - pad];
+        s->sb[k] = k < pad ? 0 : sb[k - pad];
+    }
+}
+
+/* Loop over the rows (all axes but the last) of a tgi_bshape `s`, setting
+ *   oo: offset of the row in the output, oa/ob: offsets of its a/b elements,
+ *   n3: row length;
+ * then run the body. */
+#define BCAST_ROWS(s, ...)                                                             \
+    do {                                                                               \
+        const int64_t n3 = (s).n[3];                                                   \
+        for (int64_t i0 = 0; i0 < (s).n[0]; i0++)                                      \
+            for (int64_t i1 = 0; i1 < (s).n[1]; i1++)                                  \
+                for (int64_t i2 = 0; i2 < (s).n[2]; i2++) {                            \
+                    const int64_t oo = ((i0 * (s).n[1] + i1) * (s).n[2] + i2) * n3;    \
+                    const int64_t oa = i0 * (s).sa[0] + i1 * (s).sa[1] + i2 * (s).sa[2]; \
+                    const int64_t ob = i0 * (s).sb[0] + i1 * (s).sb[1] + i2 * (s).sb[2]; \
+                    __VA_ARGS__                                                        \
+                }                                                                      \
+    } while (0)
+
+/* Instantiate ROW(SA, SB) with literal inner strides when they are 0 or 1
+ * (the only values contiguous inputs produce), else with the runtime ones. */
+#define BCAST_INNER(s, ROW)                                                            \
+    do {                                                                               \
+        const int64_t sa3_ = (s).sa[3], sb3_ = (s).sb[3];                              \
+        if (sa3_ == 1 && sb3_ == 1)                                                    \
+            ROW(1, 1);                                                                 \
+        else if (sa3_ == 1 && sb3_ == 0)                                               \
+            ROW(1, 0);                                                                 \
+        else if (sa3_ == 0 && sb3_ == 1)                                               \
+            ROW(0, 1);                                                                 \
+        else if (sa3_ == 0 && sb3_ == 0)                                               \
+            ROW(0, 0);                                                                 \
+        else                                                                           \
+            ROW(sa3_, sb3_);                                                           \
+    } while (0)
+
+/* Forward on the general path, inside TGI_FLOAT_DISPATCH: y[i] = the op's
+ * expression of u = a[ia], v = b[ib], through the row kernel FWD_ROW_<OP>. */
+#define BCAST_FORWARD(bc, out, a, b, OP)                                               \
+    do {                                                                               \
+        tgi_bshape s_;                                                                 \
+        tgi_bshape_init(&(bc), &s_);                                                   \
+        T *restrict py = (T *)(out)->data;                                             \
+        const T *restrict pa = (const T *)(a)->data;                                   \
+        const T *restrict pb = (const T *)(b)->data;                                   \
+        if ((out)->numel == 0)                                                         \
+            break;                                                                     \
+        BCAST_ROWS(s_, {                                                               \
+            T *restrict yr = py + oo;                                                  \
+            const T *restrict ar = pa + oa;                                            \
+            const T *restrict br = pb + ob;                                            \
+            BCAST_INNER(s_, FWD_ROW_##OP);                                             \
+        });                                                                            \
+    } while (0)
+
+/* Backward on the general path for one input, inside TGI_FLOAT_DISPATCH:
+ * d[it] += the op's local term for every output element i, through the row
+ * kernel BWD_ROW_<SIDE>_<OP>, which sees g = dy[i], u = a[ia], v = b[ib],
+ * w = y[i]; `it` is ia (SIDE a) or ib (SIDE b). */
+#define BCAST_BACKWARD(bc, call, d, SIDE, OP)                                          \
+    do {                                                                               \
+        tgi_bshape s_;                                                                 \
+        tgi_bshape_init(&(bc), &s_);                                                   \
+        const T *restrict dy = (const T *)tg_grad((call)->out);                        \
+        const T *restrict py = (const T *)(call)->out->data;                           \
+        const T *restrict pa = (const T *)(call)->in[0]->data;                         \
+        const T *restrict pb = (const T *)(call)->in[1]->data;                         \
+        T *restrict pd = (d);                                                          \
+        if (!pd || !dy || (call)->out->numel == 0)                                     \
+            break;                                                                     \
+        BCAST_ROWS(s_, {                                                               \
+            const T *restrict gr = dy + oo;                                            \
+            const T *restrict yr = py + oo;                                            \
+            const T *restrict ar = pa + oa;                                            \
+            const T *restrict br = pb + ob;                                            \
+            T *restrict dr = pd + o##SIDE;                                             \
+            BCAST_INNER(s_, BWD_ROW_##SIDE##_##OP);                                    \
+        });                                                                            \
+    } while (0)
+
+/* The row kernels; n3 is the row length. SA, SB are the inner strides of a
+ * and b, ST the target's (SA or SB). A row along which the target is
+ * broadcast (ST = 0) is summed in a double and added once. */
+#define FWD_ROW(SA, SB, EXPR)                                                          \
+    do {                                                                               \
+        for (int64_t j = 0; j < n3; j++) {                                             \
+            const T u = ar[j * (SA)], v = br[j * (SB)];                                \
+            yr[j] = (EXPR);                                                            \
+        }                                                                              \
+    } while (0)
+
+#define BWD_ROW(SA, SB, ST, EXPR)                                                      \
+    do {                                                                               \
+        if ((ST) == 0) {                                                               \
+            double acc_ = 0;                                                           \
+            for (int64_t j = 0; j < n3; j++) {                                         \
+                const T g = gr[j], w = yr[j], u = ar[j * (SA)], v = br[j * (SB)];      \
+                (void)g, (void)w, (void)u, (void)v;                                    \
+                acc_ += (EXPR);                                                        \
+            }                                                                          \
+            dr[0] += (T)acc_;                                                          \
+        } else {                                                                       \
+            for (int64_t j = 0; j < n3; j++) {                                         \
+                const T g = gr[j], w = yr[j], u = ar[j * (SA)], v = br[j * (SB)];      \
+                (void)g, (void)w, (void)u, (void)v;                                    \
+                dr[j * (ST)] += (EXPR);                                                \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
+
+/* Forward on the fast path (kind BIN_SAME, BIN_B_SCALAR or BIN_A_SCALAR),
+ * inside TGI_FLOAT_DISPATCH: the row kernel FWD_ROW_<OP> over chunks of the
+ * flat output, with a scalar operand's stride 0. */
+#define FAST_FORWARD(kind, out, a, b, OP)                                              \
+    do {                                                                               \
+        T *restrict py = (T *)(out)->data;                                             \
+        const T *restrict pa = (const T *)(a)->data;                                   \
+        const T *restrict pb = (const T *)(b)->data;                                   \
+        TGI_PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                             \
+            const int64_t n3 = hi - lo;                                                \
+            T *restrict yr = py + lo;                                                  \
+            if ((kind) == BIN_SAME) {                                                  \
+                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
+                FWD_ROW_##OP(1, 1);                                                    \
+            } else if ((kind) == BIN_B_SCALAR) {                                       \
+                const T *restrict ar = pa + lo, *restrict br = pb;                     \
+                FWD_ROW_##OP(1, 0);                                                    \
+            } else {                                                                   \
+                const T *restrict ar = pa, *restrict br = pb + lo;                     \
+                FWD_ROW_##OP(0, 1);                                                    \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* Backward on the fast path for input SIDE, inside TGI_FLOAT_DISPATCH: the
+ * row kernel BWD_ROW_<SIDE>_<OP>. When SIDE is the scalar operand its
+ * gradient is a sum over every output element: one row, in order, in one
+ * thread (the same bits as the general path); else elementwise chunks. */
+#define FAST_BACKWARD(kind, call, d, SIDE, OP)                                         \
+    do {                                                                               \
+        const T *restrict dy = (const T *)tg_grad((call)->out);                        \
+        const T *restrict py = (const T *)(call)->out->data;                           \
+        const T *restrict pa = (const T *)(call)->in[0]->data;                         \
+        const T *restrict pb = (const T *)(call)->in[1]->data;                         \
+        T *restrict pd = (d);                                                          \
+        const int64_t n_all = (call)->out->numel;                                      \
+        if (!pd || !dy || n_all == 0)                                                  \
+            break;                                                                     \
+        if ((kind) == BIN_SCALAR_##SIDE) {                                             \
+            const int64_t n3 = n_all;                                                  \
+            const T *restrict gr = dy, *restrict yr = py, *restrict ar = pa,           \
+                            *restrict br = pb;                                         \
+            T *restrict dr = pd;                                                       \
+            if ((kind) == BIN_A_SCALAR)                                                \
+                BWD_ROW_##SIDE##_##OP(0, 1);                                           \
+            else                                                                       \
+                BWD_ROW_##SIDE##_##OP(1, 0);                                           \
+            break;                                                                     \
+        }                                                                              \
+        TGI_PAR_CHUNKS((call)->ctx, n_all, lo, hi, {                                   \
+            const int64_t n3 = hi - lo;                                                \
+            const T *restrict gr = dy + lo, *restrict yr = py + lo;                    \
+            T *restrict dr = pd + lo;                                                  \
+            if ((kind) == BIN_SAME) {                                                  \
+                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
+                BWD_ROW_##SIDE##_##OP(1, 1);                                           \
+            } else if ((kind) == BIN_B_SCALAR) {                                       \
+                const T *restrict ar = pa + lo, *restrict br = pb;                     \
+                BWD_ROW_##SIDE##_##OP(1, 0);                                           \
+            } else {                                                                   \
+                const T *restrict ar = pa, *restrict br = pb + lo;                     \
+                BWD_ROW_##SIDE##_##OP(0, 1);                                           \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* A binary op's forward: the fast path or the general broadcast, dtype
+ * dispatch included. */
+#define BINARY_FORWARD(c, OP)                                                          \
+    do {                                                                               \
+        tgi_bcast bc_;                                                                 \
+        const int kind_ = tgi_binary_layout((c), &bc_);                                \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            if (kind_ == BIN_GENERAL)                                                  \
+                BCAST_FORWARD(bc_, (c)->out, (c)->in[0], (c)->in[1], OP);              \
+            else                                                                       \
+                FAST_FORWARD(kind_, (c)->out, (c)->in[0], (c)->in[1], OP);             \
+        });                                                                            \
+    } while (0)
+
+/* One input's gradient (SIDE a or b) of a binary op, inside TGI_FLOAT_DISPATCH. */
+#define BINARY_BACKWARD_SIDE(bc, kind, c, SIDE, IDX, OP)                               \
+    do {                                                                               \
+        if (!tgi_needs_grad((c)->in[IDX]))                                             \
+            break;                                                                     \
+        T *d_ = (T *)tg_grad_acc((c)->in[IDX]);                                        \
+        if ((kind) == BIN_GENERAL)                                                     \
+            BCAST_BACKWARD(bc, c, d_, SIDE, OP);                                       \
+        else                                                                           \
+            FAST_BACKWARD(kind, c, d_, SIDE, OP);                                      \
+    } while (0)
+
+/* A binary op's backward: each input that needs a gradient, through
+ * BWD_ROW_a_<OP> and BWD_ROW_b_<OP>; dtype dispatch included. */
+#define BINARY_BACKWARD(c, OP)                                                         \
+    do {                                                                               \
+        tgi_bcast bc_;                                                                 \
+        const int kind_ = tgi_binary_layout((c), &bc_);                                \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            BINARY_BACKWARD_SIDE(bc_, kind_, c, a, 0, OP);                             \
+            BINARY_BACKWARD_SIDE(bc_, kind_, c, b, 1, OP);                             \
+        });                                                                            \
+    } while (0)
+
+#endif /* TG_OPS_H */
