@@ -33,8 +33,7 @@
 static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
                   tg_op_call **node)
 {
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
+    return tgi_record(ctx, op, out, in, n, node) == 0;
 }
 
 /* In backward: 1 when dy has arrived and input i needs a gradient, with

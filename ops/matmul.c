@@ -490,8 +490,8 @@ static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, "tg_matmul", a->dtype, p.nb + 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {a, b};
-    tg_op_call *c = tgi_record(ctx, &op_bmm, out, in, 2);
-    if (record_failed(ctx, c, in, 2)) return NULL;
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_bmm, out, in, 2, &c) != 0) return NULL;
     if (bmm_fwd(ctx, out, a, b, &p) != 0) return NULL;
     return out;
 }

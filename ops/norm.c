@@ -39,8 +39,7 @@
 static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
                   tg_op_call **node)
 {
-    *node = tgi_record(ctx, op, out, in, n);
-    return *node != NULL || !tgi_should_record(ctx, in, n);
+    return tgi_record(ctx, op, out, in, n, node) == 0;
 }
 
 /* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
