@@ -4,17 +4,7 @@
  * independent, so they are split over the context's threads, each thread running
  * whole pairs with its own GEMM workspace, which gives the same bits for any
  * thread count. Local gradients in full: docs/ops.md, "Attention". */
-#include "internal.h"
-#include "vmath.h"
-
-#include <math.h>
-#include <tgmath.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#define V_EXP(y, x, n) _Generic((y), float *: tgi_vexp_f32, double *: tgi_vexp_f64)(y, x, n)
+#include "ops.h"
 
 /* Below this many multiply-adds (forward: 2 B H T S D) the pairs are not split over
  * threads: waking a team costs more than it saves. */
@@ -191,8 +181,9 @@ static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team 
                               void *user);
 static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
                               void *user);
+static int attention_forward(tg_op_call *c);
 static void attention_backward(tg_op_call *c);
-static const tg_op op_attention = {"attention", NULL, attention_backward};
+static const tg_op op_attention = {"attention", attention_forward, attention_backward};
 
 /* The pointers a pass reads and writes (NULL where not needed). */
 typedef struct {
@@ -204,12 +195,8 @@ typedef struct {
 static int attention_check(tg_ctx *ctx, const char *fn, const tg_tensor *q, const tg_tensor *k,
                            const tg_tensor *v, int causal)
 {
-    if (!tgi_check_arg(ctx, fn, "q", q) || !tgi_check_arg(ctx, fn, "k", k) ||
-        !tgi_check_arg(ctx, fn, "v", v))
-        return 0;
-    if (!tgi_check_float(ctx, fn, "q", q) || !tgi_check_float(ctx, fn, "k", k) ||
-        !tgi_check_float(ctx, fn, "v", v) || !tgi_check_same_dtype(ctx, fn, q, k) ||
-        !tgi_check_same_dtype(ctx, fn, q, v))
+    if (!tgi_check_float_arg(ctx, fn, "q", q, NULL) || !tgi_check_float_arg(ctx, fn, "k", k, q) ||
+        !tgi_check_float_arg(ctx, fn, "v", v, q))
         return 0;
     char sq[64], sk[64], sv[64];
     TGI_SHAPE(q, sq), TGI_SHAPE(k, sk), TGI_SHAPE(v, sv);
@@ -264,31 +251,37 @@ tg_tensor *tg_attention(tg_ctx *ctx, tg_tensor *q, tg_tensor *k, tg_tensor *v, i
     static const char fn[] = "tg_attention";
     if (!ctx) return NULL;
     if (!attention_check(ctx, fn, q, k, v, causal)) return NULL;
-    const attn_dims a = attention_dims(q, k, causal);
     tg_tensor *out = tgi_tensor_new(ctx, fn, q->dtype, 4, q->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {q, k, v};
-    const int rec = tgi_should_record(ctx, in, 3);
+    const tgi_attr at = {.i = {causal != 0}};
+    return tgi_op_run(ctx, &op_attention, out, in, 3, &at, sizeof at);
+}
+
+/* Forward over every pair; P goes to tg_scratch (c->saved) when the call is
+ * recorded, else each thread's [T,S] buffer holds its pair's scores. */
+static int attention_forward(tg_op_call *c)
+{
+    static const char fn[] = "tg_attention";
+    tg_ctx *ctx = c->ctx;
+    const tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+    const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
     void *p = NULL;
-    if (rec && a.bh * a.t * a.s > 0) {
+    if (tgi_recorded(c) && a.bh * a.t * a.s > 0) {
         p = tg_scratch(ctx, (size_t)(a.bh * a.t * a.s) * tg_dtype_size(a.dt));
-        if (!p) return NULL;
+        if (!p) return -1;
     }
+    c->saved = p;
     const int nt = attn_threads(ctx, &a);
     attn_team *tm = teams_new(ctx, fn, &a, nt, pass_ws_bytes(&a, 0), p == NULL);
-    if (!tm) return NULL;
-    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .out = out->data, .p = p};
+    if (!tm) return -1;
+    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .out = c->out->data, .p = p};
     if (for_each_pair(ctx, &a, tm, nt, attention_pair_fwd, &bf) != 0) {
         char sq[64];
         tg_set_error(ctx, "%s: out of memory (GEMM workspace) for q %s", fn, TGI_SHAPE(q, sq));
-        return NULL;
+        return -1;
     }
-    /* recorded last: a failed call leaves nothing on the tape */
-    tg_op_call *c = tgi_record(ctx, &op_attention, out, in, 3);
-    if (!c) return rec ? NULL : out;
-    tgi_node_attr(c)->i[0] = a.causal;
-    c->saved = p;
-    return out;
+    return 0;
 }
 
 /* One row of scores a[0..s) -> probabilities: the first n (= i + 1 when causal,
@@ -340,7 +333,7 @@ static void attention_backward(tg_op_call *c)
     tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
     const void *dout = tg_grad(c->out);
     if (!dout) return;
-    const attn_dims a = attention_dims(q, k, (int)tgi_node_attr(c)->i[0]);
+    const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
     if (a.bh * a.t * a.s == 0) return;
     attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .dout = dout, .p = c->saved};
     /* each input under its own `if`: a NULL gradient pointer skips its products */
