@@ -17,9 +17,10 @@
  * Text: any file. The King James Bible: apt-get install bible-kjv, then
  *   bible "Gen1:1-Rev22:21" > kjv.txt
  *
- * Usage: char_gpt --text FILE [--steps N] [--seed S] [--sample N] [--json]
- *        [--layers L] [--heads H] [--width C] [--context T] [--batch B]
+ * Usage: char_gpt --text FILE [--steps N] [--seconds X] [--seed S] [--sample N]
+ *        [--json] [--layers L] [--heads H] [--width C] [--context T] [--batch B]
  *        [--ff F] [--lr X] [--threads N] [--log-every N] [--eval-chars N]
+ *   --seconds X     train for X seconds of wall time instead of --steps steps
  *   --sample N      after training, print N generated characters
  *   --eval-chars N  evaluate val_loss on the first N held-out characters only
  *                   (default: all of them)
@@ -45,7 +46,7 @@ typedef struct {
     const char *text;
     long steps, seed, sample, layers, heads, width, context, batch, ff, threads, log_every;
     long eval_chars;
-    double lr;
+    double lr, seconds;
     int json;
 } options;
 
@@ -188,10 +189,10 @@ static void sample_text(tg_ctx *ctx, const gpt *m, const unsigned char *itos, in
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: char_gpt --text FILE [--steps N] [--seed S] [--sample N] [--json]\n"
-               "                [--layers L] [--heads H] [--width C] [--context T] [--batch B]\n"
-               "                [--ff F] [--lr X] [--threads N] [--log-every N] "
-               "[--eval-chars N]\n");
+    fprintf(f, "usage: char_gpt --text FILE [--steps N] [--seconds X] [--seed S] [--sample N]\n"
+               "                [--json] [--layers L] [--heads H] [--width C] [--context T]\n"
+               "                [--batch B] [--ff F] [--lr X] [--threads N] [--log-every N]\n"
+               "                [--eval-chars N]\n");
 }
 
 static int parse_args(int argc, char **argv, options *o)
@@ -219,9 +220,10 @@ static int parse_args(int argc, char **argv, options *o)
         }
         char *end;
         errno = 0;
-        if (!strcmp(a, "--lr")) {
-            o->lr = strtod(v, &end);
-            if (*end || errno || !(o->lr > 0)) goto bad;
+        if (!strcmp(a, "--lr") || !strcmp(a, "--seconds")) {
+            double *dst = a[2] == 'l' ? &o->lr : &o->seconds;
+            *dst = strtod(v, &end);
+            if (*end || errno || !(*dst > 0) || !isfinite(*dst)) goto bad;
             continue;
         }
         long n = strtol(v, &end, 10);
@@ -348,7 +350,9 @@ int main(int argc, char **argv)
     double t_first = 0, t_rest = 0, cpu_rest = 0, loss_acc = 0, last_loss = NAN;
     long loss_n = 0;
     uint64_t grows_warm = 0;
-    for (long step = 0; step < o.steps && tg_ok(ctx); step++) {
+    const double t_train = now();
+    long step = 0;
+    for (; (o.seconds > 0 ? now() - t_train < o.seconds : step < o.steps) && tg_ok(ctx); step++) {
         double t0 = now(), c0 = cpu_now();
         for (long b = 0; b < o.batch; b++) {
             int64_t at = (int64_t)(next_u64(&rng) % (uint64_t)(n_train - o.context));
@@ -376,7 +380,8 @@ int main(int argc, char **argv)
             tg_mem_stats_get(ctx, &st);
             grows_warm = st.arena_grows;
         }
-        if (o.log_every && ((step + 1) % o.log_every == 0 || step + 1 == o.steps)) {
+        const int last = o.seconds <= 0 && step + 1 == o.steps;
+        if (o.log_every && ((step + 1) % o.log_every == 0 || last)) {
             printf("step %6ld  train loss %.4f  %.1f ms/step\n", step + 1, loss_acc / loss_n,
                    1e3 * (step ? t_rest / (double)step : t_first));
             fflush(stdout);
@@ -384,6 +389,7 @@ int main(int argc, char **argv)
         }
     }
     if (!tg_ok(ctx)) goto done;
+    o.steps = step;
     tg_mem_stats st;
     tg_mem_stats_get(ctx, &st);
     const uint64_t warm_grows = o.steps >= 2 ? st.arena_grows - grows_warm : 0;

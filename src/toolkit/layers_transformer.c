@@ -134,23 +134,24 @@ tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block 
     const int64_t rows_e[2] = {b * t, e}, bte[3] = {b, t, e};
     static const int from_heads[4] = {0, 2, 1, 3};
 
+    /* the residual stream as [B*T,E] rows from here on (a reshape is a copy) */
+    tg_tensor *xr = tg_reshape(ctx, x, 2, rows_e);
+
     /* attention: x + out_proj(attention(ln1(x))) */
-    tg_tensor *a = tg_layernorm_forward(ctx, &blk->norm1, x);
-    tg_tensor *qkv = tg_dense_forward(ctx, &blk->in_proj, tg_reshape(ctx, a, 2, rows_e),
-                                      TG_ACT_NONE);
+    tg_tensor *a = tg_layernorm_forward(ctx, &blk->norm1, xr);
+    tg_tensor *qkv = tg_dense_forward(ctx, &blk->in_proj, a, TG_ACT_NONE);
     tg_tensor *heads = split_heads(ctx, qkv, b, t, h, e);
     tg_tensor *q = tg_slice(ctx, heads, 1, 0, h), *k = tg_slice(ctx, heads, 1, h, 2 * h),
               *v = tg_slice(ctx, heads, 1, 2 * h, 3 * h);
     tg_tensor *att = tg_attention(ctx, q, k, v, causal);
     tg_tensor *merged = tg_reshape(ctx, tg_permute(ctx, att, from_heads), 2, rows_e);
-    tg_tensor *o = tg_dense_forward(ctx, &blk->out_proj, merged, TG_ACT_NONE);
-    tg_tensor *x1 = tg_add(ctx, x, tg_reshape(ctx, o, 3, bte));
+    tg_tensor *x1 = tg_add(ctx, xr, tg_dense_forward(ctx, &blk->out_proj, merged, TG_ACT_NONE));
 
     /* MLP: x1 + linear2(gelu(linear1(ln2(x1)))) */
     tg_tensor *m = tg_layernorm_forward(ctx, &blk->norm2, x1);
-    m = tg_dense_forward(ctx, &blk->linear1, tg_reshape(ctx, m, 2, rows_e), TG_ACT_NONE);
+    m = tg_dense_forward(ctx, &blk->linear1, m, TG_ACT_NONE);
     m = tg_dense_forward(ctx, &blk->linear2, tg_gelu(ctx, m), TG_ACT_NONE);
-    return tg_add(ctx, x1, tg_reshape(ctx, m, 3, bte));
+    return tg_reshape(ctx, tg_add(ctx, x1, m), 3, bte);
 }
 
 int tg_transformer_block_params(const tg_transformer_block *blk, tg_tensor **out, int cap)

@@ -297,6 +297,40 @@ Test(attention, causal_rows_ignore_later_keys)
     cr_assert(nz, "no gradient reached the first value");
 }
 
+/* Scores of +-1000 (q and k scaled up): every row's softmax is one-hot at its
+ * largest score, nothing overflows, the output is that key's value exactly,
+ * and the gradients are finite. */
+Test(attention, huge_scores_stay_finite)
+{
+    for (int causal = 0; causal < 2; causal++) {
+        const int64_t T = 4, D = 2;
+        int64_t shape[4] = {1, 1, T, D};
+        double qv[8], kv[8];
+        for (int i = 0; i < T; i++) {
+            qv[2 * i] = 40.0, qv[2 * i + 1] = 0.0; /* q . k = 40 k[j,0]: +-1000 */
+            kv[2 * i] = i == 1 ? 25.0 : i == 3 ? 20.0 : -25.0, kv[2 * i + 1] = 1.0;
+        }
+        tg_tensor *q = from_nd(ctx, TG_F64, 4, shape, qv), *k = from_nd(ctx, TG_F64, 4, shape, kv);
+        tg_tensor *v = new4(ctx, TG_F64, 1, 1, T, D);
+        tg_set_requires_grad(q, 1), tg_set_requires_grad(k, 1), tg_set_requires_grad(v, 1);
+        tg_tensor *y = tg_attention(ctx, q, k, v, causal);
+        cr_assert_not_null(y, "%s", tg_errmsg(ctx));
+        tg_backward(ctx, tg_sum(ctx, y));
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        for (int64_t i = 0; i < T; i++) {
+            /* the largest score of row i: key 1 when it is visible, else key 0 */
+            const int64_t j = (!causal || i >= 1) ? 1 : 0;
+            for (int64_t d = 0; d < D; d++)
+                cr_assert_eq(at(y, i * D + d), at(v, j * D + d), "causal %d row %lld", causal,
+                             (long long)i);
+        }
+        for (int64_t i = 0; i < T * D; i++)
+            cr_assert(isfinite(grad_at(q, i)) && isfinite(grad_at(k, i)) &&
+                      isfinite(grad_at(v, i)));
+        tg_reset(ctx);
+    }
+}
+
 /* ---- threads, modes, memory --------------------------------------------- */
 
 /* forward and backward on a shape large enough to split the pairs over threads;
