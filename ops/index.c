@@ -13,8 +13,8 @@
  * gradients: docs/ops.md, "Shape and indexing". */
 #include "internal.h"
 
-#define PERM_TILE 32     /* side of the square tiles of a permute that moves the innermost axis */
-#define PERM_MEMCPY 512  /* runs of at least this many bytes are copied by memcpy */
+#define PERM_TILE   32  /* side of the square tiles of a permute that moves the innermost axis */
+#define PERM_MEMCPY 512 /* runs of at least this many bytes are copied by memcpy */
 
 /* The permute copy gets wider-vector clones, chosen at load time. */
 #if defined(__x86_64__) && defined(__has_attribute)
@@ -65,9 +65,25 @@ static int64_t span(const int64_t *shape, int from, int to)
     return p;
 }
 
-/* dst[r * dld + j] (+)= src[r * sld + j] for r < rows, j < len (elements of
- * size es): the strided row copy every op here reduces to. acc: add
- * (float dtypes) instead of copy. */
+/* n bytes (a multiple of 4) from s to d. A permute or a slice copies many
+ * short runs (a head's 32 floats): fixed 64-byte moves, which the compiler
+ * inlines, cost less than a memcpy call each. */
+static inline void copy_run(void *restrict dv, const void *restrict sv, size_t n)
+{
+    if (n >= PERM_MEMCPY) {
+        memcpy(dv, sv, n);
+        return;
+    }
+    char *d = dv;
+    const char *s = sv;
+    for (; n >= 64; n -= 64, d += 64, s += 64) memcpy(d, s, 64);
+    for (; n >= 8; n -= 8, d += 8, s += 8) memcpy(d, s, 8);
+    if (n) memcpy(d, s, 4); /* the last float of an odd-length f32 run */
+}
+
+/* dst[r * dld + j] (+)= src[r * sld + j] for r < rows, j < len (in elements
+ * of dt): the strided row copy slice and concat reduce to. acc: add (float
+ * dtypes) instead of copy. */
 static void copy_rows(tg_dtype dt, int acc, void *dst, int64_t dld, const void *src, int64_t sld,
                       int64_t rows, int64_t len)
 {
@@ -81,7 +97,7 @@ static void copy_rows(tg_dtype dt, int acc, void *dst, int64_t dld, const void *
             return;
         }
         for (int64_t r = 0; r < rows; r++)
-            memcpy(d + (size_t)(r * dld) * es, s + (size_t)(r * sld) * es, (size_t)len * es);
+            copy_run(d + (size_t)(r * dld) * es, s + (size_t)(r * sld) * es, (size_t)len * es);
         return;
     }
     TGI_FLOAT_DISPATCH(dt, {
@@ -104,7 +120,8 @@ static void copy_rows(tg_dtype dt, int acc, void *dst, int64_t dld, const void *
  * The copy follows a plan made once per call: axes of size 1 are dropped and
  * output axes that are also neighbours in x are merged, so the common cases
  * are a few long runs. When x's innermost axis stays innermost the copy is
- * whole runs (memcpy forward, one add loop backward); otherwise it moves
+ * whole runs (inline 64-byte moves or memcpy forward, one add loop
+ * backward); otherwise it moves
  * PERM_TILE x PERM_TILE tiles between the output's innermost axis and x's,
  * so reads and writes both stay in cache. Large copies are split over the
  * context's threads by outer index; every element is written by exactly one
@@ -127,8 +144,7 @@ static const tg_op op_permute = {"permute", permute_forward, permute_backward};
 tg_tensor *tg_permute(tg_ctx *ctx, tg_tensor *x, const int *perm)
 {
     static const char fn[] = "tg_permute";
-    if (!ctx || !tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x))
-        return NULL;
+    if (!ctx || !tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
     char bx[96];
     if (!perm && x->ndim > 0) {
         tg_set_error(ctx, "%s: argument perm is NULL (x is %s, %d dims)", fn, TGI_SHAPE(x, bx),
@@ -194,27 +210,11 @@ static void perm_plan_make(perm_plan *p, int ndim, const int64_t *src_shape, con
     }
 }
 
-/* n bytes from s to d. A permute copies many short runs (a head's 32
- * floats): fixed 64-byte moves, which the compiler inlines, cost less than a
- * memcpy call each. */
-static inline void copy_run(void *restrict dv, const void *restrict sv, size_t n)
-{
-    if (n >= PERM_MEMCPY) {
-        memcpy(dv, sv, n);
-        return;
-    }
-    char *d = dv;
-    const char *s = sv;
-    for (; n >= 64; n -= 64, d += 64, s += 64) memcpy(d, s, 64);
-    for (; n >= 8; n -= 8, d += 8, s += 8) memcpy(d, s, 8);
-    if (n) memcpy(d, s, 4); /* the last float of an odd-length f32 run */
-}
-
 /* Copy (acc: add) the outer iterations [lo, hi) of plan p. An outer
  * iteration is one index of every axis except the innermost (and, for a
  * tiled plan, except p->inner): one run, or one tile-swept block. */
-PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void *srcv, const perm_plan *p,
-                       int64_t lo, int64_t hi)
+PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void *srcv,
+                                   const perm_plan *p, int64_t lo, int64_t hi)
 {
     const int last = p->nd - 1, tiled = p->inner != last;
     int64_t idx[TG_MAX_DIMS] = {0};
@@ -254,6 +254,17 @@ PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void 
                     const int64_t a1 = na - a0 < PERM_TILE ? na : a0 + PERM_TILE;
                     for (int64_t b0 = 0; b0 < len; b0 += PERM_TILE) {
                         const int64_t b1 = len - b0 < PERM_TILE ? len : b0 + PERM_TILE;
+                        if (b1 - b0 < a1 - a0) { /* short rows of dst: sweep src rows */
+                            for (int64_t b = b0; b < b1; b++) {
+                                T *restrict d = dst + dof + b;
+                                const T *restrict s = src + so + b * ssb;
+                                if (acc)
+                                    for (int64_t a = a0; a < a1; a++) d[a * dsa] += s[a];
+                                else
+                                    for (int64_t a = a0; a < a1; a++) d[a * dsa] = s[a];
+                            }
+                            continue;
+                        }
                         for (int64_t a = a0; a < a1; a++) {
                             T *restrict d = dst + dof + a * dsa;
                             const T *restrict s = src + so + a;
@@ -352,8 +363,7 @@ static const tg_op op_slice = {"slice", slice_forward, slice_backward};
 tg_tensor *tg_slice(tg_ctx *ctx, tg_tensor *x, int axis, int64_t start, int64_t end)
 {
     static const char fn[] = "tg_slice";
-    if (!ctx || !tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x))
-        return NULL;
+    if (!ctx || !tgi_check_arg(ctx, fn, "x", x) || !tgi_check_float(ctx, fn, "x", x)) return NULL;
     char bx[96];
     if (x->ndim == 0) {
         tg_set_error(ctx, "%s: x must have at least 1 dim, got a 0-dim tensor", fn);
@@ -362,8 +372,9 @@ tg_tensor *tg_slice(tg_ctx *ctx, tg_tensor *x, int axis, int64_t start, int64_t 
     const int ax = norm_axis(ctx, fn, "x", x, axis);
     if (ax < 0) return NULL;
     if (start < 0 || start > end || end > x->shape[ax]) {
-        tg_set_error(ctx, "%s: [start, end) = [%lld, %lld) is not inside [0, %lld] of axis %d "
-                          "of x %s (need 0 <= start <= end <= size)",
+        tg_set_error(ctx,
+                     "%s: [start, end) = [%lld, %lld) is not inside [0, %lld] of axis %d "
+                     "of x %s (need 0 <= start <= end <= size)",
                      fn, (long long)start, (long long)end, (long long)x->shape[ax], axis,
                      TGI_SHAPE(x, bx));
         return NULL;
@@ -456,8 +467,10 @@ tg_tensor *tg_concat(tg_ctx *ctx, tg_tensor *const *xs, int n, int axis)
         if (!tgi_check_same_dtype(ctx, fn, xs[0], xs[k])) return NULL;
     }
     if (xs[0]->ndim == 0) {
-        tg_set_error(ctx, "%s: xs[0] is a 0-dim tensor; only tensors of 1 or more dims can be "
-                          "concatenated", fn);
+        tg_set_error(ctx,
+                     "%s: xs[0] is a 0-dim tensor; only tensors of 1 or more dims can be "
+                     "concatenated",
+                     fn);
         return NULL;
     }
     const int ax = norm_axis(ctx, fn, "xs[0]", xs[0], axis);
@@ -467,9 +480,10 @@ tg_tensor *tg_concat(tg_ctx *ctx, tg_tensor *const *xs, int n, int axis)
         for (int i = 0; agree && i < xs[0]->ndim; i++)
             agree = i == ax || xs[k]->shape[i] == xs[0]->shape[i];
         if (!agree) {
-            tg_set_error(ctx, "%s: xs[%d] is %s but xs[0] is %s: shapes must agree except "
-                              "along axis %d", fn, k, TGI_SHAPE(xs[k], bk),
-                         TGI_SHAPE(xs[0], b0), axis);
+            tg_set_error(ctx,
+                         "%s: xs[%d] is %s but xs[0] is %s: shapes must agree except "
+                         "along axis %d",
+                         fn, k, TGI_SHAPE(xs[k], bk), TGI_SHAPE(xs[0], b0), axis);
             return NULL;
         }
     }
@@ -485,7 +499,8 @@ static tg_tensor *concat_group(tg_ctx *ctx, tg_tensor *const *xs, int n, int ax)
         tg_tensor *parts[TG_MAX_INPUTS];
         if (ng <= TG_MAX_INPUTS) {
             for (int g = 0; g < ng; g++) {
-                const int lo = g * TG_MAX_INPUTS, m = n - lo < TG_MAX_INPUTS ? n - lo : TG_MAX_INPUTS;
+                const int lo = g * TG_MAX_INPUTS,
+                          m = n - lo < TG_MAX_INPUTS ? n - lo : TG_MAX_INPUTS;
                 parts[g] = m == 1 ? xs[lo] : concat_group(ctx, xs + lo, m, ax);
                 if (!parts[g]) return NULL;
             }
@@ -579,23 +594,29 @@ tg_tensor *tg_embedding(tg_ctx *ctx, tg_tensor *weight, tg_tensor *idx)
         return NULL;
     }
     if (idx->dtype != TG_I32) {
-        tg_set_error(ctx, "%s: idx must be i32 (indices into the %lld rows of weight %s), got "
-                          "%s %s", fn, (long long)weight->shape[0], TGI_SHAPE(weight, bw),
+        tg_set_error(ctx,
+                     "%s: idx must be i32 (indices into the %lld rows of weight %s), got "
+                     "%s %s",
+                     fn, (long long)weight->shape[0], TGI_SHAPE(weight, bw),
                      tg_dtype_name(idx->dtype), TGI_SHAPE(idx, bi));
         return NULL;
     }
     if (idx->ndim > TG_MAX_DIMS - 1) {
-        tg_set_error(ctx, "%s: idx %s has %d dims; the output idx.shape + [D] may have at most "
-                          "%d", fn, TGI_SHAPE(idx, bi), idx->ndim, TG_MAX_DIMS);
+        tg_set_error(ctx,
+                     "%s: idx %s has %d dims; the output idx.shape + [D] may have at most "
+                     "%d",
+                     fn, TGI_SHAPE(idx, bi), idx->ndim, TG_MAX_DIMS);
         return NULL;
     }
     const int32_t *ix = idx->data;
     const int64_t V = weight->shape[0];
     for (int64_t i = 0; i < idx->numel; i++) {
         if (ix[i] < 0 || ix[i] >= V) {
-            tg_set_error(ctx, "%s: idx[%lld] (flat) = %d is outside [0, %lld), the rows of "
-                              "weight %s (idx is %s)", fn, (long long)i, (int)ix[i],
-                         (long long)V, TGI_SHAPE(weight, bw), TGI_SHAPE(idx, bi));
+            tg_set_error(ctx,
+                         "%s: idx[%lld] (flat) = %d is outside [0, %lld), the rows of "
+                         "weight %s (idx is %s)",
+                         fn, (long long)i, (int)ix[i], (long long)V, TGI_SHAPE(weight, bw),
+                         TGI_SHAPE(idx, bi));
             return NULL;
         }
     }

@@ -12,10 +12,16 @@
  * with sums shifted by the group's first value k: s1 = sum (x - k),
  * s2 = sum (x - k)^2, mean = k + s1 / n, var = s2 / n - (s1 / n)^2. The shift
  * keeps the subtraction from cancelling when |mean| is large against the
- * spread (the textbook one-pass E[x^2] - E[x]^2 does not), and the pass is a
- * plain sum that gcc vectorises (layer norm keeps LANES partial sums; the
- * order of the additions is fixed, so the bits do not depend on the machine's
- * vector width). rstd = 1 / sqrt(var + eps). */
+ * spread (the textbook one-pass E[x^2] - E[x]^2 does not). Layer norm's row
+ * reductions run on 4 doubles at a time (GCC vector types, as
+ * src/kernels/vmath_generic.c uses), keeping LANES partial sums in a fixed
+ * order, so the bits do not depend on the machine's vector width.
+ * rstd = 1 / sqrt(var + eps).
+ *
+ * Threads. Layer norm splits its rows (forward) and blocks of ROW_BLOCK rows
+ * (backward) over the context's threads (run_ranges); the results do not
+ * depend on the split. Batch norm and dropout run in the caller's thread
+ * (dropout draws its mask in order from the one generator). */
 #include "internal.h"
 
 #include <math.h>
@@ -32,7 +38,22 @@
 #define AVX2_CLONES
 #endif
 
-#define LANES 8 /* partial sums kept by the row reductions of layer norm */
+#define LANES 8 /* partial sums kept by the row reductions of layer norm: two v4d */
+
+/* 4 doubles, and unaligned views of 4 doubles or 4 floats in memory. Macros,
+ * not functions: a helper taking a 32-byte vector by value would be called
+ * with another ABI from the AVX2 clone than the one it was compiled for. */
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v4d_mem __attribute__((vector_size(32), aligned(8), may_alias));
+typedef float v4f_mem __attribute__((vector_size(16), aligned(4), may_alias));
+/* p[0..4) as v4d, p a const float * or const double * */
+#define LOAD4(p)                                                                       \
+    _Generic((p), const float *: __builtin_convertvector(*(const v4f_mem *)(p), v4d),  \
+             const double *: *(const v4d_mem *)(p))
+#define STORE4(p, v) (*(v4d_mem *)(p) = (v))
+/* the 8 lanes of a and b summed in a fixed order */
+#define HSUM8(a, b)                                                                    \
+    ((((a)[0] + (b)[0]) + ((a)[1] + (b)[1])) + (((a)[2] + (b)[2]) + ((a)[3] + (b)[3])))
 
 /* Record the node when a gradient is needed. Returns 0 when the tape could
  * not grow (error recorded), else 1; *node is the node or NULL. */
@@ -40,6 +61,26 @@ static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const
                   tg_op_call **node)
 {
     return tgi_record(ctx, op, out, in, n, node) == 0;
+}
+
+/* Work split over threads: fn(arg, u0, u1) on contiguous ranges of units
+ * [0, units), one range per thread, the thread count from the op's total
+ * work in elements (one range below tgi_threads_for's threshold). The
+ * kernels make each unit's result independent of the split, so the bits do
+ * not depend on the thread count. */
+typedef void (*range_fn)(const void *arg, int64_t u0, int64_t u1);
+static void run_ranges(tg_ctx *ctx, int64_t work, int64_t units, range_fn fn, const void *arg)
+{
+    int nt = work < TGI_PAR_MIN ? 1 : tgi_threads_for(ctx, work);
+    if (nt > units) nt = (int)units;
+    if (nt <= 1) {
+        if (units > 0) fn(arg, 0, units);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#endif
+    for (int t = 0; t < nt; t++) fn(arg, units * t / nt, units * (t + 1) / nt);
 }
 
 /* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
@@ -157,45 +198,72 @@ tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor
     return out;
 }
 
-/* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values,
- * k = x[0], in LANES partial sums. */
-#define ROW_SUMS(T, xr, n, k, s1, s2)                                                  \
+/* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values
+ * (T, from TGI_FLOAT_DISPATCH), in LANES partial sums. */
+#define ROW_SUMS(xr, n, k, s1, s2)                                                     \
     do {                                                                               \
-        double a1_[LANES] = {0}, a2_[LANES] = {0};                                     \
+        const v4d k_ = {(k), (k), (k), (k)};                                           \
+        v4d a1_ = {0}, a2_ = {0}, b1_ = {0}, b2_ = {0};                                \
         int64_t j_ = 0;                                                                \
-        for (; j_ + LANES <= (n); j_ += LANES)                                         \
-            for (int l_ = 0; l_ < LANES; l_++) {                                       \
-                const double d_ = (double)(xr)[j_ + l_] - (k);                         \
-                a1_[l_] += d_;                                                         \
-                a2_[l_] += d_ * d_;                                                    \
-            }                                                                          \
+        for (; j_ + LANES <= (n); j_ += LANES) {                                       \
+            const v4d d_ = LOAD4((const T *)(xr) + j_) - k_;                           \
+            const v4d e_ = LOAD4((const T *)(xr) + j_ + 4) - k_;                       \
+            a1_ += d_;                                                                 \
+            a2_ += d_ * d_;                                                            \
+            b1_ += e_;                                                                 \
+            b2_ += e_ * e_;                                                            \
+        }                                                                              \
+        (s1) = HSUM8(a1_, b1_);                                                        \
+        (s2) = HSUM8(a2_, b2_);                                                        \
         for (; j_ < (n); j_++) {                                                       \
             const double d_ = (double)(xr)[j_] - (k);                                  \
-            a1_[0] += d_;                                                              \
-            a2_[0] += d_ * d_;                                                         \
-        }                                                                              \
-        (s1) = 0;                                                                      \
-        (s2) = 0;                                                                      \
-        for (int l_ = 0; l_ < LANES; l_++) {                                           \
-            (s1) += a1_[l_];                                                           \
-            (s2) += a2_[l_];                                                           \
+            (s1) += d_;                                                                \
+            (s2) += d_ * d_;                                                           \
         }                                                                              \
     } while (0)
 
-/* Per row: one pass for the statistics, one for y = (x - mean) rstd w + b. */
-AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                                           const tg_tensor *b, double eps, double *saved)
+/* What the row kernels of layer norm read. */
+typedef struct {
+    tg_tensor *y;
+    const tg_tensor *x, *w, *b;
+    double eps;
+    double *saved;          /* mean, rstd per row */
+    const void *dy;         /* backward: the output's gradient */
+    void *dx;               /* backward: x's gradient, or NULL */
+    double *acc;            /* backward: per block of ROW_BLOCK rows, the dw then db sums [2 D] */
+    int64_t d, rows;
+} ln_args;
+
+/* Rows whose dw and db sums layer norm's backward keeps together: a fixed
+ * block, so how the rows are split over threads does not change the bits. */
+#define ROW_BLOCK 256
+
+static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1);
+
+/* Rows split over threads; each row independent. */
+static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                               const tg_tensor *b, double eps, double *saved)
 {
-    const int64_t d = x->ndim ? x->shape[x->ndim - 1] : 1, rows = d > 0 ? x->numel / d : 0;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *restrict pw = w ? w->data : NULL, *restrict pb = b ? b->data : NULL;
-        for (int64_t r = 0; r < rows; r++) {
-            const T *restrict xr = (const T *)x->data + r * d;
-            T *restrict yr = (T *)y->data + r * d;
+    const int64_t d = x->shape[x->ndim - 1], rows = d > 0 ? x->numel / d : 0;
+    const ln_args a = {.y = y, .x = x, .w = w, .b = b, .eps = eps, .saved = saved, .d = d};
+    run_ranges(x->ctx, x->numel, rows, layer_norm_rows, &a);
+}
+
+/* Rows [r0, r1): one pass for the statistics, one for y = (x - mean) rstd w + b. */
+AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
+{
+    const ln_args *a = arg;
+    const int64_t d = a->d;
+    double *saved = a->saved;
+    TGI_FLOAT_DISPATCH(a->x->dtype, {
+        const T *restrict pw = a->w ? a->w->data : NULL, *restrict pb = a->b ? a->b->data : NULL;
+        for (int64_t r = r0; r < r1; r++) {
+            const T *restrict xr = (const T *)a->x->data + r * d;
+            T *restrict yr = (T *)a->y->data + r * d;
             const double k = (double)xr[0];
             double s1, s2, mean, rstd;
-            ROW_SUMS(T, xr, d, k, s1, s2);
-            stats_from_sums(k, s1, s2, (double)d, eps, &mean, &rstd, NULL);
+            ROW_SUMS(xr, d, k, s1, s2);
+            stats_from_sums(k, s1, s2, (double)d, a->eps, &mean, &rstd, NULL);
             if (saved) {
                 saved[2 * r] = mean;
                 saved[2 * r + 1] = rstd;
@@ -215,58 +283,84 @@ AVX2_CLONES static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, con
     });
 }
 
+static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1);
+
 /* d y/dx = rstd (I - 1/D - xh xh^T / D) diag(w);  d y/dw = xh;  d y/db = 1 */
-AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
+static void layer_norm_backward(tg_op_call *c)
 {
     const tgi_attr *at = tgi_node_attr(c);
-    const int64_t rows = at->i[0], d = at->i[1];
+    const int64_t rows = at->i[0], d = at->i[1], blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
     tg_tensor *x = c->in[0], *w = at->i[2] ? c->in[at->i[2]] : NULL;
     tg_tensor *b = at->i[3] ? c->in[at->i[3]] : NULL;
-    const double *saved = c->saved;
     const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
     if (!c->out->grad || rows == 0 || !(need_x || need_w || need_b)) return;
-    /* column sums of dy xh and dy over the rows, in double */
-    double *acc_w = NULL, *acc_b = NULL;
-    if (need_w || need_b) {
-        acc_w = tg_scratch(c->ctx, (size_t)d * 2 * sizeof(double));
-        if (!acc_w) return;
-        acc_b = acc_w + d;
-        memset(acc_w, 0, (size_t)d * 2 * sizeof(double));
+    ln_args a = {.x = x, .w = w, .saved = c->saved, .dy = c->out->grad, .d = d, .rows = rows};
+    if (need_w || need_b) { /* per-block column sums of dy xh and dy, then their total */
+        a.acc = tg_scratch(c->ctx, (size_t)(blocks + 1) * 2 * (size_t)d * sizeof(double));
+        if (!a.acc) return;
+        memset(a.acc, 0, (size_t)blocks * 2 * (size_t)d * sizeof(double));
     }
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *restrict dy = c->out->grad;
-        const T *restrict pw = w ? w->data : NULL;
-        T *restrict dx = need_x ? tg_grad_acc(x) : NULL;
-        if (need_x && !dx) return;
-        for (int64_t r = 0; r < rows; r++) {
-            const T *restrict xr = (const T *)x->data + r * d, *restrict dyr = dy + r * d;
+    if (need_x && !(a.dx = tg_grad_acc(x))) return;
+    run_ranges(c->ctx, x->numel, blocks, layer_norm_backward_blocks, &a);
+    if (!a.acc) return;
+    double *total = a.acc + blocks * 2 * d;
+    for (int64_t j = 0; j < 2 * d; j++) {
+        double t = 0;
+        for (int64_t k = 0; k < blocks; k++) t += a.acc[k * 2 * d + j];
+        total[j] = t;
+    }
+    if (need_w) grad_add_sums(w, total);
+    if (need_b) grad_add_sums(b, total + d);
+}
+
+/* Blocks [b0, b1) of ROW_BLOCK rows: per row one pass for sum g, sum g xh
+ * (g = dy w) and the block's column sums, one for dx. */
+AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
+{
+    const ln_args *a = arg;
+    const int64_t d = a->d;
+    const double *saved = a->saved;
+    TGI_FLOAT_DISPATCH(a->x->dtype, {
+        const T *restrict dy = a->dy;
+        const T *restrict pw = a->w ? a->w->data : NULL;
+        T *restrict dx = a->dx;
+        const int64_t r1 = b1 * ROW_BLOCK < a->rows ? b1 * ROW_BLOCK : a->rows;
+        for (int64_t r = b0 * ROW_BLOCK; r < r1; r++) {
+            double *restrict acc_w = a->acc ? a->acc + (r / ROW_BLOCK) * 2 * d : NULL;
+            double *restrict acc_b = acc_w ? acc_w + d : NULL;
+            const T *restrict xr = (const T *)a->x->data + r * d, *restrict dyr = dy + r * d;
             const double mean = saved[2 * r], rstd = saved[2 * r + 1];
-            if (acc_w)
-                for (int64_t j = 0; j < d; j++) {
-                    const double xh = ((double)xr[j] - mean) * rstd;
-                    acc_w[j] += (double)dyr[j] * xh;
-                    acc_b[j] += (double)dyr[j];
-                }
-            if (!dx) continue;
-            /* sg = sum g, sgx = sum g xh with g = dy w, in LANES partial sums */
-            double a1[LANES] = {0}, a2[LANES] = {0};
+            const v4d mv = {mean, mean, mean, mean}, rv = {rstd, rstd, rstd, rstd};
+            v4d a1 = {0}, a2 = {0}, c1 = {0}, c2 = {0};
             int64_t j = 0;
-            for (; j + LANES <= d; j += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    const double g = pw ? (double)dyr[j + l] * (double)pw[j + l] : (double)dyr[j + l];
-                    a1[l] += g;
-                    a2[l] += g * (((double)xr[j + l] - mean) * rstd);
+            for (; j + LANES <= d; j += LANES) {
+                const v4d dy0 = LOAD4(dyr + j), dy1 = LOAD4(dyr + j + 4);
+                const v4d xh0 = (LOAD4(xr + j) - mv) * rv, xh1 = (LOAD4(xr + j + 4) - mv) * rv;
+                const v4d g0 = pw ? dy0 * LOAD4(pw + j) : dy0;
+                const v4d g1 = pw ? dy1 * LOAD4(pw + j + 4) : dy1;
+                a1 += g0;
+                a2 += g0 * xh0;
+                c1 += g1;
+                c2 += g1 * xh1;
+                if (acc_w) {
+                    STORE4(acc_w + j, *(const v4d_mem *)(acc_w + j) + dy0 * xh0);
+                    STORE4(acc_w + j + 4, *(const v4d_mem *)(acc_w + j + 4) + dy1 * xh1);
+                    STORE4(acc_b + j, *(const v4d_mem *)(acc_b + j) + dy0);
+                    STORE4(acc_b + j + 4, *(const v4d_mem *)(acc_b + j + 4) + dy1);
                 }
+            }
+            double sg = HSUM8(a1, c1), sgx = HSUM8(a2, c2);
             for (; j < d; j++) {
-                const double g = pw ? (double)dyr[j] * (double)pw[j] : (double)dyr[j];
-                a1[0] += g;
-                a2[0] += g * (((double)xr[j] - mean) * rstd);
+                const double dyj = (double)dyr[j], xh = ((double)xr[j] - mean) * rstd;
+                const double g = pw ? dyj * (double)pw[j] : dyj;
+                sg += g;
+                sgx += g * xh;
+                if (acc_w) {
+                    acc_w[j] += dyj * xh;
+                    acc_b[j] += dyj;
+                }
             }
-            double sg = 0, sgx = 0;
-            for (int l = 0; l < LANES; l++) {
-                sg += a1[l];
-                sgx += a2[l];
-            }
+            if (!dx) continue;
             const T mg = (T)(sg / (double)d), mgx = (T)(sgx / (double)d);
             const T kt = xr[0], m1 = (T)(mean - (double)kt), rs = (T)rstd;
             T *restrict dxr = dx + r * d;
@@ -278,8 +372,6 @@ AVX2_CLONES static void layer_norm_backward(tg_op_call *c)
                     dxr[jj] += rs * (dyr[jj] - mg - ((xr[jj] - kt) - m1) * rs * mgx);
         }
     });
-    if (need_w) grad_add_sums(w, acc_w);
-    if (need_b) grad_add_sums(b, acc_b);
 }
 
 /* ======================================================================== */
@@ -325,7 +417,8 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
         tg_set_error(ctx, "%s: x %s must be [N,C] or [N,C,H,W]", fn, TGI_SHAPE(x, bx));
         return NULL;
     }
-    const int64_t nb = x->shape[0], ch = x->shape[1], sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
+    const int64_t nb = x->shape[0], ch = x->shape[1],
+                  sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
     if (!training && (!running_mean || !running_var)) {
         tg_set_error(ctx, "%s: eval mode (training 0) normalises with the running statistics, "
                           "but running_%s is NULL (x %s)",
@@ -484,7 +577,8 @@ static void batch_norm_backward(tg_op_call *c)
                     if (training) {
                         const T mdy = (T)(sdy[ci] * inv_m), mdyx = (T)(sdyx[ci] * inv_m);
                         for (int64_t s = 0; s < sp; s++)
-                            dx[o + s] += gs * (dy[o + s] - mdy - ((px[o + s] - k) - m1) * rs * mdyx);
+                            dx[o + s] +=
+                                gs * (dy[o + s] - mdy - ((px[o + s] - k) - m1) * rs * mdyx);
                     } else {
                         for (int64_t s = 0; s < sp; s++) dx[o + s] += gs * dy[o + s];
                     }

@@ -11,8 +11,7 @@
 
 #define EMBED_NAME_MAX 256 /* longest parameter name built here, with its NUL */
 
-int tg_embed_init(tg_ctx *ctx, tg_embed *e, const char *name, int64_t num, int64_t dim,
-                  tg_dtype dt)
+int tg_embed_init(tg_ctx *ctx, tg_embed *e, const char *name, int64_t num, int64_t dim, tg_dtype dt)
 {
     static const char fn[] = "tg_embed_init";
     if (!ctx) return -1;

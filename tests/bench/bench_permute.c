@@ -61,10 +61,11 @@ int main(int argc, char **argv)
         }
         qsort(t, (size_t)reps, sizeof *t, cmp);
         qsort(tb, (size_t)reps, sizeof *tb, cmp);
-        printf("  {\"perm\": [%d,%d,%d,%d], \"forward_us_best\": %.1f, \"forward_us_median\": %.1f, "
-               "\"backward_us_best\": %.1f, \"backward_us_median\": %.1f}%s\n",
-               perms[p][0], perms[p][1], perms[p][2], perms[p][3], t[0], t[reps / 2], tb[0],
-               tb[reps / 2], p + 1 < sizeof perms / sizeof perms[0] ? "," : "");
+        printf(
+            "  {\"perm\": [%d,%d,%d,%d], \"forward_us_best\": %.1f, \"forward_us_median\": %.1f, "
+            "\"backward_us_best\": %.1f, \"backward_us_median\": %.1f}%s\n",
+            perms[p][0], perms[p][1], perms[p][2], perms[p][3], t[0], t[reps / 2], tb[0],
+            tb[reps / 2], p + 1 < sizeof perms / sizeof perms[0] ? "," : "");
     }
     printf("]}\n");
     if (!tg_ok(ctx)) fprintf(stderr, "%s\n", tg_errmsg(ctx));

@@ -15,8 +15,14 @@
 
 static tg_ctx *ctx;
 
-static void setup(void) { ctx = tg_ctx_new(99); }
-static void teardown(void) { tg_ctx_free(ctx); }
+static void setup(void)
+{
+    ctx = tg_ctx_new(99);
+}
+static void teardown(void)
+{
+    tg_ctx_free(ctx);
+}
 
 TestSuite(bmm, .init = setup, .fini = teardown);
 
@@ -28,10 +34,23 @@ typedef struct {
 Test(bmm, matches_pytorch)
 {
     const ref_case cases[] = {
-        {{4, {2, 1, 3, 4}}, {3, {5, 4, 2}}, {4, {2, 5, 3, 2}}, REF_bmm_4x3_y, REF_bmm_4x3_d0,
+        {{4, {2, 1, 3, 4}},
+         {3, {5, 4, 2}},
+         {4, {2, 5, 3, 2}},
+         REF_bmm_4x3_y,
+         REF_bmm_4x3_d0,
          REF_bmm_4x3_d1},
-        {{2, {3, 4}}, {3, {2, 4, 5}}, {3, {2, 3, 5}}, REF_bmm_2x3_y, REF_bmm_2x3_d0, REF_bmm_2x3_d1},
-        {{3, {2, 3, 4}}, {3, {2, 4, 2}}, {3, {2, 3, 2}}, REF_bmm_3x3_y, REF_bmm_3x3_d0,
+        {{2, {3, 4}},
+         {3, {2, 4, 5}},
+         {3, {2, 3, 5}},
+         REF_bmm_2x3_y,
+         REF_bmm_2x3_d0,
+         REF_bmm_2x3_d1},
+        {{3, {2, 3, 4}},
+         {3, {2, 4, 2}},
+         {3, {2, 3, 2}},
+         REF_bmm_3x3_y,
+         REF_bmm_3x3_d0,
          REF_bmm_3x3_d1},
     };
     for (int k = 0; k < 3; k++) {
@@ -91,14 +110,15 @@ static const struct {
     {{4, {2, 3, 2, 3}}, {4, {2, 3, 3, 2}}},
     {{4, {1, 3, 2, 3}}, {4, {2, 1, 3, 2}}}, /* both broadcast */
     {{3, {1, 2, 3}}, {2, {3, 2}}},
-    {{3, {0, 2, 3}}, {2, {3, 2}}},       /* empty batch */
+    {{3, {0, 2, 3}}, {2, {3, 2}}}, /* empty batch */
 };
 #define N_SHAPES (int)(sizeof SHAPES / sizeof SHAPES[0])
 
 Test(bmm, gradcheck_broadcast_batches)
 {
     for (int k = 0; k < N_SHAPES; k++) {
-        tg_tensor *in[2] = {rnd(ctx, TG_F64, SHAPES[k].a, -1, 1), rnd(ctx, TG_F64, SHAPES[k].b, -1, 1)};
+        tg_tensor *in[2] = {rnd(ctx, TG_F64, SHAPES[k].a, -1, 1),
+                            rnd(ctx, TG_F64, SHAPES[k].b, -1, 1)};
         proj p = {NULL};
         gradcheck_ok(ctx, fn_bmm, &p, in, 2, "batched tg_matmul");
         if (tg_numel(in[0]) > 0) assert_grads_nonzero(ctx, fn_bmm, &p, in, 2, LOSS_SELF, "bmm");
@@ -128,19 +148,23 @@ Test(bmm, entries_are_the_2d_products)
         tg_tensor *da = tg_new(ctx, dt, 4, tg_shape(a)), *db = tg_new(ctx, dt, 3, tg_shape(b));
         for (int i = 0; i < 2; i++) {
             for (int j = 0; j < 3; j++) {
-                tg_tensor *ai = tg_from(ctx, dt, 2, (int64_t[]){5, 7}, (char *)tg_data(a) + i * 35 * es);
-                tg_tensor *bj = tg_from(ctx, dt, 2, (int64_t[]){7, 6}, (char *)tg_data(b) + j * 42 * es);
+                tg_tensor *ai =
+                    tg_from(ctx, dt, 2, (int64_t[]){5, 7}, (char *)tg_data(a) + i * 35 * es);
+                tg_tensor *bj =
+                    tg_from(ctx, dt, 2, (int64_t[]){7, 6}, (char *)tg_data(b) + j * 42 * es);
                 tg_set_requires_grad(ai, 1);
                 tg_set_requires_grad(bj, 1);
                 tg_tensor *yij = tg_matmul(ctx, ai, bj);
-                cr_assert_eq(memcmp(tg_data(yij), (char *)tg_data(y) + (i * 3 + j) * 30 * es,
-                                    30 * es),
-                             0, "entry [%d,%d] differs from the 2-D product", i, j);
+                cr_assert_eq(
+                    memcmp(tg_data(yij), (char *)tg_data(y) + (i * 3 + j) * 30 * es, 30 * es), 0,
+                    "entry [%d,%d] differs from the 2-D product", i, j);
                 tg_tensor *gij = tg_from(ctx, dt, 2, (int64_t[]){5, 6},
                                          (char *)tg_data(g) + (i * 3 + j) * 30 * es);
                 tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, yij, gij)));
-                for (int64_t e = 0; e < 35; e++) set_at(da, i * 35 + e, at(da, i * 35 + e) + grad_at(ai, e));
-                for (int64_t e = 0; e < 42; e++) set_at(db, j * 42 + e, at(db, j * 42 + e) + grad_at(bj, e));
+                for (int64_t e = 0; e < 35; e++)
+                    set_at(da, i * 35 + e, at(da, i * 35 + e) + grad_at(ai, e));
+                for (int64_t e = 0; e < 42; e++)
+                    set_at(db, j * 42 + e, at(db, j * 42 + e) + grad_at(bj, e));
             }
         }
         for (int64_t e = 0; e < tg_numel(a); e++)
@@ -160,7 +184,8 @@ static tg_tensor *raw_bmm(tg_ctx *c, tg_tensor *const *in, void *user)
 Test(bmm, f32_agrees_with_f64)
 {
     for (int k = 0; k < N_SHAPES; k++) {
-        tg_tensor *in[2] = {rnd(ctx, TG_F64, SHAPES[k].a, -1, 1), rnd(ctx, TG_F64, SHAPES[k].b, -1, 1)};
+        tg_tensor *in[2] = {rnd(ctx, TG_F64, SHAPES[k].a, -1, 1),
+                            rnd(ctx, TG_F64, SHAPES[k].b, -1, 1)};
         f32_agrees_with_f64(ctx, raw_bmm, NULL, in, 2, "batched tg_matmul");
         tg_reset(ctx);
     }
@@ -169,7 +194,8 @@ Test(bmm, f32_agrees_with_f64)
 /* 2-D x 2-D is still the "matmul" node; a batch makes a "bmm" node */
 Test(bmm, two_d_keeps_its_node)
 {
-    tg_tensor *a = rnd(ctx, TG_F64, (shp){2, {3, 4}}, -1, 1), *b = rnd(ctx, TG_F64, (shp){2, {4, 2}}, -1, 1);
+    tg_tensor *a = rnd(ctx, TG_F64, (shp){2, {3, 4}}, -1, 1),
+              *b = rnd(ctx, TG_F64, (shp){2, {4, 2}}, -1, 1);
     tg_tensor *a3 = rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, -1, 1);
     tg_set_requires_grad(a, 1);
     tg_set_requires_grad(a3, 1);
@@ -192,8 +218,8 @@ Test(bmm, bad_arguments)
     tg_tensor *bf = rnd(ctx, TG_F32, (shp){3, {2, 4, 5}}, -1, 1);
     tg_set_requires_grad(a3, 1);
     int64_t tape = tg_tape_len(ctx);
-    assert_null_err(ctx, tg_matmul(ctx, a3, b3), "tg_matmul", "batch dimensions cannot be broadcast",
-                    "a is [2,3,4], b is [3,4,5]");
+    assert_null_err(ctx, tg_matmul(ctx, a3, b3), "tg_matmul",
+                    "batch dimensions cannot be broadcast", "a is [2,3,4], b is [3,4,5]");
     assert_null_err(ctx, tg_matmul(ctx, a3, b4), "tg_matmul", "inner dimensions differ",
                     "a is [2,3,4], b is [2,5,5]");
     assert_null_err(ctx, tg_matmul(ctx, a3, v), "tg_matmul", "at least 2 dims", "b is [4]");

@@ -18,8 +18,14 @@
 
 static tg_ctx *ctx;
 
-static void setup(void) { ctx = tg_ctx_new(4242); }
-static void teardown(void) { tg_ctx_free(ctx); }
+static void setup(void)
+{
+    ctx = tg_ctx_new(4242);
+}
+static void teardown(void)
+{
+    tg_ctx_free(ctx);
+}
 
 TestSuite(index, .init = setup, .fini = teardown);
 
@@ -143,15 +149,15 @@ Test(index, permute_every_perm_against_index_loops)
                 tg_set_requires_grad(x, 1);
                 tg_tensor *y = tg_permute(ctx, x, perm);
                 cr_assert_not_null(y, "%s", tg_errmsg(ctx));
-                tg_tensor *w = rnd(ctx, tg_dtype_of(y), (shp){4, {tg_dim(y, 0), tg_dim(y, 1),
-                                                              tg_dim(y, 2), tg_dim(y, 3)}},
-                                   -1, 1);
+                tg_tensor *w =
+                    rnd(ctx, tg_dtype_of(y),
+                        (shp){4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2), tg_dim(y, 3)}}, -1, 1);
                 tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, w)));
                 int64_t ix[4] = {0}, jx[4];
                 do { /* ix indexes y; x's index has ix[k] on axis perm[k] */
                     for (int k = 0; k < 4; k++) jx[perm[k]] = ix[k];
-                    cr_assert_eq(at(y, flat(y, ix)), at(x, flat(x, jx)), "perm %d%d%d%d",
-                                 perm[0], perm[1], perm[2], perm[3]);
+                    cr_assert_eq(at(y, flat(y, ix)), at(x, flat(x, jx)), "perm %d%d%d%d", perm[0],
+                                 perm[1], perm[2], perm[3]);
                     cr_assert_eq(grad_at(x, flat(x, jx)), at(w, flat(y, ix)));
                 } while (next_index(4, tg_shape(y), ix));
                 tg_reset(ctx);
@@ -173,8 +179,9 @@ Test(index, permute_same_bits_for_any_thread_count)
             tg_tensor *x = rnd(c, TG_F32, (shp){4, {16, 70, 4, 40}}, -1, 1);
             tg_set_requires_grad(x, 1);
             tg_tensor *y = tg_permute(c, x, perms[k]);
-            tg_tensor *w = rnd(c, TG_F32, (shp){4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2),
-                                                    tg_dim(y, 3)}}, -1, 1);
+            tg_tensor *w =
+                rnd(c, TG_F32, (shp){4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2), tg_dim(y, 3)}},
+                    -1, 1);
             tg_backward(c, tg_sum(c, tg_mul(c, y, w)));
             cr_assert(tg_ok(c), "%s", tg_errmsg(c));
             h[nt - 1][0] = tg_hash(y);
@@ -192,10 +199,14 @@ Test(index, permute_gradcheck)
         shp s;
         int perm[4];
     } cases[] = {
-        {{4, {2, 3, 4, 5}}, {3, 1, 0, 2}}, {{4, {2, 3, 4, 5}}, {0, 1, 2, 3}}, /* identity */
-        {{4, {2, 3, 4, 5}}, {0, 2, 1, 3}}, {{3, {3, 1, 4}}, {2, 0, 1}},
-        {{2, {3, 5}}, {1, 0}},             {{1, {6}}, {0}},
-        {{0, {0}}, {0}},                   {{3, {2, 0, 3}}, {2, 1, 0}}, /* empty */
+        {{4, {2, 3, 4, 5}}, {3, 1, 0, 2}},
+        {{4, {2, 3, 4, 5}}, {0, 1, 2, 3}}, /* identity */
+        {{4, {2, 3, 4, 5}}, {0, 2, 1, 3}},
+        {{3, {3, 1, 4}}, {2, 0, 1}},
+        {{2, {3, 5}}, {1, 0}},
+        {{1, {6}}, {0}},
+        {{0, {0}}, {0}},
+        {{3, {2, 0, 3}}, {2, 1, 0}}, /* empty */
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         perm_arg a = {.p = {0}};
@@ -362,8 +373,7 @@ Test(index, slice_bad_arguments)
     assert_null_err(ctx, tg_slice(ctx, NULL, 0, 0, 1), "tg_slice", "x is NULL", NULL);
     assert_null_err(ctx, tg_slice(ctx, s0, 0, 0, 1), "tg_slice", "0-dim", NULL);
     assert_unchanged(s, "tg_slice");
-    assert_null_err(ctx, tg_slice(ctx, convert(ctx, x, TG_I32), 0, 0, 1), "tg_slice", "i32",
-                    NULL);
+    assert_null_err(ctx, tg_slice(ctx, convert(ctx, x, TG_I32), 0, 0, 1), "tg_slice", "i32", NULL);
 }
 
 /* ---- tg_concat ------------------------------------------------------------ */
@@ -437,16 +447,15 @@ Test(index, concat_any_n_every_axis)
                 int k = 0;
                 memcpy(jx, ix, sizeof jx);
                 while (jx[a] >= tg_dim(xs[k], a)) jx[a] -= tg_dim(xs[k++], a);
-                cr_assert_eq(at(y, flat(y, ix)), at(xs[k], flat(xs[k], jx)), "n %d axis %d", n,
-                             ax);
+                cr_assert_eq(at(y, flat(y, ix)), at(xs[k], flat(xs[k], jx)), "n %d axis %d", n, ax);
             } while (next_index(3, tg_shape(y), ix));
             if (n <= 17) { /* the finite differences of 70 inputs are slow and add nothing */
                 concat_arg arg = {n, ax, {0}};
                 gradcheck_ok(ctx, fn_concat, &arg, xs, n, "tg_concat");
             } else {
                 for (int k = 0; k < n; k++) tg_set_requires_grad(xs[k], 1);
-                tg_tensor *w = rnd(ctx, TG_F64, (shp){3, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2)}},
-                                   -1, 1);
+                tg_tensor *w =
+                    rnd(ctx, TG_F64, (shp){3, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2)}}, -1, 1);
                 tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, tg_concat(ctx, xs, n, ax), w)));
                 memset(ix, 0, sizeof ix);
                 do {
@@ -530,17 +539,13 @@ Test(index, concat_bad_arguments)
                     "axis 2 is out of range", "xs[0] [2,3]");
     assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, b}, 2, -3), "tg_concat", "axis -3",
                     NULL);
-    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, af}, 2, 0), "tg_concat", "f64",
-                    "f32");
-    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, ai}, 2, 0), "tg_concat", "xs[1]",
-                    "i32");
+    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, af}, 2, 0), "tg_concat", "f64", "f32");
+    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, ai}, 2, 0), "tg_concat", "xs[1]", "i32");
     assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a, NULL}, 2, 0), "tg_concat",
                     "xs[1] is NULL", NULL);
-    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a}, 0, 0), "tg_concat", "n >= 1",
-                    "n = 0");
+    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){a}, 0, 0), "tg_concat", "n >= 1", "n = 0");
     assert_null_err(ctx, tg_concat(ctx, NULL, 2, 0), "tg_concat", "xs NULL", NULL);
-    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){s0, s0}, 2, 0), "tg_concat", "0-dim",
-                    NULL);
+    assert_null_err(ctx, tg_concat(ctx, (tg_tensor *[]){s0, s0}, 2, 0), "tg_concat", "0-dim", NULL);
     /* a mismatch in the 12th of 12 tensors: nothing of the first 8 is recorded */
     tg_tensor *many[12];
     for (int k = 0; k < 12; k++) many[k] = k < 11 ? a : b;

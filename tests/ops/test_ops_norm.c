@@ -212,6 +212,7 @@ static const shp LN_SHAPES[] = {
     {3, {2, 3, 5}},     /* odd sizes, 3-D */
     {4, {2, 1, 3, 4}},  /* 4-D */
     {2, {4, 1}},        /* D = 1: y = b, dx = 0 */
+    {2, {2, 19}},       /* the 8-lane vector loops and a tail of 3 */
 };
 
 Test(norm, layer_norm_gradcheck_every_input)
@@ -221,23 +222,31 @@ Test(norm, layer_norm_gradcheck_every_input)
             shp sh = LN_SHAPES[s];
             ncase k = {.has_w = wb & 1, .has_b = wb >> 1};
             char what[96];
-            snprintf(what, sizeof what, "layer_norm shape %zu weight %d bias %d", s, k.has_w, k.has_b);
+            snprintf(what, sizeof what, "layer_norm shape %zu weight %d bias %d", s, k.has_w,
+                     k.has_b);
             check_case(fn_ln, &k, sh, sh.shape[sh.ndim - 1], sh.shape[sh.ndim - 1] > 1, what);
             tg_reset(ctx);
         }
 }
 
-Test(norm, layer_norm_matches_pytorch)
+/* y = layer_norm(x, w, b) with all three requiring grad, then backward from
+ * sum(r * y); returns y */
+static tg_tensor *ln_with_grads(tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_tensor *r)
 {
-    tg_tensor *x = formula_x(TG_F64, (shp){2, {3, 5}}, 0);
-    tg_tensor *w = formula(TG_F64, (shp){1, {5}}, fw), *b = formula(TG_F64, (shp){1, {5}}, fb);
-    tg_tensor *r = formula(TG_F64, (shp){2, {3, 5}}, fr);
     tg_set_requires_grad(x, 1);
     tg_set_requires_grad(w, 1);
     tg_set_requires_grad(b, 1);
     tg_tensor *y = tg_layer_norm(ctx, x, w, b, 1e-5);
     tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, r)));
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    return y;
+}
+
+Test(norm, layer_norm_matches_pytorch)
+{
+    tg_tensor *x = formula_x(TG_F64, (shp){2, {3, 5}}, 0);
+    tg_tensor *w = formula(TG_F64, (shp){1, {5}}, fw), *b = formula(TG_F64, (shp){1, {5}}, fb);
+    tg_tensor *y = ln_with_grads(x, w, b, formula(TG_F64, (shp){2, {3, 5}}, fr));
     assert_close(y, LN_Y, 15, 1e-13, 0, "y");
     assert_close(x, LN_DX, 15, 1e-12, 1, "dx");
     assert_close(w, LN_DW, 5, 1e-12, 1, "dw");
@@ -257,14 +266,116 @@ Test(norm, layer_norm_large_offset)
         for (int r = 0; r < 2; r++) { /* two-pass reference in double, on x as stored */
             double m = 0, v = 0;
             for (int j = 0; j < 64; j++) m += at(x, r * 64 + j) / 64;
-            for (int j = 0; j < 64; j++) v += (at(x, r * 64 + j) - m) * (at(x, r * 64 + j) - m) / 64;
+            for (int j = 0; j < 64; j++)
+                v += (at(x, r * 64 + j) - m) * (at(x, r * 64 + j) - m) / 64;
             for (int j = 0; j < 64; j++) {
                 double want = (at(x, r * 64 + j) - m) / sqrt(v);
-                cr_assert(fabs(at(y, r * 64 + j) - want) < (d ? 1e-5 : 1e-9), "%s [%d,%d]: %g vs %g",
-                          tg_dtype_name(dt), r, j, at(y, r * 64 + j), want);
+                cr_assert(fabs(at(y, r * 64 + j) - want) < (d ? 1e-5 : 1e-9),
+                          "%s [%d,%d]: %g vs %g", tg_dtype_name(dt), r, j, at(y, r * 64 + j), want);
             }
         }
     }
+}
+
+/* rows with a mean of 1e6 in f32 through batch norm too (the channel's
+ * first value is its shift) */
+Test(norm, batch_norm_large_offset)
+{
+    tg_tensor *x = tg_new(ctx, TG_F32, 2, (int64_t[]){64, 2});
+    for (int64_t i = 0; i < 128; i++) set_at(x, i, 1e6 + sin(1.7 * (double)i));
+    tg_tensor *y = tg_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 1, 0.1, 0);
+    cr_assert_not_null(y, "%s", tg_errmsg(ctx));
+    for (int c = 0; c < 2; c++) {
+        double m = 0, v = 0;
+        for (int n = 0; n < 64; n++) m += at(x, n * 2 + c) / 64;
+        for (int n = 0; n < 64; n++) v += (at(x, n * 2 + c) - m) * (at(x, n * 2 + c) - m) / 64;
+        for (int n = 0; n < 64; n++) {
+            double want = (at(x, n * 2 + c) - m) / sqrt(v);
+            cr_assert(fabs(at(y, n * 2 + c) - want) < 1e-5, "[%d,%d]: %g vs %g", n, c,
+                      at(y, n * 2 + c), want);
+        }
+    }
+}
+
+/* ---- all three: empty tensors, and backward adds ---------------------------- */
+
+Test(norm, empty_tensors)
+{
+    tg_tensor *x = tg_new(ctx, TG_F64, 2, (int64_t[]){0, 5});
+    tg_set_requires_grad(x, 1);
+    tg_tensor *ys[3] = {tg_layer_norm(ctx, x, NULL, NULL, 1e-5),
+                        tg_batch_norm(ctx, x, rand1(ctx, TG_F64, 5, 0, 1),
+                                      rand1(ctx, TG_F64, 5, 1, 2), NULL, NULL, 0, 0.1, 1e-5),
+                        tg_dropout(ctx, x, 0.5, 1)};
+    for (int k = 0; k < 3; k++) {
+        cr_assert_not_null(ys[k], "op %d: %s", k, tg_errmsg(ctx));
+        cr_assert_eq(tg_numel(ys[k]), 0);
+        tg_backward(ctx, tg_sum(ctx, ys[k]));
+        cr_assert(tg_ok(ctx), "op %d: %s", k, tg_errmsg(ctx));
+    }
+}
+
+/* x feeds the op twice (y = op(x) + x) and backward runs twice: every
+ * gradient is exactly twice the first one */
+static tg_tensor *fn_ln_plus_x(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_layer_norm(c, in[0], in[1], in[2], 1e-5), in[0]);
+}
+static tg_tensor *fn_bn_plus_x(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_batch_norm(c, in[0], NULL, NULL, in[1], in[2], 1, 0.1, 1e-5), in[0]);
+}
+
+Test(norm, backward_adds_into_gradients)
+{
+    tg_fn fns[2] = {fn_ln_plus_x, fn_bn_plus_x};
+    for (int k = 0; k < 2; k++) {
+        tg_tensor *in[3] = {rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2),
+                            rand1(ctx, TG_F64, 4, 0.5, 1.5), rand1(ctx, TG_F64, 4, -1, 1)};
+        for (int i = 0; i < 3; i++) tg_set_requires_grad(in[i], 1);
+        tg_tensor *r = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -1, 1);
+        tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, fns[k](ctx, in, NULL), r));
+        tg_backward(ctx, loss);
+        double first[3][24];
+        for (int i = 0; i < 3; i++)
+            for (int64_t j = 0; j < tg_numel(in[i]); j++) first[i][j] = grad_at(in[i], j);
+        tg_backward(ctx, loss);
+        for (int i = 0; i < 3; i++)
+            for (int64_t j = 0; j < tg_numel(in[i]); j++)
+                cr_assert(fabs(grad_at(in[i], j) - 2 * first[i][j]) < 1e-12,
+                          "op %d input %d [%lld]", k, i, (long long)j);
+        in[0] = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -2, 2); /* and the gradcheck of the sum */
+        gradcheck_ok(ctx, fns[k], NULL, in, 3, k ? "batch_norm + x" : "layer_norm + x");
+        tg_reset(ctx);
+    }
+}
+
+/* layer norm splits rows over threads (forward) and blocks of rows
+ * (backward): 1 and 2 threads give the same bits */
+Test(norm, layer_norm_same_bits_on_1_and_2_threads)
+{
+    /* 90300 elements: above the threading threshold; f64, where a different
+     * order of the double sums would show */
+    const int64_t sh[2] = {300, 301};
+    uint64_t h[2][4];
+    for (int k = 0; k < 2; k++) {
+        tg_reset(ctx);
+        tg_seed(ctx, 4);
+        tg_set_threads(ctx, k + 1);
+        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {sh[0], sh[1]}}, -2, 2);
+        tg_tensor *w = rand1(ctx, TG_F64, sh[1], 0.5, 1.5), *b = rand1(ctx, TG_F64, sh[1], -1, 1);
+        tg_tensor *y = ln_with_grads(x, w, b, rnd(ctx, TG_F64, (shp){2, {sh[0], sh[1]}}, -1, 1));
+        tg_tensor *gx = tg_from(ctx, TG_F64, 2, sh, tg_grad(x));
+        tg_tensor *gw = tg_from(ctx, TG_F64, 1, &sh[1], tg_grad(w));
+        tg_tensor *gb = tg_from(ctx, TG_F64, 1, &sh[1], tg_grad(b));
+        h[k][0] = tg_hash(y);
+        h[k][1] = tg_hash(gx);
+        h[k][2] = tg_hash(gw);
+        h[k][3] = tg_hash(gb);
+    }
+    for (int i = 0; i < 4; i++) cr_assert_eq(h[0][i], h[1][i], "result %d differs", i);
 }
 
 /* ---- batch norm ----------------------------------------------------------- */
@@ -353,7 +464,8 @@ Test(norm, batch_norm_training_without_running_stats)
 {
     shp s = {4, {3, 2, 2, 2}};
     tg_tensor *x = rnd(ctx, TG_F64, s, -2, 2);
-    tg_tensor *rm = tg_new(ctx, TG_F64, 1, (int64_t[]){2}), *rv = tg_new(ctx, TG_F64, 1, (int64_t[]){2});
+    tg_tensor *rm = tg_new(ctx, TG_F64, 1, (int64_t[]){2}),
+              *rv = tg_new(ctx, TG_F64, 1, (int64_t[]){2});
     tg_tensor *y1 = tg_batch_norm(ctx, x, NULL, NULL, NULL, NULL, 1, 0.1, 1e-5);
     tg_tensor *y2 = tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 1, 0.1, 1e-5);
     cr_assert(y1 && y2, "%s", tg_errmsg(ctx));
@@ -377,10 +489,12 @@ Test(norm, batch_norm_eval_backward_uses_saved_stats)
     tg_tensor *x = rnd(ctx, TG_F64, s, -2, 2), *r = rnd(ctx, TG_F64, s, -1, 1);
     tg_tensor *rm = rand1(ctx, TG_F64, 3, -0.5, 0.5), *rv = rand1(ctx, TG_F64, 3, 0.5, 1.5);
     tg_set_requires_grad(x, 1);
-    tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 0, 0.1, 1e-5), r));
+    tg_tensor *loss =
+        tg_sum(ctx, tg_mul(ctx, tg_batch_norm(ctx, x, rm, rv, NULL, NULL, 0, 0.1, 1e-5), r));
     double want[12];
     for (int i = 0; i < 12; i++) want[i] = at(r, i) / sqrt(at(rv, i % 3) + 1e-5);
-    cr_assert_not_null(tg_batch_norm(ctx, rnd(ctx, TG_F64, s, 5, 9), rm, rv, NULL, NULL, 1, 0.9, 1e-5));
+    cr_assert_not_null(
+        tg_batch_norm(ctx, rnd(ctx, TG_F64, s, 5, 9), rm, rv, NULL, NULL, 1, 0.9, 1e-5));
     tg_backward(ctx, loss);
     assert_close(x, want, 12, 1e-14, 1, "dx");
 }
@@ -441,7 +555,8 @@ Test(norm, dropout_identity_cases)
     const int train[2] = {1, 0};
     for (int k = 0; k < 2; k++) {
         tg_reset(ctx);
-        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -2, 2), *r = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -1, 1);
+        tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -2, 2),
+                  *r = rnd(ctx, TG_F64, (shp){2, {4, 6}}, -1, 1);
         tg_set_requires_grad(x, 1);
         tg_seed(ctx, 11);
         tg_tensor *y = tg_dropout(ctx, x, ps[k], train[k]);
@@ -496,8 +611,10 @@ Test(norm, f32_matches_f64)
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         tg_reset(ctx);
-        tg_tensor *x64 = rnd(ctx, TG_F64, cases[k].s, -2, 2), *r64 = rnd(ctx, TG_F64, cases[k].s, -1, 1);
-        tg_tensor *w64 = rand1(ctx, TG_F64, cases[k].nf, 0.5, 1.5), *b64 = rand1(ctx, TG_F64, cases[k].nf, -1, 1);
+        tg_tensor *x64 = rnd(ctx, TG_F64, cases[k].s, -2, 2),
+                  *r64 = rnd(ctx, TG_F64, cases[k].s, -1, 1);
+        tg_tensor *w64 = rand1(ctx, TG_F64, cases[k].nf, 0.5, 1.5),
+                  *b64 = rand1(ctx, TG_F64, cases[k].nf, -1, 1);
         tg_tensor *t64[4] = {x64, w64, b64, r64}, *t32[4];
         for (int i = 0; i < 4; i++) t32[i] = convert(ctx, t64[i], TG_F32);
         tg_tensor *y[2];
@@ -509,15 +626,18 @@ Test(norm, f32_matches_f64)
             cr_assert(tg_ok(ctx), "%s: %s", cases[k].name, tg_errmsg(ctx));
         }
         for (int64_t i = 0; i < tg_numel(x64); i++) {
-            cr_assert(fabs(at(y[0], i) - at(y[1], i)) < 1e-5, "%s y[%lld]", cases[k].name, (long long)i);
+            cr_assert(fabs(at(y[0], i) - at(y[1], i)) < 1e-5, "%s y[%lld]", cases[k].name,
+                      (long long)i);
             cr_assert(fabs(grad_at(x64, i) - grad_at(t32[0], i)) < 1e-4, "%s dx[%lld]: %g vs %g",
                       cases[k].name, (long long)i, grad_at(x64, i), grad_at(t32[0], i));
         }
         if (cases[k].f == drop3) continue;
         for (int64_t j = 0; j < cases[k].nf; j++) {
-            cr_assert(fabs(grad_at(w64, j) - grad_at(t32[1], j)) < 1e-4 * (1 + fabs(grad_at(w64, j))),
+            cr_assert(fabs(grad_at(w64, j) - grad_at(t32[1], j)) <
+                          1e-4 * (1 + fabs(grad_at(w64, j))),
                       "%s dw[%lld]", cases[k].name, (long long)j);
-            cr_assert(fabs(grad_at(b64, j) - grad_at(t32[2], j)) < 1e-4 * (1 + fabs(grad_at(b64, j))),
+            cr_assert(fabs(grad_at(b64, j) - grad_at(t32[2], j)) <
+                          1e-4 * (1 + fabs(grad_at(b64, j))),
                       "%s db[%lld]", cases[k].name, (long long)j);
         }
     }
@@ -545,7 +665,8 @@ Test(norm, layer_norm_bad_arguments)
         "tg_layer_norm", "x []", "no last axis");
     bad(tg_layer_norm(ctx, x, w4, NULL, 1e-5), t0, "tg_layer_norm", "weight [4] must be [D] = [5]",
         "x [2,5]");
-    bad(tg_layer_norm(ctx, x, w5, w4, 1e-5), t0, "tg_layer_norm", "bias [4] must be [D] = [5]", NULL);
+    bad(tg_layer_norm(ctx, x, w5, w4, 1e-5), t0, "tg_layer_norm", "bias [4] must be [D] = [5]",
+        NULL);
     bad(tg_layer_norm(ctx, x, rand2(ctx, TG_F64, 1, 5, 0, 1), NULL, 1e-5), t0, "tg_layer_norm",
         "weight [1,5]", NULL);
     bad(tg_layer_norm(ctx, x, w5f, NULL, 1e-5), t0, "tg_layer_norm", "f32", NULL);
@@ -571,11 +692,13 @@ Test(norm, batch_norm_bad_arguments_change_nothing)
     tg_tensor *r2 = rand1(ctx, TG_F64, 2, 0, 1);
     int64_t t0 = tg_tape_len(ctx);
     const char *fn = "tg_batch_norm";
-    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0, 1), rm, rv, w3, NULL, 1, 0.1, 1e-5),
+    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0, 1), rm, rv, w3, NULL, 1, 0.1,
+                      1e-5),
         t0, fn, "x [2,3,4]", "must be [N,C] or [N,C,H,W]");
-    bad(tg_batch_norm(ctx, x, rm, rv, w2, NULL, 1, 0.1, 1e-5), t0, fn, "weight [2] must be [C] = [3]",
-        "x [2,3,2,2]");
-    bad(tg_batch_norm(ctx, x, rm, rv, w3, w2, 1, 0.1, 1e-5), t0, fn, "bias [2] must be [C] = [3]", NULL);
+    bad(tg_batch_norm(ctx, x, rm, rv, w2, NULL, 1, 0.1, 1e-5), t0, fn,
+        "weight [2] must be [C] = [3]", "x [2,3,2,2]");
+    bad(tg_batch_norm(ctx, x, rm, rv, w3, w2, 1, 0.1, 1e-5), t0, fn, "bias [2] must be [C] = [3]",
+        NULL);
     bad(tg_batch_norm(ctx, x, r2, rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
         "running_mean [2] must be [C] = [3]", NULL);
     bad(tg_batch_norm(ctx, x, rm, r2, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
@@ -587,10 +710,11 @@ Test(norm, batch_norm_bad_arguments_change_nothing)
     bad(tg_batch_norm(ctx, x, rm, rv, w3, NULL, 1, 0.1, -1), t0, fn, "eps must be >= 0", "-1");
     bad(tg_batch_norm(ctx, x, rm, rv, w3, NULL, 1, 1.5, 1e-5), t0, fn, "momentum must be in [0, 1]",
         "1.5");
-    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){2, {1, 3}}, 0, 1), rm, rv, NULL, NULL, 1, 0.1, 1e-5),
+    bad(tg_batch_norm(ctx, rnd(ctx, TG_F64, (shp){2, {1, 3}}, 0, 1), rm, rv, NULL, NULL, 1, 0.1,
+                      1e-5),
         t0, fn, "more than 1 value per channel", "x is [1,3]");
-    bad(tg_batch_norm(ctx, x, convert(ctx, rm, TG_F32), rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn, "f32",
-        NULL);
+    bad(tg_batch_norm(ctx, x, convert(ctx, rm, TG_F32), rv, NULL, NULL, 1, 0.1, 1e-5), t0, fn,
+        "f32", NULL);
     cr_assert_eq(tg_hash(rm), hm, "running_mean changed by a failing call");
     cr_assert_eq(tg_hash(rv), hv, "running_var changed by a failing call");
     /* and a valid call does change them */

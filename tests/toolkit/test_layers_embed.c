@@ -13,8 +13,14 @@
 #include "tg_test.h"
 
 static tg_ctx *ctx;
-static void setup(void) { ctx = tg_ctx_new(31); }
-static void teardown(void) { tg_ctx_free(ctx); }
+static void setup(void)
+{
+    ctx = tg_ctx_new(31);
+}
+static void teardown(void)
+{
+    tg_ctx_free(ctx);
+}
 TestSuite(layers_embed, .init = setup, .fini = teardown);
 
 Test(layers_embed, parameter_name_shape_and_dtype)

@@ -120,10 +120,12 @@ Test(layers_norm, training_step_leaves_running_stats_to_batch_update)
         cr_assert_null(tg_grad(bn.running_mean), "%s", tg_optim_kind_name(o.kind));
         cr_assert_null(tg_grad(bn.running_var));
         for (int k = 0; k < 3; k++) {
-            cr_assert(fabs(at(bn.running_mean, k) - rm[k]) < 1e-15, "%s running_mean[%d]: %.17g vs %.17g",
-                         tg_optim_kind_name(o.kind), k, at(bn.running_mean, k), rm[k]);
-            cr_assert(fabs(at(bn.running_var, k) - rv[k]) < 1e-15, "%s running_var[%d]: %.17g vs %.17g",
-                      tg_optim_kind_name(o.kind), k, at(bn.running_var, k), rv[k]);
+            cr_assert(fabs(at(bn.running_mean, k) - rm[k]) < 1e-15,
+                      "%s running_mean[%d]: %.17g vs %.17g", tg_optim_kind_name(o.kind), k,
+                      at(bn.running_mean, k), rm[k]);
+            cr_assert(fabs(at(bn.running_var, k) - rv[k]) < 1e-15,
+                      "%s running_var[%d]: %.17g vs %.17g", tg_optim_kind_name(o.kind), k,
+                      at(bn.running_var, k), rv[k]);
             cr_assert_neq(at(bn.weight, k), 1.0, "%s: the weight did not move",
                           tg_optim_kind_name(o.kind));
         }
@@ -197,7 +199,8 @@ Test(layers_norm, checkpoint_carries_running_stats)
 {
     tg_batchnorm bn;
     cr_assert_eq(tg_batchnorm_init(ctx, &bn, "bn", 3, TG_F32), 0, "%s", tg_errmsg(ctx));
-    cr_assert_not_null(tg_batchnorm_forward(ctx, &bn, rnd(ctx, TG_F32, (shp){4, {4, 3, 2, 2}}, 1, 3)));
+    cr_assert_not_null(
+        tg_batchnorm_forward(ctx, &bn, rnd(ctx, TG_F32, (shp){4, {4, 3, 2, 2}}, 1, 3)));
     const uint64_t hm = tg_hash(bn.running_mean), hv = tg_hash(bn.running_var);
     char path[] = "/tmp/tg_layers_norm_XXXXXX";
     int fd = mkstemp(path);
