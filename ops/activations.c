@@ -18,6 +18,51 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
     *rows = *cols > 0 ? x->numel / *cols : 0;
 }
 
+/* The forward of a softmax-family call, inside which BODY runs for every
+ * row with xr the row of x, m its maximum, yr the row of y holding e^(x - m)
+ * (the vector exp), sum their sum in double, in order, cols the row length. */
+#define ROWS_FORWARD(c, ...)                                                           \
+    do {                                                                               \
+        int64_t rows, cols;                                                            \
+        last_axis((c)->in[0], &rows, &cols);                                           \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
+            for (int64_t r = 0; r < rows; r++) {                                       \
+                const T *xr = (const T *)(c)->in[0]->data + r * cols;                  \
+                T *yr = (T *)(c)->out->data + r * cols, m = xr[0];                     \
+                for (int64_t j = 1; j < cols; j++)                                     \
+                    if (xr[j] > m) m = xr[j];                                          \
+                for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;                  \
+                V_EXP(yr, yr, cols);                                                   \
+                double sum = 0;                                                        \
+                for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];               \
+                (void)m;                                                               \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
+
+/* The backward of a softmax-family call: when x needs a gradient, BODY runs
+ * for every row with yr, dyr, dxr the rows of y, dy and dx (cols long),
+ * inside TGI_FLOAT_DISPATCH. */
+#define ROWS_BACKWARD(c, ...)                                                          \
+    do {                                                                               \
+        tg_tensor *x_ = (c)->in[0];                                                    \
+        if (!tgi_needs_grad(x_))                                                       \
+            break;                                                                     \
+        int64_t rows, cols;                                                            \
+        last_axis(x_, &rows, &cols);                                                   \
+        TGI_FLOAT_DISPATCH(x_->dtype, {                                                \
+            const T *y_ = (c)->out->data, *dy_ = tg_grad((c)->out);                    \
+            T *dx_ = tg_grad_acc(x_);                                                  \
+            if (dx_ && dy_)                                                            \
+                for (int64_t r = 0; r < rows; r++) {                                   \
+                    const T *yr = y_ + r * cols, *dyr = dy_ + r * cols;                \
+                    T *dxr = dx_ + r * cols;                                           \
+                    __VA_ARGS__                                                        \
+                }                                                                      \
+        });                                                                            \
+    } while (0)
+
 /* Overflow-free sigmoid of one value v of type T (tgmath picks exp's
  * precision): 1/(1+e^-v) for v >= 0, e^v/(1+e^v) otherwise. */
 #define SIGMOID_OF(v) ((v) >= 0 ? 1 / (1 + exp(-(v))) : exp(v) / (1 + exp(v)))
@@ -31,26 +76,10 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 /* exactly 1 and sigmoid(-1000) exactly 0.                                   */
 /* ======================================================================== */
 
-static int sigmoid_forward(tg_op_call *c);
-static void sigmoid_backward(tg_op_call *c);
-static const tg_op op_sigmoid = {"sigmoid", sigmoid_forward, sigmoid_backward};
-
-tg_tensor *tg_sigmoid(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_sigmoid", &op_sigmoid, x, NULL);
-}
-
-static int sigmoid_forward(tg_op_call *c)
-{
-    UNARY_VMATH(c, V_SIGMOID);
-    return 0;
-}
+TGI_VMATH_OP(sigmoid, V_SIGMOID);
 
 /* d sigmoid(x)/dx = y (1 - y) */
-static void sigmoid_backward(tg_op_call *c)
-{
-    UNARY_VMATH_BACKWARD(c, V_SIGMOID_BWD, out);
-}
+static void sigmoid_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_SIGMOID_BWD, out); }
 
 /* ======================================================================== */
 /* tg_sigmoid_scaled                                                        */
@@ -62,10 +91,7 @@ static void sigmoid_backward(tg_op_call *c)
 /* cannot be recovered from y). Numerical care: the overflow-free sigmoid.   */
 /* ======================================================================== */
 
-static int sigmoid_scaled_forward(tg_op_call *call);
-static void sigmoid_scaled_backward(tg_op_call *c);
-static const tg_op op_sigmoid_scaled = {"sigmoid_scaled", sigmoid_scaled_forward,
-                                        sigmoid_scaled_backward};
+TGI_OP(sigmoid_scaled);
 
 tg_tensor *tg_sigmoid_scaled(tg_ctx *ctx, tg_tensor *x, tg_tensor *c, tg_tensor *beta)
 {
@@ -152,26 +178,10 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 /* ulp) saturates to exactly +-1 without overflow.                           */
 /* ======================================================================== */
 
-static int tanh_forward(tg_op_call *c);
-static void tanh_backward(tg_op_call *c);
-static const tg_op op_tanh = {"tanh", tanh_forward, tanh_backward};
-
-tg_tensor *tg_tanh(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_tanh", &op_tanh, x, NULL);
-}
-
-static int tanh_forward(tg_op_call *c)
-{
-    UNARY_VMATH(c, V_TANH);
-    return 0;
-}
+TGI_VMATH_OP(tanh, V_TANH);
 
 /* d tanh(x)/dx = 1 - y^2 */
-static void tanh_backward(tg_op_call *c)
-{
-    UNARY_VMATH_BACKWARD(c, V_TANH_BWD, out);
-}
+static void tanh_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_TANH_BWD, out); }
 
 /* ======================================================================== */
 /* tg_relu                                                                  */
@@ -180,26 +190,10 @@ static void tanh_backward(tg_op_call *c)
 /* its input x).                                                             */
 /* ======================================================================== */
 
-static int relu_forward(tg_op_call *c);
-static void relu_backward(tg_op_call *c);
-static const tg_op op_relu = {"relu", relu_forward, relu_backward};
-
-tg_tensor *tg_relu(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_relu", &op_relu, x, NULL);
-}
-
-static int relu_forward(tg_op_call *c)
-{
-    UNARY_VMATH(c, V_RELU);
-    return 0;
-}
+TGI_VMATH_OP(relu, V_RELU);
 
 /* d relu(x)/dx = [x > 0] */
-static void relu_backward(tg_op_call *c)
-{
-    UNARY_VMATH_BACKWARD(c, V_RELU_BWD, in[0]);
-}
+static void relu_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_RELU_BWD, in[0]); }
 
 /* ======================================================================== */
 /* tg_leaky_relu                                                            */
@@ -208,9 +202,7 @@ static void relu_backward(tg_op_call *c)
 /* attribute f[0]).                                                          */
 /* ======================================================================== */
 
-static int leaky_relu_forward(tg_op_call *c);
-static void leaky_relu_backward(tg_op_call *c);
-static const tg_op op_leaky_relu = {"leaky_relu", leaky_relu_forward, leaky_relu_backward};
+TGI_OP(leaky_relu);
 
 tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
 {
@@ -218,22 +210,16 @@ tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
     return tgi_unary(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at);
 }
 
-static int leaky_relu_forward(tg_op_call *c)
+static int leaky_relu_forward(tg_op_call *c) /* a0 = slope */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T a = (T)TGI_ATTR(c)->f[0];
-        UNARY_FORWARD(c, u > 0 ? u : a * u);
-    });
+    UNARY_FWD(c, u > 0 ? u : a0 * u);
     return 0;
 }
 
 /* d leaky_relu(x)/dx = 1 if x > 0 else slope */
 static void leaky_relu_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T a = (T)TGI_ATTR(c)->f[0];
-        UNARY_BACKWARD(c, u > 0 ? g : a * g);
-    });
+    UNARY_BWD(c, u > 0 ? g : a0 * g);
 }
 
 /* ======================================================================== */
@@ -248,31 +234,19 @@ static void leaky_relu_backward(tg_op_call *c)
 #define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
 #define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
 
-static int gelu_forward(tg_op_call *c);
-static void gelu_backward(tg_op_call *c);
-static const tg_op op_gelu = {"gelu", gelu_forward, gelu_backward};
-
-tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_gelu", &op_gelu, x, NULL);
-}
+TGI_UNARY_OP(gelu);
 
 static int gelu_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T r = (T)GELU_SQRT1_2;
-        UNARY_FORWARD(c, u * (T)0.5 * ((T)1 + erf(u * r)));
-    });
+    UNARY_FWD(c, u * (T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)));
     return 0;
 }
 
 /* d gelu(x)/dx = Phi(x) + x phi(x) */
 static void gelu_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T r = (T)GELU_SQRT1_2, k = (T)GELU_INV_SQRT_2PI;
-        UNARY_BACKWARD(c, g * ((T)0.5 * ((T)1 + erf(u * r)) + u * k * exp((T)-0.5 * u * u)));
-    });
+    UNARY_BWD(c, g * ((T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)) +
+                      u * (T)GELU_INV_SQRT_2PI * exp((T)-0.5 * u * u)));
 }
 
 /* ======================================================================== */
@@ -286,34 +260,13 @@ static void gelu_backward(tg_op_call *c)
 /* in double, in order.                                                      */
 /* ======================================================================== */
 
-static int softmax_forward(tg_op_call *c);
-static void softmax_backward(tg_op_call *c);
-static const tg_op op_softmax = {"softmax", softmax_forward, softmax_backward};
-
-tg_tensor *tg_softmax(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_softmax", &op_softmax, x, NULL);
-}
+TGI_UNARY_OP(softmax);
 
 static int softmax_forward(tg_op_call *c)
 {
-    const tg_tensor *x = c->in[0], *y = c->out;
-    int64_t rows, cols;
-    last_axis(x, &rows, &cols);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            const T *xr = (const T *)x->data + r * cols;
-            T *yr = (T *)y->data + r * cols;
-            T m = xr[0];
-            for (int64_t j = 1; j < cols; j++)
-                if (xr[j] > m) m = xr[j];
-            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m;
-            V_EXP(yr, yr, cols);
-            double sum = 0;
-            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
-            const double inv = 1.0 / sum;
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
-        }
+    ROWS_FORWARD(c, {
+        const double inv = 1.0 / sum;
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)yr[j] * inv);
     });
     return 0;
 }
@@ -321,24 +274,12 @@ static int softmax_forward(tg_op_call *c)
 /* d softmax(x)/dx = diag(y) - y y^T  =>  dx = y (dy - <dy, y>) */
 static void softmax_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        int64_t rows, cols;
-        last_axis(x, &rows, &cols);
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = tg_grad(c->out);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t r = 0; r < rows; r++) {
-                    const T *yr = y + r * cols, *dyr = dy + r * cols;
-                    T *dxr = dx + r * cols;
-                    double dot = 0;
-                    for (int64_t j = 0; j < cols; j++) dot += (double)dyr[j] * (double)yr[j];
-                    for (int64_t j = 0; j < cols; j++)
-                        dxr[j] += (T)((double)yr[j] * ((double)dyr[j] - dot));
-                }
-        });
-    }
+    ROWS_BACKWARD(c, {
+        double dot = 0;
+        for (int64_t j = 0; j < cols; j++) dot += (double)dyr[j] * (double)yr[j];
+        for (int64_t j = 0; j < cols; j++)
+            dxr[j] += (T)((double)yr[j] * ((double)dyr[j] - dot));
+    });
 }
 
 /* ======================================================================== */
@@ -352,34 +293,13 @@ static void softmax_backward(tg_op_call *c)
 /* of the vector exp's e^(x - m); backward's e^y by tgi_vexp_f64.            */
 /* ======================================================================== */
 
-static int log_softmax_forward(tg_op_call *c);
-static void log_softmax_backward(tg_op_call *c);
-static const tg_op op_log_softmax = {"log_softmax", log_softmax_forward, log_softmax_backward};
-
-tg_tensor *tg_log_softmax(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_log_softmax", &op_log_softmax, x, NULL);
-}
+TGI_UNARY_OP(log_softmax);
 
 static int log_softmax_forward(tg_op_call *c)
 {
-    const tg_tensor *x = c->in[0], *y = c->out;
-    int64_t rows, cols;
-    last_axis(x, &rows, &cols);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        for (int64_t r = 0; r < rows; r++) {
-            const T *xr = (const T *)x->data + r * cols;
-            T *yr = (T *)y->data + r * cols;
-            T m = xr[0];
-            for (int64_t j = 1; j < cols; j++)
-                if (xr[j] > m) m = xr[j];
-            for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] - m; /* y as scratch: */
-            V_EXP(yr, yr, cols);                                   /* e^(x - m) */
-            double sum = 0;
-            for (int64_t j = 0; j < cols; j++) sum += (double)yr[j];
-            const double lse = log(sum);
-            for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
-        }
+    ROWS_FORWARD(c, { /* y held e^(x - m) */
+        const double lse = log(sum);
+        for (int64_t j = 0; j < cols; j++) yr[j] = (T)((double)(xr[j] - m) - lse);
     });
     return 0;
 }
@@ -387,30 +307,18 @@ static int log_softmax_forward(tg_op_call *c)
 /* d log_softmax(x)/dx = I - 1 softmax^T  =>  dx = dy - e^y sum(dy) */
 static void log_softmax_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    if (tgi_needs_grad(x)) {
-        int64_t rows, cols;
-        last_axis(x, &rows, &cols);
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *dy = tg_grad(c->out);
-            T *dx = tg_grad_acc(x);
-            if (dx && dy)
-                for (int64_t r = 0; r < rows; r++) {
-                    const T *yr = y + r * cols, *dyr = dy + r * cols;
-                    T *dxr = dx + r * cols;
-                    double sdy = 0;
-                    for (int64_t j = 0; j < cols; j++) sdy += (double)dyr[j];
-                    double e[EXP_BLOCK]; /* e^y in double, a block at a time */
-                    for (int64_t j0 = 0; j0 < cols; j0 += EXP_BLOCK) {
-                        const int64_t nb = cols - j0 < EXP_BLOCK ? cols - j0 : EXP_BLOCK;
-                        for (int64_t j = 0; j < nb; j++) e[j] = (double)yr[j0 + j];
-                        tgi_vexp_f64(e, e, nb);
-                        for (int64_t j = 0; j < nb; j++)
-                            dxr[j0 + j] += (T)((double)dyr[j0 + j] - e[j] * sdy);
-                    }
-                }
-        });
-    }
+    ROWS_BACKWARD(c, {
+        double sdy = 0;
+        for (int64_t j = 0; j < cols; j++) sdy += (double)dyr[j];
+        double e[EXP_BLOCK]; /* e^y in double, a block at a time */
+        for (int64_t j0 = 0; j0 < cols; j0 += EXP_BLOCK) {
+            const int64_t nb = cols - j0 < EXP_BLOCK ? cols - j0 : EXP_BLOCK;
+            for (int64_t j = 0; j < nb; j++) e[j] = (double)yr[j0 + j];
+            tgi_vexp_f64(e, e, nb);
+            for (int64_t j = 0; j < nb; j++)
+                dxr[j0 + j] += (T)((double)dyr[j0 + j] - e[j] * sdy);
+        }
+    });
 }
 
 /* ======================================================================== */

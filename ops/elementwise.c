@@ -22,9 +22,7 @@
 
 /* y = a + b, broadcast shape. da = dy, db = dy, each summed over the axes its
  * input was broadcast along. Saves nothing. */
-static int add_forward(tg_op_call *c);
-static void add_backward(tg_op_call *c);
-static const tg_op op_add = {"add", add_forward, add_backward};
+TGI_OP(add);
 
 tg_tensor *tg_add(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -52,9 +50,7 @@ static void add_backward(tg_op_call *c)
 
 /* y = a - b, broadcast shape. da = dy, db = -dy, each summed over the axes
  * its input was broadcast along. Saves nothing. */
-static int sub_forward(tg_op_call *c);
-static void sub_backward(tg_op_call *c);
-static const tg_op op_sub = {"sub", sub_forward, sub_backward};
+TGI_OP(sub);
 
 tg_tensor *tg_sub(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -82,9 +78,7 @@ static void sub_backward(tg_op_call *c)
 
 /* y = a * b, broadcast shape. da = dy * b, db = dy * a, each summed over the
  * axes its input was broadcast along. Saves nothing (reads a and b). */
-static int mul_forward(tg_op_call *c);
-static void mul_backward(tg_op_call *c);
-static const tg_op op_mul = {"mul", mul_forward, mul_backward};
+TGI_OP(mul);
 
 tg_tensor *tg_mul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -114,9 +108,7 @@ static void mul_backward(tg_op_call *c)
  * (computed as (dy * y) / b, which does not overflow through b^2 for small
  * b), each summed over the axes its input was broadcast along. Saves nothing
  * (reads b and the output y). b = 0 gives inf/NaN as in C. */
-static int div_forward(tg_op_call *c);
-static void div_backward(tg_op_call *c);
-static const tg_op op_div = {"div", div_forward, div_backward};
+TGI_OP(div);
 
 tg_tensor *tg_div(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -147,9 +139,7 @@ static void div_backward(tg_op_call *c)
 /* ======================================================================== */
 
 /* y = s x, x's shape. dx = s dy. Saves s (node attribute f[0]). */
-static int scale_forward(tg_op_call *c);
-static void scale_backward(tg_op_call *c);
-static const tg_op op_scale = {"scale", scale_forward, scale_backward};
+TGI_OP(scale);
 
 tg_tensor *tg_scale(tg_ctx *ctx, tg_tensor *x, double s)
 {
@@ -157,22 +147,16 @@ tg_tensor *tg_scale(tg_ctx *ctx, tg_tensor *x, double s)
     return tgi_unary(ctx, "tg_scale", &op_scale, x, &at);
 }
 
-static int scale_forward(tg_op_call *c)
+static int scale_forward(tg_op_call *c) /* a0 = s */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T s = (T)TGI_ATTR(c)->f[0];
-        UNARY_FORWARD(c, s * u);
-    });
+    UNARY_FWD(c, a0 * u);
     return 0;
 }
 
 /* d(s x)/dx = s */
 static void scale_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T s = (T)TGI_ATTR(c)->f[0];
-        UNARY_BACKWARD(c, s * g);
-    });
+    UNARY_BWD(c, a0 * g);
 }
 
 /* ======================================================================== */
@@ -180,25 +164,18 @@ static void scale_backward(tg_op_call *c)
 /* ======================================================================== */
 
 /* y = -x, x's shape. dx = -dy. Saves nothing. */
-static int neg_forward(tg_op_call *c);
-static void neg_backward(tg_op_call *c);
-static const tg_op op_neg = {"neg", neg_forward, neg_backward};
-
-tg_tensor *tg_neg(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_neg", &op_neg, x, NULL);
-}
+TGI_UNARY_OP(neg);
 
 static int neg_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, -u); });
+    UNARY_FWD(c, -u);
     return 0;
 }
 
 /* d(-x)/dx = -1 */
 static void neg_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, -g); });
+    UNARY_BWD(c, -g);
 }
 
 /* ======================================================================== */
@@ -209,25 +186,12 @@ static void neg_backward(tg_op_call *c)
  * output y instead of recomputing exp. The vector exp of src/kernels/vmath.h (<= 1
  * ulp). Overflows to inf above x ~ 88.7 (f32) or ~ 709.8 (f64), as C's exp;
  * the gradient is then inf too. */
-static int exp_forward(tg_op_call *c);
-static void exp_backward(tg_op_call *c);
-static const tg_op op_exp = {"exp", exp_forward, exp_backward};
-
-tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_exp", &op_exp, x, NULL);
-}
-
-static int exp_forward(tg_op_call *c)
-{
-    UNARY_VMATH(c, V_EXP);
-    return 0;
-}
+TGI_VMATH_OP(exp, V_EXP);
 
 /* d e^x/dx = e^x = y */
 static void exp_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g * w); });
+    UNARY_BWD(c, g * w);
 }
 
 /* ======================================================================== */
@@ -238,25 +202,12 @@ static void exp_backward(tg_op_call *c)
  * -inf and a gradient of +-inf; x < 0 gives NaN, as in C. No clamping:
  * callers that need it (tg_bce) clamp themselves. The vector log of
  * src/kernels/vmath.h (<= 1 ulp). */
-static int log_forward(tg_op_call *c);
-static void log_backward(tg_op_call *c);
-static const tg_op op_log = {"log", log_forward, log_backward};
-
-tg_tensor *tg_log(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_log", &op_log, x, NULL);
-}
-
-static int log_forward(tg_op_call *c)
-{
-    UNARY_VMATH(c, V_LOG);
-    return 0;
-}
+TGI_VMATH_OP(log, V_LOG);
 
 /* d ln x/dx = 1/x */
 static void log_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / u); });
+    UNARY_BWD(c, g / u);
 }
 
 /* ======================================================================== */
@@ -266,25 +217,18 @@ static void log_backward(tg_op_call *c)
 /* y = sqrt(x), x's shape. dx = dy / (2 y). Saves nothing (reads the output
  * y). x = 0 gives y = 0 and a gradient of +inf (NaN where dy = 0), x < 0
  * gives NaN, both as PyTorch. C's correctly rounded sqrt. */
-static int sqrt_forward(tg_op_call *c);
-static void sqrt_backward(tg_op_call *c);
-static const tg_op op_sqrt = {"sqrt", sqrt_forward, sqrt_backward};
-
-tg_tensor *tg_sqrt(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_sqrt", &op_sqrt, x, NULL);
-}
+TGI_UNARY_OP(sqrt);
 
 static int sqrt_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, sqrt(u)); });
+    UNARY_FWD(c, sqrt(u));
     return 0;
 }
 
 /* d sqrt(x)/dx = 1 / (2 sqrt(x)) = 1 / (2 y) */
 static void sqrt_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g / (w + w)); });
+    UNARY_BWD(c, g / (w + w));
 }
 
 /* ======================================================================== */
@@ -293,25 +237,18 @@ static void sqrt_backward(tg_op_call *c)
 
 /* y = |x|, x's shape. dx = dy sign(x), 0 at x = 0 (and for NaN), as
  * PyTorch. Saves nothing (reads x). */
-static int abs_forward(tg_op_call *c);
-static void abs_backward(tg_op_call *c);
-static const tg_op op_abs = {"abs", abs_forward, abs_backward};
-
-tg_tensor *tg_abs(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_abs", &op_abs, x, NULL);
-}
+TGI_UNARY_OP(abs);
 
 static int abs_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, fabs(u)); });
+    UNARY_FWD(c, fabs(u));
     return 0;
 }
 
 /* d |x|/dx = sign(x) (0 at 0) */
 static void abs_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, u > 0 ? g : u < 0 ? -g : (T)0); });
+    UNARY_BWD(c, u > 0 ? g : u < 0 ? -g : (T)0);
 }
 
 /* ======================================================================== */
@@ -322,9 +259,7 @@ static void abs_backward(tg_op_call *c)
  * hi (both ends included, as PyTorch), else 0. Saves lo and hi (attributes
  * f[0], f[1]). NaN passes through with a gradient of 0. lo > hi or a NaN
  * bound is an error naming both. */
-static int clamp_forward(tg_op_call *c);
-static void clamp_backward(tg_op_call *c);
-static const tg_op op_clamp = {"clamp", clamp_forward, clamp_backward};
+TGI_OP(clamp);
 
 tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi)
 {
@@ -338,22 +273,16 @@ tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi)
     return tgi_unary(ctx, "tg_clamp", &op_clamp, x, &at);
 }
 
-static int clamp_forward(tg_op_call *c)
+static int clamp_forward(tg_op_call *c) /* a0 = lo, a1 = hi */
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
-        UNARY_FORWARD(c, u < lo ? lo : u > hi ? hi : u);
-    });
+    UNARY_FWD(c, u < a0 ? a0 : u > a1 ? a1 : u);
     return 0;
 }
 
 /* d clamp(x)/dx = [lo <= x <= hi] */
 static void clamp_backward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T lo = (T)TGI_ATTR(c)->f[0], hi = (T)TGI_ATTR(c)->f[1];
-        UNARY_BACKWARD(c, u >= lo && u <= hi ? g : (T)0);
-    });
+    UNARY_BWD(c, u >= a0 && u <= a1 ? g : (T)0);
 }
 
 /* ======================================================================== */
@@ -365,9 +294,7 @@ static void clamp_backward(tg_op_call *c)
  * gradient dy (x^0 = 1 even at x = 0). p = 2 is computed as x*x and 2x,
  * exactly, and fine at x = 0. Other p use C's pow: fractional p at negative x
  * gives NaN, negative p at x = 0 gives inf, as in C. */
-static int pow_forward(tg_op_call *c);
-static void pow_backward(tg_op_call *c);
-static const tg_op op_pow = {"pow", pow_forward, pow_backward};
+TGI_OP(pow);
 
 tg_tensor *tg_pow(tg_ctx *ctx, tg_tensor *x, double p)
 {
@@ -432,18 +359,11 @@ tg_tensor *tg_identity(tg_ctx *ctx, tg_tensor *x)
  * tg_backward, tg_grad(x) is a buffer of zeros, not NULL, exactly as for any
  * other input that gradients reached, and ops downstream of step see an
  * output that requires grad, as in PyTorch. Saves nothing. */
-static int step_forward(tg_op_call *c);
-static void step_backward(tg_op_call *c);
-static const tg_op op_step = {"step", step_forward, step_backward};
-
-tg_tensor *tg_step(tg_ctx *ctx, tg_tensor *x)
-{
-    return tgi_unary(ctx, "tg_step", &op_step, x, NULL);
-}
+TGI_UNARY_OP(step);
 
 static int step_forward(tg_op_call *c)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_FORWARD(c, u >= (T)0 ? (T)1 : (T)0); });
+    UNARY_FWD(c, u >= (T)0 ? (T)1 : (T)0);
     return 0;
 }
 

@@ -75,57 +75,72 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
         return 0;                                                                      \
     }
 
+/* Forward of a loss whose term depends on d = p - t only: the mean of TERM
+ * (of d, in double), summed in order. */
+#define DIFF_LOSS_FORWARD(c, TERM)                                                     \
+    do {                                                                               \
+        const tg_tensor *p = (c)->in[0], *t = (c)->in[1];                              \
+        double sum = 0;                                                                \
+        TGI_FLOAT_DISPATCH(p->dtype, {                                                 \
+            const T *pp_ = p->data, *pt_ = t->data;                                    \
+            for (int64_t i = 0; i < p->numel; i++) {                                   \
+                const double d = (double)pp_[i] - (double)pt_[i];                      \
+                sum += (TERM);                                                         \
+            }                                                                          \
+        });                                                                            \
+        set_scalar((c)->out, sum * inv_count(p->numel));                               \
+    } while (0)
+
+/* Its backward: dp += TERM, dt -= TERM, each input under its own `if`; TERM
+ * of d and g, the seed over N (nothing when no gradient reached the loss). */
+#define DIFF_LOSS_BACKWARD(c, TERM)                                                    \
+    do {                                                                               \
+        tg_tensor *p = (c)->in[0], *t = (c)->in[1];                                    \
+        double g;                                                                      \
+        if (seed_over((c), p->numel, &g))                                              \
+            DIFF_LOSS_ADD(p, t, TERM);                                                 \
+    } while (0)
+#define DIFF_LOSS_ADD(p, t, TERM)                                                      \
+    TGI_FLOAT_DISPATCH((p)->dtype, {                                                   \
+        const T *pp_ = (p)->data, *pt_ = (t)->data;                                    \
+        for (int k_ = 0; k_ < 2; k_++) {                                               \
+            tg_tensor *in_ = k_ ? (t) : (p);                                           \
+            T *dd_ = tgi_needs_grad(in_) ? (T *)tg_grad_acc(in_) : NULL;               \
+            if (!dd_)                                                                  \
+                continue;                                                              \
+            for (int64_t i = 0; i < (p)->numel; i++) {                                 \
+                const double d = (double)pp_[i] - (double)pt_[i];                      \
+                if (k_)                                                                \
+                    dd_[i] -= (T)(TERM);                                               \
+                else                                                                   \
+                    dd_[i] += (T)(TERM);                                               \
+            }                                                                          \
+        }                                                                              \
+    })
+
 /* ======================================================================== */
 /* tg_mse                                                                   */
 /* pred, target of one shape (N elements) -> []. L = sum (p - t)^2 / N.      */
 /* dL/dp = 2 (p - t) / N; dL/dt = -2 (p - t) / N. Saves: nothing.            */
 /* ======================================================================== */
 
-static double mse_sum(const tg_tensor *p, const tg_tensor *t);
-static int mse_forward(tg_op_call *c);
-static void mse_backward(tg_op_call *c);
-static const tg_op op_mse = {"mse", mse_forward, mse_backward};
+TGI_OP(mse);
 
 tg_tensor *tg_mse(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
 {
     return pair_loss(ctx, "tg_mse", &op_mse, pred, "pred", target, "target");
 }
 
-static double mse_sum(const tg_tensor *p, const tg_tensor *t)
+static int mse_forward(tg_op_call *c)
 {
-    double sum = 0;
-    TGI_FLOAT_DISPATCH(p->dtype, {
-        const T *pp = p->data, *pt = t->data;
-        for (int64_t i = 0; i < p->numel; i++) {
-            const double d = (double)pp[i] - (double)pt[i];
-            sum += d * d;
-        }
-    });
-    return sum;
+    DIFF_LOSS_FORWARD(c, d * d);
+    return 0;
 }
-PAIR_LOSS_FORWARD(mse)
 
 /* d mse/dp = 2 (p - t) / N, d mse/dt = -2 (p - t) / N */
 static void mse_backward(tg_op_call *c)
 {
-    tg_tensor *p = c->in[0], *t = c->in[1];
-    double g;
-    if (!seed_over(c, p->numel, &g)) return;
-    TGI_FLOAT_DISPATCH(p->dtype, {
-        const T *pp = p->data, *pt = t->data;
-        if (tgi_needs_grad(p)) {
-            T *dp = tg_grad_acc(p);
-            if (dp)
-                for (int64_t i = 0; i < p->numel; i++)
-                    dp[i] += (T)(2 * g * ((double)pp[i] - (double)pt[i]));
-        }
-        if (tgi_needs_grad(t)) {
-            T *dt = tg_grad_acc(t);
-            if (dt)
-                for (int64_t i = 0; i < t->numel; i++)
-                    dt[i] -= (T)(2 * g * ((double)pp[i] - (double)pt[i]));
-        }
-    });
+    DIFF_LOSS_BACKWARD(c, 2 * g * d);
 }
 
 /* ======================================================================== */
@@ -135,26 +150,18 @@ static void mse_backward(tg_op_call *c)
 /* Saves: nothing.                                                           */
 /* ======================================================================== */
 
-static double l1_sum(const tg_tensor *p, const tg_tensor *t);
-static int l1_forward(tg_op_call *c);
-static void l1_backward(tg_op_call *c);
-static const tg_op op_l1 = {"l1", l1_forward, l1_backward};
+TGI_OP(l1);
 
 tg_tensor *tg_l1(tg_ctx *ctx, tg_tensor *pred, tg_tensor *target)
 {
     return pair_loss(ctx, "tg_l1", &op_l1, pred, "pred", target, "target");
 }
 
-static double l1_sum(const tg_tensor *p, const tg_tensor *t)
+static int l1_forward(tg_op_call *c)
 {
-    double sum = 0;
-    TGI_FLOAT_DISPATCH(p->dtype, {
-        const T *pp = p->data, *pt = t->data;
-        for (int64_t i = 0; i < p->numel; i++) sum += fabs((double)pp[i] - (double)pt[i]);
-    });
-    return sum;
+    DIFF_LOSS_FORWARD(c, fabs(d));
+    return 0;
 }
-PAIR_LOSS_FORWARD(l1)
 
 /* sign of d as -1, 0, +1 (0 for d == 0 and for NaN) */
 static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
@@ -162,24 +169,7 @@ static double sign_of(double d) { return (double)((d > 0) - (d < 0)); }
 /* d l1/dp = sign(p - t) / N, d l1/dt = -sign(p - t) / N */
 static void l1_backward(tg_op_call *c)
 {
-    tg_tensor *p = c->in[0], *t = c->in[1];
-    double g;
-    if (!seed_over(c, p->numel, &g)) return;
-    TGI_FLOAT_DISPATCH(p->dtype, {
-        const T *pp = p->data, *pt = t->data;
-        if (tgi_needs_grad(p)) {
-            T *dp = tg_grad_acc(p);
-            if (dp)
-                for (int64_t i = 0; i < p->numel; i++)
-                    dp[i] += (T)(g * sign_of((double)pp[i] - (double)pt[i]));
-        }
-        if (tgi_needs_grad(t)) {
-            T *dt = tg_grad_acc(t);
-            if (dt)
-                for (int64_t i = 0; i < t->numel; i++)
-                    dt[i] -= (T)(g * sign_of((double)pp[i] - (double)pt[i]));
-        }
-    });
+    DIFF_LOSS_BACKWARD(c, g * sign_of(d));
 }
 
 /* ======================================================================== */
@@ -196,9 +186,7 @@ static void l1_backward(tg_op_call *c)
 /* ======================================================================== */
 
 static double bce_sum(const tg_tensor *p, const tg_tensor *t);
-static int bce_forward(tg_op_call *c);
-static void bce_backward(tg_op_call *c);
-static const tg_op op_bce = {"bce", bce_forward, bce_backward};
+TGI_OP(bce);
 
 tg_tensor *tg_bce(tg_ctx *ctx, tg_tensor *prob, tg_tensor *target)
 {
@@ -268,10 +256,7 @@ static void bce_backward(tg_op_call *c)
 /* ======================================================================== */
 
 static double bce_with_logits_sum(const tg_tensor *x, const tg_tensor *t);
-static int bce_with_logits_forward(tg_op_call *c);
-static void bce_with_logits_backward(tg_op_call *c);
-static const tg_op op_bce_with_logits = {"bce_with_logits", bce_with_logits_forward,
-                                         bce_with_logits_backward};
+TGI_OP(bce_with_logits);
 
 tg_tensor *tg_bce_with_logits(tg_ctx *ctx, tg_tensor *logits, tg_tensor *target)
 {
@@ -345,10 +330,7 @@ static void bce_with_logits_backward(tg_op_call *c)
 /* ulp) on the shifted row, summed in double in order.                       */
 /* ======================================================================== */
 
-static int cross_entropy_forward(tg_op_call *c);
-static void cross_entropy_backward(tg_op_call *c);
-static const tg_op op_cross_entropy = {"cross_entropy", cross_entropy_forward,
-                                       cross_entropy_backward};
+TGI_OP(cross_entropy);
 
 /* Rows and classes of the logits of cross-entropy; 0 if x is not [N,C] or [C]. */
 static int ce_dims(const tg_tensor *x, int64_t *n, int64_t *k)

@@ -94,9 +94,7 @@ static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void 
  * Saves nothing: the inputs themselves are what backward reads.
  * Numerics: the GEMM's summation order is fixed whatever the thread count, so
  * results are bit-identical across runs; f32 accumulates in f32. */
-static int matmul_forward(tg_op_call *c);
-static void matmul_backward(tg_op_call *c);
-static const tg_op op_matmul = {"matmul", matmul_forward, matmul_backward};
+TGI_OP(matmul);
 static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b);
 
 tg_tensor *tg_matmul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
@@ -163,9 +161,7 @@ static void matmul_backward(tg_op_call *c)
  *   db += column sums of dy (sum over the m rows)
  * Saves nothing (both local gradients are independent of the values).
  * Numerics: column sums accumulate in double, also for f32. */
-static int add_bias_forward(tg_op_call *c);
-static void add_bias_backward(tg_op_call *c);
-static const tg_op op_add_bias = {"add_bias", add_bias_forward, add_bias_backward};
+TGI_OP(add_bias);
 
 tg_tensor *tg_add_bias(tg_ctx *ctx, tg_tensor *x, tg_tensor *b)
 {
@@ -245,9 +241,7 @@ static void add_bias_backward(tg_op_call *c)
  * relu's is the slope, as in tg_relu and tg_leaky_relu. */
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act);
-static int linear_forward(tg_op_call *c);
-static void linear_backward(tg_op_call *c);
-static const tg_op op_linear = {"linear", linear_forward, linear_backward};
+TGI_OP(linear);
 
 tg_tensor *tg_linear(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, tg_act act)
 {

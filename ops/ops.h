@@ -7,9 +7,7 @@
  * &op_exp, ...) computes what tg_exp(ctx, ...) does. docs/guide.md, "Adding
  * a built-in op", shows the pattern; a one-input op is
  *
- *   static int exp_forward(tg_op_call *c);
- *   static void exp_backward(tg_op_call *c);
- *   static const tg_op op_exp = {"exp", exp_forward, exp_backward};
+ *   TGI_OP(exp); // declares exp_forward, exp_backward; defines op_exp
  *
  *   tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
  *   {
@@ -49,6 +47,14 @@ static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *n
         return 0;
     return !ref || tgi_check_same_dtype(ctx, fn, ref, t);
 }
+
+/* Declare an op's forward and backward kernels and define its tg_op, named
+ * NAME (as the tape prints it): TGI_OP(exp) makes op_exp = {"exp",
+ * exp_forward, exp_backward}; the file then defines the two kernels. */
+#define TGI_OP(NAME)                                                                   \
+    static int NAME##_forward(tg_op_call *c);                                          \
+    static void NAME##_backward(tg_op_call *c);                                        \
+    static const tg_op op_##NAME = {#NAME, NAME##_forward, NAME##_backward}
 
 /* The attributes of a call, as the public function passed them (a tgi_attr:
  * f[] doubles, i[] integers). */
@@ -136,6 +142,34 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
         });                                                                            \
     } while (0)
 
+/* A unary op's whole forward and backward loops, the dtype dispatch
+ * included: UNARY_FORWARD and UNARY_BACKWARD with a0 and a1 the op's
+ * attributes f[0] and f[1] in the element type (0 when it has none). */
+#define UNARY_ATTRS(c)                                                                 \
+    const tgi_attr *at_ = TGI_ATTR(c);                                                 \
+    const T a0 = at_ ? (T)at_->f[0] : (T)0, a1 = at_ ? (T)at_->f[1] : (T)0;            \
+    (void)a0, (void)a1
+#define UNARY_FWD(c, EXPR)                                                             \
+    TGI_FLOAT_DISPATCH((c)->out->dtype, {                                              \
+        UNARY_ATTRS(c);                                                                \
+        UNARY_FORWARD(c, EXPR);                                                        \
+    })
+#define UNARY_BWD(c, EXPR)                                                             \
+    TGI_FLOAT_DISPATCH((c)->out->dtype, {                                              \
+        UNARY_ATTRS(c);                                                                \
+        UNARY_BACKWARD(c, EXPR);                                                       \
+    })
+
+/* The tg_op and the public function tg_NAME(ctx, x) of a one-input op
+ * without attributes; the file writes NAME_forward and NAME_backward. */
+#define TGI_UNARY_OP(NAME)                                                             \
+    TGI_OP(NAME);                                                                      \
+    tg_tensor *tg_##NAME(tg_ctx *ctx, tg_tensor *x)                                    \
+    {                                                                                  \
+        return tgi_unary(ctx, "tg_" #NAME, &op_##NAME, x, NULL);                       \
+    }                                                                                  \
+    static int NAME##_forward(tg_op_call *c) /* its definition follows the macro */
+
 /* A unary op's forward by a vector kernel VF (V_EXP, V_TANH, ...), the
  * chunks over threads; dtype dispatch included. */
 #define UNARY_VMATH(c, VF)                                                             \
@@ -145,6 +179,17 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
         TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                              \
                        { VF(py_ + lo, px_ + lo, hi - lo); });                          \
     })
+
+/* The tg_op, public function tg_NAME(ctx, x) and forward of a one-input op
+ * whose forward is the vector kernel VF; the file writes NAME_backward. */
+#define TGI_VMATH_OP(NAME, VF)                                                         \
+    TGI_UNARY_OP(NAME);                                                                \
+    static int NAME##_forward(tg_op_call *c)                                           \
+    {                                                                                  \
+        UNARY_VMATH(c, VF);                                                            \
+        return 0;                                                                      \
+    }                                                                                  \
+    static void NAME##_backward(tg_op_call *c) /* its definition follows the macro */
 
 /* A unary op's backward by a vector kernel VB (V_TANH_BWD, ...): dx += dy *
  * f'(s), s the output (SRC out) or the input (SRC in[0]); dtype dispatch
@@ -419,6 +464,23 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
         }                                                                              \
     } while (0)
 
+/* In a chunk [lo, hi) of the flat output on the fast path: ar and br at the
+ * chunk's operands (a scalar operand at its one element) and ROW(SA, SB)
+ * with the kind's literal inner strides. */
+#define FAST_KIND_ROW(kind, ROW)                                                       \
+    do {                                                                               \
+        if ((kind) == BIN_SAME) {                                                      \
+            const T *restrict ar = pa + lo, *restrict br = pb + lo;                    \
+            ROW(1, 1);                                                                 \
+        } else if ((kind) == BIN_B_SCALAR) {                                           \
+            const T *restrict ar = pa + lo, *restrict br = pb;                         \
+            ROW(1, 0);                                                                 \
+        } else {                                                                       \
+            const T *restrict ar = pa, *restrict br = pb + lo;                         \
+            ROW(0, 1);                                                                 \
+        }                                                                              \
+    } while (0)
+
 /* Forward on the fast path (kind BIN_SAME, BIN_B_SCALAR or BIN_A_SCALAR),
  * inside TGI_FLOAT_DISPATCH: the row kernel FWD_ROW_<OP> over chunks of the
  * flat output, with a scalar operand's stride 0. */
@@ -430,16 +492,7 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
         TGI_PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                             \
             const int64_t n3 = hi - lo;                                                \
             T *restrict yr = py + lo;                                                  \
-            if ((kind) == BIN_SAME) {                                                  \
-                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
-                FWD_ROW_##OP(1, 1);                                                    \
-            } else if ((kind) == BIN_B_SCALAR) {                                       \
-                const T *restrict ar = pa + lo, *restrict br = pb;                     \
-                FWD_ROW_##OP(1, 0);                                                    \
-            } else {                                                                   \
-                const T *restrict ar = pa, *restrict br = pb + lo;                     \
-                FWD_ROW_##OP(0, 1);                                                    \
-            }                                                                          \
+            FAST_KIND_ROW(kind, FWD_ROW_##OP);                                         \
         });                                                                            \
     } while (0)
 
@@ -472,32 +525,27 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
             const int64_t n3 = hi - lo;                                                \
             const T *restrict gr = dy + lo, *restrict yr = py + lo;                    \
             T *restrict dr = pd + lo;                                                  \
-            if ((kind) == BIN_SAME) {                                                  \
-                const T *restrict ar = pa + lo, *restrict br = pb + lo;                \
-                BWD_ROW_##SIDE##_##OP(1, 1);                                           \
-            } else if ((kind) == BIN_B_SCALAR) {                                       \
-                const T *restrict ar = pa + lo, *restrict br = pb;                     \
-                BWD_ROW_##SIDE##_##OP(1, 0);                                           \
-            } else {                                                                   \
-                const T *restrict ar = pa, *restrict br = pb + lo;                     \
-                BWD_ROW_##SIDE##_##OP(0, 1);                                           \
-            }                                                                          \
+            FAST_KIND_ROW(kind, BWD_ROW_##SIDE##_##OP);                                \
         });                                                                            \
     } while (0)
 
-/* A binary op's forward: the fast path or the general broadcast, dtype
- * dispatch included. */
-#define BINARY_FORWARD(c, OP)                                                          \
+/* The layout of a binary call (kind_, and bc_ for BIN_GENERAL), then BODY
+ * inside TGI_FLOAT_DISPATCH. */
+#define BINARY_CALL(c, ...)                                                            \
     do {                                                                               \
         tgi_bcast bc_;                                                                 \
         const int kind_ = tgi_binary_layout((c), &bc_);                                \
-        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
-            if (kind_ == BIN_GENERAL)                                                  \
-                BCAST_FORWARD(bc_, (c)->out, (c)->in[0], (c)->in[1], OP);              \
-            else                                                                       \
-                FAST_FORWARD(kind_, (c)->out, (c)->in[0], (c)->in[1], OP);             \
-        });                                                                            \
+        TGI_FLOAT_DISPATCH((c)->out->dtype, { __VA_ARGS__ });                          \
     } while (0)
+
+/* A binary op's forward: the fast path or the general broadcast. */
+#define BINARY_FORWARD(c, OP)                                                          \
+    BINARY_CALL(c, {                                                                   \
+        if (kind_ == BIN_GENERAL)                                                      \
+            BCAST_FORWARD(bc_, (c)->out, (c)->in[0], (c)->in[1], OP);                  \
+        else                                                                           \
+            FAST_FORWARD(kind_, (c)->out, (c)->in[0], (c)->in[1], OP);                 \
+    })
 
 /* One input's gradient (SIDE a or b) of a binary op, inside TGI_FLOAT_DISPATCH. */
 #define BINARY_BACKWARD_SIDE(bc, kind, c, SIDE, IDX, OP)                               \
@@ -512,15 +560,11 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
     } while (0)
 
 /* A binary op's backward: each input that needs a gradient, through
- * BWD_ROW_a_<OP> and BWD_ROW_b_<OP>; dtype dispatch included. */
+ * BWD_ROW_a_<OP> and BWD_ROW_b_<OP>. */
 #define BINARY_BACKWARD(c, OP)                                                         \
-    do {                                                                               \
-        tgi_bcast bc_;                                                                 \
-        const int kind_ = tgi_binary_layout((c), &bc_);                                \
-        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
-            BINARY_BACKWARD_SIDE(bc_, kind_, c, a, 0, OP);                             \
-            BINARY_BACKWARD_SIDE(bc_, kind_, c, b, 1, OP);                             \
-        });                                                                            \
-    } while (0)
+    BINARY_CALL(c, {                                                                   \
+        BINARY_BACKWARD_SIDE(bc_, kind_, c, a, 0, OP);                                 \
+        BINARY_BACKWARD_SIDE(bc_, kind_, c, b, 1, OP);                                 \
+    })
 
 #endif /* TG_OPS_H */

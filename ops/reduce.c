@@ -39,6 +39,18 @@ static tg_tensor *reduce_all(tg_ctx *ctx, const char *fn, const tg_op *op, tg_te
     return tgi_op_run(ctx, op, out, &x, 1, NULL, 0);
 }
 
+/* y = (sum_i x_i) / div, the sum in double, rounded once: div 1 for a sum,
+ * numel for a mean. */
+static int scalar_sum(tg_op_call *c, double div)
+{
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        double s;
+        SUM_DOUBLE((const T *)c->in[0]->data, c->in[0]->numel, s);
+        ((T *)c->out->data)[0] = (T)(s / div);
+    });
+    return 0;
+}
+
 /* dx_i += dy / div for every element of x (the 0-dim gradient broadcast
  * back): div 1 for a sum, numel for a mean. */
 static void scalar_grad_back(tg_op_call *c, double div)
@@ -111,24 +123,14 @@ static void axis_split(const tg_op_call *c, int64_t *outer, int64_t *n, int64_t 
 /* y = sum_i x_i: x any shape -> y 0-dim. dx_i = dy (the scalar broadcast
  * back). Saves nothing. Accumulates in double (f32 too), then rounds once.
  * An empty x sums to 0. */
-static int sum_forward(tg_op_call *c);
-static void sum_backward(tg_op_call *c);
-static const tg_op op_sum = {"sum", sum_forward, sum_backward};
+TGI_OP(sum);
 
 tg_tensor *tg_sum(tg_ctx *ctx, tg_tensor *x)
 {
     return reduce_all(ctx, "tg_sum", &op_sum, x);
 }
 
-static int sum_forward(tg_op_call *c)
-{
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        double s;
-        SUM_DOUBLE((const T *)c->in[0]->data, c->in[0]->numel, s);
-        ((T *)c->out->data)[0] = (T)s;
-    });
-    return 0;
-}
+static int sum_forward(tg_op_call *c) { return scalar_sum(c, 1.0); }
 
 /* d sum(x)/dx_i = 1 */
 static void sum_backward(tg_op_call *c)
@@ -143,24 +145,14 @@ static void sum_backward(tg_op_call *c)
 /* y = (1/n) sum_i x_i: x any shape (n = numel) -> y 0-dim. dx_i = dy / n.
  * Saves nothing. Accumulates in double, divides in double, rounds once. An
  * empty x gives 0/0 = NaN (as NumPy), and no gradient entries. */
-static int mean_forward(tg_op_call *c);
-static void mean_backward(tg_op_call *c);
-static const tg_op op_mean = {"mean", mean_forward, mean_backward};
+TGI_OP(mean);
 
 tg_tensor *tg_mean(tg_ctx *ctx, tg_tensor *x)
 {
     return reduce_all(ctx, "tg_mean", &op_mean, x);
 }
 
-static int mean_forward(tg_op_call *c)
-{
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        double s;
-        SUM_DOUBLE((const T *)c->in[0]->data, c->in[0]->numel, s);
-        ((T *)c->out->data)[0] = (T)(s / (double)c->in[0]->numel);
-    });
-    return 0;
-}
+static int mean_forward(tg_op_call *c) { return scalar_sum(c, (double)c->in[0]->numel); }
 
 /* d mean(x)/dx_i = 1/n */
 static void mean_backward(tg_op_call *c)
@@ -182,17 +174,18 @@ static void mean_backward(tg_op_call *c)
  * inner extent at a time, so the loops over inner stay contiguous. */
 #define SUM_TILE 256
 
-static int sum_axis_forward(tg_op_call *c);
-static void sum_axis_backward(tg_op_call *c);
-static const tg_op op_sum_axis = {"sum_axis", sum_axis_forward, sum_axis_backward};
+TGI_OP(sum_axis);
 
 tg_tensor *tg_sum_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim)
 {
     return reduce_axis(ctx, "tg_sum_axis", &op_sum_axis, x, axis, keepdim);
 }
 
+/* the length of the call's axis, as a divisor */
+static double axis_len(const tg_op_call *c) { return (double)c->in[0]->shape[TGI_ATTR(c)->i[0]]; }
+
 /* y[o,i] = sum_j x[o,j,i] / div, the sum in double (div 1: the plain sum) */
-static void axis_sum(tg_op_call *c, double div)
+static int axis_sum(tg_op_call *c, double div)
 {
     int64_t outer, n, inner;
     axis_split(c, &outer, &n, &inner);
@@ -224,21 +217,31 @@ static void axis_sum(tg_op_call *c, double div)
             }
         }
     });
+    return 0;
 }
+
+/* The backward of an axis reduction: when x needs a gradient, BODY runs
+ * inside TGI_FLOAT_DISPATCH with dx and dy (x's and y's gradients) and the
+ * call's x as [outer, n, inner]. */
+#define AXIS_BACKWARD(c, ...)                                                          \
+    do {                                                                               \
+        if (!tgi_needs_grad((c)->in[0]))                                               \
+            break;                                                                     \
+        int64_t outer, n, inner;                                                       \
+        axis_split((c), &outer, &n, &inner);                                           \
+        TGI_FLOAT_DISPATCH((c)->in[0]->dtype, {                                        \
+            T *restrict dx = (T *)tg_grad_acc((c)->in[0]);                             \
+            const T *restrict dy = (const T *)tg_grad((c)->out);                       \
+            if (dx && dy) {                                                            \
+                __VA_ARGS__                                                            \
+            }                                                                          \
+        });                                                                            \
+    } while (0)
 
 /* dx[o,j,i] += dy[o,i] / div for every j (div 1 for the sum: dy itself) */
 static void axis_sum_back(tg_op_call *c, double div)
 {
-    tg_tensor *x = c->in[0];
-    if (!tgi_needs_grad(x))
-        return;
-    int64_t outer, n, inner;
-    axis_split(c, &outer, &n, &inner);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *restrict dx = (T *)tg_grad_acc(x);
-        const T *restrict dy = (const T *)tg_grad(c->out);
-        if (!dx || !dy)
-            return;
+    AXIS_BACKWARD(c, {
         for (int64_t o = 0; o < outer; o++)
             for (int64_t j = 0; j < n; j++) {
                 T *restrict dr = dx + (o * n + j) * inner;
@@ -253,11 +256,7 @@ static void axis_sum_back(tg_op_call *c, double div)
     });
 }
 
-static int sum_axis_forward(tg_op_call *c)
-{
-    axis_sum(c, 1.0);
-    return 0;
-}
+static int sum_axis_forward(tg_op_call *c) { return axis_sum(c, 1.0); }
 
 /* d y[o,i]/d x[o,j,i] = 1 */
 static void sum_axis_backward(tg_op_call *c)
@@ -273,25 +272,19 @@ static void sum_axis_backward(tg_op_call *c)
  * tg_sum_axis. y[o,i] = (sum_j x[o,j,i]) / n; dx[o,j,i] = dy[o,i] / n. Saves
  * the normalised axis (attribute i[0]). The sum in double, divided in
  * double, rounded once; an empty axis (n = 0) gives 0/0 = NaN as PyTorch. */
-static int mean_axis_forward(tg_op_call *c);
-static void mean_axis_backward(tg_op_call *c);
-static const tg_op op_mean_axis = {"mean_axis", mean_axis_forward, mean_axis_backward};
+TGI_OP(mean_axis);
 
 tg_tensor *tg_mean_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim)
 {
     return reduce_axis(ctx, "tg_mean_axis", &op_mean_axis, x, axis, keepdim);
 }
 
-static int mean_axis_forward(tg_op_call *c)
-{
-    axis_sum(c, (double)c->in[0]->shape[TGI_ATTR(c)->i[0]]);
-    return 0;
-}
+static int mean_axis_forward(tg_op_call *c) { return axis_sum(c, axis_len(c)); }
 
 /* d y[o,i]/d x[o,j,i] = 1/n */
 static void mean_axis_backward(tg_op_call *c)
 {
-    axis_sum_back(c, (double)c->in[0]->shape[TGI_ATTR(c)->i[0]]);
+    axis_sum_back(c, axis_len(c));
 }
 
 /* ======================================================================== */
@@ -304,9 +297,7 @@ static void mean_axis_backward(tg_op_call *c)
  * maximum (the first NaN), as in PyTorch. Saves j* per output element
  * (int64, tg_scratch, call->saved) when recorded. An empty axis is an error
  * ("cannot take the maximum of an empty axis"), as in PyTorch. */
-static int max_axis_forward(tg_op_call *c);
-static void max_axis_backward(tg_op_call *c);
-static const tg_op op_max_axis = {"max_axis", max_axis_forward, max_axis_backward};
+TGI_OP(max_axis);
 
 tg_tensor *tg_max_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim)
 {
@@ -357,17 +348,10 @@ static int max_axis_forward(tg_op_call *c)
 /* d y[o,i]/d x[o,j,i] = [j == j*] */
 static void max_axis_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
     const int64_t *arg = c->saved;
-    if (!tgi_needs_grad(x) || !arg)
+    if (!arg)
         return;
-    int64_t outer, n, inner;
-    axis_split(c, &outer, &n, &inner);
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *restrict dx = (T *)tg_grad_acc(x);
-        const T *restrict dy = (const T *)tg_grad(c->out);
-        if (!dx || !dy)
-            return;
+    AXIS_BACKWARD(c, {
         for (int64_t o = 0; o < outer; o++)
             for (int64_t i = 0; i < inner; i++)
                 dx[(o * n + arg[o * inner + i]) * inner + i] += dy[o * inner + i];

@@ -19,9 +19,7 @@
  * reads and writes stay in cache. */
 #define TR_TILE 32
 
-static int transpose_forward(tg_op_call *c);
-static void transpose_backward(tg_op_call *c);
-static const tg_op op_transpose = {"transpose", transpose_forward, transpose_backward};
+TGI_OP(transpose);
 
 tg_tensor *tg_transpose(tg_ctx *ctx, tg_tensor *x)
 {

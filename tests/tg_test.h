@@ -153,6 +153,24 @@ static inline void assert_grads_nonzero(tg_ctx *c, tg_fn fn, void *user, tg_tens
     }
 }
 
+/* ---- tables keyed by name --------------------------------------------------- */
+
+/* The row named `name` of a table of n rows of `size` bytes whose first
+ * member is the row's name (a const char *); fails the test if there is none.
+ * ROW_NAMED(TABLE, name) for a table array. */
+static inline const void *row_named(const void *table, size_t size, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++) {
+        const char *const *row = (const char *const *)(const void *)((const char *)table + k * size);
+        if (strcmp(*row, name) == 0) return row;
+    }
+    cr_assert_fail("no row named %s", name);
+    return NULL;
+}
+#define ROW_NAMED(TABLE, name)                                                         \
+    ((const __typeof__((TABLE)[0]) *)row_named((TABLE), sizeof(TABLE)[0],              \
+                                               sizeof(TABLE) / sizeof(TABLE)[0], (name)))
+
 /* ---- errors ------------------------------------------------------------- */
 
 /* c must hold an error whose message contains each non-NULL s1, s2, s3;

@@ -30,19 +30,25 @@ static int tape_grow(tg_ctx *ctx) {
     return 0;
 }
 
-/* Append a node for op(in) -> out (room on the tape checked by the caller). */
-static inline tg_op_call *append_node(tg_ctx *ctx, const tg_op *op, tg_tensor *out,
-                                      tg_tensor *const *in, int n) {
-    tgi_node *nd = &ctx->tape[ctx->tape_len];
-    tg_op_call *c = &nd->call;
+/* A call of op(in) -> out, no attributes, nothing saved. */
+static inline void call_init(tg_op_call *c, tg_ctx *ctx, const tg_op *op, tg_tensor *out,
+                             tg_tensor *const *in, int n) {
     c->op = op;
     c->ctx = ctx;
     c->out = out;
     for (int i = 0; i < TG_MAX_INPUTS; i++) c->in[i] = i < n ? in[i] : NULL;
     c->n_in = n;
     c->attr = NULL;
-    nd->inline_attr = 0;
     c->saved = NULL;
+}
+
+/* Append a node for op(in) -> out (room on the tape checked by the caller). */
+static inline tg_op_call *append_node(tg_ctx *ctx, const tg_op *op, tg_tensor *out,
+                                      tg_tensor *const *in, int n) {
+    tgi_node *nd = &ctx->tape[ctx->tape_len];
+    tg_op_call *c = &nd->call;
+    call_init(c, ctx, op, out, in, n);
+    nd->inline_attr = 0;
     out->flags |= TGI_REQ_GRAD;
     out->node = ctx->tape_len++;
     return c;
@@ -79,12 +85,7 @@ tg_tensor *tgi_op_run(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *c
         }
     } else { /* nothing to record: forward runs on a call that lives on the stack */
         c = &local;
-        c->op = op;
-        c->ctx = ctx;
-        c->out = out;
-        for (int i = 0; i < TG_MAX_INPUTS; i++) c->in[i] = i < n ? in[i] : NULL;
-        c->n_in = n;
-        c->saved = NULL;
+        call_init(c, ctx, op, out, in, n);
         if (attr_size && attr_size <= sizeof local_attr) at = &local_attr;
     }
     if (attr_size == sizeof(tgi_attr)) { /* the built-ins' size: an inlined copy */

@@ -224,120 +224,155 @@ static const char *next_line(const char *p, const char *end, const char **s, con
     return nl ? nl + 1 : end;
 }
 
-static tg_dataset *parse_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *o,
-                             const char *buf, size_t len) {
-    csv_state st = {ctx, path, o->delimiter ? o->delimiter : ',', NULL, 0};
-    const char *p = buf, *end = buf + len;
-    if (len >= 3 && (unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB &&
-        (unsigned char)p[2] == 0xBF)
-        p += 3;
-    const char *start = p;
-    const char *s, *e;
-    int bad = 0;
-    const char *why = NULL;
+/* The layout of a file, from its first non-blank line: the line number and
+ * text of that line, the number of non-blank lines, whether it is a header,
+ * and where the y columns are (n_y of them from column y0). */
+typedef struct {
+    int64_t first_line, nonblank;
+    const char *fs, *fe;
+    int header, n_y, y0;
+} csv_layout;
 
-    /* walk 1: the first non-blank line, and the number of non-blank lines */
-    int64_t first_line = 0, lines = 0, nonblank = 0;
-    const char *fs = NULL, *fe = NULL;
+/* Walk 1: the first non-blank line and the number of non-blank lines of
+ * [p, end). -1 (error recorded) when there is none. */
+static int scan_lines(const csv_state *st, const char *p, const char *end, csv_layout *lay) {
+    const char *s, *e;
+    int64_t lines = 0;
     for (const char *q = p; q < end;) {
         q = next_line(q, end, &s, &e);
         lines++;
         if (blank_line(s, e)) continue;
-        if (!nonblank) {
-            first_line = lines;
-            fs = s;
-            fe = e;
+        if (!lay->nonblank) {
+            lay->first_line = lines;
+            lay->fs = s;
+            lay->fe = e;
         }
-        nonblank++;
+        lay->nonblank++;
     }
-    if (!nonblank) {
-        tg_set_error(ctx, "%s: %s: the file has no data rows", FN, path);
-        return NULL;
+    if (!lay->nonblank) {
+        tg_set_error(st->ctx, "%s: %s: the file has no data rows", FN, st->path);
+        return -1;
     }
-    int ncols = split_line(fs, fe, st.delim, NULL, 0, &bad, &why);
-    if (ncols < 0) {
-        tg_set_error(ctx, "%s: %s:%lld: field %d: %s", FN, path, (long long)first_line, bad, why);
-        return NULL;
-    }
-    st.ncols = ncols;
-    span *fields = tgi_malloc(ctx, (size_t)ncols * sizeof(span));
-    span *names = NULL;
-    tg_dataset *ds = NULL;
-    if (!fields) return NULL;
-    split_line(fs, fe, st.delim, fields, ncols, &bad, &why);
+    return 0;
+}
 
+/* Whether the first line (split into fields) is a header: as the options say,
+ * or with TG_CSV_HEADER_AUTO when any of its fields is not a number. */
+static int is_header(const csv_state *st, const tg_csv_opts *o, const span *fields) {
     int header = o->header == TG_CSV_HEADER_YES;
     if (o->header == TG_CSV_HEADER_AUTO) {
-        for (int i = 0; i < ncols && !header; i++) {
+        for (int i = 0; i < st->ncols && !header; i++) {
             double v;
-            int r = parse_num(fields[i], &v);
-            header = r == NUM_BAD;
+            header = parse_num(fields[i], &v) == NUM_BAD;
         }
     }
-    if (header) {
-        names = tgi_malloc(ctx, (size_t)ncols * sizeof(span));
-        if (!names) goto fail;
-        memcpy(names, fields, (size_t)ncols * sizeof(span));
-        st.names = names;
-    }
+    return header;
+}
 
-    /* the y columns */
+/* The y columns (lay->n_y from lay->y0) from the options and the header;
+ * checks that they and at least one feature column fit, and that there are
+ * data rows. -1 with the error recorded otherwise. */
+static int find_y_columns(const csv_state *st, const tg_csv_opts *o, csv_layout *lay) {
+    tg_ctx *ctx = st->ctx;
+    const char *path = st->path;
+    const int ncols = st->ncols;
     int n_y = o->y_kind == TG_CSV_Y_NONE ? 0 : o->y_kind == TG_CSV_Y_LABELS ? 1 : o->n_y;
     int y0 = 0;
     if (o->y_kind == TG_CSV_Y_TARGETS && n_y < 1) {
         tg_set_error(ctx, "%s: n_y must be >= 1 for targets, got %d", FN, n_y);
-        goto fail;
+        return -1;
     }
     if (n_y > 0 && o->y_name) {
-        if (!header) {
+        if (!lay->header) {
             tg_set_error(ctx, "%s: %s:%lld: y_name \"%s\" needs a header line, but the first "
                               "line is numeric (set header to TG_CSV_HEADER_YES)",
-                         FN, path, (long long)first_line, o->y_name);
-            goto fail;
+                         FN, path, (long long)lay->first_line, o->y_name);
+            return -1;
         }
         y0 = -1;
         size_t nl = strlen(o->y_name);
         for (int i = 0; i < ncols && y0 < 0; i++)
-            if (names[i].n == nl && memcmp(names[i].p, o->y_name, nl) == 0) y0 = i;
+            if (st->names[i].n == nl && memcmp(st->names[i].p, o->y_name, nl) == 0) y0 = i;
         if (y0 < 0) {
             tg_set_error(ctx, "%s: %s:%lld: no column named \"%s\" in the header (%.*s)", FN,
-                         path, (long long)first_line, o->y_name,
-                         (int)((fe - fs) > 200 ? 200 : (fe - fs)), fs);
-            goto fail;
+                         path, (long long)lay->first_line, o->y_name,
+                         (int)((lay->fe - lay->fs) > 200 ? 200 : (lay->fe - lay->fs)), lay->fs);
+            return -1;
         }
     } else if (n_y > 0) {
         y0 = o->y_col < 0 ? ncols + o->y_col : o->y_col;
         if (y0 < 0 || y0 >= ncols) {
             tg_set_error(ctx, "%s: %s: y_col %d is outside the %d columns", FN, path, o->y_col,
                          ncols);
-            goto fail;
+            return -1;
         }
     }
     if (n_y > 0 && n_y > ncols - y0) {
         tg_set_error(ctx, "%s: %s: %d target columns from column %d (0-based) go past the %d "
                           "columns", FN, path, n_y, y0, ncols);
-        goto fail;
+        return -1;
     }
     if (ncols - n_y < 1) {
         tg_set_error(ctx, "%s: %s: no feature columns (%d columns, %d of them y)", FN, path,
                      ncols, n_y);
-        goto fail;
+        return -1;
     }
-    int64_t rows = nonblank - (header ? 1 : 0);
-    if (rows < 1) {
+    if (lay->nonblank - (lay->header ? 1 : 0) < 1) {
         tg_set_error(ctx, "%s: %s: the file has a header but no data rows", FN, path);
-        goto fail;
+        return -1;
     }
-    int64_t nf = ncols - n_y;
-    ds = tgi_dataset_alloc(ctx, FN, rows, nf,
-                           o->y_kind == TG_CSV_Y_LABELS ? 0 : o->y_kind == TG_CSV_Y_TARGETS ? n_y : -1,
-                           0);
-    if (!ds) goto fail;
+    lay->n_y = n_y;
+    lay->y0 = y0;
+    return 0;
+}
 
-    /* walk 2: parse every data row */
+/* Row `row` of ds from the fields of file line `line`: features, and the
+ * label (its maximum so far in *label_max) or targets. -1 on a bad field. */
+static int parse_row(const csv_state *st, const tg_csv_opts *o, const csv_layout *lay,
+                     const span *fields, int64_t line, tg_dataset *ds, int64_t row,
+                     int64_t *label_max) {
+    const int n_y = lay->n_y, y0 = lay->y0;
+    const int64_t nf = st->ncols - n_y;
+    float *x = ds->x + row * nf;
+    int64_t k = 0;
+    for (int i = 0; i < st->ncols; i++) {
+        double v = 0;
+        int in_y = n_y > 0 && i >= y0 && i < y0 + n_y;
+        int r = parse_num(fields[i], &v);
+        if (r != NUM_OK) {
+            num_error(st, line, i, fields[i], r,
+                      !in_y ? "feature" : o->y_kind == TG_CSV_Y_LABELS ? "label" : "target");
+            return -1;
+        }
+        if (!in_y) {
+            x[k++] = (float)v;
+        } else if (o->y_kind == TG_CSV_Y_LABELS) {
+            if (v < 0 || v != floor(v) || v >= INT32_MAX) {
+                char nb[96];
+                tg_set_error(st->ctx, "%s: %s:%lld: label field %d%s \"%.*s\" is not a "
+                                      "non-negative integer class", FN, st->path,
+                             (long long)line, i + 1, field_name(st, i, nb, sizeof nb),
+                             (int)(fields[i].n > 40 ? 40 : fields[i].n), fields[i].p);
+                return -1;
+            }
+            ds->labels[row] = (int32_t)v;
+            if (v > *label_max) *label_max = (int64_t)v;
+        } else {
+            ds->targets[row * n_y + (i - y0)] = (float)v;
+        }
+    }
+    return 0;
+}
+
+/* Walk 2: split and parse every data row of [p, end) into ds (fields: room
+ * for ncols spans). -1 with the error recorded on the first bad line. */
+static int parse_rows(const csv_state *st, const tg_csv_opts *o, const csv_layout *lay,
+                      const char *p, const char *end, span *fields, tg_dataset *ds) {
+    const char *s, *e, *why = NULL;
+    int bad = 0;
     int64_t line = 0, row = 0, label_max = -1;
-    int skip_header = header;
-    for (const char *q = start; q < end;) {
+    int skip_header = lay->header;
+    for (const char *q = p; q < end;) {
         q = next_line(q, end, &s, &e);
         line++;
         if (blank_line(s, e)) continue;
@@ -345,47 +380,65 @@ static tg_dataset *parse_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *o
             skip_header = 0;
             continue;
         }
-        int got = split_line(s, e, st.delim, fields, ncols, &bad, &why);
+        int got = split_line(s, e, st->delim, fields, st->ncols, &bad, &why);
         if (got < 0) {
-            tg_set_error(ctx, "%s: %s:%lld: field %d: %s", FN, path, (long long)line, bad, why);
-            goto fail;
+            tg_set_error(st->ctx, "%s: %s:%lld: field %d: %s", FN, st->path, (long long)line,
+                         bad, why);
+            return -1;
         }
-        if (got != ncols) {
-            tg_set_error(ctx, "%s: %s:%lld: expected %d fields (as in line %lld), got %d", FN,
-                         path, (long long)line, ncols, (long long)first_line, got);
-            goto fail;
+        if (got != st->ncols) {
+            tg_set_error(st->ctx, "%s: %s:%lld: expected %d fields (as in line %lld), got %d",
+                         FN, st->path, (long long)line, st->ncols, (long long)lay->first_line,
+                         got);
+            return -1;
         }
-        float *x = ds->x + row * nf;
-        int64_t k = 0;
-        for (int i = 0; i < ncols; i++) {
-            double v = 0;
-            int in_y = n_y > 0 && i >= y0 && i < y0 + n_y;
-            int r = parse_num(fields[i], &v);
-            if (r != NUM_OK) {
-                num_error(&st, line, i, fields[i], r,
-                          !in_y ? "feature" : o->y_kind == TG_CSV_Y_LABELS ? "label" : "target");
-                goto fail;
-            }
-            if (!in_y) {
-                x[k++] = (float)v;
-            } else if (o->y_kind == TG_CSV_Y_LABELS) {
-                if (v < 0 || v != floor(v) || v >= INT32_MAX) {
-                    char nb[96];
-                    tg_set_error(ctx, "%s: %s:%lld: label field %d%s \"%.*s\" is not a "
-                                      "non-negative integer class", FN, path, (long long)line,
-                                 i + 1, field_name(&st, i, nb, sizeof nb),
-                                 (int)(fields[i].n > 40 ? 40 : fields[i].n), fields[i].p);
-                    goto fail;
-                }
-                ds->labels[row] = (int32_t)v;
-                if (v > label_max) label_max = (int64_t)v;
-            } else {
-                ds->targets[row * n_y + (i - y0)] = (float)v;
-            }
-        }
+        if (parse_row(st, o, lay, fields, line, ds, row, &label_max) != 0) return -1;
         row++;
     }
     if (o->y_kind == TG_CSV_Y_LABELS) ds->n_classes = (int)(label_max + 1);
+    return 0;
+}
+
+/* The dataset of the file's text buf[0, len): the layout from walk 1 and the
+ * first line, one allocation at the final size, the rows from walk 2. */
+static tg_dataset *parse_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *o,
+                             const char *buf, size_t len) {
+    csv_state st = {ctx, path, o->delimiter ? o->delimiter : ',', NULL, 0};
+    const char *p = buf, *end = buf + len;
+    if (len >= 3 && (unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB &&
+        (unsigned char)p[2] == 0xBF)
+        p += 3; /* a UTF-8 byte-order mark */
+    csv_layout lay = {0};
+    if (scan_lines(&st, p, end, &lay) != 0) return NULL;
+    int bad = 0;
+    const char *why = NULL;
+    int ncols = split_line(lay.fs, lay.fe, st.delim, NULL, 0, &bad, &why);
+    if (ncols < 0) {
+        tg_set_error(ctx, "%s: %s:%lld: field %d: %s", FN, path, (long long)lay.first_line, bad,
+                     why);
+        return NULL;
+    }
+    st.ncols = ncols;
+    span *fields = tgi_malloc(ctx, (size_t)ncols * sizeof(span));
+    span *names = NULL;
+    tg_dataset *ds = NULL;
+    if (!fields) return NULL;
+    split_line(lay.fs, lay.fe, st.delim, fields, ncols, &bad, &why);
+    lay.header = is_header(&st, o, fields);
+    if (lay.header) {
+        names = tgi_malloc(ctx, (size_t)ncols * sizeof(span));
+        if (!names) goto fail;
+        memcpy(names, fields, (size_t)ncols * sizeof(span));
+        st.names = names;
+    }
+    if (find_y_columns(&st, o, &lay) != 0) goto fail;
+    int64_t rows = lay.nonblank - (lay.header ? 1 : 0);
+    ds = tgi_dataset_alloc(ctx, FN, rows, ncols - lay.n_y,
+                           o->y_kind == TG_CSV_Y_LABELS    ? 0
+                           : o->y_kind == TG_CSV_Y_TARGETS ? lay.n_y
+                                                           : -1,
+                           0);
+    if (!ds || parse_rows(&st, o, &lay, p, end, fields, ds) != 0) goto fail;
     tgi_free(ctx, fields, (size_t)ncols * sizeof(span));
     tgi_free(ctx, names, (size_t)ncols * sizeof(span));
     return ds;

@@ -49,30 +49,23 @@ static void away_from_zero(tg_tensor *t, double gap)
 
 typedef tg_tensor *(*unop)(tg_ctx *, tg_tensor *);
 typedef struct {
-    unop f;
     const char *name; /* the public function, as messages name it, then "(attributes)" */
+    unop f;
 } unop_info;
 
 static tg_tensor *leaky_02(tg_ctx *c, tg_tensor *x) { return tg_leaky_relu(c, x, 0.2); }
 static tg_tensor *leaky_neg(tg_ctx *c, tg_tensor *x) { return tg_leaky_relu(c, x, -0.5); }
 
 static const unop_info UNOPS[] = {
-    {tg_sigmoid, "tg_sigmoid"},   {tg_tanh, "tg_tanh"},
-    {tg_relu, "tg_relu"},         {leaky_02, "tg_leaky_relu(0.2)"},
-    {leaky_neg, "tg_leaky_relu(-0.5)"},
-    {tg_softmax, "tg_softmax"},   {tg_log_softmax, "tg_log_softmax"},
+    {"tg_sigmoid", tg_sigmoid},   {"tg_tanh", tg_tanh},
+    {"tg_relu", tg_relu},         {"tg_leaky_relu(0.2)", leaky_02},
+    {"tg_leaky_relu(-0.5)", leaky_neg},
+    {"tg_softmax", tg_softmax},   {"tg_log_softmax", tg_log_softmax},
 };
 #define N_UNOPS ((int)(sizeof UNOPS / sizeof UNOPS[0]))
 
 /* the row named `name` (tests select ops by name, never by position) */
-static const unop_info *unop_named(const char *name)
-{
-    for (int o = 0; o < N_UNOPS; o++)
-        if (strcmp(UNOPS[o].name, name) == 0)
-            return &UNOPS[o];
-    cr_assert_fail("no op %s in UNOPS", name);
-    return NULL;
-}
+#define unop_named(name) ROW_NAMED(UNOPS, name)
 
 static tg_tensor *fn_unop(tg_ctx *c, tg_tensor *const *in, void *user)
 {

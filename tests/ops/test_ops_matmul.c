@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "tapegrad.h"
+#include "internal.h" /* tgi_default_alloc */
 #include "tg_test.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -650,14 +651,8 @@ Test(matmul, empty_inner_dimension)
 static int alloc_fail;
 static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    (void)ud;
-    (void)osize;
-    if (nsize == 0) {
-        free(ptr);
-        return NULL;
-    }
-    if (alloc_fail) return NULL;
-    return realloc(ptr, nsize);
+    if (nsize && alloc_fail) return NULL;
+    return tgi_default_alloc(ud, ptr, osize, nsize);
 }
 
 Test(matmul, gemm_out_of_memory_is_an_error)

@@ -133,14 +133,7 @@ static const unary_case UNARY[] = {
 #define N_UNARY ((int)(sizeof UNARY / sizeof UNARY[0]))
 
 /* the row named `name` (the whole label, attributes included) */
-static const unary_case *unary_named(const char *name)
-{
-    for (int o = 0; o < N_UNARY; o++)
-        if (strcmp(UNARY[o].name, name) == 0)
-            return &UNARY[o];
-    cr_assert_fail("no row %s in UNARY", name);
-    return NULL;
-}
+#define unary_named(name) ROW_NAMED(UNARY, name)
 
 /* the public function's name of a row: its label up to "(" */
 static void fn_name(const unary_case *u, char *buf, size_t size)
