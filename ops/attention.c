@@ -181,9 +181,7 @@ static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team 
                               void *user);
 static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
                               void *user);
-static int attention_forward(tg_op_call *c);
-static void attention_backward(tg_op_call *c);
-static const tg_op op_attention = {"attention", attention_forward, attention_backward};
+TGI_OP(attention);
 
 /* The pointers a pass reads and writes (NULL where not needed). */
 typedef struct {
