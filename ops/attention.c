@@ -134,6 +134,67 @@ static int team_gemm(const attn_team *tm, int nth, tg_dtype dt, int ta, int tb, 
                                        ldc);
 }
 
+/* Causal products skip the masked half: the scores' row block [i0, i1) needs keys
+ * [0, i1) only, and key block [j0, j1) of dV and dK gets terms from rows [j0, T)
+ * only. Blocks of ATTN_CAUSAL_ROWS rows (one block of everything when not
+ * causal). Skipped terms are products with exact zeros of P and dA, so the sums
+ * are those of the full products. */
+#define ATTN_CAUSAL_ROWS 32
+
+static int64_t imin64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+/* C [T,S] = A [T,D] B [S,D]^T, row block i0.. computing columns [0, i1) when causal
+ * (the scores Q K^T, and dP = dO V^T) */
+static int gemm_abt_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                         const void *B, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
+    for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
+        const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
+        if (team_gemm(tm, nth, a->dt, 0, 1, i1 - i0, w, a->d,
+                      (const unsigned char *)A + (size_t)(i0 * a->d) * esz, a->d, B, a->d, 0,
+                      (unsigned char *)C + (size_t)(i0 * a->s) * esz, a->s) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* C [T,D] (+= when acc) A [T,S] B [S,D], row block i0.. summing over keys [0, i1) when
+ * causal (O = P V, and dQ += dA K) */
+static int gemm_ab_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                        const void *B, int acc, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
+    for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
+        const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
+        if (team_gemm(tm, nth, a->dt, 0, 0, i1 - i0, a->d, w,
+                      (const unsigned char *)A + (size_t)(i0 * a->s) * esz, a->s, B, a->d, acc,
+                      (unsigned char *)C + (size_t)(i0 * a->d) * esz, a->d) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* C [S,D] += A [T,S]^T B [T,D], key block j0.. summing over rows [j0, T) when causal
+ * (dV += P^T dO, and dK += dA^T Q) */
+static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                         const void *B, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t kb = a->causal ? ATTN_CAUSAL_ROWS : a->s;
+    for (int64_t j0 = 0; j0 < a->s; j0 += kb) {
+        const int64_t j1 = imin64(j0 + kb, a->s), r0 = a->causal ? j0 : 0;
+        if (team_gemm(tm, nth, a->dt, 1, 0, j1 - j0, a->d, a->t - r0,
+                      (const unsigned char *)A + (size_t)(r0 * a->s + j0) * esz, a->s,
+                      (const unsigned char *)B + (size_t)(r0 * a->d) * esz, a->d, 1,
+                      (unsigned char *)C + (size_t)(j0 * a->d) * esz, a->d) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Run body(pair, team, nth) over pairs [0, a->bh): in the caller's thread when
  * nt == 1 (the GEMMs may then use the context's threads), else pairs split into
  * nt contiguous ranges, range i on team i, one GEMM thread each. Returns 0, or -1
@@ -312,7 +373,7 @@ static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team 
     const unsigned char *v = (const unsigned char *)bf->v + (size_t)(pair * s * d) * esz;
     unsigned char *o = (unsigned char *)bf->out + (size_t)(pair * t * d) * esz;
     void *p = bf->p ? (unsigned char *)bf->p + (size_t)(pair * t * s) * esz : tm->buf;
-    if (team_gemm(tm, nth, a->dt, 0, 1, t, s, d, q, d, k, d, 0, p, s) != 0) return -1;
+    if (gemm_abt_rows(tm, nth, a, q, k, p) != 0) return -1;
     TGI_FLOAT_DISPATCH(a->dt, {
         for (int64_t i = 0; i < t; i++) {
             T *row = (T *)p + i * s;
@@ -320,7 +381,7 @@ static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team 
             SOFTMAX_ROW(T, row, n, s, a->scale);
         }
     });
-    return team_gemm(tm, nth, a->dt, 0, 0, t, d, s, p, s, v, d, 0, o, d);
+    return gemm_ab_rows(tm, nth, a, p, v, 0, o);
 }
 
 /* d(PV)/dV: dV += P^T dO;  d(PV)/dP: dP = dO V^T;  d softmax: dA = P (dP - <dP, P>);
@@ -358,12 +419,11 @@ static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team 
     const unsigned char *dout = (const unsigned char *)bf->dout + off_q;
     const void *p = (const unsigned char *)bf->p + (size_t)(pair * t * s) * esz;
     if (bf->dv && /* dV [S,D] += P^T [S,T] dO [T,D] */
-        team_gemm(tm, nth, a->dt, 1, 0, s, d, t, p, s, dout, d, 1,
-                  (unsigned char *)bf->dv + off_k, d) != 0)
+        gemm_atb_keys(tm, nth, a, p, dout, (unsigned char *)bf->dv + off_k) != 0)
         return -1;
     if (!bf->dq && !bf->dk) return 0;
     void *da = tm->buf; /* dP [T,S] = dO [T,D] V^T, then dA in place */
-    if (team_gemm(tm, nth, a->dt, 0, 1, t, s, d, dout, d, v, d, 0, da, s) != 0) return -1;
+    if (gemm_abt_rows(tm, nth, a, dout, v, da) != 0) return -1;
     TGI_FLOAT_DISPATCH(a->dt, {
         const T sc = (T)a->scale;
         for (int64_t i = 0; i < t; i++) {
@@ -378,12 +438,10 @@ static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team 
         }
     });
     if (bf->dq && /* dQ [T,D] += dA [T,S] K [S,D] (dA carries the 1/sqrt(D)) */
-        team_gemm(tm, nth, a->dt, 0, 0, t, d, s, da, s, k, d, 1, (unsigned char *)bf->dq + off_q,
-                  d) != 0)
+        gemm_ab_rows(tm, nth, a, da, k, 1, (unsigned char *)bf->dq + off_q) != 0)
         return -1;
     if (bf->dk && /* dK [S,D] += dA^T [S,T] Q [T,D] */
-        team_gemm(tm, nth, a->dt, 1, 0, s, d, t, da, s, q, d, 1, (unsigned char *)bf->dk + off_k,
-                  d) != 0)
+        gemm_atb_keys(tm, nth, a, da, q, (unsigned char *)bf->dk + off_k) != 0)
         return -1;
     return 0;
 }
