@@ -602,6 +602,28 @@ TG_API int tg_mlp_params(const tg_mlp *m, tg_tensor **out, int cap);
 
 /* ---- layers: convolution (src/toolkit/layers_conv.c) ---- */
 
+/** A 2-D convolution layer, nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias). */
+typedef struct {
+    tg_tensor *weight;   /**< [out_ch,in_ch,kernel,kernel] parameter "<name>.weight", owned by the ctx */
+    tg_tensor *bias;     /**< [out_ch] parameter "<name>.bias" (owned by the ctx), or NULL */
+    int64_t in_ch, out_ch;
+    int kernel, stride, padding;
+} tg_conv;
+
+/** Create the parameters of @p l as nn.Conv2d does: "<name>.weight"
+ *  [out_ch,in_ch,kernel,kernel] and, when @p bias is non-zero,
+ *  "<name>.bias" [out_ch], both drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+ *  with fan_in = in_ch kernel^2 (PyTorch's default: kaiming_uniform with
+ *  a = sqrt(5) for the weight). @p name NULL: automatic names. Needs
+ *  in_ch, out_ch, kernel, stride >= 1 and padding >= 0; @p dt TG_F32 or
+ *  TG_F64. Returns 0, or -1 with the error recorded (then @p l is zeroed). */
+TG_API int tg_conv_init(tg_ctx *ctx, tg_conv *l, const char *name, int64_t in_ch,
+                        int64_t out_ch, int kernel, int stride, int padding, int bias,
+                        tg_dtype dt);
+/** tg_conv2d(x, weight, bias, stride, padding): x [N,in_ch,H,W] ->
+ *  [N,out_ch,Ho,Wo]. Returns a temporary (lives until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_conv_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x);
+
 /* ---- layers: normalisation and dropout (src/toolkit/layers_norm.c) ---- */
 
 /** nn.LayerNorm(dim): normalises the last axis (size @p dim) of its input,

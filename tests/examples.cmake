@@ -44,4 +44,19 @@ if(TARGET char_gpt)
                    --heads 2 --width 32 --context 16 --batch 8 --ff 64 --lr 3e-3 --log-every 20
                    --sample 40 --json)
   set_tests_properties(example_char_gpt PROPERTIES TIMEOUT 300)
+if(TARGET cnn_classifier)
+  # made-up 28x28 images of 10 classes (a bright square at one of ten places):
+  # quick under the sanitizers; exit 0 only when the test accuracy reaches 0.5
+  # and no training step after the first grew the arena
+  add_test(NAME example_cnn_classifier
+           COMMAND cnn_classifier --synthetic 320 --epochs 2 --json --min-accuracy 0.5)
+  set_tests_properties(example_cnn_classifier PROPERTIES TIMEOUT 300)
+  # a slice of Fashion-MNIST when it is installed (dataset-fashion-mnist): ten
+  # batches reach about 0.47 (chance: 0.10)
+  if(EXISTS /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz)
+    add_test(NAME example_cnn_classifier_fashion
+             COMMAND cnn_classifier --limit 640 --test-limit 500 --epochs 1 --json
+                     --min-accuracy 0.3)
+    set_tests_properties(example_cnn_classifier_fashion PROPERTIES TIMEOUT 300)
+  endif()
 endif()
