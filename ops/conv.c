@@ -44,12 +44,6 @@ static int check_float_arg(tg_ctx *ctx, const char *fn, const char *name, const 
     return 1;
 }
 
-/* 1 if a node should have been recorded but the tape could not grow. */
-static int record_failed(tg_ctx *ctx, const tg_op_call *c, tg_tensor *const *in, int n)
-{
-    return !c && tgi_should_record(ctx, in, n);
-}
-
 /* The geometry of one 2-D window sweep (a convolution or a pooling):
  * input planes [H,W], output planes [Ho,Wo], square stride s, padding p. */
 typedef struct {
@@ -159,8 +153,8 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
-    tg_op_call *c = tgi_record(ctx, &op_conv2d, out, in, n_in);
-    if (record_failed(ctx, c, in, n_in)) return NULL;
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_conv2d, out, in, n_in, &c) != 0) return NULL;
     if (c) geom_save(tgi_node_attr(c), &g);
     if (conv2d_fwd(ctx, out, x, w, b, &g) != 0) return NULL;
     return out;
@@ -520,8 +514,8 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
         arg = tg_scratch(ctx, (size_t)out->numel * sizeof *arg + 1);
         if (!arg) return NULL;
     }
-    tg_op_call *c = tgi_record(ctx, &op_max_pool, out, &x, 1);
-    if (record_failed(ctx, c, &x, 1)) return NULL;
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_max_pool, out, &x, 1, &c) != 0) return NULL;
     if (c) {
         geom_save(tgi_node_attr(c), &g);
         c->saved = arg;
@@ -644,8 +638,8 @@ tg_tensor *tg_avg_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
     geom g = geom_of(x, kernel, kernel, stride, 0);
     tg_tensor *out = pool_out(ctx, fn, x, &g);
     if (!out) return NULL;
-    tg_op_call *c = tgi_record(ctx, &op_avg_pool, out, &x, 1);
-    if (record_failed(ctx, c, &x, 1)) return NULL;
+    tg_op_call *c;
+    if (tgi_record(ctx, &op_avg_pool, out, &x, 1, &c) != 0) return NULL;
     if (c) geom_save(tgi_node_attr(c), &g);
     avg_pool_fwd(out, x, &g);
     return out;

@@ -44,6 +44,7 @@ if(TARGET char_gpt)
                    --heads 2 --width 32 --context 16 --batch 8 --ff 64 --lr 3e-3 --log-every 20
                    --sample 40 --json)
   set_tests_properties(example_char_gpt PROPERTIES TIMEOUT 300)
+endif()
 if(TARGET cnn_classifier)
   # made-up 28x28 images of 10 classes (a bright square at one of ten places):
   # quick under the sanitizers; exit 0 only when the test accuracy reaches 0.5
