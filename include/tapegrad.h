@@ -779,6 +779,53 @@ TG_API int tg_rnn_params(const tg_rnn *m, tg_tensor **out, int cap);
 
 /* ---- layers: transformer (src/toolkit/layers_transformer.c) ---- */
 
+/** A pre-layer-norm transformer block, as nn.TransformerEncoderLayer(d_model,
+ *  nhead, dim_feedforward, dropout=0, activation="gelu", batch_first=True,
+ *  norm_first=True) computes it (with @p causal, under a causal mask):
+ *      h = x + out_proj(attention(ln1(x)))      (multi-head self-attention)
+ *      y = h + linear2(gelu(linear1(ln2(h))))
+ *  The query, key and value projections are one fused dense layer (in_proj,
+ *  [E,3E]: columns 0..E-1 give q, E..2E-1 k, 2E..3E-1 v); head i of q, k, v
+ *  is columns i*E/H .. (i+1)*E/H - 1 of each, as in PyTorch. Parameter names
+ *  (after the prefix) are PyTorch's: "self_attn.in_proj_weight",
+ *  "self_attn.in_proj_bias", "self_attn.out_proj.weight", ".bias",
+ *  "linear1.*", "linear2.*", "norm1.*", "norm2.*"; the dense weights are
+ *  stored [in,out] as tg_dense stores them (PyTorch's are [out,in]: transpose
+ *  them to move weights across; docs/nn.md). No dropout. The tensors are
+ *  parameters owned by the context; there is nothing to free. */
+typedef struct {
+    tg_dense in_proj;     /**< [E,3E] and [3E]: the fused q, k, v projection */
+    tg_dense out_proj;    /**< [E,E] and [E] */
+    tg_dense linear1;     /**< [E,d_ff] and [d_ff] */
+    tg_dense linear2;     /**< [d_ff,E] and [E] */
+    tg_layernorm norm1;   /**< [E], before the attention */
+    tg_layernorm norm2;   /**< [E], before the MLP */
+    int64_t d_model;      /**< E, the width */
+    int64_t n_heads;      /**< H; E is a multiple of H */
+    int64_t d_ff;         /**< width of the GELU MLP */
+} tg_transformer_block;
+
+/** Create the block's parameters under the names above, each preceded by
+ *  @p prefix (e.g. "blocks.0."; NULL or "" for none), initialised as PyTorch
+ *  does: in_proj weight Xavier uniform over [3E,E], its bias 0; out_proj
+ *  weight U(-1/sqrt(E), 1/sqrt(E)), bias 0; linear1 and linear2 as
+ *  nn.Linear, weight and bias U(-1/sqrt(in), 1/sqrt(in)); layer norms 1 and
+ *  0. @p n_heads >= 1 divides @p d_model >= 1; @p d_ff >= 1; @p dt TG_F32 or
+ *  TG_F64. Returns 0, or -1 with the error recorded (then @p blk is zeroed;
+ *  parameters made before the failure stay in the context). */
+TG_API int tg_transformer_block_init(tg_ctx *ctx, tg_transformer_block *blk, const char *prefix,
+                                     int64_t d_model, int64_t n_heads, int64_t d_ff,
+                                     tg_dtype dt);
+/** x [B,T,E] -> [B,T,E] through the block; @p causal masks position j > i in
+ *  the attention. Returns a temporary (lives until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block *blk,
+                                               tg_tensor *x, int causal);
+/** Write the block's 12 parameters (in_proj, out_proj, linear1, linear2
+ *  weight then bias, then norm1 and norm2 weight then bias) into @p out, which
+ *  has room for @p cap. Returns 12 (also when cap is smaller: then only cap
+ *  are written), -1 if @p blk is NULL. */
+TG_API int tg_transformer_block_params(const tg_transformer_block *blk, tg_tensor **out, int cap);
+
 /* ======================================================================== */
 /** @name Optimisers                                                        */
 /* PyTorch's update rules and defaults (torch.optim, version 1.13), written

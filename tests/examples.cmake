@@ -43,6 +43,15 @@ if(TARGET tg-mlp)
   add_test(NAME example_tg_mlp_help COMMAND tg-mlp --help)
   set_tests_properties(example_tg_mlp_help PROPERTIES PASS_REGULAR_EXPRESSION "usage:")
 endif()
+if(TARGET char_gpt)
+  # a 2-block transformer on docs/guide.md for a few steps; char_gpt exits 0
+  # only when the held-out loss fell and a warm step did not grow the arena
+  add_test(NAME example_char_gpt
+           COMMAND char_gpt --text ${PROJECT_SOURCE_DIR}/docs/guide.md --steps 60 --layers 2
+                   --heads 2 --width 32 --context 16 --batch 8 --ff 64 --lr 3e-3 --log-every 20
+                   --sample 40 --json)
+  set_tests_properties(example_char_gpt PROPERTIES TIMEOUT 300)
+endif()
 if(TARGET cnn_classifier)
   # made-up 28x28 images of 10 classes (a bright square at one of ten places):
   # quick under the sanitizers; exit 0 only when the test accuracy reaches 0.5

@@ -1,0 +1,447 @@
+/* ops/attention.c: scaled dot-product attention, one fused node.
+ *
+ * Per (batch, head) pair the op is three GEMMs and a row softmax; the pairs are
+ * independent, so they are split over the context's threads, each thread running
+ * whole pairs with its own GEMM workspace, which gives the same bits for any
+ * thread count. Local gradients in full: docs/ops.md, "Attention". */
+#include "ops.h"
+
+/* Below this many multiply-adds (forward: 2 B H T S D) the pairs are not split over
+ * threads: waking a team costs more than it saves. */
+#define ATTN_PAR_MIN_FLOPS ((int64_t)1 << 22)
+/* GEMM calls per (b,h) pair in one pass (backward: dV, dP, dQ, dK) */
+#define ATTN_GEMMS_PER_PAIR 4
+#define ATTN_GEMM_GROW ((size_t)65536) /* the GEMM workspace grows in 64 KiB steps */
+
+/* ======================================================================== */
+/* Per-thread GEMM workspaces                                               */
+/* ======================================================================== */
+
+/* The context's GEMM workspace serves one caller thread at a time, so threads
+ * that each run whole (b,h) pairs get a workspace of their own: made per call
+ * (tgi_gemm_ws_new) on an allocator that bumps through a slice of arena memory
+ * taken before the parallel region. Nothing reaches the heap, and a warm
+ * training step takes the same slices from the arena again. Frees are no-ops:
+ * the slice goes back with the arena at tg_reset. */
+typedef struct {
+    unsigned char *base;
+    size_t size, used;
+} attn_bump;
+
+static void *bump_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)osize;
+    attn_bump *b = ud;
+    if (nsize == 0 || ptr) return NULL; /* a free (no-op), or a resize (never asked) */
+    const size_t n = (nsize + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    if (n < nsize || b->size - b->used < n) return NULL;
+    void *p = b->base + b->used;
+    b->used += n;
+    return p;
+}
+
+/* An upper bound of the workspace bytes one single-threaded m x n x k product
+ * reserves (gemm.c: packed panels of at most (m + MR) x kc and kc x (n + NR),
+ * MR, NR <= 32, kc <= k; the direct path needs less), rounded up to its growth
+ * step, plus alignment. */
+static size_t gemm_ws_bound(int64_t m, int64_t n, int64_t k, size_t esz)
+{
+    size_t need = (size_t)(m + n + 64) * (size_t)k * esz + 256;
+    return (need + ATTN_GEMM_GROW - 1) / ATTN_GEMM_GROW * ATTN_GEMM_GROW + 2 * TG_ALIGN;
+}
+
+/* One thread's tools: its GEMM workspace and a [T,S] buffer (the scores when P is
+ * not kept, or dP and dS in backward). */
+typedef struct {
+    tg_gemm_ws *ws;
+    attn_bump bump;
+    void *buf;
+} attn_team;
+
+/* The shapes of one call. */
+typedef struct {
+    int64_t bh, t, s, d; /* B*H pairs, query and key positions, head size */
+    int causal;
+    double scale;        /* 1 / sqrt(D) */
+    tg_dtype dt;
+} attn_dims;
+
+/* How many threads split the pairs (1: the caller's thread alone). */
+static int attn_threads(const tg_ctx *ctx, const attn_dims *a)
+{
+#ifdef _OPENMP
+    const int64_t flops = 2 * a->bh * a->t * a->s * a->d;
+    if (ctx->nthreads <= 1 || a->bh < 2 || flops < ATTN_PAR_MIN_FLOPS) return 1;
+    return a->bh < ctx->nthreads ? (int)a->bh : ctx->nthreads;
+#else
+    (void)ctx, (void)a;
+    return 1;
+#endif
+}
+
+/* Make nt teams: each with a [T,S] buffer when need_buf and, when nt > 1, its own workspace
+ * sized for the largest product of the pass (workspace bytes `ws_bytes`). With
+ * nt == 1 the context's workspace serves. Returns NULL with the error recorded. */
+static attn_team *teams_new(tg_ctx *ctx, const char *fn, const attn_dims *a, int nt,
+                            size_t ws_bytes, int need_buf)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    attn_team *tm = tgi_arena_alloc(ctx, sizeof *tm * (size_t)nt);
+    if (!tm) return NULL;
+    for (int i = 0; i < nt; i++) {
+        tm[i].ws = nt == 1 ? ctx->gemm : NULL;
+        tm[i].bump = (attn_bump){NULL, 0, 0};
+        tm[i].buf = NULL;
+        if (need_buf && !(tm[i].buf = tgi_arena_alloc(ctx, (size_t)(a->t * a->s) * esz + TG_ALIGN)))
+            return NULL;
+        if (nt == 1) continue;
+        tm[i].bump.size = ws_bytes;
+        tm[i].bump.base = tgi_arena_alloc(ctx, ws_bytes);
+        if (!tm[i].bump.base) return NULL;
+        tm[i].ws = tgi_gemm_ws_new(bump_alloc, &tm[i].bump);
+        if (!tm[i].ws) {
+            tg_set_error(ctx, "%s: out of memory (a thread's GEMM workspace)", fn);
+            return NULL;
+        }
+    }
+    return tm;
+}
+
+/* Workspace bytes a thread needs for the products of one pass: the struct and
+ * one growth per product (a workspace only grows when a product needs more than
+ * it has, and every pair runs the same products). */
+static size_t pass_ws_bytes(const attn_dims *a, int backward)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t t = a->t, s = a->s, d = a->d;
+    size_t b = 1024; /* the workspace struct */
+    if (!backward) {
+        b += gemm_ws_bound(t, s, d, esz) + gemm_ws_bound(t, d, s, esz);
+    } else {
+        b += gemm_ws_bound(s, d, t, esz) + gemm_ws_bound(t, s, d, esz) +
+             gemm_ws_bound(t, d, s, esz) + gemm_ws_bound(s, d, t, esz);
+    }
+    return b;
+}
+
+/* C = op(A) op(B) (+ C when acc) on a team's workspace; 0 or -1 (out of memory). */
+static int team_gemm(const attn_team *tm, int nth, tg_dtype dt, int ta, int tb, int64_t m,
+                     int64_t n, int64_t k, const void *A, int64_t lda, const void *B,
+                     int64_t ldb, int acc, void *C, int64_t ldc)
+{
+    return dt == TG_F32 ? tgi_gemm_f32(tm->ws, nth, ta, tb, m, n, k, A, lda, B, ldb, acc, C, ldc)
+                        : tgi_gemm_f64(tm->ws, nth, ta, tb, m, n, k, A, lda, B, ldb, acc, C,
+                                       ldc);
+}
+
+/* Causal products skip the masked half: the scores' row block [i0, i1) needs keys
+ * [0, i1) only, and key block [j0, j1) of dV and dK gets terms from rows [j0, T)
+ * only. Blocks of ATTN_CAUSAL_ROWS rows (one block of everything when not
+ * causal). Skipped terms are products with exact zeros of P and dA, so the sums
+ * are those of the full products. */
+#define ATTN_CAUSAL_ROWS 32
+
+static int64_t imin64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+/* C [T,S] = A [T,D] B [S,D]^T, row block i0.. computing columns [0, i1) when causal
+ * (the scores Q K^T, and dP = dO V^T) */
+static int gemm_abt_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                         const void *B, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
+    for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
+        const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
+        if (team_gemm(tm, nth, a->dt, 0, 1, i1 - i0, w, a->d,
+                      (const unsigned char *)A + (size_t)(i0 * a->d) * esz, a->d, B, a->d, 0,
+                      (unsigned char *)C + (size_t)(i0 * a->s) * esz, a->s) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* C [T,D] (+= when acc) A [T,S] B [S,D], row block i0.. summing over keys [0, i1) when
+ * causal (O = P V, and dQ += dA K) */
+static int gemm_ab_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                        const void *B, int acc, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
+    for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
+        const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
+        if (team_gemm(tm, nth, a->dt, 0, 0, i1 - i0, a->d, w,
+                      (const unsigned char *)A + (size_t)(i0 * a->s) * esz, a->s, B, a->d, acc,
+                      (unsigned char *)C + (size_t)(i0 * a->d) * esz, a->d) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* C [S,D] += A [T,S]^T B [T,D], key block j0.. summing over rows [j0, T) when causal
+ * (dV += P^T dO, and dK += dA^T Q) */
+static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const void *A,
+                         const void *B, void *C)
+{
+    const size_t esz = tg_dtype_size(a->dt);
+    const int64_t kb = a->causal ? ATTN_CAUSAL_ROWS : a->s;
+    for (int64_t j0 = 0; j0 < a->s; j0 += kb) {
+        const int64_t j1 = imin64(j0 + kb, a->s), r0 = a->causal ? j0 : 0;
+        if (team_gemm(tm, nth, a->dt, 1, 0, j1 - j0, a->d, a->t - r0,
+                      (const unsigned char *)A + (size_t)(r0 * a->s + j0) * esz, a->s,
+                      (const unsigned char *)B + (size_t)(r0 * a->d) * esz, a->d, 1,
+                      (unsigned char *)C + (size_t)(j0 * a->d) * esz, a->d) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Run body(pair, team, nth) over pairs [0, a->bh): in the caller's thread when
+ * nt == 1 (the GEMMs may then use the context's threads), else pairs split into
+ * nt contiguous ranges, range i on team i, one GEMM thread each. Returns 0, or -1
+ * when a product could not get workspace memory. */
+typedef int (*attn_pair_fn)(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                            void *user);
+
+static int for_each_pair(tg_ctx *ctx, const attn_dims *a, attn_team *tm, int nt,
+                         attn_pair_fn body, void *user)
+{
+    int failed = 0;
+    if (nt == 1) {
+        for (int64_t p = 0; p < a->bh && !failed; p++)
+            failed = body(a, p, &tm[0], ctx->nthreads, user) != 0;
+        return failed ? -1 : 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(| : failed)
+    for (int i = 0; i < nt; i++) {
+        const int64_t lo = a->bh * i / nt, hi = a->bh * (i + 1) / nt;
+        for (int64_t p = lo; p < hi && !failed; p++) failed |= body(a, p, &tm[i], 1, user) != 0;
+    }
+#endif
+    return failed ? -1 : 0;
+}
+
+/* ======================================================================== */
+/* tg_attention                                                             */
+/* ======================================================================== */
+
+/* O = softmax(Q K^T / sqrt(D)) V per (b,h).  q [B,H,T,D], k and v [B,H,S,D],
+ * O [B,H,T,D]; with causal (T == S), score (i,j) for j > i is masked out: its
+ * probability is exactly 0 and no exp is taken for it.
+ *   A = Q K^T / sqrt(D) [T,S],  P = softmax_rows(A),  O = P V.
+ *   dV += P^T dO
+ *   dP  = dO V^T,  dA = P * (dP - rowsum(dP * P))   (softmax's Jacobian, per row)
+ *   dQ += dA K / sqrt(D),  dK += dA^T Q / sqrt(D)
+ * Saves: P [B,H,T,S] (tg_scratch), written in place of the scores, so the score
+ * matrix is stored once; backward needs nothing else (q, k, v are the inputs).
+ * Numerics: each row subtracts its maximum before the exp; row sums and the
+ * rowsum(dP * P) are accumulated in double; 1/sqrt(D) is folded into the softmax
+ * pass and into dA. Threads split the (b,h) pairs, each pair's arithmetic is
+ * the same whatever the split, so results are bit-identical for any thread count. */
+static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user);
+static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user);
+TGI_OP(attention);
+
+/* The pointers a pass reads and writes (NULL where not needed). */
+typedef struct {
+    const void *q, *k, *v, *dout;
+    void *out, *p, *dq, *dk, *dv; /* p: the kept probabilities, or NULL (team buffers) */
+} attn_bufs;
+
+/* Argument checks of tg_attention: 1 if the call can go ahead. */
+static int attention_check(tg_ctx *ctx, const char *fn, const tg_tensor *q, const tg_tensor *k,
+                           const tg_tensor *v, int causal)
+{
+    if (!tgi_check_float_arg(ctx, fn, "q", q, NULL) || !tgi_check_float_arg(ctx, fn, "k", k, q) ||
+        !tgi_check_float_arg(ctx, fn, "v", v, q))
+        return 0;
+    char sq[64], sk[64], sv[64];
+    TGI_SHAPE(q, sq), TGI_SHAPE(k, sk), TGI_SHAPE(v, sv);
+    if (q->ndim != 4 || k->ndim != 4 || v->ndim != 4) {
+        tg_set_error(ctx, "%s: q, k and v must be 4-D ([B,H,T,D], [B,H,S,D], [B,H,S,D]): "
+                          "q is %s, k is %s, v is %s", fn, sq, sk, sv);
+        return 0;
+    }
+    static const char *const dim_name[4] = {"B", "H", "", "D"};
+    for (int ax = 0; ax < 4; ax++) {
+        if (ax == 2) continue;
+        if (q->shape[ax] != k->shape[ax] || q->shape[ax] != v->shape[ax]) {
+            tg_set_error(ctx, "%s: q, k and v differ in %s (axis %d): q is %s, k is %s, v is %s",
+                         fn, dim_name[ax], ax, sq, sk, sv);
+            return 0;
+        }
+    }
+    if (k->shape[2] != v->shape[2]) {
+        tg_set_error(ctx, "%s: k and v must have the same number of positions S (axis 2): "
+                          "k is %s, v is %s", fn, sk, sv);
+        return 0;
+    }
+    if (q->shape[3] == 0 || (k->shape[2] == 0 && q->shape[2] > 0)) {
+        tg_set_error(ctx, "%s: D and S must be at least 1 (a softmax over no keys is "
+                          "undefined): q is %s, k is %s", fn, sq, sk);
+        return 0;
+    }
+    if (causal && q->shape[2] != k->shape[2]) {
+        tg_set_error(ctx, "%s: causal attention needs T == S: q is %s (T = %lld), k is %s "
+                          "(S = %lld)", fn, sq, (long long)q->shape[2], sk,
+                     (long long)k->shape[2]);
+        return 0;
+    }
+    return 1;
+}
+
+static attn_dims attention_dims(const tg_tensor *q, const tg_tensor *k, int causal)
+{
+    attn_dims a;
+    a.bh = q->shape[0] * q->shape[1];
+    a.t = q->shape[2];
+    a.s = k->shape[2];
+    a.d = q->shape[3];
+    a.causal = causal != 0;
+    a.scale = 1.0 / sqrt((double)a.d);
+    a.dt = q->dtype;
+    return a;
+}
+
+tg_tensor *tg_attention(tg_ctx *ctx, tg_tensor *q, tg_tensor *k, tg_tensor *v, int causal)
+{
+    static const char fn[] = "tg_attention";
+    if (!ctx) return NULL;
+    if (!attention_check(ctx, fn, q, k, v, causal)) return NULL;
+    tg_tensor *out = tgi_tensor_new(ctx, fn, q->dtype, 4, q->shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[3] = {q, k, v};
+    const tgi_attr at = {.i = {causal != 0}};
+    return tgi_op_run(ctx, &op_attention, out, in, 3, &at, sizeof at);
+}
+
+/* Forward over every pair; P goes to tg_scratch (c->saved) when the call is
+ * recorded, else each thread's [T,S] buffer holds its pair's scores. */
+static int attention_forward(tg_op_call *c)
+{
+    static const char fn[] = "tg_attention";
+    tg_ctx *ctx = c->ctx;
+    const tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+    const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
+    void *p = NULL;
+    if (tgi_recorded(c) && a.bh * a.t * a.s > 0) {
+        p = tg_scratch(ctx, (size_t)(a.bh * a.t * a.s) * tg_dtype_size(a.dt));
+        if (!p) return -1;
+    }
+    c->saved = p;
+    const int nt = attn_threads(ctx, &a);
+    attn_team *tm = teams_new(ctx, fn, &a, nt, pass_ws_bytes(&a, 0), p == NULL);
+    if (!tm) return -1;
+    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .out = c->out->data, .p = p};
+    if (for_each_pair(ctx, &a, tm, nt, attention_pair_fwd, &bf) != 0) {
+        char sq[64];
+        tg_set_error(ctx, "%s: out of memory (GEMM workspace) for q %s", fn, TGI_SHAPE(q, sq));
+        return -1;
+    }
+    return 0;
+}
+
+/* One row of scores a[0..s) -> probabilities: the first n (= i + 1 when causal,
+ * else s) get softmax(scale * a), the rest exactly 0 (no exp taken). */
+#define SOFTMAX_ROW(T, row, n, s, scale)                                               \
+    do {                                                                               \
+        T m_ = (row)[0];                                                               \
+        for (int64_t j = 1; j < (n); j++)                                              \
+            if ((row)[j] > m_) m_ = (row)[j];                                          \
+        const T sc_ = (T)(scale);                                                      \
+        for (int64_t j = 0; j < (n); j++) (row)[j] = ((row)[j] - m_) * sc_;            \
+        V_EXP((row), (row), (n));                                                      \
+        double sum_ = 0;                                                               \
+        for (int64_t j = 0; j < (n); j++) sum_ += (double)(row)[j];                    \
+        const T inv_ = (T)(1.0 / sum_);                                                \
+        for (int64_t j = 0; j < (n); j++) (row)[j] *= inv_;                            \
+        for (int64_t j = (n); j < (s); j++) (row)[j] = 0;                              \
+    } while (0)
+
+/* One pair: A = Q K^T (GEMM, K read transposed in place), P = softmax_rows(A / sqrt(D))
+ * in place, O = P V (GEMM). */
+static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user)
+{
+    const attn_bufs *bf = user;
+    const int64_t t = a->t, s = a->s, d = a->d;
+    const size_t esz = tg_dtype_size(a->dt);
+    const unsigned char *q = (const unsigned char *)bf->q + (size_t)(pair * t * d) * esz;
+    const unsigned char *k = (const unsigned char *)bf->k + (size_t)(pair * s * d) * esz;
+    const unsigned char *v = (const unsigned char *)bf->v + (size_t)(pair * s * d) * esz;
+    unsigned char *o = (unsigned char *)bf->out + (size_t)(pair * t * d) * esz;
+    void *p = bf->p ? (unsigned char *)bf->p + (size_t)(pair * t * s) * esz : tm->buf;
+    if (gemm_abt_rows(tm, nth, a, q, k, p) != 0) return -1;
+    TGI_FLOAT_DISPATCH(a->dt, {
+        for (int64_t i = 0; i < t; i++) {
+            T *row = (T *)p + i * s;
+            const int64_t n = a->causal ? i + 1 : s;
+            SOFTMAX_ROW(T, row, n, s, a->scale);
+        }
+    });
+    return gemm_ab_rows(tm, nth, a, p, v, 0, o);
+}
+
+/* d(PV)/dV: dV += P^T dO;  d(PV)/dP: dP = dO V^T;  d softmax: dA = P (dP - <dP, P>);
+ * d(QK^T/sqrt(D))/dQ: dQ += dA K / sqrt(D);  /dK: dK += dA^T Q / sqrt(D) */
+static void attention_backward(tg_op_call *c)
+{
+    tg_ctx *ctx = c->ctx;
+    tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+    const void *dout = tg_grad(c->out);
+    if (!dout) return;
+    const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
+    if (a.bh * a.t * a.s == 0) return;
+    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .dout = dout, .p = c->saved};
+    /* each input under its own `if`: a NULL gradient pointer skips its products */
+    if (tgi_needs_grad(q) && !(bf.dq = tg_grad_acc(q))) return;
+    if (tgi_needs_grad(k) && !(bf.dk = tg_grad_acc(k))) return;
+    if (tgi_needs_grad(v) && !(bf.dv = tg_grad_acc(v))) return;
+    const int nt = attn_threads(ctx, &a);
+    attn_team *tm = teams_new(ctx, "tg_attention", &a, nt, pass_ws_bytes(&a, 1), bf.dq || bf.dk);
+    if (!tm) return;
+    if (for_each_pair(ctx, &a, tm, nt, attention_pair_bwd, &bf) != 0)
+        tg_set_error(ctx, "tg_attention: out of memory (GEMM workspace) in backward");
+}
+
+static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user)
+{
+    const attn_bufs *bf = user;
+    const int64_t t = a->t, s = a->s, d = a->d;
+    const size_t esz = tg_dtype_size(a->dt);
+    const size_t off_q = (size_t)(pair * t * d) * esz, off_k = (size_t)(pair * s * d) * esz;
+    const unsigned char *q = (const unsigned char *)bf->q + off_q;
+    const unsigned char *k = (const unsigned char *)bf->k + off_k;
+    const unsigned char *v = (const unsigned char *)bf->v + off_k;
+    const unsigned char *dout = (const unsigned char *)bf->dout + off_q;
+    const void *p = (const unsigned char *)bf->p + (size_t)(pair * t * s) * esz;
+    if (bf->dv && /* dV [S,D] += P^T [S,T] dO [T,D] */
+        gemm_atb_keys(tm, nth, a, p, dout, (unsigned char *)bf->dv + off_k) != 0)
+        return -1;
+    if (!bf->dq && !bf->dk) return 0;
+    void *da = tm->buf; /* dP [T,S] = dO [T,D] V^T, then dA in place */
+    if (gemm_abt_rows(tm, nth, a, dout, v, da) != 0) return -1;
+    TGI_FLOAT_DISPATCH(a->dt, {
+        const T sc = (T)a->scale;
+        for (int64_t i = 0; i < t; i++) {
+            const T *pr = (const T *)p + i * s;
+            T *dr = (T *)da + i * s;
+            const int64_t n = a->causal ? i + 1 : s;
+            double dot = 0;
+            for (int64_t j = 0; j < n; j++) dot += (double)dr[j] * (double)pr[j];
+            const T dt_ = (T)dot;
+            for (int64_t j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - dt_) * sc;
+            for (int64_t j = n; j < s; j++) dr[j] = 0;
+        }
+    });
+    if (bf->dq && /* dQ [T,D] += dA [T,S] K [S,D] (dA carries the 1/sqrt(D)) */
+        gemm_ab_rows(tm, nth, a, da, k, 1, (unsigned char *)bf->dq + off_q) != 0)
+        return -1;
+    if (bf->dk && /* dK [S,D] += dA^T [S,T] Q [T,D] */
+        gemm_atb_keys(tm, nth, a, da, q, (unsigned char *)bf->dk + off_k) != 0)
+        return -1;
+    return 0;
+}
