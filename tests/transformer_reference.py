@@ -8,8 +8,8 @@ and paste the arrays into the test. Generated with torch 1.13.
 The block: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=12,
 dropout=0, activation="gelu", batch_first=True, norm_first=True) in float64,
 under a causal mask (-inf above the diagonal). Every parameter is set from a
-formula of its flat index i in PyTorch's layout ([out,in] for the weights;
-the C test stores the transpose):
+formula of its flat index i in PyTorch's layout ([out,in] for the weights, as
+tapegrad stores them too):
     value = 0.3 sin(0.7 i + s)   with s = 0.1, 0.2, ... in the order of
     named_parameters() (in_proj_weight, in_proj_bias, out_proj.weight,
     out_proj.bias, linear1.weight, linear1.bias, linear2.weight, linear2.bias,
@@ -53,10 +53,7 @@ def main():
     print(carray("REF_Y", y.detach()))
     print(carray("REF_DX", x.grad))
     for name, p in layer.named_parameters():
-        g = p.grad
-        if g.dim() == 2:
-            g = g.t()  # stored [in,out] in tapegrad
-        print(carray("REF_D_" + name.replace(".", "_").upper(), g.contiguous()))
+        print(carray("REF_D_" + name.replace(".", "_").upper(), p.grad.contiguous()))
 
 
 if __name__ == "__main__":

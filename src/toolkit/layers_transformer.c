@@ -73,7 +73,7 @@ int tg_transformer_block_init(tg_ctx *ctx, tg_transformer_block *blk, const char
         return -1;
     }
     tg_transformer_block b = {.d_model = d_model, .n_heads = n_heads, .d_ff = d_ff};
-    const int64_t e = d_model, e3[2] = {d_model, 3 * d_model};
+    const int64_t e = d_model, e3[2] = {3 * d_model, d_model};
     /* in_proj: MultiheadAttention's one [3E,E] weight (xavier_uniform_, fan_in E,
      * fan_out 3E) and zero bias, under its names */
     char name[256];
