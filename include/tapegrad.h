@@ -785,19 +785,19 @@ TG_API int tg_rnn_params(const tg_rnn *m, tg_tensor **out, int cap);
  *      h = x + out_proj(attention(ln1(x)))      (multi-head self-attention)
  *      y = h + linear2(gelu(linear1(ln2(h))))
  *  The query, key and value projections are one fused dense layer (in_proj,
- *  [E,3E]: columns 0..E-1 give q, E..2E-1 k, 2E..3E-1 v); head i of q, k, v
- *  is columns i*E/H .. (i+1)*E/H - 1 of each, as in PyTorch. Parameter names
+ *  [3E,E]: output features 0..E-1 give q, E..2E-1 k, 2E..3E-1 v); head i of
+ *  q, k, v is features i*E/H .. (i+1)*E/H - 1 of each, as in PyTorch. Parameter names
  *  (after the prefix) are PyTorch's: "self_attn.in_proj_weight",
  *  "self_attn.in_proj_bias", "self_attn.out_proj.weight", ".bias",
  *  "linear1.*", "linear2.*", "norm1.*", "norm2.*"; the dense weights are
- *  stored [in,out] as tg_dense stores them (PyTorch's are [out,in]: transpose
- *  them to move weights across; docs/nn.md). No dropout. The tensors are
+ *  [out,in] as in PyTorch, so a block's parameters load into
+ *  nn.TransformerEncoderLayer (docs/nn.md). No dropout. The tensors are
  *  parameters owned by the context; there is nothing to free. */
 typedef struct {
-    tg_dense in_proj;     /**< [E,3E] and [3E]: the fused q, k, v projection */
+    tg_dense in_proj;     /**< [3E,E] and [3E]: the fused q, k, v projection */
     tg_dense out_proj;    /**< [E,E] and [E] */
-    tg_dense linear1;     /**< [E,d_ff] and [d_ff] */
-    tg_dense linear2;     /**< [d_ff,E] and [E] */
+    tg_dense linear1;     /**< [d_ff,E] and [d_ff] */
+    tg_dense linear2;     /**< [E,d_ff] and [E] */
     tg_layernorm norm1;   /**< [E], before the attention */
     tg_layernorm norm2;   /**< [E], before the MLP */
     int64_t d_model;      /**< E, the width */
