@@ -339,8 +339,9 @@ int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds, int64_t ba
     b->flags = flags;
     b->order = order;
     b->n = ds->n;
-    b->n_batches = (flags & TG_BATCH_DROP_LAST) ? ds->n / batch_size
-                                                : (ds->n + batch_size - 1) / batch_size;
+    /* (ds->n + batch_size - 1) / batch_size would overflow for batch sizes near INT64_MAX */
+    b->n_batches = ds->n / batch_size +
+                   (!(flags & TG_BATCH_DROP_LAST) && ds->n % batch_size != 0);
     b->fresh = 1;
     return 0;
 }
