@@ -22,6 +22,7 @@ int tg_gradcheck(tg_ctx *ctx, tg_fn fn, void *user, tg_tensor *const *inputs, in
                  const tg_gradcheck_opts *opts) {
     if (!ctx) return 0;
     if (!tg_ok(ctx)) return 0;
+    tgi_api(ctx, "tg_gradcheck");
     if (!fn || !inputs || n < 1) {
         tg_set_error(ctx, "tg_gradcheck: needs a function and at least one input (n = %d)", n);
         return 0;
