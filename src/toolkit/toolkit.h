@@ -12,4 +12,14 @@
 tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
                               int64_t n_targets, int zero);
 
+/* ---- opening files to read (fileio.c; used by the loaders and checkpoints) ----
+ * Opens path read-only without blocking (a FIFO with no writer would block
+ * open(), and a device never ends), checks with fstat that it is a regular file
+ * and fills *st. Returns the fd (blocking again), or -1 with errno set, or
+ * TGI_NOT_REGULAR (st->st_mode says what it is; tgi_file_kind names it). */
+#define TGI_NOT_REGULAR (-2)
+struct stat;
+int tgi_open_regular(const char *path, struct stat *st);
+const char *tgi_file_kind(unsigned mode); /* "a FIFO", "a directory", ... */
+
 #endif /* TG_TOOLKIT_H */
