@@ -384,8 +384,12 @@ static int io_save_check(io_save *s, const char *const *keys, const char *const 
                 io_save_fail(s, "metadata key '%s' is given twice", keys[i]);
                 return -1;
             }
-        if (!io_utf8_ok(keys[i]) || !io_utf8_ok(values[i])) {
-            io_save_fail(s, "metadata %s %d is not valid UTF-8", !io_utf8_ok(keys[i]) ? "key" : "value", i);
+        if (!io_utf8_ok(keys[i])) {
+            io_save_fail(s, "metadata key %d is not valid UTF-8", i);
+            return -1;
+        }
+        if (!io_utf8_ok(values[i])) {
+            io_save_fail(s, "metadata value of key '%s' is not valid UTF-8", keys[i]);
             return -1;
         }
     }
@@ -755,10 +759,10 @@ static int io_open(io_file *f) {
     /* the format: the header starts with '{' and is padded with spaces only */
     size_t hl = f->head_alloc;
     while (hl > 0 && f->head[hl - 1] == ' ') hl--;
-    if (hl == 0 || f->head[0] != '{' || f->head[hl - 1] != '}')
-        return io_fail(f, "header must be a JSON object that starts with '{' at byte 8 and ends "
-                          "with '}' followed only by spaces (got 0x%02x first, 0x%02x last)",
-                       hl ? (unsigned char)f->head[0] : 0, hl ? (unsigned char)f->head[hl - 1] : 0);
+    if (hl == 0 || f->head[0] != '{')
+        return io_fail(f, "header must be a JSON object that starts with '{' at byte 8, got "
+                          "0x%02x",
+                       hl ? (unsigned char)f->head[0] : 0);
     json_error_t jerr;
     f->root = json_loadb(f->head, hl, JSON_REJECT_DUPLICATES, &jerr);
     if (!f->root) {
@@ -773,6 +777,10 @@ static int io_open(io_file *f) {
     }
     if (!json_is_object(f->root))
         return io_fail(f, "header must be a JSON object, got %s", io_json_type(f->root));
+    if (f->head[hl - 1] != '}') /* (Jansson skips any whitespace after the object) */
+        return io_fail(f, "header must be a JSON object that starts with '{' and ends with '}' "
+                          "followed only by spaces, got 0x%02x after it",
+                       (unsigned char)f->head[hl - 1]);
 
     f->meta = json_object_get(f->root, IO_META_KEY);
     if (f->meta && io_check_meta(f, f->meta) < 0) return -1;

@@ -365,7 +365,7 @@ Test(defect9, header_whitespace_other_than_trailing_spaces_is_refused) {
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         ((float *)tg_data(w))[0] = 7;
         cr_assert_eq(load_header(ctx, path, bad[i]), -1, "variant %zu was accepted", i);
-        assert_err_has(ctx, "starts with '{'");
+        assert_err_has(ctx, "header must be a JSON object that starts with '{'");
         cr_assert_eq(((float *)tg_data(w))[0], 7.0f);
         tg_clear_error(ctx);
     }
