@@ -596,7 +596,7 @@ static const bad_case bad_cases[] = {
     {"duplicate tensor", "{" A_OK "," A_OK "," B_OK "}", 40, "duplicate object key"},
     {"non-UTF-8 header", "{\"a\xff\xfe\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}}",
      24, "header is not valid UTF-8"},
-    {"header is an array", "[1,2]", 40, "header must be a JSON object, got an array"},
+    {"header is an array", "[1,2]", 40, "header must be a JSON object that starts with '{' at byte 8, got 0x5b"},
     {"shape as a string",
      "{\"a\":{\"dtype\":\"F32\",\"shape\":\"2,3\",\"data_offsets\":[0,24]}," B_OK "}", 40,
      "tensor 'a': shape must be an array of non-negative integers, got a string"},
