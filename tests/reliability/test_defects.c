@@ -16,6 +16,10 @@
 #include "internal.h"
 #include "tapegrad.h"
 
+#ifndef TGI_UNPOISON /* (an engine without arena poisoning) */
+#define TGI_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 static char dir[64];
 
 static void mkdir_tmp(void) {
