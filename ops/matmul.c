@@ -22,7 +22,7 @@
 
 /* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
 #if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES) /* (TSan: resolvers run before it) */
 #define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 #endif

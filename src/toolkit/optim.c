@@ -248,7 +248,7 @@ tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *pa
  * (PAR_RANGES): element i of an update depends only on element i of p, g
  * and the state, so any thread count gives the same bits too. */
 #if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES) /* (TSan: resolvers run before it) */
 #define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 #endif
