@@ -1,6 +1,7 @@
 /* test_fault_injection.c: fail the N-th allocation, for every N, across a
  * training step that uses every op family and every optimiser, a save, a
- * load and each data loader (CSV, IDX plain and gzip'd, the batcher). For
+ * load and each data loader (CSV, IDX plain and gzip'd, an IDX directory, the
+ * batcher). For
  * each N on a fresh context:
  *   - the call that met the failure returns its error value and the message
  *     starts with that function's name and says "out of memory";
@@ -48,7 +49,7 @@ static uint64_t params_hash(tg_ctx *ctx) {
     return h;
 }
 
-static char ckpt[128];
+static char ckpt[128], idx_dir[64];
 
 static void setup_params(tg_ctx *ctx) {
     const int64_t ws[2] = {4, 3}, bs[1] = {3}, cs[1] = {1};
@@ -139,7 +140,7 @@ static tg_tensor *forward(tg_ctx *ctx, faulty *F, const char **fn) {
 static int workload(tg_ctx *ctx, faulty *F) {
     int done = 0;
     tg_optim *opt[TG_OPT_COUNT] = {0};
-    tg_dataset *csv = NULL, *idx = NULL, *gz = NULL;
+    tg_dataset *csv = NULL, *idx = NULL, *gz = NULL, *dir = NULL;
     tg_batcher bt = {0};
     const char *fn = "";
     tg_tensor *loss = NULL;
@@ -163,6 +164,7 @@ static int workload(tg_ctx *ctx, faulty *F) {
                                              TG_SOURCE_DIR "/tests/data/tiny-labels-idx1-ubyte")));
     STAGE("tg_load_idx", !(gz = tg_load_idx(ctx, TG_SOURCE_DIR "/tests/data/tiny-images-idx3-ubyte.gz",
                                             TG_SOURCE_DIR "/tests/data/tiny-labels-idx1-ubyte.gz")));
+    STAGE("tg_load_idx_dir", !(dir = tg_load_idx_dir(ctx, idx_dir, "train")));
     STAGE("tg_batcher_init", tg_batcher_init(&bt, ctx, csv, 4, TG_BATCH_SHUFFLE) != 0);
     tg_tensor *bx, *by;
     STAGE("tg_batcher_next", tg_batcher_next(&bt, &bx, &by) != 1);
@@ -172,12 +174,21 @@ out:
     tg_dataset_free(csv);
     tg_dataset_free(idx);
     tg_dataset_free(gz);
+    tg_dataset_free(dir);
     for (int k = 0; k < TG_OPT_COUNT; k++) tg_optim_free(opt[k]);
     return done;
 }
 
 Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) {
     snprintf(ckpt, sizeof ckpt, "/tmp/tg_fault_%ld.safetensors", (long)getpid());
+    /* a directory with the standard names, for tg_load_idx_dir (gzip'd images) */
+    snprintf(idx_dir, sizeof idx_dir, "/tmp/tg_fault_XXXXXX");
+    cr_assert_not_null(mkdtemp(idx_dir));
+    char im[128], lb[128];
+    snprintf(im, sizeof im, "%s/train-images-idx3-ubyte.gz", idx_dir);
+    snprintf(lb, sizeof lb, "%s/train-labels-idx1-ubyte", idx_dir);
+    cr_assert_eq(symlink(TG_SOURCE_DIR "/tests/data/tiny-images-idx3-ubyte.gz", im), 0);
+    cr_assert_eq(symlink(TG_SOURCE_DIR "/tests/data/tiny-labels-idx1-ubyte", lb), 0);
     /* the undisturbed run */
     faulty ref = {0, -1, 0, 0};
     tg_ctx *rc = tg_ctx_new_with_alloc(1, faulty_alloc, &ref);
@@ -222,6 +233,9 @@ Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) 
         cr_assert_eq(F.live, 0, "allocation %ld: %lld bytes leaked", n, F.live);
     }
     unlink(ckpt);
+    unlink(im);
+    unlink(lb);
+    rmdir(idx_dir);
     cr_assert_eq(covered, total, "covered %ld of %ld allocations", covered, total);
     printf("fault injection: %ld allocations covered, each failed in turn\n", covered);
     cr_log_info("fault injection: %ld allocations covered", covered);
