@@ -191,7 +191,7 @@ void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m) {
     if (!m.cur) { /* nothing was allocated at the mark */
         a->cur = a->head;
         if (a->cur) a->cur->used = 0;
-        if (a->cur) TGI_POISON(a->cur->base, a->cur->size);
+        for (tgi_chunk *c = a->head; c; c = c->next) TGI_POISON(c->base, c->size);
         a->used_before_cur = 0;
         return;
     }
@@ -199,6 +199,7 @@ void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m) {
     a->cur->used = m.used;
     a->used_before_cur = m.used_before_cur;
     TGI_POISON(a->cur->base + m.used, a->cur->size - m.used);
+    for (tgi_chunk *c = a->cur->next; c; c = c->next) TGI_POISON(c->base, c->size);
 }
 
 void *tg_scratch(tg_ctx *ctx, size_t bytes) {
