@@ -19,29 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "faulty_alloc.h"
 #include "tapegrad.h"
-
-typedef struct {
-    long count, fail_at;
-    long long live; /* bytes held */
-    int failed;     /* the injected failure happened */
-} faulty;
-
-static void *faulty_alloc(void *ud, void *p, size_t osize, size_t nsize) {
-    faulty *f = ud;
-    if (nsize == 0) {
-        if (p) f->live -= (long long)osize;
-        free(p);
-        return NULL;
-    }
-    if (++f->count == f->fail_at) {
-        f->failed = 1;
-        return NULL;
-    }
-    void *q = realloc(p, nsize);
-    if (q) f->live += (long long)nsize - (p ? (long long)osize : 0);
-    return q;
-}
 
 static uint64_t params_hash(tg_ctx *ctx) {
     uint64_t h = 0;
