@@ -186,9 +186,15 @@ static long idx_src_read(idx_file *r, unsigned char *buf, size_t n) {
             r->zend = 1;
         } else if (zr == Z_MEM_ERROR) {
             return -1; /* recorded by the allocator */
-        } else if ((zr == Z_BUF_ERROR || zr == Z_OK) && r->eof && !r->zs.avail_in) {
-            r->gz = 2; /* cut short: reported by the caller as truncation */
+        } else if (zr == Z_BUF_ERROR && r->eof && !r->zs.avail_in) {
+            /* no progress possible and no input left: the stream is cut short
+             * (Z_OK with input used up may still hold output or the trailer) */
+            r->gz = 2;
             break;
+        } else if (zr == Z_BUF_ERROR && r->zs.avail_in) {
+            tg_set_error(r->ctx, "%s: %s: at byte %llu: corrupt gzip data: no progress", r->fn,
+                         r->path, (unsigned long long)(r->off + got));
+            return -1;
         } else if (zr != Z_OK && zr != Z_BUF_ERROR) {
             tg_set_error(r->ctx, "%s: %s: at byte %llu: corrupt gzip data: %s", r->fn, r->path,
                          (unsigned long long)(r->off + got), r->zs.msg ? r->zs.msg : "error");

@@ -406,3 +406,45 @@ Test(defect10, a_stale_temporary_is_caught_by_the_sanitizer, .exit_code = 1) {
     exit(0);
 }
 #endif
+
+/* The stream reader across many input and output chunks (64 KiB each): a
+ * gzip'd file gives exactly the plain file's dataset, for data that
+ * compresses badly (many input chunks) and well (output far ahead of input). */
+Test(defect6, a_large_gzip_file_reads_as_its_plain_copy) {
+    mkdir_tmp();
+    for (int kind = 0; kind < 2; kind++) {
+        const uint32_t n = 700, rows = 28, cols = 28;
+        size_t bytes = 16 + (size_t)n * rows * cols;
+        unsigned char *buf = malloc(bytes);
+        unsigned char h[16] = {0, 0, 8, 3};
+        for (int i = 0; i < 3; i++) {
+            uint32_t d = i == 0 ? n : i == 1 ? rows : cols;
+            h[4 + 4 * i] = (unsigned char)(d >> 24);
+            h[5 + 4 * i] = (unsigned char)(d >> 16);
+            h[6 + 4 * i] = (unsigned char)(d >> 8);
+            h[7 + 4 * i] = (unsigned char)d;
+        }
+        memcpy(buf, h, 16);
+        uint64_t s = 88172645463325252ull;
+        for (size_t i = 16; i < bytes; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            buf[i] = kind ? (unsigned char)(i % 251 == 0) : (unsigned char)s;
+        }
+        char plain[128], gz[128];
+        path_in(plain, sizeof plain, "big");
+        path_in(gz, sizeof gz, "big.gz");
+        write_bytes(plain, buf, bytes);
+        gzFile g = gzopen(gz, "wb9");
+        cr_assert_eq(gzwrite(g, buf, (unsigned)bytes), (int)bytes);
+        gzclose(g);
+        free(buf);
+        tg_ctx *ctx = tg_ctx_new(1);
+        tg_dataset *a = tg_load_idx(ctx, plain, NULL), *b = tg_load_idx(ctx, gz, NULL);
+        cr_assert(a && b, "kind %d: %s", kind, tg_errmsg(ctx));
+        cr_assert_eq(a->n, 700);
+        cr_assert(memcmp(a->x, b->x, (size_t)a->n * (size_t)a->n_features * sizeof(float)) == 0);
+        tg_dataset_free(a);
+        tg_dataset_free(b);
+        tg_ctx_free(ctx);
+    }
+}
