@@ -363,6 +363,16 @@ TG_API int tg_no_grad(tg_ctx *ctx, int on);
 TG_API int tg_train_mode(tg_ctx *ctx, int on);
 /** 1 in training mode (the default), 0 in evaluation mode. */
 TG_API int tg_is_training(const tg_ctx *ctx);
+/** Anomaly mode, as PyTorch's detect_anomaly: with on = 1 the first op whose
+ *  forward or backward produces a NaN or an infinity records an error naming
+ *  the op, its tape node and the shapes ("tg_detect_anomaly: backward of log
+ *  (node 3) produced a NaN at element 5 of the gradient of input 0 [4,3]").
+ *  An op's output is checked as its forward returns (then the op returns
+ *  NULL), or for the ops that record before they compute when the next op is
+ *  recorded and before tg_backward walks the tape (docs/reliability.md). Every value
+ *  is read once more, so it is for debugging. Off by default (and then costs a
+ *  branch). Returns the previous setting. */
+TG_API int tg_detect_anomaly(tg_ctx *ctx, int on);
 
 /** Number of nodes on the tape. */
 TG_API int64_t tg_tape_len(const tg_ctx *ctx);

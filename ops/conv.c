@@ -271,19 +271,9 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
             for (int64_t w = 0; w < g->w; w++) xr[w] += pr[w];                            \
         }
 
-/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef AVX2_CLONES
-#define AVX2_CLONES
-#endif
-
 /* The unfolding and folding of one image, for T = float and double */
 #define DEFINE_UNFOLD(T, SFX)                                                             \
-    AVX2_CLONES static void im2col_##SFX(T *restrict col, T *restrict pad,                \
+    TGI_AVX2_CLONES static void im2col_##SFX(T *restrict col, T *restrict pad,                \
                                          const T *restrict x, const geom *g)              \
     {                                                                                     \
         if (g->s == 1) {                                                                  \
@@ -292,7 +282,7 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
             IM2COL_BODY(T)                                                                \
         }                                                                                 \
     }                                                                                     \
-    AVX2_CLONES static void col2im_##SFX(T *restrict dx, T *restrict dpad,                \
+    TGI_AVX2_CLONES static void col2im_##SFX(T *restrict dx, T *restrict dpad,                \
                                          const T *restrict col, const geom *g)            \
     {                                                                                     \
         if (g->s == 1) {                                                                  \
@@ -343,8 +333,8 @@ static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, int fold, vo
     for (; q < n; q++) acc[0] += (double)r[q];                                            \
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 
-AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
-AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
+TGI_AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
+TGI_AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
 #define PLANE_SUM(r, n)                                                                   \
     _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
 

@@ -18,7 +18,7 @@
 
 /* The permute copy gets wider-vector clones, chosen at load time. */
 #if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES)
 #define PERM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 #endif

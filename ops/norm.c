@@ -26,18 +26,6 @@
 
 #include <math.h>
 
-/* Loops the compiler vectorises get an AVX2 clone, chosen at load time. This
- * file is ISO C, where gcc does not contract a*b+c into a fused multiply-add,
- * so both clones give the same bits. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef AVX2_CLONES
-#define AVX2_CLONES
-#endif
-
 #define LANES 8 /* partial sums kept by the row reductions of layer norm: two v4d */
 
 /* 4 doubles, and unaligned views of 4 doubles or 4 floats in memory. Macros,
@@ -250,7 +238,7 @@ static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor
 }
 
 /* Rows [r0, r1): one pass for the statistics, one for y = (x - mean) rstd w + b. */
-AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
+TGI_AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
 {
     const ln_args *a = arg;
     const int64_t d = a->d;
@@ -315,7 +303,7 @@ static void layer_norm_backward(tg_op_call *c)
 
 /* Blocks [b0, b1) of ROW_BLOCK rows: per row one pass for sum g, sum g xh
  * (g = dy w) and the block's column sums, one for dx. */
-AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
+TGI_AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
 {
     const ln_args *a = arg;
     const int64_t d = a->d;

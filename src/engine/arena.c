@@ -27,10 +27,14 @@ void *tgi_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 void *tgi_realloc(tg_ctx *ctx, void *p, size_t osize, size_t nsize) {
-    void *q = ctx->alloc(ctx->alloc_ud, p, osize, nsize);
-    if (!q && nsize > 0)
-        tg_set_error(ctx, "out of memory: could not allocate %zu bytes", nsize);
+    void *q = nsize > TGI_ALLOC_MAX ? NULL : ctx->alloc(ctx->alloc_ud, p, osize, nsize);
+    if (!q && nsize > 0) tgi_oom(ctx, nsize);
     return q;
+}
+
+void tgi_oom(tg_ctx *ctx, size_t n) {
+    tg_set_error(ctx, "%s: out of memory: could not allocate %zu bytes",
+                 ctx->api ? ctx->api : "tapegrad", n);
 }
 
 void *tgi_malloc(tg_ctx *ctx, size_t n) { return tgi_realloc(ctx, NULL, 0, n ? n : 1); }
@@ -48,6 +52,10 @@ void tgi_free(tg_ctx *ctx, void *p, size_t size) {
 /* Aligned blocks: over-allocate, align by hand, keep the raw pointer just
  * before the aligned one. */
 void *tgi_malloc_aligned(tg_ctx *ctx, size_t n) {
+    if (n > TGI_ALLOC_MAX) {
+        tgi_oom(ctx, n);
+        return NULL;
+    }
     size_t total = n + TG_ALIGN + sizeof(void *);
     unsigned char *raw = tgi_malloc(ctx, total);
     if (!raw) return NULL;
@@ -71,6 +79,7 @@ static tgi_chunk *chunk_new(tg_ctx *ctx, size_t size) {
     c->size = size;
     c->used = 0;
     c->base = (unsigned char *)(((uintptr_t)(c + 1) + TG_ALIGN - 1) & ~(uintptr_t)(TG_ALIGN - 1));
+    TGI_POISON(c->base, size);
     ctx->arena.capacity += size;
     ctx->arena.chunks++;
     ctx->arena.grows++;
@@ -78,6 +87,7 @@ static tgi_chunk *chunk_new(tg_ctx *ctx, size_t size) {
 }
 
 static void chunk_free(tg_ctx *ctx, tgi_chunk *c) {
+    TGI_UNPOISON(c->base, c->size); /* the allocator may reuse it */
     ctx->arena.capacity -= c->size;
     ctx->arena.chunks--;
     tgi_free(ctx, c, sizeof(tgi_chunk) + TG_ALIGN + c->size);
@@ -91,6 +101,10 @@ static size_t arena_used(const tgi_arena *a) {
  * here the current chunk is full (or there is none). */
 void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
     tgi_arena *a = &ctx->arena;
+    if (n > TGI_ALLOC_MAX) { /* before rounding and doubling can wrap */
+        tgi_oom(ctx, n);
+        return NULL;
+    }
     n = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
     if (n == 0) n = TG_ALIGN;
     if (a->cur && a->cur->size - a->cur->used >= n) {
@@ -98,6 +112,7 @@ void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
         a->cur->used += n;
         size_t u = a->used_before_cur + a->cur->used;
         if (u > a->peak) a->peak = u;
+        TGI_UNPOISON(p, n);
         return p;
     }
     /* Move on: the next chunk if it is large enough, else a new one inserted
@@ -131,6 +146,7 @@ void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
     a->cur->used = n;
     size_t u = a->used_before_cur + n;
     if (u > a->peak) a->peak = u;
+    TGI_UNPOISON(p, n);
     return p;
 }
 
@@ -148,6 +164,7 @@ void tgi_arena_reset(tg_ctx *ctx) {
         }
         a->head = chunk_new(ctx, want); /* on failure the arena simply starts empty */
     }
+    for (tgi_chunk *c = a->head; c; c = c->next) TGI_POISON(c->base, c->size);
     a->cur = a->head;
     if (a->cur) a->cur->used = 0;
     a->used_before_cur = 0;
@@ -174,16 +191,20 @@ void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m) {
     if (!m.cur) { /* nothing was allocated at the mark */
         a->cur = a->head;
         if (a->cur) a->cur->used = 0;
+        for (tgi_chunk *c = a->head; c; c = c->next) TGI_POISON(c->base, c->size);
         a->used_before_cur = 0;
         return;
     }
     a->cur = m.cur;
     a->cur->used = m.used;
     a->used_before_cur = m.used_before_cur;
+    TGI_POISON(a->cur->base + m.used, a->cur->size - m.used);
+    for (tgi_chunk *c = a->cur->next; c; c = c->next) TGI_POISON(c->base, c->size);
 }
 
 void *tg_scratch(tg_ctx *ctx, size_t bytes) {
     if (!ctx) return NULL;
+    tgi_api(ctx, "tg_scratch");
     return tgi_arena_alloc(ctx, bytes);
 }
 

@@ -31,6 +31,7 @@ tg_ctx *tg_ctx_new_with_alloc(uint64_t seed, tg_alloc_fn alloc, void *ud) {
     ctx->alloc_ud = ud;
     ctx->nthreads = default_threads();
     ctx->training = 1;
+    ctx->gen = 1;
     tg_seed(ctx, seed);
     ctx->gemm = tgi_gemm_ws_new(alloc, ud);
     if (!ctx->gemm) {
@@ -115,6 +116,12 @@ int tgi_check_arg_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_te
     }
     if (t->ctx != ctx) {
         tg_set_error(ctx, "%s: argument %s belongs to another context", fn, arg);
+        return 0;
+    }
+    if (tg_ok(ctx) && t->gen != ctx->gen && t->gen != 0) {
+        tg_set_error(ctx, "%s: argument %s is a temporary from before the last tg_reset (its "
+                          "memory has been reused); make it again in this step",
+                     fn, arg);
         return 0;
     }
     return tg_ok(ctx);

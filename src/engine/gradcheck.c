@@ -214,7 +214,9 @@ static int compare_jacobians(gcheck *g, double atol, double rtol) {
 
 int tg_gradcheck(tg_ctx *ctx, tg_fn fn, void *user, tg_tensor *const *inputs, int n,
                  const tg_gradcheck_opts *opts) {
-    if (!ctx || !tg_ok(ctx) || !check_args(ctx, fn, inputs, n)) return 0;
+    if (!ctx || !tg_ok(ctx)) return 0;
+    tgi_api(ctx, "tg_gradcheck");
+    if (!check_args(ctx, fn, inputs, n)) return 0;
     double eps = opts && opts->eps > 0 ? opts->eps : 1e-6;
     double atol = opts && opts->atol > 0 ? opts->atol : 1e-5;
     double rtol = opts && opts->rtol > 0 ? opts->rtol : 1e-3;

@@ -33,6 +33,7 @@ struct tg_tensor {
     int64_t node;        /* index of the producing tape node, -1 for leaves */
     void *grad_store;    /* parameters: grad storage reserved at creation */
     const char *name;    /* parameters: owned copy; temporaries: "" */
+    uint64_t gen;        /* temporaries: ctx->gen when made (tg_reset ends it); params: 0 */
 };
 
 /* arena: a list of chunks, bump allocation, rewound by tg_reset */
@@ -78,6 +79,12 @@ struct tg_ctx {
     int no_grad;
     int training;       /* tg_train_mode: 1 train (default), 0 eval */
     int nthreads;
+    int anomaly;        /* tg_detect_anomaly: check every op's output and gradients */
+    int64_t anomaly_checked; /* tape nodes [0, this) have had their outputs checked */
+    /* the public function running, for out-of-memory messages (tgi_api) */
+    const char *api;
+    /* generation of the temporaries: tg_reset increments it */
+    uint64_t gen;
     /* memory */
     tgi_arena arena;
     tgi_node *tape;
@@ -90,10 +97,18 @@ struct tg_ctx {
     tg_gemm_ws *gemm;
 };
 
-/* ---- allocation (every byte goes through ctx->alloc) ---- */
+/* ---- allocation (every byte goes through ctx->alloc) ----
+ * Out-of-memory messages name the public function that was running: entry
+ * points that allocate say who they are with tgi_api (a store, no check). */
+static inline void tgi_api(tg_ctx *ctx, const char *fn) { ctx->api = fn; }
+/* Requests above this many bytes are refused as out of memory before any
+ * arithmetic on them can wrap (no allocator can serve half the address space). */
+#define TGI_ALLOC_MAX (SIZE_MAX / 4)
 void *tgi_malloc(tg_ctx *ctx, size_t n);           /* NULL + error on OOM */
 void *tgi_calloc(tg_ctx *ctx, size_t n);
 void *tgi_realloc(tg_ctx *ctx, void *p, size_t osize, size_t nsize);
+/* records "<api>: out of memory: could not allocate n bytes" */
+void tgi_oom(tg_ctx *ctx, size_t n);
 void tgi_free(tg_ctx *ctx, void *p, size_t size);
 /* 64-byte aligned heap blocks (for parameters); free with tgi_free_aligned */
 void *tgi_malloc_aligned(tg_ctx *ctx, size_t n);
@@ -101,18 +116,40 @@ void tgi_free_aligned(tg_ctx *ctx, void *p, size_t n);
 /* the default allocator */
 void *tgi_default_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
-/* ---- arena ---- */
+/* ---- arena ----
+ * In an AddressSanitizer build the free part of every chunk is poisoned, and
+ * tg_reset poisons all of it again, so any use of a temporary from an earlier
+ * step (or a read past the 64-byte rounded end of a block) is reported. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TGI_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TGI_ASAN 1
+#endif
+#endif
+#ifdef TGI_ASAN
+void __asan_poison_memory_region(void const volatile *addr, size_t size);
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+#define TGI_POISON(p, n) __asan_poison_memory_region((p), (n))
+#define TGI_UNPOISON(p, n) __asan_unpoison_memory_region((p), (n))
+#else
+#define TGI_POISON(p, n) ((void)(p), (void)(n))
+#define TGI_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n);
 /* 64-aligned, uninitialised; NULL + error when out of memory. The fast path
  * (room in the current chunk) is inline: a bump of the pointer. */
 static inline void *tgi_arena_alloc(tg_ctx *ctx, size_t n) {
     tgi_chunk *c = ctx->arena.cur;
-    n = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
-    if (c && n && c->size - c->used >= n) {
+    /* r - 1 wraps to SIZE_MAX when n is 0 or so large that rounding wrapped:
+     * both go to the slow path, which sees the caller's n */
+    const size_t r = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    if (c && r - 1 < c->size - c->used) {
         void *p = c->base + c->used;
-        c->used += n;
+        c->used += r;
         size_t u = ctx->arena.used_before_cur + c->used;
         if (u > ctx->arena.peak) ctx->arena.peak = u;
+        TGI_UNPOISON(p, r);
         return p;
     }
     return tgi_arena_alloc_slow(ctx, n);
@@ -128,11 +165,12 @@ void tgi_verror(tg_ctx *ctx, const char *fmt, va_list ap);
  * a compare or two) and an out-of-line slow path that records the error.
  *
  * tgi_check_arg: 1 if t is usable. NULL with no error recorded records
- * "<fn>: argument <arg> is NULL"; a tensor of another ctx is an error too; and
+ * "<fn>: argument <arg> is NULL"; a tensor of another ctx is an error too, as is
+ * a temporary made before the last tg_reset (its generation stamp is old); and
  * while an error is recorded every check fails (NULL in, NULL out). */
 int tgi_check_arg_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
 static inline int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
-    if (t && t->ctx == ctx && !ctx->has_error) return 1;
+    if (t && t->ctx == ctx && !ctx->has_error && (t->gen == ctx->gen || t->gen == 0)) return 1;
     return tgi_check_arg_slow(ctx, fn, arg, t);
 }
 /* 1 if t is f32 or f64, else records "<fn>: <arg> must be f32 or f64, got i32 [shape]" */
@@ -211,6 +249,15 @@ tgi_attr *tgi_node_attr(tg_op_call *c);
  * loss; NULL = all ones), walking nodes [first, loss->node]. Used by
  * tg_backward (first = 0) and tg_gradcheck. */
 void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t first);
+
+/* ---- anomaly mode (tg_detect_anomaly) ----
+ * tgi_anomaly_forward checks the outputs of the tape nodes not checked yet
+ * (every recorded op before the call has finished its forward); called when a
+ * node is recorded and before backward. tgi_anomaly_tensor checks one tensor's
+ * data (forward of an unrecorded op). 0 finite, -1 error recorded. */
+int tgi_anomaly_forward(tg_ctx *ctx);
+int tgi_anomaly_output(tg_ctx *ctx, const char *op, int64_t node, const tg_tensor *out,
+                       tg_tensor *const *in, int n);
 
 /* ---- dtype dispatch: write a kernel once for float and double ----
  *   TGI_FLOAT_DISPATCH(t->dtype, { const T *x = ...; ... exp(x[i]) ... });
@@ -292,7 +339,7 @@ static inline int tgi_par_threads(const tg_ctx *ctx, int64_t n)
 /* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
  * clones give the same bits: ISO C, no contraction into FMA). */
 #if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES) /* (TSan: resolvers run before it) */
 #define TGI_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 #endif

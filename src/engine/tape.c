@@ -58,6 +58,9 @@ int tgi_record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *i
                tg_op_call **node) {
     *node = NULL;
     if (!tgi_should_record(ctx, in, n)) return 0;
+    /* anomaly mode: this op's forward runs after it is recorded, so the
+     * outputs of the nodes before it are checked now */
+    if (ctx->anomaly && tgi_anomaly_forward(ctx) != 0) return -1;
     if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return -1;
     *node = append_node(ctx, op, out, in, n);
     return 0;
@@ -76,6 +79,7 @@ tg_tensor *tgi_op_run(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *c
     tgi_attr local_attr;
     void *at = NULL; /* where the attributes live for this call */
     if (op->backward && out->dtype != TG_I32 && tgi_should_record(ctx, in, n)) {
+        if (ctx->anomaly && tgi_anomaly_forward(ctx) != 0) return NULL;
         if (ctx->tape_len == ctx->tape_cap && tape_grow(ctx) != 0) return NULL;
         c = append_node(ctx, op, out, in, n);
         tgi_node *nd = (tgi_node *)(void *)c;
@@ -104,6 +108,12 @@ tg_tensor *tgi_op_run(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *c
         if (c != &local) unrecord(ctx, out);
         return NULL;
     }
+    if (ctx->anomaly && out->dtype != TG_I32) { /* this op's output, checked at once */
+        const int64_t node = c == &local ? -1 : out->node;
+        if (tgi_anomaly_output(ctx, op->name ? op->name : "tg_apply", node, out, in, n) != 0)
+            return NULL;
+        if (node >= 0) ctx->anomaly_checked = node + 1;
+    }
     return out;
 }
 
@@ -126,6 +136,86 @@ int tg_train_mode(tg_ctx *ctx, int on) {
 }
 
 int tg_is_training(const tg_ctx *ctx) { return ctx ? ctx->training : 0; }
+
+int tg_detect_anomaly(tg_ctx *ctx, int on) {
+    if (!ctx) return 0;
+    int prev = ctx->anomaly;
+    ctx->anomaly = on ? 1 : 0;
+    if (on && !prev) ctx->anomaly_checked = ctx->tape_len; /* from now on */
+    return prev;
+}
+
+/* ---- anomaly mode ---- */
+
+/* Index of the first NaN or infinity in a float buffer, -1 if none. */
+static int64_t anomaly_find(tg_dtype dt, const void *p, int64_t n) {
+    int64_t bad = -1;
+    if (dt == TG_I32 || !p) return -1;
+    TGI_FLOAT_DISPATCH(dt, {
+        const T *x = p;
+        for (int64_t i = 0; i < n && bad < 0; i++)
+            if (!__builtin_isfinite(x[i])) bad = i;
+    });
+    return bad;
+}
+
+static const char *anomaly_kind(tg_dtype dt, const void *p, int64_t i) {
+    double v = dt == TG_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+    return v != v ? "a NaN" : v > 0 ? "+infinity" : "-infinity";
+}
+
+/* " from inputs [4,3] f32, [3] f32" */
+static void anomaly_inputs(tg_tensor *const *in, int n, char *buf, size_t size) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < n && len < size; k++) {
+        char b[96];
+        if (!in[k]) continue;
+        int w = snprintf(buf + len, size - len, "%s%s %s", k ? ", " : " from inputs ",
+                         TGI_SHAPE(in[k], b), tg_dtype_name(in[k]->dtype));
+        if (w < 0) break;
+        len += (size_t)w;
+    }
+}
+
+int tgi_anomaly_output(tg_ctx *ctx, const char *op, int64_t node, const tg_tensor *out,
+                       tg_tensor *const *in, int n) {
+    int64_t i = anomaly_find(out->dtype, out->data, out->numel);
+    if (i < 0) return 0;
+    char b[96], ins[320];
+    anomaly_inputs(in, n, ins, sizeof ins);
+    tg_set_error(ctx, "tg_detect_anomaly: forward of %s (node %lld) produced %s at element %lld "
+                      "of its output %s%s",
+                 op, (long long)node, anomaly_kind(out->dtype, out->data, i), (long long)i,
+                 TGI_SHAPE(out, b), ins);
+    return -1;
+}
+
+int tgi_anomaly_forward(tg_ctx *ctx) {
+    for (; ctx->anomaly_checked < ctx->tape_len; ctx->anomaly_checked++) {
+        const tg_op_call *c = &ctx->tape[ctx->anomaly_checked].call;
+        if (tgi_anomaly_output(ctx, c->op->name, ctx->anomaly_checked, c->out, c->in, c->n_in))
+            return -1;
+    }
+    return 0;
+}
+
+/* After node i's backward: the gradients it added into its inputs. */
+static int anomaly_backward(tg_ctx *ctx, int64_t node, const tg_op_call *c) {
+    for (int k = 0; k < c->n_in; k++) {
+        const tg_tensor *x = c->in[k];
+        if (!x || !tgi_needs_grad(x) || !x->grad) continue;
+        int64_t i = anomaly_find(x->dtype, x->grad, x->numel);
+        if (i < 0) continue;
+        char b[96], bo[96];
+        tg_set_error(ctx, "tg_detect_anomaly: backward of %s (node %lld, output %s) produced %s "
+                          "at element %lld of the gradient of input %d %s",
+                     c->op->name, (long long)node, TGI_SHAPE(c->out, bo),
+                     anomaly_kind(x->dtype, x->grad, i), (long long)i, k, TGI_SHAPE(x, b));
+        return -1;
+    }
+    return 0;
+}
 
 int64_t tg_tape_len(const tg_ctx *ctx) { return ctx ? ctx->tape_len : 0; }
 
@@ -209,6 +299,7 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
         if (!c->out->grad || !c->op->backward) continue;
         c->op->backward(c);
         if (!tg_ok(ctx)) break;
+        if (ctx->anomaly && anomaly_backward(ctx, i, c) != 0) break;
     }
     ctx->no_grad = prev;
 }
@@ -216,6 +307,7 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
 void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
     if (!ctx) return;
     if (!tgi_check_arg(ctx, "tg_backward", "loss", loss)) return;
+    tgi_api(ctx, "tg_backward");
     if (loss->numel != 1) {
         char b[96];
         tg_set_error(ctx,
@@ -225,6 +317,15 @@ void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
         return;
     }
     if (!tgi_check_float(ctx, "tg_backward", "loss", loss)) return;
+    if (loss->node >= ctx->tape_len || (loss->node >= 0 && ctx->tape[loss->node].call.out != loss)) {
+        /* (tgi_check_arg catches a loss from before tg_reset by its stamp; this
+         * guards the walk itself against any node that is not this loss's) */
+        tg_set_error(ctx, "tg_backward: loss is not on the tape (node %lld of %lld): was it made "
+                          "before the last tg_reset?",
+                     (long long)loss->node, (long long)ctx->tape_len);
+        return;
+    }
+    if (ctx->anomaly && tgi_anomaly_forward(ctx) != 0) return;
     if (!(loss->flags & TGI_REQ_GRAD)) {
         tg_set_error(ctx, "tg_backward: loss does not require a gradient: no parameter or "
                           "tensor marked with tg_set_requires_grad reaches it (or it was "
@@ -252,6 +353,8 @@ void tg_zero_grad(tg_ctx *ctx) {
 void tg_reset(tg_ctx *ctx) {
     if (!ctx) return;
     ctx->tape_len = 0;
+    ctx->anomaly_checked = 0;
+    ctx->gen++; /* every temporary made so far is now stale (tgi_check_arg) */
     tgi_arena_reset(ctx);
 }
 

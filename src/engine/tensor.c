@@ -65,6 +65,7 @@ static inline int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int 
 
 tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                           const int64_t *shape, int zero) {
+    tgi_api(ctx, fn);
     int64_t n = check_shape(ctx, fn, dt, ndim, shape);
     if (n < 0) return NULL;
     const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
@@ -84,6 +85,7 @@ tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
     t->node = -1;
     t->grad_store = NULL;
     t->name = "";
+    t->gen = ctx->gen;
     if (zero && bytes) memset(t->data, 0, bytes);
     return t;
 }
@@ -122,6 +124,7 @@ tg_tensor *tg_scalar(tg_ctx *ctx, tg_dtype dt, double value) {
  * creation so that training never allocates for them. */
 tg_tensor *tg_param(tg_ctx *ctx, const char *name, tg_dtype dt, int ndim, const int64_t *shape) {
     if (!tg_ok(ctx)) return NULL;
+    tgi_api(ctx, "tg_param");
     if (dt != TG_F32 && dt != TG_F64) {
         tg_set_error(ctx, "tg_param: parameter '%s' must be f32 or f64, got %s",
                      name ? name : "(unnamed)", tg_dtype_name(dt));

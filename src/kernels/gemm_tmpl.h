@@ -112,7 +112,7 @@ TMPL_NAME(tgi_ukr_body_)(const int pack, int64_t kc, const TMPL_T *a, const TMPL
             _Pragma("GCC unroll 8") for (int v = 0; v < TMPL_NV; v++)
                 acc[i][v] = TMPL_FMA(aa, bb[v], acc[i][v]);
         }
-        a += TMPL_MR;
+        if (!pack) a += TMPL_MR; /* packing reads asrc; a is NULL then */
         b += TMPL_NR;
     }
     TMPL_STORE_TILE(acc, c, ldc, add, mr, nr);

@@ -26,6 +26,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -193,8 +194,72 @@ static const char *io_errno_str(int e) {
 }
 
 /* ======================================================================== */
+/* Jansson's out-of-memory                                                  */
+/* ======================================================================== */
+
+/* Jansson's allocator is one setting for the whole process (json_set_alloc_funcs),
+ * so it cannot go through a context's allocator: two contexts on two threads,
+ * or the application's own Jansson calls, would share it. Jansson also reports
+ * some failed allocations as syntax errors, or yields a truncated string. So
+ * its allocations are watched instead: on first use a thin wrapper is put in
+ * front of whatever functions are installed (malloc and free by default); it
+ * forwards every call and notes a failed allocation in a per-thread flag, and
+ * any failure of a save or a load after Jansson ran out of memory is reported
+ * as out of memory. */
+static json_malloc_t io_json_next_malloc;
+static json_free_t io_json_next_free;
+static _Thread_local int io_json_oom;
+
+static void *io_json_malloc(size_t n) {
+    void *p = io_json_next_malloc(n);
+    if (!p) io_json_oom = 1;
+    return p;
+}
+
+static void io_json_free(void *p) { io_json_next_free(p); }
+
+static void io_json_install(void) {
+    json_get_alloc_funcs(&io_json_next_malloc, &io_json_next_free);
+    if (io_json_next_malloc != io_json_malloc) json_set_alloc_funcs(io_json_malloc, io_json_free);
+}
+
+static pthread_once_t io_json_once = PTHREAD_ONCE_INIT;
+
+/* Before each save or load: the wrapper in place, the flag clear. */
+static void io_json_begin(void) {
+    pthread_once(&io_json_once, io_json_install);
+    io_json_oom = 0;
+}
+
+/* ======================================================================== */
 /* Saving                                                                   */
 /* ======================================================================== */
+
+/* 1 if s is valid UTF-8 as Jansson checks it (no overlong forms, no
+ * surrogates, nothing past U+10FFFF). Checked here first, so that Jansson
+ * refusing a string afterwards can only mean it ran out of memory. */
+static int io_utf8_ok(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p++, n;
+        uint32_t v;
+        if (c < 0x80) continue;
+        if (c < 0xC2) return 0;
+        if (c < 0xE0) n = 1, v = c & 0x1F;
+        else if (c < 0xF0) n = 2, v = c & 0x0F;
+        else if (c < 0xF5) n = 3, v = c & 0x07;
+        else return 0;
+        for (unsigned k = 0; k < n; k++, p++) {
+            if ((*p & 0xC0) != 0x80) return 0;
+            v = v << 6 | (*p & 0x3F);
+        }
+        if ((n == 2 && v < 0x800) || (n == 3 && v < 0x10000) || v > 0x10FFFF ||
+            (v >= 0xD800 && v <= 0xDFFF))
+            return 0;
+    }
+    return 1;
+}
+
 
 /* One save in progress: what the cleanup path must release. */
 typedef struct {
@@ -218,6 +283,7 @@ static void io_save_fail(io_save *s, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson building the header");
     tg_set_error(s->ctx, "tg_save: %s: %s", s->path, msg);
 }
 
@@ -269,14 +335,9 @@ static int io_build_header(io_save *s, uint64_t sum, const char *const *keys,
         io_save_fail(s, "out of memory building the header");
         goto done;
     }
-    for (int i = 0; i < n; i++) {
-        json_t *v = json_string(values[i]);
-        if (!v) {
-            io_save_fail(s, "metadata value of key '%s' is not valid UTF-8", keys[i]);
-            goto done;
-        }
-        if (json_object_set_new(meta, keys[i], v) < 0) {
-            io_save_fail(s, "metadata key %d is not valid UTF-8", i);
+    for (int i = 0; i < n; i++) { /* (UTF-8 checked by io_save_check) */
+        if (json_object_set_new(meta, keys[i], json_string(values[i])) < 0) {
+            io_save_fail(s, "out of memory building the header");
             goto done;
         }
     }
@@ -301,16 +362,16 @@ static int io_build_header(io_save *s, uint64_t sum, const char *const *keys,
             io_save_fail(s, "out of memory building the header");
             goto done;
         }
-        if (json_object_set_new(root, p->name, ent) < 0) {
-            io_save_fail(s, "parameter name '%s' is not valid UTF-8", p->name);
+        if (json_object_set_new(root, p->name, ent) < 0) { /* (names checked) */
+            io_save_fail(s, "out of memory building the header");
             goto done;
         }
         off = end;
     }
     const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
     size_t len = json_dumpb(root, NULL, 0, flags);
-    if (len == 0) {
-        io_save_fail(s, "could not serialise the header");
+    if (len == 0) { /* a valid object always serialises: Jansson ran out of memory */
+        io_save_fail(s, "out of memory serialising the header");
         goto done;
     }
     size_t padded = (len + 7) & ~(size_t)7; /* 8 + padded is a multiple of 8 */
@@ -318,7 +379,7 @@ static int io_build_header(io_save *s, uint64_t sum, const char *const *keys,
     s->head = tgi_malloc(ctx, s->head_size);
     if (!s->head) goto done;
     if (json_dumpb(root, (char *)s->head + 8, len, flags) != len) {
-        io_save_fail(s, "could not serialise the header");
+        io_save_fail(s, "out of memory serialising the header");
         goto done;
     }
     memset(s->head + 8 + len, ' ', padded - len);
@@ -357,14 +418,38 @@ static int io_save_check(io_save *s, const char *const *keys, const char *const 
                 io_save_fail(s, "metadata key '%s' is given twice", keys[i]);
                 return -1;
             }
+        if (!io_utf8_ok(keys[i])) {
+            io_save_fail(s, "metadata key %d is not valid UTF-8", i);
+            return -1;
+        }
+        if (!io_utf8_ok(values[i])) {
+            io_save_fail(s, "metadata value of key '%s' is not valid UTF-8", keys[i]);
+            return -1;
+        }
     }
-    for (int i = 0; i < ctx->n_params; i++)
+    for (int i = 0; i < ctx->n_params; i++) {
+        if (!io_utf8_ok(ctx->params[i]->name)) {
+            io_save_fail(s, "parameter name '%s' is not valid UTF-8", ctx->params[i]->name);
+            return -1;
+        }
         if (strcmp(ctx->params[i]->name, IO_META_KEY) == 0) {
             io_save_fail(s, "a parameter is named '" IO_META_KEY "', a name safetensors "
                             "reserves; rename it");
             return -1;
         }
+    }
     return 0;
+}
+
+/* The rename replaces whatever is at path: only a regular file may be
+ * replaced. A device, FIFO, socket, directory or symbolic link (even one to a
+ * regular file: the link itself would be replaced) is refused; 0 ok. */
+static int io_save_target(io_save *s) {
+    struct stat st;
+    if (lstat(s->path, &st) < 0 || S_ISREG(st.st_mode)) return 0; /* (absent: created) */
+    io_save_fail(s, "is %s; tg_save replaces only a regular file%s", tgi_file_kind(st.st_mode),
+                 S_ISLNK(st.st_mode) ? " (save to the path the link points to)" : "");
+    return -1;
 }
 
 /* Mode for the new file: the mode of the file it replaces, else 0644. */
@@ -406,11 +491,13 @@ int tg_save_meta(tg_ctx *ctx, const char *path, const char *const *keys,
         tg_set_error(ctx, "tg_save: argument path is NULL");
         return -1;
     }
+    tgi_api(ctx, "tg_save");
+    io_json_begin();
     io_save s = {.ctx = ctx, .path = path, .fd = -1};
     XXH3_state_t st;
     mode_t mode = io_file_mode(path);
     int fd;
-    if (io_save_check(&s, keys, values, n) < 0) return -1;
+    if (io_save_check(&s, keys, values, n) < 0 || io_save_target(&s) < 0) return -1;
 
     /* pass 1: the checksum of the data section as it will be on disk */
     if (io_need_swap() && !(s.swapbuf = tgi_malloc(ctx, IO_CHUNK))) goto fail;
@@ -491,6 +578,7 @@ static int io_fail(io_file *f, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson reading the header");
     tg_set_error(f->ctx, "%s: %s: %s", f->fn, f->path, msg);
     return -1;
 }
@@ -673,11 +761,13 @@ static int io_check_layout(io_file *f) {
  * names against the parameters and the checksum). 0 ok, -1 error recorded;
  * call io_close either way. */
 static int io_open(io_file *f) {
-    f->fd = open(f->path, O_RDONLY);
-    if (f->fd < 0) return io_fail(f, "cannot open: %s", strerror(errno));
+    tgi_api(f->ctx, f->fn);
+    io_json_begin();
     struct stat st;
-    if (fstat(f->fd, &st) < 0) return io_fail(f, "cannot stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode)) return io_fail(f, "not a regular file");
+    f->fd = tgi_open_regular(f->path, &st);
+    if (f->fd == TGI_NOT_REGULAR)
+        return io_fail(f, "is %s, not a regular file", tgi_file_kind(st.st_mode));
+    if (f->fd < 0) return io_fail(f, "cannot open: %s", strerror(errno));
     f->file_size = (uint64_t)st.st_size;
     if (f->file_size < 8)
         return io_fail(f, "file is %" PRIu64 " bytes, too short to hold the 8-byte header "
@@ -701,10 +791,18 @@ static int io_open(io_file *f) {
     if (io_read_all(f->fd, f->head, f->head_alloc) < 0)
         return io_fail(f, "cannot read the header: %s", io_errno_str(errno));
 
+    /* the format: the header starts with '{' and is padded with spaces only */
+    size_t hl = f->head_alloc;
+    while (hl > 0 && f->head[hl - 1] == ' ') hl--;
+    if (hl == 0 || f->head[0] != '{')
+        return io_fail(f, "header must be a JSON object that starts with '{' at byte 8, got "
+                          "0x%02x",
+                       hl ? (unsigned char)f->head[0] : 0);
     json_error_t jerr;
-    f->root = json_loadb(f->head, f->head_alloc, JSON_REJECT_DUPLICATES, &jerr);
+    f->root = json_loadb(f->head, hl, JSON_REJECT_DUPLICATES, &jerr);
     if (!f->root) {
-        if (json_error_code(&jerr) == json_error_out_of_memory)
+        int oom = json_error_code(&jerr) == json_error_out_of_memory;
+        if (oom)
             return io_fail(f, "out of memory parsing the header (%" PRIu64 " bytes)", f->head_len);
         if (json_error_code(&jerr) == json_error_invalid_utf8)
             return io_fail(f, "header is not valid UTF-8 (near byte %d of the header)",
@@ -714,6 +812,10 @@ static int io_open(io_file *f) {
     }
     if (!json_is_object(f->root))
         return io_fail(f, "header must be a JSON object, got %s", io_json_type(f->root));
+    if (f->head[hl - 1] != '}') /* (Jansson skips any whitespace after the object) */
+        return io_fail(f, "header must be a JSON object that starts with '{' and ends with '}' "
+                          "followed only by spaces, got 0x%02x after it",
+                       (unsigned char)f->head[hl - 1]);
 
     f->meta = json_object_get(f->root, IO_META_KEY);
     if (f->meta && io_check_meta(f, f->meta) < 0) return -1;

@@ -21,6 +21,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char FN[] = "tg_load_csv";
 
@@ -170,44 +172,40 @@ static void num_error(const csv_state *st, int64_t line, int i, span f, int why,
     }
 }
 
-/* Whole file into a NUL-terminated buffer from the ctx allocator. */
+/* Whole file into a NUL-terminated buffer from the ctx allocator. Only a
+ * regular file is read (tgi_open_regular: a FIFO or a device is refused before
+ * anything blocks), and no more than the size fstat gave: what is read is
+ * bounded by the file, and the buffer is allocated once. */
 static char *read_file(tg_ctx *ctx, const char *path, size_t *len, size_t *cap) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    struct stat st;
+    int fd = tgi_open_regular(path, &st);
+    if (fd == TGI_NOT_REGULAR) {
+        tg_set_error(ctx, "%s: %s is %s, not a regular file", FN, path, tgi_file_kind(st.st_mode));
+        return NULL;
+    }
+    if (fd < 0) {
         tg_set_error(ctx, "%s: cannot open %s: %s", FN, path, strerror(errno));
         return NULL;
     }
-    size_t c = 1 << 16, n = 0;
-    char *buf = tgi_malloc(ctx, c);
-    while (buf) {
-        if (c - n < 2) {
-            if (c > SIZE_MAX / 2) {
-                tg_set_error(ctx, "%s: %s is too large", FN, path);
-                tgi_free(ctx, buf, c);
-                buf = NULL;
-                break;
-            }
-            char *nb = tgi_realloc(ctx, buf, c, c * 2);
-            if (!nb) {
-                tgi_free(ctx, buf, c);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            c *= 2;
-        }
-        size_t k = fread(buf + n, 1, c - n - 1, f);
-        n += k;
-        if (k == 0) {
-            if (ferror(f)) {
-                tg_set_error(ctx, "%s: %s: read error: %s", FN, path, strerror(errno));
-                tgi_free(ctx, buf, c);
-                buf = NULL;
-            }
-            break;
-        }
+    if ((uint64_t)st.st_size >= TGI_ALLOC_MAX) {
+        tg_set_error(ctx, "%s: %s is too large (%lld bytes)", FN, path, (long long)st.st_size);
+        close(fd);
+        return NULL;
     }
-    fclose(f);
+    size_t want = (size_t)st.st_size, n = 0, c = want + 1;
+    char *buf = tgi_malloc(ctx, c);
+    while (buf && n < want) {
+        ssize_t k = read(fd, buf + n, want - n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            tg_set_error(ctx, "%s: %s: read error: %s", FN, path, strerror(errno));
+            tgi_free(ctx, buf, c);
+            buf = NULL;
+        }
+        if (k <= 0) break; /* (shrunk while reading: what was there) */
+        n += (size_t)k;
+    }
+    close(fd);
     if (!buf) return NULL;
     buf[n] = '\0';
     *len = n;
@@ -470,6 +468,7 @@ tg_dataset *tg_load_csv(tg_ctx *ctx, const char *path, const tg_csv_opts *opts) 
         tg_set_error(ctx, "%s: unknown header mode %d", FN, (int)o.header);
         return NULL;
     }
+    tgi_api(ctx, FN);
     size_t len = 0, cap = 0;
     char *buf = read_file(ctx, path, &len, &cap);
     if (!buf) return NULL;

@@ -68,6 +68,7 @@ static int mul_size(int64_t a, int64_t b, size_t elem, size_t *out) {
 tg_dataset *tgi_dataset_alloc(tg_ctx *ctx, const char *fn, int64_t n, int64_t n_features,
                               int64_t n_targets, int zero) {
     size_t xb, lb = 0, tb = 0;
+    tgi_api(ctx, fn);
     if (!mul_size(n, n_features, sizeof(float), &xb) ||
         (n_targets == 0 && !mul_size(n, 1, sizeof(int32_t), &lb)) ||
         (n_targets > 0 && !mul_size(n, n_targets, sizeof(float), &tb))) {
@@ -202,6 +203,7 @@ static tg_tensor *gather_rows(tg_ctx *ctx, const char *fn, const float *src, int
 /* The batch itself, arguments already checked. */
 static int make_batch(tg_ctx *ctx, const char *fn, const tg_dataset *ds, const int64_t *idx,
                       int64_t m, tg_dtype dt, tg_tensor **x, tg_tensor **y) {
+    tgi_api(ctx, fn);
     tg_tensor *tx = gather_rows(ctx, fn, ds->x, ds->n_features, idx, m, dt);
     if (!tx) return -1;
     tg_tensor *ty = NULL;
@@ -337,6 +339,7 @@ int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds, int64_t ba
         tg_set_error(ctx, "%s: unknown flags 0x%x", fn, (unsigned)flags);
         return -1;
     }
+    tgi_api(ctx, fn);
     int64_t *order = tgi_malloc(ctx, (size_t)ds->n * sizeof(int64_t));
     if (!order) return -1;
     for (int64_t i = 0; i < ds->n; i++) order[i] = i;

@@ -2,10 +2,12 @@
  *
  * An IDX file is a 4-byte magic 00 00 TT DD (TT the element type, DD the
  * number of dimensions), DD big-endian u32 sizes, then the elements in
- * row-major order, big-endian. zlib's gzread reads gzip'd and plain files
- * alike (it looks at the first bytes), so one reader serves both; every byte
- * offset in a message counts in the uncompressed stream, which for a plain
- * file is the file offset.
+ * row-major order, big-endian. One reader serves gzip'd and plain files: it
+ * looks at the first two bytes (1f 8b is gzip) and either inflates through
+ * zlib's stream API, whose allocations go through the context's allocator, or
+ * passes the bytes through. Every byte offset in a message counts in the
+ * uncompressed stream, which for a plain file is the file offset. The file is
+ * opened without blocking and must be a regular file (tgi_open_regular).
  *
  * The loader reads both headers first (so a count mismatch costs nothing),
  * then the elements through a fixed 64 KiB buffer converting as it goes (no
@@ -19,16 +21,29 @@
 #include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 
 #define IDX_CHUNK 65536 /* a multiple of every element size */
+#define IDX_IN 65536    /* bytes read from the file at a time */
+/* deflate's best ratio is about 1032:1; a gzip file of M bytes cannot hold
+ * more than this many bytes, so a header that claims more is refused before
+ * anything is allocated for it */
+#define IDX_GZ_RATIO 1100u
 
 typedef struct {
     tg_ctx *ctx;
     const char *fn;   /* public function, for messages */
     const char *path;
-    gzFile f;
+    int fd;
+    int gz;           /* 1: inflating a gzip stream */
+    int zinit;        /* zs needs inflateEnd */
+    int eof;          /* the file has no more bytes */
+    int zend;         /* the gzip stream ended (Z_STREAM_END) */
+    uint64_t file_size;
+    unsigned char *in; /* IDX_IN bytes from the ctx allocator */
+    z_stream zs;      /* gz: next_in/avail_in into `in`; plain: the same fields */
     uint64_t off;     /* bytes consumed so far (uncompressed) */
     int type;         /* element type byte */
     int ndim;
@@ -85,36 +100,120 @@ static double elem_value(int type, const unsigned char *p) {
     }
 }
 
+/* zlib's allocations through the context's allocator. zfree gets no size, so
+ * each block carries it in a 16-byte prefix. */
+static voidpf idx_zalloc(voidpf opaque, uInt items, uInt size) {
+    tg_ctx *ctx = opaque;
+    size_t n = (size_t)items * size;
+    unsigned char *p = tgi_malloc(ctx, n + 16);
+    if (!p) return Z_NULL;
+    memcpy(p, &n, sizeof n);
+    return p + 16;
+}
+
+static void idx_zfree(voidpf opaque, voidpf address) {
+    if (!address) return;
+    unsigned char *p = (unsigned char *)address - 16;
+    size_t n;
+    memcpy(&n, p, sizeof n);
+    tgi_free(opaque, p, n + 16);
+}
+
+/* Refill the input buffer from the file; 0 ok (r->eof set at the end), -1 error. */
+static int idx_fill(idx_file *r) {
+    ssize_t k;
+    do k = read(r->fd, r->in, IDX_IN);
+    while (k < 0 && errno == EINTR);
+    if (k < 0) {
+        tg_set_error(r->ctx, "%s: %s: at byte %llu: read error: %s", r->fn, r->path,
+                     (unsigned long long)r->off, strerror(errno));
+        return -1;
+    }
+    r->zs.next_in = r->in;
+    r->zs.avail_in = (uInt)k;
+    if (k == 0) r->eof = 1;
+    return 0;
+}
+
+/* After the end of a gzip member: another member may follow (gzip a b
+ * concatenates), anything else is data the format does not allow. 0: a new
+ * member started; 1: the file ends here; -1: error. */
+static int idx_gz_next_member(idx_file *r) {
+    if (!r->zs.avail_in && !r->eof && idx_fill(r) != 0) return -1;
+    if (!r->zs.avail_in) return 1;
+    if (r->zs.next_in[0] != 0x1f) {
+        tg_set_error(r->ctx, "%s: %s: at byte %llu: unexpected data after the end of the gzip "
+                             "stream", r->fn, r->path, (unsigned long long)r->off);
+        return -1;
+    }
+    r->zend = 0;
+    if (inflateReset(&r->zs) != Z_OK) {
+        tg_set_error(r->ctx, "%s: %s: inflateReset failed", r->fn, r->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Up to n bytes of the (uncompressed) stream into buf: the count (0 at the
+ * end), or -1 with the error recorded. */
+static long idx_src_read(idx_file *r, unsigned char *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        if (!r->gz) {
+            if (!r->zs.avail_in) {
+                if (r->eof) break;
+                if (idx_fill(r) != 0) return -1;
+                if (r->eof) break;
+            }
+            size_t k = r->zs.avail_in < n - got ? r->zs.avail_in : n - got;
+            memcpy(buf + got, r->zs.next_in, k);
+            r->zs.next_in += k;
+            r->zs.avail_in -= (uInt)k;
+            got += k;
+            continue;
+        }
+        if (r->zend) {
+            int m = idx_gz_next_member(r);
+            if (m < 0) return -1;
+            if (m > 0) break;
+        }
+        if (!r->zs.avail_in && !r->eof && idx_fill(r) != 0) return -1;
+        r->zs.next_out = buf + got;
+        r->zs.avail_out = (uInt)(n - got);
+        int zr = inflate(&r->zs, Z_NO_FLUSH);
+        got = n - r->zs.avail_out;
+        if (zr == Z_STREAM_END) {
+            r->zend = 1;
+        } else if (zr == Z_MEM_ERROR) {
+            return -1; /* recorded by the allocator */
+        } else if (zr == Z_BUF_ERROR && r->eof && !r->zs.avail_in) {
+            /* no progress possible and no input left: the stream is cut short
+             * (Z_OK with input used up may still hold output or the trailer) */
+            r->gz = 2;
+            break;
+        } else if (zr == Z_BUF_ERROR && r->zs.avail_in) {
+            tg_set_error(r->ctx, "%s: %s: at byte %llu: corrupt gzip data: no progress", r->fn,
+                         r->path, (unsigned long long)(r->off + got));
+            return -1;
+        } else if (zr != Z_OK && zr != Z_BUF_ERROR) {
+            tg_set_error(r->ctx, "%s: %s: at byte %llu: corrupt gzip data: %s", r->fn, r->path,
+                         (unsigned long long)(r->off + got), r->zs.msg ? r->zs.msg : "error");
+            return -1;
+        }
+    }
+    return (long)got;
+}
+
 /* Read exactly n bytes (n <= IDX_CHUNK) into buf, or record why not. `what`
  * says what was expected, for the message. 0 ok, -1 error. */
 static int idx_read(idx_file *r, void *buf, size_t n, const char *what) {
-    size_t got = 0;
-    while (got < n) {
-        int k = gzread(r->f, (unsigned char *)buf + got, (unsigned)(n - got));
-        if (k < 0) {
-            int zerr = 0;
-            const char *msg = gzerror(r->f, &zerr);
-            tg_set_error(r->ctx, "%s: %s: at byte %llu: read error: %s", r->fn, r->path,
-                         (unsigned long long)(r->off + got),
-                         zerr == Z_ERRNO ? strerror(errno) : msg);
-            return -1;
-        }
-        if (k == 0) {
-            int zerr = 0;
-            const char *msg = gzerror(r->f, &zerr);
-            if (zerr != Z_OK && zerr != Z_BUF_ERROR) {
-                tg_set_error(r->ctx, "%s: %s: at byte %llu: read error: %s", r->fn, r->path,
-                             (unsigned long long)(r->off + got),
-                             zerr == Z_ERRNO ? strerror(errno) : msg);
-            } else { /* end of file; Z_BUF_ERROR: a gzip stream cut short */
-                tg_set_error(r->ctx, "%s: %s: truncated at byte %llu: expected %s%s%s%s",
-                             r->fn, r->path, (unsigned long long)(r->off + got), what,
-                             zerr == Z_BUF_ERROR ? " (gzip: " : "",
-                             zerr == Z_BUF_ERROR ? msg : "", zerr == Z_BUF_ERROR ? ")" : "");
-            }
-            return -1;
-        }
-        got += (size_t)k;
+    long k = idx_src_read(r, buf, n);
+    if (k < 0) return -1;
+    if ((size_t)k < n) {
+        tg_set_error(r->ctx, "%s: %s: truncated at byte %llu: expected %s%s", r->fn, r->path,
+                     (unsigned long long)(r->off + (uint64_t)k), what,
+                     r->gz == 2 ? " (gzip: unexpected end of file)" : "");
+        return -1;
     }
     r->off += n;
     return 0;
@@ -127,14 +226,32 @@ static int idx_open(idx_file *r, tg_ctx *ctx, const char *fn, const char *path, 
     r->ctx = ctx;
     r->fn = fn;
     r->path = path;
-    errno = 0;
-    r->f = gzopen(path, "rb");
-    if (!r->f) {
-        tg_set_error(ctx, "%s: cannot open %s: %s", fn, path,
-                     errno ? strerror(errno) : "out of memory");
+    r->fd = -1;
+    tgi_api(ctx, fn);
+    struct stat st;
+    r->fd = tgi_open_regular(path, &st);
+    if (r->fd == TGI_NOT_REGULAR) {
+        tg_set_error(ctx, "%s: %s is %s, not a regular file", fn, path, tgi_file_kind(st.st_mode));
         return -1;
     }
-    gzbuffer(r->f, 1u << 17);
+    if (r->fd < 0) {
+        tg_set_error(ctx, "%s: cannot open %s: %s", fn, path, strerror(errno));
+        return -1;
+    }
+    r->file_size = (uint64_t)st.st_size;
+    if (!(r->in = tgi_malloc(ctx, IDX_IN)) || idx_fill(r) != 0) return -1;
+    if (r->zs.avail_in >= 2 && r->in[0] == 0x1f && r->in[1] == 0x8b) {
+        r->zs.zalloc = idx_zalloc;
+        r->zs.zfree = idx_zfree;
+        r->zs.opaque = ctx;
+        int zr = inflateInit2(&r->zs, 16 + MAX_WBITS); /* gzip wrapper only */
+        if (zr != Z_OK) {
+            if (zr != Z_MEM_ERROR) tg_set_error(ctx, "%s: %s: zlib: %s", fn, path, zError(zr));
+            return -1;
+        }
+        r->zinit = 1;
+        r->gz = 1;
+    }
     const char *expect = labels ? "expected 0x00000801 (u8 labels, 1 dimension)"
                                 : "expected 0x00000803 (u8 images, 3 dimensions) or another "
                                   "IDX type 08/09/0B/0C/0D/0E with 1 to 4 dimensions";
@@ -182,10 +299,15 @@ static int idx_open(idx_file *r, tg_ctx *ctx, const char *fn, const char *path, 
     /* A plain file's size is known: check it before anything is allocated
      * (same messages as the streaming checks). A gzip'd file is checked as
      * it is read, into memory that is touched only as data arrives. */
-    struct stat st;
     uint64_t end = 4 + 4 * (uint64_t)r->ndim + r->data_bytes;
-    if (gzdirect(r->f) && stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-        uint64_t size = (uint64_t)st.st_size;
+    if (r->gz && end / IDX_GZ_RATIO > r->file_size) {
+        tg_set_error(ctx, "%s: %s: at byte 4: the sizes announce %llu bytes, more than a gzip "
+                          "file of %llu bytes can hold", fn, path, (unsigned long long)end,
+                     (unsigned long long)r->file_size);
+        return -1;
+    }
+    if (!r->gz) {
+        uint64_t size = r->file_size;
         if (size < end) {
             tg_set_error(ctx, "%s: %s: truncated at byte %llu: expected %llu bytes of %s ending "
                               "at byte %llu", fn, path, (unsigned long long)size,
@@ -257,34 +379,40 @@ static int idx_read_labels(idx_file *r, int32_t *out, uint64_t count, int *n_cla
     return 0;
 }
 
-/* The file must end where its header says. */
+/* The file must end where its header says: no more data, and for a gzip
+ * file no more bytes after the stream either (idx_src_read refuses them). */
 static int idx_expect_end(idx_file *r) {
     unsigned char c;
-    int k = gzread(r->f, &c, 1);
+    long k = idx_src_read(r, &c, 1);
     if (k > 0) {
         tg_set_error(r->ctx, "%s: %s: at byte %llu: unexpected data after the end given by the "
                              "header's sizes", r->fn, r->path, (unsigned long long)r->off);
         return -1;
     }
-    if (k < 0) {
-        int zerr = 0;
-        const char *msg = gzerror(r->f, &zerr);
-        tg_set_error(r->ctx, "%s: %s: at byte %llu: read error: %s", r->fn, r->path,
-                     (unsigned long long)r->off, zerr == Z_ERRNO ? strerror(errno) : msg);
+    if (k < 0) return -1;
+    if (r->gz == 2) {
+        tg_set_error(r->ctx, "%s: %s: truncated at byte %llu: the gzip stream is cut short",
+                     r->fn, r->path, (unsigned long long)r->off);
         return -1;
     }
     return 0;
 }
 
 static void idx_close(idx_file *r) {
-    if (r->f) gzclose(r->f);
-    r->f = NULL;
+    if (r->zinit) inflateEnd(&r->zs);
+    r->zinit = 0;
+    if (r->fd >= 0) close(r->fd);
+    r->fd = -1;
+    tgi_free(r->ctx, r->in, IDX_IN);
+    r->in = NULL;
 }
 
 static tg_dataset *load_idx(tg_ctx *ctx, const char *fn, const char *images_path,
                             const char *labels_path) {
     idx_file im, lb;
     memset(&lb, 0, sizeof lb);
+    lb.fd = -1;
+    lb.ctx = ctx;
     tg_dataset *ds = NULL;
     if (idx_open(&im, ctx, fn, images_path, 0) != 0) goto fail;
     if (labels_path) {
@@ -338,11 +466,8 @@ static int find_file(const char *dir, const char *prefix, const char *const *nam
     for (int i = 0; names[i]; i++) {
         int len = snprintf(out, size, "%s/%s%s", dir, prefix, names[i]);
         if (len < 0 || (size_t)len >= size) continue;
-        FILE *f = fopen(out, "rb");
-        if (f) {
-            fclose(f);
-            return 0;
-        }
+        struct stat st; /* (not fopen: it would block on a FIFO) */
+        if (stat(out, &st) == 0) return 0;
         if (tl < tsize) {
             int w = snprintf(tried + tl, tsize - tl, "%s%s%s", i ? ", " : "", prefix, names[i]);
             if (w > 0) tl += (size_t)w;

@@ -161,6 +161,7 @@ void tg_optim_free(tg_optim *opt) {
 tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *params, int n) {
     static const char fn[] = "tg_optim_new";
     if (!ctx || !tg_ok(ctx)) return NULL;
+    tgi_api(ctx, fn);
     if (!o) {
         tg_set_error(ctx, "%s: argument o is NULL", fn);
         return NULL;

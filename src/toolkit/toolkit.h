@@ -24,5 +24,14 @@ typedef struct {
     tg_optim_opts *opts;
 } tgi_optim_view;
 void tgi_optim_view_of(tg_optim *opt, tgi_optim_view *v);
+/* ---- opening files to read (fileio.c; used by the loaders and checkpoints) ----
+ * Opens path read-only without blocking (a FIFO with no writer would block
+ * open(), and a device never ends), checks with fstat that it is a regular file
+ * and fills *st. Returns the fd (blocking again), or -1 with errno set, or
+ * TGI_NOT_REGULAR (st->st_mode says what it is; tgi_file_kind names it). */
+#define TGI_NOT_REGULAR (-2)
+struct stat;
+int tgi_open_regular(const char *path, struct stat *st);
+const char *tgi_file_kind(unsigned mode); /* "a FIFO", "a directory", ... */
 
 #endif /* TG_TOOLKIT_H */

@@ -587,7 +587,7 @@ static const bad_case bad_cases[] = {
      "{\"a\":{\"dtype\":\"F64\",\"shape\":[3],\"data_offsets\":[0,24]}," B_OK "}", 40,
      "tensor 'a': the file has dtype F64, the parameter is F32"},
     {"invalid JSON", "{" A_OK ",\"b\":{\"dtype\":", 40, "header is not valid JSON: "},
-    {"empty header", "", 40, "header is not valid JSON: "},
+    {"empty header", "", 40, "header must be a JSON object that starts with '{' at byte 8"},
     {"garbage after the JSON", "{" A_OK "," B_OK "} x", 40, "header is not valid JSON: "},
     {"integer too big for JSON",
      "{" A_OK ",\"b\":{\"dtype\":\"F64\",\"shape\":[2],"
@@ -597,7 +597,7 @@ static const bad_case bad_cases[] = {
     {"duplicate tensor", "{" A_OK "," A_OK "," B_OK "}", 40, "duplicate object key"},
     {"non-UTF-8 header", "{\"a\xff\xfe\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}}",
      24, "header is not valid UTF-8"},
-    {"header is an array", "[1,2]", 40, "header must be a JSON object, got an array"},
+    {"header is an array", "[1,2]", 40, "header must be a JSON object that starts with '{' at byte 8, got 0x5b"},
     {"shape as a string",
      "{\"a\":{\"dtype\":\"F32\",\"shape\":\"2,3\",\"data_offsets\":[0,24]}," B_OK "}", 40,
      "tensor 'a': shape must be an array of non-negative integers, got a string"},
@@ -891,9 +891,9 @@ Test(io, save_over_a_directory_fails_and_leaves_no_temporary)
     cr_assert_eq(mkdir(sub, 0755), 0);
     cr_assert_eq(tg_save(ctx, sub), -1);
     char expect[300];
-    snprintf(expect, sizeof expect, "tg_save: %s: cannot rename ", sub);
+    snprintf(expect, sizeof expect, "tg_save: %s: is a directory; tg_save replaces only a "
+             "regular file", sub);
     cr_assert(strncmp(tg_errmsg(ctx), expect, strlen(expect)) == 0, "%s", tg_errmsg(ctx));
-    cr_assert_not_null(strstr(tg_errmsg(ctx), "Is a directory"), "%s", tg_errmsg(ctx));
     tg_clear_error(ctx);
     cr_assert_eq(stray_files("ck", "sub"), 0);
 
