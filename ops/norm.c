@@ -238,7 +238,7 @@ static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor
 }
 
 /* Rows [r0, r1): one pass for the statistics, one for y = (x - mean) rstd w + b. */
-TGI_AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
+TGI_AVX2_CLONES static void layer_norm_rows_k(const void *arg, int64_t r0, int64_t r1)
 {
     const ln_args *a = arg;
     const int64_t d = a->d;
@@ -269,6 +269,14 @@ TGI_AVX2_CLONES static void layer_norm_rows(const void *arg, int64_t r0, int64_t
                 for (int64_t j = 0; j < d; j++) yr[j] = ((xr[j] - kt) - m1) * rs;
         }
     });
+}
+
+/* run_ranges is handed plain functions that call the clones: clang refuses to
+ * multiversion a function declared before without the attribute, and calls
+ * through a pointer to a static clone lost the argument (UBSan: a NULL arg). */
+static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1)
+{
+    layer_norm_rows_k(arg, r0, r1);
 }
 
 static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1);
@@ -303,7 +311,7 @@ static void layer_norm_backward(tg_op_call *c)
 
 /* Blocks [b0, b1) of ROW_BLOCK rows: per row one pass for sum g, sum g xh
  * (g = dy w) and the block's column sums, one for dx. */
-TGI_AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
+TGI_AVX2_CLONES static void layer_norm_backward_blocks_k(const void *arg, int64_t b0, int64_t b1)
 {
     const ln_args *a = arg;
     const int64_t d = a->d;
@@ -360,6 +368,11 @@ TGI_AVX2_CLONES static void layer_norm_backward_blocks(const void *arg, int64_t 
                     dxr[jj] += rs * (dyr[jj] - mg - ((xr[jj] - kt) - m1) * rs * mgx);
         }
     });
+}
+
+static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
+{
+    layer_norm_backward_blocks_k(arg, b0, b1);
 }
 
 /* ======================================================================== */
@@ -444,7 +457,7 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
     /* st: mean [C], rstd [C], biased batch variance [C], shift k [C] */
     double *mean = st, *rstd = st ? st + ch : NULL, *var = st ? st + 2 * ch : NULL;
     if (training) {
-        batch_norm_stats(x, nb, ch, sp, eps, st);
+        if (ch > 0) batch_norm_stats(x, nb, ch, sp, eps, st); /* (C = 0: st is NULL) */
     } else {
         TGI_FLOAT_DISPATCH(x->dtype, {
             const T *rm = running_mean->data, *rv = running_var->data;
@@ -506,6 +519,7 @@ static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor
                                const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
                                const double *st)
 {
+    if (ch == 0) return; /* st is NULL: no offset from it */
     const double *mean = st, *rstd = st + ch, *shift = st + 3 * ch;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data, *pw = w ? w->data : NULL, *pb = b ? b->data : NULL;
@@ -530,9 +544,9 @@ static void batch_norm_backward(tg_op_call *c)
     const int training = (int)at->i[3];
     tg_tensor *x = c->in[0], *w = at->i[4] ? c->in[at->i[4]] : NULL;
     tg_tensor *b = at->i[5] ? c->in[at->i[5]] : NULL;
-    const double *mean = c->saved, *rstd = mean + ch, *shift = mean + 3 * ch;
     const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
     if (!c->out->grad || ch == 0 || !(need_x || need_w || need_b)) return;
+    const double *mean = c->saved, *rstd = mean + ch, *shift = mean + 3 * ch;
     /* sdy_c = sum dy, sdyx_c = sum dy xh */
     double *sdy = tg_scratch(c->ctx, (size_t)ch * 2 * sizeof(double));
     if (!sdy) return;
