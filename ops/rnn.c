@@ -220,7 +220,13 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
         at->i[0] = b_ih != NULL; /* which biases are in[5], in[6] */
         at->i[1] = b_hh != NULL;
         tg_op_call *hn;
-        if (tgi_record(ctx, &op_lstm_cell_h, h_new, &c_new, 1, &hn) != 0) {
+        /* anomaly mode checks the nodes before the one recorded; the cell
+         * node's forward has not run yet, so it is checked later */
+        const int anomaly = ctx->anomaly;
+        ctx->anomaly = 0;
+        const int rc = tgi_record(ctx, &op_lstm_cell_h, h_new, &c_new, 1, &hn);
+        ctx->anomaly = anomaly;
+        if (rc != 0) {
             /* the tape could not grow: take the cell node back */
             ctx->tape_len = tape0;
             return NULL;
