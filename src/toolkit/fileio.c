@@ -47,3 +47,11 @@ const char *tgi_file_kind(unsigned mode) {
            : S_ISSOCK(m) ? "a socket"
                          : "not a regular file";
 }
+
+int tgi_save_target(tg_ctx *ctx, const char *fn, const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0 || S_ISREG(st.st_mode)) return 0; /* (absent: created) */
+    tg_set_error(ctx, "%s: %s is %s; %s replaces only a regular file", fn, path,
+                 tgi_file_kind(st.st_mode), fn);
+    return -1;
+}

@@ -17,6 +17,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_ALIGN 64
@@ -70,6 +72,8 @@ int tg_save_npy(tg_ctx *ctx, const tg_tensor *t, const char *path) {
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 255),
                              (unsigned char)(hlen >> 8)};
 
+    tgi_api(ctx, fn);
+    if (tgi_save_target(ctx, fn, path) != 0) return -1;
     FILE *f = fopen(path, "wb");
     if (!f) {
         tg_set_error(ctx, "%s: cannot create %s: %s", fn, path, strerror(errno));
@@ -158,9 +162,18 @@ tg_tensor *tg_load_npy(tg_ctx *ctx, const char *path) {
         tg_set_error(ctx, "%s: argument path is NULL", fn);
         return NULL;
     }
-    FILE *f = fopen(path, "rb");
+    tgi_api(ctx, fn);
+    /* a regular file only, checked before anything that could block (a FIFO) */
+    struct stat st;
+    int fd = tgi_open_regular(path, &st);
+    if (fd == TGI_NOT_REGULAR) {
+        tg_set_error(ctx, "%s: %s is %s, not a regular file", fn, path, tgi_file_kind(st.st_mode));
+        return NULL;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
         tg_set_error(ctx, "%s: cannot open %s: %s", fn, path, strerror(errno));
+        if (fd >= 0) close(fd);
         return NULL;
     }
     tg_tensor *t = NULL;

@@ -30,6 +30,8 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
@@ -125,16 +127,19 @@ int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batche
                    int64_t epoch) {
     static const char fn[] = "tg_resume_save";
     if (rs_check_args(ctx, fn, path, b)) return -1;
+    tgi_api(ctx, fn);
+    /* the rename replaces whatever is at path: only a regular file (as tg_save) */
+    if (tgi_save_target(ctx, fn, path) != 0) return -1;
     tgi_optim_view ov;
     if (opt) tgi_optim_view_of(opt, &ov);
     json_t *h = rs_header(ctx, opt ? &ov : NULL, b, epoch);
     char *text = h ? json_dumps(h, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(h);
     size_t plen = strlen(path) + 5;
-    char *tmp = text ? malloc(plen) : NULL;
+    char *tmp = text ? tgi_malloc(ctx, plen) : NULL; /* (records its own error) */
     if (!tmp) {
         free(text);
-        tg_set_error(ctx, "%s: out of memory", fn);
+        if (tg_ok(ctx)) tg_set_error(ctx, "%s: out of memory (the header)", fn);
         return -1;
     }
     snprintf(tmp, plen, "%s.tmp", path);
@@ -162,7 +167,7 @@ int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batche
         remove(tmp);
     }
     XXH3_freeState(sum);
-    free(tmp);
+    tgi_free(ctx, tmp, plen);
     free(text);
     return ok ? 0 : -1;
 }
@@ -260,11 +265,47 @@ static int rs_check(tg_ctx *ctx, const char *path, const json_t *h, const tgi_op
     return 0;
 }
 
+/* The batcher's saved order (n int64 at p, unaligned) and counters; 0 ok. */
+static int rs_check_order(tg_ctx *ctx, const char *path, const unsigned char *p, const json_t *bj,
+                          const tg_batcher *b) {
+    int bad = 0;
+    int64_t epoch = rs_int(bj, "epoch", &bad), batch = rs_int(bj, "batch", &bad),
+            fresh = rs_int(bj, "fresh", &bad);
+    if (bad || epoch < 0 || batch < 0 || batch > b->n_batches || (fresh != 0 && fresh != 1))
+        return rs_fail(ctx, path, "the batcher's epoch, batch or fresh is out of range");
+    const size_t words = (size_t)b->n / 64 + 1;
+    uint64_t *seen = tgi_malloc(ctx, words * 8);
+    if (!seen) return -1; /* recorded */
+    memset(seen, 0, words * 8);
+    int rc = 0;
+    for (int64_t i = 0; i < b->n && rc == 0; i++) {
+        int64_t v;
+        memcpy(&v, p + i * 8, 8);
+        if (v < 0 || v >= b->n || (seen[v / 64] >> (v % 64) & 1))
+            rc = rs_fail(ctx, path, "the batcher's sample order is not a permutation of 0..%lld "
+                                    "(entry %lld is %lld)",
+                         (long long)(b->n - 1), (long long)i, (long long)v);
+        else seen[v / 64] |= 1ull << (v % 64);
+    }
+    tgi_free(ctx, seen, words * 8);
+    return rc;
+}
+
 int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b, int64_t *epoch) {
     static const char fn[] = "tg_resume_load";
     if (rs_check_args(ctx, fn, path, b)) return -1;
-    FILE *f = fopen(path, "rb");
-    if (!f) return rs_fail(ctx, path, "cannot open: %s", strerror(errno));
+    tgi_api(ctx, fn);
+    /* a regular file only, checked before anything that could block (a FIFO) */
+    struct stat st;
+    int fd = tgi_open_regular(path, &st);
+    if (fd == TGI_NOT_REGULAR)
+        return rs_fail(ctx, path, "is %s, not a regular file", tgi_file_kind(st.st_mode));
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return rs_fail(ctx, path, "cannot open: %s", strerror(e));
+    }
     unsigned char *blob = NULL;
     size_t size = 0;
     json_t *h = NULL;
@@ -298,6 +339,10 @@ int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b, 
     }
     json_error_t jerr;
     h = json_loadb((const char *)blob + 16, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!h && json_error_code(&jerr) == json_error_out_of_memory) {
+        tg_set_error(ctx, "%s: out of memory reading the header of %s", fn, path);
+        goto done;
+    }
     if (!json_is_object(h)) {
         rs_fail(ctx, path, "the header is not a JSON object");
         goto done;
@@ -309,23 +354,39 @@ int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b, 
      * was not asked for: opt or b NULL) */
     const json_t *oj = json_object_get(h, "optimizer"), *bj = json_object_get(h, "batcher");
     uint64_t data = 16 + hlen, obytes = 0;
+    /* every count from the file is bounded by the file's size before any
+     * product, so that no sum wraps (they are not checked against a live
+     * optimiser or batcher when opt or b is NULL) */
+    int bad = 0;
     if (oj) {
-        int bad = 0;
         int64_t nb = rs_int(oj, "buffers", &bad);
         const json_t *ps = json_object_get(oj, "params");
-        for (size_t i = 0; i < json_array_size(ps); i++) {
+        if (nb < 0 || nb > 8) bad = 1;
+        for (size_t i = 0; !bad && i < json_array_size(ps); i++) {
             const json_t *e = json_array_get(ps, i);
             const char *dt = json_string_value(json_object_get(e, "dtype"));
             size_t es = dt && !strcmp(dt, "f64") ? 8 : 4;
-            obytes += (uint64_t)nb * (uint64_t)rs_int(e, "numel", &bad) * es;
+            int64_t numel = rs_int(e, "numel", &bad);
+            if (numel < 0 || (uint64_t)numel > size) bad = 1;
+            else obytes += (uint64_t)nb * (uint64_t)numel * es;
+            if (obytes > size) bad = 1;
         }
     }
-    uint64_t bbytes = bj ? (uint64_t)json_integer_value(json_object_get(bj, "n")) * 8 : 0;
+    int64_t bn = bj ? rs_int(bj, "n", &bad) : 0;
+    if (bn < 0 || (uint64_t)bn > size / 8) bad = 1;
+    if (bad) {
+        rs_fail(ctx, path, "the optimiser or batcher entry is malformed");
+        goto done;
+    }
+    uint64_t bbytes = (uint64_t)bn * 8;
     if (data + obytes + bbytes + 8 != size) {
         rs_fail(ctx, path, "the header describes %" PRIu64 " bytes of state, the file holds %" PRIu64,
                 obytes + bbytes, (uint64_t)size - data - 8);
         goto done;
     }
+    /* the saved order must be a permutation of 0..n-1 (tg_batcher_next
+     * indexes the data set with it), the position within the epoch sane */
+    if (b && rs_check_order(ctx, path, blob + data + obytes, bj, b) != 0) goto done;
     /* all checked: restore */
     const json_t *rng = json_object_get(h, "rng");
     for (int i = 0; i < 4; i++)

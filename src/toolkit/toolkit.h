@@ -33,5 +33,10 @@ void tgi_optim_view_of(tg_optim *opt, tgi_optim_view *v);
 struct stat;
 int tgi_open_regular(const char *path, struct stat *st);
 const char *tgi_file_kind(unsigned mode); /* "a FIFO", "a directory", ... */
+/* Before writing path: 0 if it is absent or a regular file; else (a FIFO
+ * would block, a device must not be replaced or removed, a symbolic link's
+ * target is not what the caller named) records "<fn>: <path> is <kind>; <fn>
+ * replaces only a regular file" and returns -1. */
+int tgi_save_target(tg_ctx *ctx, const char *fn, const char *path);
 
 #endif /* TG_TOOLKIT_H */

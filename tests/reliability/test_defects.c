@@ -13,6 +13,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "internal.h"
 #include "faulty_alloc.h"
 #include "tapegrad.h"
@@ -447,4 +450,94 @@ Test(defect6, a_large_gzip_file_reads_as_its_plain_copy) {
         tg_dataset_free(b);
         tg_ctx_free(ctx);
     }
+}
+
+/* ---- the same defects in the second-round file formats (.npy, resume) ---- */
+
+Test(defect1, npy_and_resume_saves_refuse_a_fifo_a_device_and_a_symlink, .timeout = 10) {
+    mkdir_tmp();
+    tg_ctx *ctx = tg_ctx_new(1);
+    tg_tensor *w = tg_param(ctx, "w", TG_F32, 1, (int64_t[]){3});
+    char fifo[128], target[128], link[128];
+    path_in(fifo, sizeof fifo, "fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    path_in(target, sizeof target, "real.npy");
+    path_in(link, sizeof link, "link.npy");
+    cr_assert_eq(tg_save_npy(ctx, w, target), 0, "%s", tg_errmsg(ctx));
+    cr_assert_eq(symlink(target, link), 0);
+    const char *paths[3] = {fifo, "/dev/null", link};
+    const char *kinds[3] = {"a FIFO", "a character device", "a symbolic link"};
+    struct stat st;
+    for (int i = 0; i < 3; i++) {
+        /* (before: tg_save_npy blocked on the FIFO, and a failed write removed the path) */
+        cr_assert_eq(tg_save_npy(ctx, w, paths[i]), -1, "%s", paths[i]);
+        assert_err_has(ctx, kinds[i]);
+        assert_err_has(ctx, "tg_save_npy");
+        tg_clear_error(ctx);
+        /* (before: tg_resume_save renamed its temporary file over it) */
+        cr_assert_eq(tg_resume_save(ctx, paths[i], NULL, NULL, 0), -1, "%s", paths[i]);
+        assert_err_has(ctx, kinds[i]);
+        assert_err_has(ctx, "tg_resume_save");
+        tg_clear_error(ctx);
+    }
+    cr_assert_eq(lstat(fifo, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode), "the FIFO was replaced");
+    cr_assert_eq(stat("/dev/null", &st), 0);
+    cr_assert(S_ISCHR(st.st_mode), "/dev/null was replaced");
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode), "the link was replaced");
+    tg_ctx_free(ctx);
+}
+
+Test(defect2, npy_and_resume_loaders_refuse_a_fifo_at_once, .timeout = 10) {
+    mkdir_tmp();
+    char fifo[128];
+    path_in(fifo, sizeof fifo, "fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    tg_ctx *ctx = tg_ctx_new(1);
+    cr_assert_null(tg_load_npy(ctx, fifo)); /* (before: blocked in fopen) */
+    expect_not_regular(ctx, "a FIFO");
+    cr_assert_eq(tg_resume_load(ctx, fifo, NULL, NULL, NULL), -1);
+    expect_not_regular(ctx, "a FIFO");
+    tg_ctx_free(ctx);
+}
+
+/* A resume file whose checksum is right (XXH3 is no secret) but whose
+ * batcher order indexes past the data set: refused before anything changes.
+ * (Before: restored, and the next tg_batcher_next read row 99 of 10.) */
+Test(defect_resume, an_order_that_is_not_a_permutation_is_refused) {
+    mkdir_tmp();
+    char path[128];
+    path_in(path, sizeof path, "state.resume");
+    tg_ctx *ctx = tg_ctx_new(1);
+    tg_dataset *ds = tg_dataset_new(ctx, 10, 2, 0);
+    tg_batcher bt = {0};
+    cr_assert_eq(tg_batcher_init(&bt, ctx, ds, 4, TG_BATCH_SHUFFLE), 0);
+    cr_assert_eq(tg_resume_save(ctx, path, NULL, &bt, 0), 0, "%s", tg_errmsg(ctx));
+    /* the file: ... order (10 int64) then the checksum (8) */
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    unsigned char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    cr_assert(n > 88 && n < sizeof buf);
+    for (int bad = 0; bad < 2; bad++) {
+        unsigned char b[4096];
+        memcpy(b, buf, n);
+        const int64_t v = bad ? 99 : (int64_t)b[n - 8 - 72]; /* out of range; a repeat of entry 1 */
+        memcpy(b + n - 8 - 80, &v, 8);
+        uint64_t sum = XXH3_64bits(b, n - 8);
+        for (int i = 0; i < 8; i++) b[n - 8 + i] = (unsigned char)(sum >> (8 * i));
+        write_bytes(path, b, n);
+        int64_t order[10];
+        memcpy(order, bt.order, sizeof order);
+        cr_assert_eq(tg_resume_load(ctx, path, NULL, &bt, NULL), -1);
+        assert_err_has(ctx, "tg_resume_load");
+        assert_err_has(ctx, "is not a permutation");
+        cr_assert(memcmp(order, bt.order, sizeof order) == 0, "the order changed");
+        tg_clear_error(ctx);
+    }
+    tg_batcher_free(&bt);
+    tg_dataset_free(ds);
+    tg_ctx_free(ctx);
 }
