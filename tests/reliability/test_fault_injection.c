@@ -1,6 +1,8 @@
 /* test_fault_injection.c: fail the N-th allocation, for every N, across a
- * training step that uses every op family and every optimiser, a save, a
- * load and each data loader (CSV, IDX plain and gzip'd, an IDX directory, the
+ * training step that uses every op family (the second-round ones through a
+ * small CNN, an LSTM, a GRU and a transformer block) and every optimiser, a
+ * save, a load, tg_save_npy and tg_load_npy, tg_resume_save and
+ * tg_resume_load, and each data loader (CSV, IDX plain and gzip'd, an IDX directory, the
  * batcher). For
  * each N on a fresh context:
  *   - the call that met the failure returns its error value and the message
@@ -28,9 +30,31 @@ static uint64_t params_hash(tg_ctx *ctx) {
     return h;
 }
 
-static char ckpt[128], idx_dir[64];
+static char ckpt[128], idx_dir[64], npy[128], resume[128];
 
-static void setup_params(tg_ctx *ctx) {
+/* The layers of the second-round workload: a small CNN, an embedding, an
+ * LSTM, a GRU and a transformer block, all f64. */
+typedef struct {
+    tg_conv conv;
+    tg_batchnorm bn;
+    tg_dense fc;
+    tg_embed emb;
+    tg_lstm lstm;
+    tg_gru gru;
+    tg_transformer_block blk;
+} model;
+
+static void setup_model(tg_ctx *ctx, model *m) {
+    cr_assert_eq(tg_conv_init(ctx, &m->conv, "conv", 1, 2, 3, 1, 1, 1, TG_F64), 0);
+    cr_assert_eq(tg_batchnorm_init(ctx, &m->bn, "bn", 2, TG_F64), 0);
+    cr_assert_eq(tg_dense_init(ctx, &m->fc, "fc", 8, 3, TG_F64, TG_INIT_XAVIER_UNIFORM), 0);
+    cr_assert_eq(tg_embed_init(ctx, &m->emb, "emb", 5, 4, TG_F64), 0);
+    cr_assert_eq(tg_lstm_init(ctx, &m->lstm, "lstm", 4, 3, 1, 1, TG_F64), 0);
+    cr_assert_eq(tg_gru_init(ctx, &m->gru, "gru", 3, 2, 1, 1, TG_F64), 0);
+    cr_assert_eq(tg_transformer_block_init(ctx, &m->blk, "blk.", 4, 2, 8, TG_F64), 0);
+}
+
+static void setup_params(tg_ctx *ctx, model *m) {
     const int64_t ws[2] = {4, 3}, bs[1] = {3}, cs[1] = {1};
     tg_tensor *w = tg_param(ctx, "w", TG_F64, 2, ws);
     tg_tensor *b = tg_param(ctx, "b", TG_F64, 1, bs);
@@ -40,6 +64,15 @@ static void setup_params(tg_ctx *ctx) {
     for (int i = 0; i < 12; i++) pw[i] = 0.1 * (i - 6);
     ((double *)tg_data(b))[1] = 0.25;
     ((double *)tg_data(c))[0] = 1.5;
+    setup_model(ctx, m);
+}
+
+/* The batcher's state, which a failing tg_resume_load must leave alone. */
+static uint64_t batcher_hash(const tg_batcher *b) {
+    uint64_t h = (uint64_t)b->pos * 31 + (uint64_t)b->batch * 7 + (uint64_t)b->epoch * 3 +
+                 (uint64_t)b->fresh;
+    for (int64_t i = 0; b->order && i < b->n; i++) h = h * 31 + (uint64_t)b->order[i];
+    return h;
 }
 
 /* One stage: the call, the check that a failure names `fn` and changed
@@ -47,7 +80,7 @@ static void setup_params(tg_ctx *ctx) {
 #define STAGE(fn, failed_expr)                                                               \
     do {                                                                                     \
         uint64_t before_ = params_hash(ctx);                                                 \
-        if (failed_expr) {                                                                   \
+        if (failed_expr) { if (getenv("FI_DEBUG")) fprintf(stderr, "stage %s failed at %ld: %s\n", fn, F->fail_at, tg_errmsg(ctx)); \
             cr_assert(!tg_ok(ctx), "%s failed without an error", fn);                         \
             cr_assert(strncmp(tg_errmsg(ctx), fn, strlen(fn)) == 0 &&                        \
                           strstr(tg_errmsg(ctx), "out of memory"),                           \
@@ -115,8 +148,86 @@ static tg_tensor *forward(tg_ctx *ctx, faulty *F, const char **fn) {
     return loss;
 }
 
+/* tg_resume_load; when it fails, it must leave the batcher and *epoch as they were. */
+static int resume_load(tg_ctx *ctx, tg_optim *opt, tg_batcher *bt, int64_t *epoch) {
+    const uint64_t before = batcher_hash(bt);
+    const int64_t e = *epoch;
+    int r = tg_resume_load(ctx, resume, opt, bt, epoch);
+    if (r != 0) {
+        cr_assert_eq(batcher_hash(bt), before, "a failing tg_resume_load changed the batcher");
+        cr_assert_eq(*epoch, e, "a failing tg_resume_load changed the epoch");
+    }
+    return r;
+}
+
+/* Forward through the second-round ops and layers: a CNN (conv, batch norm,
+ * max and average pooling, dropout, dense), an embedding into an LSTM and a
+ * GRU, permute, slice and concat, a causal transformer block. NULL on failure. */
+static tg_tensor *forward2(tg_ctx *ctx, const model *m, const char **fn) {
+    double xv[50];
+    for (int i = 0; i < 50; i++) xv[i] = 0.1 * ((i * 7) % 11) - 0.5;
+    const int32_t yv[2] = {1, 2}, tok[6] = {0, 3, 1, 4, 2, 2};
+    *fn = "tg_from";
+    tg_tensor *x = tg_from(ctx, TG_F64, 4, (int64_t[]){2, 1, 5, 5}, xv);
+    tg_tensor *y = tg_from(ctx, TG_I32, 1, (int64_t[]){2}, yv);
+    tg_tensor *ids = tg_from(ctx, TG_I32, 2, (int64_t[]){3, 2}, tok);
+    if (!x || !y || !ids) return NULL;
+#define OPN(var, name, call)                                                                 \
+    *fn = name;                                                                              \
+    tg_tensor *var = call;                                                                   \
+    if (!var) return NULL;
+#define OP(name, call) OPN(v_##name, "tg_" #name, call)
+    /* the CNN */
+    OP(conv_forward, tg_conv_forward(ctx, &m->conv, x))             /* [2,2,5,5] */
+    OP(batchnorm_forward, tg_batchnorm_forward(ctx, &m->bn, v_conv_forward))
+    OP(max_pool2d, tg_max_pool2d(ctx, v_batchnorm_forward, 2, 2))  /* [2,2,2,2] */
+    OP(avg_pool2d, tg_avg_pool2d(ctx, v_batchnorm_forward, 3, 2))  /* [2,2,2,2] */
+    OP(dropout, tg_dropout(ctx, v_max_pool2d, 0.25, 1))
+    OP(add, tg_add(ctx, v_dropout, v_avg_pool2d))
+    OP(reshape, tg_reshape(ctx, v_add, 2, (int64_t[]){2, 8}))
+    OP(dense_forward, tg_dense_forward(ctx, &m->fc, v_reshape, TG_ACT_RELU))
+    OP(cross_entropy, tg_cross_entropy(ctx, v_dense_forward, y))
+    /* the sequence models: tokens [T=3,N=2] -> [3,2,4] */
+    OP(embed_forward, tg_embed_forward(ctx, &m->emb, ids))                    /* [3,2,4] */
+    tg_tensor *hn = NULL, *cn = NULL;
+    OP(lstm_forward, tg_lstm_forward(ctx, &m->lstm, v_embed_forward, NULL, NULL, &hn, &cn))
+    OP(gru_forward, tg_gru_forward(ctx, &m->gru, v_lstm_forward, NULL, NULL)) /* [3,2,2] */
+    OP(permute, tg_permute(ctx, v_embed_forward, (int[]){1, 0, 2}))          /* [2,3,4] */
+    OP(slice, tg_slice(ctx, v_permute, 1, 1, 3))                              /* [2,2,4] */
+    OP(concat, tg_concat(ctx, (tg_tensor *[]){v_permute, v_slice}, 2, 1))   /* [2,5,4] */
+    OP(transformer_block_forward, tg_transformer_block_forward(ctx, &m->blk, v_concat, 1))
+    OP(layer_norm, tg_layer_norm(ctx, v_transformer_block_forward, NULL, NULL, 1e-5))
+    /* a batched product [2,5,4] x [2,4,5] */
+    OPN(v_permute_t, "v_permute", tg_permute(ctx, v_layer_norm, (int[]){0, 2, 1}))
+    OP(matmul, tg_matmul(ctx, v_layer_norm, v_permute_t))
+    /* one more LSTM step by hand from the layer's final state [1,2,3] */
+    OPN(v_slice_x0, "v_slice", tg_slice(ctx, v_embed_forward, 0, 0, 1))
+    OPN(v_reshape_x0, "v_reshape", tg_reshape(ctx, v_slice_x0, 2, (int64_t[]){2, 4}))
+    OPN(v_reshape_h, "v_reshape", tg_reshape(ctx, hn, 2, (int64_t[]){2, 3}))
+    OPN(v_reshape_c, "v_reshape", tg_reshape(ctx, cn, 2, (int64_t[]){2, 3}))
+    tg_tensor *c1 = NULL;
+    OP(lstm_cell, tg_lstm_cell(ctx, v_reshape_x0, v_reshape_h, v_reshape_c,
+                                  m->lstm.weight_ih[0], m->lstm.weight_hh[0], NULL, NULL, &c1))
+    /* attention as a single head over the normalised block output */
+    OPN(v_reshape_q, "v_reshape", tg_reshape(ctx, v_layer_norm, 4, (int64_t[]){2, 1, 5, 4}))
+    OP(attention, tg_attention(ctx, v_reshape_q, v_reshape_q, v_reshape_q, 0))
+    tg_tensor *parts[] = {v_gru_forward, v_matmul, v_lstm_cell, c1, v_attention};
+    tg_tensor *loss = v_cross_entropy;
+    for (int i = 0; i < 5; i++) {
+        *fn = "tg_mean";
+        tg_tensor *m_i = tg_mean(ctx, parts[i]);
+        if (!m_i) return NULL;
+        *fn = "v_add";
+        loss = tg_add(ctx, loss, m_i);
+        if (!loss) return NULL;
+    }
+#undef OP
+#undef OPN
+    return loss;
+}
+
 /* The whole workload; 1 if it ran to the end, 0 if an allocation failed. */
-static int workload(tg_ctx *ctx, faulty *F) {
+static int workload(tg_ctx *ctx, faulty *F, const model *m) {
     int done = 0;
     tg_optim *opt[TG_OPT_COUNT] = {0};
     tg_dataset *csv = NULL, *idx = NULL, *gz = NULL, *dir = NULL;
@@ -127,6 +238,10 @@ static int workload(tg_ctx *ctx, faulty *F) {
     /* a training step: every op family, then every optimiser */
     STAGE(fn, !(loss = forward(ctx, F, &fn)));
     tg_zero_grad(ctx);
+    STAGE("tg_backward", (tg_backward(ctx, loss), !tg_ok(ctx)));
+    /* the second-round ops and layers, on top: their gradients add in */
+    tg_seed(ctx, 7); /* the same dropout mask in every run */
+    STAGE(fn, !(loss = forward2(ctx, m, &fn)));
     STAGE("tg_backward", (tg_backward(ctx, loss), !tg_ok(ctx)));
     for (int k = 0; k < TG_OPT_COUNT; k++) {
         tg_optim_opts o = tg_optim_defaults((tg_opt_kind)k);
@@ -147,6 +262,15 @@ static int workload(tg_ctx *ctx, faulty *F) {
     STAGE("tg_batcher_init", tg_batcher_init(&bt, ctx, csv, 4, TG_BATCH_SHUFFLE) != 0);
     tg_tensor *bx, *by;
     STAGE("tg_batcher_next", tg_batcher_next(&bt, &bx, &by) != 1);
+    /* one tensor through .npy */
+    tg_tensor *w_npy = tg_param_find(ctx, "conv.weight");
+    STAGE("tg_save_npy", tg_save_npy(ctx, w_npy, npy) != 0);
+    STAGE("tg_load_npy", !tg_load_npy(ctx, npy));
+    /* the training state: optimiser, batcher, generator */
+    int64_t epoch = 0;
+    STAGE("tg_resume_save", tg_resume_save(ctx, resume, opt[TG_OPT_ADAM], &bt, 3) != 0);
+    STAGE("tg_resume_load", resume_load(ctx, opt[TG_OPT_ADAM], &bt, &epoch) != 0);
+    cr_assert_eq(epoch, 3);
     done = 1;
 out:
     tg_batcher_free(&bt);
@@ -160,6 +284,8 @@ out:
 
 Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) {
     snprintf(ckpt, sizeof ckpt, "/tmp/tg_fault_%ld.safetensors", (long)getpid());
+    snprintf(npy, sizeof npy, "/tmp/tg_fault_%ld.npy", (long)getpid());
+    snprintf(resume, sizeof resume, "/tmp/tg_fault_%ld.resume", (long)getpid());
     /* a directory with the standard names, for tg_load_idx_dir (gzip'd images) */
     snprintf(idx_dir, sizeof idx_dir, "/tmp/tg_fault_XXXXXX");
     cr_assert_not_null(mkdtemp(idx_dir));
@@ -171,9 +297,10 @@ Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) 
     /* the undisturbed run */
     faulty ref = {0, -1, 0, 0};
     tg_ctx *rc = tg_ctx_new_with_alloc(1, faulty_alloc, &ref);
-    setup_params(rc);
+    model rm;
+    setup_params(rc, &rm);
     long base = ref.count;
-    cr_assert(workload(rc, &ref), "%s", tg_errmsg(rc));
+    cr_assert(workload(rc, &ref, &rm), "%s", tg_errmsg(rc));
     long total = ref.count - base;
     uint64_t want = params_hash(rc);
     tg_ctx_free(rc);
@@ -183,9 +310,10 @@ Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) 
     for (long n = 1; n <= total + 1; n++) {
         faulty F = {0, -1, 0, 0};
         tg_ctx *ctx = tg_ctx_new_with_alloc(1, faulty_alloc, &F);
-        setup_params(ctx);
+        model m;
+        setup_params(ctx, &m);
         F.fail_at = F.count + n;
-        int done = workload(ctx, &F);
+        int done = workload(ctx, &F, &m);
         if (!F.failed) {
             cr_assert(done, "no failure injected, yet: %s", tg_errmsg(ctx));
             tg_ctx_free(ctx);
@@ -199,19 +327,22 @@ Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) 
             tg_reset(ctx);
             /* back to the initial parameters (the step may have run some optimisers) */
             tg_ctx *fresh = tg_ctx_new(1);
-            setup_params(fresh);
+            model fm;
+            setup_params(fresh, &fm);
             for (int i = 0; i < tg_param_count(ctx); i++)
                 memcpy(tg_data(tg_param_at(ctx, i)), tg_data(tg_param_at(fresh, i)),
                        (size_t)tg_numel(tg_param_at(fresh, i)) * 8);
             tg_ctx_free(fresh);
             tg_zero_grad(ctx);
-            cr_assert(workload(ctx, &F), "allocation %ld: no recovery: %s", n, tg_errmsg(ctx));
+            cr_assert(workload(ctx, &F, &m), "allocation %ld: no recovery: %s", n, tg_errmsg(ctx));
         }
         cr_assert_eq(params_hash(ctx), want, "allocation %ld: parameters differ after recovery", n);
         tg_ctx_free(ctx);
         cr_assert_eq(F.live, 0, "allocation %ld: %lld bytes leaked", n, F.live);
     }
     unlink(ckpt);
+    unlink(npy);
+    unlink(resume);
     unlink(im);
     unlink(lb);
     rmdir(idx_dir);
