@@ -154,9 +154,13 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
     tg_op_call *c;
+    const int64_t tape0 = ctx->tape_len;
     if (tgi_record(ctx, &op_conv2d, out, in, n_in, &c) != 0) return NULL;
     if (c) geom_save(tgi_node_attr(c), &g);
-    if (conv2d_fwd(ctx, out, x, w, b, &g) != 0) return NULL;
+    if (conv2d_fwd(ctx, out, x, w, b, &g) != 0) {
+        ctx->tape_len = tape0; /* out of memory: a failing call records nothing */
+        return NULL;
+    }
     return out;
 }
 

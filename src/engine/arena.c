@@ -202,6 +202,7 @@ void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m) {
     for (tgi_chunk *c = a->cur->next; c; c = c->next) TGI_POISON(c->base, c->size);
 }
 
+#undef tg_scratch /* the public function (internal.h maps the library's calls) */
 void *tg_scratch(tg_ctx *ctx, size_t bytes) {
     if (!ctx) return NULL;
     tgi_api(ctx, "tg_scratch");

@@ -154,6 +154,14 @@ static inline void *tgi_arena_alloc(tg_ctx *ctx, size_t n) {
     }
     return tgi_arena_alloc_slow(ctx, n);
 }
+/* Inside the library tg_scratch keeps the name of the public function that
+ * runs (set by tgi_api, e.g. by tgi_tensor_new), so that running out of
+ * memory in an op's saved values says "tg_conv2d: out of memory", not
+ * "tg_scratch: ..."; a user's call (the function in arena.c) names tg_scratch. */
+static inline void *tgi_scratch(tg_ctx *ctx, size_t n) {
+    return ctx ? tgi_arena_alloc(ctx, n) : NULL;
+}
+#define tg_scratch(ctx, n) tgi_scratch(ctx, n)
 void tgi_arena_reset(tg_ctx *ctx);
 void tgi_arena_free(tg_ctx *ctx);
 tgi_arena_mark tgi_arena_get_mark(const tg_ctx *ctx);
@@ -167,10 +175,14 @@ void tgi_verror(tg_ctx *ctx, const char *fmt, va_list ap);
  * tgi_check_arg: 1 if t is usable. NULL with no error recorded records
  * "<fn>: argument <arg> is NULL"; a tensor of another ctx is an error too, as is
  * a temporary made before the last tg_reset (its generation stamp is old); and
- * while an error is recorded every check fails (NULL in, NULL out). */
+ * while an error is recorded every check fails (NULL in, NULL out). A passing
+ * check names fn for out-of-memory messages (tgi_api). */
 int tgi_check_arg_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
 static inline int tgi_check_arg(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
-    if (t && t->ctx == ctx && !ctx->has_error && (t->gen == ctx->gen || t->gen == 0)) return 1;
+    if (t && t->ctx == ctx && !ctx->has_error && (t->gen == ctx->gen || t->gen == 0)) {
+        ctx->api = fn; /* out-of-memory messages name the op (tgi_api) */
+        return 1;
+    }
     return tgi_check_arg_slow(ctx, fn, arg, t);
 }
 /* 1 if t is f32 or f64, else records "<fn>: <arg> must be f32 or f64, got i32 [shape]" */

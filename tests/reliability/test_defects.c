@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "faulty_alloc.h"
 #include "tapegrad.h"
+#undef tg_scratch /* the public function, as a user calls it (internal.h maps it) */
 
 #ifndef TGI_UNPOISON /* (an engine without arena poisoning) */
 #define TGI_UNPOISON(p, n) ((void)(p), (void)(n))
