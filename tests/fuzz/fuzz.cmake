@@ -1,7 +1,7 @@
 # tests/fuzz/fuzz.cmake: the libFuzzer targets and the ThreadSanitizer test.
 # Included by CMakeLists.txt. See docs/reliability.md.
 if(TG_FUZZ)
-  set(TG_FUZZ_TARGETS checkpoint idx csv api)
+  set(TG_FUZZ_TARGETS checkpoint idx csv api npy resume)
   foreach(t ${TG_FUZZ_TARGETS})
     add_executable(fuzz_${t} ${PROJECT_SOURCE_DIR}/tests/fuzz/fuzz_${t}.c)
     target_link_libraries(fuzz_${t} PRIVATE tapegrad_static)
