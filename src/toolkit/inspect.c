@@ -69,15 +69,17 @@ int tg_tape_dot(tg_ctx *ctx, FILE *f) {
         tg_set_error(ctx, "tg_tape_dot: argument f is NULL");
         return -1;
     }
-    fputs("digraph tape {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n"
-          "  edge [fontname=\"Helvetica\", fontsize=9];\n",
-          f);
     /* leaves first, each once (a pointer set, open addressing): a leaf is an
-     * input that no node of the tape made */
+     * input that no node of the tape made. (Allocated before anything is
+     * written, under this function's name for an out-of-memory message.) */
+    tgi_api(ctx, "tg_tape_dot");
     size_t cap = 16;
     while (cap < (size_t)ctx->tape_len * TG_MAX_INPUTS * 2) cap *= 2;
     const tg_tensor **set = tgi_calloc(ctx, cap * sizeof *set);
     if (!set) return -1;
+    fputs("digraph tape {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n"
+          "  edge [fontname=\"Helvetica\", fontsize=9];\n",
+          f);
     for (int64_t n = 0; n < ctx->tape_len; n++) {
         const tg_op_call *c = &ctx->tape[n].call;
         for (int i = 0; i < c->n_in; i++) {

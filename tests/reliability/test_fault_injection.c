@@ -1,7 +1,7 @@
 /* test_fault_injection.c: fail the N-th allocation, for every N, across a
  * training step that uses every op family (the second-round ones through a
- * small CNN, an LSTM, a GRU and a transformer block) and every optimiser, a
- * save, a load, tg_save_npy and tg_load_npy, tg_resume_save and
+ * small CNN, an LSTM, a GRU and a transformer block; tg_tape_dot and
+ * tg_summary of it) and every optimiser, a save, a load, tg_save_npy and tg_load_npy, tg_resume_save and
  * tg_resume_load, and each data loader (CSV, IDX plain and gzip'd, an IDX directory, the
  * batcher). For
  * each N on a fresh context:
@@ -242,6 +242,13 @@ static int workload(tg_ctx *ctx, faulty *F, const model *m) {
     /* the second-round ops and layers, on top: their gradients add in */
     tg_seed(ctx, 7); /* the same dropout mask in every run */
     STAGE(fn, !(loss = forward2(ctx, m, &fn)));
+    /* seeing the model: the tape as a graph, the parameter table */
+    FILE *sink = fopen("/dev/null", "w");
+    cr_assert_not_null(sink);
+    int dot = tg_tape_dot(ctx, sink), summary = tg_summary(ctx, sink);
+    fclose(sink);
+    STAGE("tg_tape_dot", dot != 0);
+    STAGE("tg_summary", summary != 0);
     STAGE("tg_backward", (tg_backward(ctx, loss), !tg_ok(ctx)));
     for (int k = 0; k < TG_OPT_COUNT; k++) {
         tg_optim_opts o = tg_optim_defaults((tg_opt_kind)k);
