@@ -36,6 +36,20 @@ make_csv() { # make_csv PATH NF
 }
 train_args=(--layers 16 --epochs 3 --batch 64 --seed 3 --opt adam --threads 1 -q)
 
+# failing_job LOG RANK1_DATA WHAT: 2 ranks, rank 0 on data.csv and rank 1 on RANK1_DATA
+# (in $w); the job must fail, and within seconds
+failing_job() {
+  local log=$1 bad=$2 what=$3 t0 rc t
+  t0=$(date +%s.%N)
+  mpi 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then d="$0/$2"; else d="$0/data.csv"; fi
+               exec "$1" train --distributed --data "$d" --layers 16 --epochs 3 --out "$0/m.safetensors"' \
+    "$w" "$mlp" "$bad" >"$log" 2>&1
+  rc=$? t=$(elapsed "$t0")
+  cat "$log"
+  [ $rc -ne 0 ] && pass "$what: the job fails (exit $rc) in ${t}s" || fail "$what: the job exits 0"
+  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
+}
+
 case "$case_name" in
 equivalence)
   make_csv "$w/data.csv" 4
@@ -65,26 +79,11 @@ rank_error)
   make_csv "$w/data.csv" 4
   make_csv "$w/other.csv" 5
   # rank 1 alone: a data path that does not exist
-  t0=$(date +%s.%N)
-  mpi 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then d="$0/nonexistent.csv"; else d="$0/data.csv"; fi
-               exec "$1" train --distributed --data "$d" --layers 16 --epochs 3 --out "$0/m.safetensors"' \
-    "$w" "$mlp" >"$w/path.log" 2>&1
-  rc=$? t=$(elapsed "$t0")
-  cat "$w/path.log"
-  [ $rc -ne 0 ] && pass "a bad path on rank 1 fails the job (exit $rc) in ${t}s" || fail "the job exits 0"
-  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
+  failing_job "$w/path.log" nonexistent.csv "a bad path on rank 1"
   grep -q "nonexistent.csv" "$w/path.log" && grep -q "tg-mlp: rank 1 failed" "$w/path.log" \
     && pass "rank 1's message ends the job" || fail "rank 1's message is missing"
   # rank 1: another number of features: the parameters differ, found at the first sync point
-  t0=$(date +%s.%N)
-  mpi 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then d="$0/other.csv"; else d="$0/data.csv"; fi
-               exec "$1" train --distributed --data "$d" --layers 16 --epochs 3 --out "$0/m.safetensors"' \
-    "$w" "$mlp" >"$w/shape.log" 2>&1
-  rc=$? t=$(elapsed "$t0")
-  cat "$w/shape.log"
-  [ $rc -ne 0 ] && pass "parameters of another shape on rank 1 fail the job (exit $rc) in ${t}s" \
-    || fail "the job with different shapes exits 0"
-  [ "$(awk -v t="$t" 'BEGIN { print (t < 30) }')" = 1 ] && pass "within seconds" || fail "took ${t}s"
+  failing_job "$w/shape.log" other.csv "parameters of another shape on rank 1"
   n=$(grep -c "tg-mlp: tg_mpi_broadcast_params: the ranks have different parameters" "$w/shape.log")
   [ "$n" = 2 ] && pass "both ranks stop with the sync point's message" \
     || fail "$n ranks printed the sync point's message"
