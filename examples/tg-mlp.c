@@ -1202,7 +1202,6 @@ static int dist_save(tg_ctx *ctx, const options *o, const train_data *d, train_m
 static void dist_end(void) {}
 #endif
 
-
 /* One pass over the training part: scheduled rate, clipped gradients. */
 static int train_epoch(tg_ctx *ctx, const options *o, train_model *t, tg_progress *p,
                        epoch_stats *st) {
