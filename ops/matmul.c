@@ -310,7 +310,7 @@ typedef struct {
 } linear_job;
 
 /* y[lo:hi] = act(y + b) over the chunk's (partial) rows */
-static void linear_bias_act(void *arg, int64_t lo, int64_t hi)
+TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
 {
     const linear_job *j = arg;
     const int64_t n = j->n;
@@ -357,8 +357,8 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
              out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
-    linear_job j = {x->dtype, act, n, out->data, b ? b->data : NULL, NULL};
-    TGI_PAR_RUN(ctx, m * n, linear_bias_act, &j);
+    TGI_PAR_RUN(ctx, m * n, linear_bias_act,
+                &(linear_job){x->dtype, act, n, out->data, b ? b->data : NULL, NULL});
     return 0;
 }
 
@@ -369,7 +369,7 @@ static int linear_forward(tg_op_call *c)
 }
 
 /* d[lo:hi] = dy * act'(p), from y (j->b): d is j->y, dy j->g */
-static void linear_act_grad(void *arg, int64_t lo, int64_t hi)
+TGI_PAR_FN void linear_act_grad(void *arg, int64_t lo, int64_t hi)
 {
     const linear_job *j = arg;
     TGI_FLOAT_DISPATCH(j->dt, {
@@ -409,8 +409,8 @@ static void linear_backward(tg_op_call *c)
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
         if (!buf) return; /* error recorded by tg_scratch */
         int64_t len = c->out->numel;
-        linear_job j = {x->dtype, act, n, buf, c->out->data, dy};
-        TGI_PAR_RUN(ctx, len, linear_act_grad, &j);
+        TGI_PAR_RUN(ctx, len, linear_act_grad,
+                    &(linear_job){x->dtype, act, n, buf, c->out->data, dy});
         dpre = buf;
     }
     if (tgi_needs_grad(w)) {

@@ -57,7 +57,7 @@ typedef struct {
     void *dx;
     double g; /* rounded to T once, as the loop always did */
 } scalar_grad_job;
-static void scalar_grad_range(void *arg, int64_t lo, int64_t hi)
+TGI_PAR_FN void scalar_grad_range(void *arg, int64_t lo, int64_t hi)
 {
     const scalar_grad_job *j = arg;
     TGI_FLOAT_DISPATCH(j->dt, {

@@ -297,8 +297,10 @@ int tgi_threads_for(const tg_ctx *ctx, int64_t work);
 /* TGI_PAR_RUN(ctx, n, fn, arg): fn(arg, lo, hi) over chunks [lo, hi) of [0, n):
  * one call in the caller's thread below tgi_threads_for's threshold (the pool
  * is not touched), else a few contiguous chunks per thread, taken by the
- * context's threads (src/kernels/pool.h) as they come free. arg is a small
- * struct of what the loop reads, fn a static function of the op file. A chunk's
+ * context's threads (src/kernels/pool.h) as they come free. arg points to a
+ * small struct of what the loop reads (a compound literal written in the call
+ * costs the single-thread path nothing: it is evaluated in the branch that
+ * runs), fn is a TGI_PAR_FN of the op file. A chunk's
  * result must depend only on its elements (element i on element i of the
  * inputs): then the bits do not depend on the thread count. Below TGI_PAR_MIN
  * elements (far under the threshold) the question is not even asked: tiny ops
@@ -317,6 +319,10 @@ static inline int tgi_par_threads(const tg_ctx *ctx, int64_t n)
     return n < TGI_PAR_MIN ? 1 : tgi_threads_for(ctx, n);
 }
 typedef void (*tgi_range_fn)(void *arg, int64_t lo, int64_t hi);
+/* How a TGI_PAR_RUN function is declared: inlined where the work stays in the
+ * caller's thread (a tiny op pays no call and no second dtype dispatch), with
+ * an out-of-line copy for the pool. */
+#define TGI_PAR_FN static inline __attribute__((always_inline))
 /* The work of TGI_PAR_RUN with nt > 1 threads (defined in ctx.c). */
 void tgi_par_run_threads(tg_ctx *ctx, int nt, int64_t n, tgi_range_fn fn, void *arg);
 /* fn(arg, u0, u1) on nt contiguous ranges of units [0, units) (range t is
@@ -324,14 +330,14 @@ void tgi_par_run_threads(tg_ctx *ctx, int nt, int64_t n, tgi_range_fn fn, void *
  * whose natural piece is not an element (rows, outer loops). */
 typedef void (*tgi_units_fn)(const void *arg, int64_t u0, int64_t u1);
 void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const void *arg);
-#define TGI_PAR_RUN(ctx, n, fn, arg)                                                   \
+#define TGI_PAR_RUN(ctx, n, fn, ...) /* ... is arg (a compound literal may hold commas) */ \
     do {                                                                               \
         const int64_t n_ = (n);                                                        \
         const int nt_ = tgi_par_threads((ctx), n_);                                    \
         if (nt_ <= 1)                                                                  \
-            (fn)((arg), 0, n_);                                                        \
+            (fn)((__VA_ARGS__), 0, n_);                                                \
         else                                                                           \
-            tgi_par_run_threads((ctx), nt_, n_, (fn), (arg));                          \
+            tgi_par_run_threads((ctx), nt_, n_, (fn), (__VA_ARGS__));                  \
     } while (0)
 /* The older form with the loop written in the macro's argument runs it in the
  * caller's thread, whatever n: C has no closures to hand BODY to another

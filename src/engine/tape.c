@@ -248,7 +248,7 @@ typedef struct {
     unsigned char *b;
     size_t es;
 } zero_job;
-static void zero_range(void *arg, int64_t lo, int64_t hi) {
+TGI_PAR_FN void zero_range(void *arg, int64_t lo, int64_t hi) {
     const zero_job *z = arg;
     memset(z->b + (size_t)lo * z->es, 0, (size_t)(hi - lo) * z->es);
 }

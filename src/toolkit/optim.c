@@ -301,15 +301,14 @@ typedef struct {
     tg_tensor *p;
     void *const *st;
 } upd_job;
-static void upd_range(void *arg, int64_t lo, int64_t hi) {
+TGI_PAR_FN void upd_range(void *arg, int64_t lo, int64_t hi) {
     const upd_job *j = arg;
     const fp_mode m = flush_subnormals_begin();
     j->fn(j->k, j->p, j->st, lo, hi);
     flush_subnormals_end(m);
 }
 static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
-    upd_job j = {fn, k, p, st};
-    TGI_PAR_RUN(ctx, p->numel, upd_range, &j);
+    TGI_PAR_RUN(ctx, p->numel, upd_range, &(upd_job){fn, k, p, st});
 }
 
 /* The scalars of one update, in double (each kernel rounds them to T once). */
