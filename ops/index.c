@@ -292,6 +292,20 @@ PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void 
     });
 }
 
+/* Outer iterations [o0, o1) of one perm_copy. */
+typedef struct {
+    tg_dtype dt;
+    int acc;
+    void *dst;
+    const void *src;
+    const perm_plan *p;
+} perm_job;
+static void perm_units(const void *arg, int64_t o0, int64_t o1)
+{
+    const perm_job *j = arg;
+    perm_range(j->dt, j->acc, j->dst, j->src, j->p, o0, o1);
+}
+
 /* dst (+)= src.permute as planned, split over threads by outer iterations. */
 static void perm_copy(tg_ctx *ctx, tg_dtype dt, int acc, void *dst, const void *src,
                       const perm_plan *p)
@@ -310,13 +324,8 @@ static void perm_copy(tg_ctx *ctx, tg_dtype dt, int acc, void *dst, const void *
         perm_range(dt, acc, dst, src, p, 0, outer);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int t = 0; t < nt; t++)
-        perm_range(dt, acc, dst, src, p, outer * t / nt, outer * (t + 1) / nt);
-#else
-    perm_range(dt, acc, dst, src, p, 0, outer);
-#endif
+    perm_job j = {dt, acc, dst, src, p};
+    tgi_par_units(ctx, nt, outer, perm_units, &j);
 }
 
 static int permute_forward(tg_op_call *c)

@@ -299,7 +299,56 @@ tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
  * and applies the activation in place (the vector kernels of src/kernels/vmath.h),
- * over contiguous chunks of y, several threads for a large y. */
+ * over contiguous chunks of y, several threads for a large y (TGI_PAR_RUN). */
+typedef struct {
+    tg_dtype dt;
+    tg_act act;
+    int64_t n;      /* row length of y */
+    void *y;
+    const void *b;  /* [n] or NULL */
+    const void *g;  /* backward: dy */
+} linear_job;
+
+/* y[lo:hi] = act(y + b) over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
+{
+    const linear_job *j = arg;
+    const int64_t n = j->n;
+    const tg_act act = j->act;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y;
+        const T *bd = j->b;
+        const T slope = (T)TGI_LEAKY_SLOPE;
+        /* y[i, j] += b[j]: a vector loop per row, or for short rows (an XOR
+         * net's) one loop over the chunk */
+        if (bd && n >= 16) {
+            for (int64_t i = lo; i < hi;) {
+                const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
+                T *restrict yr = y + i;
+                const T *restrict br = bd + j0;
+                for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+                i += len;
+            }
+        } else if (bd && lo < hi) {
+            for (int64_t i = lo, q = lo % n; i < hi; i++) {
+                y[i] += bd[q];
+                q = q + 1 == n ? 0 : q + 1;
+            }
+        }
+        T *yc = y + lo;
+        const int64_t len = hi - lo;
+        switch (act) {
+        case TG_ACT_RELU: V_RELU(yc, yc, len); break; /* NaN passes, as in tg_relu */
+        case TG_ACT_LEAKY_RELU:
+            for (int64_t q = 0; q < len; q++) yc[q] = yc[q] > 0 ? yc[q] : slope * yc[q];
+            break;
+        case TG_ACT_TANH: V_TANH(yc, yc, len); break;
+        case TG_ACT_SIGMOID: V_SIGMOID(yc, yc, len); break; /* exp of -|p| only */
+        default: break;                                      /* TG_ACT_NONE */
+        }
+    });
+}
+
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act, int wt)
 {
@@ -308,40 +357,8 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
              out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *y = out->data;
-        const T *bd = b ? (const T *)b->data : NULL;
-        const T slope = (T)TGI_LEAKY_SLOPE;
-        TGI_PAR_CHUNKS(ctx, m * n, lo, hi, {
-            /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
-             * row, or for short rows (an XOR net's) one loop over the chunk */
-            if (bd && n >= 16) {
-                for (int64_t i = lo; i < hi;) {
-                    const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
-                    T *restrict yr = y + i;
-                    const T *restrict br = bd + j0;
-                    for (int64_t j = 0; j < len; j++) yr[j] += br[j];
-                    i += len;
-                }
-            } else if (bd && lo < hi) {
-                for (int64_t i = lo, j = lo % n; i < hi; i++) {
-                    y[i] += bd[j];
-                    j = j + 1 == n ? 0 : j + 1;
-                }
-            }
-            T *yc = y + lo;
-            const int64_t len = hi - lo;
-            switch (act) {
-            case TG_ACT_RELU: V_RELU(yc, yc, len); break; /* NaN passes, as in tg_relu */
-            case TG_ACT_LEAKY_RELU:
-                for (int64_t j = 0; j < len; j++) yc[j] = yc[j] > 0 ? yc[j] : slope * yc[j];
-                break;
-            case TG_ACT_TANH: V_TANH(yc, yc, len); break;
-            case TG_ACT_SIGMOID: V_SIGMOID(yc, yc, len); break; /* exp of -|p| only */
-            default: break;                                      /* TG_ACT_NONE */
-            }
-        });
-    });
+    TGI_PAR_RUN(ctx, m * n, linear_bias_act,
+                &(linear_job){x->dtype, act, n, out->data, b ? b->data : NULL, NULL});
     return 0;
 }
 
@@ -349,6 +366,30 @@ static int linear_forward(tg_op_call *c)
 {
     return linear_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL,
                       (tg_act)TGI_ATTR(c)->i[0], (int)TGI_ATTR(c)->i[1]);
+}
+
+/* d[lo:hi] = dy * act'(p), from y (j->b): d is j->y, dy j->g */
+TGI_PAR_FN void linear_act_grad(void *arg, int64_t lo, int64_t hi)
+{
+    const linear_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        const T *y = j->b, *g = j->g;
+        T *d = j->y;
+        const T slope = (T)TGI_LEAKY_SLOPE;
+        switch (j->act) {
+        case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
+        case TG_ACT_LEAKY_RELU:
+            for (int64_t i = lo; i < hi; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
+            break;
+        case TG_ACT_TANH:
+            for (int64_t i = lo; i < hi; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
+            break;
+        case TG_ACT_SIGMOID:
+            for (int64_t i = lo; i < hi; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
+            break;
+        default: break;
+        }
+    });
 }
 
 /* d_pre = dy * act'(p), written from y:
@@ -368,26 +409,8 @@ static void linear_backward(tg_op_call *c)
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
         if (!buf) return; /* error recorded by tg_scratch */
         int64_t len = c->out->numel;
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *g = dy;
-            T *d = buf;
-            const T slope = (T)TGI_LEAKY_SLOPE;
-            TGI_PAR_CHUNKS(ctx, len, lo, hi, {
-                switch (act) {
-                case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
-                case TG_ACT_LEAKY_RELU:
-                    for (int64_t i = lo; i < hi; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
-                    break;
-                case TG_ACT_TANH:
-                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
-                    break;
-                case TG_ACT_SIGMOID:
-                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
-                    break;
-                default: break;
-                }
-            });
-        });
+        TGI_PAR_RUN(ctx, len, linear_act_grad,
+                    &(linear_job){x->dtype, act, n, buf, c->out->data, dy});
         dpre = buf;
     }
     if (tgi_needs_grad(w)) {

@@ -65,10 +65,7 @@ static void run_ranges(tg_ctx *ctx, int64_t work, int64_t units, range_fn fn, co
         if (units > 0) fn(arg, 0, units);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (int t = 0; t < nt; t++) fn(arg, units * t / nt, units * (t + 1) / nt);
+    tgi_par_units(ctx, nt, units, fn, arg);
 }
 
 /* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
