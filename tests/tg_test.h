@@ -224,21 +224,23 @@ static inline void assert_x_arg_errors(tg_ctx *c, const named_unop *op)
 /* ---- built-in ops through tg_apply ---------------------------------------- */
 
 #ifdef TG_INTERNAL_H /* for suites that include internal.h before this header */
-/* y = fn(in) must be one built-in op's output; its tape node gives the op's
- * tg_op and attributes. tg_apply of that op on the same inputs must give the
- * same bits, and backpropagating sum(w * y) through either the same gradient
- * bits into every float input (they are marked as requiring grad). */
-static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
-                                        const char *what)
+/* y must be the output of one built-in op's tape node (any node, not only
+ * the last); the node gives the op's tg_op and attributes. tg_apply of that
+ * op on the node's inputs must give the same bits, and backpropagating
+ * sum(w * y) through either the same gradient bits into in[0 .. n) (the
+ * float inputs of the call, already marked as requiring grad). reseed
+ * (may be NULL): the generator is seeded with it before tg_apply, for an
+ * op that draws random numbers (the direct call was made right after
+ * seeding with the same value). */
+static inline void assert_node_applies(tg_ctx *c, tg_tensor *y, tg_tensor **in, int n,
+                                       const uint64_t *reseed, const char *what)
 {
-    for (int k = 0; k < n; k++)
-        if (tg_dtype_of(in[k]) != TG_I32) tg_set_requires_grad(in[k], 1);
-    tg_tensor *y = fn(c, in, user);
-    cr_assert(y && tg_ok(c) && y->node == tg_tape_len(c) - 1, "%s: %s", what, tg_errmsg(c));
+    cr_assert(y && tg_ok(c), "%s: %s", what, tg_errmsg(c));
     const tg_op_call node = c->tape[y->node].call;
     tgi_attr attr;
     memset(&attr, 0, sizeof attr);
     if (node.attr) memcpy(&attr, node.attr, sizeof attr);
+    if (reseed) tg_seed(c, *reseed);
     tg_tensor *y2 = tg_apply(c, node.op, node.in, node.n_in, tg_dtype_of(y), tg_ndim(y),
                              tg_shape(y), node.attr ? &attr : NULL, node.attr ? sizeof attr : 0);
     cr_assert_not_null(y2, "%s: %s", what, tg_errmsg(c));
@@ -265,6 +267,19 @@ static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tens
         free(g1[k]);
         cr_assert(same, "%s: tg_apply's gradient of input %d differs", what, k);
     }
+}
+
+/* y = fn(in) must be one built-in op's output, the last node of the tape
+ * (the float inputs are marked as requiring grad first); then as
+ * assert_node_applies. */
+static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                        const char *what)
+{
+    for (int k = 0; k < n; k++)
+        if (tg_dtype_of(in[k]) != TG_I32) tg_set_requires_grad(in[k], 1);
+    tg_tensor *y = fn(c, in, user);
+    cr_assert(y && tg_ok(c) && y->node == tg_tape_len(c) - 1, "%s: %s", what, tg_errmsg(c));
+    assert_node_applies(c, y, in, n, NULL, what);
 }
 #endif
 /* ---- a scratch directory per test: made in .init, removed in .fini ---- */
