@@ -79,9 +79,7 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
 {
     static const char fn[] = "tg_conv2d";
     if (!ctx) return NULL;
-    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
-        return NULL;
-    if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 4 || w->ndim != 4) {
         tg_set_error(ctx, "%s: x must be 4-D [N,C,H,W] and w 4-D [O,C,kh,kw]: x is %s, w is %s",
@@ -415,15 +413,24 @@ static int check_pool(tg_ctx *ctx, const char *fn, const tg_tensor *x, int kerne
     return 1;
 }
 
-/* A pooling's backward: dy, the gradient buffer of x and the geometry;
- * 0 when there is nothing to do (no dy, x needs no gradient, or out of memory). */
-static int pool_grads(tg_op_call *c, const void **dy, void **dx, geom *g)
+/* What a pooling's backward reads: dy, the gradient buffer of x, the
+ * geometry, and the count and sizes of the input and output planes. */
+typedef struct {
+    const void *dy;
+    void *dx;
+    geom g;
+    int64_t planes, hw, np;
+} pool_bwd;
+
+/* 0 when there is nothing to do (no dy, x needs no gradient, or out of memory) */
+static int pool_grads(tg_op_call *c, pool_bwd *p)
 {
-    *dy = tg_grad(c->out);
-    if (!*dy || !tgi_needs_grad(c->in[0])) return 0;
-    *dx = tg_grad_acc(c->in[0]);
-    if (!*dx) return 0;
-    *g = geom_load(c);
+    p->dy = tg_grad(c->out);
+    if (!p->dy || !tgi_needs_grad(c->in[0])) return 0;
+    p->dx = tg_grad_acc(c->in[0]);
+    if (!p->dx) return 0;
+    p->g = geom_load(c);
+    p->planes = p->g.n * p->g.c, p->hw = p->g.h * p->g.w, p->np = p->g.ho * p->g.wo;
     return 1;
 }
 
@@ -553,16 +560,13 @@ static int max_pool2d_forward(tg_op_call *c)
 /* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy */
 static void max_pool2d_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    const void *dyv;
-    void *dxv;
-    geom g;
-    if (!pool_grads(c, &dyv, &dxv, &g)) return;
-    const int64_t planes = g.n * g.c, hw = g.h * g.w, np = g.ho * g.wo;
+    pool_bwd p;
+    if (!pool_grads(c, &p)) return;
+    const int64_t planes = p.planes, hw = p.hw, np = p.np;
     const int32_t *arg = c->saved;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *dy = dyv;
-        T *dx = dxv;
+    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+        const T *dy = p.dy;
+        T *dx = p.dx;
         for (int64_t pl = 0; pl < planes; pl++)
             for (int64_t q = 0; q < np; q++) dx[pl * hw + arg[pl * np + q]] += dy[pl * np + q];
     });
@@ -618,15 +622,13 @@ static int avg_pool2d_forward(tg_op_call *c)
 /* d mean/dx = 1/k^2 over the window: dx[window] += dy / k^2 */
 static void avg_pool2d_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    const void *dyv;
-    void *dxv;
-    geom g;
-    if (!pool_grads(c, &dyv, &dxv, &g)) return;
-    const int64_t planes = g.n * g.c, hw = g.h * g.w, np = g.ho * g.wo;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *dy = dyv;
-        T *dx = dxv;
+    pool_bwd p;
+    if (!pool_grads(c, &p)) return;
+    const geom g = p.g;
+    const int64_t planes = p.planes, hw = p.hw, np = p.np;
+    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+        const T *dy = p.dy;
+        T *dx = p.dx;
         const T inv = (T)1 / (T)(g.kh * g.kw);
         for (int64_t pl = 0; pl < planes; pl++)
             for (int64_t oh = 0; oh < g.ho; oh++)

@@ -197,9 +197,7 @@ static tg_tensor *linear(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
                          tg_act act, int wt)
 {
     if (!ctx) return NULL;
-    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
-        return NULL;
-    if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 2 || w->ndim != 2) {
         tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and %s): x is %s, w is %s", fn,

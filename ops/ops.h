@@ -48,6 +48,15 @@ static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *n
     return !ref || tgi_check_same_dtype(ctx, fn, ref, t);
 }
 
+/* The operands of a product-like op: x, w of x's dtype, and b too when it
+ * is given (NULL: no bias), each checked as by tgi_check_float_arg. */
+static inline int tgi_check_xwb(tg_ctx *ctx, const char *fn, const tg_tensor *x,
+                                const tg_tensor *w, const tg_tensor *b)
+{
+    return tgi_check_float_arg(ctx, fn, "x", x, NULL) && tgi_check_float_arg(ctx, fn, "w", w, x) &&
+           (!b || tgi_check_float_arg(ctx, fn, "b", b, x));
+}
+
 /* Declare an op's forward and backward kernels and define its tg_op, named
  * NAME (as the tape prints it): TGI_OP(exp) makes op_exp = {"exp",
  * exp_forward, exp_backward}; the file then defines the two kernels. */

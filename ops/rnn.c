@@ -107,6 +107,19 @@ static void bias_backward(tg_tensor *b, int64_t N, const void *dy)
     if (db) tgi_colsum_acc(b->dtype, N, b->shape[0], dy, db);
 }
 
+/* The end of a cell's backward, from the gradients dp of x w_ih^T + b_ih and
+ * dq of h w_hh^T + b_hh ([N,G] each; the LSTM's are one buffer): the
+ * products' gradients, then the biases'. */
+static void cell_products_backward(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *h,
+                                   tg_tensor *w_ih, tg_tensor *w_hh, tg_tensor *b_ih,
+                                   tg_tensor *b_hh, const void *dp, const void *dq)
+{
+    if (product_backward(ctx, fn, x, w_ih, dp) != 0) return;
+    if (product_backward(ctx, fn, h, w_hh, dq) != 0) return;
+    bias_backward(b_ih, x->shape[0], dp);
+    bias_backward(b_hh, x->shape[0], dq);
+}
+
 /* ======================================================================== */
 /* tg_lstm_cell                                                              */
 /* ======================================================================== */
@@ -309,11 +322,7 @@ static void lstm_cell_backward(tg_op_call *call)
             }
         }
     });
-    static const char fn[] = "tg_lstm_cell";
-    if (product_backward(ctx, fn, x, w_ih, dav) != 0) return;
-    if (product_backward(ctx, fn, h, w_hh, dav) != 0) return;
-    bias_backward(b_ih, N, dav);
-    bias_backward(b_hh, N, dav);
+    cell_products_backward(ctx, "tg_lstm_cell", x, h, w_ih, w_hh, b_ih, b_hh, dav, dav);
 }
 
 /* ======================================================================== */
@@ -442,9 +451,5 @@ static void gru_cell_backward(tg_op_call *call)
             }
         }
     });
-    static const char fn[] = "tg_gru_cell";
-    if (product_backward(ctx, fn, x, w_ih, dpv) != 0) return;
-    if (product_backward(ctx, fn, h, w_hh, dqv) != 0) return;
-    bias_backward(b_ih, N, dpv);
-    bias_backward(b_hh, N, dqv);
+    cell_products_backward(ctx, "tg_gru_cell", x, h, w_ih, w_hh, b_ih, b_hh, dpv, dqv);
 }
