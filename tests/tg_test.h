@@ -9,12 +9,21 @@
 
 #include <criterion/criterion.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tapegrad.h"
+
+/* A Criterion suite NAME whose tests each get a fresh context `ctx`, its
+ * generator seeded with SEED (made in .init, freed in .fini). */
+#define TG_TEST_SUITE(NAME, SEED)                                                      \
+    static tg_ctx *ctx;                                                                \
+    static void setup(void) { ctx = tg_ctx_new(SEED); }                                \
+    static void teardown(void) { tg_ctx_free(ctx); }                                   \
+    TestSuite(NAME, .init = setup, .fini = teardown)
 
 /* a shape: ndim (0 to 4) and the first ndim sizes */
 typedef struct {
@@ -96,6 +105,51 @@ static inline tg_tensor *convert(tg_ctx *c, const tg_tensor *t, tg_dtype dt)
     free(buf);
     cr_assert_not_null(r);
     return r;
+}
+
+/* every element of t (or of its gradient, grad 1) within tol (relative to
+ * 1 + |want|) of want[0 .. n), and t of n elements */
+static inline void assert_near(const tg_tensor *t, const double *want, int64_t n, double tol,
+                               int grad, const char *what)
+{
+    cr_assert_eq(tg_numel(t), n, "%s: numel %lld, want %lld", what, (long long)tg_numel(t),
+                 (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        double v = grad ? grad_at(t, i) : at(t, i);
+        cr_assert(fabs(v - want[i]) <= tol * (1 + fabs(want[i])), "%s[%lld]: %.17g, want %.17g",
+                  what, (long long)i, v, want[i]);
+    }
+}
+
+/* mean and variance (sum of squares over count - ddof) of channel c of x
+ * [N,C,S...] seen as [N,C,S], S the product of the axes after C */
+static inline void channel_stats(const tg_tensor *x, int64_t c, int ddof, double *mean,
+                                 double *var)
+{
+    const int64_t nb = tg_dim(x, 0), ch = tg_dim(x, 1), sp = tg_numel(x) / (nb * ch);
+    double m = 0, v = 0;
+    for (int64_t n = 0; n < nb; n++)
+        for (int64_t k = 0; k < sp; k++) m += at(x, (n * ch + c) * sp + k);
+    m /= (double)(nb * sp);
+    for (int64_t n = 0; n < nb; n++)
+        for (int64_t k = 0; k < sp; k++) v += pow(at(x, (n * ch + c) * sp + k) - m, 2);
+    *mean = m;
+    *var = v / (double)(nb * sp - ddof);
+}
+
+/* ---- data sets ------------------------------------------------------------ */
+
+/* n samples, 2 features: x = (i, -i), label i % 3, in a dataset of c */
+static inline tg_dataset *counting_dataset(tg_ctx *c, int64_t n)
+{
+    tg_dataset *ds = tg_dataset_new(c, n, 2, 0);
+    cr_assert_not_null(ds, "%s", tg_errmsg(c));
+    for (int64_t i = 0; i < n; i++) {
+        ds->x[2 * i] = (float)i;
+        ds->x[2 * i + 1] = (float)-i;
+        ds->labels[i] = (int32_t)(i % 3);
+    }
+    return ds;
 }
 
 /* ---- gradients ---------------------------------------------------------- */

@@ -21,12 +21,7 @@
 #include "internal.h" /* a direct call's tape node: its tg_op and attributes */
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(8); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(apply, .init = setup, .fini = teardown);
+TG_TEST_SUITE(apply, 8); /* ctx: a fresh context per test */
 
 #define F(name, expr)                                                                  \
     static tg_tensor *name(tg_ctx *c, tg_tensor *const *in, void *user)                \
