@@ -73,16 +73,6 @@ static void io_swap(unsigned char *buf, size_t bytes, size_t esize) {
         }
 }
 
-static void io_put_le64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t io_get_le64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* ======================================================================== */
 /* dtypes and small helpers                                                 */
 /* ======================================================================== */
@@ -276,15 +266,25 @@ typedef struct {
     int tmp_exists;
 } io_save;
 
+/* Record "<fn>: <path>: <message>", the message from fmt and ap, or the
+ * Jansson out-of-memory message when that is what failed while `doing` the
+ * header ("building", "reading"). */
+static void io_report(tg_ctx *ctx, const char *fn, const char *path, const char *doing,
+                      const char *fmt, va_list ap) TG_PRINTF(5, 0);
+static void io_report(tg_ctx *ctx, const char *fn, const char *path, const char *doing,
+                      const char *fmt, va_list ap) {
+    char msg[400];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson %s the header", doing);
+    tg_set_error(ctx, "%s: %s: %s", fn, path, msg);
+}
+
 static void io_save_fail(io_save *s, const char *fmt, ...) TG_PRINTF(2, 3);
 static void io_save_fail(io_save *s, const char *fmt, ...) {
-    char msg[400];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    io_report(s->ctx, "tg_save", s->path, "building", fmt, ap);
     va_end(ap);
-    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson building the header");
-    tg_set_error(s->ctx, "tg_save: %s: %s", s->path, msg);
 }
 
 static void io_save_cleanup(io_save *s) {
@@ -383,7 +383,7 @@ static int io_build_header(io_save *s, uint64_t sum, const char *const *keys,
         goto done;
     }
     memset(s->head + 8 + len, ' ', padded - len);
-    io_put_le64(s->head, (uint64_t)padded);
+    tgi_put_le64(s->head, (uint64_t)padded);
     rc = 0;
 done:
     json_decref(root);
@@ -573,13 +573,10 @@ typedef struct {
 
 static int io_fail(io_file *f, const char *fmt, ...) TG_PRINTF(2, 3);
 static int io_fail(io_file *f, const char *fmt, ...) {
-    char msg[400];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    io_report(f->ctx, f->fn, f->path, "reading", fmt, ap);
     va_end(ap);
-    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson reading the header");
-    tg_set_error(f->ctx, "%s: %s: %s", f->fn, f->path, msg);
     return -1;
 }
 
@@ -776,7 +773,7 @@ static int io_open(io_file *f) {
     unsigned char lenb[8];
     if (io_read_all(f->fd, lenb, 8) < 0)
         return io_fail(f, "cannot read the header length: %s", io_errno_str(errno));
-    f->head_len = io_get_le64(lenb);
+    f->head_len = tgi_get_le64(lenb);
     if (f->head_len > IO_MAX_HEADER)
         return io_fail(f, "header length %" PRIu64 " exceeds the limit of %llu bytes (not a "
                           "safetensors file?)",

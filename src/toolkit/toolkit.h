@@ -36,6 +36,19 @@ struct stat;
 int tgi_open_regular(const char *path, struct stat *st);
 const char *tgi_file_kind(unsigned mode); /* "a FIFO", "a directory", ... */
 
+/* ---- little-endian 64-bit words (checkpoint.c, resume.c) ---- */
+static inline void tgi_put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t tgi_get_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
 /* ---- layers (nn.c and layers_*.c) ---- */
 #define TGI_NAME_MAX 256 /* longest parameter name a layer builds, with its NUL */
 
