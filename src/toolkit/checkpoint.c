@@ -57,20 +57,7 @@ int tgi_io_force_byteswap(int on) {
 }
 
 static int io_need_swap(void) {
-    const uint16_t one = 1;
-    unsigned char first;
-    memcpy(&first, &one, 1);
-    return first != 1 || io_force_swap;
-}
-
-/* reverse the bytes of each `esize`-byte element of buf[0..bytes) */
-static void io_swap(unsigned char *buf, size_t bytes, size_t esize) {
-    for (size_t i = 0; i + esize <= bytes; i += esize)
-        for (size_t a = i, b = i + esize - 1; a < b; a++, b--) {
-            unsigned char c = buf[a];
-            buf[a] = buf[b];
-            buf[b] = c;
-        }
+    return !tgi_host_is_le() || io_force_swap;
 }
 
 /* ======================================================================== */
@@ -309,7 +296,7 @@ static int io_emit(io_save *s, XXH3_state_t *st, const tg_tensor *p, int fd) {
     for (size_t off = 0; off < bytes; off += step) {
         size_t n = bytes - off < step ? bytes - off : step;
         memcpy(s->swapbuf, src + off, n);
-        io_swap(s->swapbuf, n, esize);
+        tgi_byteswap(s->swapbuf, n, esize);
         if (st) XXH3_64bits_update(st, s->swapbuf, n);
         if (fd >= 0 && io_write_all(fd, s->swapbuf, n) < 0) return -1;
     }
@@ -925,7 +912,7 @@ int tg_load_ex(tg_ctx *ctx, const char *path, int flags) {
             }
             continue;
         }
-        if (swap) io_swap(src, e->end - e->begin, io_fdtypes[e->fdt].size);
+        if (swap) tgi_byteswap(src, e->end - e->begin, io_fdtypes[e->fdt].size);
         if (e->end > e->begin) memcpy(e->param->data, src, e->end - e->begin);
     }
     rc = 0;

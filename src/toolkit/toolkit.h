@@ -36,7 +36,28 @@ struct stat;
 int tgi_open_regular(const char *path, struct stat *st);
 const char *tgi_file_kind(unsigned mode); /* "a FIFO", "a directory", ... */
 
-/* ---- little-endian 64-bit words (checkpoint.c, resume.c) ---- */
+/* ---- byte order (checkpoint.c, resume.c, npy.c) ---- */
+/* 1 on a little-endian host */
+static inline int tgi_host_is_le(void)
+{
+    const uint16_t one = 1;
+    unsigned char first;
+    memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+/* reverse the bytes of each esize-byte element of buf[0 .. bytes) */
+static inline void tgi_byteswap(unsigned char *buf, size_t bytes, size_t esize)
+{
+    for (size_t i = 0; i + esize <= bytes; i += esize)
+        for (size_t a = i, b = i + esize - 1; a < b; a++, b--) {
+            unsigned char c = buf[a];
+            buf[a] = buf[b];
+            buf[b] = c;
+        }
+}
+
+/* little-endian 64-bit words */
 static inline void tgi_put_le64(unsigned char *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
