@@ -516,8 +516,10 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
         }
 
 #define DEFINE_MAX_POOL_PLANE(T, SFX)                                                     \
-    static void max_pool_plane_##SFX(T *restrict y, int32_t *restrict arg,                \
-                                     const T *restrict xp, const geom *g)                 \
+    /* out of line: inlined into the forward, its branch-free selects become  \
+     * branches and spills (twice as slow) */                                     \
+    __attribute__((noinline)) static void max_pool_plane_##SFX(                   \
+        T *restrict y, int32_t *restrict arg, const T *restrict xp, const geom *g) \
     {                                                                                     \
         if (g->kh == 2 && g->kw == 2 && g->s == 2) {                                      \
             MAX_POOL_2X2_BODY(T)                                                          \
