@@ -321,7 +321,8 @@ static int set_option(options *o, int c, const char *v) {
             return usage_error("--seed: '%s' is not an integer from 0 to 2147483647", v);
         break;
     case OPT_TEST_FRACTION:
-        if (parse_double(v, 0, 1, &o->test_fraction) || o->test_fraction == 0 || o->test_fraction == 1)
+        if (parse_double(v, 0, 1, &o->test_fraction) || o->test_fraction == 0 ||
+            o->test_fraction == 1)
             return usage_error("--test-fraction: '%s' is not a number in (0, 1)", v);
         break;
     case OPT_VAL_SPLIT:
