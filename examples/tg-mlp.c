@@ -51,6 +51,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define PROG "tg-mlp"
 #define MAX_WIDTH (1 << 24)
 #define MAX_CLASSES 65536
@@ -154,24 +156,6 @@ static int usage_error(const char *fmt, ...) {
     va_end(ap);
     fputs("\n(" PROG " --help for usage)\n", stderr);
     return 2;
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
 }
 
 static const char *const ACT_NAMES[TG_ACT_COUNT] = {"none", "relu", "tanh", "sigmoid",
@@ -329,12 +313,12 @@ static int set_option(options *o, int c, const char *v) {
         o->opt_name = v;
         break;
     case 'r':
-        if (parse_double(v, &o->lr) || o->lr <= 0)
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->lr) || o->lr <= 0)
             return usage_error("--lr: '%s' is not a positive number", v);
         o->lr_set = 1;
         break;
     case OPT_WD:
-        if (parse_double(v, &o->weight_decay) || o->weight_decay < 0)
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->weight_decay) || o->weight_decay < 0)
             return usage_error("--weight-decay: '%s' is not a number >= 0", v);
         o->wd_set = 1;
         break;
@@ -343,11 +327,12 @@ static int set_option(options *o, int c, const char *v) {
             return usage_error("--seed: '%s' is not an integer from 0 to 2147483647", v);
         break;
     case OPT_TEST_FRACTION:
-        if (parse_double(v, &o->test_fraction) || !(o->test_fraction > 0) || !(o->test_fraction < 1))
+        if (parse_double(v, 0, 1, &o->test_fraction) || o->test_fraction == 0 ||
+            o->test_fraction == 1)
             return usage_error("--test-fraction: '%s' is not a number in (0, 1)", v);
         break;
     case OPT_VAL_SPLIT:
-        if (parse_double(v, &o->val_split) || !(o->val_split > 0) || !(o->val_split < 1))
+        if (parse_double(v, 0, 1, &o->val_split) || o->val_split == 0 || o->val_split == 1)
             return usage_error("--val-split: '%s' is not a number in (0, 1)", v);
         break;
     case OPT_PATIENCE:
@@ -365,7 +350,7 @@ static int set_option(options *o, int c, const char *v) {
             return usage_error("--warmup: '%s' is not a number of steps >= 0", v);
         break;
     case OPT_CLIP:
-        if (parse_double(v, &o->clip) || !(o->clip > 0))
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->clip) || !(o->clip > 0))
             return usage_error("--clip: '%s' is not a positive number", v);
         break;
     case 'o':
@@ -493,12 +478,6 @@ static int check_paths(const options *o) {
 /* Small helpers                                                            */
 /* ======================================================================== */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
@@ -599,28 +578,8 @@ static void standardise(tg_dataset *ds, const float *mean, const float *std) {
  * ds, in batches, without recording. 0 ok, -1 error (recorded). */
 static int evaluate(tg_ctx *ctx, const tg_mlp *m, const tg_dataset *ds, int n_classes,
                     double *loss, double *acc, int64_t *confusion) {
-    tg_batcher b;
-    *loss = *acc = NAN;
-    if (tg_batcher_init(&b, ctx, ds, EVAL_BATCH, 0)) return -1;
-    int prev = tg_no_grad(ctx, 1);
-    tg_mean_meter ml = {0}, ma = {0};
-    tg_tensor *x, *y;
-    while (tg_batcher_next(&b, &x, &y) == 1) {
-        tg_tensor *logits = tg_mlp_forward(ctx, m, x);
-        double l = tg_item(tg_cross_entropy(ctx, logits, y));
-        if (!tg_ok(ctx)) break;
-        tg_mean_meter_add(&ml, l, tg_dim(x, 0));
-        tg_mean_meter_add(&ma, tg_accuracy(logits, y), tg_dim(x, 0));
-        if (confusion) tg_confusion(ctx, logits, y, n_classes, confusion);
-        tg_reset(ctx);
-    }
-    tg_reset(ctx);
-    tg_no_grad(ctx, prev);
-    tg_batcher_free(&b);
-    if (!tg_ok(ctx)) return -1;
-    *loss = tg_mean_meter_mean(&ml);
-    *acc = tg_mean_meter_mean(&ma);
-    return 0;
+    return evaluate_classifier(ctx, mlp_logits, m, ds, EVAL_BATCH, n_classes, confusion, loss,
+                               acc);
 }
 
 /* ======================================================================== */
