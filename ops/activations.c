@@ -262,12 +262,16 @@ static void gelu_backward(tg_op_call *c)
 {
     if (!tgi_needs_grad(c->in[0]))
         return;
+    int fresh; /* a new gradient buffer: assign instead of adding */
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         const T *restrict pd = c->saved, *restrict dy = tg_grad(c->out);
-        T *restrict dx = tg_grad_acc(c->in[0]);
+        T *restrict dx = tgi_grad_first(c->in[0], &fresh);
         if (dx && dy && pd)
             TGI_PAR_CHUNKS(c->ctx, c->out->numel, lo, hi, {
-                for (int64_t i = lo; i < hi; i++) dx[i] += dy[i] * pd[i];
+                if (fresh)
+                    for (int64_t i = lo; i < hi; i++) dx[i] = dy[i] * pd[i];
+                else
+                    for (int64_t i = lo; i < hi; i++) dx[i] += dy[i] * pd[i];
             });
     });
 }

@@ -317,14 +317,16 @@ static int permute_forward(tg_op_call *c)
 static void permute_backward(tg_op_call *c)
 {
     tg_tensor *x = c->in[0];
-    const void *dy;
-    void *dx;
-    if (!grads_of(c, 0, &dy, &dx)) return;
+    const void *dy = tg_grad(c->out);
+    int fresh; /* a new gradient buffer: the permuted copy assigns */
+    if (!dy || !tgi_needs_grad(x)) return;
+    void *dx = tgi_grad_first(x, &fresh);
+    if (!dx) return;
     int inv[TG_MAX_DIMS];
     for (int k = 0; k < x->ndim; k++) inv[TGI_ATTR(c)->i[k]] = k;
     perm_plan p;
     perm_plan_make(&p, x->ndim, c->out->shape, inv);
-    perm_copy(c->ctx, x->dtype, 1, dx, dy, &p);
+    perm_copy(c->ctx, x->dtype, !fresh, dx, dy, &p);
 }
 
 /* ======================================================================== */

@@ -83,16 +83,17 @@ static void matmul_backward(tg_op_call *c)
     const void *dc = tg_grad(c->out);
     if (!dc) return;
     int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    int fresh; /* a new gradient buffer: the GEMM assigns instead of adding */
     if (tgi_needs_grad(a)) { /* [m,k] += [m,n] ([k,n] stored, read as its transpose) */
-        void *da = tg_grad_acc(a);
-        if (!da || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dc, n, b->data, n, 1,
-                               da, k) != 0)
+        void *da = tgi_grad_first(a, &fresh);
+        if (!da || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dc, n, b->data, n,
+                               !fresh, da, k) != 0)
             return;
     }
     if (tgi_needs_grad(b)) { /* [k,n] += ([m,k] stored, read as its transpose) [m,n] */
-        void *db = tg_grad_acc(b);
-        if (!db || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 1, 0, k, n, m, a->data, k, dc, n, 1,
-                               db, n) != 0)
+        void *db = tgi_grad_first(b, &fresh);
+        if (!db || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 1, 0, k, n, m, a->data, k, dc, n,
+                               !fresh, db, n) != 0)
             return;
     }
 }
@@ -356,20 +357,21 @@ static void linear_backward(tg_op_call *c)
                     &(linear_job){x->dtype, act, n, buf, c->out->data, dy});
         dpre = buf;
     }
+    int fresh; /* a new gradient buffer: the GEMM assigns instead of adding */
     if (tgi_needs_grad(w)) {
-        void *dw = tg_grad_acc(w);
+        void *dw = tgi_grad_first(w, &fresh);
         /* wt: [n,k] += ([m,n] stored, read as its transpose) [m,k]
          * else [k,n] += ([m,k] stored, read as its transpose) [m,n] */
         if (!dw || (wt ? tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
-                                     1, dw, k)
+                                     !fresh, dw, k)
                        : tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
-                                     1, dw, n)) != 0)
+                                     !fresh, dw, n)) != 0)
             return;
     }
     if (tgi_needs_grad(x)) { /* [m,k] += [m,n] W, W read as stored ([n,k]) or transposed ([k,n]) */
-        void *dx = tg_grad_acc(x);
+        void *dx = tgi_grad_first(x, &fresh);
         if (!dx || tgi_op_gemm(ctx, "tg_linear", x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
-                               wt ? k : n, 1, dx, k) != 0)
+                               wt ? k : n, !fresh, dx, k) != 0)
             return;
     }
     if (b && tgi_needs_grad(b)) {

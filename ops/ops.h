@@ -293,11 +293,31 @@ static inline int tgi_copy_forward(tg_op_call *c)
     return 0;
 }
 
-/* d y[i]/d x[i] = 1 (same flat index) */
-static inline void tgi_pass_backward(tg_op_call *c)
+/* dx += dy for input k of c, x of y's element count; a copy when x's gradient
+ * buffer is new (its first writer assigns). */
+static inline void tgi_pass_grad(tg_op_call *c, int k)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g); });
+    tg_tensor *x = c->in[k];
+    const void *dy = tg_grad(c->out);
+    int fresh;
+    if (!dy || !tgi_needs_grad(x))
+        return;
+    void *dx = tgi_grad_first(x, &fresh);
+    if (dx && fresh) {
+        if (x->numel > 0) memcpy(dx, dy, tgi_bytes(x));
+    } else if (dx) {
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            T *restrict d = dx;
+            const T *restrict g = dy;
+            TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+                for (int64_t i = lo; i < hi; i++) d[i] += g[i];
+            });
+        });
+    }
 }
+
+/* d y[i]/d x[i] = 1 (same flat index) */
+static inline void tgi_pass_backward(tg_op_call *c) { tgi_pass_grad(c, 0); }
 
 /* ======================================================================== */
 /* Binary ops with NumPy broadcasting                                       */

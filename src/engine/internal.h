@@ -222,6 +222,11 @@ static inline size_t tgi_bytes(const tg_tensor *t) {
 static inline int tgi_needs_grad(const tg_tensor *t) {
     return t && (t->flags & TGI_REQ_GRAD);
 }
+/* Inside backward, for a kernel that writes EVERY element of t's gradient: the
+ * buffer, with *fresh = 1 when it was just made and is uninitialised (the kernel
+ * assigns: the first writer needs no zeroing), else *fresh = 0 and the kernel adds
+ * into it as into tg_grad_acc's. NULL (and *fresh = 0) on out of memory. */
+void *tgi_grad_first(tg_tensor *t, int *fresh);
 
 /* ---- tape ----
  * Every op, built-in or the user's, is a tg_op {name, forward, backward} and
