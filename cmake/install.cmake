@@ -6,16 +6,13 @@
 
 # What a program linked with the static library needs besides it, by plain
 # library name so that the installed files name no path of this machine:
-# xxhash, jansson, zlib, libm and, when the library was built with OpenMP,
-# gcc's OpenMP runtime (libgomp) by name rather than a compiler flag, so that a
-# clang-built program links it too (-fopenmp means libomp to clang).
+# xxhash, jansson, zlib, libm and pthread (the thread pool's; part of libc
+# since glibc 2.34, an empty library there).
 set(TG_STATIC_DEPS xxhash jansson z)
 if(MATH_LIB)
   list(APPEND TG_STATIC_DEPS m)
 endif()
-if(TG_OPENMP AND OpenMP_C_FOUND)
-  list(APPEND TG_STATIC_DEPS ${OpenMP_C_LIB_NAMES})
-endif()
+list(APPEND TG_STATIC_DEPS pthread)
 if(TG_USE_CBLAS)
   list(APPEND TG_STATIC_DEPS openblas)
 endif()

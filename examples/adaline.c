@@ -26,6 +26,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define N 200
 #define F 3
 #define P (F + 1) /* weights and the bias */
@@ -80,19 +82,7 @@ static int least_squares(const double *x, const double *y, double z[P]) {
 
 int main(int argc, char **argv) {
     uint64_t seed = 1;
-    if (argc > 2) {
-        fprintf(stderr, "usage: adaline [seed]\n");
-        return 2;
-    }
-    if (argc == 2) {
-        char *end;
-        errno = 0;
-        seed = strtoull(argv[1], &end, 10);
-        if (errno || end == argv[1] || *end) {
-            fprintf(stderr, "adaline: seed must be a non-negative integer, got '%s'\n", argv[1]);
-            return 2;
-        }
-    }
+    if (parse_seed_arg(argc, argv, "adaline", &seed)) return 2;
     tg_ctx *ctx = tg_ctx_new(seed);
     if (!ctx) return 1;
 

@@ -39,6 +39,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define MAX_LAYERS 16
 #define CHECK_CHARS 4096 /* held-out characters compared before and after training */
 
@@ -58,20 +60,6 @@ typedef struct {
     tg_layernorm ln_f;
     tg_dense head;                /* [C,V] */
 } gpt;
-
-static double now(void)
-{
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU seconds of the process (all threads): on a shared machine, the part of
- * the wall time that was ours */
-static double cpu_now(void)
-{
-    return (double)clock() / CLOCKS_PER_SEC;
-}
 
 /* splitmix64: the batches' and the sampler's random numbers */
 static uint64_t next_u64(uint64_t *s)
@@ -263,41 +251,12 @@ static int parse_args(int argc, char **argv, options *o)
     return 0;
 }
 
-/* the whole file; NULL with a message on failure */
-static unsigned char *read_file(const char *path, int64_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "char_gpt: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 20, len = 0;
-    unsigned char *buf = malloc(cap);
-    for (size_t got; buf && (got = fread(buf + len, 1, cap - len, f)) > 0;) {
-        len += got;
-        if (len == cap) {
-            unsigned char *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!buf || err) {
-        fprintf(stderr, "char_gpt: cannot read %s\n", path);
-        free(buf);
-        return NULL;
-    }
-    *n = (int64_t)len;
-    return buf;
-}
-
 int main(int argc, char **argv)
 {
     options o;
     if (parse_args(argc, argv, &o) != 0) return 2;
     int64_t n = 0;
-    unsigned char *text = read_file(o.text, &n);
+    unsigned char *text = read_file("char_gpt", o.text, &n);
     if (!text) return 2;
     /* vocabulary: the bytes that occur, in byte order */
     int32_t stoi[256];

@@ -29,6 +29,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 typedef struct {
     long steps, seed, sample, hidden, layers, seq, batch, threads;
     double seconds, lr;
@@ -42,48 +44,6 @@ typedef struct {
     int64_t V, H;
     int L;
 } model;
-
-static double now(void)
-{
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU seconds of the process (all its threads): on a shared, busy machine a fairer
- * clock for comparing two programs than the wall. */
-static double cpu_now(void)
-{
-    return (double)clock() / CLOCKS_PER_SEC;
-}
-
-/* The whole file (malloc'd), its length in *n; NULL with a message on failure. */
-static unsigned char *read_file(const char *path, int64_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "char_rnn: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    unsigned char *buf = malloc(cap);
-    while (buf) {
-        len += fread(buf + len, 1, cap - len, f);
-        if (len < cap) break;
-        unsigned char *nb = realloc(buf, cap *= 2);
-        if (!nb) free(buf);
-        buf = nb;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        fprintf(stderr, "char_rnn: cannot read %s\n", path);
-        free(buf);
-        return NULL;
-    }
-    *n = (int64_t)len;
-    return buf;
-}
 
 /* The one-hot inputs x [T,N,V] and the targets [T N] of the windows starting at
  * pos[0..N) (each T + 1 characters of ids). */
@@ -191,26 +151,6 @@ static void usage(FILE *f)
                "  --json       end with one JSON line (val_loss, ms_per_step, ...)\n");
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.steps = 1000, .seed = 1, .hidden = 256, .layers = 2, .seq = 64,
@@ -258,7 +198,7 @@ int main(int argc, char **argv)
     options o;
     if (parse_args(argc, argv, &o)) return 2;
     int64_t n = 0;
-    unsigned char *text = read_file(o.text, &n);
+    unsigned char *text = read_file("char_rnn", o.text, &n);
     if (!text) return 1;
     const int64_t T = o.seq, N = o.batch, n_train = n - n / 10, n_val = n / 10;
     if (n_train < T + 2 || n_val < T + 1) {

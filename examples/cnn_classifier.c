@@ -43,6 +43,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define PROG "cnn_classifier"
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 #define SIDE 28
@@ -61,22 +63,6 @@ typedef struct {
     tg_dense fc;
 } cnn;
 
-static double now(void)
-{
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU seconds of this process: on a shared machine a steadier clock than the
- * wall for a one-thread run */
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int usage(const char *msg, const char *arg)
 {
     fprintf(stderr, PROG ": %s%s%s\n", msg, arg ? " " : "", arg ? arg : "");
@@ -84,16 +70,6 @@ static int usage(const char *msg, const char *arg)
           "       [--limit N] [--test-limit N] [--synthetic N] [--min-accuracy X] [--json]\n",
           stderr);
     return 2;
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
 }
 
 /* argv into o: 0 ok, 2 after a message */
@@ -173,27 +149,14 @@ static tg_tensor *cnn_forward(tg_ctx *ctx, const cnn *m, tg_tensor *x)
 }
 
 /* mean loss and accuracy over ds, without recording; 0 ok, -1 error */
+static tg_tensor *cnn_logits(tg_ctx *ctx, const void *m, tg_tensor *x)
+{
+    return cnn_forward(ctx, m, x);
+}
+
 static int evaluate(tg_ctx *ctx, const cnn *m, const tg_dataset *ds, double *loss, double *acc)
 {
-    tg_batcher b;
-    if (tg_batcher_init(&b, ctx, ds, EVAL_BATCH, 0)) return -1;
-    int prev = tg_no_grad(ctx, 1);
-    tg_mean_meter ml = {0}, ma = {0};
-    tg_tensor *x, *y;
-    while (tg_batcher_next(&b, &x, &y) == 1) {
-        tg_tensor *logits = cnn_forward(ctx, m, x);
-        double l = tg_item(tg_cross_entropy(ctx, logits, y));
-        if (!tg_ok(ctx)) break;
-        tg_mean_meter_add(&ml, l, tg_dim(x, 0));
-        tg_mean_meter_add(&ma, tg_accuracy(logits, y), tg_dim(x, 0));
-        tg_reset(ctx);
-    }
-    tg_reset(ctx);
-    tg_no_grad(ctx, prev);
-    tg_batcher_free(&b);
-    *loss = tg_mean_meter_mean(&ml);
-    *acc = tg_mean_meter_mean(&ma);
-    return tg_ok(ctx) ? 0 : -1;
+    return evaluate_classifier(ctx, cnn_logits, m, ds, EVAL_BATCH, CLASSES, NULL, loss, acc);
 }
 
 static int fail(tg_ctx *ctx)

@@ -35,6 +35,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define N_POINTS 40
 #define N_FRESH 1000
 #define NOISE_SD 0.3
@@ -114,25 +116,16 @@ static losses run(tg_ctx *ctx, const char *prefix, int64_t width, int epochs, do
     return r;
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     int quick = 0;
     long epochs = -1, seed = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--epochs") && i + 1 < argc &&
-                 parse_int(argv[i + 1], 1, 1000000, &epochs) == 0)
+                 parse_long(argv[i + 1], 1, 1000000, &epochs) == 0)
             i++;
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc &&
-                 parse_int(argv[i + 1], 0, 0x7fffffff, &seed) == 0)
+                 parse_long(argv[i + 1], 0, 0x7fffffff, &seed) == 0)
             i++;
         else {
             fprintf(stderr, "usage: overfit [--quick] [--epochs N] [--seed S]\n");

@@ -38,6 +38,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 
 static const char *const FASHION_CLASSES[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress",
@@ -47,12 +49,6 @@ static const char *const FASHION_CLASSES[10] = {"T-shirt/top", "Trouser", "Pullo
 typedef struct {
     double loss, acc;
 } eval_result;
-
-static double now(void) {
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* 3 interleaved spiral arms, n_per_class points each (as in CS231n):
  * class k, point i: r = i / n, t = 4k + 4 r + N(0, 0.2^2),
@@ -77,26 +73,8 @@ static tg_dataset *make_spiral(tg_ctx *ctx, int64_t n_per_class) {
 
 /* Mean cross-entropy and accuracy of m on ds, in batches, without recording. */
 static eval_result evaluate(tg_ctx *ctx, const tg_mlp *m, const tg_dataset *ds) {
-    eval_result r = {NAN, NAN};
-    tg_batcher b;
-    if (tg_batcher_init(&b, ctx, ds, 1000, 0)) return r;
-    int prev = tg_no_grad(ctx, 1);
-    tg_mean_meter loss = {0}, acc = {0};
-    tg_tensor *x, *y;
-    while (tg_batcher_next(&b, &x, &y) == 1) {
-        tg_tensor *logits = tg_mlp_forward(ctx, m, x);
-        double l = tg_item(tg_cross_entropy(ctx, logits, y));
-        double a = tg_ok(ctx) ? tg_accuracy(logits, y) : NAN;
-        tg_mean_meter_add(&loss, l, tg_dim(x, 0));
-        tg_mean_meter_add(&acc, a, tg_dim(x, 0));
-        tg_reset(ctx);
-    }
-    tg_no_grad(ctx, prev);
-    tg_batcher_free(&b);
-    if (tg_ok(ctx)) {
-        r.loss = tg_mean_meter_mean(&loss);
-        r.acc = tg_mean_meter_mean(&acc);
-    }
+    eval_result r;
+    evaluate_classifier(ctx, mlp_logits, m, ds, 1000, 0, NULL, &r.loss, &r.acc);
     return r;
 }
 
@@ -153,15 +131,6 @@ static void usage(FILE *f) {
                "  Fashion-MNIST from DIR (default " FASHION_DIR "), or a generated\n"
                "  3-class spiral when DIR does not exist or with --spiral.\n"
                "  --out PATH  loss curves as CSV (default loss_curve.csv)\n");
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
 }
 
 int main(int argc, char **argv) {

@@ -51,6 +51,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 #define PROG "tg-mlp"
 #define MAX_WIDTH (1 << 24)
 #define MAX_CLASSES 65536
@@ -76,6 +78,7 @@ typedef struct {
     const char *opt_name, *schedule;
     double lr, weight_decay, test_fraction, val_split, clip;
     int lr_set, wd_set, standardize, json, quiet, proba;
+    int distributed; /* train --distributed: one rank of an mpirun job (TG_HAVE_MPI) */
 } options;
 
 static const char USAGE[] =
@@ -114,7 +117,9 @@ static const char USAGE_TRAIN[] =
     "      --log FILE         one line per epoch: CSV, or JSON lines for *.json/*.jsonl\n"
     "  -j, --threads N        threads for the kernels (default: all cores)\n"
     "      --json             last line on stdout: a JSON object of the results\n"
-    "  -q, --quiet            no progress and no summary (the JSON line still prints)\n";
+    "  -q, --quiet            no progress and no summary (the JSON line still prints)\n"
+    "      --distributed      data-parallel under mpirun: --batch is the global batch,\n"
+    "                         shared by the ranks; rank 0 prints, logs and saves\n";
 
 static const char USAGE_EVAL[] =
     "usage: " PROG " eval -m MODEL -d DIR|FILE.csv [options]\n"
@@ -153,24 +158,6 @@ static int usage_error(const char *fmt, ...) {
     return 2;
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
-
 static const char *const ACT_NAMES[TG_ACT_COUNT] = {"none", "relu", "tanh", "sigmoid",
                                                     "leaky_relu"};
 
@@ -204,7 +191,8 @@ static int parse_widths(const char *s, int64_t *w, int cap) {
  * are the `val` letters; the others get values from 256 on. */
 enum {
     OPT_WD = 256, OPT_TEST_FRACTION, OPT_STANDARDIZE, OPT_JSON, OPT_PROBA, OPT_VAL_SPLIT,
-    OPT_PATIENCE, OPT_SCHEDULE, OPT_WARMUP, OPT_CLIP, OPT_LOG, OPT_RESUME, OPT_VERSION
+    OPT_PATIENCE, OPT_SCHEDULE, OPT_WARMUP, OPT_CLIP, OPT_LOG, OPT_RESUME, OPT_VERSION,
+    OPT_DISTRIBUTED
 };
 typedef struct {
     struct option o;
@@ -238,6 +226,7 @@ static const cli_option OPTIONS[] = {
     {{"out", required_argument, NULL, 'o'}, CMD_TRAIN | CMD_PLOT},
     {{"log", required_argument, NULL, OPT_LOG}, CMD_TRAIN},
     {{"resume", required_argument, NULL, OPT_RESUME}, CMD_TRAIN},
+    {{"distributed", no_argument, NULL, OPT_DISTRIBUTED}, CMD_TRAIN},
     {{"help", no_argument, NULL, 'h'}, ALL_CMDS | CMD_PLOT},
 };
 #define N_OPTIONS ((int)(sizeof OPTIONS / sizeof OPTIONS[0]))
@@ -302,6 +291,7 @@ static int set_option(options *o, int c, const char *v) {
     case OPT_JSON: o->json = 1; break;
     case OPT_PROBA: o->proba = 1; break;
     case OPT_STANDARDIZE: o->standardize = 1; break;
+    case OPT_DISTRIBUTED: o->distributed = 1; break;
     case 'l': o->layers = v; break;
     case 'a':
         if (act_from_name(v, &o->act) || o->act == TG_ACT_NONE)
@@ -323,12 +313,12 @@ static int set_option(options *o, int c, const char *v) {
         o->opt_name = v;
         break;
     case 'r':
-        if (parse_double(v, &o->lr) || o->lr <= 0)
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->lr) || o->lr <= 0)
             return usage_error("--lr: '%s' is not a positive number", v);
         o->lr_set = 1;
         break;
     case OPT_WD:
-        if (parse_double(v, &o->weight_decay) || o->weight_decay < 0)
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->weight_decay) || o->weight_decay < 0)
             return usage_error("--weight-decay: '%s' is not a number >= 0", v);
         o->wd_set = 1;
         break;
@@ -337,11 +327,12 @@ static int set_option(options *o, int c, const char *v) {
             return usage_error("--seed: '%s' is not an integer from 0 to 2147483647", v);
         break;
     case OPT_TEST_FRACTION:
-        if (parse_double(v, &o->test_fraction) || !(o->test_fraction > 0) || !(o->test_fraction < 1))
+        if (parse_double(v, 0, 1, &o->test_fraction) || o->test_fraction == 0 ||
+            o->test_fraction == 1)
             return usage_error("--test-fraction: '%s' is not a number in (0, 1)", v);
         break;
     case OPT_VAL_SPLIT:
-        if (parse_double(v, &o->val_split) || !(o->val_split > 0) || !(o->val_split < 1))
+        if (parse_double(v, 0, 1, &o->val_split) || o->val_split == 0 || o->val_split == 1)
             return usage_error("--val-split: '%s' is not a number in (0, 1)", v);
         break;
     case OPT_PATIENCE:
@@ -359,7 +350,7 @@ static int set_option(options *o, int c, const char *v) {
             return usage_error("--warmup: '%s' is not a number of steps >= 0", v);
         break;
     case OPT_CLIP:
-        if (parse_double(v, &o->clip) || !(o->clip > 0))
+        if (parse_double(v, -DBL_MAX, DBL_MAX, &o->clip) || !(o->clip > 0))
             return usage_error("--clip: '%s' is not a positive number", v);
         break;
     case 'o':
@@ -436,6 +427,8 @@ static int parse_options(int argc, char **argv, options *o) {
     if (o->cmd != CMD_TRAIN && (!o->model || !*o->model)) return usage_error("--model is required");
     if (o->patience && !o->val_split)
         return usage_error("--patience needs --val-split (early stopping watches the validation loss)");
+    if (o->distributed && o->resume)
+        return usage_error("--distributed does not take --resume (start the run again)");
     return 0;
 }
 
@@ -484,12 +477,6 @@ static int check_paths(const options *o) {
 /* ======================================================================== */
 /* Small helpers                                                            */
 /* ======================================================================== */
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int is_dir(const char *path) {
     struct stat st;
@@ -591,28 +578,8 @@ static void standardise(tg_dataset *ds, const float *mean, const float *std) {
  * ds, in batches, without recording. 0 ok, -1 error (recorded). */
 static int evaluate(tg_ctx *ctx, const tg_mlp *m, const tg_dataset *ds, int n_classes,
                     double *loss, double *acc, int64_t *confusion) {
-    tg_batcher b;
-    *loss = *acc = NAN;
-    if (tg_batcher_init(&b, ctx, ds, EVAL_BATCH, 0)) return -1;
-    int prev = tg_no_grad(ctx, 1);
-    tg_mean_meter ml = {0}, ma = {0};
-    tg_tensor *x, *y;
-    while (tg_batcher_next(&b, &x, &y) == 1) {
-        tg_tensor *logits = tg_mlp_forward(ctx, m, x);
-        double l = tg_item(tg_cross_entropy(ctx, logits, y));
-        if (!tg_ok(ctx)) break;
-        tg_mean_meter_add(&ml, l, tg_dim(x, 0));
-        tg_mean_meter_add(&ma, tg_accuracy(logits, y), tg_dim(x, 0));
-        if (confusion) tg_confusion(ctx, logits, y, n_classes, confusion);
-        tg_reset(ctx);
-    }
-    tg_reset(ctx);
-    tg_no_grad(ctx, prev);
-    tg_batcher_free(&b);
-    if (!tg_ok(ctx)) return -1;
-    *loss = tg_mean_meter_mean(&ml);
-    *acc = tg_mean_meter_mean(&ma);
-    return 0;
+    return evaluate_classifier(ctx, mlp_logits, m, ds, EVAL_BATCH, n_classes, confusion, loss,
+                               acc);
 }
 
 /* ======================================================================== */
@@ -1103,6 +1070,97 @@ typedef struct {
     double train_loss, train_acc, val_loss, val_acc, test_loss, test_acc, lr, seconds;
 } epoch_stats;
 
+/* ======================================================================== */
+/* train --distributed: data-parallel training under mpirun (TG_HAVE_MPI)    */
+/* ======================================================================== */
+
+/* Every rank loads the data and builds the same model; rank 0's parameters and
+ * random state go to all (so they shuffle alike), each rank takes its share of
+ * every global batch (tg_mpi_shard), the gradients are averaged after backward,
+ * and every rank takes the same step. Rank 0 alone prints, logs and saves. An
+ * error that every rank learns at a sync point (tg_mpi_*: "rank R: message")
+ * ends each rank normally; an error of one rank alone ends the job (MPI_Abort)
+ * after its message. docs/distributed.md. */
+static int train_save(tg_ctx *ctx, const options *o, const train_data *d, train_model *t,
+                      const epoch_stats *st, double best);
+#ifdef TG_HAVE_MPI
+static int cmd_train(options *o);
+#include "tapegrad/mpi.h"
+
+static struct {
+    tg_mpi *mp;  /* NULL: not distributed */
+    int synced;  /* the error is known to every rank (a sync point said so) */
+} dist;
+
+static int dist_sync(int r) { return r ? (dist.synced = 1, 1) : 0; }
+
+/* After the context is made: join the job; ranks other than 0 go quiet. */
+static int dist_begin(tg_ctx *ctx, options *o) {
+    if (!o->distributed) return 0;
+    dist.mp = tg_mpi_new(ctx, MPI_COMM_WORLD);
+    if (!dist.mp) return 1;
+    if (tg_mpi_rank(dist.mp) != 0) o->quiet = 1, o->json = 0, o->log = NULL;
+    return 0;
+}
+
+/* After the model and batcher are built: all start from rank 0's state. */
+static int dist_start(train_model *t) {
+    if (!dist.mp) return 0;
+    return dist_sync(tg_mpi_broadcast_params(dist.mp, 0)) || tg_mpi_shard(dist.mp, &t->b);
+}
+
+/* After backward: the gradient of the whole global batch on every rank. */
+static int dist_average(const tg_batcher *b) {
+    return dist.mp ? dist_sync(tg_mpi_average_grads(dist.mp, tg_mpi_batch_weight(b))) : 0;
+}
+
+/* An epoch's mean training loss and accuracy over all ranks' shares. */
+static int dist_means(tg_mean_meter *loss, tg_mean_meter *acc) {
+    if (!dist.mp) return 0;
+    double v[4] = {loss->sum, (double)loss->n, acc->sum, (double)acc->n};
+    if (dist_sync(tg_mpi_sum(dist.mp, v, 4))) return 1;
+    loss->sum = v[0], loss->n = (int64_t)v[1], acc->sum = v[2], acc->n = (int64_t)v[3];
+    return 0;
+}
+
+/* Rank 0 saves; then a sync point, so a failed save stops every rank. */
+static int dist_save(tg_ctx *ctx, const options *o, const train_data *d, train_model *t,
+                     const epoch_stats *st, double best) {
+    if (!dist.mp) return train_save(ctx, o, d, t, st, best);
+    if (tg_mpi_rank(dist.mp) == 0) train_save(ctx, o, d, t, st, best);
+    return dist_sync(tg_mpi_check(dist.mp));
+}
+
+static void dist_end(void) {
+    tg_mpi_free(dist.mp);
+    dist.mp = NULL;
+}
+
+/* main: MPI around the command; an error of this rank alone ends the job. */
+static int dist_main(int argc, char **argv, options *o) {
+    MPI_Init(&argc, &argv);
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    int rc = check_paths(o) ? 1 : cmd_train(o);
+    if (rc && !dist.synced) {
+        fprintf(stderr, PROG ": rank %d failed (above); ending the job\n", rank);
+        MPI_Abort(MPI_COMM_WORLD, rc);
+    }
+    MPI_Finalize();
+    return rc;
+}
+#else
+static int dist_begin(tg_ctx *ctx, options *o) { return (void)ctx, (void)o, 0; }
+static int dist_start(train_model *t) { return (void)t, 0; }
+static int dist_average(const tg_batcher *b) { return (void)b, 0; }
+static int dist_means(tg_mean_meter *loss, tg_mean_meter *acc) { return (void)loss, (void)acc, 0; }
+static int dist_save(tg_ctx *ctx, const options *o, const train_data *d, train_model *t,
+                     const epoch_stats *st, double best) {
+    return train_save(ctx, o, d, t, st, best);
+}
+static void dist_end(void) {}
+#endif
+
 /* One pass over the training part: scheduled rate, clipped gradients. */
 static int train_epoch(tg_ctx *ctx, const options *o, train_model *t, tg_progress *p,
                        epoch_stats *st) {
@@ -1117,6 +1175,7 @@ static int train_epoch(tg_ctx *ctx, const options *o, train_model *t, tg_progres
         tg_tensor *loss = tg_cross_entropy(ctx, logits, y);
         tg_zero_grad(ctx);
         tg_backward(ctx, loss);
+        if (dist_average(&t->b)) break;
         if (o->clip > 0) tg_clip_grad_norm(ctx, params, np, o->clip);
         tg_optim_step(t->opt);
         double l = tg_item(loss);
@@ -1126,7 +1185,7 @@ static int train_epoch(tg_ctx *ctx, const options *o, train_model *t, tg_progres
         if (!o->quiet) tg_progress_update(p, tg_dim(x, 0), l);
         tg_reset(ctx);
     }
-    if (more < 0 || !tg_ok(ctx)) return 1;
+    if (more < 0 || !tg_ok(ctx) || dist_means(&ml, &ma)) return 1;
     st->train_loss = tg_mean_meter_mean(&ml);
     st->train_acc = tg_mean_meter_mean(&ma);
     return 0;
@@ -1287,6 +1346,7 @@ static int cmd_train(options *o) {
     train_model t = {0};
     FILE *log = NULL;
     if (o->threads) tg_set_threads(ctx, (int)o->threads);
+    if (dist_begin(ctx, o)) goto fail;
     t.hidden_n = parse_widths(o->layers, t.widths + 1, TG_MLP_MAX_LAYERS - 1);
     if (t.hidden_n < 0) {
         rc = usage_error("--layers: '%s' is not a comma-separated list of up to %d widths"
@@ -1299,7 +1359,7 @@ static int cmd_train(options *o) {
         rc = 2;
         goto done;
     }
-    if (r || train_build(ctx, o, &d, &t)) goto fail;
+    if (r || train_build(ctx, o, &d, &t) || dist_start(&t)) goto fail;
     long first = 0;
     double best = INFINITY;
     if (o->resume && train_resume(ctx, o, &t, &first, &best)) goto fail;
@@ -1352,7 +1412,7 @@ static int cmd_train(options *o) {
         int better = o->patience && st.val_loss < best;
         if (better) best = st.val_loss, stale = 0;
         else stale++;
-        if ((!o->patience || better) && train_save(ctx, o, &d, &t, &st, best)) goto fail;
+        if ((!o->patience || better) && dist_save(ctx, o, &d, &t, &st, best)) goto fail;
         if (o->patience && stale >= o->patience) {
             if (!o->quiet)
                 fprintf(stderr, "early stop: no better validation loss for %ld epochs (best %.4f)\n",
@@ -1380,6 +1440,7 @@ done:
     tg_batcher_free(&t.b);
     tg_optim_free(t.opt);
     train_data_free(&d);
+    dist_end();
     tg_ctx_free(ctx);
     return rc;
 }
@@ -1765,6 +1826,11 @@ int main(int argc, char **argv) {
     if (r == 1) return 0; /* --help */
     if (r) return r;
     if (o.cmd == CMD_TRAIN && !o.out) o.out = "model.safetensors";
+#ifdef TG_HAVE_MPI
+    if (o.distributed) return dist_main(argc, argv, &o);
+#else
+    if (o.distributed) return usage_error("--distributed: this tg-mlp was built without MPI");
+#endif
     if (check_paths(&o)) return 1;
     switch (o.cmd) {
     case CMD_TRAIN: return cmd_train(&o);

@@ -18,6 +18,8 @@
 
 #include "tapegrad.h"
 
+#include "example_util.h"
+
 static int fail(tg_ctx *ctx, tg_optim *opt) {
     fprintf(stderr, "xor: %s\n", tg_errmsg(ctx));
     tg_optim_free(opt);
@@ -27,19 +29,7 @@ static int fail(tg_ctx *ctx, tg_optim *opt) {
 
 int main(int argc, char **argv) {
     uint64_t seed = 1;
-    if (argc > 2) {
-        fprintf(stderr, "usage: xor [seed]\n");
-        return 2;
-    }
-    if (argc == 2) {
-        char *end;
-        errno = 0;
-        seed = strtoull(argv[1], &end, 10);
-        if (errno || end == argv[1] || *end) {
-            fprintf(stderr, "xor: seed must be a non-negative integer, got '%s'\n", argv[1]);
-            return 2;
-        }
-    }
+    if (parse_seed_arg(argc, argv, "xor", &seed)) return 2;
     tg_ctx *ctx = tg_ctx_new(seed);
     if (!ctx) return 1;
 

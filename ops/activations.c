@@ -226,27 +226,54 @@ static void leaky_relu_backward(tg_op_call *c)
 /* tg_gelu                                                                  */
 /* x any shape -> y same shape. y = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2,  */
 /* the erf form (F.gelu, approximate='none').                                */
-/* dy/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi). Saves:        */
-/* nothing (reads x). Numerical care: C's erf and exp in the tensor's        */
-/* precision, PyTorch's arrangement; no overflow (e^(-x^2/2) <= 1).          */
+/* dy/dx = Phi(x) + x phi(x), phi(x) = e^(-x^2/2) / sqrt(2 pi). Saves: that  */
+/* derivative (tg_scratch, one element per element of x), computed by the    */
+/* forward kernel along with y when the call is recorded. Numerical care:    */
+/* the vector kernel of src/kernels/vmath.h; f32 evaluates Phi(-|x|) through */
+/* e^(-x^2/2) and a bounded polynomial (no 1 + erf cancellation in the tail, */
+/* no overflow), f64 is libm's erf and exp in PyTorch's arrangement.         */
 /* ======================================================================== */
 
-#define GELU_SQRT1_2 0.70710678118654752440     /* 1 / sqrt(2) */
-#define GELU_INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+#define V_GELU(y, d, x, n)                                                             \
+    _Generic((y), float *: tgi_vgelu_f32, double *: tgi_vgelu_f64)(y, d, x, n)
 
 TGI_UNARY_OP(gelu);
 
 static int gelu_forward(tg_op_call *c)
 {
-    UNARY_FWD(c, u * (T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)));
+    const int64_t n = c->out->numel;
+    void *d = NULL;
+    if (n > 0 && tgi_recorded(c)) {
+        d = tg_scratch(c->ctx, (size_t)n * tg_dtype_size(c->out->dtype));
+        if (!d) return -1;
+    }
+    c->saved = d;
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        T *py = (T *)c->out->data, *pd = d;
+        const T *px = (const T *)c->in[0]->data;
+        TGI_PAR_CHUNKS(c->ctx, n, lo, hi,
+                       { V_GELU(py + lo, pd ? pd + lo : NULL, px + lo, hi - lo); });
+    });
     return 0;
 }
 
-/* d gelu(x)/dx = Phi(x) + x phi(x) */
+/* d gelu(x)/dx = Phi(x) + x phi(x), saved by forward */
 static void gelu_backward(tg_op_call *c)
 {
-    UNARY_BWD(c, g * ((T)0.5 * ((T)1 + erf(u * (T)GELU_SQRT1_2)) +
-                      u * (T)GELU_INV_SQRT_2PI * exp((T)-0.5 * u * u)));
+    if (!tgi_needs_grad(c->in[0]))
+        return;
+    int fresh; /* a new gradient buffer: assign instead of adding */
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T *restrict pd = c->saved, *restrict dy = tg_grad(c->out);
+        T *restrict dx = tgi_grad_first(c->in[0], &fresh);
+        if (dx && dy && pd)
+            TGI_PAR_CHUNKS(c->ctx, c->out->numel, lo, hi, {
+                if (fresh)
+                    for (int64_t i = lo; i < hi; i++) dx[i] = dy[i] * pd[i];
+                else
+                    for (int64_t i = lo; i < hi; i++) dx[i] += dy[i] * pd[i];
+            });
+    });
 }
 
 /* ======================================================================== */

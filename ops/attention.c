@@ -6,6 +6,8 @@
  * thread count. Local gradients in full: docs/ops.md, "Attention". */
 #include "ops.h"
 
+#include <stdatomic.h>
+
 /* Below this many multiply-adds (forward: 2 B H T S D) the pairs are not split over
  * threads: waking a team costs more than it saves. */
 #define ATTN_PAR_MIN_FLOPS ((int64_t)1 << 22)
@@ -69,14 +71,9 @@ typedef struct {
 /* How many threads split the pairs (1: the caller's thread alone). */
 static int attn_threads(const tg_ctx *ctx, const attn_dims *a)
 {
-#ifdef _OPENMP
     const int64_t flops = 2 * a->bh * a->t * a->s * a->d;
     if (ctx->nthreads <= 1 || a->bh < 2 || flops < ATTN_PAR_MIN_FLOPS) return 1;
     return a->bh < ctx->nthreads ? (int)a->bh : ctx->nthreads;
-#else
-    (void)ctx, (void)a;
-    return 1;
-#endif
 }
 
 /* Make nt teams: each with a [T,S] buffer when need_buf and, when nt > 1, its own workspace
@@ -202,6 +199,24 @@ static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const
 typedef int (*attn_pair_fn)(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
                             void *user);
 
+typedef struct {
+    const attn_dims *a;
+    attn_team *tm;
+    int nt;
+    attn_pair_fn body;
+    void *user;
+    _Atomic int failed;
+} pairs_job;
+/* Range i of nt of the pairs, on team i (whichever thread runs it). */
+static void pairs_chunk(void *arg, int64_t i, int thread)
+{
+    pairs_job *j = arg;
+    (void)thread;
+    const int64_t lo = j->a->bh * i / j->nt, hi = j->a->bh * (i + 1) / j->nt;
+    for (int64_t p = lo; p < hi && !atomic_load(&j->failed); p++)
+        if (j->body(j->a, p, &j->tm[i], 1, j->user) != 0) atomic_store(&j->failed, 1);
+}
+
 static int for_each_pair(tg_ctx *ctx, const attn_dims *a, attn_team *tm, int nt,
                          attn_pair_fn body, void *user)
 {
@@ -211,14 +226,9 @@ static int for_each_pair(tg_ctx *ctx, const attn_dims *a, attn_team *tm, int nt,
             failed = body(a, p, &tm[0], ctx->nthreads, user) != 0;
         return failed ? -1 : 0;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) reduction(| : failed)
-    for (int i = 0; i < nt; i++) {
-        const int64_t lo = a->bh * i / nt, hi = a->bh * (i + 1) / nt;
-        for (int64_t p = lo; p < hi && !failed; p++) failed |= body(a, p, &tm[i], 1, user) != 0;
-    }
-#endif
-    return failed ? -1 : 0;
+    pairs_job j = {a, tm, nt, body, user, 0};
+    tgi_pool_run(ctx->pool, nt, nt, pairs_chunk, &j);
+    return atomic_load(&j.failed) ? -1 : 0;
 }
 
 /* ======================================================================== */

@@ -10,39 +10,9 @@
  * one after the other, in order, so every sum has one order whatever the
  * thread count (the GEMM splits only its output between threads).
  * Local gradients in full: docs/ops.md, "Convolution and pooling". */
-#include "internal.h"
+#include "ops.h"
 
 /* ---- helpers shared by the ops ---------------------------------------- */
-
-/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B) by dtype; -1 with the
- * error recorded when the GEMM workspace cannot grow. */
-static int gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb, int64_t m,
-                int64_t n, int64_t k, const void *a, int64_t lda, const void *b,
-                int64_t ldb, int acc, void *c, int64_t ldc)
-{
-    int rc = dt == TG_F32
-                 ? tgi_gemm_f32(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const float *)a,
-                                lda, (const float *)b, ldb, acc, (float *)c, ldc)
-                 : tgi_gemm_f64(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const double *)a,
-                                lda, (const double *)b, ldb, acc, (double *)c, ldc);
-    if (rc != 0) {
-        tg_set_error(ctx, "%s: out of memory (GEMM workspace for a [%lld,%lld]x[%lld,%lld] "
-                          "product)", fn, (long long)m, (long long)k, (long long)k,
-                     (long long)n);
-        return -1;
-    }
-    return 0;
-}
-
-/* Present, f32 or f64, and of ref's dtype when ref is given. 1 if usable. */
-static int check_float_arg(tg_ctx *ctx, const char *fn, const char *name, const tg_tensor *t,
-                           const tg_tensor *ref)
-{
-    if (!tgi_check_arg(ctx, fn, name, t)) return 0;
-    if (!tgi_check_float(ctx, fn, name, t)) return 0;
-    if (ref && !tgi_check_same_dtype(ctx, fn, ref, t)) return 0;
-    return 1;
-}
 
 /* The geometry of one 2-D window sweep (a convolution or a pooling):
  * input planes [H,W], output planes [Ho,Wo], square stride s, padding p. */
@@ -69,7 +39,7 @@ static void geom_save(tgi_attr *a, const geom *g)
 
 static geom geom_load(const tg_op_call *c)
 {
-    const tgi_attr *a = tgi_node_attr((tg_op_call *)c);
+    const tgi_attr *a = TGI_ATTR(c);
     return geom_of(c->in[0], a->i[0], a->i[1], a->i[2], a->i[3]);
 }
 
@@ -102,20 +72,14 @@ static int check_nchw(tg_ctx *ctx, const char *fn, const tg_tensor *x)
  * Saves nothing: backward recomputes col_n into one tg_scratch buffer [K,P].
  * Numerics: the bias is written into y before the GEMM accumulates into it;
  * db sums in double. */
-static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
-                      const tg_tensor *b, const geom *g);
-static int conv2d_forward(tg_op_call *c);
-static void conv2d_backward(tg_op_call *c);
-static const tg_op op_conv2d = {"conv2d", conv2d_forward, conv2d_backward};
+TGI_OP(conv2d);
 
 tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int stride,
                      int padding)
 {
     static const char fn[] = "tg_conv2d";
     if (!ctx) return NULL;
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_float_arg(ctx, fn, "w", w, x))
-        return NULL;
-    if (b && !check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 4 || w->ndim != 4) {
         tg_set_error(ctx, "%s: x must be 4-D [N,C,H,W] and w 4-D [O,C,kh,kw]: x is %s, w is %s",
@@ -152,16 +116,9 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 4, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
-    int n_in = b ? 3 : 2;
-    tg_op_call *c;
-    const int64_t tape0 = ctx->tape_len;
-    if (tgi_record(ctx, &op_conv2d, out, in, n_in, &c) != 0) return NULL;
-    if (c) geom_save(tgi_node_attr(c), &g);
-    if (conv2d_fwd(ctx, out, x, w, b, &g) != 0) {
-        ctx->tape_len = tape0; /* out of memory: a failing call records nothing */
-        return NULL;
-    }
-    return out;
+    tgi_attr at = {.i = {0}};
+    geom_save(&at, &g);
+    return tgi_op_run(ctx, &op_conv2d, out, in, b ? 3 : 2, &at, sizeof at);
 }
 
 /* Output rows [lo, hi) of input row range [0, n) for a window offset: the ow
@@ -369,8 +326,8 @@ static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
                 for (int64_t oc = 0; oc < o; oc++)
                     for (int64_t q = 0; q < np; q++) yn[oc * np + q] = bd[oc];
             if (!pw) IM2COL(col, pad, xn, g);
-            rc = gemm(ctx, "tg_conv2d", x->dtype, 0, 0, o, np, k, w->data, k, pw ? xn : col, np,
-                      bd != NULL, yn, np);
+            rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 0, o, np, k, w->data, k, pw ? xn : col,
+                             np, bd != NULL, yn, np);
         }
     });
     tgi_arena_rewind(ctx, mark);
@@ -415,12 +372,12 @@ static void conv2d_backward(tg_op_call *c)
             T *dxn = dx ? dx + n * g.c * g.h * g.w : NULL;
             if (dwv) { /* [O,K] += [O,P] ([K,P] stored, read as its transpose) */
                 if (!pw) IM2COL(col, pad, xn, &g);
-                rc = gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col, np,
-                          1, dwv, k);
+                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col,
+                                 np, 1, dwv, k);
             }
             if (dx && rc == 0) { /* [K,P] = ([O,K] stored, read as its transpose) [O,P] */
-                rc = gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np, pw,
-                          pw ? dxn : col, np); /* 1x1: straight into dx */
+                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np,
+                                 pw, pw ? dxn : col, np); /* 1x1: straight into dx */
                 if (!pw && rc == 0) COL2IM(dxn, dpad, col, &g);
             }
         }
@@ -441,7 +398,7 @@ static void conv2d_backward(tg_op_call *c)
 /* x 4-D float, kernel >= 1, stride >= 1, kernel <= H and W. 1 if usable. */
 static int check_pool(tg_ctx *ctx, const char *fn, const tg_tensor *x, int kernel, int stride)
 {
-    if (!check_float_arg(ctx, fn, "x", x, NULL) || !check_nchw(ctx, fn, x)) return 0;
+    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !check_nchw(ctx, fn, x)) return 0;
     char sx[64];
     if (kernel < 1 || stride < 1) {
         tg_set_error(ctx, "%s: kernel and stride must be >= 1, got kernel %d, stride %d "
@@ -456,23 +413,39 @@ static int check_pool(tg_ctx *ctx, const char *fn, const tg_tensor *x, int kerne
     return 1;
 }
 
-/* A pooling's backward: dy, the gradient buffer of x and the geometry;
- * 0 when there is nothing to do (no dy, x needs no gradient, or out of memory). */
-static int pool_grads(tg_op_call *c, const void **dy, void **dx, geom *g)
+/* What a pooling's backward reads: dy, the gradient buffer of x, the
+ * geometry, and the count and sizes of the input and output planes. */
+typedef struct {
+    const void *dy;
+    void *dx;
+    geom g;
+    int64_t planes, hw, np;
+} pool_bwd;
+
+/* 0 when there is nothing to do (no dy, x needs no gradient, or out of memory) */
+static int pool_grads(tg_op_call *c, pool_bwd *p)
 {
-    *dy = tg_grad(c->out);
-    if (!*dy || !tgi_needs_grad(c->in[0])) return 0;
-    *dx = tg_grad_acc(c->in[0]);
-    if (!*dx) return 0;
-    *g = geom_load(c);
+    p->dy = tg_grad(c->out);
+    if (!p->dy || !tgi_needs_grad(c->in[0])) return 0;
+    p->dx = tg_grad_acc(c->in[0]);
+    if (!p->dx) return 0;
+    p->g = geom_load(c);
+    p->planes = p->g.n * p->g.c, p->hw = p->g.h * p->g.w, p->np = p->g.ho * p->g.wo;
     return 1;
 }
 
-/* The output of a pooling of x: [N,C,Ho,Wo], or NULL (error recorded). */
-static tg_tensor *pool_out(tg_ctx *ctx, const char *fn, const tg_tensor *x, const geom *g)
+/* The rest of a pooling's public function, after its checks: the output
+ * [N,C,Ho,Wo] and tgi_op_run with the window as attributes. */
+static tg_tensor *pool_run(tg_ctx *ctx, const char *fn, const tg_op *op, tg_tensor *x,
+                           int kernel, int stride)
 {
-    int64_t shape[4] = {g->n, g->c, g->ho, g->wo};
-    return tgi_tensor_new(ctx, fn, x->dtype, 4, shape, 0);
+    const geom g = geom_of(x, kernel, kernel, stride, 0);
+    int64_t shape[4] = {g.n, g.c, g.ho, g.wo};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 4, shape, 0);
+    if (!out) return NULL;
+    tgi_attr at = {.i = {0}};
+    geom_save(&at, &g);
+    return tgi_op_run(ctx, op, out, &x, 1, &at, sizeof at);
 }
 
 /* ======================================================================== */
@@ -485,10 +458,7 @@ static tg_tensor *pool_out(tg_ctx *ctx, const char *fn, const tg_tensor *x, cons
  *   window (row-major order), as PyTorch's CPU kernel does; a NaN is a maximum.
  * Saves the flat index in the plane of each window's maximum (int32, one per
  * output element, in tg_scratch) when a node is recorded. */
-static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int32_t *arg);
-static int max_pool_forward(tg_op_call *c);
-static void max_pool_backward(tg_op_call *c);
-static const tg_op op_max_pool = {"max_pool2d", max_pool_forward, max_pool_backward};
+TGI_OP(max_pool2d);
 
 tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
 {
@@ -500,22 +470,7 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
                      fn, TGI_SHAPE(x, sx));
         return NULL;
     }
-    geom g = geom_of(x, kernel, kernel, stride, 0);
-    tg_tensor *out = pool_out(ctx, fn, x, &g);
-    if (!out) return NULL;
-    int32_t *arg = NULL;
-    if (tgi_should_record(ctx, &x, 1)) {
-        arg = tg_scratch(ctx, (size_t)out->numel * sizeof *arg + 1);
-        if (!arg) return NULL;
-    }
-    tg_op_call *c;
-    if (tgi_record(ctx, &op_max_pool, out, &x, 1, &c) != 0) return NULL;
-    if (c) {
-        geom_save(tgi_node_attr(c), &g);
-        c->saved = arg;
-    }
-    max_pool_fwd(out, x, &g, arg);
-    return out;
+    return pool_run(ctx, fn, &op_max_pool2d, x, kernel, stride);
 }
 
 /* v replaces the running maximum m: larger, or the first NaN (a NaN stays) */
@@ -561,8 +516,10 @@ tg_tensor *tg_max_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
         }
 
 #define DEFINE_MAX_POOL_PLANE(T, SFX)                                                     \
-    static void max_pool_plane_##SFX(T *restrict y, int32_t *restrict arg,                \
-                                     const T *restrict xp, const geom *g)                 \
+    /* out of line: inlined into the forward, its branch-free selects become  \
+     * branches and spills (twice as slow) */                                     \
+    __attribute__((noinline)) static void max_pool_plane_##SFX(                   \
+        T *restrict y, int32_t *restrict arg, const T *restrict xp, const geom *g) \
     {                                                                                     \
         if (g->kh == 2 && g->kw == 2 && g->s == 2) {                                      \
             MAX_POOL_2X2_BODY(T)                                                          \
@@ -587,26 +544,31 @@ static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int3
     });
 }
 
-static int max_pool_forward(tg_op_call *c)
+/* y = each window's first maximum; on a tape node its index in the plane
+ * (tg_scratch, c->saved) for backward */
+static int max_pool2d_forward(tg_op_call *c)
 {
     geom g = geom_load(c);
-    max_pool_fwd(c->out, c->in[0], &g, c->saved);
+    int32_t *arg = NULL;
+    if (tgi_recorded(c)) {
+        arg = tg_scratch(c->ctx, (size_t)c->out->numel * sizeof *arg + 1);
+        if (!arg) return -1; /* error recorded by tg_scratch */
+    }
+    c->saved = arg;
+    max_pool_fwd(c->out, c->in[0], &g, arg);
     return 0;
 }
 
 /* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy */
-static void max_pool_backward(tg_op_call *c)
+static void max_pool2d_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    const void *dyv;
-    void *dxv;
-    geom g;
-    if (!pool_grads(c, &dyv, &dxv, &g)) return;
-    const int64_t planes = g.n * g.c, hw = g.h * g.w, np = g.ho * g.wo;
+    pool_bwd p;
+    if (!pool_grads(c, &p)) return;
+    const int64_t planes = p.planes, hw = p.hw, np = p.np;
     const int32_t *arg = c->saved;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *dy = dyv;
-        T *dx = dxv;
+    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+        const T *dy = p.dy;
+        T *dx = p.dx;
         for (int64_t pl = 0; pl < planes; pl++)
             for (int64_t q = 0; q < np; q++) dx[pl * hw + arg[pl * np + q]] += dy[pl * np + q];
     });
@@ -620,23 +582,13 @@ static void max_pool_backward(tg_op_call *c)
  * x is [N,C,H,W], y is [N,C,Ho,Wo], Ho = (H - k) / s + 1.
  *   dx[window] += dy / k^2 (overlapping windows add up).
  * Saves nothing (the local gradient is a constant). */
-static void avg_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g);
-static int avg_pool_forward(tg_op_call *c);
-static void avg_pool_backward(tg_op_call *c);
-static const tg_op op_avg_pool = {"avg_pool2d", avg_pool_forward, avg_pool_backward};
+TGI_OP(avg_pool2d);
 
 tg_tensor *tg_avg_pool2d(tg_ctx *ctx, tg_tensor *x, int kernel, int stride)
 {
     static const char fn[] = "tg_avg_pool2d";
     if (!ctx || !check_pool(ctx, fn, x, kernel, stride)) return NULL;
-    geom g = geom_of(x, kernel, kernel, stride, 0);
-    tg_tensor *out = pool_out(ctx, fn, x, &g);
-    if (!out) return NULL;
-    tg_op_call *c;
-    if (tgi_record(ctx, &op_avg_pool, out, &x, 1, &c) != 0) return NULL;
-    if (c) geom_save(tgi_node_attr(c), &g);
-    avg_pool_fwd(out, x, &g);
-    return out;
+    return pool_run(ctx, fn, &op_avg_pool2d, x, kernel, stride);
 }
 
 /* y = the window's sum (row-major order) times 1/k^2 */
@@ -662,7 +614,7 @@ static void avg_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g)
     });
 }
 
-static int avg_pool_forward(tg_op_call *c)
+static int avg_pool2d_forward(tg_op_call *c)
 {
     geom g = geom_load(c);
     avg_pool_fwd(c->out, c->in[0], &g);
@@ -670,17 +622,15 @@ static int avg_pool_forward(tg_op_call *c)
 }
 
 /* d mean/dx = 1/k^2 over the window: dx[window] += dy / k^2 */
-static void avg_pool_backward(tg_op_call *c)
+static void avg_pool2d_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0];
-    const void *dyv;
-    void *dxv;
-    geom g;
-    if (!pool_grads(c, &dyv, &dxv, &g)) return;
-    const int64_t planes = g.n * g.c, hw = g.h * g.w, np = g.ho * g.wo;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *dy = dyv;
-        T *dx = dxv;
+    pool_bwd p;
+    if (!pool_grads(c, &p)) return;
+    const geom g = p.g;
+    const int64_t planes = p.planes, hw = p.hw, np = p.np;
+    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+        const T *dy = p.dy;
+        T *dx = p.dx;
         const T inv = (T)1 / (T)(g.kh * g.kw);
         for (int64_t pl = 0; pl < planes; pl++)
             for (int64_t oh = 0; oh < g.ho; oh++)

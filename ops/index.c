@@ -11,30 +11,12 @@
  * run the other way, adding into the gradient. Nothing is saved: the shapes
  * and the node's attributes say where every element came from. Local
  * gradients: docs/ops.md, "Shape and indexing". */
-#include "internal.h"
+#include "ops.h"
 
 #define PERM_TILE   32  /* side of the square tiles of a permute that moves the innermost axis */
 #define PERM_MEMCPY 512 /* runs of at least this many bytes are copied by memcpy */
 
-/* The permute copy gets wider-vector clones, chosen at load time. */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES)
-#define PERM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef PERM_CLONES
-#define PERM_CLONES
-#endif
-
 /* ---- helpers shared by the four ops ----------------------------------- */
-
-/* Record the node when a gradient is needed. 0 when the tape could not grow
- * (error recorded by tgi_record), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    return tgi_record(ctx, op, out, in, n, node) == 0;
-}
 
 /* In backward: 1 when dy has arrived and input i needs a gradient, with
  * *dy and *dx (input i's gradient, allocated on first use) set; else 0. */
@@ -137,9 +119,7 @@ typedef struct {
 static void perm_plan_make(perm_plan *p, int ndim, const int64_t *src_shape, const int *perm);
 static void perm_copy(tg_ctx *ctx, tg_dtype dt, int acc, void *dst, const void *src,
                       const perm_plan *p);
-static int permute_forward(tg_op_call *c);
-static void permute_backward(tg_op_call *c);
-static const tg_op op_permute = {"permute", permute_forward, permute_backward};
+TGI_OP(permute);
 
 tg_tensor *tg_permute(tg_ctx *ctx, tg_tensor *x, const int *perm)
 {
@@ -170,14 +150,9 @@ tg_tensor *tg_permute(tg_ctx *ctx, tg_tensor *x, const int *perm)
     for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[perm[i]];
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, shape, 0);
     if (!out) return NULL;
-    tg_op_call *c;
-    if (!record(ctx, &op_permute, out, &x, 1, &c)) return NULL;
-    if (c)
-        for (int i = 0; i < x->ndim; i++) tgi_node_attr(c)->i[i] = perm[i];
-    perm_plan p;
-    perm_plan_make(&p, x->ndim, x->shape, perm);
-    perm_copy(ctx, x->dtype, 0, out->data, x->data, &p);
-    return out;
+    tgi_attr at = {.i = {0}};
+    for (int i = 0; i < x->ndim; i++) at.i[i] = perm[i];
+    return tgi_op_run(ctx, &op_permute, out, &x, 1, &at, sizeof at);
 }
 
 /* The plan for dst = src.permute(perm) (src contiguous of src_shape). */
@@ -213,7 +188,7 @@ static void perm_plan_make(perm_plan *p, int ndim, const int64_t *src_shape, con
 /* Copy (acc: add) the outer iterations [lo, hi) of plan p. An outer
  * iteration is one index of every axis except the innermost (and, for a
  * tiled plan, except p->inner): one run, or one tile-swept block. */
-PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void *srcv,
+TGI_AVX512_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void *srcv,
                                    const perm_plan *p, int64_t lo, int64_t hi)
 {
     const int last = p->nd - 1, tiled = p->inner != last;
@@ -292,6 +267,20 @@ PERM_CLONES static void perm_range(tg_dtype dt, int acc, void *dstv, const void 
     });
 }
 
+/* Outer iterations [o0, o1) of one perm_copy. */
+typedef struct {
+    tg_dtype dt;
+    int acc;
+    void *dst;
+    const void *src;
+    const perm_plan *p;
+} perm_job;
+static void perm_units(const void *arg, int64_t o0, int64_t o1)
+{
+    const perm_job *j = arg;
+    perm_range(j->dt, j->acc, j->dst, j->src, j->p, o0, o1);
+}
+
 /* dst (+)= src.permute as planned, split over threads by outer iterations. */
 static void perm_copy(tg_ctx *ctx, tg_dtype dt, int acc, void *dst, const void *src,
                       const perm_plan *p)
@@ -310,19 +299,14 @@ static void perm_copy(tg_ctx *ctx, tg_dtype dt, int acc, void *dst, const void *
         perm_range(dt, acc, dst, src, p, 0, outer);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int t = 0; t < nt; t++)
-        perm_range(dt, acc, dst, src, p, outer * t / nt, outer * (t + 1) / nt);
-#else
-    perm_range(dt, acc, dst, src, p, 0, outer);
-#endif
+    perm_job j = {dt, acc, dst, src, p};
+    tgi_par_units(ctx, nt, outer, perm_units, &j);
 }
 
 static int permute_forward(tg_op_call *c)
 {
     int perm[TG_MAX_DIMS];
-    for (int i = 0; i < c->in[0]->ndim; i++) perm[i] = (int)tgi_node_attr(c)->i[i];
+    for (int i = 0; i < c->in[0]->ndim; i++) perm[i] = (int)TGI_ATTR(c)->i[i];
     perm_plan p;
     perm_plan_make(&p, c->in[0]->ndim, c->in[0]->shape, perm);
     perm_copy(c->ctx, c->out->dtype, 0, c->out->data, c->in[0]->data, &p);
@@ -333,14 +317,16 @@ static int permute_forward(tg_op_call *c)
 static void permute_backward(tg_op_call *c)
 {
     tg_tensor *x = c->in[0];
-    const void *dy;
-    void *dx;
-    if (!grads_of(c, 0, &dy, &dx)) return;
+    const void *dy = tg_grad(c->out);
+    int fresh; /* a new gradient buffer: the permuted copy assigns */
+    if (!dy || !tgi_needs_grad(x)) return;
+    void *dx = tgi_grad_first(x, &fresh);
+    if (!dx) return;
     int inv[TG_MAX_DIMS];
-    for (int k = 0; k < x->ndim; k++) inv[tgi_node_attr(c)->i[k]] = k;
+    for (int k = 0; k < x->ndim; k++) inv[TGI_ATTR(c)->i[k]] = k;
     perm_plan p;
     perm_plan_make(&p, x->ndim, c->out->shape, inv);
-    perm_copy(c->ctx, x->dtype, 1, dx, dy, &p);
+    perm_copy(c->ctx, x->dtype, !fresh, dx, dy, &p);
 }
 
 /* ======================================================================== */
@@ -356,9 +342,7 @@ static void permute_backward(tg_op_call *c)
  * before axis, each output row one contiguous run of the input row. */
 static void slice_move(const tg_tensor *x, const tg_tensor *y, int axis, int64_t start, int acc,
                        void *xbuf, const void *ybuf);
-static int slice_forward(tg_op_call *c);
-static void slice_backward(tg_op_call *c);
-static const tg_op op_slice = {"slice", slice_forward, slice_backward};
+TGI_OP(slice);
 
 tg_tensor *tg_slice(tg_ctx *ctx, tg_tensor *x, int axis, int64_t start, int64_t end)
 {
@@ -384,14 +368,8 @@ tg_tensor *tg_slice(tg_ctx *ctx, tg_tensor *x, int axis, int64_t start, int64_t 
     shape[ax] = end - start;
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, shape, 0);
     if (!out) return NULL;
-    tg_op_call *c;
-    if (!record(ctx, &op_slice, out, &x, 1, &c)) return NULL;
-    if (c) {
-        tgi_node_attr(c)->i[0] = ax;
-        tgi_node_attr(c)->i[1] = start;
-    }
-    slice_move(x, out, ax, start, 0, (void *)x->data, out->data);
-    return out;
+    const tgi_attr at = {.i = {ax, start}};
+    return tgi_op_run(ctx, &op_slice, out, &x, 1, &at, sizeof at);
 }
 
 /* acc == 0: ybuf = the slice of xbuf;  acc == 1: the slice of xbuf += ybuf */
@@ -410,7 +388,7 @@ static void slice_move(const tg_tensor *x, const tg_tensor *y, int axis, int64_t
 
 static int slice_forward(tg_op_call *c)
 {
-    const tgi_attr *a = tgi_node_attr(c);
+    const tgi_attr *a = TGI_ATTR(c);
     slice_move(c->in[0], c->out, (int)a->i[0], a->i[1], 0, c->in[0]->data, c->out->data);
     return 0;
 }
@@ -422,7 +400,7 @@ static void slice_backward(tg_op_call *c)
     const void *dy;
     void *dx;
     if (!grads_of(c, 0, &dy, &dx)) return;
-    const tgi_attr *a = tgi_node_attr(c);
+    const tgi_attr *a = TGI_ATTR(c);
     slice_move(x, c->out, (int)a->i[0], a->i[1], 1, dx, dy);
 }
 
@@ -445,9 +423,7 @@ static void slice_backward(tg_op_call *c)
 static tg_tensor *concat_group(tg_ctx *ctx, tg_tensor *const *xs, int n, int axis);
 static void concat_move(tg_tensor *y, tg_tensor *const *xs, int n, int ax, int acc,
                         const void *ybuf);
-static int concat_forward(tg_op_call *c);
-static void concat_backward(tg_op_call *c);
-static const tg_op op_concat = {"concat", concat_forward, concat_backward};
+TGI_OP(concat);
 
 tg_tensor *tg_concat(tg_ctx *ctx, tg_tensor *const *xs, int n, int axis)
 {
@@ -521,11 +497,8 @@ static tg_tensor *concat_group(tg_ctx *ctx, tg_tensor *const *xs, int n, int ax)
     for (int k = 0; k < n; k++) shape[ax] += xs[k]->shape[ax];
     tg_tensor *out = tgi_tensor_new(ctx, "tg_concat", xs[0]->dtype, xs[0]->ndim, shape, 0);
     if (!out) return NULL;
-    tg_op_call *c;
-    if (!record(ctx, &op_concat, out, xs, n, &c)) return NULL;
-    if (c) tgi_node_attr(c)->i[0] = ax;
-    concat_move(out, xs, n, ax, 0, out->data);
-    return out;
+    const tgi_attr at = {.i = {ax}};
+    return tgi_op_run(ctx, &op_concat, out, xs, n, &at, sizeof at);
 }
 
 /* acc == 0: ybuf (y's data) gets the inputs' rows side by side;  acc == 1:
@@ -554,7 +527,7 @@ static void concat_move(tg_tensor *y, tg_tensor *const *xs, int n, int ax, int a
 
 static int concat_forward(tg_op_call *c)
 {
-    concat_move(c->out, c->in, c->n_in, (int)tgi_node_attr(c)->i[0], 0, c->out->data);
+    concat_move(c->out, c->in, c->n_in, (int)TGI_ATTR(c)->i[0], 0, c->out->data);
     return 0;
 }
 
@@ -562,7 +535,7 @@ static int concat_forward(tg_op_call *c)
 static void concat_backward(tg_op_call *c)
 {
     const void *dy = tg_grad(c->out);
-    if (dy) concat_move(c->out, c->in, c->n_in, (int)tgi_node_attr(c)->i[0], 1, dy);
+    if (dy) concat_move(c->out, c->in, c->n_in, (int)TGI_ATTR(c)->i[0], 1, dy);
 }
 
 /* ======================================================================== */
@@ -578,9 +551,7 @@ static void concat_backward(tg_op_call *c)
  * tape). Every index is checked before anything is written: one outside
  * [0, V) is an error naming its position and value, and nothing changes. */
 static void embedding_gather(tg_tensor *out, const tg_tensor *w, const tg_tensor *idx);
-static int embedding_forward(tg_op_call *c);
-static void embedding_backward(tg_op_call *c);
-static const tg_op op_embedding = {"embedding", embedding_forward, embedding_backward};
+TGI_OP(embedding);
 
 tg_tensor *tg_embedding(tg_ctx *ctx, tg_tensor *weight, tg_tensor *idx)
 {
@@ -626,10 +597,7 @@ tg_tensor *tg_embedding(tg_ctx *ctx, tg_tensor *weight, tg_tensor *idx)
     tg_tensor *out = tgi_tensor_new(ctx, fn, weight->dtype, idx->ndim + 1, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {weight, idx};
-    tg_op_call *c;
-    if (!record(ctx, &op_embedding, out, in, 2, &c)) return NULL;
-    embedding_gather(out, weight, idx);
-    return out;
+    return tgi_op_run(ctx, &op_embedding, out, in, 2, NULL, 0);
 }
 
 /* out[i, :] = w[idx[i], :] (indices already checked) */

@@ -6,8 +6,6 @@
  * x is [m,in], W is [in,out]. Local gradients in full: docs/ops.md. */
 #include "ops.h"
 
-#define COLSUM_BLOCK 256   /* columns summed per pass of colsum_acc */
-
 /* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
  * unconditionally, so the loop is a compare and a blend (vectorised), not a
  * branch mispredicted on random signs. */
@@ -30,59 +28,6 @@ TGI_AVX2_CLONES static void relu_mask_f64(double *restrict d, const double *rest
 }
 #define RELU_MASK(d, y, g, n)                                                          \
     _Generic((d), float *: relu_mask_f32, double *: relu_mask_f64)(d, y, g, n)
-
-/* ---- helpers shared by the three ops ---------------------------------- */
-
-/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B), by dtype (src/kernels/gemm.h;
- * it accepts zero sizes). On a GEMM workspace failure records
- * "<fn>: out of memory ..." and returns -1. */
-static int gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb, int64_t m,
-                int64_t n, int64_t k, const void *a, int64_t lda, const void *b,
-                int64_t ldb, int acc, void *c, int64_t ldc)
-{
-    int rc = dt == TG_F32
-                 ? tgi_gemm_f32(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const float *)a,
-                                lda, (const float *)b, ldb, acc, (float *)c, ldc)
-                 : tgi_gemm_f64(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const double *)a,
-                                lda, (const double *)b, ldb, acc, (double *)c, ldc);
-    if (rc != 0) {
-        tg_set_error(ctx, "%s: out of memory (GEMM workspace for a [%lld,%lld]x[%lld,%lld] "
-                          "product)", fn, (long long)m, (long long)k, (long long)k,
-                     (long long)n);
-        return -1;
-    }
-    return 0;
-}
-
-/* db[j] += sum_i dy[i,j] for dy [m,n]: row-major sweeps over blocks of
- * columns, summed in double whatever the dtype (so f32 column sums of a large
- * batch keep their precision), added into db once per column. Narrow dy (a
- * few columns) is summed one column at a time, in the same order. */
-static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
-{
-    double acc[COLSUM_BLOCK];
-    TGI_FLOAT_DISPATCH(dt, {
-        const T *dy = dyv;
-        T *db = dbv;
-        if (n < 8) {
-            for (int64_t j = 0; j < n; j++) {
-                double a = 0.0;
-                for (int64_t i = 0; i < m; i++) a += (double)dy[i * n + j];
-                db[j] += (T)a;
-            }
-            return;
-        }
-        for (int64_t j0 = 0; j0 < n; j0 += COLSUM_BLOCK) {
-            int64_t nb = n - j0 < COLSUM_BLOCK ? n - j0 : COLSUM_BLOCK;
-            for (int64_t j = 0; j < nb; j++) acc[j] = 0.0;
-            for (int64_t i = 0; i < m; i++) {
-                const T *row = dy + i * n + j0;
-                for (int64_t j = 0; j < nb; j++) acc[j] += (double)row[j];
-            }
-            for (int64_t j = 0; j < nb; j++) db[j0 + j] += (T)acc[j];
-        }
-    });
-}
 
 /* ======================================================================== */
 /* tg_matmul                                                                 */
@@ -127,8 +72,8 @@ static int matmul_forward(tg_op_call *c)
 {
     const tg_tensor *a = c->in[0], *b = c->in[1];
     int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    return gemm(c->ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0,
-                c->out->data, n);
+    return tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, a->data, k, b->data, n, 0,
+                       c->out->data, n);
 }
 
 /* d(AB)/dA: dA = dC B^T;  d(AB)/dB: dB = A^T dC */
@@ -138,16 +83,17 @@ static void matmul_backward(tg_op_call *c)
     const void *dc = tg_grad(c->out);
     if (!dc) return;
     int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+    int fresh; /* a new gradient buffer: the GEMM assigns instead of adding */
     if (tgi_needs_grad(a)) { /* [m,k] += [m,n] ([k,n] stored, read as its transpose) */
-        void *da = tg_grad_acc(a);
-        if (!da || gemm(c->ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dc, n, b->data, n, 1, da,
-                        k) != 0)
+        void *da = tgi_grad_first(a, &fresh);
+        if (!da || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dc, n, b->data, n,
+                               !fresh, da, k) != 0)
             return;
     }
     if (tgi_needs_grad(b)) { /* [k,n] += ([m,k] stored, read as its transpose) [m,n] */
-        void *db = tg_grad_acc(b);
-        if (!db || gemm(c->ctx, "tg_matmul", a->dtype, 1, 0, k, n, m, a->data, k, dc, n, 1, db,
-                        n) != 0)
+        void *db = tgi_grad_first(b, &fresh);
+        if (!db || tgi_op_gemm(c->ctx, "tg_matmul", a->dtype, 1, 0, k, n, m, a->data, k, dc, n,
+                               !fresh, db, n) != 0)
             return;
     }
 }
@@ -220,7 +166,7 @@ static void add_bias_backward(tg_op_call *c)
     }
     if (tgi_needs_grad(b)) {
         void *db = tg_grad_acc(b);
-        if (db) colsum_acc(x->dtype, m, n, dyv, db);
+        if (db) tgi_colsum_acc(x->dtype, m, n, dyv, db);
     }
 }
 
@@ -252,9 +198,7 @@ static tg_tensor *linear(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
                          tg_act act, int wt)
 {
     if (!ctx) return NULL;
-    if (!tgi_check_float_arg(ctx, fn, "x", x, NULL) || !tgi_check_float_arg(ctx, fn, "w", w, x))
-        return NULL;
-    if (b && !tgi_check_float_arg(ctx, fn, "b", b, x)) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 2 || w->ndim != 2) {
         tg_set_error(ctx, "%s: x and w must be 2-D ([m,in] and %s): x is %s, w is %s", fn,
@@ -299,49 +243,66 @@ tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
 
 /* y = act(x W + b): the GEMM writes x W into y, then one sweep adds the bias
  * and applies the activation in place (the vector kernels of src/kernels/vmath.h),
- * over contiguous chunks of y, several threads for a large y. */
+ * over contiguous chunks of y, several threads for a large y (TGI_PAR_RUN). */
+typedef struct {
+    tg_dtype dt;
+    tg_act act;
+    int64_t n;      /* row length of y */
+    void *y;
+    const void *b;  /* [n] or NULL */
+    const void *g;  /* backward: dy */
+} linear_job;
+
+/* y[lo:hi] = act(y + b) over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
+{
+    const linear_job *j = arg;
+    const int64_t n = j->n;
+    const tg_act act = j->act;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y;
+        const T *bd = j->b;
+        const T slope = (T)TGI_LEAKY_SLOPE;
+        /* y[i, j] += b[j]: a vector loop per row, or for short rows (an XOR
+         * net's) one loop over the chunk */
+        if (bd && n >= 16) {
+            for (int64_t i = lo; i < hi;) {
+                const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
+                T *restrict yr = y + i;
+                const T *restrict br = bd + j0;
+                for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+                i += len;
+            }
+        } else if (bd && lo < hi) {
+            for (int64_t i = lo, q = lo % n; i < hi; i++) {
+                y[i] += bd[q];
+                q = q + 1 == n ? 0 : q + 1;
+            }
+        }
+        T *yc = y + lo;
+        const int64_t len = hi - lo;
+        switch (act) {
+        case TG_ACT_RELU: V_RELU(yc, yc, len); break; /* NaN passes, as in tg_relu */
+        case TG_ACT_LEAKY_RELU:
+            for (int64_t q = 0; q < len; q++) yc[q] = yc[q] > 0 ? yc[q] : slope * yc[q];
+            break;
+        case TG_ACT_TANH: V_TANH(yc, yc, len); break;
+        case TG_ACT_SIGMOID: V_SIGMOID(yc, yc, len); break; /* exp of -|p| only */
+        default: break;                                      /* TG_ACT_NONE */
+        }
+    });
+}
+
 static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
                       const tg_tensor *b, tg_act act, int wt)
 {
     int64_t m = x->shape[0], k = x->shape[1], n = out->shape[1];
-    if (gemm(ctx, "tg_linear", x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
-             out->data, n) != 0)
+    if (tgi_op_gemm(ctx, "tg_linear", x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
+                    out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        T *y = out->data;
-        const T *bd = b ? (const T *)b->data : NULL;
-        const T slope = (T)TGI_LEAKY_SLOPE;
-        TGI_PAR_CHUNKS(ctx, m * n, lo, hi, {
-            /* y[i, j] += b[j] over the chunk's (partial) rows: a vector loop per
-             * row, or for short rows (an XOR net's) one loop over the chunk */
-            if (bd && n >= 16) {
-                for (int64_t i = lo; i < hi;) {
-                    const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
-                    T *restrict yr = y + i;
-                    const T *restrict br = bd + j0;
-                    for (int64_t j = 0; j < len; j++) yr[j] += br[j];
-                    i += len;
-                }
-            } else if (bd && lo < hi) {
-                for (int64_t i = lo, j = lo % n; i < hi; i++) {
-                    y[i] += bd[j];
-                    j = j + 1 == n ? 0 : j + 1;
-                }
-            }
-            T *yc = y + lo;
-            const int64_t len = hi - lo;
-            switch (act) {
-            case TG_ACT_RELU: V_RELU(yc, yc, len); break; /* NaN passes, as in tg_relu */
-            case TG_ACT_LEAKY_RELU:
-                for (int64_t j = 0; j < len; j++) yc[j] = yc[j] > 0 ? yc[j] : slope * yc[j];
-                break;
-            case TG_ACT_TANH: V_TANH(yc, yc, len); break;
-            case TG_ACT_SIGMOID: V_SIGMOID(yc, yc, len); break; /* exp of -|p| only */
-            default: break;                                      /* TG_ACT_NONE */
-            }
-        });
-    });
+    TGI_PAR_RUN(ctx, m * n, linear_bias_act,
+                &(linear_job){x->dtype, act, n, out->data, b ? b->data : NULL, NULL});
     return 0;
 }
 
@@ -349,6 +310,30 @@ static int linear_forward(tg_op_call *c)
 {
     return linear_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL,
                       (tg_act)TGI_ATTR(c)->i[0], (int)TGI_ATTR(c)->i[1]);
+}
+
+/* d[lo:hi] = dy * act'(p), from y (j->b): d is j->y, dy j->g */
+TGI_PAR_FN void linear_act_grad(void *arg, int64_t lo, int64_t hi)
+{
+    const linear_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        const T *y = j->b, *g = j->g;
+        T *d = j->y;
+        const T slope = (T)TGI_LEAKY_SLOPE;
+        switch (j->act) {
+        case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
+        case TG_ACT_LEAKY_RELU:
+            for (int64_t i = lo; i < hi; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
+            break;
+        case TG_ACT_TANH:
+            for (int64_t i = lo; i < hi; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
+            break;
+        case TG_ACT_SIGMOID:
+            for (int64_t i = lo; i < hi; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
+            break;
+        default: break;
+        }
+    });
 }
 
 /* d_pre = dy * act'(p), written from y:
@@ -368,47 +353,30 @@ static void linear_backward(tg_op_call *c)
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
         if (!buf) return; /* error recorded by tg_scratch */
         int64_t len = c->out->numel;
-        TGI_FLOAT_DISPATCH(x->dtype, {
-            const T *y = c->out->data, *g = dy;
-            T *d = buf;
-            const T slope = (T)TGI_LEAKY_SLOPE;
-            TGI_PAR_CHUNKS(ctx, len, lo, hi, {
-                switch (act) {
-                case TG_ACT_RELU: RELU_MASK(d + lo, y + lo, g + lo, hi - lo); break;
-                case TG_ACT_LEAKY_RELU:
-                    for (int64_t i = lo; i < hi; i++) d[i] = y[i] > 0 ? g[i] : slope * g[i];
-                    break;
-                case TG_ACT_TANH:
-                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * ((T)1 - y[i] * y[i]);
-                    break;
-                case TG_ACT_SIGMOID:
-                    for (int64_t i = lo; i < hi; i++) d[i] = g[i] * (y[i] * ((T)1 - y[i]));
-                    break;
-                default: break;
-                }
-            });
-        });
+        TGI_PAR_RUN(ctx, len, linear_act_grad,
+                    &(linear_job){x->dtype, act, n, buf, c->out->data, dy});
         dpre = buf;
     }
+    int fresh; /* a new gradient buffer: the GEMM assigns instead of adding */
     if (tgi_needs_grad(w)) {
-        void *dw = tg_grad_acc(w);
+        void *dw = tgi_grad_first(w, &fresh);
         /* wt: [n,k] += ([m,n] stored, read as its transpose) [m,k]
          * else [k,n] += ([m,k] stored, read as its transpose) [m,n] */
-        if (!dw || (wt ? gemm(ctx, "tg_linear", x->dtype, 1, 0, n, k, m, dpre, n, x->data, k, 1,
-                              dw, k)
-                       : gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n, 1,
-                              dw, n)) != 0)
+        if (!dw || (wt ? tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
+                                     !fresh, dw, k)
+                       : tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
+                                     !fresh, dw, n)) != 0)
             return;
     }
     if (tgi_needs_grad(x)) { /* [m,k] += [m,n] W, W read as stored ([n,k]) or transposed ([k,n]) */
-        void *dx = tg_grad_acc(x);
-        if (!dx || gemm(ctx, "tg_linear", x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
-                        wt ? k : n, 1, dx, k) != 0)
+        void *dx = tgi_grad_first(x, &fresh);
+        if (!dx || tgi_op_gemm(ctx, "tg_linear", x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
+                               wt ? k : n, !fresh, dx, k) != 0)
             return;
     }
     if (b && tgi_needs_grad(b)) {
         void *db = tg_grad_acc(b);
-        if (db) colsum_acc(x->dtype, m, n, dpre, db);
+        if (db) tgi_colsum_acc(x->dtype, m, n, dpre, db);
     }
 }
 
@@ -489,11 +457,7 @@ static void bmm_entry(const bmm_plan *p, int64_t e, int64_t *ea, int64_t *eb)
     }
 }
 
-static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
-                   const bmm_plan *p);
-static int bmm_forward(tg_op_call *c);
-static void bmm_backward(tg_op_call *c);
-static const tg_op op_bmm = {"bmm", bmm_forward, bmm_backward};
+TGI_OP(bmm);
 
 static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 {
@@ -506,34 +470,30 @@ static tg_tensor *bmm(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
     tg_tensor *out = tgi_tensor_new(ctx, "tg_matmul", a->dtype, p.nb + 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[2] = {a, b};
-    tg_op_call *c;
-    if (tgi_record(ctx, &op_bmm, out, in, 2, &c) != 0) return NULL;
-    if (bmm_fwd(ctx, out, a, b, &p) != 0) return NULL;
-    return out;
+    return tgi_op_run(ctx, &op_bmm, out, in, 2, NULL, 0);
 }
 
-/* C_e[m,n] = A_ea[m,k] B_eb[k,n] for every batch entry e */
-static int bmm_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *a, const tg_tensor *b,
-                   const bmm_plan *p)
+/* C_e[m,n] = A_ea[m,k] B_eb[k,n] for every batch entry e (the plan is made
+ * again: it cannot fail, it succeeded in the public function) */
+static int bmm_forward(tg_op_call *c)
 {
-    const int64_t m = p->m, k = p->k, n = p->n;
+    tg_ctx *ctx = c->ctx;
+    const tg_tensor *a = c->in[0], *b = c->in[1];
+    tg_tensor *out = c->out;
+    bmm_plan p;
+    if (bmm_plan_make(ctx, a, b, &p) != 0) return -1;
+    const int64_t m = p.m, k = p.k, n = p.n;
     const size_t es = tgi_dtype_size(a->dtype);
-    for (int64_t e = 0; e < p->count; e++) {
+    for (int64_t e = 0; e < p.count; e++) {
         int64_t ea, eb;
-        bmm_entry(p, e, &ea, &eb);
-        if (gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k, (const char *)a->data + ea * m * k * es,
-                 k, (const char *)b->data + eb * k * n * es, n, 0,
-                 (char *)out->data + e * m * n * es, n) != 0)
+        bmm_entry(&p, e, &ea, &eb);
+        if (tgi_op_gemm(ctx, "tg_matmul", a->dtype, 0, 0, m, n, k,
+                        (const char *)a->data + ea * m * k * es, k,
+                        (const char *)b->data + eb * k * n * es, n, 0,
+                        (char *)out->data + e * m * n * es, n) != 0)
             return -1;
     }
     return 0;
-}
-
-static int bmm_forward(tg_op_call *c)
-{
-    bmm_plan p;
-    if (bmm_plan_make(c->ctx, c->in[0], c->in[1], &p) != 0) return -1;
-    return bmm_fwd(c->ctx, c->out, c->in[0], c->in[1], &p);
 }
 
 /* d(A_ea B_eb)/dA_ea: dA_ea += dC_e B_eb^T;  d(A_ea B_eb)/dB_eb: dB_eb += A_ea^T dC_e */
@@ -553,13 +513,13 @@ static void bmm_backward(tg_op_call *c)
         int64_t ea, eb;
         bmm_entry(&p, e, &ea, &eb);
         const char *dce = dc + e * m * n * es;
-        if (da && gemm(ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dce, n,
-                       (const char *)b->data + eb * k * n * es, n, 1, da + ea * m * k * es,
-                       k) != 0)
+        if (da && tgi_op_gemm(ctx, "tg_matmul", a->dtype, 0, 1, m, k, n, dce, n,
+                              (const char *)b->data + eb * k * n * es, n, 1, da + ea * m * k * es,
+                              k) != 0)
             return;
-        if (db && gemm(ctx, "tg_matmul", a->dtype, 1, 0, k, n, m,
-                       (const char *)a->data + ea * m * k * es, k, dce, n, 1,
-                       db + eb * k * n * es, n) != 0)
+        if (db && tgi_op_gemm(ctx, "tg_matmul", a->dtype, 1, 0, k, n, m,
+                              (const char *)a->data + ea * m * k * es, k, dce, n, 1,
+                              db + eb * k * n * es, n) != 0)
             return;
     }
 }

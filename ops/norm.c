@@ -22,9 +22,7 @@
  * (backward) over the context's threads (run_ranges); the results do not
  * depend on the split. Batch norm and dropout run in the caller's thread
  * (dropout draws its mask in order from the one generator). */
-#include "internal.h"
-
-#include <math.h>
+#include "ops.h"
 
 #define LANES 8 /* partial sums kept by the row reductions of layer norm: two v4d */
 
@@ -43,14 +41,6 @@ typedef float v4f_mem __attribute__((vector_size(16), aligned(4), may_alias));
 #define HSUM8(a, b)                                                                    \
     ((((a)[0] + (b)[0]) + ((a)[1] + (b)[1])) + (((a)[2] + (b)[2]) + ((a)[3] + (b)[3])))
 
-/* Record the node when a gradient is needed. Returns 0 when the tape could
- * not grow (error recorded), else 1; *node is the node or NULL. */
-static int record(tg_ctx *ctx, const tg_op *op, tg_tensor *out, tg_tensor *const *in, int n,
-                  tg_op_call **node)
-{
-    return tgi_record(ctx, op, out, in, n, node) == 0;
-}
-
 /* Work split over threads: fn(arg, u0, u1) on contiguous ranges of units
  * [0, units), one range per thread, the thread count from the op's total
  * work in elements (one range below tgi_threads_for's threshold). The
@@ -65,10 +55,7 @@ static void run_ranges(tg_ctx *ctx, int64_t work, int64_t units, range_fn fn, co
         if (units > 0) fn(arg, 0, units);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#endif
-    for (int t = 0; t < nt; t++) fn(arg, units * t / nt, units * (t + 1) / nt);
+    tgi_par_units(ctx, nt, units, fn, arg);
 }
 
 /* 1 if eps is >= 0 and finite, else records "<fn>: eps must be ..." */
@@ -140,14 +127,12 @@ static void stats_from_sums(double k, double s1, double s2, double n, double eps
 /*   dw = sum over rows of dy xh,   db = sum over rows of dy.                */
 /* Saves: mean and rstd of every row (2 rows doubles, tg_scratch, only when  */
 /* recorded); backward recomputes xh from x. Attributes: i[0] rows, i[1] D,  */
-/* i[2], i[3] the positions of weight and bias among the inputs (0: absent). */
+/* i[2], i[3] the positions of weight and bias among the inputs (0: absent), */
+/* f[4] eps.                                                                 */
 /* Numerical care: shifted one-pass statistics in double; eps >= 0.          */
 /* ======================================================================== */
 
-static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                               const tg_tensor *b, double eps, double *saved);
-static void layer_norm_backward(tg_op_call *c);
-static const tg_op op_layer_norm = {"layer_norm", NULL, layer_norm_backward};
+TGI_OP(layer_norm);
 
 tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor *bias,
                          double eps)
@@ -171,19 +156,8 @@ tg_tensor *tg_layer_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *weight, tg_tensor
     tg_tensor *in[3];
     tgi_attr at = {.i = {rows, d}};
     const int n = gather_inputs(in, x, weight, bias, &at.i[2], &at.i[3]);
-    double *saved = NULL;
-    if (tgi_should_record(ctx, in, n) && rows > 0) {
-        saved = tg_scratch(ctx, (size_t)rows * 2 * sizeof(double));
-        if (!saved) return NULL;
-    }
-    tg_op_call *node;
-    if (!record(ctx, &op_layer_norm, out, in, n, &node)) return NULL;
-    if (node) {
-        *tgi_node_attr(node) = at;
-        node->saved = saved;
-    }
-    layer_norm_forward(out, x, weight, bias, eps, saved);
-    return out;
+    at.f[4] = eps;
+    return tgi_op_run(ctx, &op_layer_norm, out, in, n, &at, sizeof at);
 }
 
 /* Shifted sums s1 = sum (x - k), s2 = sum (x - k)^2 of one row of n values
@@ -228,13 +202,24 @@ typedef struct {
 
 static void layer_norm_rows(const void *arg, int64_t r0, int64_t r1);
 
-/* Rows split over threads; each row independent. */
-static void layer_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                               const tg_tensor *b, double eps, double *saved)
+/* Rows split over threads; each row independent. On a tape node, each
+ * row's mean and rstd go to c->saved for backward. */
+static int layer_norm_forward(tg_op_call *c)
 {
-    const int64_t d = x->shape[x->ndim - 1], rows = d > 0 ? x->numel / d : 0;
-    const ln_args a = {.y = y, .x = x, .w = w, .b = b, .eps = eps, .saved = saved, .d = d};
-    run_ranges(x->ctx, x->numel, rows, layer_norm_rows, &a);
+    const tgi_attr *at = TGI_ATTR(c);
+    const tg_tensor *x = c->in[0];
+    const int64_t rows = at->i[0], d = at->i[1];
+    double *saved = NULL;
+    if (tgi_recorded(c) && rows > 0) {
+        saved = tg_scratch(c->ctx, (size_t)rows * 2 * sizeof(double));
+        if (!saved) return -1; /* error recorded by tg_scratch */
+    }
+    c->saved = saved;
+    const ln_args a = {.y = c->out, .x = x, .w = at->i[2] ? c->in[at->i[2]] : NULL,
+                       .b = at->i[3] ? c->in[at->i[3]] : NULL, .eps = at->f[4],
+                       .saved = saved, .d = d};
+    run_ranges(c->ctx, x->numel, rows, layer_norm_rows, &a);
+    return 0;
 }
 
 /* Rows [r0, r1): one pass for the statistics, one for y = (x - mean) rstd w + b. */
@@ -284,7 +269,7 @@ static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1);
 /* d y/dx = rstd (I - 1/D - xh xh^T / D) diag(w);  d y/dw = xh;  d y/db = 1 */
 static void layer_norm_backward(tg_op_call *c)
 {
-    const tgi_attr *at = tgi_node_attr(c);
+    const tgi_attr *at = TGI_ATTR(c);
     const int64_t rows = at->i[0], d = at->i[1], blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
     tg_tensor *x = c->in[0], *w = at->i[2] ? c->in[at->i[2]] : NULL;
     tg_tensor *b = at->i[3] ? c->in[at->i[3]] : NULL;
@@ -393,18 +378,28 @@ static void layer_norm_backward_blocks(const void *arg, int64_t b0, int64_t b1)
 /* backward does not read the running statistics, which later steps          */
 /* overwrite. Numerical care: x - mean is computed as (x - k) - (mean - k),  */
 /* k_c the channel's first value, so an f32 channel whose mean dwarfs its    */
-/* spread keeps its digits. Attributes:                                      */
-/* i[0..2] N, C, S; i[3] training; i[4], i[5] the positions of weight and    */
-/* bias among the inputs (0: absent). A failing call updates nothing.        */
+/* spread keeps its digits. The inputs: x, then weight, bias, running_mean,  */
+/* running_var when given (forward reads or updates the running statistics; */
+/* they get no gradient). Attributes: i[0] training; i[1..4] the positions  */
+/* of weight, bias, running_mean, running_var among the inputs (0: absent); */
+/* f[5] momentum, f[6] eps. A failing call updates nothing.                 */
 /* ======================================================================== */
 
 static void batch_norm_stats(const tg_tensor *x, int64_t nb, int64_t ch, int64_t sp, double eps,
                              double *st);
-static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                               const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
-                               const double *st);
-static void batch_norm_backward(tg_op_call *c);
-static const tg_op op_batch_norm = {"batch_norm", NULL, batch_norm_backward};
+static void batch_norm_apply(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
+                             const double *st);
+TGI_OP(batch_norm);
+
+/* x [N,C] or [N,C,H,W] seen as [N,C,S] */
+static void bn_dims(const tg_tensor *x, int64_t *nb, int64_t *ch, int64_t *sp)
+{
+    *nb = x->shape[0], *ch = x->shape[1], *sp = x->ndim == 4 ? x->shape[2] * x->shape[3] : 1;
+}
+
+/* input number at->i[k] of c, or NULL when it is 0 (absent) */
+#define BN_IN(c, at, k) ((at)->i[k] ? (c)->in[(at)->i[k]] : NULL)
 
 tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
                          tg_tensor *running_var, tg_tensor *weight, tg_tensor *bias,
@@ -443,17 +438,32 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
 
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
     if (!out) return NULL;
-    double *st = ch > 0 ? tg_scratch(ctx, (size_t)ch * 4 * sizeof(double)) : NULL;
-    if (ch > 0 && !st) return NULL;
-    tg_tensor *in[3];
-    tgi_attr at = {.i = {nb, ch, sp, training ? 1 : 0}};
-    const int n = gather_inputs(in, x, weight, bias, &at.i[4], &at.i[5]);
-    tg_op_call *node;
-    if (!record(ctx, &op_batch_norm, out, in, n, &node)) return NULL;
-    if (node) {
-        *tgi_node_attr(node) = at;
-        node->saved = st;
-    }
+    tg_tensor *in[5];
+    tgi_attr at = {.i = {training ? 1 : 0}};
+    int n = gather_inputs(in, x, weight, bias, &at.i[1], &at.i[2]);
+    at.i[3] = running_mean ? n : 0;
+    if (running_mean) in[n++] = running_mean;
+    at.i[4] = running_var ? n : 0;
+    if (running_var) in[n++] = running_var;
+    at.f[5] = momentum;
+    at.f[6] = eps;
+    return tgi_op_run(ctx, &op_batch_norm, out, in, n, &at, sizeof at);
+}
+
+/* The statistics (the batch's, or the running ones in eval mode) into
+ * c->saved, y, then in training the running statistics. */
+static int batch_norm_forward(tg_op_call *call)
+{
+    const tgi_attr *at = TGI_ATTR(call);
+    const tg_tensor *x = call->in[0];
+    tg_tensor *running_mean = BN_IN(call, at, 3), *running_var = BN_IN(call, at, 4);
+    const int training = (int)at->i[0];
+    const double momentum = at->f[5], eps = at->f[6];
+    int64_t nb, ch, sp;
+    bn_dims(x, &nb, &ch, &sp);
+    double *st = ch > 0 ? tg_scratch(call->ctx, (size_t)ch * 4 * sizeof(double)) : NULL;
+    if (ch > 0 && !st) return -1; /* error recorded by tg_scratch */
+    call->saved = st;
     /* st: mean [C], rstd [C], biased batch variance [C], shift k [C] */
     double *mean = st, *rstd = st ? st + ch : NULL, *var = st ? st + 2 * ch : NULL;
     if (training) {
@@ -467,7 +477,7 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
             }
         });
     }
-    batch_norm_forward(out, x, weight, bias, nb, ch, sp, st);
+    batch_norm_apply(call->out, x, BN_IN(call, at, 1), BN_IN(call, at, 2), nb, ch, sp, st);
     if (training && nb * sp > 1) { /* r = (1 - m) r + m stat, the variance unbiased */
         const double m = momentum, unbias = (double)(nb * sp) / (double)(nb * sp - 1);
         TGI_FLOAT_DISPATCH(x->dtype, {
@@ -479,7 +489,7 @@ tg_tensor *tg_batch_norm(tg_ctx *ctx, tg_tensor *x, tg_tensor *running_mean,
             }
         });
     }
-    return out;
+    return 0;
 }
 
 /* Batch statistics per channel into st (mean, rstd, var, k; [C] each):
@@ -515,9 +525,9 @@ static void batch_norm_stats(const tg_tensor *x, int64_t nb, int64_t ch, int64_t
 
 /* y = (x - k_c) scale_c + add_c with scale_c = rstd_c w_c,
  * add_c = b_c - (mean_c - k_c) scale_c */
-static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
-                               const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
-                               const double *st)
+static void batch_norm_apply(tg_tensor *y, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *b, int64_t nb, int64_t ch, int64_t sp,
+                             const double *st)
 {
     if (ch == 0) return; /* st is NULL: no offset from it */
     const double *mean = st, *rstd = st + ch, *shift = st + 3 * ch;
@@ -539,11 +549,11 @@ static void batch_norm_forward(tg_tensor *y, const tg_tensor *x, const tg_tensor
 /* training: d y/dx = rstd w (I - 1/M - xh xh^T / M);  eval: rstd w;  d y/dw = xh;  d y/db = 1 */
 static void batch_norm_backward(tg_op_call *c)
 {
-    const tgi_attr *at = tgi_node_attr(c);
-    const int64_t nb = at->i[0], ch = at->i[1], sp = at->i[2];
-    const int training = (int)at->i[3];
-    tg_tensor *x = c->in[0], *w = at->i[4] ? c->in[at->i[4]] : NULL;
-    tg_tensor *b = at->i[5] ? c->in[at->i[5]] : NULL;
+    const tgi_attr *at = TGI_ATTR(c);
+    const int training = (int)at->i[0];
+    tg_tensor *x = c->in[0], *w = BN_IN(c, at, 1), *b = BN_IN(c, at, 2);
+    int64_t nb, ch, sp;
+    bn_dims(x, &nb, &ch, &sp);
     const int need_x = tgi_needs_grad(x), need_w = tgi_needs_grad(w), need_b = tgi_needs_grad(b);
     if (!c->out->grad || ch == 0 || !(need_x || need_w || need_b)) return;
     const double *mean = c->saved, *rstd = mean + ch, *shift = mean + 3 * ch;
@@ -599,11 +609,10 @@ static void batch_norm_backward(tg_op_call *c)
 /* with probability p; y_i = x_i / (1 - p) when kept, else 0.                */
 /* dx = dy mask / (1 - p). Not training or p == 0: tg_identity (a node, so   */
 /* gradients flow; no draw). Saves: the mask, one byte per element           */
-/* (tg_scratch), only when recorded. Attributes: f[0] = 1 / (1 - p).        */
+/* (tg_scratch), only when recorded. Attributes: f[0] = 1 / (1 - p), f[1] p. */
 /* ======================================================================== */
 
-static void dropout_backward(tg_op_call *c);
-static const tg_op op_dropout = {"dropout", NULL, dropout_backward};
+TGI_OP(dropout);
 
 tg_tensor *tg_dropout(tg_ctx *ctx, tg_tensor *x, double p, int training)
 {
@@ -619,23 +628,27 @@ tg_tensor *tg_dropout(tg_ctx *ctx, tg_tensor *x, double p, int training)
 
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
     if (!out) return NULL;
+    const tgi_attr at = {.f = {1.0 / (1.0 - p), p}};
+    return tgi_op_run(ctx, &op_dropout, out, &x, 1, &at, sizeof at);
+}
+
+/* The mask drawn in order (into c->saved on a tape node), y = x mask / (1 - p) */
+static int dropout_forward(tg_op_call *c)
+{
+    tg_ctx *ctx = c->ctx;
+    const tg_tensor *x = c->in[0];
+    const double scale = TGI_ATTR(c)->f[0], p = TGI_ATTR(c)->f[1];
     unsigned char *mask = NULL;
-    if (tgi_should_record(ctx, &x, 1) && x->numel > 0) {
+    if (tgi_recorded(c) && x->numel > 0) {
         mask = tg_scratch(ctx, (size_t)x->numel);
-        if (!mask) return NULL;
+        if (!mask) return -1; /* error recorded by tg_scratch */
     }
-    tg_op_call *node;
-    if (!record(ctx, &op_dropout, out, &x, 1, &node)) return NULL;
-    const double scale = 1.0 / (1.0 - p);
-    if (node) {
-        tgi_node_attr(node)->f[0] = scale;
-        node->saved = mask;
-    }
+    c->saved = mask;
     /* keep when u >= p, u = (r >> 11) 2^-53: when r >> 11 >= ceil(p 2^53) */
     const uint64_t thr = (uint64_t)ceil(p * 0x1.0p53);
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *px = x->data;
-        T *py = out->data;
+        T *py = c->out->data;
         const T s = (T)scale;
         for (int64_t i = 0; i < x->numel; i++) {
             const unsigned char keep = (tg_rand_u64(ctx) >> 11) >= thr;
@@ -643,7 +656,7 @@ tg_tensor *tg_dropout(tg_ctx *ctx, tg_tensor *x, double p, int training)
             py[i] = keep ? px[i] * s : (T)0;
         }
     });
-    return out;
+    return 0;
 }
 
 /* d y/dx = mask / (1 - p) */
@@ -654,7 +667,7 @@ static void dropout_backward(tg_op_call *c)
     if (!tgi_needs_grad(x) || !c->out->grad || !mask) return;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *dy = c->out->grad;
-        const T s = (T)tgi_node_attr(c)->f[0];
+        const T s = (T)TGI_ATTR(c)->f[0];
         T *dx = tg_grad_acc(x);
         if (dx)
             for (int64_t i = 0; i < x->numel; i++) dx[i] += mask[i] ? dy[i] * s : (T)0;

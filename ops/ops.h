@@ -48,6 +48,15 @@ static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *n
     return !ref || tgi_check_same_dtype(ctx, fn, ref, t);
 }
 
+/* The operands of a product-like op: x, w of x's dtype, and b too when it
+ * is given (NULL: no bias), each checked as by tgi_check_float_arg. */
+static inline int tgi_check_xwb(tg_ctx *ctx, const char *fn, const tg_tensor *x,
+                                const tg_tensor *w, const tg_tensor *b)
+{
+    return tgi_check_float_arg(ctx, fn, "x", x, NULL) && tgi_check_float_arg(ctx, fn, "w", w, x) &&
+           (!b || tgi_check_float_arg(ctx, fn, "b", b, x));
+}
+
 /* Declare an op's forward and backward kernels and define its tg_op, named
  * NAME (as the tape prints it): TGI_OP(exp) makes op_exp = {"exp",
  * exp_forward, exp_backward}; the file then defines the two kernels. */
@@ -60,6 +69,17 @@ static inline int tgi_check_float_arg(tg_ctx *ctx, const char *fn, const char *n
  * f[] doubles, i[] integers). */
 #define TGI_ATTR(c) ((const tgi_attr *)(c)->attr)
 
+/* Loops that gain from 512-bit vectors (a permute's strided copy) get an
+ * AVX-512 clone besides TGI_AVX2_CLONES's, chosen at load time. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES)
+#define TGI_AVX512_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef TGI_AVX512_CLONES
+#define TGI_AVX512_CLONES
+#endif
+
 /* 1 if the call is a tape node (backward will run): forward saves what
  * backward needs (tg_scratch into c->saved) only then. */
 static inline int tgi_recorded(const tg_op_call *c)
@@ -67,6 +87,63 @@ static inline int tgi_recorded(const tg_op_call *c)
     const tg_ctx *ctx = c->ctx;
     return c->out->node >= 0 && c->out->node < ctx->tape_len &&
            &ctx->tape[c->out->node].call == c;
+}
+
+/* ======================================================================== */
+/* Products and column sums                                                 */
+/* ======================================================================== */
+
+/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B) by dtype, through
+ * src/kernels/gemm.h (ta, tb: A, B read transposed in place; zero sizes are
+ * fine). 0, or -1 with "<fn>: out of memory (GEMM workspace ...)" recorded. */
+static inline int tgi_op_gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb,
+                              int64_t m, int64_t n, int64_t k, const void *a, int64_t lda,
+                              const void *b, int64_t ldb, int acc, void *c, int64_t ldc)
+{
+    int rc = dt == TG_F32
+                 ? tgi_gemm_f32(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const float *)a,
+                                lda, (const float *)b, ldb, acc, (float *)c, ldc)
+                 : tgi_gemm_f64(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const double *)a,
+                                lda, (const double *)b, ldb, acc, (double *)c, ldc);
+    if (rc != 0) {
+        tg_set_error(ctx, "%s: out of memory (GEMM workspace for a [%lld,%lld]x[%lld,%lld] "
+                          "product)", fn, (long long)m, (long long)k, (long long)k,
+                     (long long)n);
+        return -1;
+    }
+    return 0;
+}
+
+#define TGI_COLSUM_BLOCK 256 /* columns summed per pass of tgi_colsum_acc */
+
+/* db[j] += sum_i dy[i,j] for dy [m,n] (a bias's gradient): row-major sweeps
+ * over blocks of columns, summed in double whatever the dtype, added into db
+ * once per column; narrow dy (a few columns) one column at a time, in the
+ * same order, so the bits are the same either way. */
+static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
+{
+    double acc[TGI_COLSUM_BLOCK];
+    TGI_FLOAT_DISPATCH(dt, {
+        const T *dy = dyv;
+        T *db = dbv;
+        if (n < 8) {
+            for (int64_t j = 0; j < n; j++) {
+                double a = 0.0;
+                for (int64_t i = 0; i < m; i++) a += (double)dy[i * n + j];
+                db[j] += (T)a;
+            }
+            return;
+        }
+        for (int64_t j0 = 0; j0 < n; j0 += TGI_COLSUM_BLOCK) {
+            int64_t nb = n - j0 < TGI_COLSUM_BLOCK ? n - j0 : TGI_COLSUM_BLOCK;
+            for (int64_t j = 0; j < nb; j++) acc[j] = 0.0;
+            for (int64_t i = 0; i < m; i++) {
+                const T *row = dy + i * n + j0;
+                for (int64_t j = 0; j < nb; j++) acc[j] += (double)row[j];
+            }
+            for (int64_t j = 0; j < nb; j++) db[j0 + j] += (T)acc[j];
+        }
+    });
 }
 
 /* ======================================================================== */
@@ -216,11 +293,31 @@ static inline int tgi_copy_forward(tg_op_call *c)
     return 0;
 }
 
-/* d y[i]/d x[i] = 1 (same flat index) */
-static inline void tgi_pass_backward(tg_op_call *c)
+/* dx += dy for input k of c, x of y's element count; a copy when x's gradient
+ * buffer is new (its first writer assigns). */
+static inline void tgi_pass_grad(tg_op_call *c, int k)
 {
-    TGI_FLOAT_DISPATCH(c->out->dtype, { UNARY_BACKWARD(c, g); });
+    tg_tensor *x = c->in[k];
+    const void *dy = tg_grad(c->out);
+    int fresh;
+    if (!dy || !tgi_needs_grad(x))
+        return;
+    void *dx = tgi_grad_first(x, &fresh);
+    if (dx && fresh) {
+        if (x->numel > 0) memcpy(dx, dy, tgi_bytes(x));
+    } else if (dx) {
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            T *restrict d = dx;
+            const T *restrict g = dy;
+            TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
+                for (int64_t i = lo; i < hi; i++) d[i] += g[i];
+            });
+        });
+    }
 }
+
+/* d y[i]/d x[i] = 1 (same flat index) */
+static inline void tgi_pass_backward(tg_op_call *c) { tgi_pass_grad(c, 0); }
 
 /* ======================================================================== */
 /* Binary ops with NumPy broadcasting                                       */

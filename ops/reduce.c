@@ -51,6 +51,23 @@ static int scalar_sum(tg_op_call *c, double div)
     return 0;
 }
 
+/* dx[lo:hi] += g (all of x's gradient elements get the scalar's) */
+typedef struct {
+    tg_dtype dt;
+    void *dx;
+    double g; /* rounded to T once, as the loop always did */
+} scalar_grad_job;
+TGI_PAR_FN void scalar_grad_range(void *arg, int64_t lo, int64_t hi)
+{
+    const scalar_grad_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *restrict dx = (T *)j->dx;
+        const T g = (T)j->g;
+        for (int64_t i = lo; i < hi; i++)
+            dx[i] += g;
+    });
+}
+
 /* dx_i += dy / div for every element of x (the 0-dim gradient broadcast
  * back): div 1 for a sum, numel for a mean. */
 static void scalar_grad_back(tg_op_call *c, double div)
@@ -63,11 +80,8 @@ static void scalar_grad_back(tg_op_call *c, double div)
         const T *dy = (const T *)tg_grad(c->out);
         if (!dx || !dy)
             return;
-        const T g = (T)((double)dy[0] / div);
-        TGI_PAR_CHUNKS(c->ctx, x->numel, lo, hi, {
-            for (int64_t i = lo; i < hi; i++)
-                dx[i] += g;
-        });
+        scalar_grad_job j = {x->dtype, dx, (double)dy[0] / div};
+        TGI_PAR_RUN(c->ctx, x->numel, scalar_grad_range, &j);
     });
 }
 

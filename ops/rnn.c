@@ -10,48 +10,7 @@
  * "Recurrent cells". */
 #include "ops.h" /* the engine's internals, V_TANH and V_SIGMOID, tgi_check_float_arg */
 
-#define COLSUM_BLOCK 256 /* columns summed per pass of colsum_acc */
-
 /* ---- helpers shared by the two cells ------------------------------------ */
-
-/* C[m,n] (row stride ldc) = (acc ? C : 0) + op(A) op(B), by dtype. On a GEMM
- * workspace failure records "<fn>: out of memory ..." and returns -1. */
-static int gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, int tb, int64_t m,
-                int64_t n, int64_t k, const void *a, int64_t lda, const void *b,
-                int64_t ldb, int acc, void *c, int64_t ldc)
-{
-    int rc = dt == TG_F32
-                 ? tgi_gemm_f32(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const float *)a,
-                                lda, (const float *)b, ldb, acc, (float *)c, ldc)
-                 : tgi_gemm_f64(ctx->gemm, ctx->nthreads, ta, tb, m, n, k, (const double *)a,
-                                lda, (const double *)b, ldb, acc, (double *)c, ldc);
-    if (rc != 0) {
-        tg_set_error(ctx, "%s: out of memory (GEMM workspace for a [%lld,%lld]x[%lld,%lld] "
-                          "product)", fn, (long long)m, (long long)k, (long long)k,
-                     (long long)n);
-        return -1;
-    }
-    return 0;
-}
-
-/* db[j] += sum_i dy[i,j] for dy [m,n], summed in double whatever the dtype. */
-static void colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
-{
-    double acc[COLSUM_BLOCK];
-    TGI_FLOAT_DISPATCH(dt, {
-        const T *dy = dyv;
-        T *db = dbv;
-        for (int64_t j0 = 0; j0 < n; j0 += COLSUM_BLOCK) {
-            int64_t nb = n - j0 < COLSUM_BLOCK ? n - j0 : COLSUM_BLOCK;
-            for (int64_t j = 0; j < nb; j++) acc[j] = 0.0;
-            for (int64_t i = 0; i < m; i++) {
-                const T *row = dy + i * n + j0;
-                for (int64_t j = 0; j < nb; j++) acc[j] += (double)row[j];
-            }
-            for (int64_t j = 0; j < nb; j++) db[j0 + j] += (T)acc[j];
-        }
-    });
-}
 
 /* The arguments of a cell: present, f32/f64, one dtype; x [N,in], h [N,H] (and
  * c [N,H] for the LSTM), w_ih [gH,in], w_hh [gH,H], biases [gH] or NULL, where g is
@@ -112,10 +71,11 @@ static int gate_products(tg_ctx *ctx, const char *fn, const tg_tensor *x, const 
                          const tg_tensor *w_ih, const tg_tensor *w_hh, void *gates)
 {
     const int64_t N = x->shape[0], in = x->shape[1], G = w_ih->shape[0], H = h->shape[1];
-    if (gemm(ctx, fn, x->dtype, 0, 1, N, G, in, x->data, in, w_ih->data, in, 0, gates, G) != 0)
+    if (tgi_op_gemm(ctx, fn, x->dtype, 0, 1, N, G, in, x->data, in, w_ih->data, in, 0, gates,
+                    G) != 0)
         return -1;
-    if (w_hh && gemm(ctx, fn, x->dtype, 0, 1, N, G, H, h->data, H, w_hh->data, H, 1, gates,
-                     G) != 0)
+    if (w_hh && tgi_op_gemm(ctx, fn, x->dtype, 0, 1, N, G, H, h->data, H, w_hh->data, H, 1, gates,
+                            G) != 0)
         return -1;
     return 0;
 }
@@ -128,12 +88,12 @@ static int product_backward(tg_ctx *ctx, const char *fn, tg_tensor *a, tg_tensor
     const int64_t N = a->shape[0], k = a->shape[1], G = w->shape[0];
     if (tgi_needs_grad(a)) {
         void *da = tg_grad_acc(a);
-        if (!da || gemm(ctx, fn, a->dtype, 0, 0, N, k, G, dy, G, w->data, k, 1, da, k) != 0)
+        if (!da || tgi_op_gemm(ctx, fn, a->dtype, 0, 0, N, k, G, dy, G, w->data, k, 1, da, k) != 0)
             return -1;
     }
     if (tgi_needs_grad(w)) {
         void *dw = tg_grad_acc(w);
-        if (!dw || gemm(ctx, fn, a->dtype, 1, 0, G, k, N, dy, G, a->data, k, 1, dw, k) != 0)
+        if (!dw || tgi_op_gemm(ctx, fn, a->dtype, 1, 0, G, k, N, dy, G, a->data, k, 1, dw, k) != 0)
             return -1;
     }
     return 0;
@@ -144,7 +104,20 @@ static void bias_backward(tg_tensor *b, int64_t N, const void *dy)
 {
     if (!b || !tgi_needs_grad(b)) return;
     void *db = tg_grad_acc(b);
-    if (db) colsum_acc(b->dtype, N, b->shape[0], dy, db);
+    if (db) tgi_colsum_acc(b->dtype, N, b->shape[0], dy, db);
+}
+
+/* The end of a cell's backward, from the gradients dp of x w_ih^T + b_ih and
+ * dq of h w_hh^T + b_hh ([N,G] each; the LSTM's are one buffer): the
+ * products' gradients, then the biases'. */
+static void cell_products_backward(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *h,
+                                   tg_tensor *w_ih, tg_tensor *w_hh, tg_tensor *b_ih,
+                                   tg_tensor *b_hh, const void *dp, const void *dq)
+{
+    if (product_backward(ctx, fn, x, w_ih, dp) != 0) return;
+    if (product_backward(ctx, fn, h, w_hh, dq) != 0) return;
+    bias_backward(b_ih, x->shape[0], dp);
+    bias_backward(b_hh, x->shape[0], dq);
 }
 
 /* ======================================================================== */
@@ -173,16 +146,15 @@ typedef struct {
     int dh_ready;     /* set by the h' node's backward, cleared by the cell's */
 } lstm_saved;
 
-static int lstm_fwd(tg_ctx *ctx, tg_tensor *c_new, tg_tensor *h_new, const tg_tensor *x,
-                    const tg_tensor *h, const tg_tensor *c, const tg_tensor *w_ih,
-                    const tg_tensor *w_hh, const tg_tensor *b_ih, const tg_tensor *b_hh,
-                    lstm_saved *s);
-static int lstm_forward(tg_op_call *call);
-static void lstm_backward(tg_op_call *call);
-static int lstm_h_forward(tg_op_call *call);
-static void lstm_h_backward(tg_op_call *call);
-static const tg_op op_lstm_cell = {"lstm_cell", lstm_forward, lstm_backward};
-static const tg_op op_lstm_cell_h = {"lstm_cell_h", lstm_h_forward, lstm_h_backward};
+TGI_OP(lstm_cell);
+TGI_OP(lstm_cell_h);
+
+/* The shared state of a cell's two nodes, whose address is their attribute
+ * i[2]: the public function makes it, with h', before either node runs. */
+static lstm_saved *lstm_state(const tg_op_call *call)
+{
+    return (lstm_saved *)(intptr_t)TGI_ATTR(call)->i[2];
+}
 
 tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, tg_tensor *w_ih,
                         tg_tensor *w_hh, tg_tensor *b_ih, tg_tensor *b_hh, tg_tensor **c_out)
@@ -212,29 +184,12 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
     if (b_ih) in[n_in++] = b_ih;
     if (b_hh) in[n_in++] = b_hh;
     const int64_t tape0 = ctx->tape_len;
-    tg_op_call *node;
-    if (tgi_record(ctx, &op_lstm_cell, c_new, in, n_in, &node) != 0) return NULL;
-    if (node) {
-        node->saved = s;
-        tgi_attr *at = tgi_node_attr(node);
-        at->i[0] = b_ih != NULL; /* which biases are in[5], in[6] */
-        at->i[1] = b_hh != NULL;
-        tg_op_call *hn;
-        /* anomaly mode checks the nodes before the one recorded; the cell
-         * node's forward has not run yet, so it is checked later */
-        const int anomaly = ctx->anomaly;
-        ctx->anomaly = 0;
-        const int rc = tgi_record(ctx, &op_lstm_cell_h, h_new, &c_new, 1, &hn);
-        ctx->anomaly = anomaly;
-        if (rc != 0) {
-            /* the tape could not grow: take the cell node back */
-            ctx->tape_len = tape0;
-            return NULL;
-        }
-        if (hn) hn->saved = s; /* always recorded: c' needs a gradient */
-    }
-    if (lstm_fwd(ctx, c_new, h_new, x, h, c, w_ih, w_hh, b_ih, b_hh, s) != 0) {
-        ctx->tape_len = tape0;
+    /* which biases are in[5], in[6]; the shared state */
+    const tgi_attr at = {.i = {b_ih != NULL, b_hh != NULL, (int64_t)(intptr_t)s}};
+    if (!tgi_op_run(ctx, &op_lstm_cell, c_new, in, n_in, &at, sizeof at)) return NULL;
+    /* recorded when the cell node was (c' needs a gradient); computes nothing */
+    if (!tgi_op_run(ctx, &op_lstm_cell_h, h_new, &c_new, 1, &at, sizeof at)) {
+        ctx->tape_len = tape0; /* the tape could not grow: take the cell node back */
         return NULL;
     }
     *c_out = c_new;
@@ -244,7 +199,7 @@ tg_tensor *tg_lstm_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *c, t
 /* The biases of a recorded cell node: in[5], in[6] as attr i[0], i[1] say. */
 static void node_biases(tg_op_call *call, int first, tg_tensor **b_ih, tg_tensor **b_hh)
 {
-    const tgi_attr *at = tgi_node_attr(call);
+    const tgi_attr *at = TGI_ATTR(call);
     int k = first;
     *b_ih = at->i[0] ? call->in[k++] : NULL;
     *b_hh = at->i[1] ? call->in[k] : NULL;
@@ -300,24 +255,25 @@ static int lstm_fwd(tg_ctx *ctx, tg_tensor *c_new, tg_tensor *h_new, const tg_te
     return 0;
 }
 
-static int lstm_forward(tg_op_call *call)
+static int lstm_cell_forward(tg_op_call *call)
 {
     tg_tensor *b_ih, *b_hh;
     node_biases(call, 5, &b_ih, &b_hh);
-    lstm_saved *s = call->saved;
+    lstm_saved *s = lstm_state(call);
+    call->saved = s;
     return lstm_fwd(call->ctx, call->out, s->h_out, call->in[0], call->in[1], call->in[2],
                     call->in[3], call->in[4], b_ih, b_hh, s);
 }
 
 /* h' was computed with c' by the cell node */
-static int lstm_h_forward(tg_op_call *call)
+static int lstm_cell_h_forward(tg_op_call *call)
 {
-    (void)call;
+    call->saved = lstm_state(call);
     return 0;
 }
 
 /* h' = o tanh(c'): the cell node does the arithmetic; here only: dh' is there */
-static void lstm_h_backward(tg_op_call *call)
+static void lstm_cell_h_backward(tg_op_call *call)
 {
     lstm_saved *s = call->saved;
     if (!tg_grad(call->out)) return;
@@ -327,7 +283,7 @@ static void lstm_h_backward(tg_op_call *call)
 
 /* dC = dc' + dh' o (1 - tc^2); da_i = dC g i(1-i); da_f = dC c f(1-f);
  * da_g = dC i (1-g^2); da_o = dh' tc o(1-o); dc += dC f; then the products' GEMMs */
-static void lstm_backward(tg_op_call *call)
+static void lstm_cell_backward(tg_op_call *call)
 {
     tg_ctx *ctx = call->ctx;
     lstm_saved *s = call->saved;
@@ -366,11 +322,7 @@ static void lstm_backward(tg_op_call *call)
             }
         }
     });
-    static const char fn[] = "tg_lstm_cell";
-    if (product_backward(ctx, fn, x, w_ih, dav) != 0) return;
-    if (product_backward(ctx, fn, h, w_hh, dav) != 0) return;
-    bias_backward(b_ih, N, dav);
-    bias_backward(b_hh, N, dav);
+    cell_products_backward(ctx, "tg_lstm_cell", x, h, w_ih, w_hh, b_ih, b_hh, dav, dav);
 }
 
 /* ======================================================================== */
@@ -390,9 +342,7 @@ static void lstm_backward(tg_op_call *call)
 static int gru_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *h,
                    const tg_tensor *w_ih, const tg_tensor *w_hh, const tg_tensor *b_ih,
                    const tg_tensor *b_hh, void *saved);
-static int gru_forward(tg_op_call *call);
-static void gru_backward(tg_op_call *call);
-static const tg_op op_gru_cell = {"gru_cell", gru_forward, gru_backward};
+TGI_OP(gru_cell);
 
 tg_tensor *tg_gru_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *w_ih,
                        tg_tensor *w_hh, tg_tensor *b_ih, tg_tensor *b_hh)
@@ -400,27 +350,14 @@ tg_tensor *tg_gru_cell(tg_ctx *ctx, tg_tensor *x, tg_tensor *h, tg_tensor *w_ih,
     static const char fn[] = "tg_gru_cell";
     if (!ctx) return NULL;
     if (!check_cell(ctx, fn, 3, x, h, NULL, w_ih, w_hh, b_ih, b_hh)) return NULL;
-    const int64_t N = x->shape[0], H = h->shape[1];
-    void *saved = tg_scratch(ctx, (size_t)(N * 4 * H) * tgi_dtype_size(x->dtype));
-    tg_tensor *out = saved ? tgi_tensor_new(ctx, fn, x->dtype, 2, h->shape, 0) : NULL;
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, h->shape, 0);
     if (!out) return NULL;
     tg_tensor *in[6] = {x, h, w_ih, w_hh, b_ih, b_hh};
     int n_in = 4;
     if (b_ih) in[n_in++] = b_ih;
     if (b_hh) in[n_in++] = b_hh;
-    const int64_t tape0 = ctx->tape_len;
-    tg_op_call *node;
-    if (tgi_record(ctx, &op_gru_cell, out, in, n_in, &node) != 0) return NULL;
-    if (node) {
-        node->saved = saved;
-        tgi_node_attr(node)->i[0] = b_ih != NULL;
-        tgi_node_attr(node)->i[1] = b_hh != NULL;
-    }
-    if (gru_fwd(ctx, out, x, h, w_ih, w_hh, b_ih, b_hh, saved) != 0) {
-        ctx->tape_len = tape0;
-        return NULL;
-    }
-    return out;
+    const tgi_attr at = {.i = {b_ih != NULL, b_hh != NULL}}; /* which biases are in[4], in[5] */
+    return tgi_op_run(ctx, &op_gru_cell, out, in, n_in, &at, sizeof at);
 }
 
 /* p and q by two GEMMs (q in a scratch buffer), then per row the gates and h' */
@@ -460,17 +397,22 @@ static int gru_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_ten
     return 0;
 }
 
-static int gru_forward(tg_op_call *call)
+/* the gates r, z, n and q_n go to tg_scratch (call->saved), [N,4H] */
+static int gru_cell_forward(tg_op_call *call)
 {
     tg_tensor *b_ih, *b_hh;
     node_biases(call, 4, &b_ih, &b_hh);
-    return gru_fwd(call->ctx, call->out, call->in[0], call->in[1], call->in[2], call->in[3],
-                   b_ih, b_hh, call->saved);
+    const tg_tensor *x = call->in[0], *h = call->in[1];
+    call->saved = tg_scratch(call->ctx, (size_t)(x->shape[0] * 4 * h->shape[1]) *
+                                            tgi_dtype_size(x->dtype));
+    if (!call->saved) return -1; /* error recorded by tg_scratch */
+    return gru_fwd(call->ctx, call->out, x, h, call->in[2], call->in[3], b_ih, b_hh,
+                   call->saved);
 }
 
 /* dn = dh'(1-z)(1-n^2); dz = dh'(h-n) z(1-z); dr = dn q_n r(1-r);
  * dp = [dr,dz,dn], dq = [dr,dz,dn r]; dh += dh' z; then the products' GEMMs */
-static void gru_backward(tg_op_call *call)
+static void gru_cell_backward(tg_op_call *call)
 {
     tg_ctx *ctx = call->ctx;
     tg_tensor *x = call->in[0], *h = call->in[1], *w_ih = call->in[2], *w_hh = call->in[3],
@@ -509,9 +451,5 @@ static void gru_backward(tg_op_call *call)
             }
         }
     });
-    static const char fn[] = "tg_gru_cell";
-    if (product_backward(ctx, fn, x, w_ih, dpv) != 0) return;
-    if (product_backward(ctx, fn, h, w_hh, dqv) != 0) return;
-    bias_backward(b_ih, N, dpv);
-    bias_backward(b_hh, N, dqv);
+    cell_products_backward(ctx, "tg_gru_cell", x, h, w_ih, w_hh, b_ih, b_hh, dpv, dqv);
 }

@@ -81,8 +81,8 @@ lib=$(dirname "$(find "$p1" -name 'libtapegrad.so.0' | head -n 1)")
 [ "$(readelf -d "$lib/libtapegrad.so" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')" = libtapegrad.so.0 ] ||
   { say "the shared library's SONAME is not libtapegrad.so.0"; exit 1; }
 test -f "$lib/cmake/tapegrad/tapegradConfig.cmake" && test -f "$lib/cmake/tapegrad/tapegradConfigVersion.cmake"
-if grep -q -- '-fopenmp' "$lib/pkgconfig/tapegrad.pc"; then
-  say "tapegrad.pc names -fopenmp, which clang reads as libomp"; exit 1
+if grep -qE -- '-fopenmp|gomp' "$lib/pkgconfig/tapegrad.pc"; then
+  say "tapegrad.pc names OpenMP: the library threads with its own pool"; exit 1
 fi
 pc_program gcc "$p1" shared "${san[@]}"
 cmake_programs gcc "$p1" "${san[*]}"

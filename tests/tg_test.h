@@ -9,12 +9,21 @@
 
 #include <criterion/criterion.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tapegrad.h"
+
+/* A Criterion suite NAME whose tests each get a fresh context `ctx`, its
+ * generator seeded with SEED (made in .init, freed in .fini). */
+#define TG_TEST_SUITE(NAME, SEED)                                                      \
+    static tg_ctx *ctx;                                                                \
+    static void setup(void) { ctx = tg_ctx_new(SEED); }                                \
+    static void teardown(void) { tg_ctx_free(ctx); }                                   \
+    TestSuite(NAME, .init = setup, .fini = teardown)
 
 /* a shape: ndim (0 to 4) and the first ndim sizes */
 typedef struct {
@@ -96,6 +105,51 @@ static inline tg_tensor *convert(tg_ctx *c, const tg_tensor *t, tg_dtype dt)
     free(buf);
     cr_assert_not_null(r);
     return r;
+}
+
+/* every element of t (or of its gradient, grad 1) within tol (relative to
+ * 1 + |want|) of want[0 .. n), and t of n elements */
+static inline void assert_near(const tg_tensor *t, const double *want, int64_t n, double tol,
+                               int grad, const char *what)
+{
+    cr_assert_eq(tg_numel(t), n, "%s: numel %lld, want %lld", what, (long long)tg_numel(t),
+                 (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        double v = grad ? grad_at(t, i) : at(t, i);
+        cr_assert(fabs(v - want[i]) <= tol * (1 + fabs(want[i])), "%s[%lld]: %.17g, want %.17g",
+                  what, (long long)i, v, want[i]);
+    }
+}
+
+/* mean and variance (sum of squares over count - ddof) of channel c of x
+ * [N,C,S...] seen as [N,C,S], S the product of the axes after C */
+static inline void channel_stats(const tg_tensor *x, int64_t c, int ddof, double *mean,
+                                 double *var)
+{
+    const int64_t nb = tg_dim(x, 0), ch = tg_dim(x, 1), sp = tg_numel(x) / (nb * ch);
+    double m = 0, v = 0;
+    for (int64_t n = 0; n < nb; n++)
+        for (int64_t k = 0; k < sp; k++) m += at(x, (n * ch + c) * sp + k);
+    m /= (double)(nb * sp);
+    for (int64_t n = 0; n < nb; n++)
+        for (int64_t k = 0; k < sp; k++) v += pow(at(x, (n * ch + c) * sp + k) - m, 2);
+    *mean = m;
+    *var = v / (double)(nb * sp - ddof);
+}
+
+/* ---- data sets ------------------------------------------------------------ */
+
+/* n samples, 2 features: x = (i, -i), label i % 3, in a dataset of c */
+static inline tg_dataset *counting_dataset(tg_ctx *c, int64_t n)
+{
+    tg_dataset *ds = tg_dataset_new(c, n, 2, 0);
+    cr_assert_not_null(ds, "%s", tg_errmsg(c));
+    for (int64_t i = 0; i < n; i++) {
+        ds->x[2 * i] = (float)i;
+        ds->x[2 * i + 1] = (float)-i;
+        ds->labels[i] = (int32_t)(i % 3);
+    }
+    return ds;
 }
 
 /* ---- gradients ---------------------------------------------------------- */
@@ -224,21 +278,23 @@ static inline void assert_x_arg_errors(tg_ctx *c, const named_unop *op)
 /* ---- built-in ops through tg_apply ---------------------------------------- */
 
 #ifdef TG_INTERNAL_H /* for suites that include internal.h before this header */
-/* y = fn(in) must be one built-in op's output; its tape node gives the op's
- * tg_op and attributes. tg_apply of that op on the same inputs must give the
- * same bits, and backpropagating sum(w * y) through either the same gradient
- * bits into every float input (they are marked as requiring grad). */
-static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
-                                        const char *what)
+/* y must be the output of one built-in op's tape node (any node, not only
+ * the last); the node gives the op's tg_op and attributes. tg_apply of that
+ * op on the node's inputs must give the same bits, and backpropagating
+ * sum(w * y) through either the same gradient bits into in[0 .. n) (the
+ * float inputs of the call, already marked as requiring grad). reseed
+ * (may be NULL): the generator is seeded with it before tg_apply, for an
+ * op that draws random numbers (the direct call was made right after
+ * seeding with the same value). */
+static inline void assert_node_applies(tg_ctx *c, tg_tensor *y, tg_tensor **in, int n,
+                                       const uint64_t *reseed, const char *what)
 {
-    for (int k = 0; k < n; k++)
-        if (tg_dtype_of(in[k]) != TG_I32) tg_set_requires_grad(in[k], 1);
-    tg_tensor *y = fn(c, in, user);
-    cr_assert(y && tg_ok(c) && y->node == tg_tape_len(c) - 1, "%s: %s", what, tg_errmsg(c));
+    cr_assert(y && tg_ok(c), "%s: %s", what, tg_errmsg(c));
     const tg_op_call node = c->tape[y->node].call;
     tgi_attr attr;
     memset(&attr, 0, sizeof attr);
     if (node.attr) memcpy(&attr, node.attr, sizeof attr);
+    if (reseed) tg_seed(c, *reseed);
     tg_tensor *y2 = tg_apply(c, node.op, node.in, node.n_in, tg_dtype_of(y), tg_ndim(y),
                              tg_shape(y), node.attr ? &attr : NULL, node.attr ? sizeof attr : 0);
     cr_assert_not_null(y2, "%s: %s", what, tg_errmsg(c));
@@ -265,6 +321,19 @@ static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tens
         free(g1[k]);
         cr_assert(same, "%s: tg_apply's gradient of input %d differs", what, k);
     }
+}
+
+/* y = fn(in) must be one built-in op's output, the last node of the tape
+ * (the float inputs are marked as requiring grad first); then as
+ * assert_node_applies. */
+static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tensor **in, int n,
+                                        const char *what)
+{
+    for (int k = 0; k < n; k++)
+        if (tg_dtype_of(in[k]) != TG_I32) tg_set_requires_grad(in[k], 1);
+    tg_tensor *y = fn(c, in, user);
+    cr_assert(y && tg_ok(c) && y->node == tg_tape_len(c) - 1, "%s: %s", what, tg_errmsg(c));
+    assert_node_applies(c, y, in, n, NULL, what);
 }
 #endif
 /* ---- a scratch directory per test: made in .init, removed in .fini ---- */

@@ -7,16 +7,9 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 static int default_threads(void) {
-#ifdef _OPENMP
-    int n = omp_get_num_procs();
-#else
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-#endif
     if (n < 1) n = 1;
     if (n > 256) n = 256;
     return (int)n;
@@ -34,10 +27,14 @@ tg_ctx *tg_ctx_new_with_alloc(uint64_t seed, tg_alloc_fn alloc, void *ud) {
     ctx->gen = 1;
     tg_seed(ctx, seed);
     ctx->gemm = tgi_gemm_ws_new(alloc, ud);
-    if (!ctx->gemm) {
+    ctx->pool = tgi_pool_new(alloc, ud); /* no thread yet: they start at the first job */
+    if (!ctx->gemm || !ctx->pool) {
+        tgi_gemm_ws_free(ctx->gemm);
+        tgi_pool_free(ctx->pool);
         alloc(ud, ctx, sizeof(tg_ctx), 0);
         return NULL;
     }
+    tgi_gemm_ws_set_pool(ctx->gemm, ctx->pool);
     return ctx;
 }
 
@@ -57,6 +54,7 @@ void tg_ctx_free(tg_ctx *ctx) {
     tgi_free(ctx, ctx->tape, (size_t)ctx->tape_cap * sizeof(tgi_node));
     tgi_arena_free(ctx);
     tgi_gemm_ws_free(ctx->gemm);
+    tgi_pool_free(ctx->pool);
     tg_alloc_fn alloc = ctx->alloc;
     void *ud = ctx->alloc_ud;
     alloc(ud, ctx, sizeof(tg_ctx), 0);
@@ -217,6 +215,47 @@ int tg_set_threads(tg_ctx *ctx, int n) {
 }
 
 int tg_get_threads(const tg_ctx *ctx) { return ctx ? ctx->nthreads : 1; }
+
+/* TGI_PAR_RUN's chunks on the pool: PAR_CHUNKS_PER_THREAD per thread, so that a
+ * thread kept waiting for a core leaves its share to the others. */
+#define PAR_CHUNKS_PER_THREAD 4
+typedef struct {
+    int64_t n;
+    int nchunks;
+    tgi_range_fn fn;
+    void *arg;
+} par_job;
+
+static void par_chunk(void *p, int64_t c, int thread) {
+    (void)thread;
+    const par_job *j = p;
+    const int64_t lo = tgi_chunk_at(j->n, j->nchunks, (int)c);
+    const int64_t hi = tgi_chunk_at(j->n, j->nchunks, (int)c + 1);
+    if (hi > lo) j->fn(j->arg, lo, hi);
+}
+
+void tgi_par_run_threads(tg_ctx *ctx, int nt, int64_t n, tgi_range_fn fn, void *arg) {
+    par_job j = {n, nt * PAR_CHUNKS_PER_THREAD, fn, arg};
+    tgi_pool_run(ctx->pool, nt, j.nchunks, par_chunk, &j);
+}
+
+typedef struct {
+    tgi_units_fn fn;
+    const void *arg;
+    int64_t units;
+    int nt;
+} units_job;
+
+static void units_chunk(void *p, int64_t t, int thread) {
+    (void)thread;
+    const units_job *j = p;
+    j->fn(j->arg, j->units * t / j->nt, j->units * (t + 1) / j->nt);
+}
+
+void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const void *arg) {
+    units_job j = {fn, arg, units, nt};
+    tgi_pool_run(ctx->pool, nt, nt, units_chunk, &j);
+}
 
 int tgi_threads_for(const tg_ctx *ctx, int64_t work) {
     if (ctx->nthreads <= 1 || work < (1 << 16)) return 1;

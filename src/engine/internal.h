@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "pool.h"
 
 #define TG_ALIGN 64
 
@@ -95,6 +96,7 @@ struct tg_ctx {
     /* rng: xoshiro256** */
     uint64_t rng[4];
     tg_gemm_ws *gemm;
+    struct tgi_pool *pool; /* the threads of ctx->gemm and TGI_PAR_RUN (src/kernels/pool.h) */
 };
 
 /* ---- allocation (every byte goes through ctx->alloc) ----
@@ -232,6 +234,11 @@ static inline size_t tgi_bytes(const tg_tensor *t) {
 static inline int tgi_needs_grad(const tg_tensor *t) {
     return t && (t->flags & TGI_REQ_GRAD);
 }
+/* Inside backward, for a kernel that writes EVERY element of t's gradient: the
+ * buffer, with *fresh = 1 when it was just made and is uninitialised (the kernel
+ * assigns: the first writer needs no zeroing), else *fresh = 0 and the kernel adds
+ * into it as into tg_grad_acc's. NULL (and *fresh = 0) on out of memory. */
+void *tgi_grad_first(tg_tensor *t, int *fresh);
 
 /* ---- tape ----
  * Every op, built-in or the user's, is a tg_op {name, forward, backward} and
@@ -304,12 +311,17 @@ int tgi_bcast_init(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_ten
 int tgi_threads_for(const tg_ctx *ctx, int64_t work);
 
 /* ---- elementwise work split over threads (used by the op files) ---- */
-/* Run BODY over [lo, hi) chunks of [0, n): one chunk in the caller's thread
- * below tgi_threads_for's threshold (no OpenMP region at all), else nt
- * contiguous chunks, one per OpenMP thread. Elementwise bodies give the same
- * bits for any nt: element i depends only on element i of the inputs. Below
- * TGI_PAR_MIN elements (far under the threshold) the question is not even asked:
- * tiny ops are all overhead. */
+/* TGI_PAR_RUN(ctx, n, fn, arg): fn(arg, lo, hi) over chunks [lo, hi) of [0, n):
+ * one call in the caller's thread below tgi_threads_for's threshold (the pool
+ * is not touched), else a few contiguous chunks per thread, taken by the
+ * context's threads (src/kernels/pool.h) as they come free. arg points to a
+ * small struct of what the loop reads (a compound literal written in the call
+ * costs the single-thread path nothing: it is evaluated in the branch that
+ * runs), fn is a TGI_PAR_FN of the op file. A chunk's
+ * result must depend only on its elements (element i on element i of the
+ * inputs): then the bits do not depend on the thread count. Below TGI_PAR_MIN
+ * elements (far under the threshold) the question is not even asked: tiny ops
+ * are all overhead. */
 #define TGI_PAR_MIN 4096
 /* Chunk c of nt over n elements: starts on a multiple of 16 elements (64
  * bytes of f32), so no two threads write one cache line. */
@@ -323,30 +335,36 @@ static inline int tgi_par_threads(const tg_ctx *ctx, int64_t n)
 {
     return n < TGI_PAR_MIN ? 1 : tgi_threads_for(ctx, n);
 }
-#ifdef _OPENMP
-
-#define TGI_PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
+typedef void (*tgi_range_fn)(void *arg, int64_t lo, int64_t hi);
+/* How a TGI_PAR_RUN function is declared: inlined where the work stays in the
+ * caller's thread (a tiny op pays no call and no second dtype dispatch), with
+ * an out-of-line copy for the pool. */
+#define TGI_PAR_FN static inline __attribute__((always_inline))
+/* The work of TGI_PAR_RUN with nt > 1 threads (defined in ctx.c). */
+void tgi_par_run_threads(tg_ctx *ctx, int nt, int64_t n, tgi_range_fn fn, void *arg);
+/* fn(arg, u0, u1) on nt contiguous ranges of units [0, units) (range t is
+ * [units t / nt, units (t + 1) / nt)), on the context's threads: for work
+ * whose natural piece is not an element (rows, outer loops). */
+typedef void (*tgi_units_fn)(const void *arg, int64_t u0, int64_t u1);
+void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const void *arg);
+#define TGI_PAR_RUN(ctx, n, fn, ...) /* ... is arg (a compound literal may hold commas) */ \
     do {                                                                               \
         const int64_t n_ = (n);                                                        \
         const int nt_ = tgi_par_threads((ctx), n_);                                    \
-        if (nt_ <= 1) {                                                                \
-            const int64_t lo = 0, hi = n_;                                             \
-            __VA_ARGS__                                                                \
-        } else {                                                                       \
-            _Pragma("omp parallel for schedule(static) num_threads(nt_)")              \
-            for (int c_ = 0; c_ < nt_; c_++) {                                         \
-                const int64_t lo = tgi_chunk_at(n_, nt_, c_), hi = tgi_chunk_at(n_, nt_, c_ + 1); \
-                __VA_ARGS__                                                            \
-            }                                                                          \
-        }                                                                              \
+        if (nt_ <= 1)                                                                  \
+            (fn)((__VA_ARGS__), 0, n_);                                                \
+        else                                                                           \
+            tgi_par_run_threads((ctx), nt_, n_, (fn), (__VA_ARGS__));                  \
     } while (0)
-#else
+/* The older form with the loop written in the macro's argument runs it in the
+ * caller's thread, whatever n: C has no closures to hand BODY to another
+ * thread. A loop worth threads is written for TGI_PAR_RUN. */
 #define TGI_PAR_CHUNKS(ctx, n, lo, hi, ...)                                                \
     do {                                                                               \
+        (void)(ctx);                                                                   \
         const int64_t lo = 0, hi = (n);                                                \
         __VA_ARGS__                                                                    \
     } while (0)
-#endif
 
 /* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
  * clones give the same bits: ISO C, no contraction into FMA). */

@@ -241,15 +241,20 @@ void tg_tape_print(const tg_ctx *ctx, FILE *f) {
 /* ---- gradients ---- */
 
 /* Zero a gradient buffer: a large one in contiguous pieces over the context's
- * threads (TGI_PAR_CHUNKS: below its threshold, one memset in this thread).
+ * threads (TGI_PAR_RUN: below its threshold, one memset in this thread).
  * The millions of floats of an MLP-1024's gradients were a serial 2-3 % of its
  * step, time the second thread spent waiting. */
+typedef struct {
+    unsigned char *b;
+    size_t es;
+} zero_job;
+TGI_PAR_FN void zero_range(void *arg, int64_t lo, int64_t hi) {
+    const zero_job *z = arg;
+    memset(z->b + (size_t)lo * z->es, 0, (size_t)(hi - lo) * z->es);
+}
 __attribute__((noinline)) static void zero_grad_par(tg_ctx *ctx, void *g, const tg_tensor *t) {
-    const size_t es = tg_dtype_size(t->dtype);
-    unsigned char *b = g;
-    TGI_PAR_CHUNKS(ctx, t->numel, lo, hi, {
-        if (hi > lo) memset(b + (size_t)lo * es, 0, (size_t)(hi - lo) * es);
-    });
+    zero_job z = {g, tg_dtype_size(t->dtype)};
+    TGI_PAR_RUN(ctx, t->numel, zero_range, &z);
 }
 
 static inline void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
@@ -270,6 +275,20 @@ void *tg_grad_acc(tg_tensor *t) {
         if (!t->grad) return NULL;
     }
     if (bytes) zero_grad_buf(t->ctx, t->grad, t);
+    return t->grad;
+}
+
+void *tgi_grad_first(tg_tensor *t, int *fresh) {
+    *fresh = 0;
+    if (!t) return NULL;
+    if (t->grad) return t->grad;
+    if (t->flags & TGI_PARAM) {
+        t->grad = t->grad_store;
+    } else {
+        t->grad = tgi_arena_alloc(t->ctx, tgi_bytes(t));
+        if (!t->grad) return NULL;
+    }
+    *fresh = 1;
     return t->grad;
 }
 

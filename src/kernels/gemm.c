@@ -40,8 +40,10 @@
  * tile while it computes (or read in place when one tile covers all the rows).
  *
  * Threads. With nthreads > 1 the output is cut statically into nthreads ranges of
- * whole tiles, along n or m, whichever has more tiles; each OpenMP thread runs the
- * same single-threaded algorithm on its range with its own packing buffers. The k
+ * whole tiles, along n or m, whichever has more tiles (a few ranges per thread, so
+ * that a thread the scheduler keeps waiting leaves its ranges to the others); the
+ * threads of the workspace's pool (pool.h) take the ranges one by one and run the
+ * same single-threaded algorithm on each with their own packing buffers. The k
  * blocking depends only on k, and each element's sum is computed identically by
  * every routine (see gemm_tmpl.h), so the result does not depend on nthreads. The
  * choice between direct and blocked path depends only on the shape.
@@ -55,9 +57,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "pool.h"
 
 #ifdef TG_USE_CBLAS
 #include <cblas.h>
@@ -76,6 +76,7 @@ struct tg_gemm_ws {
     size_t raw_size;     /* its size, as passed to alloc */
     unsigned char *buf;  /* raw rounded up to 64 bytes */
     size_t cap;          /* usable bytes at buf */
+    tgi_pool *pool;      /* threads for nthreads > 1 (not owned), or NULL */
 };
 
 #define WS_ALIGN 64
@@ -91,7 +92,13 @@ tg_gemm_ws *tgi_gemm_ws_new(tgi_alloc_fn alloc, void *ud)
     ws->raw_size = 0;
     ws->buf = NULL;
     ws->cap = 0;
+    ws->pool = NULL;
     return ws;
+}
+
+void tgi_gemm_ws_set_pool(tg_gemm_ws *ws, tgi_pool *pool)
+{
+    if (ws) ws->pool = pool;
 }
 
 void tgi_gemm_ws_free(tg_gemm_ws *ws)
@@ -224,33 +231,48 @@ typedef struct gemm_problem {
 static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Below this many multiply-adds (some 100-200 us of work on one core) a thread
- * team is not worth it: waking it costs microseconds, and on a loaded machine
- * libgomp's spinning workers take the core the caller needs (a batch-64 MLP
- * trained 20x slower with teams on its 64x784x128 products). */
+/* Below this many multiply-adds (some 100-200 us of work on one core) more
+ * threads are not worth it: waking them costs microseconds, and on a loaded
+ * machine they wait for a core (a batch-64 MLP trained 20x slower with OpenMP
+ * teams on its 64x784x128 products, when libgomp's workers spun). */
 #define PAR_MIN_FLOPS (1 << 23)
+/* Ranges per thread: with one each, a thread the scheduler keeps off its core
+ * holds every other thread back at the end of the call; with a few, the others
+ * take its share. Each range packs its own panels of A or B, so not many. */
+#define RANGES_PER_THREAD 4
 
 /* How many threads to use on `tiles` independent output tiles. */
-static int threads_for(int nthreads, int64_t tiles, int64_t m, int64_t n, int64_t k)
+static int threads_for(const tg_gemm_ws *ws, int nthreads, int64_t tiles, int64_t m, int64_t n,
+                       int64_t k)
 {
-#ifndef _OPENMP
-    (void)nthreads; /* built without OpenMP: always one thread */
-    return 1;
-#endif
-    if (nthreads <= 1) return 1;
+    if (nthreads <= 1 || !ws->pool) return 1;
     if ((double)m * (double)n * (double)k < (double)PAR_MIN_FLOPS) return 1;
     if (tiles < nthreads) return (int)(tiles < 1 ? 1 : tiles);
     return nthreads;
 }
 
-#ifdef _OPENMP
-/* Range t of nt gets tiles [lo, hi) of `tiles`. */
-static void split_range(int64_t tiles, int t, int nt, int64_t *lo, int64_t *hi)
+/* How many ranges nt threads share: a few each, never fewer tiles than a range. */
+static int64_t ranges_for(int nt, int64_t tiles)
 {
-    *lo = tiles * t / nt;
-    *hi = tiles * (t + 1) / nt;
+    const int64_t r = (int64_t)nt * RANGES_PER_THREAD;
+    return r < tiles ? r : tiles;
 }
-#endif
+
+/* Range r of nr gets tiles [lo, hi) of `tiles`. */
+static void split_range(int64_t tiles, int64_t r, int64_t nr, int64_t *lo, int64_t *hi)
+{
+    *lo = tiles * r / nr;
+    *hi = tiles * (r + 1) / nr;
+}
+
+/* One threaded call: what every range needs. */
+typedef struct {
+    const gemm_problem *P;
+    unsigned char *buf;
+    size_t per_thread, a_bytes;  /* per-thread buffers; blocked: A's panel first */
+    int64_t tiles, nranges, npan;
+    int split_n;
+} gemm_job;
 
 /* ---------------------------------------------------------------------------------
  * Blocked path */
@@ -304,6 +326,21 @@ static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t
     }
 }
 
+/* Range r of a threaded blocked call, on thread t's buffers. */
+static void blocked_chunk(void *arg, int64_t r, int t)
+{
+    const gemm_job *J = arg;
+    const gemm_problem *P = J->P;
+    const int64_t MR = P->kern->mr, NR = P->kern->nr;
+    unsigned char *abuf = J->buf + J->per_thread * (size_t)t, *bbuf = abuf + J->a_bytes;
+    int64_t lo, hi;
+    split_range(J->tiles, r, J->nranges, &lo, &hi);
+    if (J->split_n)
+        blocked_range(P, 0, P->m, lo * NR, imin(hi * NR, P->n), abuf, bbuf);
+    else
+        blocked_range(P, lo * MR, imin(hi * MR, P->m), 0, P->n, abuf, bbuf);
+}
+
 static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
 {
     const tgi_gemm_kern *K = P->kern;
@@ -311,10 +348,11 @@ static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
     const int64_t mtiles = ceil_div(P->m, MR), ntiles = ceil_div(P->n, NR);
     const int split_n = ntiles >= mtiles;
     const int64_t tiles = split_n ? ntiles : mtiles;
-    const int nt = threads_for(nthreads, tiles, P->m, P->n, P->k);
+    const int nt = threads_for(ws, nthreads, tiles, P->m, P->n, P->k);
+    const int64_t nranges = nt == 1 ? 1 : ranges_for(nt, tiles);
 
-    /* the largest range a thread gets, and its packing buffers */
-    const int64_t tmax = ceil_div(tiles, nt);
+    /* the largest range, and a thread's packing buffers for it */
+    const int64_t tmax = ceil_div(tiles, nranges);
     const int64_t m_thr = split_n ? P->m : imin(P->m, tmax * MR);
     const int64_t n_thr = split_n ? imin(P->n, tmax * NR) : P->n;
     const size_t a_bytes =
@@ -328,23 +366,8 @@ static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
         blocked_range(P, 0, P->m, 0, P->n, ws->buf, ws->buf + a_bytes);
         return 0;
     }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        /* OpenMP may give fewer threads than asked (nested regions): then a thread
-         * takes several of the nt ranges, which the buffers were sized for */
-        const int t = omp_get_thread_num(), ntr = omp_get_num_threads();
-        unsigned char *abuf = ws->buf + per_thread * (size_t)t;
-        for (int v = t; v < nt; v += ntr) {
-            int64_t lo, hi;
-            split_range(tiles, v, nt, &lo, &hi);
-            if (split_n)
-                blocked_range(P, 0, P->m, lo * NR, imin(hi * NR, P->n), abuf, abuf + a_bytes);
-            else
-                blocked_range(P, lo * MR, imin(hi * MR, P->m), 0, P->n, abuf, abuf + a_bytes);
-        }
-    }
-#endif
+    gemm_job J = {P, ws->buf, per_thread, a_bytes, tiles, nranges, 0, split_n};
+    tgi_pool_run(ws->pool, nt, nranges, blocked_chunk, &J);
     return 0;
 }
 
@@ -408,6 +431,20 @@ static void direct_range(const gemm_problem *P, int64_t q0, int64_t q1, int64_t 
     }
 }
 
+/* Range r of a threaded direct call, on thread t's buffer. */
+static void direct_chunk(void *arg, int64_t r, int t)
+{
+    const gemm_job *J = arg;
+    const gemm_problem *P = J->P;
+    unsigned char *bbuf = J->buf + J->per_thread * (size_t)t;
+    int64_t lo, hi;
+    split_range(J->tiles, r, J->nranges, &lo, &hi);
+    if (J->split_n)
+        direct_range(P, lo, hi, 0, P->m, bbuf);
+    else
+        direct_range(P, 0, J->npan, lo * P->kern->mr, imin(hi * P->kern->mr, P->m), bbuf);
+}
+
 static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
 {
     const tgi_gemm_kern *K = P->kern;
@@ -415,7 +452,7 @@ static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
     const int64_t npan = ceil_div(P->n, NR), mtiles = ceil_div(P->m, MR);
     const int split_n = npan >= mtiles;
     const int64_t tiles = split_n ? npan : mtiles;
-    const int nt = threads_for(nthreads, tiles, P->m, P->n, P->k);
+    const int nt = threads_for(ws, nthreads, tiles, P->m, P->n, P->k);
     const size_t per_thread = round_up_bytes((size_t)(P->kcb * NR) * P->esz);
     if (ws_reserve(ws, per_thread * (size_t)nt)) return -1;
 
@@ -423,21 +460,8 @@ static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
         direct_range(P, 0, npan, 0, P->m, ws->buf);
         return 0;
     }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), ntr = omp_get_num_threads();
-        unsigned char *bbuf = ws->buf + per_thread * (size_t)t;
-        for (int v = t; v < nt; v += ntr) { /* as in run_blocked */
-            int64_t lo, hi;
-            split_range(tiles, v, nt, &lo, &hi);
-            if (split_n)
-                direct_range(P, lo, hi, 0, P->m, bbuf);
-            else
-                direct_range(P, 0, npan, lo * MR, imin(hi * MR, P->m), bbuf);
-        }
-    }
-#endif
+    gemm_job J = {P, ws->buf, per_thread, 0, tiles, ranges_for(nt, tiles), npan, split_n};
+    tgi_pool_run(ws->pool, nt, J.nranges, direct_chunk, &J);
     return 0;
 }
 

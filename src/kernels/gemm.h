@@ -17,8 +17,10 @@
 #include <stdint.h>
 
 /* Packing buffers owned by one context; grows, never shrinks. Used by one caller
- * thread at a time (inside one call it may be split between OpenMP threads). */
+ * thread at a time (inside one call it may be split between the threads of the
+ * pool it is given, src/kernels/pool.h). */
 typedef struct tg_gemm_ws tg_gemm_ws;
+struct tgi_pool;
 
 /* Lua-style allocator: (ud, NULL, 0, n) allocates, (ud, p, osize, 0) frees. */
 typedef void *(*tgi_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
@@ -27,6 +29,9 @@ typedef void *(*tgi_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
 tg_gemm_ws *tgi_gemm_ws_new(tgi_alloc_fn alloc, void *ud);
 /* Frees the workspace and its buffers; NULL is a no-op. */
 void tgi_gemm_ws_free(tg_gemm_ws *ws);
+/* The threads a call with nthreads > 1 runs on (not owned; NULL, the default:
+ * every call runs in the caller's thread alone). */
+void tgi_gemm_ws_set_pool(tg_gemm_ws *ws, struct tgi_pool *pool);
 
 int tgi_gemm_f32(tg_gemm_ws *ws, int nthreads, int ta, int tb, int64_t m, int64_t n, int64_t k,
                  const float *A, int64_t lda, const float *B, int64_t ldb,

@@ -126,3 +126,13 @@ void tgi_vaxpy_f64(double *y, double a, const double *x, int64_t n)
 {
     if (n > 0) impl()->axpy_f64(y, a, x, n);
 }
+
+void tgi_vgelu_f32(float *y, float *d, const float *x, int64_t n)
+{
+    if (n > 0) impl()->gelu_f32(y, d, x, n);
+}
+
+void tgi_vgelu_f64(double *y, double *d, const double *x, int64_t n)
+{
+    if (n > 0) impl()->gelu_f64(y, d, x, n);
+}

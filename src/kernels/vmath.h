@@ -21,6 +21,8 @@
  *   log          0.923 / 0.781            1.0  / 1.0     subnormal inputs too
  *   tanh         1.466 / 1.396            1.5  / 1.5     full relative accuracy near 0
  *   sigmoid      2.402 / 2.303            2.5  / 2.5
+ *   gelu y       4.464 / libm             5.0  / -      test sweep; |y| < 2^-100: ulps of 2^-100
+ *   gelu d       4.107 / libm             4.5  / -      in ulps of |Phi| + |x phi|
  *
  * Special values: exp(NaN) = NaN, exp(+inf) = +inf, exp(-inf) = +0, exp overflows to
  * +inf and underflows to +0; log(x < 0) = NaN, log(+-0) = -inf, log(+inf) = +inf;
@@ -42,6 +44,13 @@ void tgi_vtanh_f64(double *y, const double *x, int64_t n);
 /* sigmoid(x) = 1 / (1 + exp(-x)), computed as e / (1 + e) with e = exp(x) for x < 0 */
 void tgi_vsigmoid_f32(float *y, const float *x, int64_t n);
 void tgi_vsigmoid_f64(double *y, const double *x, int64_t n);
+
+/* ---- gelu (erf form, F.gelu): y[i] = x Phi(x); when d is not NULL also
+ * d[i] = Phi(x) + x phi(x), gelu's derivative, for backward (d aliases neither x nor y).
+ * f32 vectorised (error bounds below and in docs/vmath.md); f64 is libm's erf and exp
+ * in PyTorch's arrangement, element by element. */
+void tgi_vgelu_f32(float *y, float *d, const float *x, int64_t n);
+void tgi_vgelu_f64(double *y, double *d, const double *x, int64_t n);
 
 /* ---- relu: y[i] = x[i] > 0 ? x[i] : +0; NaN passes through ---- */
 void tgi_vrelu_f32(float *y, const float *x, int64_t n);
@@ -109,6 +118,8 @@ typedef struct tgi_vmath_impl {
                      double, double, double, double, int, double);
     void (*axpy_f32)(float *, float, const float *, int64_t);
     void (*axpy_f64)(double *, double, const double *, int64_t);
+    void (*gelu_f32)(float *, float *, const float *, int64_t);
+    void (*gelu_f64)(double *, double *, const double *, int64_t);
 } tgi_vmath_impl;
 
 /* Defined by vmath_generic.c, vmath_avx2.c and vmath_avx512.c (the last two only on
@@ -133,7 +144,8 @@ extern const tgi_vmath_impl tgi_vmath_impl_avx512;
         .tanh_bwd_f64 = tgi_vm_tanh_bwd_##isa##_f64,                                       \
         .relu_bwd_f64 = tgi_vm_relu_bwd_##isa##_f64, .adam_f32 = tgi_vm_adam_##isa##_f32,    \
         .adam_f64 = tgi_vm_adam_##isa##_f64, .axpy_f32 = tgi_vm_axpy_##isa##_f32,            \
-        .axpy_f64 = tgi_vm_axpy_##isa##_f64,                                               \
+        .axpy_f64 = tgi_vm_axpy_##isa##_f64, .gelu_f32 = tgi_vm_gelu_##isa##_f32,          \
+        .gelu_f64 = tgi_vm_gelu_##isa##_f64,                                               \
     }
 
 #endif /* TG_VMATH_H */

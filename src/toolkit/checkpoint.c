@@ -57,30 +57,7 @@ int tgi_io_force_byteswap(int on) {
 }
 
 static int io_need_swap(void) {
-    const uint16_t one = 1;
-    unsigned char first;
-    memcpy(&first, &one, 1);
-    return first != 1 || io_force_swap;
-}
-
-/* reverse the bytes of each `esize`-byte element of buf[0..bytes) */
-static void io_swap(unsigned char *buf, size_t bytes, size_t esize) {
-    for (size_t i = 0; i + esize <= bytes; i += esize)
-        for (size_t a = i, b = i + esize - 1; a < b; a++, b--) {
-            unsigned char c = buf[a];
-            buf[a] = buf[b];
-            buf[b] = c;
-        }
-}
-
-static void io_put_le64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t io_get_le64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
+    return !tgi_host_is_le() || io_force_swap;
 }
 
 /* ======================================================================== */
@@ -276,15 +253,25 @@ typedef struct {
     int tmp_exists;
 } io_save;
 
+/* Record "<fn>: <path>: <message>", the message from fmt and ap, or the
+ * Jansson out-of-memory message when that is what failed while `doing` the
+ * header ("building", "reading"). */
+static void io_report(tg_ctx *ctx, const char *fn, const char *path, const char *doing,
+                      const char *fmt, va_list ap) TG_PRINTF(5, 0);
+static void io_report(tg_ctx *ctx, const char *fn, const char *path, const char *doing,
+                      const char *fmt, va_list ap) {
+    char msg[400];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson %s the header", doing);
+    tg_set_error(ctx, "%s: %s: %s", fn, path, msg);
+}
+
 static void io_save_fail(io_save *s, const char *fmt, ...) TG_PRINTF(2, 3);
 static void io_save_fail(io_save *s, const char *fmt, ...) {
-    char msg[400];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    io_report(s->ctx, "tg_save", s->path, "building", fmt, ap);
     va_end(ap);
-    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson building the header");
-    tg_set_error(s->ctx, "tg_save: %s: %s", s->path, msg);
 }
 
 static void io_save_cleanup(io_save *s) {
@@ -309,7 +296,7 @@ static int io_emit(io_save *s, XXH3_state_t *st, const tg_tensor *p, int fd) {
     for (size_t off = 0; off < bytes; off += step) {
         size_t n = bytes - off < step ? bytes - off : step;
         memcpy(s->swapbuf, src + off, n);
-        io_swap(s->swapbuf, n, esize);
+        tgi_byteswap(s->swapbuf, n, esize);
         if (st) XXH3_64bits_update(st, s->swapbuf, n);
         if (fd >= 0 && io_write_all(fd, s->swapbuf, n) < 0) return -1;
     }
@@ -383,7 +370,7 @@ static int io_build_header(io_save *s, uint64_t sum, const char *const *keys,
         goto done;
     }
     memset(s->head + 8 + len, ' ', padded - len);
-    io_put_le64(s->head, (uint64_t)padded);
+    tgi_put_le64(s->head, (uint64_t)padded);
     rc = 0;
 done:
     json_decref(root);
@@ -573,13 +560,10 @@ typedef struct {
 
 static int io_fail(io_file *f, const char *fmt, ...) TG_PRINTF(2, 3);
 static int io_fail(io_file *f, const char *fmt, ...) {
-    char msg[400];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    io_report(f->ctx, f->fn, f->path, "reading", fmt, ap);
     va_end(ap);
-    if (io_json_oom) snprintf(msg, sizeof msg, "out of memory in Jansson reading the header");
-    tg_set_error(f->ctx, "%s: %s: %s", f->fn, f->path, msg);
     return -1;
 }
 
@@ -776,7 +760,7 @@ static int io_open(io_file *f) {
     unsigned char lenb[8];
     if (io_read_all(f->fd, lenb, 8) < 0)
         return io_fail(f, "cannot read the header length: %s", io_errno_str(errno));
-    f->head_len = io_get_le64(lenb);
+    f->head_len = tgi_get_le64(lenb);
     if (f->head_len > IO_MAX_HEADER)
         return io_fail(f, "header length %" PRIu64 " exceeds the limit of %llu bytes (not a "
                           "safetensors file?)",
@@ -928,7 +912,7 @@ int tg_load_ex(tg_ctx *ctx, const char *path, int flags) {
             }
             continue;
         }
-        if (swap) io_swap(src, e->end - e->begin, io_fdtypes[e->fdt].size);
+        if (swap) tgi_byteswap(src, e->end - e->begin, io_fdtypes[e->fdt].size);
         if (e->end > e->begin) memcpy(e->param->data, src, e->end - e->begin);
     }
     rc = 0;

@@ -322,15 +322,23 @@ static void count_batches(tg_batcher *b) {
     b->n_batches = b->n / b->batch_size + (!(b->flags & TG_BATCH_DROP_LAST) && rem >= min_last);
 }
 
+/* The start of a call that fills *obj (size bytes) from ds: obj present
+ * ("<fn>: argument <arg> is NULL", unless an error is recorded already), then
+ * zeroed; ctx present and ds a usable dataset. 0 to go on, else -1. */
+static int begin_on_dataset(tg_ctx *ctx, const char *fn, void *obj, size_t size, const char *arg,
+                            const tg_dataset *ds) {
+    if (!obj) {
+        if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument %s is NULL", fn, arg);
+        return -1;
+    }
+    memset(obj, 0, size);
+    return !ctx || !check_dataset(ctx, fn, ds) ? -1 : 0;
+}
+
 int tg_batcher_init(tg_batcher *b, tg_ctx *ctx, const tg_dataset *ds, int64_t batch_size,
                     int flags) {
     static const char fn[] = "tg_batcher_init";
-    if (!b) {
-        if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument b is NULL", fn);
-        return -1;
-    }
-    memset(b, 0, sizeof *b);
-    if (!ctx || !check_dataset(ctx, fn, ds)) return -1;
+    if (begin_on_dataset(ctx, fn, b, sizeof *b, "b", ds)) return -1;
     if (batch_size < 1) {
         tg_set_error(ctx, "%s: batch_size must be >= 1, got %lld", fn, (long long)batch_size);
         return -1;
@@ -435,12 +443,7 @@ void tg_batcher_free(tg_batcher *b) {
 
 int tg_scaler_fit(tg_ctx *ctx, tg_scaler *s, const tg_dataset *train) {
     static const char fn[] = "tg_scaler_fit";
-    if (!s) {
-        if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument s is NULL", fn);
-        return -1;
-    }
-    memset(s, 0, sizeof *s);
-    if (!ctx || !check_dataset(ctx, fn, train)) return -1;
+    if (begin_on_dataset(ctx, fn, s, sizeof *s, "s", train)) return -1;
     if (train->n < 1) {
         tg_set_error(ctx, "%s: the dataset has no samples", fn);
         return -1;

@@ -13,19 +13,11 @@
 #include <math.h>
 #include <stdio.h>
 
-#define CONV_NAME_MAX 256 /* longest parameter name we build, with its NUL */
-
 int tg_conv_init(tg_ctx *ctx, tg_conv *l, const char *name, int64_t in_ch, int64_t out_ch,
                  int kernel, int stride, int padding, int bias, tg_dtype dt)
 {
     static const char fn[] = "tg_conv_init";
-    if (!ctx) return -1;
-    if (l) memset(l, 0, sizeof *l);
-    if (!tg_ok(ctx)) return -1;
-    if (!l) {
-        tg_set_error(ctx, "%s: argument l is NULL", fn);
-        return -1;
-    }
+    if (tgi_layer_begin(ctx, fn, l, sizeof *l, "l")) return -1;
     const char *shown = name ? name : "(unnamed)";
     if (in_ch < 1 || out_ch < 1 || kernel < 1 || stride < 1 || padding < 0) {
         tg_set_error(ctx, "%s: layer '%s' needs in_ch, out_ch, kernel, stride >= 1 and "
@@ -38,20 +30,10 @@ int tg_conv_init(tg_ctx *ctx, tg_conv *l, const char *name, int64_t in_ch, int64
         tg_set_error(ctx, "%s: layer dtype must be f32 or f64, got %s", fn, tg_dtype_name(dt));
         return -1;
     }
-    char wname[CONV_NAME_MAX], bname[CONV_NAME_MAX];
-    if (name) {
-        if (!*name) {
-            tg_set_error(ctx, "%s: name is empty (pass NULL for automatic names)", fn);
-            return -1;
-        }
-        int lw = snprintf(wname, sizeof wname, "%s.weight", name);
-        int lb = snprintf(bname, sizeof bname, "%s.bias", name);
-        if (lw < 0 || lb < 0 || lw >= CONV_NAME_MAX || lb >= CONV_NAME_MAX) {
-            tg_set_error(ctx, "%s: name '%.40s...' is too long (at most %d characters)", fn,
-                         name, CONV_NAME_MAX - 8);
-            return -1;
-        }
-    }
+    char wname[TGI_NAME_MAX], bname[TGI_NAME_MAX];
+    if (name && (tgi_param_name(ctx, fn, wname, name, "weight") ||
+                 tgi_param_name(ctx, fn, bname, name, "bias")))
+        return -1;
     const int64_t fan_in = in_ch * kernel * kernel;
     const double bound = 1.0 / sqrt((double)fan_in);
     int64_t wshape[4] = {out_ch, in_ch, kernel, kernel}, bshape[1] = {out_ch};
@@ -71,15 +53,7 @@ int tg_conv_init(tg_ctx *ctx, tg_conv *l, const char *name, int64_t in_ch, int64
 
 tg_tensor *tg_conv_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x)
 {
-    static const char fn[] = "tg_conv_forward";
-    if (!ctx || !tg_ok(ctx)) return NULL;
-    if (!l) {
-        tg_set_error(ctx, "%s: argument l is NULL", fn);
+    if (!ctx || !tgi_layer_ready(ctx, "tg_conv_forward", "l", l, l ? l->weight : NULL))
         return NULL;
-    }
-    if (!l->weight) {
-        tg_set_error(ctx, "%s: the layer has no weight (was tg_conv_init called?)", fn);
-        return NULL;
-    }
     return tg_conv2d(ctx, x, l->weight, l->bias, l->stride, l->padding);
 }

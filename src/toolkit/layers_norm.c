@@ -15,22 +15,13 @@
 #include <math.h>
 #include <stdio.h>
 
-#define NORM_NAME_MAX 256 /* longest parameter name built here, with its NUL */
-
 /* A parameter [n] named "<name>.<suffix>" (automatic when name is NULL),
  * filled with value; requires a gradient when grad. NULL on error. */
 static tg_tensor *vec_param(tg_ctx *ctx, const char *fn, const char *name, const char *suffix,
                             tg_dtype dt, int64_t n, double value, int grad)
 {
-    char full[NORM_NAME_MAX];
-    if (name) {
-        int len = snprintf(full, sizeof full, "%s.%s", name, suffix);
-        if (len < 0 || len >= (int)sizeof full) {
-            tg_set_error(ctx, "%s: name '%.40s...' is too long (at most %d characters)", fn, name,
-                         NORM_NAME_MAX - 2 - (int)strlen(suffix));
-            return NULL;
-        }
-    }
+    char full[TGI_NAME_MAX];
+    if (name && tgi_param_name(ctx, fn, full, name, suffix)) return NULL;
     tg_tensor *t = tg_param(ctx, name ? full : NULL, dt, 1, &n);
     if (!t) return NULL;
     tg_fill(t, value);
@@ -64,21 +55,6 @@ static int check_init(tg_ctx *ctx, const char *fn, const void *layer, const char
     return 1;
 }
 
-/* 1 if a forward can run on the layer (argument arg of fn) whose weight is
- * given; else records why (unless an error is recorded already). */
-static int layer_ready(tg_ctx *ctx, const char *fn, const char *arg, const void *layer,
-                       const tg_tensor *weight)
-{
-    if (layer && weight) return 1;
-    if (!tg_ok(ctx)) return 0;
-    if (!layer)
-        tg_set_error(ctx, "%s: argument %s is NULL", fn, arg);
-    else
-        tg_set_error(ctx, "%s: the layer has no weight (was %.*s_init called?)", fn,
-                     (int)(strlen(fn) - strlen("_forward")), fn);
-    return 0;
-}
-
 /* ---- layer norm ----------------------------------------------------------- */
 
 int tg_layernorm_init(tg_ctx *ctx, tg_layernorm *ln, const char *name, int64_t dim, tg_dtype dt)
@@ -96,7 +72,7 @@ int tg_layernorm_init(tg_ctx *ctx, tg_layernorm *ln, const char *name, int64_t d
 
 tg_tensor *tg_layernorm_forward(tg_ctx *ctx, const tg_layernorm *ln, tg_tensor *x)
 {
-    if (!ctx || !layer_ready(ctx, "tg_layernorm_forward", "ln", ln, ln ? ln->weight : NULL))
+    if (!ctx || !tgi_layer_ready(ctx, "tg_layernorm_forward", "ln", ln, ln ? ln->weight : NULL))
         return NULL;
     return tg_layer_norm(ctx, x, ln->weight, ln->bias, ln->eps);
 }
@@ -122,7 +98,7 @@ int tg_batchnorm_init(tg_ctx *ctx, tg_batchnorm *bn, const char *name, int64_t c
 
 tg_tensor *tg_batchnorm_forward(tg_ctx *ctx, const tg_batchnorm *bn, tg_tensor *x)
 {
-    if (!ctx || !layer_ready(ctx, "tg_batchnorm_forward", "bn", bn, bn ? bn->weight : NULL))
+    if (!ctx || !tgi_layer_ready(ctx, "tg_batchnorm_forward", "bn", bn, bn ? bn->weight : NULL))
         return NULL;
     return tg_batch_norm(ctx, x, bn->running_mean, bn->running_var, bn->weight, bn->bias,
                          tg_is_training(ctx), bn->momentum, bn->eps);

@@ -55,13 +55,7 @@ int tg_transformer_block_init(tg_ctx *ctx, tg_transformer_block *blk, const char
                               int64_t d_model, int64_t n_heads, int64_t d_ff, tg_dtype dt)
 {
     static const char fn[] = "tg_transformer_block_init";
-    if (!ctx) return -1;
-    if (blk) memset(blk, 0, sizeof *blk);
-    if (!tg_ok(ctx)) return -1;
-    if (!blk) {
-        tg_set_error(ctx, "%s: argument blk is NULL", fn);
-        return -1;
-    }
+    if (tgi_layer_begin(ctx, fn, blk, sizeof *blk, "blk")) return -1;
     if (d_model < 1 || n_heads < 1 || d_ff < 1 || d_model % n_heads != 0) {
         tg_set_error(ctx, "%s: need d_model >= 1 divisible by n_heads >= 1 and d_ff >= 1: "
                           "d_model %lld, n_heads %lld, d_ff %lld", fn, (long long)d_model,

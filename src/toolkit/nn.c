@@ -93,18 +93,6 @@ int tg_init_tensor(tg_ctx *ctx, tg_tensor *w, tg_init kind, int64_t fan_in, int6
 
 /* ---- dense layer ------------------------------------------------------- */
 
-/* Builds "<base>.<suffix>" into buf, or records an error if it does not fit. */
-static int param_name(tg_ctx *ctx, const char *fn, char *buf, const char *base,
-                      const char *suffix) {
-    int len = snprintf(buf, NN_NAME_MAX, "%s.%s", base, suffix);
-    if (len < 0 || len >= NN_NAME_MAX) {
-        tg_set_error(ctx, "%s: name '%.40s...' is too long (at most %d characters)", fn, base,
-                     NN_NAME_MAX - 1 - (int)strlen(suffix) - 1);
-        return -1;
-    }
-    return 0;
-}
-
 /* The init done by tg_dense_init, with an explicit gain (tg_mlp_init passes
  * the activation's gain). */
 static int dense_init(tg_ctx *ctx, const char *fn, tg_dense *d, const char *name, int64_t in,
@@ -123,15 +111,10 @@ static int dense_init(tg_ctx *ctx, const char *fn, tg_dense *d, const char *name
         tg_set_error(ctx, "%s: unknown init kind %d", fn, (int)init);
         return -1;
     }
-    char wname[NN_NAME_MAX], bname[NN_NAME_MAX];
-    if (name) {
-        if (!*name) {
-            tg_set_error(ctx, "%s: name is empty (pass NULL for automatic names)", fn);
-            return -1;
-        }
-        if (param_name(ctx, fn, wname, name, "weight") || param_name(ctx, fn, bname, name, "bias"))
-            return -1;
-    }
+    char wname[TGI_NAME_MAX], bname[TGI_NAME_MAX];
+    if (name && (tgi_param_name(ctx, fn, wname, name, "weight") ||
+                 tgi_param_name(ctx, fn, bname, name, "bias")))
+        return -1;
     int64_t wshape[2] = {out, in}, bshape[1] = {out}; /* [out,in], as nn.Linear */
     tg_tensor *w = tg_param(ctx, name ? wname : NULL, dt, 2, wshape);
     if (!w || tg_init_tensor(ctx, w, init, in, out, gain)) return -1;
@@ -147,15 +130,7 @@ static int dense_init(tg_ctx *ctx, const char *fn, tg_dense *d, const char *name
 int tg_dense_init(tg_ctx *ctx, tg_dense *d, const char *name, int64_t in, int64_t out,
                   tg_dtype dt, tg_init init) {
     static const char fn[] = "tg_dense_init";
-    if (!ctx) return -1;
-    if (!tg_ok(ctx)) {
-        if (d) memset(d, 0, sizeof *d);
-        return -1;
-    }
-    if (!d) {
-        tg_set_error(ctx, "%s: argument d is NULL", fn);
-        return -1;
-    }
+    if (tgi_layer_begin(ctx, fn, d, sizeof *d, "d")) return -1;
     return dense_init(ctx, fn, d, name, in, out, dt, init, 0.0);
 }
 

@@ -24,23 +24,6 @@
 #define NPY_ALIGN 64
 #define NPY_MAX_HEADER 65536 /* far more than any header of <= TG_MAX_DIMS dims */
 
-static int npy_host_is_le(void) {
-    const uint16_t one = 1;
-    unsigned char b;
-    memcpy(&b, &one, 1);
-    return b == 1;
-}
-
-/* reverse the bytes of each esize-byte element of p[0..n*esize) */
-static void npy_swap(unsigned char *p, int64_t n, size_t esize) {
-    for (int64_t i = 0; i < n; i++, p += esize)
-        for (size_t a = 0, b = esize - 1; a < b; a++, b--) {
-            unsigned char c = p[a];
-            p[a] = p[b];
-            p[b] = c;
-        }
-}
-
 static const char *npy_descr(tg_dtype dt) {
     switch (dt) {
     case TG_F32: return "f4";
@@ -82,14 +65,14 @@ int tg_save_npy(tg_ctx *ctx, const tg_tensor *t, const char *path) {
     size_t esize = tg_dtype_size(t->dtype), bytes = (size_t)t->numel * esize;
     int ok = fwrite(pre, 1, sizeof pre, f) == sizeof pre && fwrite(head, 1, (size_t)len, f) == (size_t)len;
     if (ok && bytes) {
-        if (npy_host_is_le()) {
+        if (tgi_host_is_le()) {
             ok = fwrite(t->data, 1, bytes, f) == bytes;
         } else { /* one element at a time, swapped */
             const unsigned char *p = t->data;
             for (int64_t i = 0; ok && i < t->numel; i++, p += esize) {
                 unsigned char e[8];
                 memcpy(e, p, esize);
-                npy_swap(e, 1, esize);
+                tgi_byteswap(e, esize, esize);
                 ok = fwrite(e, 1, esize, f) == esize;
             }
         }
@@ -128,13 +111,13 @@ static const char *npy_parse_header(const char *head, tg_dtype *dt, int *swap, i
     if (d[0] != '\'' || !d[1] || !d[2] || !d[3] || d[4] != '\'')
         return "descr is not one of '<f4', '<f8', '<i4' (or '>' / '=' byte orders)";
     char order = d[1];
-    if (order == '=' || order == '|') order = npy_host_is_le() ? '<' : '>';
+    if (order == '=' || order == '|') order = tgi_host_is_le() ? '<' : '>';
     if (order != '<' && order != '>') return "descr has an unknown byte order";
     if (!strncmp(d + 2, "f4", 2)) *dt = TG_F32;
     else if (!strncmp(d + 2, "f8", 2)) *dt = TG_F64;
     else if (!strncmp(d + 2, "i4", 2)) *dt = TG_I32;
     else return "descr is not f4, f8 or i4 (float32, float64, int32)";
-    *swap = (order == '<') != npy_host_is_le();
+    *swap = (order == '<') != tgi_host_is_le();
     if (*sh != '(') return "shape is not a tuple";
     const char *p = sh + 1;
     *ndim = 0;
@@ -230,7 +213,7 @@ tg_tensor *tg_load_npy(tg_ctx *ctx, const char *path) {
         t = NULL;
         goto done;
     }
-    if (swap) npy_swap(t->data, t->numel, tg_dtype_size(dt));
+    if (swap) tgi_byteswap(t->data, (size_t)t->numel * tg_dtype_size(dt), tg_dtype_size(dt));
 done:
     if (head) tgi_free(ctx, head, hlen + 1);
     fclose(f);

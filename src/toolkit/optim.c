@@ -290,31 +290,25 @@ static inline void flush_subnormals_end(fp_mode m) {
 }
 
 /* fn(k, p, st, lo, hi) over [0, n): in the caller's thread below
- * tgi_threads_for's threshold (no OpenMP region at all), else one contiguous
- * range per thread; each with subnormals flushed (above). */
+ * tgi_threads_for's threshold (the pool not touched), else contiguous
+ * ranges on the context's threads (TGI_PAR_RUN); each with subnormals
+ * flushed (above). */
 typedef struct upd_k upd_k;
 typedef void (*upd_fn)(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi);
-static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
-    const int64_t n = p->numel;
-    const int nt = tgi_par_threads(ctx, n); /* tiny: not even asked */
-    if (nt <= 1) {
-        const fp_mode m = flush_subnormals_begin();
-        fn(k, p, st, 0, n);
-        flush_subnormals_end(m);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int c = 0; c < nt; c++) {
-        const fp_mode m = flush_subnormals_begin();
-        fn(k, p, st, tgi_chunk_at(n, nt, c), tgi_chunk_at(n, nt, c + 1));
-        flush_subnormals_end(m);
-    }
-#else
+typedef struct {
+    upd_fn fn;
+    const upd_k *k;
+    tg_tensor *p;
+    void *const *st;
+} upd_job;
+TGI_PAR_FN void upd_range(void *arg, int64_t lo, int64_t hi) {
+    const upd_job *j = arg;
     const fp_mode m = flush_subnormals_begin();
-    fn(k, p, st, 0, n);
+    j->fn(j->k, j->p, j->st, lo, hi);
     flush_subnormals_end(m);
-#endif
+}
+static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
+    TGI_PAR_RUN(ctx, p->numel, upd_range, &(upd_job){fn, k, p, st});
 }
 
 /* The scalars of one update, in double (each kernel rounds them to T once). */

@@ -46,16 +46,6 @@ static const char *rs_order(void) {
     return b == 1 ? "little" : "big";
 }
 
-static void rs_le64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t rs_get64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 static size_t rs_buf_bytes(const tg_tensor *p) { return (size_t)p->numel * tg_dtype_size(p->dtype); }
 
 /* the header of what is saved */
@@ -148,7 +138,7 @@ int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batche
     XXH3_state_t *sum = XXH3_createState();
     ok = ok && sum && XXH3_64bits_reset(sum) == XXH_OK;
     unsigned char len[8];
-    rs_le64(len, strlen(text));
+    tgi_put_le64(len, strlen(text));
     ok = ok && rs_write(f, RS_MAGIC, 8, sum) == 0 && rs_write(f, len, 8, sum) == 0 &&
          rs_write(f, text, strlen(text), sum) == 0;
     for (int i = 0; ok && opt && i < ov.n; i++)
@@ -156,7 +146,7 @@ int tg_resume_save(tg_ctx *ctx, const char *path, tg_optim *opt, const tg_batche
             ok = rs_write(f, ov.buf[i * ov.nbufs + k], rs_buf_bytes(ov.params[i]), sum) == 0;
     if (ok && b) ok = rs_write(f, b->order, (size_t)b->n * sizeof *b->order, sum) == 0;
     if (ok) {
-        rs_le64(len, XXH3_64bits_digest(sum));
+        tgi_put_le64(len, XXH3_64bits_digest(sum));
         ok = rs_write(f, len, 8, NULL) == 0;
     }
     if (!ok) err = errno;
@@ -328,12 +318,12 @@ int tg_resume_load(tg_ctx *ctx, const char *path, tg_optim *opt, tg_batcher *b, 
         rs_fail(ctx, path, "not a resume file (no TGRESUME magic)");
         goto done;
     }
-    uint64_t hlen = rs_get64(blob + 8);
+    uint64_t hlen = tgi_get_le64(blob + 8);
     if (hlen > RS_MAX_HEADER || 16 + hlen + 8 > size) {
         rs_fail(ctx, path, "header length %" PRIu64 " does not fit the file (truncated?)", hlen);
         goto done;
     }
-    if (XXH3_64bits(blob, size - 8) != rs_get64(blob + size - 8)) {
+    if (XXH3_64bits(blob, size - 8) != tgi_get_le64(blob + size - 8)) {
         rs_fail(ctx, path, "checksum mismatch (file corrupted or truncated)");
         goto done;
     }

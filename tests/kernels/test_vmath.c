@@ -256,6 +256,78 @@ static void check_specials(const char *name, void (*f32)(float *, const float *,
 
 #define N_OF(a) ((int)(sizeof a / sizeof a[0]))
 
+/* gelu (f32): y = x Phi(x) in ulps of y, and its derivative d = Phi + x phi in ulps of
+ * |Phi| + |x phi| (d crosses 0 near x = -0.75, where a relative measure means nothing),
+ * both in ulps of at least 2^-100 (the far tail x < -12.3 is measured absolutely),
+ * against long double erfc and exp; bounds of docs/vmath.md. f64 is libm element by
+ * element: bit for bit the scalar formula. */
+#define GELU_BOUND_Y 5.0
+#define GELU_BOUND_D 4.5
+
+static long double gelu_phi_l(long double x) { return 0.5L * erfcl(-x / sqrtl(2.0L)); }
+static long double gelu_dens_l(long double x)
+{
+    return expl(-x * x / 2) / sqrtl(2 * 3.14159265358979323846264338327950288L);
+}
+
+Test(vmath, gelu_accuracy)
+{
+    static float x[SWEEP], y[SWEEP], d[SWEEP], y2[SWEEP];
+    const double ranges[4][2] = {{-16, 16}, {-4, 4}, {-1e-3, 1e-3}, {-15.5, -9}};
+    int ran = 0;
+    for (int s = 0; s < N_ISA; s++) {
+        if (!use_isa(s)) continue;
+        ran++;
+        rng_seed(7);
+        for (int i = 0; i < SWEEP; i++) x[i] = (float)urand(ranges[i % 4][0], ranges[i % 4][1]);
+        tgi_vgelu_f32(y, d, x, SWEEP);
+        tgi_vgelu_f32(y2, NULL, x, SWEEP);
+        double my = 0, md = 0;
+        float ay = 0, ad = 0;
+        for (int i = 0; i < SWEEP; i++) {
+            const long double ph = gelu_phi_l(x[i]), xp = x[i] * gelu_dens_l(x[i]);
+            const double ry = (double)(x[i] * ph);
+            /* the tail x < -12.3 (|y| < 2^-100, where e^(-x^2/2) nears the subnormals):
+             * in ulps of 2^-100 */
+            const double ey = fabs((double)y[i] - ry) / ulp_f32(fmax(fabs(ry), 0x1p-100));
+            const double ed = fabs((double)d[i] - (double)(ph + xp)) /
+                              ulp_f32(fmax((double)(fabsl(ph) + fabsl(xp)), 0x1p-100));
+            if (ey > my) my = ey, ay = x[i];
+            if (ed > md) md = ed, ad = x[i];
+            cr_assert(same_bits_f32(y[i], y2[i]), "gelu %s: y depends on d at x = %a",
+                      isa_names[s], (double)x[i]);
+        }
+        cr_log_info("gelu %s f32: y %.3f ulp (x = %a), d %.3f ulp (x = %a)", isa_names[s], my,
+                    (double)ay, md, (double)ad);
+        cr_expect(my <= GELU_BOUND_Y && md <= GELU_BOUND_D,
+                  "gelu %s f32: y %.3f ulp at %a, d %.3f ulp at %a (bounds %.1f, %.1f)",
+                  isa_names[s], my, (double)ay, md, (double)ad, GELU_BOUND_Y, GELU_BOUND_D);
+        cr_expect(my > 0.1 && md > 0.1, "gelu %s: suspiciously exact sweep", isa_names[s]);
+        /* specials: gelu(+-0) = +-0 with slope 1/2, far tails, infinities, NaN */
+        const float xs[7] = {0.0f, -0.0f, 40, -40, INFINITY, -INFINITY, NAN};
+        float ys[7], ds[7];
+        tgi_vgelu_f32(ys, ds, xs, 7);
+        cr_expect(same_bits_f32(ys[0], 0.0f) && same_bits_f32(ys[1], -0.0f), "gelu(+-0)");
+        cr_expect(ds[0] == 0.5f && ds[1] == 0.5f, "gelu'(0) = %a", (double)ds[0]);
+        cr_expect(ys[2] == 40 && ds[2] == 1 && ys[3] == 0 && ds[3] == 0, "gelu(+-40)");
+        cr_expect(ys[4] == INFINITY && ds[4] == 1, "gelu(+inf)");
+        cr_expect(isnan(ys[5]) && isnan(ys[6]) && isnan(ds[6]), "gelu(-inf), gelu(NaN)");
+        /* f64: the scalar formula, bit for bit */
+        const double xd[5] = {-7.5, -1.25, 1e-3, 0.75, 3.5};
+        double yd[5], dd[5];
+        tgi_vgelu_f64(yd, dd, xd, 5);
+        for (int i = 0; i < 5; i++) {
+            const double u = xd[i], e = erf(u * 0.70710678118654752440);
+            const double wy = u * 0.5 * (1 + e);
+            const double wd = 0.5 * (1 + e) + u * 0.39894228040143267794 * exp(-0.5 * u * u);
+            cr_expect(same_bits_f64(yd[i], wy) && same_bits_f64(dd[i], wd),
+                      "gelu %s f64(%a) = %a, %a; want %a, %a", isa_names[s], u, yd[i], dd[i],
+                      wy, wd);
+        }
+    }
+    cr_assert_geq(ran, 1, "no kernel set ran");
+}
+
 Test(vmath, exp_special_values)
 {
     const sv both[] = {

@@ -17,12 +17,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(20240611); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(activations, .init = setup, .fini = teardown);
+TG_TEST_SUITE(activations, 20240611); /* ctx: a fresh context per test */
 
 /* the shapes every elementwise activation is checked on */
 static const shp SHAPES[] = {

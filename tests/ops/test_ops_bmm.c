@@ -13,18 +13,7 @@
 #include "index_ref.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void)
-{
-    ctx = tg_ctx_new(99);
-}
-static void teardown(void)
-{
-    tg_ctx_free(ctx);
-}
-
-TestSuite(bmm, .init = setup, .fini = teardown);
+TG_TEST_SUITE(bmm, 99); /* ctx: a fresh context per test */
 
 typedef struct {
     shp a, b, y;

@@ -14,12 +14,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(20240607); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(elementwise, .init = setup, .fini = teardown);
+TG_TEST_SUITE(elementwise, 20240607); /* ctx: a fresh context per test */
 
 /* ---- binary ops --------------------------------------------------------- */
 

@@ -16,18 +16,7 @@
 #include "index_ref.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void)
-{
-    ctx = tg_ctx_new(4242);
-}
-static void teardown(void)
-{
-    tg_ctx_free(ctx);
-}
-
-TestSuite(index, .init = setup, .fini = teardown);
+TG_TEST_SUITE(index, 4242); /* ctx: a fresh context per test */
 
 /* ---- helpers ------------------------------------------------------------ */
 

@@ -14,12 +14,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(77031); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(losses, .init = setup, .fini = teardown);
+TG_TEST_SUITE(losses, 77031); /* ctx: a fresh context per test */
 
 static const shp SHAPES[] = {
     {0, {0}}, {1, {1}}, {1, {5}}, {2, {3, 4}}, {2, {4, 1}}, {3, {2, 3, 4}},

@@ -13,12 +13,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(1234); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(matmul, .init = setup, .fini = teardown);
+TG_TEST_SUITE(matmul, 1234); /* ctx: a fresh context per test */
 
 /* a copy of t's data as doubles (malloc'd) */
 static double *copy_d(const tg_tensor *t)

@@ -15,12 +15,7 @@
 #include "tapegrad.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(20261203); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(norm, .init = setup, .fini = teardown);
+TG_TEST_SUITE(norm, 20261203); /* ctx: a fresh context per test */
 
 /* ---- PyTorch reference values (tests/ops/norm_reference.py) ------------- */
 
@@ -122,19 +117,6 @@ static tg_tensor *formula_x(tg_dtype dt, shp s, int step)
     cr_assert_not_null(t, "%s", tg_errmsg(ctx));
     for (int64_t i = 0; i < tg_numel(t); i++) set_at(t, i, fx(i, step));
     return t;
-}
-
-/* every element of t (or of its gradient) within tol of want[] */
-static void assert_close(const tg_tensor *t, const double *want, int64_t n, double tol,
-                         int grad, const char *what)
-{
-    cr_assert_eq(tg_numel(t), n, "%s: numel %lld, want %lld", what, (long long)tg_numel(t),
-                 (long long)n);
-    for (int64_t i = 0; i < n; i++) {
-        double v = grad ? grad_at(t, i) : at(t, i);
-        cr_assert(fabs(v - want[i]) <= tol * (1 + fabs(want[i])), "%s[%lld]: %.17g, want %.17g",
-                  what, (long long)i, v, want[i]);
-    }
 }
 
 /* ---- the ops as tg_fn: sum(r * op(inputs)) ------------------------------ */
@@ -247,10 +229,10 @@ Test(norm, layer_norm_matches_pytorch)
     tg_tensor *x = formula_x(TG_F64, (shp){2, {3, 5}}, 0);
     tg_tensor *w = formula(TG_F64, (shp){1, {5}}, fw), *b = formula(TG_F64, (shp){1, {5}}, fb);
     tg_tensor *y = ln_with_grads(x, w, b, formula(TG_F64, (shp){2, {3, 5}}, fr));
-    assert_close(y, LN_Y, 15, 1e-13, 0, "y");
-    assert_close(x, LN_DX, 15, 1e-12, 1, "dx");
-    assert_close(w, LN_DW, 5, 1e-12, 1, "dw");
-    assert_close(b, LN_DB, 5, 1e-12, 1, "db");
+    assert_near(y, LN_Y, 15, 1e-13, 0, "y");
+    assert_near(x, LN_DX, 15, 1e-12, 1, "dx");
+    assert_near(w, LN_DW, 5, 1e-12, 1, "dw");
+    assert_near(b, LN_DB, 5, 1e-12, 1, "db");
 }
 
 /* rows with a mean of 1e6 and a spread of 1: the shifted statistics do not
@@ -433,19 +415,19 @@ static void bn_reference(shp s, double mom, const double *want_y, const double *
     }
     tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y, formula(TG_F64, s, fr))));
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
-    assert_close(y, want_y, n, 1e-12, 0, "y");
-    assert_close(x, want_dx, n, 1e-12, 1, "dx");
-    assert_close(w, want_dw, ch, 1e-12, 1, "dw");
-    assert_close(b, want_db, ch, 1e-12, 1, "db");
-    assert_close(rm, want_rm, ch, 1e-14, 0, "running_mean");
-    assert_close(rv, want_rv, ch, 1e-14, 0, "running_var");
+    assert_near(y, want_y, n, 1e-12, 0, "y");
+    assert_near(x, want_dx, n, 1e-12, 1, "dx");
+    assert_near(w, want_dw, ch, 1e-12, 1, "dw");
+    assert_near(b, want_db, ch, 1e-12, 1, "db");
+    assert_near(rm, want_rm, ch, 1e-14, 0, "running_mean");
+    assert_near(rv, want_rv, ch, 1e-14, 0, "running_var");
     cr_assert_null(tg_grad(rm));
     cr_assert_null(tg_grad(rv));
     tg_tensor *ye = tg_batch_norm(ctx, formula_x(TG_F64, s, 3), rm, rv, w, b, 0, mom, 1e-5);
     cr_assert_not_null(ye, "%s", tg_errmsg(ctx));
-    assert_close(ye, want_eval, n, 1e-12, 0, "eval y");
-    assert_close(rm, want_rm, ch, 1e-14, 0, "running_mean after eval");
-    assert_close(rv, want_rv, ch, 1e-14, 0, "running_var after eval");
+    assert_near(ye, want_eval, n, 1e-12, 0, "eval y");
+    assert_near(rm, want_rm, ch, 1e-14, 0, "running_mean after eval");
+    assert_near(rv, want_rv, ch, 1e-14, 0, "running_var after eval");
 }
 
 Test(norm, batch_norm_4d_matches_pytorch_over_steps)
@@ -472,11 +454,8 @@ Test(norm, batch_norm_training_without_running_stats)
     cr_assert_eq(tg_hash(y1), tg_hash(y2));
     /* each channel of y has mean 0 and biased variance 1 - eps-ish */
     for (int c = 0; c < 2; c++) {
-        double m = 0, v = 0;
-        for (int n = 0; n < 3; n++)
-            for (int k = 0; k < 4; k++) m += at(y1, (n * 2 + c) * 4 + k) / 12;
-        for (int n = 0; n < 3; n++)
-            for (int k = 0; k < 4; k++) v += pow(at(y1, (n * 2 + c) * 4 + k) - m, 2) / 12;
+        double m, v;
+        channel_stats(y1, c, 0, &m, &v);
         cr_assert(fabs(m) < 1e-12 && fabs(v - 1) < 1e-3, "channel %d: mean %g var %g", c, m, v);
     }
 }
@@ -496,7 +475,7 @@ Test(norm, batch_norm_eval_backward_uses_saved_stats)
     cr_assert_not_null(
         tg_batch_norm(ctx, rnd(ctx, TG_F64, s, 5, 9), rm, rv, NULL, NULL, 1, 0.9, 1e-5));
     tg_backward(ctx, loss);
-    assert_close(x, want, 12, 1e-14, 1, "dx");
+    assert_near(x, want, 12, 1e-14, 1, "dx");
 }
 
 /* ---- dropout -------------------------------------------------------------- */

@@ -13,12 +13,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(777); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(reduce_shape, .init = setup, .fini = teardown);
+TG_TEST_SUITE(reduce_shape, 777); /* ctx: a fresh context per test */
 
 static const shp SHAPES[] = {
     {0, {0}}, {1, {1}}, {1, {6}}, {2, {3, 4}}, {3, {2, 3, 4}}, {4, {2, 1, 3, 2}},

@@ -13,12 +13,7 @@
 #include "tapegrad.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(4321); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(rnn, .init = setup, .fini = teardown);
+TG_TEST_SUITE(rnn, 4321); /* ctx: a fresh context per test */
 
 /* t's elements set as tests/rnn_reference.py's fill(shape, s) */
 static tg_tensor *filled(tg_dtype dt, int ndim, const int64_t *shape, int s)

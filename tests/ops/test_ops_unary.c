@@ -20,12 +20,7 @@
 #include "internal.h" /* a direct call's tape node: its tg_op and attributes */
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(20261203); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(unary, .init = setup, .fini = teardown);
+TG_TEST_SUITE(unary, 20261203); /* ctx: a fresh context per test */
 
 /* points of the PyTorch comparison: x_k = lo + (hi - lo) (k + 0.5) / NREF,
  * and the weights of the loss sum_k W_k y_k whose gradient is compared */

@@ -7,20 +7,9 @@
 #include <string.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 #define SEED 20261203u
-
-/* n samples: x = (i, -i), label i % 3, in a dataset of ctx */
-static tg_dataset *counting(tg_ctx *ctx, int64_t n) {
-    tg_dataset *ds = tg_dataset_new(ctx, n, 2, 0);
-    cr_assert_not_null(ds, "%s", tg_errmsg(ctx));
-    for (int64_t i = 0; i < n; i++) {
-        ds->x[2 * i] = (float)i;
-        ds->x[2 * i + 1] = (float)-i;
-        ds->labels[i] = (int32_t)(i % 3);
-    }
-    return ds;
-}
 
 /* element i of an f32 or f64 batch */
 static double elem(const tg_tensor *t, int64_t i) {
@@ -37,7 +26,7 @@ typedef struct {
 static void rank_open(rank_state *r, int64_t n, int64_t batch, int flags, int rank, int count) {
     r->ctx = tg_ctx_new(SEED);
     cr_assert_not_null(r->ctx);
-    r->ds = counting(r->ctx, n);
+    r->ds = counting_dataset(r->ctx, n);
     cr_assert_eq(tg_batcher_init(&r->b, r->ctx, r->ds, batch, flags), 0, "%s", tg_errmsg(r->ctx));
     if (count > 0)
         cr_assert_eq(tg_batcher_shard(&r->b, rank, count), 0, "%s", tg_errmsg(r->ctx));

@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 #ifndef TG_SOURCE_DIR
 #define TG_SOURCE_DIR "."
@@ -698,13 +699,7 @@ TestSuite(dataset, .init = setup, .fini = teardown);
 
 /* n samples, 2 features: x = (i, -i), label i % 3 */
 static tg_dataset *counting(int64_t n) {
-    tg_dataset *ds = tg_dataset_new(ctx, n, 2, 0);
-    cr_assert_not_null(ds, "%s", tg_errmsg(ctx));
-    for (int64_t i = 0; i < n; i++) {
-        ds->x[2 * i] = (float)i;
-        ds->x[2 * i + 1] = (float)-i;
-        ds->labels[i] = (int32_t)(i % 3);
-    }
+    tg_dataset *ds = counting_dataset(ctx, n);
     ds->n_classes = 3;
     return ds;
 }

@@ -12,16 +12,7 @@
 #include "tapegrad.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-static void setup(void)
-{
-    ctx = tg_ctx_new(31);
-}
-static void teardown(void)
-{
-    tg_ctx_free(ctx);
-}
-TestSuite(layers_embed, .init = setup, .fini = teardown);
+TG_TEST_SUITE(layers_embed, 31); /* ctx: a fresh context per test */
 
 Test(layers_embed, parameter_name_shape_and_dtype)
 {

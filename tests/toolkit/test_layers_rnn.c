@@ -13,12 +13,7 @@
 #include "tapegrad.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(99); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(layers_rnn, .init = setup, .fini = teardown);
+TG_TEST_SUITE(layers_rnn, 99); /* ctx: a fresh context per test */
 
 /* tests/rnn_reference.py's fill(shape, s) into t's data */
 static void fill(tg_tensor *t, int s)

@@ -13,12 +13,7 @@
 #include "tapegrad.h"
 #include "tg_test.h"
 
-static tg_ctx *ctx;
-
-static void setup(void) { ctx = tg_ctx_new(7); }
-static void teardown(void) { tg_ctx_free(ctx); }
-
-TestSuite(transformer, .init = setup, .fini = teardown);
+TG_TEST_SUITE(transformer, 7); /* ctx: a fresh context per test */
 
 /* ---- PyTorch reference values (tests/transformer_reference.py, torch 1.13) ---- */
 
