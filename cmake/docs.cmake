@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # `docs`: the API documentation built from include/tapegrad.h by Doxygen
 # (Debian's doxygen package), README.md as its main page, into
 # <build>/docs/html. Any Doxygen warning fails the target (WARN_AS_ERROR), and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Installation, as a Debian library is installed: the header, the shared library
 # (with its SOVERSION) and the static library, tapegrad.pc, and a CMake package
 # (tapegradConfig.cmake with a version file) giving tapegrad::tapegrad and

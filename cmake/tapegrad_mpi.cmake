@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # tapegrad_mpi: data-parallel training over MPI (include/tapegrad/mpi.h, src/mpi/),
 # an optional library of its own, so that the core library never depends on MPI.
 # Built when an MPI implementation (Debian: libopenmpi-dev) is found and TG_MPI

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* adaline.c: ADALINE, a linear neuron trained by gradient descent on the
  * squared error, finds the least-squares solution.
  *

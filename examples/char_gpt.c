@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* char_gpt.c: a character-level transformer language model (a small GPT).
  *
  *   tokens [B,T] -> token embedding [V,C] + position embedding [T_max,C]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* char_rnn.c: a character-level LSTM language model on any text file.
  *
  *   x_t = onehot(char_t)            [T,N,V]   V: the distinct bytes of the file

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* cnn_classifier.c: a small convolutional network on Fashion-MNIST.
  *
  *   x [N,1,28,28]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* custom_op.c: define an op the library does not have, exactly as the built-in
  * ones are defined, and check its gradient against finite differences.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* examples/example_util.h: what several example programs need besides tapegrad:
  * clocks, number arguments, a seed argument, a whole file, and the evaluation
  * of a classifier over a data set in batches. Header-only (every function is

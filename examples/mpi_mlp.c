@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mpi_mlp.c: data-parallel training of an MLP over MPI (built only with
  * tapegrad_mpi). Run it under mpirun:
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* overfit.c: a network much larger than its data memorises the noise.
  *
  * 40 points of y = sin(3x) + noise (x uniform in [-1,1], noise sd 0.3) are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* perceptron.c: Rosenblatt's perceptron learns AND and OR, and cannot learn XOR.
  *
  *   y_hat = step(w . x + b)          step(z) = 1 if z >= 0 else 0  (tg_step)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* softmax_classifier.c: softmax regression and an MLP on Fashion-MNIST (or
  * on a spiral), side by side.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tape_graph: see a model. Builds a 4-16-8-3 tanh MLP, prints its parameter
  * table (tg_summary), records one forward pass and its loss, and writes the
  * tape as Graphviz DOT (tg_tape_dot) to OUT.dot; when Graphviz is installed

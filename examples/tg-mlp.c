@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tg-mlp: train, evaluate and use a multilayer perceptron from the command line.
  *
  *   tg-mlp train   --data DIR|FILE.csv [options]   train, evaluate each epoch, save

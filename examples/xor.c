@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* xor.c: a 2-4-1 MLP learns XOR, which no single line can separate.
  *
  *   h = tanh(x W1^T + b1)      x [4,2], W1 [4,2], b1 [4]     (tg_mlp, layer fc1)

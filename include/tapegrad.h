@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /**
  * @file tapegrad.h
  * @brief tapegrad: reverse-mode automatic differentiation for tensors, in C11.

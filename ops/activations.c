@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* activations.c: elementwise activations and the softmax family.
  *
  * Every op here reads top to bottom: the public function (argument checks,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/attention.c: scaled dot-product attention, one fused node.
  *
  * Per (batch, head) pair the op is three GEMMs and a row softmax; the pairs are

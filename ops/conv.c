@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/conv.c: convolution and pooling, NCHW: tg_conv2d, tg_max_pool2d, tg_avg_pool2d.
  *
  * tg_conv2d is one node through the GEMM (src/kernels/gemm.h): each image's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/elementwise.c: elementwise ops, binary ones with NumPy broadcasting.
  *
  *   binary (broadcasting): tg_add, tg_sub, tg_mul, tg_div

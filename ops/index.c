@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/index.c: the shape and indexing family: ops that move elements to new
  * places without changing their values, as PyTorch defines them.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* losses.c: loss functions. Every loss returns a 0-dimensional tensor: the
  * mean over the batch (over all elements for the elementwise losses, over the
  * N rows for cross-entropy). An empty input gives NaN, as a mean of nothing.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/matmul.c: the matrix op family: tg_matmul, tg_add_bias, tg_linear.
  *
  * Every product goes through the GEMM (src/kernels/gemm.c) with its transpose flags,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/norm.c: normalisation and dropout: tg_layer_norm, tg_batch_norm, tg_dropout.
  *
  * Each op is one fused node with its own backward. Every op reads top to

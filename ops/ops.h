@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/ops.h: the op-writing kit, shared by every family file in ops/.
  *
  * An op is a tg_op {name, forward, backward}, exactly as a user's op: its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/reduce.c: reductions.
  *
  *   tg_sum        all elements -> 0-dim

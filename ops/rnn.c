@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/rnn.c: the recurrent cells, tg_lstm_cell and tg_gru_cell.
  *
  * Each cell is fused: two GEMMs forward (x W_ih^T and h W_hh^T, the weights read

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ops/shape.c: ops that move elements without changing their values.
  *
  *   tg_transpose  2-D [m,n] -> [n,m] (a copy)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Expected values for tests/ops/test_ops_attention.c, computed with PyTorch.
 
 Run once by hand (needs torch; the test itself does not):

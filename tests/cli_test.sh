@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # cli_test.sh: tg-mlp end to end. Usage: cli_test.sh TG_MLP SOURCE_DIR WORK_DIR
 #
 # On a generated 2-class CSV: train (--json) -> eval (--json) -> predict, with

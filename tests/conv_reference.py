@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Expected values for tests/ops/test_ops_conv.c, computed with PyTorch (float64).
 
 Run by hand (needs torch; the test itself does not):

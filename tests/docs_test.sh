@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The documentation's programs must keep compiling and running against the library.
 #
 #   docs_test.sh blocks SOURCE_DIR STATIC_LIB "LINK FLAGS..."

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The examples are real programs: each one that exists is built and run as a
 # test, and its exit status says whether it reached what it claims (xor: 4/4;
 # perceptron: AND and OR converge, XOR does not; adaline: the learned weights

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Expected values for tests/ops/test_ops_index.c and tests/ops/test_ops_bmm.c,
 computed with PyTorch (torch 1.13, float64).
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Install the library into scratch prefixes and build a program written only
 # against the public contract (tests/contract/contract_program.c) as a user
 # would: with pkg-config and with CMake's find_package, shared and static,

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """A tg-mlp checkpoint is a PyTorch state_dict, both ways (docs/interop.md).
 
 Usage: interop_torch.py TG_MLP WORK_DIR

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """PyTorch reference values for the op tests.
 
 Run with Debian's /usr/bin/python3 (PyTorch 1.13, float64 throughout):

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Expected values for tests/toolkit/test_optim.c, computed with PyTorch's optimisers.
 
 Run once by hand (needs torch; the test itself does not):

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The README's example must keep compiling and running against the library:
 # extract its C block, build it with the static library, run it.
 #   readme_test.sh SOURCE_DIR INCLUDE_DIR STATIC_LIB "LINK FLAGS..."

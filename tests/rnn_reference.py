@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Reference values for tests/ops/test_ops_rnn.c and tests/toolkit/test_layers_rnn.c.
 
 Run with Debian's python3 (PyTorch 1.13):

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Minimal, independent safetensors reader (json + struct only, no tapegrad code).
 
 Usage: safetensors_read.py FILE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/tg_test.h: helpers shared by the op test suites (tests/ops/test_ops_*.c).
  * Header-only: every helper is `static inline`, so a suite that uses only
  * some of them compiles warning-free. Helpers that create tensors or look at

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Expected values for tests/toolkit/test_layers_transformer.c, from PyTorch.
 
 Run once by hand (needs torch; the test itself does not):

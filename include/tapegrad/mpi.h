@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /**
  * @file tapegrad/mpi.h
  * @brief Data-parallel training over MPI: the optional part of tapegrad

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* arena.c: the one allocation point and the arena of temporaries.
  *
  * Every byte the library takes goes through ctx->alloc (Lua-style), so a user

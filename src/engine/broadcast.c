@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* broadcast.c: NumPy broadcasting of two shapes, for the elementwise binary ops
  * (ops/elementwise.c) and whatever else pairs two shapes. */
 #include "internal.h"

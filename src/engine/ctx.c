@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ctx.c: the context (owner of everything), its sticky error, its random
  * generator and its thread count. Nothing in tapegrad is global: two contexts
  * can train on two threads. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gradcheck.c: compare the tape's gradients with central finite differences.
  *
  * For an output y of m elements and inputs of N elements in all, the analytic

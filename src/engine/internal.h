@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* internal.h: what the engine's files share with the op files and the toolkit. Not installed; every symbol here
  * is hidden from the shared library (built with -fvisibility=hidden). Internal
  * cross-file names carry the tgi_ prefix. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tape.c: recording ops, backward, reset, and the custom-op entry point.
  *
  * The tape is an array of nodes appended in call order. Call order is already

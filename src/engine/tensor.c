@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tensor.c: making tensors (temporaries in the arena, parameters on the heap),
  * reading them, hashing them, filling them. */
 #include "internal.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm.c: the GEMM driver: workspace, kernel dispatch, blocking and threads.
  *
  *   C[m,n] = (accumulate ? C : 0) + op(A)[m,k] op(B)[k,n], row-major (see gemm.h).

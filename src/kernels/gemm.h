@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm.h: the engine's matrix multiply. Internal, not part of the public API.
  *
  * Row-major throughout.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_avx2.c: the AVX2+FMA GEMM kernel set (Haswell and later, Zen 1-5). Compiled
  * into every x86-64 build with function-level target attributes, so the library
  * needs no -mavx2; gemm.c selects it at run time when the CPU has AVX2 and FMA.

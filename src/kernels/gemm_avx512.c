@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_avx512.c: the AVX-512 GEMM kernel set (Skylake-X and later, Zen 4/5).
  * Compiled into every x86-64 build with function-level target attributes; gemm.c
  * selects it at run time when the CPU (and OS) support AVX-512 F, VL and DQ.

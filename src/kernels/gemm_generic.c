@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_generic.c: the portable GEMM kernel set, for any CPU and any compiler that
  * has GCC's vector extensions (gcc, clang). The kernels are the ones in
  * gemm_tmpl.h over 16-byte vectors: SSE2 on x86-64, NEON on arm64, plain scalar

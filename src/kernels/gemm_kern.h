@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_kern.h: what a GEMM kernel set provides to the driver in gemm.c.
  * Internal to the gemm*.c files. One tgi_gemm_impl per instruction set; the driver
  * is type-agnostic (it moves void pointers by elem bytes), so a kernel set gives

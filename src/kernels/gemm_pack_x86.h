@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_pack_x86.h: transposing packs with 256-bit AVX2 shuffles, for gemm_avx2.c and
  * gemm_avx512.c (AVX-512F implies AVX2). No include guard: included once per kernel
  * file, which defines PACKX_TARGET (the function attribute) and PACKX_SFX (a name

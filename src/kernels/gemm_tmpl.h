@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm_tmpl.h: the GEMM kernels, written once over a small vector vocabulary and
  * instantiated per instruction set and element type (gemm_generic.c, gemm_avx2.c,
  * gemm_avx512.c). No include guard: included once per instantiation.

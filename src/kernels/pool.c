@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool.c: the thread pool (see pool.h).
  *
  * A job is published as one 64-bit word, the ticket:

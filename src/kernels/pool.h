@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* pool.h: the library's own thread pool. Internal, not part of the public API.
  *
  * One pool per context (or per GEMM workspace that is given one). It starts no

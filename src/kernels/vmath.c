@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath.c: picks the vmath kernel set once from the CPU's features (AVX-512, then
  * AVX2+FMA, then the portable set) and forwards every tgi_v* call to it. The kernels
  * are in vmath_tmpl.h, instantiated by vmath_generic.c, vmath_avx2.c and

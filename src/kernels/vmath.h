@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath.h: vectorised transcendental and elementwise kernels. Internal, not part of
  * the public API; the op files and the optimisers call them.
  *

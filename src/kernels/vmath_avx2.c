@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath_avx2.c: the AVX2+FMA vmath kernels (Haswell and later, Zen 1-5): 8 floats or
  * 4 doubles per ymm register. Compiled into every x86-64 build with function-level
  * target attributes, so the library needs no -mavx2; vmath.c selects this set at run

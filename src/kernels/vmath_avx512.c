@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath_avx512.c: the AVX-512 vmath kernels (Skylake-X and later, Zen 4/5): 16 floats
  * or 8 doubles per zmm register, comparisons into mask registers. Compiled into every
  * x86-64 build with function-level target attributes; vmath.c selects this set at run

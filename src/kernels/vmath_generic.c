@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath_generic.c: the portable vmath kernels, for any CPU and any compiler that has
  * GCC's vector extensions (gcc, clang): the algorithms of vmath_tmpl.h over 16-byte
  * vectors, which become SSE2 on x86-64, NEON on arm64 and plain scalar code where

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* vmath_tmpl.h: the vmath kernels, written once over a small vector vocabulary and
  * instantiated per instruction set and element type by vmath_generic.c,
  * vmath_avx2.c and vmath_avx512.c. No include guard: included once per instantiation.

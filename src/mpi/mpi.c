@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mpi.c: data-parallel training over MPI (include/tapegrad/mpi.h).
  *
  * Every collective here starts with a sync point: one small allreduce (MAX of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* checkpoint.c: checkpoints. Every parameter of a context, by name, in a safetensors
  * file (https://github.com/huggingface/safetensors), so weights move to and
  * from the Python ecosystem:

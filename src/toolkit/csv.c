@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* csv.c: numeric CSV files into a tg_dataset.
  *
  * The file is read into memory once, then walked twice: the first walk finds

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* data.c: datasets in memory, shuffling, mini-batches, train/test split and
  * standardisation.
  *

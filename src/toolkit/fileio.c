@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fileio.c: opening a file to read, for the loaders and the checkpoint reader.
  *
  * Every reader refuses what is not a regular file before any call that could

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* idx.c: the IDX format of MNIST and Fashion-MNIST, gzip'd or not.
  *
  * An IDX file is a 4-byte magic 00 00 TT DD (TT the element type, DD the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* inspect.c: seeing a model.
  *
  *   tg_summary   a table of the parameters: name, shape, dtype, count, bytes,

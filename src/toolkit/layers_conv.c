@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers_conv.c: the 2-D convolution layer (nn.Conv2d).
  *
  * A thin layer: tg_conv_forward is one tg_conv2d node, its backward comes

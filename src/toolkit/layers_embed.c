@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers_embed.c: the embedding layer, nn.Embedding's equivalent.
  *
  * One parameter, "<name>.weight" [num, dim], a table whose row v is the

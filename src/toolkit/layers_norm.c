@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers_norm.c: the normalisation and dropout layers: tg_layernorm (nn.LayerNorm),
  * tg_batchnorm (nn.BatchNorm1d / nn.BatchNorm2d) and tg_dropout_forward
  * (nn.Dropout).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers_rnn.c: nn.LSTM and nn.GRU over a sequence (tg_lstm, tg_gru).
  *
  * The tape unrolls the time steps: each step of each layer is one cell

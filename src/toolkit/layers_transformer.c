@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers_transformer.c: the pre-layer-norm transformer block.
  *
  * A block is made of ops only (layer norm, dense layers, slice, reshape,

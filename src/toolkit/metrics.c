@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* metrics.c: accuracy, confusion matrices and a running mean.
  *
  * Predictions and labels are read from tensors of any of the shapes a

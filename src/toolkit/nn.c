@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* nn.c: weight initialisation, the dense layer and the MLP.
  *
  * Layers are thin: a forward pass is made of ops (one fused tg_linear per

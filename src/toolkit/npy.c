@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* npy.c: one tensor to and from NumPy's .npy format
  * (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html):
  *

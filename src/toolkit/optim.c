@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* optim.c: optimisers (SGD, RMSprop, Adam, AdamW), gradient clipping and
  * learning-rate schedules.
  *

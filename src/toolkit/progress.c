@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* progress.c: a training progress line.
  *
  * On a terminal the line is redrawn in place ("\r" ... erase to end of line),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* resume.c: the state that makes training resumable, beside the model file.
  *
  * The model checkpoint (tg_save) holds exactly the parameters, so that it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* toolkit.h: what the training toolkit's files share (not installed; hidden
  * from the shared library's exports). The toolkit is built on the public API and
  * the engine's internal.h; the engine knows nothing of it. */

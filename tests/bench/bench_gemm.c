@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_gemm.c: GFLOP/s of tapegrad's GEMM (src/kernels/gemm.c), next to OpenBLAS when the
  * build found it (TG_HAVE_CBLAS, linked with -lopenblas).
  *

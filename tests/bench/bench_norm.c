@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_norm.c: tg_layer_norm forward + backward on a transformer's shape.
  *
  *   bench_norm [rows cols reps]   default 2048 128 2000

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_peak.c: the FMA peak of one core, the ceiling that the GEMM is measured against.
  *
  *   bench_peak [--json PATH] [--quick]

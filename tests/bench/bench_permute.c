@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_permute.c: tg_permute on a [32,64,4,32] f32 tensor (a transformer's
  * [B,T,H,D] activations), one thread, against tests/bench/torch_permute.py
  * (x.permute(...).contiguous() in PyTorch) run on the same machine.

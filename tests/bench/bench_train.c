@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_train.c: tapegrad on training workloads, the C half of the comparison
  * with PyTorch (tests/bench/torch_bench.py runs the same workloads with the same
  * hyper-parameters; script/bench runs both and prints the ratios).

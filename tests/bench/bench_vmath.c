@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_vmath.c: speed and accuracy of the vmath kernels (src/kernels/vmath.c).
  *
  *   bench_vmath [isa]            speed: elements per nanosecond of every kernel next to

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """PyTorch's side of tests/bench/bench_norm.c: F.layer_norm forward + backward.
 
     /usr/bin/python3 tests/bench/norm_torch.py [rows cols reps]   default 2048 128 2000

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """torch_bench.py: the PyTorch half of tapegrad's training benchmarks.
 
 The workloads, hyper-parameters, data and timing method are those of

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """torch_cnn.py: examples/cnn_classifier.c's network and training in PyTorch.
 
 The same model (conv 1->16 5x5 pad 2, relu, max pool 2, conv 16->32 5x5 pad 2,

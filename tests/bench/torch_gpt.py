@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """examples/char_gpt.c's model and training step in PyTorch 1.13, for speed and
 loss comparisons (run with Debian's /usr/bin/python3, one thread by default).
 

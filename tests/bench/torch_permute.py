@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """PyTorch's side of bench_permute.c: x.permute(perm).contiguous() on a
 [32,64,4,32] float32 tensor, one thread; best and median microseconds per call
 over REPS batches of 20 calls. Run with Debian's python3-torch:

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """torch_rnn.py: examples/char_rnn.c's training step in PyTorch 1.13, for the speed ratio.
 
 The same model and step: one-hot characters [T,N,V] -> nn.LSTM(V, H, num_layers=L)

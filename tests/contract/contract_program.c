@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A program written only against the public API contract of DESIGN.md: it must
  * compile and link against the built (shared) library with nothing else. It
  * fits y = 3x - 1 with one parameter pair, checks a gradient, and saves and

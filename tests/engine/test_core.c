@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_core.c: the engine itself — tensors, parameters, the error model, the
  * tape and backward (fan-out, deep chains, accumulation, zero_grad, no_grad),
  * the arena (flat memory over 10,000 steps), the random generator, hashing,

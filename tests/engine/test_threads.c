@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_threads.c: results do not depend on the thread count.
  *
  * Large elementwise kernels split their arrays into one contiguous chunk per

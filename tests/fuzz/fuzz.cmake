@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # tests/fuzz/fuzz.cmake: the libFuzzer targets and the ThreadSanitizer test.
 # Included by CMakeLists.txt. See docs/reliability.md.
 if(TG_FUZZ)

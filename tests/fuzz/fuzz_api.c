@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_api.c: bytes decoded into a sequence of ops on tensors of random shapes
  * (0 to 4 dimensions, sizes 0 to 5) and dtypes, with arguments valid and
  * invalid (NULL inputs, wrong dtypes, bad axes, odd scalars), then backward.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_checkpoint.c: tg_load and tg_checkpoint_meta on arbitrary bytes. The
  * context has parameters whose names and shapes the seed corpus uses, so
  * inputs that get through validation also reach the copy into parameters. A

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_common.h: what the fuzz targets share. Each target writes the input to
  * a file (the loaders read paths) in a private directory, runs the loader on
  * a fresh context, and checks the contract: a result, or an error whose

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_csv.c: tg_load_csv on arbitrary bytes, with options taken from the
  * first byte (delimiter, header mode, what the y columns are). */
 #include "fuzz_common.h"

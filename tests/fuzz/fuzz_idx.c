@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_idx.c: tg_load_idx on arbitrary bytes, as given (the corpus holds plain
  * and gzip'd files) and gzip'd by the target, alone and with a labels file
  * made of the same bytes. */

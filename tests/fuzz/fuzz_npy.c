@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_npy.c: tg_load_npy on arbitrary bytes. A load gives a tensor whose
  * data the file holds exactly (every element read here, so ASan sees any
  * overrun), or an error naming tg_load_npy. A loaded tensor is saved again

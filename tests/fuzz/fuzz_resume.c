@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fuzz_resume.c: tg_resume_load on arbitrary bytes, into a live Adam
  * optimiser over two parameters and a batcher over 10 samples in batches of
  * 4 (the setup the seeds were saved from). The first byte picks options: bit

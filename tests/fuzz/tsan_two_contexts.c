@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tsan_two_contexts.c: two contexts train on two threads at once (forward,
  * backward, an optimiser step, a save and a load each, on their own files;
  * then the second-round layers: a small CNN with batch norm, pooling and

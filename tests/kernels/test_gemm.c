@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_gemm.c: the GEMM kernels (src/kernels/gemm.c) against a naive long-double reference.
  *
  * Every kernel set this CPU can run (generic, avx2, avx512) is forced in turn; every

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_gemm_tiny.c: the tiny-product path of src/kernels/gemm.c (m n k <= 512, the layers
  * of an XOR-sized network), which runs only when no kernel set is forced and so is
  * not reached by test_gemm's per-kernel sweeps. It promises the bits of the plain

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_pool.c: the thread pool (src/kernels/pool.h) and what rests on it.
  *
  * The pool alone: every chunk of a job runs exactly once, on a thread index

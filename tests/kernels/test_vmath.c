@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_vmath.c: the vectorised kernels of src/kernels/vmath.c, on every kernel set this CPU
  * can run (generic, avx2, avx512: each forced in turn with tgi_vmath_force).
  *

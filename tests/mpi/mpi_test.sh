@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # tests/mpi/mpi_test.sh CASE MPIRUN BINDIR WORKDIR: one MPI test case, run by ctest.
 # Prints "PASS <what>" or "FAIL <what>" lines; exit 0 pass, 1 fail, 77 skipped
 # (no mpirun). Open MPI refuses to run as root and to start more processes than

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mpi_train.c: the program behind the MPI tests (tests/mpi/mpi_test.sh).
  *
  * Trains a 20-64-64-5 tanh MLP with SGD (momentum 0.9) on 2,000 generated

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # tests/mpi/tg_mlp_test.sh CASE MPIRUN TG_MLP WORKDIR: tg-mlp train --distributed under
 # mpirun with 2 ranks, run by ctest. Prints "PASS <what>" or "FAIL <what>" lines; exit 0
 # pass, 1 fail, 77 skipped (no mpirun).

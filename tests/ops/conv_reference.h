@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* conv_reference.h: written by tests/conv_reference.py (torch 1.13.0a0); do not edit. */
 /* conv_a: F.conv2d(x [2, 3, 7, 6], w [4, 3, 3, 2], bias=True, stride=2, padding=1) -> [2, 4, 4, 4] */
 static const double conv_a_y[128] = {

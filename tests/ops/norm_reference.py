@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Reference values for tests/ops/test_ops_norm.c, from PyTorch (float64).
 
 Run with Debian's python3 (PyTorch 1.13):  /usr/bin/python3 tests/ops/norm_reference.py

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_activations.c: tg_sigmoid, tg_sigmoid_scaled, tg_tanh, tg_relu,
  * tg_leaky_relu, tg_softmax, tg_log_softmax, tg_activate.
  * Gradient checks in f64 over the full Jacobian on several shapes, near kinks

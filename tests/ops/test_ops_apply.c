@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_apply.c: every built-in op of more than one input, or
  * not elementwise, is a tg_op like a user's: tg_apply of the op taken from the
  * tape node of a direct call (with its attributes) gives the same bits, values

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_attention.c: tg_attention.
  * Gradient checks in f64 through a random-weighted projection sum(w * out) for
  * q, k and v, causal and not, on the edge shapes a user meets (T = 1, T != S,

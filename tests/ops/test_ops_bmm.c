@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_bmm.c: tg_matmul with batch dimensions (torch.matmul
  * for operands of 2 or more dims). Values and gradients against PyTorch
  * (tests/index_reference.py -> index_reference.h), against per-entry 2-D

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_ops_conv.c: tg_conv2d, tg_max_pool2d, tg_avg_pool2d (ops/conv.c).
  *
  * Gradients: float64 central differences of sum(r * f(x)) with fixed random

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_elementwise.c: tg_add, tg_sub, tg_mul, tg_div (broadcasting),
  * tg_scale, tg_neg, tg_exp, tg_log, tg_pow, tg_identity, tg_step.
  * Gradient checks in f64 over the full Jacobian on many shapes, forward values

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_index.c: tg_permute, tg_slice, tg_concat, tg_embedding.
  * Values and gradients against PyTorch (tests/index_reference.py ->
  * index_reference.h), values against naive index loops, f64 gradient checks

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_losses.c: tg_mse, tg_l1, tg_cross_entropy, tg_bce,
  * tg_bce_with_logits.
  * Gradient checks in f64 (wrt both inputs where both are differentiable) on

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_matmul.c: tg_matmul, tg_add_bias, tg_linear.
  * Gradient checks in f64 over the full Jacobian, values against naive loops,
  * the fused layer against its unfused composition, f32 against f64, errors. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_norm.c: tg_layer_norm, tg_batch_norm, tg_dropout.
  * Gradient checks in f64 through random-weighted projections sum(r * y) of
  * every input (x, weight, bias) of both norms, in training and eval, with and

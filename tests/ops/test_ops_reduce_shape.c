@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_reduce_shape.c: tg_sum, tg_mean, tg_sum_axis, tg_mean_axis,
  * tg_max_axis, tg_transpose, tg_reshape. Gradient checks in f64 over the full
  * Jacobian, values against naive loops and PyTorch, f32 accuracy of long sums,

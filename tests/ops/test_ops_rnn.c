@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_rnn.c: tg_lstm_cell and tg_gru_cell.
  * f64 gradient checks of every input through a weighted projection of a chain of
  * steps (losses through h' only, c' only and both), with and without biases, batch 1,

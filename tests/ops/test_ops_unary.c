@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_unary.c: every one-input elementwise op (and the row-wise
  * softmax pair), from one table keyed by name. A row brings its op into every
  * test below:

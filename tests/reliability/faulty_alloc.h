@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* faulty_alloc.h: a tg_alloc_fn for the reliability suites. It counts the
  * allocations (count), fails the fail_at-th one (never when fail_at <= 0) and
  * remembers that it did (failed), and keeps the bytes held (live), so a test

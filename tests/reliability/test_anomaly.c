@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_anomaly.c: tg_detect_anomaly. The first op whose forward or backward
  * produces a NaN or an infinity records an error naming the op, its node and
  * the shapes; off by default; a clean graph runs as without it. */

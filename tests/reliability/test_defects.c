@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_defects.c: one test per defect of the reliability review (issue 10),
  * each written to fail before its fix. */
 #include <criterion/criterion.h>

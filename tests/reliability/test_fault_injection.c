@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_fault_injection.c: fail the N-th allocation, for every N, across a
  * training step that uses every op family (the second-round ones through a
  * small CNN, an LSTM, a GRU and a transformer block; tg_tape_dot and

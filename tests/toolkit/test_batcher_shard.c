@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_batcher_shard.c: tg_batcher_shard, the data-parallel share of each
  * batch. P batchers (one per "rank", each with its own context seeded alike)
  * must give, put end to end in rank order, exactly the batches of one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/toolkit/test_checkpoint.c: checkpoints (tg_save, tg_load and the extras).
  * Round trips are bit-exact (tg_hash before and after); every malformed file
  * is rejected with its own message and leaves parameters and grads untouched;

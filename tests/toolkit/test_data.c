@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_data.c: datasets, IDX and CSV loaders, shuffling, batches, split,
  * standardisation. IDX and CSV files are written into a fresh temporary
  * directory per test (plain and gzip'd through zlib); the small committed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_inspect.c: tg_summary's table and tg_tape_dot's graph (rendered by
  * Graphviz's dot when it is installed, so the syntax is checked by a real
  * reader). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_layers_conv.c: the convolution layer tg_conv (src/toolkit/layers_conv.c):
  * nn.Conv2d's parameter names, layouts and default initialisation, a forward
  * pass that is tg_conv2d, a small CNN that learns, and bad arguments. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_layers_embed.c: the embedding layer (tg_embed).
  *
  * Parameter name, shape and dtype; N(0, 1) initialisation (statistics of a

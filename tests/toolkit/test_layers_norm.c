@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_layers_norm.c: the normalisation and dropout layers (tg_layernorm,
  * tg_batchnorm, tg_dropout_forward) and the optimisers' handling of
  * parameters that do not require grad.

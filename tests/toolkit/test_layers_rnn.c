@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/toolkit/test_layers_rnn.c: tg_lstm and tg_gru over a sequence.
  * Output, final states and every gradient of a weighted loss against PyTorch's
  * nn.LSTM / nn.GRU with the same weights (tests/rnn_reference.py); parameter names,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tests/toolkit/test_layers_transformer.c: the pre-layer-norm transformer block.
  * Parameter names and shapes; the output and the gradients of x and every
  * parameter against PyTorch's nn.TransformerEncoderLayer(norm_first=True,

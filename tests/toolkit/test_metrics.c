@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_metrics.c: accuracy, confusion matrices, the mean meter and the
  * progress line, on hand-made predictions. */
 #include <criterion/criterion.h>

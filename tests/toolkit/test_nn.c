@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_nn.c: weight initialisation, dense layers and MLPs.
  *
  * Initialisation: the statistics of large tensors (bounds, mean, standard

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_npy.c: tg_save_npy / tg_load_npy, round trips and against NumPy
  * (Debian's /usr/bin/python3 with python3-numpy; those tests skip without it). */
 #include <criterion/criterion.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_resume.c: a run stopped after epoch k and resumed from its model file
  * and its resume file ends bit-identical to the uninterrupted run; a resume
  * file that does not fit the optimiser or batcher is refused with a message

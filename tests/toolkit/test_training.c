@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test_training.c: whole training runs, end to end.
  *
  * - Same seed, same build: bit-identical parameters after training with
