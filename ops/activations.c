@@ -80,7 +80,7 @@ static void last_axis(const tg_tensor *x, int64_t *rows, int64_t *cols)
 TGI_VMATH_OP(sigmoid, V_SIGMOID);
 
 /* d sigmoid(x)/dx = y (1 - y) */
-static void sigmoid_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_SIGMOID_BWD, out); }
+UNARY_VMATH_BACKWARD_FN(sigmoid, V_SIGMOID_BWD, out)
 
 /* ======================================================================== */
 /* tg_sigmoid_scaled                                                        */
@@ -182,7 +182,7 @@ static void sigmoid_scaled_backward(tg_op_call *c)
 TGI_VMATH_OP(tanh, V_TANH);
 
 /* d tanh(x)/dx = 1 - y^2 */
-static void tanh_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_TANH_BWD, out); }
+UNARY_VMATH_BACKWARD_FN(tanh, V_TANH_BWD, out)
 
 /* ======================================================================== */
 /* tg_relu                                                                  */
@@ -194,7 +194,7 @@ static void tanh_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_TANH_BWD, o
 TGI_VMATH_OP(relu, V_RELU);
 
 /* d relu(x)/dx = [x > 0] */
-static void relu_backward(tg_op_call *c) { UNARY_VMATH_BACKWARD(c, V_RELU_BWD, in[0]); }
+UNARY_VMATH_BACKWARD_FN(relu, V_RELU_BWD, in[0])
 
 /* ======================================================================== */
 /* tg_leaky_relu                                                            */
@@ -211,17 +211,11 @@ tg_tensor *tg_leaky_relu(tg_ctx *ctx, tg_tensor *x, double slope)
     return tgi_unary(ctx, "tg_leaky_relu", &op_leaky_relu, x, &at);
 }
 
-static int leaky_relu_forward(tg_op_call *c) /* a0 = slope */
-{
-    UNARY_FWD(c, u > 0 ? u : a0 * u);
-    return 0;
-}
+/* forward; a0 = slope */
+UNARY_FORWARD_FN(leaky_relu, u > 0 ? u : a0 * u)
 
 /* d leaky_relu(x)/dx = 1 if x > 0 else slope */
-static void leaky_relu_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, u > 0 ? g : a0 * g);
-}
+UNARY_BACKWARD_FN(leaky_relu, u > 0 ? g : a0 * g)
 
 /* ======================================================================== */
 /* tg_gelu                                                                  */

@@ -31,15 +31,12 @@ tg_tensor *tg_add(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_ADD(SA, SB) FWD_ROW(SA, SB, u + v)
-static int add_forward(tg_op_call *c)
-{
-    BINARY_FORWARD(c, ADD);
-    return 0;
-}
+BINARY_FORWARD_FN(add, ADD)
 
 /* d(a+b)/da = 1, d(a+b)/db = 1 */
 #define BWD_ROW_a_ADD(SA, SB) BWD_ROW(SA, SB, SA, g)
 #define BWD_ROW_b_ADD(SA, SB) BWD_ROW(SA, SB, SB, g)
+BINARY_BACKWARD_FN(add_bcast, ADD)
 static void add_backward(tg_op_call *c)
 {
     if (TGI_ATTR(c)->i[0] == BIN_SAME) { /* da = db = dy: copies into new buffers */
@@ -47,7 +44,7 @@ static void add_backward(tg_op_call *c)
         tgi_pass_grad(c, 1);
         return;
     }
-    BINARY_BACKWARD(c, ADD);
+    add_bcast_backward(c);
 }
 
 /* ======================================================================== */
@@ -64,19 +61,12 @@ tg_tensor *tg_sub(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_SUB(SA, SB) FWD_ROW(SA, SB, u - v)
-static int sub_forward(tg_op_call *c)
-{
-    BINARY_FORWARD(c, SUB);
-    return 0;
-}
+BINARY_FORWARD_FN(sub, SUB)
 
 /* d(a-b)/da = 1, d(a-b)/db = -1 */
 #define BWD_ROW_a_SUB(SA, SB) BWD_ROW(SA, SB, SA, g)
 #define BWD_ROW_b_SUB(SA, SB) BWD_ROW(SA, SB, SB, -g)
-static void sub_backward(tg_op_call *c)
-{
-    BINARY_BACKWARD(c, SUB);
-}
+BINARY_BACKWARD_FN(sub, SUB)
 
 /* ======================================================================== */
 /* tg_mul                                                                   */
@@ -92,19 +82,12 @@ tg_tensor *tg_mul(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_MUL(SA, SB) FWD_ROW(SA, SB, u * v)
-static int mul_forward(tg_op_call *c)
-{
-    BINARY_FORWARD(c, MUL);
-    return 0;
-}
+BINARY_FORWARD_FN(mul, MUL)
 
 /* d(ab)/da = b, d(ab)/db = a */
 #define BWD_ROW_a_MUL(SA, SB) BWD_ROW(SA, SB, SA, g * v)
 #define BWD_ROW_b_MUL(SA, SB) BWD_ROW(SA, SB, SB, g * u)
-static void mul_backward(tg_op_call *c)
-{
-    BINARY_BACKWARD(c, MUL);
-}
+BINARY_BACKWARD_FN(mul, MUL)
 
 /* ======================================================================== */
 /* tg_div                                                                   */
@@ -122,19 +105,12 @@ tg_tensor *tg_div(tg_ctx *ctx, tg_tensor *a, tg_tensor *b)
 }
 
 #define FWD_ROW_DIV(SA, SB) FWD_ROW(SA, SB, u / v)
-static int div_forward(tg_op_call *c)
-{
-    BINARY_FORWARD(c, DIV);
-    return 0;
-}
+BINARY_FORWARD_FN(div, DIV)
 
 /* d(a/b)/da = 1/b, d(a/b)/db = -a/b^2 = -y/b */
 #define BWD_ROW_a_DIV(SA, SB) BWD_ROW(SA, SB, SA, g / v)
 #define BWD_ROW_b_DIV(SA, SB) BWD_ROW(SA, SB, SB, -(g * w) / v)
-static void div_backward(tg_op_call *c)
-{
-    BINARY_BACKWARD(c, DIV);
-}
+BINARY_BACKWARD_FN(div, DIV)
 
 /* ======================================================================== */
 /* Unary ops                                                                */
@@ -153,17 +129,11 @@ tg_tensor *tg_scale(tg_ctx *ctx, tg_tensor *x, double s)
     return tgi_unary(ctx, "tg_scale", &op_scale, x, &at);
 }
 
-static int scale_forward(tg_op_call *c) /* a0 = s */
-{
-    UNARY_FWD(c, a0 * u);
-    return 0;
-}
+/* forward; a0 = s */
+UNARY_FORWARD_FN(scale, a0 * u)
 
 /* d(s x)/dx = s */
-static void scale_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, a0 * g);
-}
+UNARY_BACKWARD_FN(scale, a0 * g)
 
 /* ======================================================================== */
 /* tg_neg                                                                   */
@@ -172,17 +142,10 @@ static void scale_backward(tg_op_call *c)
 /* y = -x, x's shape. dx = -dy. Saves nothing. */
 TGI_UNARY_OP(neg);
 
-static int neg_forward(tg_op_call *c)
-{
-    UNARY_FWD(c, -u);
-    return 0;
-}
+UNARY_FORWARD_FN(neg, -u)
 
 /* d(-x)/dx = -1 */
-static void neg_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, -g);
-}
+UNARY_BACKWARD_FN(neg, -g)
 
 /* ======================================================================== */
 /* tg_exp                                                                   */
@@ -195,10 +158,7 @@ static void neg_backward(tg_op_call *c)
 TGI_VMATH_OP(exp, V_EXP);
 
 /* d e^x/dx = e^x = y */
-static void exp_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, g * w);
-}
+UNARY_BACKWARD_FN(exp, g * w)
 
 /* ======================================================================== */
 /* tg_log                                                                   */
@@ -211,10 +171,7 @@ static void exp_backward(tg_op_call *c)
 TGI_VMATH_OP(log, V_LOG);
 
 /* d ln x/dx = 1/x */
-static void log_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, g / u);
-}
+UNARY_BACKWARD_FN(log, g / u)
 
 /* ======================================================================== */
 /* tg_sqrt                                                                  */
@@ -225,17 +182,10 @@ static void log_backward(tg_op_call *c)
  * gives NaN, both as PyTorch. C's correctly rounded sqrt. */
 TGI_UNARY_OP(sqrt);
 
-static int sqrt_forward(tg_op_call *c)
-{
-    UNARY_FWD(c, sqrt(u));
-    return 0;
-}
+UNARY_FORWARD_FN(sqrt, sqrt(u))
 
 /* d sqrt(x)/dx = 1 / (2 sqrt(x)) = 1 / (2 y) */
-static void sqrt_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, g / (w + w));
-}
+UNARY_BACKWARD_FN(sqrt, g / (w + w))
 
 /* ======================================================================== */
 /* tg_abs                                                                   */
@@ -245,17 +195,10 @@ static void sqrt_backward(tg_op_call *c)
  * PyTorch. Saves nothing (reads x). */
 TGI_UNARY_OP(abs);
 
-static int abs_forward(tg_op_call *c)
-{
-    UNARY_FWD(c, fabs(u));
-    return 0;
-}
+UNARY_FORWARD_FN(abs, fabs(u))
 
 /* d |x|/dx = sign(x) (0 at 0) */
-static void abs_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, u > 0 ? g : u < 0 ? -g : (T)0);
-}
+UNARY_BACKWARD_FN(abs, u > 0 ? g : u < 0 ? -g : (T)0)
 
 /* ======================================================================== */
 /* tg_clamp                                                                 */
@@ -279,17 +222,11 @@ tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi)
     return tgi_unary(ctx, "tg_clamp", &op_clamp, x, &at);
 }
 
-static int clamp_forward(tg_op_call *c) /* a0 = lo, a1 = hi */
-{
-    UNARY_FWD(c, u < a0 ? a0 : u > a1 ? a1 : u);
-    return 0;
-}
+/* forward; a0 = lo, a1 = hi */
+UNARY_FORWARD_FN(clamp, u < a0 ? a0 : u > a1 ? a1 : u)
 
 /* d clamp(x)/dx = [lo <= x <= hi] */
-static void clamp_backward(tg_op_call *c)
-{
-    UNARY_BWD(c, u >= a0 && u <= a1 ? g : (T)0);
-}
+UNARY_BACKWARD_FN(clamp, u >= a0 && u <= a1 ? g : (T)0)
 
 /* ======================================================================== */
 /* tg_pow                                                                   */
@@ -367,11 +304,7 @@ tg_tensor *tg_identity(tg_ctx *ctx, tg_tensor *x)
  * output that requires grad, as in PyTorch. Saves nothing. */
 TGI_UNARY_OP(step);
 
-static int step_forward(tg_op_call *c)
-{
-    UNARY_FWD(c, u >= (T)0 ? (T)1 : (T)0);
-    return 0;
-}
+UNARY_FORWARD_FN(step, u >= (T)0 ? (T)1 : (T)0)
 
 /* d step(x)/dx = 0 (adds nothing; the gradient buffer exists afterwards) */
 static void step_backward(tg_op_call *c)

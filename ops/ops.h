@@ -8,20 +8,20 @@
  * &op_exp, ...) computes what tg_exp(ctx, ...) does. docs/guide.md, "Adding
  * a built-in op", shows the pattern; a one-input op is
  *
- *   TGI_OP(exp); // declares exp_forward, exp_backward; defines op_exp
+ *   TGI_OP(neg); // declares neg_forward, neg_backward; defines op_neg
  *
- *   tg_tensor *tg_exp(tg_ctx *ctx, tg_tensor *x)
+ *   tg_tensor *tg_neg(tg_ctx *ctx, tg_tensor *x)
  *   {
- *       return tgi_unary(ctx, "tg_exp", &op_exp, x, NULL);
+ *       return tgi_unary(ctx, "tg_neg", &op_neg, x, NULL);
  *   }
- *   static int exp_forward(tg_op_call *c) { UNARY_VMATH(c, V_EXP); return 0; }
- *   // d e^x/dx = e^x = y
- *   static void exp_backward(tg_op_call *c) { UNARY_BACKWARD(c, g * w); }
+ *   UNARY_FORWARD_FN(neg, -u) // defines neg_forward (threads by chunks)
+ *   // d(-x)/dx = -1
+ *   UNARY_BACKWARD_FN(neg, -g) // defines neg_backward
  *
  * What is here: argument checks, the unary and binary (broadcasting) op
  * bodies and their forward/backward loop macros, the dtype-generic wrappers
  * of the vector kernels (src/kernels/vmath.h). The engine's internal.h
- * supplies the rest (TGI_FLOAT_DISPATCH, TGI_PAR_CHUNKS, TGI_AVX2_CLONES,
+ * supplies the rest (TGI_FLOAT_DISPATCH, TGI_PAR_RUN, TGI_AVX2_CLONES,
  * TGI_LEAKY_SLOPE, tg_scratch, tgi_bcast). Not installed; every name is
  * static or a macro.
  */
@@ -184,8 +184,113 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
     return tgi_op_run(ctx, op, out, &x, 1, attr, attr ? sizeof *attr : 0);
 }
 
+/* TGI_PAR_RUN for the kit's elementwise loops: below TGI_PAR_MIN elements
+ * the chunk function runs inlined on the whole range; the rest of
+ * TGI_PAR_RUN (asking for threads, handing chunks to the pool) is out of
+ * line in tgi_kit_par_run, so that a tiny op's path saves no registers and
+ * builds no argument struct: ARG is a compound literal, evaluated only in
+ * the branch that runs. */
+#define KIT_PAR_RUN(ctx, n, fn, ...) /* ... is ARG */                                 \
+    do {                                                                               \
+        const int64_t kn_ = (n);                                                       \
+        if (kn_ < TGI_PAR_MIN)                                                         \
+            (fn)((__VA_ARGS__), 0, kn_);                                               \
+        else                                                                           \
+            tgi_kit_par_run((ctx), kn_, (fn), (__VA_ARGS__));                          \
+    } while (0)
+static __attribute__((noinline, unused)) void tgi_kit_par_run(tg_ctx *ctx, int64_t n,
+                                                             tgi_range_fn fn, void *arg)
+{
+    TGI_PAR_RUN(ctx, n, fn, arg);
+}
+
+/* What the chunk functions of a unary op read: d the array written (y in
+ * forward, dx in backward), x, y and dy the arrays read, a0 and a1 the
+ * attributes f[0] and f[1] (0 when the op has none). */
+typedef struct {
+    void *d;
+    const void *x, *y, *dy;
+    double a0, a1;
+    tg_dtype dtype;
+} tgi_unary_arg;
+
+/* The chunk arguments of call c as a compound literal, written inside
+ * TGI_PAR_RUN's call so that the one-thread path builds nothing. */
+#define TGI_UNARY_ARG(c, dst, dyp)                                                     \
+    &(tgi_unary_arg)                                                                   \
+    {                                                                                  \
+        .d = (dst), .x = (c)->in[0]->data, .y = (c)->out->data, .dy = (dyp),           \
+        .a0 = TGI_ATTR(c) ? TGI_ATTR(c)->f[0] : 0, .a1 = TGI_ATTR(c) ? TGI_ATTR(c)->f[1] : 0, \
+        .dtype = (c)->out->dtype                                                       \
+    }
+
+/* The attributes a0, a1 in the element type, inside a chunk function. */
+#define UNARY_CHUNK_ATTRS(p)                                                           \
+    const T a0 = (T)(p)->a0, a1 = (T)(p)->a1;                                          \
+    (void)a0, (void)a1
+
+/* The forward NAME_forward of a unary op: y[i] = EXPR for every element
+ * (u = x[i]; a0, a1 the attributes), in contiguous chunks over threads
+ * through the chunk function NAME_fwd_chunk it defines first. */
+#define UNARY_FORWARD_FN(NAME, EXPR)                                                   \
+    TGI_PAR_FN void NAME##_fwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+    {                                                                                  \
+        const tgi_unary_arg *p_ = arg_;                                                \
+        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
+            UNARY_CHUNK_ATTRS(p_);                                                     \
+            T *restrict py = (T *)p_->d;                                               \
+            const T *restrict px = (const T *)p_->x;                                   \
+            for (int64_t i = lo; i < hi; i++) {                                        \
+                const T u = px[i];                                                     \
+                (void)u;                                                               \
+                py[i] = (EXPR);                                                        \
+            }                                                                          \
+        });                                                                            \
+    }                                                                                  \
+    static int NAME##_forward(tg_op_call *c)                                           \
+    {                                                                                  \
+        KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_fwd_chunk,                           \
+                    TGI_UNARY_ARG(c, c->out->data, NULL));                             \
+        return 0;                                                                      \
+    }
+
+/* The backward NAME_backward of a unary op: dx[i] += EXPR for every element
+ * (g = dy[i], u = x[i], w = y[i]; a0, a1 the attributes) when x needs a
+ * gradient, in chunks over threads through NAME_bwd_chunk. */
+#define UNARY_BACKWARD_FN(NAME, EXPR)                                                  \
+    TGI_PAR_FN void NAME##_bwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+    {                                                                                  \
+        const tgi_unary_arg *p_ = arg_;                                                \
+        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
+            UNARY_CHUNK_ATTRS(p_);                                                     \
+            T *restrict dx = (T *)p_->d;                                               \
+            const T *restrict dy = (const T *)p_->dy;                                  \
+            const T *restrict px = (const T *)p_->x;                                   \
+            const T *restrict py = (const T *)p_->y;                                   \
+            for (int64_t i = lo; i < hi; i++) {                                        \
+                const T g = dy[i], u = px[i], w = py[i];                               \
+                (void)g, (void)u, (void)w;                                             \
+                dx[i] += (EXPR);                                                       \
+            }                                                                          \
+        });                                                                            \
+    }                                                                                  \
+    static void NAME##_backward(tg_op_call *c)                                         \
+    {                                                                                  \
+        if (!tgi_needs_grad(c->in[0]))                                                 \
+            return;                                                                    \
+        void *dx_ = tg_grad_acc(c->in[0]);                                             \
+        const void *dy_ = tg_grad(c->out);                                             \
+        if (!dx_ || !dy_)                                                              \
+            return;                                                                    \
+        KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_bwd_chunk, TGI_UNARY_ARG(c, dx_, dy_)); \
+    }
+
+/* The same loops written inside a forward or backward of the file's own,
+ * inside TGI_FLOAT_DISPATCH: UNARY_FORWARD and UNARY_BACKWARD run in the
+ * caller's thread only (TGI_PAR_CHUNKS); a loop worth threads is written
+ * with UNARY_FORWARD_FN and UNARY_BACKWARD_FN. */
 /* Inside TGI_FLOAT_DISPATCH, in a unary op's forward: y[i] = EXPR for every
- * element (u = x[i]), in contiguous chunks over threads. */
+ * element (u = x[i]). */
 #define UNARY_FORWARD(c, EXPR)                                                         \
     do {                                                                               \
         T *restrict py = (T *)(c)->out->data;                                          \
@@ -248,42 +353,53 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
     }                                                                                  \
     static int NAME##_forward(tg_op_call *c) /* its definition follows the macro */
 
-/* A unary op's forward by a vector kernel VF (V_EXP, V_TANH, ...), the
- * chunks over threads; dtype dispatch included. */
-#define UNARY_VMATH(c, VF)                                                             \
-    TGI_FLOAT_DISPATCH((c)->out->dtype, {                                              \
-        T *py_ = (T *)(c)->out->data;                                                  \
-        const T *px_ = (const T *)(c)->in[0]->data;                                    \
-        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                              \
-                       { VF(py_ + lo, px_ + lo, hi - lo); });                          \
-    })
+/* What the chunk functions of a vector-kernel op read: d the array written
+ * (y, or dx), s the array read (x; in backward the output or the input), dy. */
+typedef struct {
+    void *d;
+    const void *s, *dy;
+    tg_dtype dtype;
+} tgi_vmath_arg;
 
 /* The tg_op, public function tg_NAME(ctx, x) and forward of a one-input op
- * whose forward is the vector kernel VF; the file writes NAME_backward. */
+ * whose forward is the vector kernel VF (V_EXP, V_TANH, ...), over chunks
+ * on threads (NAME_fwd_chunk); the file writes NAME_backward. */
 #define TGI_VMATH_OP(NAME, VF)                                                         \
     TGI_UNARY_OP(NAME);                                                                \
+    TGI_PAR_FN void NAME##_fwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+    {                                                                                  \
+        const tgi_vmath_arg *p_ = arg_;                                                \
+        TGI_FLOAT_DISPATCH(p_->dtype, { VF((T *)p_->d + lo, (const T *)p_->s + lo, hi - lo); }); \
+    }                                                                                  \
     static int NAME##_forward(tg_op_call *c)                                           \
     {                                                                                  \
-        UNARY_VMATH(c, VF);                                                            \
+        KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_fwd_chunk,                           \
+                    &(tgi_vmath_arg){c->out->data, c->in[0]->data, NULL, c->out->dtype}); \
         return 0;                                                                      \
     }                                                                                  \
     static void NAME##_backward(tg_op_call *c) /* its definition follows the macro */
 
-/* A unary op's backward by a vector kernel VB (V_TANH_BWD, ...): dx += dy *
- * f'(s), s the output (SRC out) or the input (SRC in[0]); dtype dispatch
- * included. */
-#define UNARY_VMATH_BACKWARD(c, VB, SRC)                                               \
-    do {                                                                               \
-        if (!tgi_needs_grad((c)->in[0]))                                               \
-            break;                                                                     \
-        TGI_FLOAT_DISPATCH((c)->out->dtype, {                                          \
-            const T *s_ = (const T *)(c)->SRC->data, *dy_ = (const T *)tg_grad((c)->out); \
-            T *dx_ = (T *)tg_grad_acc((c)->in[0]);                                     \
-            if (dx_ && dy_)                                                            \
-                TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, lo, hi,                      \
-                               { VB(dx_ + lo, s_ + lo, dy_ + lo, hi - lo); });         \
+/* The backward NAME_backward of a unary op by a vector kernel VB
+ * (V_TANH_BWD, ...): dx += dy * f'(s), s the output (SRC out) or the input
+ * (SRC in[0]), over chunks on threads (NAME_bwd_chunk). */
+#define UNARY_VMATH_BACKWARD_FN(NAME, VB, SRC)                                         \
+    TGI_PAR_FN void NAME##_bwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+    {                                                                                  \
+        const tgi_vmath_arg *p_ = arg_;                                                \
+        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
+            VB((T *)p_->d + lo, (const T *)p_->s + lo, (const T *)p_->dy + lo, hi - lo); \
         });                                                                            \
-    } while (0)
+    }                                                                                  \
+    static void NAME##_backward(tg_op_call *c)                                         \
+    {                                                                                  \
+        if (!tgi_needs_grad(c->in[0]))                                                 \
+            return;                                                                    \
+        void *dx_ = tg_grad_acc(c->in[0]);                                             \
+        const void *dy_ = tg_grad(c->out);                                             \
+        if (dx_ && dy_)                                                                \
+            KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_bwd_chunk,                       \
+                        &(tgi_vmath_arg){dx_, c->SRC->data, dy_, c->out->dtype});      \
+    }
 
 /* Forward and backward of the ops that move x's elements unchanged in
  * row-major order (tg_identity, tg_reshape): y = a copy of x; dx += dy. */
@@ -347,13 +463,16 @@ static inline void tgi_pass_backward(tg_op_call *c) { tgi_pass_grad(c, 0); }
  * the flat arrays directly. Results are the same bits as through the
  * general iterator, which collapses these cases to the same single row.
  *
- * Threads: elementwise chunks (TGI_PAR_CHUNKS); a reduction onto a broadcast
- * operand in backward stays in one thread, in order.
+ * Threads: on the fast path, elementwise chunks over threads (TGI_PAR_RUN on
+ * the chunk functions the op's macros define); a reduction onto a scalar
+ * operand in backward, and the general broadcast path, stay in one thread,
+ * in order.
  *
  * An op OP defines its row kernels FWD_ROW_<OP>(SA,SB) and
  * BWD_ROW_a_<OP>(SA,SB), BWD_ROW_b_<OP>(SA,SB) from FWD_ROW and BWD_ROW
- * below; its forward is BINARY_FORWARD(c, OP), its backward
- * BINARY_BACKWARD(c, OP), its public function tgi_binary(...).
+ * below; BINARY_FORWARD_FN(name, OP) and BINARY_BACKWARD_FN(name, OP) define
+ * its forward and backward (with their chunk functions), tgi_binary(...)
+ * its public function.
  */
 
 /* How a binary op's operands pair up (node attribute i[0]). */
@@ -579,39 +698,73 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
         }                                                                              \
     } while (0)
 
-/* Forward on the fast path (kind BIN_SAME, BIN_B_SCALAR or BIN_A_SCALAR),
- * inside TGI_FLOAT_DISPATCH: the row kernel FWD_ROW_<OP> over chunks of the
- * flat output, with a scalar operand's stride 0. */
-#define FAST_FORWARD(kind, out, a, b, OP)                                              \
-    do {                                                                               \
-        T *restrict py = (T *)(out)->data;                                             \
-        const T *restrict pa = (const T *)(a)->data;                                   \
-        const T *restrict pb = (const T *)(b)->data;                                   \
-        TGI_PAR_CHUNKS((out)->ctx, (out)->numel, lo, hi, {                             \
+/* What the fast path's chunk functions read: the output y, the inputs a
+ * and b, for backward dy and d (the gradient of the input being filled),
+ * the kind. */
+typedef struct {
+    void *d;
+    const void *y, *a, *b, *dy;
+    int kind;
+    tg_dtype dtype;
+} tgi_binary_arg;
+
+/* The chunk arguments of call c as a compound literal (see TGI_UNARY_ARG). */
+#define TGI_BINARY_ARG(c, knd, dst, dyp)                                                \
+    &(tgi_binary_arg)                                                                  \
+    {                                                                                  \
+        .d = (dst), .y = (c)->out->data, .a = (c)->in[0]->data, .b = (c)->in[1]->data, \
+        .dy = (dyp), .kind = (knd), .dtype = (c)->out->dtype                           \
+    }
+
+/* A chunk [lo, hi) of the fast path's forward: the row kernel FWD_ROW_<OP>
+ * over the chunk, a scalar operand's stride 0. */
+#define FAST_FORWARD_CHUNK(NAME, OP)                                                   \
+    TGI_PAR_FN void NAME##_fwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+    {                                                                                  \
+        const tgi_binary_arg *p_ = arg_;                                               \
+        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
+            T *restrict py = (T *)p_->d;                                               \
+            const T *restrict pa = (const T *)p_->a;                                   \
+            const T *restrict pb = (const T *)p_->b;                                   \
             const int64_t n3 = hi - lo;                                                \
             T *restrict yr = py + lo;                                                  \
-            FAST_KIND_ROW(kind, FWD_ROW_##OP);                                         \
+            FAST_KIND_ROW(p_->kind, FWD_ROW_##OP);                                     \
         });                                                                            \
-    } while (0)
+    }
 
-/* Backward on the fast path for input SIDE, inside TGI_FLOAT_DISPATCH: the
- * row kernel BWD_ROW_<SIDE>_<OP>. When SIDE is the scalar operand its
- * gradient is a sum over every output element: one row, in order, in one
- * thread (the same bits as the general path); else elementwise chunks. */
-#define FAST_BACKWARD(kind, call, d, SIDE, OP)                                         \
+/* A chunk [lo, hi) of the fast path's backward for input SIDE when SIDE is
+ * not the scalar operand: the row kernel BWD_ROW_<SIDE>_<OP>, elementwise. */
+#define FAST_BACKWARD_CHUNK(NAME, SIDE, OP)                                            \
+    TGI_PAR_FN void NAME##_bwd_##SIDE##_chunk(void *arg_, int64_t lo, int64_t hi)     \
+    {                                                                                  \
+        const tgi_binary_arg *p_ = arg_;                                               \
+        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
+            const T *restrict pa = (const T *)p_->a;                                   \
+            const T *restrict pb = (const T *)p_->b;                                   \
+            const int64_t n3 = hi - lo;                                                \
+            const T *restrict gr = (const T *)p_->dy + lo;                             \
+            const T *restrict yr = (const T *)p_->y + lo;                              \
+            T *restrict dr = (T *)p_->d + lo;                                          \
+            FAST_KIND_ROW(p_->kind, BWD_ROW_##SIDE##_##OP);                            \
+        });                                                                            \
+    }
+
+/* Backward on the fast path for input SIDE, inside TGI_FLOAT_DISPATCH. When
+ * SIDE is the scalar operand its gradient is a sum over every output
+ * element: one row, in order, in one thread (the same bits as the general
+ * path); else elementwise chunks over threads (NAME_bwd_<SIDE>_chunk). */
+#define FAST_BACKWARD(NAME, kind, call, dgrad, SIDE, OP)                                   \
     do {                                                                               \
         const T *restrict dy = (const T *)tg_grad((call)->out);                        \
-        const T *restrict py = (const T *)(call)->out->data;                           \
-        const T *restrict pa = (const T *)(call)->in[0]->data;                         \
-        const T *restrict pb = (const T *)(call)->in[1]->data;                         \
-        T *restrict pd = (d);                                                          \
+        T *restrict pd = (dgrad);                                                      \
         const int64_t n_all = (call)->out->numel;                                      \
         if (!pd || !dy || n_all == 0)                                                  \
             break;                                                                     \
         if ((kind) == BIN_SCALAR_##SIDE) {                                             \
             const int64_t n3 = n_all;                                                  \
-            const T *restrict gr = dy, *restrict yr = py, *restrict ar = pa,           \
-                            *restrict br = pb;                                         \
+            const T *restrict gr = dy, *restrict yr = (const T *)(call)->out->data,    \
+                            *restrict ar = (const T *)(call)->in[0]->data,             \
+                            *restrict br = (const T *)(call)->in[1]->data;             \
             T *restrict dr = pd;                                                       \
             if ((kind) == BIN_A_SCALAR)                                                \
                 BWD_ROW_##SIDE##_##OP(0, 1);                                           \
@@ -619,12 +772,8 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
                 BWD_ROW_##SIDE##_##OP(1, 0);                                           \
             break;                                                                     \
         }                                                                              \
-        TGI_PAR_CHUNKS((call)->ctx, n_all, lo, hi, {                                   \
-            const int64_t n3 = hi - lo;                                                \
-            const T *restrict gr = dy + lo, *restrict yr = py + lo;                    \
-            T *restrict dr = pd + lo;                                                  \
-            FAST_KIND_ROW(kind, BWD_ROW_##SIDE##_##OP);                                \
-        });                                                                            \
+        KIT_PAR_RUN((call)->ctx, n_all, NAME##_bwd_##SIDE##_chunk,                     \
+                    TGI_BINARY_ARG(call, kind, pd, dy));                               \
     } while (0)
 
 /* The layout of a binary call (kind_, and bc_ for BIN_GENERAL), then BODY
@@ -636,17 +785,26 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
         TGI_FLOAT_DISPATCH((c)->out->dtype, { __VA_ARGS__ });                          \
     } while (0)
 
-/* A binary op's forward: the fast path or the general broadcast. */
-#define BINARY_FORWARD(c, OP)                                                          \
-    BINARY_CALL(c, {                                                                   \
-        if (kind_ == BIN_GENERAL)                                                      \
-            BCAST_FORWARD(bc_, (c)->out, (c)->in[0], (c)->in[1], OP);                  \
-        else                                                                           \
-            FAST_FORWARD(kind_, (c)->out, (c)->in[0], (c)->in[1], OP);                 \
-    })
+/* A binary op's forward NAME_forward, after its FWD_ROW_<OP>: the general
+ * broadcast, or the fast path over chunks on threads (NAME_fwd_chunk). */
+#define BINARY_FORWARD_FN(NAME, OP)                                                    \
+    FAST_FORWARD_CHUNK(NAME, OP)                                                       \
+    static int NAME##_forward(tg_op_call *c)                                           \
+    {                                                                                  \
+        tgi_bcast bc_;                                                                 \
+        const int kind_ = tgi_binary_layout(c, &bc_);                                  \
+        if (kind_ == BIN_GENERAL) {                                                    \
+            TGI_FLOAT_DISPATCH(c->out->dtype,                                          \
+                               { BCAST_FORWARD(bc_, c->out, c->in[0], c->in[1], OP); }); \
+        } else {                                                                       \
+            KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_fwd_chunk,                       \
+                        TGI_BINARY_ARG(c, kind_, c->out->data, NULL));                 \
+        }                                                                              \
+        return 0;                                                                      \
+    }
 
 /* One input's gradient (SIDE a or b) of a binary op, inside TGI_FLOAT_DISPATCH. */
-#define BINARY_BACKWARD_SIDE(bc, kind, c, SIDE, IDX, OP)                               \
+#define BINARY_BACKWARD_SIDE(NAME, bc, kind, c, SIDE, IDX, OP)                         \
     do {                                                                               \
         if (!tgi_needs_grad((c)->in[IDX]))                                             \
             break;                                                                     \
@@ -654,15 +812,20 @@ static inline void tgi_bshape_init(const tgi_bcast *bc, tgi_bshape *s)
         if ((kind) == BIN_GENERAL)                                                     \
             BCAST_BACKWARD(bc, c, d_, SIDE, OP);                                       \
         else                                                                           \
-            FAST_BACKWARD(kind, c, d_, SIDE, OP);                                      \
+            FAST_BACKWARD(NAME, kind, c, d_, SIDE, OP);                                \
     } while (0)
 
-/* A binary op's backward: each input that needs a gradient, through
- * BWD_ROW_a_<OP> and BWD_ROW_b_<OP>. */
-#define BINARY_BACKWARD(c, OP)                                                         \
-    BINARY_CALL(c, {                                                                   \
-        BINARY_BACKWARD_SIDE(bc_, kind_, c, a, 0, OP);                                 \
-        BINARY_BACKWARD_SIDE(bc_, kind_, c, b, 1, OP);                                 \
-    })
+/* A binary op's backward NAME_backward, after its BWD_ROW_a_<OP> and
+ * BWD_ROW_b_<OP>: each input that needs a gradient. */
+#define BINARY_BACKWARD_FN(NAME, OP)                                                   \
+    FAST_BACKWARD_CHUNK(NAME, a, OP)                                                   \
+    FAST_BACKWARD_CHUNK(NAME, b, OP)                                                   \
+    static void NAME##_backward(tg_op_call *c)                                         \
+    {                                                                                  \
+        BINARY_CALL(c, {                                                               \
+            BINARY_BACKWARD_SIDE(NAME, bc_, kind_, c, a, 0, OP);                       \
+            BINARY_BACKWARD_SIDE(NAME, bc_, kind_, c, b, 1, OP);                       \
+        });                                                                            \
+    }
 
 #endif /* TG_OPS_H */
