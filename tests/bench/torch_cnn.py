@@ -19,7 +19,6 @@ samples_per_second. Debian's PyTorch does its GEMMs in OpenBLAS, whose own
 thread count is set too.
 """
 import argparse
-import ctypes
 import gzip
 import json
 import os
@@ -30,15 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_common import set_threads
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def set_threads(n):
-    torch.set_num_threads(n)
-    try:
-        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(n)
-    except (OSError, AttributeError):
-        pass
 
 
 def read_idx(d, split, kind):

@@ -17,12 +17,13 @@ tenth, windows of T characters as char_gpt evaluates it. The last line with
 the first), steps and the rest, with the same keys as char_gpt's.
 """
 import argparse
-import ctypes
 import json
 import math
 import time
 
 import torch
+
+from torch_common import set_threads, char_corpus
 
 
 class GPT(torch.nn.Module):
@@ -44,16 +45,6 @@ class GPT(torch.nn.Module):
         for b in self.blocks:
             h = b(h, src_mask=mask)
         return self.head(self.ln_f(h))
-
-
-def set_threads(n):
-    """torch's threads, and OpenBLAS's (Debian's torch does its GEMMs there, and
-    OpenBLAS's pthreads ignore torch's setting)"""
-    torch.set_num_threads(n)
-    try:
-        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(n)
-    except (OSError, AttributeError):
-        pass
 
 
 def evaluate(model, ids, t, batch):
@@ -98,11 +89,7 @@ def main():
 
     set_threads(a.threads)
     torch.manual_seed(a.seed)
-    data = open(a.text, "rb").read()
-    vocab = sorted(set(data))
-    stoi = {c: i for i, c in enumerate(vocab)}
-    ids = torch.tensor([stoi[c] for c in data], dtype=torch.long)
-    n_val = len(ids) // 10
+    vocab, ids, n_val = char_corpus(a.text)
     train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
     model = GPT(len(vocab), a.layers, a.heads, a.width, a.context, a.ff)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr)

@@ -18,7 +18,6 @@ ms_per_step (median of the steps after the first 5), cpu_ms_per_step (their mean
 CPU time) and val_loss.
 """
 import argparse
-import ctypes
 import json
 import math
 import statistics
@@ -26,13 +25,7 @@ import time
 
 import torch
 
-
-def set_threads(n):
-    torch.set_num_threads(n)
-    try:
-        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(n)
-    except (OSError, AttributeError):
-        pass
+from torch_common import set_threads, char_corpus
 
 
 def main():
@@ -52,12 +45,8 @@ def main():
     set_threads(a.threads)
     torch.manual_seed(a.seed)
 
-    data = open(a.text, "rb").read()
-    vocab = sorted(set(data))
-    index = {b: i for i, b in enumerate(vocab)}
-    ids = torch.tensor([index[b] for b in data], dtype=torch.long)
+    vocab, ids, n_val = char_corpus(a.text)
     n = len(ids)
-    n_val = n // 10
     n_train = n - n_val
     V, H, L, T, N = len(vocab), a.hidden, a.layers, a.seq, a.batch
 
