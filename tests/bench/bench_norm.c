@@ -11,28 +11,12 @@
  * (so other processes on a busy machine count less).
  * tests/bench/norm_torch.py times the same in PyTorch (F.layer_norm, then
  * y.backward(dy)); docs/ops.md quotes the ratio. Built by the bench preset. */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "internal.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -51,19 +35,19 @@ int main(int argc, char **argv)
     double t[7];
     const int per = reps / 7 > 0 ? reps / 7 : 1;
     for (int k = -1; k < 7; k++) { /* k = -1: warm-up */
-        double t0 = now();
+        double t0 = cpu_now();
         for (int r = 0; r < per; r++) {
             tg_tensor *y = tg_layer_norm(ctx, x, w, b, 1e-5);
             tgi_backward_from(ctx, y, dy, 0);
             tg_reset(ctx);
         }
-        if (k >= 0) t[k] = (now() - t0) / per;
+        if (k >= 0) t[k] = (cpu_now() - t0) / per;
     }
     if (!tg_ok(ctx)) {
         fprintf(stderr, "%s\n", tg_errmsg(ctx));
         return 1;
     }
-    qsort(t, 7, sizeof t[0], cmp);
+    sort_doubles(t, 7);
     printf("tapegrad layer_norm fwd+bwd [%lld,%lld] f32, 1 thread: %.1f us/step (median of 7)\n",
            (long long)rows, (long long)cols, t[3] * 1e6);
     free(dy);

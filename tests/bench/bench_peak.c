@@ -11,21 +11,11 @@
  * (0.04 s with --quick). script/bench divides the GEMM's rate at n = 1024 by it
  * (issue 13's "fraction of peak" target). With --json the figures are written as JSON
  * lines ({"side":"tapegrad","key":"peak.f32_gflops",...}) as bench_train does. */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "bench_util.h"
 
 #include <immintrin.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* 16 chains acc_i = acc_i * m + c, `iters` times; returns a sum so nothing is dead. */
 #define CHAINS(T, FMA, ADD, SET1, RED)                                                     \

@@ -10,26 +10,14 @@
  * tg_reset after each call so the output reuses its memory), and the time
  * of a backward pass through sum(permute(x)) (dx += dy permuted back, plus
  * the sum's fill of dy). */
+#include "bench_util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "tapegrad.h"
 
 #define BATCH 20
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -46,22 +34,23 @@ int main(int argc, char **argv)
     for (size_t p = 0; p < sizeof perms / sizeof perms[0]; p++) {
         for (int r = 0; r < reps; r++) {
             tg_no_grad(ctx, 1);
-            double t0 = now();
+            double t0 = wall_now();
             for (int i = 0; i < BATCH; i++) {
                 tg_permute(ctx, x, perms[p]);
                 tg_reset(ctx); /* the output's memory is reused, as PyTorch's allocator does */
             }
-            t[r] = (now() - t0) / BATCH * 1e6;
+            t[r] = (wall_now() - t0) / BATCH * 1e6;
             tg_no_grad(ctx, 0);
             tg_tensor *loss = tg_sum(ctx, tg_permute(ctx, x, perms[p]));
             tg_backward(ctx, loss); /* warm: grads allocated */
-            double t1 = now();
+            double t1 = wall_now();
             for (int i = 0; i < BATCH; i++) tg_backward(ctx, loss);
-            tb[r] = (now() - t1) / BATCH * 1e6; /* includes the sum's backward, measured below */
+            /* includes the sum's backward, measured below */
+            tb[r] = (wall_now() - t1) / BATCH * 1e6;
             tg_reset(ctx);
         }
-        qsort(t, (size_t)reps, sizeof *t, cmp);
-        qsort(tb, (size_t)reps, sizeof *tb, cmp);
+        sort_doubles(t, (size_t)reps);
+        sort_doubles(tb, (size_t)reps);
         printf(
             "  {\"perm\": [%d,%d,%d,%d], \"forward_us_best\": %.1f, \"forward_us_median\": %.1f, "
             "\"backward_us_best\": %.1f, \"backward_us_median\": %.1f}%s\n",
