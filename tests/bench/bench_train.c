@@ -39,9 +39,7 @@
  * The human-readable table goes to stdout; --json PATH writes one JSON object per
  * line ({"side":"tapegrad","key":...,"value":...}) for script/bench.
  */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "bench_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -50,7 +48,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "tapegrad.h"
 
@@ -118,29 +115,7 @@ static void *count_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return realloc(ptr, nsize);
 }
 
-/* ---- timing -------------------------------------------------------------- */
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* CPU time of the calling thread: a second opinion on one-thread workloads when
- * the machine is busy (time spent waiting for a core does not count). */
-static double cpu_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+/* ---- timing: wall_now, cpu_now (bench_util.h) ---------------------------- */
 
 #define MAX_REPS 32
 
@@ -156,7 +131,7 @@ typedef struct {
 
 static double median_of(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    sort_doubles(v, (size_t)n);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
@@ -388,28 +363,28 @@ static void bench_overhead(int quick)
             h0 = heap_calls();
         }
         /* record + forward: a chain of K adds, every output requires a grad */
-        double t0 = now();
+        double t0 = wall_now();
         tg_tensor *t = a;
         for (int i = 0; i < K; i++) t = tg_add(ctx, t, b);
-        double t1 = now();
+        double t1 = wall_now();
         tg_tensor *loss = tg_sum(ctx, t);
-        double t2 = now();
+        double t2 = wall_now();
         tg_backward(ctx, loss); /* K + 1 nodes */
-        double t3 = now();
+        double t3 = wall_now();
         tg_reset(ctx);
-        double t4 = now();
+        double t4 = wall_now();
         /* the same ops with recording off (inference) */
         int prev = tg_no_grad(ctx, 1);
-        double t5 = now();
+        double t5 = wall_now();
         t = a;
         for (int i = 0; i < K; i++) t = tg_add(ctx, t, b);
-        double t6 = now();
+        double t6 = wall_now();
         tg_no_grad(ctx, prev);
         tg_reset(ctx);
         /* building an input: tg_from of 4 floats */
-        double t7 = now();
+        double t7 = wall_now();
         for (int i = 0; i < K; i++) t = tg_from(ctx, TG_F32, 1, shape, v4);
-        double t8 = now();
+        double t8 = wall_now();
         tg_reset(ctx);
         if (!tg_ok(ctx)) die(ctx, "overhead");
         if (r >= warm) {
@@ -461,7 +436,7 @@ static double xor_run(void *p, int64_t n)
 {
     xor_state *s = p;
     tg_ctx *ctx = s->ctx;
-    double t0 = now();
+    double t0 = wall_now();
     switch (s->phase) {
     case XOR_FULL:
         for (int64_t i = 0; i < n; i++) {
@@ -501,7 +476,7 @@ static double xor_run(void *p, int64_t n)
         }
         break;
     }
-    double t = now() - t0;
+    double t = wall_now() - t0;
     if (!tg_ok(ctx)) die(ctx, "xor");
     return t;
 }
@@ -517,20 +492,26 @@ static double xor_loss(xor_state *s, int64_t *tape_len)
     return l;
 }
 
+/* The XOR network on ctx (made by `made_by`, NULL if that failed): one thread, the
+ * 2-4-1 tanh MLP, SGD lr 0.1, phase XOR_FULL. */
+static xor_state xor_setup(tg_ctx *ctx, const char *made_by)
+{
+    if (!ctx) die(NULL, made_by);
+    xor_state s = {.ctx = ctx, .phase = XOR_FULL};
+    tg_set_threads(ctx, 1);
+    tg_mlp_init(ctx, &s.mlp, "fc", 3, (const int64_t[]){2, 4, 1}, TG_ACT_TANH, TG_F32);
+    tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
+    o.lr = 0.1;
+    s.opt = tg_optim_new(ctx, &o, NULL, 0);
+    if (!tg_ok(ctx)) die(ctx, "xor setup");
+    return s;
+}
+
 /* --profile xor: only n full XOR steps after 1000 warm ones, nothing else, for
  * perf record / valgrind --tool=callgrind. */
 static void profile_xor(int64_t n)
 {
-    xor_state s = {0};
-    s.ctx = tg_ctx_new(1);
-    if (!s.ctx) die(NULL, "tg_ctx_new");
-    tg_set_threads(s.ctx, 1);
-    tg_mlp_init(s.ctx, &s.mlp, "fc", 3, (const int64_t[]){2, 4, 1}, TG_ACT_TANH, TG_F32);
-    tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
-    o.lr = 0.1;
-    s.opt = tg_optim_new(s.ctx, &o, NULL, 0);
-    if (!tg_ok(s.ctx)) die(s.ctx, "xor setup");
-    s.phase = XOR_FULL;
+    xor_state s = xor_setup(tg_ctx_new(1), "tg_ctx_new");
     xor_run(&s, 1000);
     double t = xor_run(&s, n);
     printf("%lld XOR steps: %.3f us/step\n", (long long)n, t / (double)n * 1e6);
@@ -541,15 +522,7 @@ static void profile_xor(int64_t n)
 static void bench_xor(int quick)
 {
     alloc_count ac = {0};
-    xor_state s = {0};
-    s.ctx = tg_ctx_new_with_alloc(1, count_alloc, &ac);
-    if (!s.ctx) die(NULL, "tg_ctx_new_with_alloc");
-    tg_set_threads(s.ctx, 1);
-    tg_mlp_init(s.ctx, &s.mlp, "fc", 3, (const int64_t[]){2, 4, 1}, TG_ACT_TANH, TG_F32);
-    tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
-    o.lr = 0.1;
-    s.opt = tg_optim_new(s.ctx, &o, NULL, 0);
-    if (!tg_ok(s.ctx)) die(s.ctx, "xor setup");
+    xor_state s = xor_setup(tg_ctx_new_with_alloc(1, count_alloc, &ac), "tg_ctx_new_with_alloc");
     int64_t nodes = 0;
     double loss0 = xor_loss(&s, &nodes);
 
@@ -612,7 +585,7 @@ static double mlp_run(void *p, int64_t n)
     const int64_t f = s->data->features;
     const int64_t xshape[2] = {s->batch, f}, yshape[1] = {s->batch};
     tg_tensor *loss = NULL;
-    double t0 = now();
+    double t0 = wall_now();
     for (int64_t i = 0; i < n; i++) {
         tg_tensor *x = tg_from(ctx, TG_F32, 2, xshape, s->data->x + s->pos * f);
         tg_tensor *y = tg_from(ctx, TG_I32, 1, yshape, s->data->y + s->pos);
@@ -625,7 +598,7 @@ static double mlp_run(void *p, int64_t n)
         s->pos += s->batch;
         if (s->pos + s->batch > s->data->n) s->pos = 0;
     }
-    double t = now() - t0;
+    double t = wall_now() - t0;
     if (!tg_ok(ctx)) die(ctx, "mlp");
     return t;
 }
@@ -701,14 +674,14 @@ static void bench_mlp(const char *key, const char *name, int n_widths, const int
 static int run_fashion(const char *dir, int epochs, int threads, int shared)
 {
     alloc_count ac = {0};
-    double t_start = now();
+    double t_start = wall_now();
     tg_ctx *ctx = tg_ctx_new_with_alloc(1, count_alloc, &ac);
     if (!ctx) die(NULL, "tg_ctx_new_with_alloc");
     tg_set_threads(ctx, threads);
     tg_dataset *train = tg_load_idx_dir(ctx, dir, "train");
     tg_dataset *test = tg_load_idx_dir(ctx, dir, "test");
     if (!tg_ok(ctx)) die(ctx, "loading Fashion-MNIST");
-    double t_loaded = now();
+    double t_loaded = wall_now();
 
     tg_mlp mlp;
     tg_mlp_init(ctx, &mlp, "fc", 3, (const int64_t[]){784, 128, 10}, TG_ACT_RELU, TG_F32);
@@ -758,7 +731,7 @@ static int run_fashion(const char *dir, int epochs, int threads, int shared)
         const int64_t *order = orders ? orders + e * train->n : NULL;
         int64_t pos = 0;
         double c0 = cpu_now();
-        double t0 = now();
+        double t0 = wall_now();
         while (order ? pos < train->n : tg_batcher_next(&tb, &x, &y) == 1) {
             if (order) {
                 int64_t m = train->n - pos < 64 ? train->n - pos : 64;
@@ -773,7 +746,7 @@ static int run_fashion(const char *dir, int epochs, int threads, int shared)
             lcount += tg_dim(x, 0);
             tg_reset(ctx);
         }
-        double t1 = now();
+        double t1 = wall_now();
         ep_cpu[e] = cpu_now() - c0;
         if (!tg_ok(ctx)) die(ctx, "fashion training");
         /* test accuracy, batches of 1000, recording off */
@@ -787,7 +760,7 @@ static int run_fashion(const char *dir, int epochs, int threads, int shared)
             tg_reset(ctx);
         }
         tg_no_grad(ctx, prev);
-        double t2 = now();
+        double t2 = wall_now();
         if (!tg_ok(ctx) || seen == 0) die(ctx, "fashion evaluation");
         acc = correct / (double)seen;
         ep_s[e] = t1 - t0;
