@@ -16,9 +16,7 @@
  * OPENBLAS_CORETYPE in the environment picks OpenBLAS's kernels (SkylakeX = its
  * AVX-512 ones); on a CPU without AVX-512 that core would die of SIGILL, so then
  * the OpenBLAS columns are skipped. Runs in about 15-30 s. */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -26,9 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "gemm.h"
+#include "internal.h" /* tgi_default_alloc */
 
 #ifdef TG_HAVE_CBLAS
 #include <cblas.h>
@@ -45,32 +43,7 @@ static const char *pending_title;
  * busy machine do not count; multi-threaded runs in wall time. */
 static clockid_t timer_clock = CLOCK_MONOTONIC;
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(timer_clock, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static void *bench_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    (void)ud;
-    (void)osize;
-    if (nsize == 0) {
-        free(ptr);
-        return NULL;
-    }
-    return realloc(ptr, nsize);
-}
-
-static uint64_t rng = 88172645463325252ull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (2.0 / 9007199254740992.0) - 1.0;
-}
+static double now(void) { return bench_clock(timer_clock); }
 
 /* One GEMM to time: C[m,n] = op(A) op(B), form "NN", "TN" or "NT". */
 typedef struct job {
@@ -173,12 +146,12 @@ static void bench_row(tg_gemm_ws *ws, const char *label, int dbl, const char *fo
         exit(1);
     }
     for (int64_t i = 0; i < m * k; i++) {
-        if (dbl) ((double *)A)[i] = urand();
-        else ((float *)A)[i] = (float)urand();
+        if (dbl) ((double *)A)[i] = bench_urand(-1, 1);
+        else ((float *)A)[i] = (float)bench_urand(-1, 1);
     }
     for (int64_t i = 0; i < k * n; i++) {
-        if (dbl) ((double *)B)[i] = urand();
-        else ((float *)B)[i] = (float)urand();
+        if (dbl) ((double *)B)[i] = bench_urand(-1, 1);
+        else ((float *)B)[i] = (float)bench_urand(-1, 1);
     }
     job jobs[2] = {{dbl, ta, tb, threads, 1, m, n, k, A, B, C, ws},
                    {dbl, ta, tb, threads, 0, m, n, k, A, B, C2, ws}};
@@ -243,7 +216,7 @@ int main(int argc, char **argv)
            have_blas ? "; ratio = ours / OpenBLAS (above 1: we are faster)" : "");
     printf("1 thread: thread CPU time; 2 threads: wall time\n");
 
-    tg_gemm_ws *ws = tgi_gemm_ws_new(bench_alloc, NULL);
+    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     if (!ws) return 1;
     static const char *const forms[] = {"NN", "TN", "NT"};
 
@@ -259,30 +232,34 @@ int main(int argc, char **argv)
             for (int f = 0; f < 3; f++) bench_row(ws, "square", dbl, forms[f], n, n, n, 2, 5);
 
     header("small and skinny, 1 thread");
-    struct { const char *label, *form; int64_t m, k, n; } sk[] = {
+    enum { N_SMALL = 4, N_LAYERS = 5, N_SK = N_SMALL + 3 * N_LAYERS };
+    struct { char label[24]; const char *form; int64_t m, k, n; } sk[N_SK] = {
         {"tiny", "NN", 4, 2, 4},
         {"small", "NN", 16, 16, 16},
         {"small", "NN", 32, 32, 32},
         {"skinny", "NN", 64, 784, 64},
-        {"mlp fc1 fwd", "NN", 64, 784, 128},   /* X[64,784] W1[784,128] */
-        {"mlp fc1 dW", "TN", 784, 64, 128},    /* X^T dH */
-        {"mlp fc1 dX", "NT", 64, 128, 784},    /* dH W1^T */
-        {"mlp fc2 fwd", "NN", 64, 128, 10},    /* H[64,128] W2[128,10] */
-        {"mlp fc2 dW", "TN", 128, 64, 10},     /* H^T dY */
-        {"mlp fc2 dH", "NT", 64, 10, 128},     /* dY W2^T */
-        /* 784-1024-1024-10 at batch 256 */
-        {"mlp256 fc1 fwd", "NN", 256, 784, 1024},  /* X[256,784] W1[784,1024] */
-        {"mlp256 fc1 dW", "TN", 784, 256, 1024},   /* X^T dH1 */
-        {"mlp256 fc1 dX", "NT", 256, 1024, 784},   /* dH1 W1^T */
-        {"mlp256 fc2 fwd", "NN", 256, 1024, 1024}, /* H1[256,1024] W2[1024,1024] */
-        {"mlp256 fc2 dW", "TN", 1024, 256, 1024},  /* H1^T dH2 */
-        {"mlp256 fc2 dH", "NT", 256, 1024, 1024},  /* dH2 W2^T */
-        {"mlp256 fc3 fwd", "NN", 256, 1024, 10},   /* H2[256,1024] W3[1024,10] */
-        {"mlp256 fc3 dW", "TN", 1024, 256, 10},    /* H2^T dY */
-        {"mlp256 fc3 dH", "NT", 256, 10, 1024},    /* dY W3^T */
     };
+    /* the three products of each dense layer y = x W (x [batch,in], W [in,out]) of a
+     * 784-128-10 MLP at batch 64 ("mlp") and of a 784-1024-1024-10 one at batch 256
+     * ("mlp256"): forward x W (NN), dW = x^T dy (TN), and the input's gradient
+     * dy W^T (NT), named dX for the data and dH for a hidden layer */
+    static const struct { const char *name, *dx; int64_t batch, in, out; } layers[N_LAYERS] = {
+        {"mlp fc1", "dX", 64, 784, 128},      {"mlp fc2", "dH", 64, 128, 10},
+        {"mlp256 fc1", "dX", 256, 784, 1024}, {"mlp256 fc2", "dH", 256, 1024, 1024},
+        {"mlp256 fc3", "dH", 256, 1024, 10},
+    };
+    for (int l = 0; l < N_LAYERS; l++) {
+        const int64_t b = layers[l].batch, in = layers[l].in, out = layers[l].out;
+        const int64_t mkn[3][3] = {{b, in, out}, {in, b, out}, {b, out, in}};
+        const char *const what[3] = {"fwd", "dW", layers[l].dx};
+        for (int p = 0; p < 3; p++) { /* forms[p]: NN, TN, NT */
+            int i = N_SMALL + 3 * l + p;
+            snprintf(sk[i].label, sizeof sk[i].label, "%s %s", layers[l].name, what[p]);
+            sk[i].form = forms[p], sk[i].m = mkn[p][0], sk[i].k = mkn[p][1], sk[i].n = mkn[p][2];
+        }
+    }
     for (int dbl = 0; dbl < 2; dbl++)
-        for (size_t i = 0; i < sizeof sk / sizeof sk[0]; i++)
+        for (int i = 0; i < N_SK; i++)
             bench_row(ws, sk[i].label, dbl, sk[i].form, sk[i].m, sk[i].n, sk[i].k, 1, 8);
 
     tgi_gemm_ws_free(ws);
