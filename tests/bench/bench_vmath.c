@@ -14,128 +14,59 @@
  *
  * isa: generic, avx2 or avx512; default: every set this CPU can run. Built with
  * -DTG_BUILD_BENCH=ON (the "bench" preset). Figures: docs/vmath.md. */
-#ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L
-#endif
+#include "bench_util.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "vmath.h"
 
-/* ---- timing: thread CPU time, so other processes on a busy machine do not count */
+/* timed in thread CPU time (cpu_now), so other processes on a busy machine do not count */
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
+/* ---- the plain loops we compare with ----
+ * REF_LOOPS(T, S, EXP, LOG, TANH, SQRT) defines ref_<kernel>_<S>, the C loop of each
+ * kernel's formula on elements of type T, with libm's functions of that type. */
 
-static uint64_t rng = 88172645463325252ull;
-static uint64_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static double urand(double lo, double hi)
-{
-    return lo + (hi - lo) * (double)(rnd() >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* ---- the plain loops we compare with ---- */
-
-static void ref_exp_f32(float *y, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = expf(x[i]);
-}
-static void ref_log_f32(float *y, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = logf(x[i]);
-}
-static void ref_tanh_f32(float *y, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = tanhf(x[i]);
-}
-static void ref_sigmoid_f32(float *y, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
-}
-static void ref_relu_f32(float *y, const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = (x[i] > 0 || isnan(x[i])) ? x[i] : 0;
-}
-static void ref_exp_f64(double *y, const double *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = exp(x[i]);
-}
-static void ref_log_f64(double *y, const double *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = log(x[i]);
-}
-static void ref_tanh_f64(double *y, const double *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = tanh(x[i]);
-}
-static void ref_sigmoid_f64(double *y, const double *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = 1.0 / (1.0 + exp(-x[i]));
-}
-static void ref_relu_f64(double *y, const double *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) y[i] = (x[i] > 0 || isnan(x[i])) ? x[i] : 0;
-}
-static void ref_sigmoid_bwd_f32(float *dx, const float *y, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);
-}
-static void ref_tanh_bwd_f32(float *dx, const float *y, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * (1 - y[i] * y[i]);
-}
-static void ref_relu_bwd_f32(float *dx, const float *x, const float *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] > 0) dx[i] += dy[i];
-}
-static void ref_sigmoid_bwd_f64(double *dx, const double *y, const double *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1 - y[i]);
-}
-static void ref_tanh_bwd_f64(double *dx, const double *y, const double *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * (1 - y[i] * y[i]);
-}
-static void ref_relu_bwd_f64(double *dx, const double *x, const double *dy, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] > 0) dx[i] += dy[i];
-}
-
-/* Adam as a plain loop (the formula of vmath.h), wd = 0.01 Adam */
-#define ADAM_LOOP(T, SQRT)                                                                 \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-        T d = g[i] + (T)0.01 * p[i];                                                       \
-        T mi = m[i] * (T)0.9 + (T)0.1 * d;                                                 \
-        T vi = v[i] * (T)0.999 + (T)0.001 * d * d;                                         \
-        m[i] = mi;                                                                         \
-        v[i] = vi;                                                                         \
-        p[i] = p[i] - (T)1e-3 * (mi / (SQRT(vi) * (T)1.2 + (T)1e-8));                      \
+/* y = EXPR (of x[i]) */
+#define REF_MAP(NAME, T, EXPR)                                                              \
+    static void NAME(T *y, const T *x, int64_t n)                                           \
+    {                                                                                       \
+        for (int64_t i = 0; i < n; i++) y[i] = EXPR;                                        \
     }
-static void ref_adam_f32(float *p, const float *g, float *m, float *v, int64_t n)
-{
-    ADAM_LOOP(float, sqrtf)
-}
-static void ref_adam_f64(double *p, const double *g, double *m, double *v, int64_t n)
-{
-    ADAM_LOOP(double, sqrt)
-}
+/* a backward helper: dx += dy f'(A) (STMT), A the saved input x or output y */
+#define REF_BWD(NAME, T, A, STMT)                                                           \
+    static void NAME(T *dx, const T *A, const T *dy, int64_t n)                             \
+    {                                                                                       \
+        for (int64_t i = 0; i < n; i++) STMT;                                               \
+    }
+/* Adam with wd = 0.01 (the formula of vmath.h) */
+#define REF_ADAM(NAME, T, SQRT)                                                             \
+    static void NAME(T *p, const T *g, T *m, T *v, int64_t n)                               \
+    {                                                                                       \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            T d = g[i] + (T)0.01 * p[i];                                                    \
+            T mi = m[i] * (T)0.9 + (T)0.1 * d;                                              \
+            T vi = v[i] * (T)0.999 + (T)0.001 * d * d;                                      \
+            m[i] = mi;                                                                      \
+            v[i] = vi;                                                                      \
+            p[i] = p[i] - (T)1e-3 * (mi / (SQRT(vi) * (T)1.2 + (T)1e-8));                   \
+        }                                                                                   \
+    }
+#define REF_LOOPS(T, S, EXP, LOG, TANH, SQRT)                                               \
+    REF_MAP(ref_exp_##S, T, EXP(x[i]))                                                      \
+    REF_MAP(ref_log_##S, T, LOG(x[i]))                                                      \
+    REF_MAP(ref_tanh_##S, T, TANH(x[i]))                                                    \
+    REF_MAP(ref_sigmoid_##S, T, (T)1.0 / ((T)1.0 + EXP(-x[i])))                             \
+    REF_MAP(ref_relu_##S, T, (x[i] > 0 || isnan(x[i])) ? x[i] : 0)                          \
+    REF_BWD(ref_sigmoid_bwd_##S, T, y, dx[i] += dy[i] * y[i] * (1 - y[i]))                  \
+    REF_BWD(ref_tanh_bwd_##S, T, y, dx[i] += dy[i] * (1 - y[i] * y[i]))                     \
+    REF_BWD(ref_relu_bwd_##S, T, x, if (x[i] > 0) dx[i] += dy[i])                           \
+    REF_ADAM(ref_adam_##S, T, SQRT)
+REF_LOOPS(float, f32, expf, logf, tanhf, sqrtf)
+REF_LOOPS(double, f64, exp, log, tanh, sqrt)
 
 /* ---- one benchmark row ---- */
 
@@ -155,71 +86,60 @@ typedef struct {
     void *a, *b, *c, *d; /* x / dx, y, dy, ... */
 } job;
 
+/* run_f32 and run_f64: one call of kernel j->k, ours or the plain loop */
+#define RUN_TYPED(T, S)                                                                     \
+    static void run_##S(const job *j)                                                       \
+    {                                                                                       \
+        const int64_t n = j->n;                                                             \
+        T *a = j->a, *b = j->b, *c = j->c, *d = j->d;                                       \
+        switch (j->k) {                                                                     \
+        case K_EXP: (j->ours ? tgi_vexp_##S : ref_exp_##S)(b, a, n); break;                 \
+        case K_LOG: (j->ours ? tgi_vlog_##S : ref_log_##S)(b, a, n); break;                 \
+        case K_TANH: (j->ours ? tgi_vtanh_##S : ref_tanh_##S)(b, a, n); break;              \
+        case K_SIGMOID: (j->ours ? tgi_vsigmoid_##S : ref_sigmoid_##S)(b, a, n); break;     \
+        case K_RELU: (j->ours ? tgi_vrelu_##S : ref_relu_##S)(b, a, n); break;              \
+        case K_SIG_BWD: (j->ours ? tgi_vsigmoid_bwd_##S : ref_sigmoid_bwd_##S)(d, b, c, n); \
+            break;                                                                          \
+        case K_TANH_BWD: (j->ours ? tgi_vtanh_bwd_##S : ref_tanh_bwd_##S)(d, b, c, n);      \
+            break;                                                                          \
+        case K_RELU_BWD: (j->ours ? tgi_vrelu_bwd_##S : ref_relu_bwd_##S)(d, a, c, n);      \
+            break;                                                                          \
+        case K_AXPY:                                                                        \
+            if (j->ours)                                                                    \
+                tgi_vaxpy_##S(d, (T)1e-3, c, n);                                            \
+            else                                                                            \
+                for (int64_t i = 0; i < n; i++) d[i] += (T)1e-3 * c[i];                     \
+            break;                                                                          \
+        case K_ADAM:                                                                        \
+            if (j->ours)                                                                    \
+                tgi_vadam_##S(a, c, b, d, n, 1e-3, 0.9, 0.999, 1.2, 1e-8, 0.01, 0, 1e-3);   \
+            else                                                                            \
+                ref_adam_##S(a, c, b, d, n);                                                \
+            break;                                                                          \
+        }                                                                                   \
+    }
+RUN_TYPED(float, f32)
+RUN_TYPED(double, f64)
+
 static void run(const job *j)
 {
-    const int64_t n = j->n;
-    if (!j->dbl) {
-        float *a = j->a, *b = j->b, *c = j->c, *d = j->d;
-        switch (j->k) {
-        case K_EXP: (j->ours ? tgi_vexp_f32 : ref_exp_f32)(b, a, n); break;
-        case K_LOG: (j->ours ? tgi_vlog_f32 : ref_log_f32)(b, a, n); break;
-        case K_TANH: (j->ours ? tgi_vtanh_f32 : ref_tanh_f32)(b, a, n); break;
-        case K_SIGMOID: (j->ours ? tgi_vsigmoid_f32 : ref_sigmoid_f32)(b, a, n); break;
-        case K_RELU: (j->ours ? tgi_vrelu_f32 : ref_relu_f32)(b, a, n); break;
-        case K_SIG_BWD: (j->ours ? tgi_vsigmoid_bwd_f32 : ref_sigmoid_bwd_f32)(d, b, c, n); break;
-        case K_TANH_BWD: (j->ours ? tgi_vtanh_bwd_f32 : ref_tanh_bwd_f32)(d, b, c, n); break;
-        case K_RELU_BWD: (j->ours ? tgi_vrelu_bwd_f32 : ref_relu_bwd_f32)(d, a, c, n); break;
-        case K_AXPY:
-            if (j->ours)
-                tgi_vaxpy_f32(d, 1e-3f, c, n);
-            else
-                for (int64_t i = 0; i < n; i++) d[i] += 1e-3f * c[i];
-            break;
-        case K_ADAM:
-            if (j->ours)
-                tgi_vadam_f32(a, c, b, d, n, 1e-3, 0.9, 0.999, 1.2, 1e-8, 0.01, 0, 1e-3);
-            else
-                ref_adam_f32(a, c, b, d, n);
-            break;
-        }
-    } else {
-        double *a = j->a, *b = j->b, *c = j->c, *d = j->d;
-        switch (j->k) {
-        case K_EXP: (j->ours ? tgi_vexp_f64 : ref_exp_f64)(b, a, n); break;
-        case K_LOG: (j->ours ? tgi_vlog_f64 : ref_log_f64)(b, a, n); break;
-        case K_TANH: (j->ours ? tgi_vtanh_f64 : ref_tanh_f64)(b, a, n); break;
-        case K_SIGMOID: (j->ours ? tgi_vsigmoid_f64 : ref_sigmoid_f64)(b, a, n); break;
-        case K_RELU: (j->ours ? tgi_vrelu_f64 : ref_relu_f64)(b, a, n); break;
-        case K_SIG_BWD: (j->ours ? tgi_vsigmoid_bwd_f64 : ref_sigmoid_bwd_f64)(d, b, c, n); break;
-        case K_TANH_BWD: (j->ours ? tgi_vtanh_bwd_f64 : ref_tanh_bwd_f64)(d, b, c, n); break;
-        case K_RELU_BWD: (j->ours ? tgi_vrelu_bwd_f64 : ref_relu_bwd_f64)(d, a, c, n); break;
-        case K_AXPY:
-            if (j->ours)
-                tgi_vaxpy_f64(d, 1e-3, c, n);
-            else
-                for (int64_t i = 0; i < n; i++) d[i] += 1e-3 * c[i];
-            break;
-        case K_ADAM:
-            if (j->ours)
-                tgi_vadam_f64(a, c, b, d, n, 1e-3, 0.9, 0.999, 1.2, 1e-8, 0.01, 0, 1e-3);
-            else
-                ref_adam_f64(a, c, b, d, n);
-            break;
-        }
-    }
+    if (j->dbl)
+        run_f64(j);
+    else
+        run_f32(j);
 }
 
 /* Inputs that keep every kernel on its common path (and Adam's state bounded). */
 static void fill(const job *j)
 {
     for (int64_t i = 0; i < j->n; i++) {
-        double a, b = urand(0.01, 0.99), c = urand(-1, 1), d = urand(0, 1e-3);
+        double a, b = bench_urand(0.01, 0.99), c = bench_urand(-1, 1), d = bench_urand(0, 1e-3);
         switch (j->k) {
-        case K_EXP: a = urand(-10, 10); break;
-        case K_LOG: a = exp(urand(-10, 10)); break;
-        case K_TANH: a = urand(-4, 4); break;
-        case K_ADAM: a = urand(-1, 1); break;
-        default: a = urand(-10, 10); break;
+        case K_EXP: a = bench_urand(-10, 10); break;
+        case K_LOG: a = exp(bench_urand(-10, 10)); break;
+        case K_TANH: a = bench_urand(-4, 4); break;
+        case K_ADAM: a = bench_urand(-1, 1); break;
+        default: a = bench_urand(-10, 10); break;
         }
         if (j->dbl) {
             ((double *)j->a)[i] = a;
@@ -240,16 +160,16 @@ static double rate(const job *j)
 {
     fill(j);
     run(j);
-    double t0 = now();
+    double t0 = cpu_now();
     run(j);
-    double one = now() - t0;
+    double one = cpu_now() - t0;
     int batch = one > 0.02 ? 1 : (int)(0.02 / (one > 1e-7 ? one : 1e-7)) + 1;
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
         if (j->k == K_ADAM || j->k >= K_SIG_BWD) fill(j); /* in-place kernels: keep values sane */
-        t0 = now();
+        t0 = cpu_now();
         for (int b = 0; b < batch; b++) run(j);
-        double t = (now() - t0) / batch;
+        double t = (cpu_now() - t0) / batch;
         if (t < best) best = t;
     }
     return (double)j->n / (best * 1e9);
@@ -293,51 +213,45 @@ static int bench_speed(const char *isa)
 
 /* ---- accuracy ---- */
 
-static double ulp_f32(double r)
-{
-    r = fabs(r);
-    if (r < 0x1p-126) return 0x1p-149;
-    int e;
-    frexp(r, &e);
-    return ldexp(1.0, e - 24);
-}
-static long double ulp_f64(long double r)
+/* One ulp at r of a format with `mant` significand bits whose least normal exponent
+ * is emin (float: 24, -126; double: 53, -1022): the spacing of its numbers there. */
+static long double ulp_at(long double r, int mant, int emin)
 {
     r = fabsl(r);
-    if (r < 0x1p-1022L) return 0x1p-1074L;
-    int e;
-    frexpl(r, &e);
-    return ldexpl(1.0L, e - 53);
+    const int e = r < ldexpl(1.0L, emin) ? emin : ilogbl(r);
+    return ldexpl(1.0L, e - mant + 1);
 }
-/* error of y in ulps of the reference; 1e9 for a wrong special value */
-static double err_f32(float y, double ref)
-{
-    if (isnan(ref)) return isnan(y) ? 0 : 1e9;
-    if (isinf((float)ref)) return y == (float)ref ? 0 : 1e9;
-    if (!isfinite(y)) return 1e9;
-    return fabs((double)y - ref) / ulp_f32(ref);
-}
-static double err_f64(double y, long double ref)
-{
-    if (isnan(ref)) return isnan(y) ? 0 : 1e9;
-    if (isinf((double)ref)) return y == (double)ref ? 0 : 1e9;
-    if (!isfinite(y)) return 1e9;
-    return (double)(fabsl((long double)y - ref) / ulp_f64(ref));
-}
+
+/* err_f32 (reference in double) and err_f64 (in long double): the error of y in ulps
+ * of the exact value ref; 1e9 for a wrong special value */
+#define ERR_ULPS(S, T, R, FABS, MANT, EMIN)                                                 \
+    static double err_##S(T y, R ref)                                                       \
+    {                                                                                       \
+        if (isnan(ref)) return isnan(y) ? 0 : 1e9;                                          \
+        if (isinf((T)ref)) return y == (T)ref ? 0 : 1e9;                                    \
+        if (!isfinite(y)) return 1e9;                                                       \
+        return (double)(FABS((R)y - ref) / (R)ulp_at(ref, MANT, EMIN));                     \
+    }
+ERR_ULPS(f32, float, double, fabs, 24, -126)
+ERR_ULPS(f64, double, long double, fabsl, 53, -1022)
+
 static double sig_d(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 static long double sig_l(long double x)
 {
     return x >= 0 ? 1 / (1 + expl(-x)) : expl(x) / (1 + expl(x));
 }
 
+/* A function: its f32 kernel against r32 (in double) on every float in [lo32, hi32],
+ * its f64 kernel against r64 (in long double) on random doubles of [lo64, hi64] (log,
+ * lo64 = hi64: random bit patterns of positive numbers). */
 typedef struct {
     const char *name;
     void (*f32)(float *, const float *, int64_t);
-    void (*f64)(double *, const double *, int64_t);
     double (*r32)(double);
+    float lo32, hi32;
+    void (*f64)(double *, const double *, int64_t);
     long double (*r64)(long double);
-    float lo32, hi32;   /* every float in [lo32, hi32] */
-    double lo64, hi64;  /* random doubles (log: random bit patterns of positive numbers) */
+    double lo64, hi64;
 } afn;
 
 /* walk the floats from lo to hi in order: next float after x */
@@ -346,10 +260,10 @@ static float next_up(float x) { return nextafterf(x, INFINITY); }
 static int bench_accuracy(const char *isa)
 {
     const afn fns[] = {
-        {"exp", tgi_vexp_f32, tgi_vexp_f64, exp, expl, -104.0f, 89.0f, -746, 710},
-        {"log", tgi_vlog_f32, tgi_vlog_f64, log, logl, 0x1p-149f, 0x1.fffffep127f, 0, 0},
-        {"tanh", tgi_vtanh_f32, tgi_vtanh_f64, tanh, tanhl, -20.0f, 20.0f, -20, 20},
-        {"sigmoid", tgi_vsigmoid_f32, tgi_vsigmoid_f64, sig_d, sig_l, -104.0f, 89.0f, -746, 40},
+        {"exp", tgi_vexp_f32, exp, -104.0f, 89.0f, tgi_vexp_f64, expl, -746, 710},
+        {"log", tgi_vlog_f32, log, 0x1p-149f, 0x1.fffffep127f, tgi_vlog_f64, logl, 0, 0},
+        {"tanh", tgi_vtanh_f32, tanh, -20.0f, 20.0f, tgi_vtanh_f64, tanhl, -20, 20},
+        {"sigmoid", tgi_vsigmoid_f32, sig_d, -104.0f, 89.0f, tgi_vsigmoid_f64, sig_l, -746, 40},
     };
     enum { CH = 1 << 16 };
     static float xf[CH], yf[CH];
@@ -385,11 +299,11 @@ static int bench_accuracy(const char *isa)
         for (int c = 0; c < 256; c++) {
             for (int i = 0; i < CH; i++) {
                 if (fns[f].lo64 == fns[f].hi64) {
-                    uint64_t b = rnd() % 0x7ff0000000000000ull;
+                    uint64_t b = bench_rnd() % 0x7ff0000000000000ull;
                     memcpy(&xd[i], &b, sizeof b);
                 } else {
                     double s = (i & 1) ? 1e-3 : 1.0;
-                    xd[i] = urand(fns[f].lo64 * s, fns[f].hi64 * s);
+                    xd[i] = bench_urand(fns[f].lo64 * s, fns[f].hi64 * s);
                 }
             }
             fns[f].f64(yd, xd, CH);
