@@ -22,14 +22,13 @@ import argparse
 import gzip
 import json
 import os
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_common import set_threads
+from torch_common import Clock, parse_args
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -71,12 +70,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--test-limit", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    set_threads(a.threads)
-    torch.manual_seed(a.seed)
+    a = parse_args(ap)
     xtr, ytr = load(a.data, "train")
     xte, yte = load(a.data, "t10k")
     if a.limit:
@@ -86,22 +80,20 @@ def main():
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     n = xtr.shape[0]
-    t_train, cpu_train, train_loss = 0.0, 0.0, float("nan")
+    clock, train_loss = Clock(), float("nan")  # training time of each epoch
     for e in range(a.epochs):
         perm = torch.randperm(n)
         tot, cnt = 0.0, 0
-        t0, c0 = time.perf_counter(), time.process_time()
-        for s in range(0, n, a.batch):
-            idx = perm[s:s + a.batch]
-            loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += loss.item() * idx.numel()
-            cnt += idx.numel()
-        dt = time.perf_counter() - t0
-        t_train += dt
-        cpu_train += time.process_time() - c0
+        with clock:
+            for s in range(0, n, a.batch):
+                idx = perm[s:s + a.batch]
+                loss = F.cross_entropy(net(xtr[idx]), ytr[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tot += loss.item() * idx.numel()
+                cnt += idx.numel()
+        dt = clock.wall[-1]
         train_loss = tot / cnt
         with torch.no_grad():
             correct, tl = 0, 0.0
@@ -113,14 +105,14 @@ def main():
         print(f"epoch {e + 1}/{a.epochs}  train loss {train_loss:.4f}  test loss "
               f"{test_loss:.4f}  test acc {acc:.4f}  {dt:.2f} s  {n / dt:.0f} samples/s",
               flush=True)
-    spe = t_train / a.epochs
+    spe = sum(clock.wall) / a.epochs
     print(f"pytorch {torch.__version__}, {a.threads} thread(s): {spe:.2f} s per epoch of {n} "
           f"images")
     if a.json:
         print(json.dumps({"side": "pytorch", "test_accuracy": round(acc, 4),
                           "test_loss": round(test_loss, 4), "train_loss": round(train_loss, 4),
                           "seconds_per_epoch": round(spe, 3),
-                          "cpu_seconds_per_epoch": round(cpu_train / a.epochs, 3),
+                          "cpu_seconds_per_epoch": round(sum(clock.cpu) / a.epochs, 3),
                           "samples_per_second": round(n / spe, 1), "train_samples": n,
                           "threads": a.threads}))
 

@@ -16,14 +16,13 @@ tenth, windows of T characters as char_gpt evaluates it. The last line with
 --json is one JSON object: val_loss, ms_per_step (the mean of the steps after
 the first), steps and the rest, with the same keys as char_gpt's.
 """
-import argparse
 import json
 import math
 import time
 
 import torch
 
-from torch_common import set_threads, char_corpus
+from torch_common import Clock, char_corpus, lm_parser, parse_args
 
 
 class GPT(torch.nn.Module):
@@ -69,26 +68,16 @@ def evaluate(model, ids, t, batch):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--text", required=True)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=0, help="train this long instead of --steps")
-    ap.add_argument("--seed", type=int, default=1)
+    ap = lm_parser(lr=3e-4, description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--context", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ff", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-chars", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = parse_args(ap)
 
-    set_threads(a.threads)
-    torch.manual_seed(a.seed)
     vocab, ids, n_val = char_corpus(a.text)
     train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
     model = GPT(len(vocab), a.layers, a.heads, a.width, a.context, a.ff)
@@ -98,22 +87,21 @@ def main():
           % (len(ids), len(vocab), n_params, torch.__version__, torch.get_num_threads()))
     gen = torch.Generator().manual_seed(a.seed)
     t, b = a.context, a.batch
-    times, cpu, step, loss_acc, loss_n, last = [], [], 0, 0.0, 0, float("nan")
+    clock, step, loss_acc, loss_n, last = Clock(), 0, 0.0, 0, float("nan")
+    times, cpu = clock.wall, clock.cpu
     t_start = time.perf_counter()
     while (step < a.steps) if a.seconds <= 0 else (time.perf_counter() - t_start < a.seconds):
-        t0, c0 = time.perf_counter(), time.process_time()
-        at = torch.randint(0, len(train) - t, (b,), generator=gen)
-        x = torch.stack([train[i:i + t] for i in at.tolist()])
-        y = torch.stack([train[i + 1:i + t + 1] for i in at.tolist()])
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        last = loss.item()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+        with clock:
+            at = torch.randint(0, len(train) - t, (b,), generator=gen)
+            x = torch.stack([train[i:i + t] for i in at.tolist()])
+            y = torch.stack([train[i + 1:i + t + 1] for i in at.tolist()])
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            last = loss.item()
         step += 1
         loss_acc, loss_n = loss_acc + last, loss_n + 1
         if a.log_every and step % a.log_every == 0:

@@ -17,7 +17,6 @@ openblas_set_num_threads too. Prints progress; --json ends with one JSON line wi
 ms_per_step (median of the steps after the first 5), cpu_ms_per_step (their mean
 CPU time) and val_loss.
 """
-import argparse
 import json
 import math
 import statistics
@@ -25,25 +24,15 @@ import time
 
 import torch
 
-from torch_common import set_threads, char_corpus
+from torch_common import Clock, char_corpus, lm_parser, parse_args
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--text", required=True)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = lm_parser(lr=2e-3)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    set_threads(a.threads)
-    torch.manual_seed(a.seed)
+    a = parse_args(ap)
 
     vocab, ids, n_val = char_corpus(a.text)
     n = len(ids)
@@ -64,21 +53,19 @@ def main():
         h, _ = lstm(x)
         return head(h.reshape(-1, H)), win[:, 1:].t().reshape(-1)
 
-    times, cpu, first, t0 = [], [], None, time.perf_counter()
+    clock, first, t0 = Clock(), None, time.perf_counter()
     offs = torch.arange(T + 1)
     for s in range(1, a.steps + 1):
-        ts, cs = time.perf_counter(), time.process_time()
-        pos = torch.randint(0, n_train - T - 1, (N,), generator=g)
-        win = ids[pos[:, None] + offs]
-        lg, y = logits_of(win)
-        loss = torch.nn.functional.cross_entropy(lg, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        l = loss.item()
-        times.append(time.perf_counter() - ts)
-        cpu.append(time.process_time() - cs)
+        with clock:
+            pos = torch.randint(0, n_train - T - 1, (N,), generator=g)
+            win = ids[pos[:, None] + offs]
+            lg, y = logits_of(win)
+            loss = torch.nn.functional.cross_entropy(lg, y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            l = loss.item()
         if first is None:
             first = l
         if s % max(1, a.steps // 20) == 0 or s == 1:
@@ -86,6 +73,7 @@ def main():
                   flush=True)
         if a.seconds and time.perf_counter() - t0 >= a.seconds:
             break
+    times, cpu = clock.wall, clock.cpu
     steps = len(times)
     warm = times[5:] if steps > 10 else times[1:] or times
     ms = 1e3 * statistics.median(warm)
