@@ -17,7 +17,6 @@ tenth, windows of T characters as char_gpt evaluates it. The last line with
 the first), steps and the rest, with the same keys as char_gpt's.
 """
 import json
-import math
 import time
 
 import torch

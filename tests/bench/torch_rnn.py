@@ -18,7 +18,6 @@ ms_per_step (median of the steps after the first 5), cpu_ms_per_step (their mean
 CPU time) and val_loss.
 """
 import json
-import math
 import statistics
 import time
 
