@@ -16,6 +16,7 @@
  * -DTG_BUILD_BENCH=ON (the "bench" preset). Figures: docs/vmath.md. */
 #include "bench_util.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -213,27 +214,21 @@ static int bench_speed(const char *isa)
 
 /* ---- accuracy ---- */
 
-/* One ulp at r of a format with `mant` significand bits whose least normal exponent
- * is emin (float: 24, -126; double: 53, -1022): the spacing of its numbers there. */
-static long double ulp_at(long double r, int mant, int emin)
-{
-    r = fabsl(r);
-    const int e = r < ldexpl(1.0L, emin) ? emin : ilogbl(r);
-    return ldexpl(1.0L, e - mant + 1);
-}
-
 /* err_f32 (reference in double) and err_f64 (in long double): the error of y in ulps
- * of the exact value ref; 1e9 for a wrong special value */
-#define ERR_ULPS(S, T, R, FABS, MANT, EMIN)                                                 \
+ * of the exact value ref; 1e9 for a wrong special value. T has MANT significand bits,
+ * and MIN = 2^EMIN is its least normal number. */
+#define ERR_ULPS(S, T, R, FABS, ILOGB, LDEXP, MANT, MIN, EMIN)                              \
     static double err_##S(T y, R ref)                                                       \
     {                                                                                       \
         if (isnan(ref)) return isnan(y) ? 0 : 1e9;                                          \
         if (isinf((T)ref)) return y == (T)ref ? 0 : 1e9;                                    \
         if (!isfinite(y)) return 1e9;                                                       \
-        return (double)(FABS((R)y - ref) / (R)ulp_at(ref, MANT, EMIN));                     \
+        const R r = FABS(ref); /* one ulp of T at r: 2^(e - MANT + 1) */                    \
+        const int e = r < MIN ? EMIN : ILOGB(r);                                            \
+        return (double)(FABS((R)y - ref) / LDEXP(1, e - MANT + 1));                         \
     }
-ERR_ULPS(f32, float, double, fabs, 24, -126)
-ERR_ULPS(f64, double, long double, fabsl, 53, -1022)
+ERR_ULPS(f32, float, double, fabs, ilogb, ldexp, 24, FLT_MIN, -126)
+ERR_ULPS(f64, double, long double, fabsl, ilogbl, ldexpl, 53, DBL_MIN, -1022)
 
 static double sig_d(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
 static long double sig_l(long double x)
