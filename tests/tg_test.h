@@ -153,6 +153,31 @@ static inline tg_dataset *counting_dataset(tg_ctx *c, int64_t n)
     return ds;
 }
 
+/* ---- training ------------------------------------------------------------- */
+
+/* One optimiser step on loss: zero the gradients, backpropagate, step, then
+ * tg_reset (loss and every other arena tensor are gone after). Returns the
+ * loss's value. */
+static inline double train_step(tg_ctx *c, tg_optim *opt, tg_tensor *loss)
+{
+    cr_assert_not_null(loss, "%s", tg_errmsg(c));
+    tg_zero_grad(c);
+    tg_backward(c, loss);
+    double v = tg_item(loss);
+    tg_optim_step(opt);
+    tg_reset(c);
+    return v;
+}
+
+/* train_step on mean((p - y)^2) built from ops (sub, pow, mean), y an f64
+ * tensor of p's shape holding ys */
+static inline double mse_step(tg_ctx *c, tg_optim *opt, tg_tensor *p, const double *ys)
+{
+    cr_assert_not_null(p, "%s", tg_errmsg(c));
+    tg_tensor *y = tg_from(c, TG_F64, tg_ndim(p), tg_shape(p), ys);
+    return train_step(c, opt, tg_mean(c, tg_pow(c, tg_sub(c, p, y), 2.0)));
+}
+
 /* ---- gradients ---------------------------------------------------------- */
 
 /* tg_gradcheck(c, fn, user, in, n, o) must pass and leave no error; what names the case */
