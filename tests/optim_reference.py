@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Expected values for tests/toolkit/test_optim.c, computed with PyTorch's optimisers.
+"""Expected values for tests/toolkit/test_optim.c (and the Adam trajectories for
+tests/kernels/test_vmath.c), computed with PyTorch's optimisers.
 
 Run by hand (needs torch; the test itself does not):
-    /usr/bin/python3 tests/optim_reference.py > tests/toolkit/optim_reference.h
+    /usr/bin/python3 tests/optim_reference.py > tests/optim_reference.h
 Generated with torch 1.13. Each array is one line: the file is a table of data.
 
 The problem, identical in the C test: two float64 parameters

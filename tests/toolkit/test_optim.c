@@ -4,7 +4,7 @@
  *
  * The expected trajectories were computed once with PyTorch 1.13's optimisers
  * (torch.optim.*, foreach=False) by tests/optim_reference.py, which writes
- * optim_reference.h; the test does not need torch. The problem they solve: parameters
+ * tests/optim_reference.h; the test does not need torch. The problem they solve: parameters
  * p = [0.5, -1.2, 2.0] and q = [1.0, -0.5] with gradients grad p = c p + d and
  * grad q = e q + f (the gradient of a separable quadratic), evaluated at the
  * current parameters before each step; in the "skip" cases q has no gradient
