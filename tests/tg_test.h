@@ -11,6 +11,7 @@
 #include <criterion/criterion.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +236,30 @@ static inline void assert_grads_nonzero(tg_ctx *c, tg_fn fn, void *user, tg_tens
 }
 
 /* ---- tables keyed by name --------------------------------------------------- */
+
+/* check(c, row, shape, what) for every row of a table (n rows of `size`
+ * bytes, a const char * name at offset name_at) and every one of the
+ * n_shapes shapes, rows outermost; what is "<name> on shape <index>". The
+ * arena is reset after each. EACH_ROW_AND_SHAPE(c, TABLE, SHAPES, check) for
+ * a table whose rows have a member `name`. */
+static inline void each_row_and_shape(tg_ctx *c, const void *table, size_t size, size_t n,
+                                      size_t name_at, const shp *shapes, size_t n_shapes,
+                                      void (*check)(tg_ctx *, const void *, shp, const char *))
+{
+    for (size_t k = 0; k < n; k++)
+        for (size_t s = 0; s < n_shapes; s++) {
+            const char *row = (const char *)table + k * size;
+            char what[128];
+            snprintf(what, sizeof what, "%s on shape %zu", *(const char *const *)(row + name_at),
+                     s);
+            check(c, row, shapes[s], what);
+            tg_reset(c);
+        }
+}
+#define EACH_ROW_AND_SHAPE(c, TABLE, SHAPES, check)                                        \
+    each_row_and_shape((c), (TABLE), sizeof(TABLE)[0], sizeof(TABLE) / sizeof(TABLE)[0],    \
+                       offsetof(__typeof__((TABLE)[0]), name), (SHAPES),                     \
+                       sizeof(SHAPES) / sizeof(SHAPES)[0], (check))
 
 /* The row named `name` of a table of n rows of `size` bytes whose first
  * member is the row's name (a const char *); fails the test if there is none.
