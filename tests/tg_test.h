@@ -387,6 +387,22 @@ static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tens
     assert_node_applies(c, y, in, n, NULL, what);
 }
 #endif
+/* ---- kernel sets ---------------------------------------------------------- */
+
+/* A kernel module's choice of set by name (force, e.g. tgi_gemm_force_kernel)
+ * as its current() reports it: "generic" is taken, an unknown name ignored,
+ * NULL goes back to the automatic choice `automatic`. what names the module. */
+static inline void assert_force_by_name(void (*force)(const char *), const char *(*current)(void),
+                                        const char *automatic, const char *what)
+{
+    force("generic");
+    cr_assert_str_eq(current(), "generic", "%s: generic was not taken", what);
+    force("no-such-kernel");
+    cr_assert_str_eq(current(), "generic", "%s: an unknown name was not ignored", what);
+    force(NULL);
+    cr_assert_str_eq(current(), automatic, "%s: NULL did not restore the automatic set", what);
+}
+
 /* ---- a scratch directory per test: made in .init, removed in .fini ---- */
 static inline void scratch_make(char *dir, size_t size, const char *tag)
 {

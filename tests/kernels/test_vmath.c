@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "optim_reference.h"
+#include "tg_test.h"
 #include "vmath.h"
 
 /* ---- kernel sets ---------------------------------------------------------------- */
@@ -84,7 +85,7 @@ static long double sig_l(long double x)
 
 static uint64_t rng_state;
 static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint64_t rnd(void)
+static uint64_t rng_next(void)
 {
     uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -93,7 +94,7 @@ static uint64_t rnd(void)
 }
 static double urand(double lo, double hi)
 {
-    return lo + (hi - lo) * (double)(rnd() >> 11) * (1.0 / 9007199254740992.0);
+    return lo + (hi - lo) * (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* A function under test, its references, its bounds (docs/vmath.md) and its sweep. */
@@ -122,8 +123,8 @@ static void measure(const vfn *f, double *max32, double *max64, float *at32, dou
         const int r = i % 3;
         if (f->ranges32[0][0] > f->ranges32[0][1] && r == 0) {
             /* a random positive finite float / double, subnormals included */
-            uint32_t b = (uint32_t)(rnd() % 0x7f800000u);
-            uint64_t c = rnd() % 0x7ff0000000000000ull;
+            uint32_t b = (uint32_t)(rng_next() % 0x7f800000u);
+            uint64_t c = rng_next() % 0x7ff0000000000000ull;
             memcpy(&xf[i], &b, sizeof b);
             memcpy(&xd[i], &c, sizeof c);
         } else {
@@ -823,12 +824,7 @@ Test(vmath, isa_selection)
         cr_assert_str_eq(autoname, "generic");
 #endif
     cr_log_info("automatic kernel set: %s", autoname);
-    tgi_vmath_force("generic");
-    cr_assert_str_eq(tgi_vmath_isa(), "generic");
-    tgi_vmath_force("no-such-set"); /* ignored */
-    cr_assert_str_eq(tgi_vmath_isa(), "generic");
-    tgi_vmath_force(NULL);
-    cr_assert_str_eq(tgi_vmath_isa(), autoname);
+    assert_force_by_name(tgi_vmath_force, tgi_vmath_isa, autoname, "vmath");
     /* n <= 0 touches nothing */
     float y = 5.0f, x = 1.0f;
     tgi_vexp_f32(&y, &x, 0);
