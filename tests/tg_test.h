@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* tests/tg_test.h: helpers shared by the op test suites (tests/ops/test_ops_*.c).
+/* tests/tg_test.h: helpers shared by the test suites (the op suites tests/ops/test_ops_*.c
+ * first, and those of the toolkit and the kernels).
  * Header-only: every helper is `static inline`, so a suite that uses only
  * some of them compiles warning-free. Helpers that create tensors or look at
  * the error state take the tg_ctx explicitly (first argument); those that
