@@ -34,11 +34,10 @@ def fr(n):
 
 
 def emit(name, t):
+    """one line per array: the data is a table, not code"""
     v = t.detach().reshape(-1).tolist()
-    print(f"static const double {name}[{len(v)}] = {{")
-    for k in range(0, len(v), 4):
-        print("    " + ", ".join(f"{x:.17g}" for x in v[k:k + 4]) + ",")
-    print("};")
+    print(f"static const double {name}[{len(v)}] = {{" + ", ".join(f"{x:.17g}" for x in v) + "};")
+    return name, len(v)
 
 
 def make(shape, f):
@@ -56,11 +55,12 @@ def conv_case(name, xs, ws, bias, stride, padding):
     (y * fr(y.numel()).reshape(y.shape)).sum().backward()
     print(f"/* {name}: F.conv2d(x {list(xs)}, w {list(ws)}, bias={bias}, stride={stride}, "
           f"padding={padding}) -> {list(y.shape)} */")
-    emit(f"{name}_y", y)
-    emit(f"{name}_dx", x.grad)
-    emit(f"{name}_dw", w.grad)
-    if bias:
-        emit(f"{name}_db", b.grad)
+    arrays = [emit(f"{name}_y", y), emit(f"{name}_dx", x.grad), emit(f"{name}_dw", w.grad)]
+    db = emit(f"{name}_db", b.grad)[0] if bias else "NULL"
+    sizes = ", ".join(str(n) for _, n in arrays)
+    names = ", ".join(a for a, _ in arrays)
+    return (f'{{"{name}", {{{dims(xs)}}}, {{{dims(ws)}}}, {int(bias)}, {stride}, {padding}, '
+            f"{sizes}, {names}, {db}}},")
 
 
 def pool_case(name, fn, xs, k, s):
@@ -68,14 +68,31 @@ def pool_case(name, fn, xs, k, s):
     y = fn(x, k, s)
     (y * fr(y.numel()).reshape(y.shape)).sum().backward()
     print(f"/* {name}: {fn.__name__}(x {list(xs)}, {k}, {s}) -> {list(y.shape)} */")
-    emit(f"{name}_y", y)
-    emit(f"{name}_dx", x.grad)
+    (ya, ny), (dxa, nx) = emit(f"{name}_y", y), emit(f"{name}_dx", x.grad)
+    return (f'{{"{name}", {int(fn is F.max_pool2d)}, {{{dims(xs)}}}, {k}, {s}, '
+            f"{{{dims(y.shape)}}}, {ny}, {nx}, {ya}, {dxa}}},")
 
 
+def dims(shape):
+    return ", ".join(str(d) for d in shape)
+
+
+def table(decl, rows):
+    print(decl + " = {")
+    for r in rows:
+        print("    " + r)
+    print("};")
+
+
+print("/* SPDX-License-Identifier: MIT */")
 print("/* conv_reference.h: written by tests/conv_reference.py (torch "
       f"{torch.__version__}); do not edit. */")
-conv_case("conv_a", (2, 3, 7, 6), (4, 3, 3, 2), True, 2, 1)
-conv_case("conv_b", (1, 2, 5, 5), (3, 2, 5, 5), False, 1, 2)
-conv_case("conv_c", (2, 3, 6, 5), (2, 3, 1, 1), True, 1, 0)
-pool_case("maxp", F.max_pool2d, (2, 2, 7, 6), 3, 2)
-pool_case("avgp", F.avg_pool2d, (2, 2, 7, 6), 2, 1)
+print("/* the row types conv_ref and pool_ref are test_ops_conv.c's */")
+convs = [conv_case("conv_a", (2, 3, 7, 6), (4, 3, 3, 2), True, 2, 1),
+         conv_case("conv_b", (1, 2, 5, 5), (3, 2, 5, 5), False, 1, 2),
+         conv_case("conv_c", (2, 3, 6, 5), (2, 3, 1, 1), True, 1, 0)]
+pools = [pool_case("maxp", F.max_pool2d, (2, 2, 7, 6), 3, 2),
+         pool_case("avgp", F.avg_pool2d, (2, 2, 7, 6), 2, 1)]
+print()
+table("static const conv_ref CONV_REFS[]", convs)
+table("static const pool_ref POOL_REFS[]", pools)

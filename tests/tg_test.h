@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* tests/tg_test.h: helpers shared by the op test suites (tests/ops/test_ops_*.c).
+/* tests/tg_test.h: helpers shared by the test suites (the op suites tests/ops/test_ops_*.c
+ * first, and those of the toolkit and the kernels).
  * Header-only: every helper is `static inline`, so a suite that uses only
  * some of them compiles warning-free. Helpers that create tensors or look at
  * the error state take the tg_ctx explicitly (first argument); those that
@@ -11,6 +12,7 @@
 #include <criterion/criterion.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +155,31 @@ static inline tg_dataset *counting_dataset(tg_ctx *c, int64_t n)
     return ds;
 }
 
+/* ---- training ------------------------------------------------------------- */
+
+/* One optimiser step on loss: zero the gradients, backpropagate, step, then
+ * tg_reset (loss and every other arena tensor are gone after). Returns the
+ * loss's value. */
+static inline double train_step(tg_ctx *c, tg_optim *opt, tg_tensor *loss)
+{
+    cr_assert_not_null(loss, "%s", tg_errmsg(c));
+    tg_zero_grad(c);
+    tg_backward(c, loss);
+    double v = tg_item(loss);
+    tg_optim_step(opt);
+    tg_reset(c);
+    return v;
+}
+
+/* train_step on mean((p - y)^2) built from ops (sub, pow, mean), y an f64
+ * tensor of p's shape holding ys */
+static inline double mse_step(tg_ctx *c, tg_optim *opt, tg_tensor *p, const double *ys)
+{
+    cr_assert_not_null(p, "%s", tg_errmsg(c));
+    tg_tensor *y = tg_from(c, TG_F64, tg_ndim(p), tg_shape(p), ys);
+    return train_step(c, opt, tg_mean(c, tg_pow(c, tg_sub(c, p, y), 2.0)));
+}
+
 /* ---- gradients ---------------------------------------------------------- */
 
 /* tg_gradcheck(c, fn, user, in, n, o) must pass and leave no error; what names the case */
@@ -210,6 +237,30 @@ static inline void assert_grads_nonzero(tg_ctx *c, tg_fn fn, void *user, tg_tens
 }
 
 /* ---- tables keyed by name --------------------------------------------------- */
+
+/* check(c, row, shape, what) for every row of a table (n rows of `size`
+ * bytes, a const char * name at offset name_at) and every one of the
+ * n_shapes shapes, rows outermost; what is "<name> on shape <index>". The
+ * arena is reset after each. EACH_ROW_AND_SHAPE(c, TABLE, SHAPES, check) for
+ * a table whose rows have a member `name`. */
+static inline void each_row_and_shape(tg_ctx *c, const void *table, size_t size, size_t n,
+                                      size_t name_at, const shp *shapes, size_t n_shapes,
+                                      void (*check)(tg_ctx *, const void *, shp, const char *))
+{
+    for (size_t k = 0; k < n; k++)
+        for (size_t s = 0; s < n_shapes; s++) {
+            const char *row = (const char *)table + k * size;
+            char what[128];
+            snprintf(what, sizeof what, "%s on shape %zu", *(const char *const *)(row + name_at),
+                     s);
+            check(c, row, shapes[s], what);
+            tg_reset(c);
+        }
+}
+#define EACH_ROW_AND_SHAPE(c, TABLE, SHAPES, check)                                        \
+    each_row_and_shape((c), (TABLE), sizeof(TABLE)[0], sizeof(TABLE) / sizeof(TABLE)[0],    \
+                       offsetof(__typeof__((TABLE)[0]), name), (SHAPES),                     \
+                       sizeof(SHAPES) / sizeof(SHAPES)[0], (check))
 
 /* The row named `name` of a table of n rows of `size` bytes whose first
  * member is the row's name (a const char *); fails the test if there is none.
@@ -337,6 +388,22 @@ static inline void assert_apply_matches(tg_ctx *c, tg_fn fn, void *user, tg_tens
     assert_node_applies(c, y, in, n, NULL, what);
 }
 #endif
+/* ---- kernel sets ---------------------------------------------------------- */
+
+/* A kernel module's choice of set by name (force, e.g. tgi_gemm_force_kernel)
+ * as its current() reports it: "generic" is taken, an unknown name ignored,
+ * NULL goes back to the automatic choice `automatic`. what names the module. */
+static inline void assert_force_by_name(void (*force)(const char *), const char *(*current)(void),
+                                        const char *automatic, const char *what)
+{
+    force("generic");
+    cr_assert_str_eq(current(), "generic", "%s: generic was not taken", what);
+    force("no-such-kernel");
+    cr_assert_str_eq(current(), "generic", "%s: an unknown name was not ignored", what);
+    force(NULL);
+    cr_assert_str_eq(current(), automatic, "%s: NULL did not restore the automatic set", what);
+}
+
 /* ---- a scratch directory per test: made in .init, removed in .fini ---- */
 static inline void scratch_make(char *dir, size_t size, const char *tag)
 {

@@ -454,14 +454,26 @@ static tg_tensor *state_arg(pool *P, bytes *b) {
     return take(b) & 1 ? pick(P, b) : NULL;
 }
 
+/* x from the pool and an LSTM (gru 0) or GRU m for it: hidden 0 to 3, 0 to 2
+ * layers, bias or not from the byte *k (its bits 0x20 and up are the
+ * caller's), the input width and the dtype from the next bytes. Returns the
+ * init's result. */
+static int rnn_layer(pool *P, bytes *b, tg_rnn *m, int gru, tg_tensor **x, unsigned *k) {
+    *x = pick(P, b);
+    *k = take(b);
+    int64_t hidden = (int64_t)(*k % 4), in = width(b, *x, 2);
+    int layers = (int)((*k >> 2) % 3), bias = (int)((*k >> 4) & 1);
+    tg_dtype dt = dtype_arg(b, *x);
+    return gru ? tg_gru_init(P->ctx, m, NULL, in, hidden, layers, bias, dt)
+               : tg_lstm_init(P->ctx, m, NULL, in, hidden, layers, bias, dt);
+}
+
 FZ(tg_lstm_forward) {
     (void)finite;
-    tg_tensor *x = pick(P, b);
     tg_lstm m;
-    unsigned k = take(b);
-    if (tg_lstm_init(P->ctx, &m, NULL, width(b, x, 2), (int64_t)(k % 4), (int)((k >> 2) % 3),
-                     (int)((k >> 4) & 1), dtype_arg(b, x)) != 0)
-        return NULL;
+    tg_tensor *x;
+    unsigned k;
+    if (rnn_layer(P, b, &m, 0, &x, &k) != 0) return NULL;
     tg_tensor *h0 = state_arg(P, b), *c0 = state_arg(P, b), *hn = NULL, *cn = NULL;
     tg_tensor *y = tg_lstm_forward(P->ctx, &m, x, h0, c0, (k & 0x20) ? &hn : NULL, &cn);
     if (y) {
@@ -475,13 +487,10 @@ FZ(tg_lstm_forward) {
 
 FZ(tg_gru_forward) {
     (void)finite;
-    tg_tensor *x = pick(P, b);
     tg_gru m;
-    unsigned k = take(b);
-    if (tg_gru_init(P->ctx, &m, NULL, width(b, x, 2), (int64_t)(k % 4), (int)((k >> 2) % 3),
-                    (int)((k >> 4) & 1), dtype_arg(b, x)) != 0)
-        return NULL;
-    tg_tensor *hn = NULL;
+    tg_tensor *x, *hn = NULL;
+    unsigned k;
+    if (rnn_layer(P, b, &m, 1, &x, &k) != 0) return NULL;
     tg_tensor *y = tg_gru_forward(P->ctx, &m, x, state_arg(P, b), &hn);
     if (y) pool_add(P, b, hn);
     else if (hn) abort();

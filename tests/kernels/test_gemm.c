@@ -15,19 +15,26 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "tg_test.h"
 
 /* ------------------------------------------------------------------------------ */
 
-static void *test_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+/* the allocator's work once the counting is done: free for size 0, else realloc */
+static void *free_or_realloc(void *ptr, size_t nsize)
 {
-    (void)osize;
-    int *count = (int *)ud;
     if (nsize == 0) {
         free(ptr);
         return NULL;
     }
-    if (count) (*count)++;
     return realloc(ptr, nsize);
+}
+
+/* counts the allocations in *ud (an int; may be NULL) */
+static void *test_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)osize;
+    if (ud && nsize) ++*(int *)ud;
+    return free_or_realloc(ptr, nsize);
 }
 
 /* fails every request once *ud reaches 0 (counts down per allocation) */
@@ -35,13 +42,9 @@ static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     (void)osize;
     int *budget = (int *)ud;
-    if (nsize == 0) {
-        free(ptr);
-        return NULL;
-    }
-    if (*budget <= 0) return NULL;
-    (*budget)--;
-    return realloc(ptr, nsize);
+    if (nsize && *budget <= 0) return NULL;
+    *budget -= nsize != 0;
+    return free_or_realloc(ptr, nsize);
 }
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -234,12 +237,7 @@ Test(gemm, dispatch_names_a_kernel)
     cr_assert(strcmp(name, "generic") == 0 || strcmp(name, "avx2") == 0 ||
               strcmp(name, "avx512") == 0 || strcmp(name, "cblas") == 0,
               "unknown kernel name %s", name);
-    tgi_gemm_force_kernel("generic");
-    cr_assert_str_eq(tgi_gemm_kernel_name(), "generic");
-    tgi_gemm_force_kernel("no-such-kernel"); /* ignored */
-    cr_assert_str_eq(tgi_gemm_kernel_name(), "generic");
-    tgi_gemm_force_kernel(NULL);
-    cr_assert_str_eq(tgi_gemm_kernel_name(), name);
+    assert_force_by_name(tgi_gemm_force_kernel, tgi_gemm_kernel_name, name, "gemm");
 }
 
 Test(gemm, tiny_and_prime_shapes)

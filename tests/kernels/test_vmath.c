@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim_reference.h"
+#include "tg_test.h"
 #include "vmath.h"
 
 /* ---- kernel sets ---------------------------------------------------------------- */
@@ -83,7 +85,7 @@ static long double sig_l(long double x)
 
 static uint64_t rng_state;
 static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint64_t rnd(void)
+static uint64_t rng_next(void)
 {
     uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -92,7 +94,7 @@ static uint64_t rnd(void)
 }
 static double urand(double lo, double hi)
 {
-    return lo + (hi - lo) * (double)(rnd() >> 11) * (1.0 / 9007199254740992.0);
+    return lo + (hi - lo) * (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* A function under test, its references, its bounds (docs/vmath.md) and its sweep. */
@@ -121,8 +123,8 @@ static void measure(const vfn *f, double *max32, double *max64, float *at32, dou
         const int r = i % 3;
         if (f->ranges32[0][0] > f->ranges32[0][1] && r == 0) {
             /* a random positive finite float / double, subnormals included */
-            uint32_t b = (uint32_t)(rnd() % 0x7f800000u);
-            uint64_t c = rnd() % 0x7ff0000000000000ull;
+            uint32_t b = (uint32_t)(rng_next() % 0x7f800000u);
+            uint64_t c = rng_next() % 0x7ff0000000000000ull;
             memcpy(&xf[i], &b, sizeof b);
             memcpy(&xd[i], &c, sizeof c);
         } else {
@@ -183,41 +185,29 @@ static const double hard_sig64[] = {-0x1.8f25deddb4cp+2, -0x1.8f3b8da9f3d7fp+2};
 
 #define HARD(a) a, (int)(sizeof a / sizeof a[0])
 
-Test(vmath, exp_accuracy)
-{
-    const vfn f = {"exp", tgi_vexp_f32, tgi_vexp_f64, exp, expl, 1.05, 1.1,
-                   {{-104, 89}, {-1, 1}, {-87.5, -103}},     /* last: subnormal results */
-                   {{-746, 710}, {-1, 1}, {-708.5, -745}},
-                   HARD(hard_exp32), HARD(hard_exp64)};
-    check_accuracy(&f);
-}
+enum { V_EXP, V_LOG, V_TANH, V_SIGMOID, V_COUNT };
 
-Test(vmath, log_accuracy)
-{
-    const vfn f = {"log", tgi_vlog_f32, tgi_vlog_f64, log, logl, 1.0, 1.0,
-                   {{1, 0}, {0.5, 2}, {1e-30, 1e30}},        /* first: all bit patterns */
-                   {{1, 0}, {0.5, 2}, {1e-300, 1e300}},
-                   HARD(hard_log32), HARD(hard_log64)};
-    check_accuracy(&f);
-}
+/* ranges: first the three f32 sweeps, then the three f64 ones */
+static const vfn VFNS[] = {
+    [V_EXP] = {"exp", tgi_vexp_f32, tgi_vexp_f64, exp, expl, 1.05, 1.1,
+               {{-104, 89}, {-1, 1}, {-87.5, -103}}, /* last: subnormal results */
+               {{-746, 710}, {-1, 1}, {-708.5, -745}}, HARD(hard_exp32), HARD(hard_exp64)},
+    [V_LOG] = {"log", tgi_vlog_f32, tgi_vlog_f64, log, logl, 1.0, 1.0,
+               {{1, 0}, {0.5, 2}, {1e-30, 1e30}}, /* first: all bit patterns */
+               {{1, 0}, {0.5, 2}, {1e-300, 1e300}}, HARD(hard_log32), HARD(hard_log64)},
+    [V_TANH] = {"tanh", tgi_vtanh_f32, tgi_vtanh_f64, tanh, tanhl, 1.5, 1.5,
+                {{-20, 20}, {-1, 1}, {-1e-3, 1e-3}}, {{-20, 20}, {-1, 1}, {-1e-3, 1e-3}},
+                HARD(hard_tanh32), HARD(hard_tanh64)},
+    [V_SIGMOID] = {"sigmoid", tgi_vsigmoid_f32, tgi_vsigmoid_f64, sig_d, sig_l, 2.5, 2.5,
+                   {{-104, 89}, {-20, 20}, {-1e-3, 1e-3}}, {{-746, 40}, {-20, 20}, {-1e-3, 1e-3}},
+                   HARD(hard_sig32), HARD(hard_sig64)},
+};
+_Static_assert(sizeof VFNS / sizeof VFNS[0] == V_COUNT, "a row per function");
 
-Test(vmath, tanh_accuracy)
-{
-    const vfn f = {"tanh", tgi_vtanh_f32, tgi_vtanh_f64, tanh, tanhl, 1.5, 1.5,
-                   {{-20, 20}, {-1, 1}, {-1e-3, 1e-3}},
-                   {{-20, 20}, {-1, 1}, {-1e-3, 1e-3}},
-                   HARD(hard_tanh32), HARD(hard_tanh64)};
-    check_accuracy(&f);
-}
-
-Test(vmath, sigmoid_accuracy)
-{
-    const vfn f = {"sigmoid", tgi_vsigmoid_f32, tgi_vsigmoid_f64, sig_d, sig_l, 2.5, 2.5,
-                   {{-104, 89}, {-20, 20}, {-1e-3, 1e-3}},
-                   {{-746, 40}, {-20, 20}, {-1e-3, 1e-3}},
-                   HARD(hard_sig32), HARD(hard_sig64)};
-    check_accuracy(&f);
-}
+Test(vmath, exp_accuracy) { check_accuracy(&VFNS[V_EXP]); }
+Test(vmath, log_accuracy) { check_accuracy(&VFNS[V_LOG]); }
+Test(vmath, tanh_accuracy) { check_accuracy(&VFNS[V_TANH]); }
+Test(vmath, sigmoid_accuracy) { check_accuracy(&VFNS[V_SIGMOID]); }
 
 /* ---- special values --------------------------------------------------------------- */
 
@@ -539,59 +529,64 @@ static long double relu_bwd_ref(long double dx, long double x, long double dy, l
     return r;
 }
 
+enum { BWD_N = 1003 };
+
+/* one array in f64 and, rounded, in f32 */
+typedef struct {
+    double d[BWD_N];
+    float f[BWD_N];
+} both;
+
+/* out = dx, then the helper adds dy g(a) into out, in f32 and in f64 */
+static void bwd_into(bin32 f32, bin64 f64, both *out, const both *dx, const both *a,
+                     const both *dy)
+{
+    memcpy(out->f, dx->f, sizeof out->f);
+    memcpy(out->d, dx->d, sizeof out->d);
+    f32(out->f, a->f, dy->f, BWD_N);
+    f64(out->d, a->d, dy->d, BWD_N);
+}
+
 /* dx (random, so the helpers are seen to ADD) against the long double update: within
  * `bound` ulps of the larger of |dx| and |dy g(a)|; dx == dy aliasing gives the same. */
 static void check_bwd(const char *name, bin32 f32, bin64 f64, bwd_ref ref, double alo,
                       double ahi, double bound)
 {
-    enum { N = 1003 };
-    static float dxf[N], af[N], dyf[N], alias_f[N];
-    static double dxd[N], ad[N], dyd[N], alias_d[N];
+    static both dx0, a, dy, dx, want, alias;
     for (int s = 0; s < N_ISA; s++) {
         if (!use_isa(s)) continue;
         rng_seed(11);
-        for (int i = 0; i < N; i++) {
-            dxd[i] = urand(-1, 1);
-            ad[i] = urand(alo, ahi);
-            dyd[i] = urand(-2, 2);
-            dxf[i] = (float)dxd[i], af[i] = (float)ad[i], dyf[i] = (float)dyd[i];
+        for (int i = 0; i < BWD_N; i++) {
+            dx0.d[i] = urand(-1, 1);
+            a.d[i] = urand(alo, ahi);
+            dy.d[i] = urand(-2, 2);
+            dx0.f[i] = (float)dx0.d[i], a.f[i] = (float)a.d[i], dy.f[i] = (float)dy.d[i];
         }
-        float dx0f[N];
-        double dx0d[N];
-        memcpy(dx0f, dxf, sizeof dxf);
-        memcpy(dx0d, dxd, sizeof dxd);
-        f32(dxf, af, dyf, N);
-        f64(dxd, ad, dyd, N);
+        bwd_into(f32, f64, &dx, &dx0, &a, &dy);
         double m32 = 0, m64 = 0;
         int changed = 0;
-        for (int i = 0; i < N; i++) {
+        for (int i = 0; i < BWD_N; i++) {
             long double sc;
-            long double r = ref(dx0f[i], af[i], dyf[i], &sc);
-            double e = fabs((double)((long double)dxf[i] - r)) / ulp_f32((double)sc);
+            long double r = ref(dx0.f[i], a.f[i], dy.f[i], &sc);
+            double e = fabs((double)((long double)dx.f[i] - r)) / ulp_f32((double)sc);
             if (e > m32) m32 = e;
-            r = ref(dx0d[i], ad[i], dyd[i], &sc);
-            e = (double)(fabsl((long double)dxd[i] - r) / ulp_f64(sc));
+            r = ref(dx0.d[i], a.d[i], dy.d[i], &sc);
+            e = (double)(fabsl((long double)dx.d[i] - r) / ulp_f64(sc));
             if (e > m64) m64 = e;
-            changed += dxd[i] != dx0d[i];
+            changed += dx.d[i] != dx0.d[i];
         }
         cr_log_info("%s %s: f32 %.3f ulp, f64 %.3f ulp", name, isa_names[s], m32, m64);
         cr_expect(m32 <= bound && m64 <= bound, "%s %s: f32 %.3f ulp, f64 %.3f ulp (bound %.1f)",
                   name, isa_names[s], m32, m64, bound);
-        cr_expect(changed > N / 4, "%s %s: dx hardly changed (%d of %d)", name, isa_names[s],
-                  changed, N);
+        cr_expect(changed > BWD_N / 4, "%s %s: dx hardly changed (%d of %d)", name,
+                  isa_names[s], changed, BWD_N);
         /* dx may be dy itself */
-        memcpy(alias_f, dyf, sizeof dyf);
-        memcpy(alias_d, dyd, sizeof dyd);
-        float expf_[N];
-        double expd_[N];
-        memcpy(expf_, dyf, sizeof dyf);
-        memcpy(expd_, dyd, sizeof dyd);
-        f32(expf_, af, dyf, N);
-        f64(expd_, ad, dyd, N);
-        f32(alias_f, af, alias_f, N);
-        f64(alias_d, ad, alias_d, N);
-        cr_expect(memcmp(alias_f, expf_, sizeof expf_) == 0 &&
-                      memcmp(alias_d, expd_, sizeof expd_) == 0,
+        bwd_into(f32, f64, &want, &dy, &a, &dy);
+        alias = dy;
+        f32(alias.f, a.f, alias.f, BWD_N);
+        f64(alias.d, a.d, alias.d, BWD_N);
+        cr_expect(memcmp(alias.f, want.f, sizeof want.f) == 0 &&
+                      memcmp(alias.d, want.d, sizeof want.d) == 0,
                   "%s %s: dx == dy differs", name, isa_names[s]);
     }
 }
@@ -717,31 +712,8 @@ Test(vmath, adam_matches_scalar_loop)
 
 /* PyTorch 1.13's numbers for 4 steps of Adam / AdamW on the problem of
  * tests/optim_reference.py (two parameters p[3], q[2] taken as one flat array of 5,
- * gradient c x + d), copied from tests/toolkit/test_optim.c. */
-static const double torch_adam_default[4][5] = {
-    {0.4990000000125, -1.1990000000035714, 1.9990000000090908, 0.99900000000769229, -0.49900000010000001},
-    {0.49800003282302474, -1.1980000186959507, 1.9980000118947454, 0.99800003027513262, -0.4980001894680714},
-    {0.49700012026950241, -1.1970000685074746, 1.9970000435522617, 0.9970001109463309, -0.49700069560914611},
-    {0.49600028410798125, -1.1960001618120977, 1.9960001028381269, 0.99600026208691872, -0.49600164665877966},
-};
-static const double torch_adam_wd[4][5] = {
-    {0.40000000117647061, -1.1000000003424657, 1.9000000007692308, 0.90000000071428565, -0.40000000666666624},
-    {0.30059828270880412, -1.0002638151999632, 1.8001510025728475, 0.80049854114377816, -0.30780450504047413},
-    {0.20234368163803107, -0.90099916976156214, 1.7005643404953692, 0.70193485047850335, -0.23800611406775998},
-    {0.10592892412923997, -0.80244057823707859, 1.6013596904166429, 0.60484751071558873, -0.2039242212944114},
-};
-static const double torch_adamw_default[4][5] = {
-    {0.49899500001250002, -1.1989880000035715, 1.9989800000090909, 0.99899000000769234, -0.49899500010000003},
-    {0.49799004303810118, -1.197976029041073, 1.9979600223328593, 0.99798004067959034, -0.49799020049884557},
-    {0.49698515102404495, -1.1969640996922466, 1.9969400750246569, 0.99697014236203851, -0.49698572936709107},
-    {0.49598034583493067, -1.1959522244796175, 1.9959201660981534, 0.99596032532205614, -0.49598171551321185},
-};
-static const double torch_adamw_wd[4][5] = {
-    {0.39500000125000001, -1.0880000003571428, 1.8800000009090909, 0.8900000007692308, -0.39500000999999901},
-    {0.29166100529949673, -0.9774237270788444, 1.7613853917440474, 0.78168126745744115, -0.30721138850872803},
-    {0.19051621156529314, -0.86849554759337833, 1.6442787629573425, 0.6755443583277555, -0.26321256882711791},
-    {0.092226506821469142, -0.76146764174704751, 1.5288114215511206, 0.57220547925553722, -0.26187792138865423},
-};
+ * gradient c x + d): ref_adam_default, ref_adam_wd, ref_adamw_default and ref_adamw_wd
+ * of optim_reference.h. */
 
 Test(vmath, adam_matches_pytorch)
 {
@@ -751,10 +723,10 @@ Test(vmath, adam_matches_pytorch)
         double lr, wd;
         int decoupled;
     } cases[] = {
-        {"adam default", torch_adam_default, 1e-3, 0, 0},
-        {"adam wd", torch_adam_wd, 0.1, 0.1, 0},
-        {"adamw default", torch_adamw_default, 1e-3, 1e-2, 1},
-        {"adamw wd", torch_adamw_wd, 0.1, 0.1, 1},
+        {"adam default", ref_adam_default, 1e-3, 0, 0},
+        {"adam wd", ref_adam_wd, 0.1, 0.1, 0},
+        {"adamw default", ref_adamw_default, 1e-3, 1e-2, 1},
+        {"adamw wd", ref_adamw_wd, 0.1, 0.1, 1},
     };
     const double c[5] = {1.0, 2.0, 0.5, 1.5, 0.7}, d[5] = {0.3, -0.4, 0.1, -0.2, 0.25};
     const double x0[5] = {0.5, -1.2, 2.0, 1.0, -0.5};
@@ -852,12 +824,7 @@ Test(vmath, isa_selection)
         cr_assert_str_eq(autoname, "generic");
 #endif
     cr_log_info("automatic kernel set: %s", autoname);
-    tgi_vmath_force("generic");
-    cr_assert_str_eq(tgi_vmath_isa(), "generic");
-    tgi_vmath_force("no-such-set"); /* ignored */
-    cr_assert_str_eq(tgi_vmath_isa(), "generic");
-    tgi_vmath_force(NULL);
-    cr_assert_str_eq(tgi_vmath_isa(), autoname);
+    assert_force_by_name(tgi_vmath_force, tgi_vmath_isa, autoname, "vmath");
     /* n <= 0 touches nothing */
     float y = 5.0f, x = 1.0f;
     tgi_vexp_f32(&y, &x, 0);

@@ -12,7 +12,29 @@
 
 #include "tg_test.h"
 
-#include "conv_reference.h"
+/* one F.conv2d case: x [xs], w [ws], a bias [ws[0]] when bias; y and the
+ * gradients of sum(r * y), ny, nx, nw elements (db: ws[0], or NULL) */
+typedef struct {
+    const char *name;
+    int64_t xs[4], ws[4];
+    int bias, stride, padding;
+    int64_t ny, nx, nw;
+    const double *y, *dx, *dw, *db;
+} conv_ref;
+
+/* one pooling case: max (1) or avg (0) pool of x [xs] with kernel and stride
+ * to y [ys]; y and the gradient of sum(r * y), ny and nx elements */
+typedef struct {
+    const char *name;
+    int max;
+    int64_t xs[4];
+    int kernel, stride;
+    int64_t ys[4];
+    int64_t ny, nx;
+    const double *y, *dx;
+} pool_ref;
+
+#include "conv_reference.h" /* CONV_REFS and POOL_REFS */
 
 /* ---- inputs of the reference cases (the formulas of conv_reference.py) ---- */
 
@@ -31,23 +53,13 @@ static tg_tensor *formula(tg_ctx *c, tg_dtype dt, shp s, int which)
 }
 enum { F_X, F_W, F_B, F_R };
 
-static void expect_values(const tg_tensor *t, const double *want, int64_t n, double tol,
-                          const char *what)
+/* t (or its gradient, grad 1) against PyTorch's want: what names the case */
+static void expect_ref(const tg_tensor *t, const double *want, int64_t n, double tol, int grad,
+                       const char *what, const char *part)
 {
-    cr_assert_eq(tg_numel(t), n, "%s: %lld elements, expected %lld", what,
-                 (long long)tg_numel(t), (long long)n);
-    for (int64_t i = 0; i < n; i++)
-        cr_assert(fabs(at(t, i) - want[i]) <= tol * (1 + fabs(want[i])),
-                  "%s[%lld]: %.17g, PyTorch %.17g", what, (long long)i, at(t, i), want[i]);
-}
-
-static void expect_grad(const tg_tensor *t, const double *want, int64_t n, double tol,
-                        const char *what)
-{
-    cr_assert_eq(tg_numel(t), n, "%s: size", what);
-    for (int64_t i = 0; i < n; i++)
-        cr_assert(fabs(grad_at(t, i) - want[i]) <= tol * (1 + fabs(want[i])),
-                  "%s[%lld]: %.17g, PyTorch %.17g", what, (long long)i, grad_at(t, i), want[i]);
+    char name[64];
+    snprintf(name, sizeof name, "%s %s (PyTorch)", what, part);
+    assert_near(t, want, n, tol, grad, name);
 }
 
 /* y = op(inputs), loss = sum(r * y) with r = formula F_R of y's shape */
@@ -60,77 +72,62 @@ static tg_tensor *proj_loss(tg_ctx *c, tg_tensor *y)
     return tg_sum(c, tg_mul(c, y, r));
 }
 
-typedef struct {
-    shp xs, ws;
-    int bias, stride, padding;
-    const double *y, *dx, *dw, *db;
-    int64_t ny, nx, nw;
-} conv_ref;
+/* the shape of a reference table's 4-D sizes */
+static shp shape4(const int64_t *d) { return (shp){4, {d[0], d[1], d[2], d[3]}}; }
 
-static void check_conv_ref(tg_dtype dt, const conv_ref *k, double tol, const char *what)
+static void check_conv_ref(tg_dtype dt, const conv_ref *k, double tol)
 {
     tg_ctx *c = tg_ctx_new(1);
-    tg_tensor *x = formula(c, dt, k->xs, F_X), *w = formula(c, dt, k->ws, F_W);
-    tg_tensor *b = k->bias ? formula(c, dt, (shp){1, {k->ws.shape[0]}}, F_B) : NULL;
+    tg_tensor *x = formula(c, dt, shape4(k->xs), F_X), *w = formula(c, dt, shape4(k->ws), F_W);
+    tg_tensor *b = k->bias ? formula(c, dt, (shp){1, {k->ws[0]}}, F_B) : NULL;
     tg_set_requires_grad(x, 1);
     tg_set_requires_grad(w, 1);
     if (b) tg_set_requires_grad(b, 1);
     tg_tensor *y = tg_conv2d(c, x, w, b, k->stride, k->padding);
-    cr_assert_not_null(y, "%s: %s", what, tg_errmsg(c));
-    expect_values(y, k->y, k->ny, tol, what);
+    cr_assert_not_null(y, "%s: %s", k->name, tg_errmsg(c));
+    expect_ref(y, k->y, k->ny, tol, 0, k->name, "y");
     tg_backward(c, proj_loss(c, y));
-    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
-    expect_grad(x, k->dx, k->nx, tol, "dx");
-    expect_grad(w, k->dw, k->nw, tol, "dw");
-    if (b) expect_grad(b, k->db, k->ws.shape[0], tol, "db");
+    cr_assert(tg_ok(c), "%s: %s", k->name, tg_errmsg(c));
+    expect_ref(x, k->dx, k->nx, tol, 1, k->name, "dx");
+    expect_ref(w, k->dw, k->nw, tol, 1, k->name, "dw");
+    if (b) expect_ref(b, k->db, k->ws[0], tol, 1, k->name, "db");
     tg_ctx_free(c);
 }
 
-#define REF_A                                                                              \
-    {(shp){4, {2, 3, 7, 6}}, (shp){4, {4, 3, 3, 2}}, 1, 2, 1, conv_a_y, conv_a_dx, conv_a_dw, \
-     conv_a_db, 128, 252, 72}
-#define REF_B                                                                              \
-    {(shp){4, {1, 2, 5, 5}}, (shp){4, {3, 2, 5, 5}}, 0, 1, 2, conv_b_y, conv_b_dx, conv_b_dw, \
-     NULL, 75, 50, 150}
-#define REF_C                                                                              \
-    {(shp){4, {2, 3, 6, 5}}, (shp){4, {2, 3, 1, 1}}, 1, 1, 0, conv_c_y, conv_c_dx, conv_c_dw, \
-     conv_c_db, 120, 180, 6}
-
 Test(conv_ref, conv2d_matches_pytorch_f64)
 {
-    const conv_ref cases[3] = {REF_A, REF_B, REF_C};
-    const char *names[3] = {"stride 2 pad 1 bias", "5x5 pad 2 no bias", "1x1"};
-    for (int i = 0; i < 3; i++) check_conv_ref(TG_F64, &cases[i], 1e-12, names[i]);
+    for (size_t i = 0; i < sizeof CONV_REFS / sizeof CONV_REFS[0]; i++)
+        check_conv_ref(TG_F64, &CONV_REFS[i], 1e-12);
 }
 
 Test(conv_ref, conv2d_matches_pytorch_f32)
 {
-    const conv_ref cases[3] = {REF_A, REF_B, REF_C};
-    const char *names[3] = {"stride 2 pad 1 bias", "5x5 pad 2 no bias", "1x1"};
-    for (int i = 0; i < 3; i++) check_conv_ref(TG_F32, &cases[i], 2e-5, names[i]);
+    for (size_t i = 0; i < sizeof CONV_REFS / sizeof CONV_REFS[0]; i++)
+        check_conv_ref(TG_F32, &CONV_REFS[i], 2e-5);
 }
 
-static void check_pool_ref(tg_dtype dt, int max, double tol)
+static void check_pool_ref(tg_dtype dt, const pool_ref *k, double tol)
 {
     tg_ctx *c = tg_ctx_new(1);
-    tg_tensor *x = formula(c, dt, (shp){4, {2, 2, 7, 6}}, F_X);
+    tg_tensor *x = formula(c, dt, shape4(k->xs), F_X);
     tg_set_requires_grad(x, 1);
-    tg_tensor *y = max ? tg_max_pool2d(c, x, 3, 2) : tg_avg_pool2d(c, x, 2, 1);
-    cr_assert_not_null(y, "%s", tg_errmsg(c));
-    cr_assert_eq(tg_dim(y, 2), max ? 3 : 6);
-    cr_assert_eq(tg_dim(y, 3), max ? 2 : 5);
-    expect_values(y, max ? maxp_y : avgp_y, max ? 24 : 120, tol, max ? "max" : "avg");
+    tg_tensor *y = k->max ? tg_max_pool2d(c, x, k->kernel, k->stride)
+                          : tg_avg_pool2d(c, x, k->kernel, k->stride);
+    cr_assert_not_null(y, "%s: %s", k->name, tg_errmsg(c));
+    for (int d = 0; d < 4; d++)
+        cr_assert_eq(tg_dim(y, d), k->ys[d], "%s: y size %d", k->name, d);
+    expect_ref(y, k->y, k->ny, tol, 0, k->name, "y");
     tg_backward(c, proj_loss(c, y));
-    expect_grad(x, max ? maxp_dx : avgp_dx, 168, tol, max ? "max dx" : "avg dx");
+    expect_ref(x, k->dx, k->nx, tol, 1, k->name, "dx");
     tg_ctx_free(c);
 }
 
 Test(conv_ref, pools_match_pytorch)
 {
-    check_pool_ref(TG_F64, 1, 1e-13);
-    check_pool_ref(TG_F64, 0, 1e-13);
-    check_pool_ref(TG_F32, 1, 1e-6);
-    check_pool_ref(TG_F32, 0, 1e-6);
+    for (size_t i = 0; i < sizeof POOL_REFS / sizeof POOL_REFS[0]; i++) {
+        check_pool_ref(TG_F64, &POOL_REFS[i], 1e-13);
+        check_pool_ref(TG_F32, &POOL_REFS[i], 1e-6);
+    }
 }
 
 /* ---- gradient checks ------------------------------------------------------ */
@@ -244,12 +241,27 @@ Test(pool_grad, max_pool_ties_go_to_the_first)
 
 /* ---- f32 against f64, and threads ----------------------------------------- */
 
+/* x [xs] uniform in [-1, 1), w [ws] in [-w_range, w_range), b [O] in [-1, 1),
+ * drawn in that order from c's generator, all requiring grad */
+typedef struct {
+    tg_tensor *x, *w, *b;
+} conv_in;
+
+static conv_in conv_inputs(tg_ctx *c, tg_dtype dt, shp xs, shp ws, double w_range)
+{
+    conv_in t = {rnd(c, dt, xs, -1, 1), rnd(c, dt, ws, -w_range, w_range), NULL};
+    t.b = rand1(c, dt, ws.shape[0], -1, 1);
+    tg_set_requires_grad(t.x, 1);
+    tg_set_requires_grad(t.w, 1);
+    tg_set_requires_grad(t.b, 1);
+    return t;
+}
+
 Test(conv_precision, f32_agrees_with_f64)
 {
     tg_ctx *c = tg_ctx_new(3);
-    tg_tensor *x64 = rnd(c, TG_F64, (shp){4, {3, 4, 11, 9}}, -1, 1);
-    tg_tensor *w64 = rnd(c, TG_F64, (shp){4, {5, 4, 3, 3}}, -0.5, 0.5);
-    tg_tensor *b64 = rand1(c, TG_F64, 5, -1, 1);
+    conv_in in = conv_inputs(c, TG_F64, (shp){4, {3, 4, 11, 9}}, (shp){4, {5, 4, 3, 3}}, 0.5);
+    tg_tensor *x64 = in.x, *w64 = in.w, *b64 = in.b;
     tg_tensor *x32 = convert(c, x64, TG_F32), *w32 = convert(c, w64, TG_F32),
               *b32 = convert(c, b64, TG_F32);
     tg_tensor *ts[6] = {x64, w64, b64, x32, w32, b32};
@@ -277,12 +289,8 @@ static void run_threads(int nt, float **out, size_t *bytes)
 {
     tg_ctx *c = tg_ctx_new(11);
     tg_set_threads(c, nt);
-    tg_tensor *x = rnd(c, TG_F32, (shp){4, {4, 16, 14, 14}}, -1, 1);
-    tg_tensor *w = rnd(c, TG_F32, (shp){4, {32, 16, 5, 5}}, -0.1, 0.1);
-    tg_tensor *b = rand1(c, TG_F32, 32, -1, 1);
-    tg_set_requires_grad(x, 1);
-    tg_set_requires_grad(w, 1);
-    tg_set_requires_grad(b, 1);
+    conv_in in = conv_inputs(c, TG_F32, (shp){4, {4, 16, 14, 14}}, (shp){4, {32, 16, 5, 5}}, 0.1);
+    tg_tensor *x = in.x, *w = in.w, *b = in.b;
     tg_tensor *y = tg_conv2d(c, x, w, b, 1, 2);
     tg_backward(c, proj_loss(c, y));
     cr_assert(tg_ok(c), "%s", tg_errmsg(c));
@@ -317,10 +325,8 @@ Test(conv_threads, same_bits_for_1_and_2_threads)
 Test(conv_errors, each_bad_argument_names_the_problem)
 {
     tg_ctx *c = tg_ctx_new(1);
-    tg_tensor *x = rnd(c, TG_F32, (shp){4, {2, 3, 8, 8}}, -1, 1);
-    tg_tensor *w = rnd(c, TG_F32, (shp){4, {4, 3, 3, 3}}, -1, 1);
-    tg_tensor *b = rand1(c, TG_F32, 4, -1, 1);
-    tg_set_requires_grad(w, 1);
+    conv_in in = conv_inputs(c, TG_F32, (shp){4, {2, 3, 8, 8}}, (shp){4, {4, 3, 3, 3}}, 1);
+    tg_tensor *x = in.x, *w = in.w, *b = in.b;
     int64_t tape = tg_tape_len(c);
     tg_tensor *x3 = rnd(c, TG_F32, (shp){3, {3, 8, 8}}, -1, 1);
     assert_null_err(c, tg_conv2d(c, x3, w, b, 1, 0), "tg_conv2d", "4-D", "[3,8,8]");

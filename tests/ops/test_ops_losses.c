@@ -66,21 +66,20 @@ static void apart(tg_tensor *p, const tg_tensor *t, double gap)
     }
 }
 
+static void gradcheck_loss(tg_ctx *c, const void *row, shp s, const char *what)
+{
+    const loss_info *L = row;
+    tg_tensor *p = rnd(c, TG_F64, s, L->plo, L->phi);
+    tg_tensor *t = rnd(c, TG_F64, s, L->tlo, L->thi);
+    if (L->f == tg_l1) apart(p, t, 0.1);
+    tg_tensor *in[2] = {p, t};
+    gradcheck_ok(c, fn_loss, (void *)L, in, 2, what);
+    assert_grads_nonzero(c, fn_loss_plain, (void *)L, in, 2, LOSS_SELF, what);
+}
+
 Test(losses, gradcheck_elementwise_losses)
 {
-    for (int l = 0; l < N_LOSSES; l++)
-        for (int s = 0; s < N_SHAPES; s++) {
-            const loss_info *L = &LOSSES[l];
-            char what[96];
-            snprintf(what, sizeof what, "%s on shape %d", L->name, s);
-            tg_tensor *p = rnd(ctx, TG_F64, SHAPES[s], L->plo, L->phi);
-            tg_tensor *t = rnd(ctx, TG_F64, SHAPES[s], L->tlo, L->thi);
-            if (L->f == tg_l1) apart(p, t, 0.1);
-            tg_tensor *in[2] = {p, t};
-            gradcheck_ok(ctx, fn_loss, (void *)L, in, 2, what);
-            assert_grads_nonzero(ctx, fn_loss_plain, (void *)L, in, 2, LOSS_SELF, what);
-            tg_reset(ctx);
-        }
+    EACH_ROW_AND_SHAPE(ctx, LOSSES, SHAPES, gradcheck_loss);
 }
 
 Test(losses, output_is_0dim_of_input_dtype)

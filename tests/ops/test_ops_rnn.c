@@ -113,35 +113,42 @@ static void check_chain(chain ch, int64_t N, int64_t in, int64_t H, const char *
     assert_grads_nonzero(ctx, run_chain, &ch, v, n, LOSS_SELF, what);
 }
 
+static const char *const LOSS_NAME[] = {"", "h'", "c'", "h' and c'"};
+static const char *const BIAS_NAME[] = {"no bias", "b_ih only", "b_hh only", "both biases"};
+
+/* check_chain of a chain of `steps` cells (GRU or LSTM), named by its parameters */
+static void check_case(int gru, int steps, int loss, int bias, int64_t N, int64_t in, int64_t H)
+{
+    char what[96];
+    snprintf(what, sizeof what, "%s T=%d loss on %s, %s, N=%lld in=%lld H=%lld",
+             gru ? "gru" : "lstm", steps, LOSS_NAME[loss], BIAS_NAME[bias], (long long)N,
+             (long long)in, (long long)H);
+    check_chain((chain){gru, steps, loss, bias, NULL, NULL}, N, in, H, what);
+}
+
 Test(rnn, lstm_gradcheck_losses_through_h_c_and_both)
 {
-    check_chain((chain){0, 3, LOSS_H, 3, NULL, NULL}, 2, 3, 4, "lstm h'");
-    check_chain((chain){0, 3, LOSS_C, 3, NULL, NULL}, 2, 3, 4, "lstm c'");
-    check_chain((chain){0, 3, LOSS_BOTH, 3, NULL, NULL}, 2, 3, 4, "lstm both");
+    for (int loss = LOSS_H; loss <= LOSS_BOTH; loss++) check_case(0, 3, loss, 3, 2, 3, 4);
 }
 
 Test(rnn, lstm_gradcheck_biases_none_or_one)
 {
-    check_chain((chain){0, 3, LOSS_BOTH, 0, NULL, NULL}, 2, 3, 4, "lstm no bias");
-    check_chain((chain){0, 3, LOSS_BOTH, 1, NULL, NULL}, 2, 3, 4, "lstm b_ih only");
-    check_chain((chain){0, 3, LOSS_BOTH, 2, NULL, NULL}, 2, 3, 4, "lstm b_hh only");
+    for (int bias = 0; bias < 3; bias++) check_case(0, 3, LOSS_BOTH, bias, 2, 3, 4);
 }
 
 Test(rnn, lstm_gradcheck_batch1_one_step_h_ne_in)
 {
-    check_chain((chain){0, 1, LOSS_BOTH, 3, NULL, NULL}, 1, 5, 2, "lstm N=1 T=1");
-    check_chain((chain){0, 1, LOSS_H, 3, NULL, NULL}, 3, 2, 5, "lstm T=1 h'");
-    check_chain((chain){0, 3, LOSS_C, 3, NULL, NULL}, 1, 6, 3, "lstm N=1 c'");
+    check_case(0, 1, LOSS_BOTH, 3, 1, 5, 2);
+    check_case(0, 1, LOSS_H, 3, 3, 2, 5);
+    check_case(0, 3, LOSS_C, 3, 1, 6, 3);
 }
 
 Test(rnn, gru_gradcheck)
 {
-    check_chain((chain){1, 3, LOSS_H, 3, NULL, NULL}, 2, 3, 4, "gru");
-    check_chain((chain){1, 3, LOSS_BOTH, 3, NULL, NULL}, 2, 3, 4, "gru intermediate");
-    check_chain((chain){1, 3, LOSS_H, 0, NULL, NULL}, 2, 3, 4, "gru no bias");
-    check_chain((chain){1, 3, LOSS_H, 1, NULL, NULL}, 2, 3, 4, "gru b_ih only");
-    check_chain((chain){1, 3, LOSS_H, 2, NULL, NULL}, 2, 3, 4, "gru b_hh only");
-    check_chain((chain){1, 1, LOSS_H, 3, NULL, NULL}, 1, 5, 2, "gru N=1 T=1");
+    check_case(1, 3, LOSS_H, 3, 2, 3, 4);
+    check_case(1, 3, LOSS_BOTH, 3, 2, 3, 4); /* an intermediate h' too */
+    for (int bias = 0; bias < 3; bias++) check_case(1, 3, LOSS_H, bias, 2, 3, 4);
+    check_case(1, 1, LOSS_H, 3, 1, 5, 2);
 }
 
 /* the full Jacobian of c' and of h' of one cell (not through a projection) */

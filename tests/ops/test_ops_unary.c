@@ -209,24 +209,23 @@ Test(unary, values_and_gradients_match_pytorch)
     }
 }
 
+static void gradcheck_unary(tg_ctx *c, const void *row, shp s, const char *what)
+{
+    const unary_case *u = row;
+    tg_tensor *x = rnd(c, TG_F64, s, u->lo, u->hi);
+    away_from_kinks(u, x);
+    set_at(x, 0, steepest_point(u)); /* one element where the gradient is not 0 */
+    tg_tensor *in[1] = {x};
+    gradcheck_ok(c, fn_unary, (void *)u, in, 1, what);
+    /* a row op over rows of length 1 is constant: a zero gradient is right */
+    int64_t last = s.ndim ? s.shape[s.ndim - 1] : 1;
+    if (!(row_op(u) && last == 1))
+        assert_grads_nonzero(c, fn_unary, (void *)u, in, 1, LOSS_MSE_W, what);
+}
+
 Test(unary, gradcheck_every_shape)
 {
-    for (int o = 0; o < N_UNARY; o++)
-        for (int s = 0; s < N_SHAPES; s++) {
-            const unary_case *u = &UNARY[o];
-            char what[96];
-            snprintf(what, sizeof what, "%s on shape %d", u->name, s);
-            tg_tensor *x = rnd(ctx, TG_F64, SHAPES[s], u->lo, u->hi);
-            away_from_kinks(u, x);
-            set_at(x, 0, steepest_point(u)); /* one element where the gradient is not 0 */
-            tg_tensor *in[1] = {x};
-            gradcheck_ok(ctx, fn_unary, (void *)u, in, 1, what);
-            /* a row op over rows of length 1 is constant: a zero gradient is right */
-            int64_t last = SHAPES[s].ndim ? SHAPES[s].shape[SHAPES[s].ndim - 1] : 1;
-            if (!(row_op(u) && last == 1))
-                assert_grads_nonzero(ctx, fn_unary, (void *)u, in, 1, LOSS_MSE_W, what);
-            tg_reset(ctx);
-        }
+    EACH_ROW_AND_SHAPE(ctx, UNARY, SHAPES, gradcheck_unary);
 }
 
 Test(unary, f32_agrees_with_f64)

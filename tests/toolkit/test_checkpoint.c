@@ -676,14 +676,29 @@ static unsigned char *saved_big(const char *path, size_t *size, uint64_t *hlen)
     return b;
 }
 
-Test(io, truncated_files_are_rejected)
+/* The big model saved by another context to dir/good (its bytes b, size
+ * bytes, header length hlen) and a path for a damaged copy; ctx holds the big
+ * model with every value 5 and gradients set, which a failing load must keep. */
+typedef struct {
+    const char *good, *path;
+    unsigned char *b;
+    size_t size, hlen;
+} saved_file;
+
+static saved_file saved_and_damaged(const char *name)
 {
-    const char *good = in_dir("good"), *path = in_dir("cut");
-    size_t size;
-    uint64_t n;
-    unsigned char *b = saved_big(good, &size, &n);
+    saved_file f = {in_dir("good"), in_dir(name), NULL, 0, 0};
+    uint64_t hlen;
+    f.b = saved_big(f.good, &f.size, &hlen);
+    f.hlen = (size_t)hlen;
     make_big(ctx, 5.0);
     set_grads(ctx);
+    return f;
+}
+
+Test(io, truncated_files_are_rejected)
+{
+    saved_file f = saved_and_damaged("cut");
     struct {
         size_t len;
         const char *expect;
@@ -692,80 +707,72 @@ Test(io, truncated_files_are_rejected)
         {3, "file is 3 bytes, too short"},
         {7, "file is 7 bytes, too short"},
         {8, "runs past the end of the file (8 bytes; truncated?)"},
-        {8 + (size_t)n / 2, "runs past the end of the file"},
-        {8 + (size_t)n - 1, "runs past the end of the file"},
-        {8 + (size_t)n, "extend past the end of the data section (0 bytes; file truncated?)"},
-        {8 + (size_t)n + 1, "extend past the end of the data section (1 bytes"},
-        {8 + (size_t)n + (size - 8 - (size_t)n) / 2, "extend past the end of the data section"},
-        {size - 1, "extend past the end of the data section"},
+        {8 + f.hlen / 2, "runs past the end of the file"},
+        {8 + f.hlen - 1, "runs past the end of the file"},
+        {8 + f.hlen, "extend past the end of the data section (0 bytes; file truncated?)"},
+        {8 + f.hlen + 1, "extend past the end of the data section (1 bytes"},
+        {8 + f.hlen + (f.size - 8 - f.hlen) / 2, "extend past the end of the data section"},
+        {f.size - 1, "extend past the end of the data section"},
     };
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
-        cr_assert_lt(cuts[i].len, size);
-        spit(path, b, cuts[i].len);
+        cr_assert_lt(cuts[i].len, f.size);
+        spit(f.path, f.b, cuts[i].len);
         char what[64];
-        snprintf(what, sizeof what, "truncated to %zu of %zu bytes", cuts[i].len, size);
-        expect_load_fail(ctx, path, cuts[i].expect, what);
+        snprintf(what, sizeof what, "truncated to %zu of %zu bytes", cuts[i].len, f.size);
+        expect_load_fail(ctx, f.path, cuts[i].expect, what);
     }
     /* the untruncated file loads */
-    cr_assert_eq(tg_load(ctx, good), 0, "%s", tg_errmsg(ctx));
-    free(b);
+    cr_assert_eq(tg_load(ctx, f.good), 0, "%s", tg_errmsg(ctx));
+    free(f.b);
 }
 
 Test(io, bad_header_lengths_are_rejected)
 {
-    const char *good = in_dir("good"), *path = in_dir("bad");
-    size_t size;
-    uint64_t n;
-    unsigned char *b = saved_big(good, &size, &n);
-    make_big(ctx, 5.0);
+    saved_file f = saved_and_damaged("bad");
 
-    put_le64(b, size); /* longer than the file */
-    spit(path, b, size);
+    put_le64(f.b, f.size); /* longer than the file */
+    spit(f.path, f.b, f.size);
     char expect[128];
     snprintf(expect, sizeof expect, "header length %zu runs past the end of the file (%zu bytes",
-             size, size);
-    expect_load_fail(ctx, path, expect, "header length = file size");
+             f.size, f.size);
+    expect_load_fail(ctx, f.path, expect, "header length = file size");
 
-    put_le64(b, 100000001);
-    spit(path, b, size);
-    expect_load_fail(ctx, path, "header length 100000001 exceeds the limit of 100000000 bytes",
+    put_le64(f.b, 100000001);
+    spit(f.path, f.b, f.size);
+    expect_load_fail(ctx, f.path, "header length 100000001 exceeds the limit of 100000000 bytes",
                      "header length > 100,000,000");
 
-    put_le64(b, UINT64_MAX);
-    spit(path, b, size);
-    expect_load_fail(ctx, path, "header length 18446744073709551615 exceeds the limit",
+    put_le64(f.b, UINT64_MAX);
+    spit(f.path, f.b, f.size);
+    expect_load_fail(ctx, f.path, "header length 18446744073709551615 exceeds the limit",
                      "header length 2^64-1");
 
-    put_le64(b, n - 1); /* one byte short: the JSON loses its last space or brace */
-    spit(path, b, size);
+    put_le64(f.b, f.hlen - 1); /* one byte short: the JSON loses its last space or brace */
+    spit(f.path, f.b, f.size);
     snapshot s = snap(ctx);
-    cr_assert_eq(tg_load(ctx, path), -1);
+    cr_assert_eq(tg_load(ctx, f.path), -1);
     cr_assert_not_null(strstr(tg_errmsg(ctx), "tg_load: "));
     check_snap(ctx, &s, 1, "header length off by one");
     free_snap(&s);
     tg_clear_error(ctx);
-    free(b);
+    free(f.b);
 }
 
 Test(io, flipped_data_bytes_fail_the_checksum)
 {
-    const char *good = in_dir("good"), *path = in_dir("flip");
-    size_t size;
-    uint64_t n;
-    unsigned char *b = saved_big(good, &size, &n);
-    make_big(ctx, 5.0);
-    set_grads(ctx);
-    size_t at[] = {8 + (size_t)n, 8 + (size_t)n + (size - 8 - (size_t)n) / 2, size - 1};
+    saved_file f = saved_and_damaged("flip");
+    size_t data = 8 + f.hlen; /* where the data section starts */
+    size_t at[] = {data, data + (f.size - data) / 2, f.size - 1};
     for (int i = 0; i < 3; i++) {
-        b[at[i]] ^= 0x10;
-        spit(path, b, size);
-        expect_load_fail(ctx, path, "checksum mismatch: __metadata__ says tapegrad.xxh3 ",
+        f.b[at[i]] ^= 0x10;
+        spit(f.path, f.b, f.size);
+        expect_load_fail(ctx, f.path, "checksum mismatch: __metadata__ says tapegrad.xxh3 ",
                          "flipped data byte");
-        b[at[i]] ^= 0x10;
+        f.b[at[i]] ^= 0x10;
     }
-    spit(path, b, size);
-    cr_assert_eq(tg_load(ctx, path), 0, "%s", tg_errmsg(ctx));
-    free(b);
+    spit(f.path, f.b, f.size);
+    cr_assert_eq(tg_load(ctx, f.path), 0, "%s", tg_errmsg(ctx));
+    free(f.b);
 }
 
 Test(io, other_files_are_rejected)
@@ -867,16 +874,36 @@ Test(io, half_precision_tensors_load_into_float_parameters)
 
 /* ---- failing saves leave the previous checkpoint intact -------------------- */
 
+/* tg_save(ctx, path) must fail with a message that starts "tg_save: <path>:
+ * <what>", then " '<path>.tmp." when tmp, and contains cause (unless NULL);
+ * clears the error */
+static void expect_save_fail(const char *path, const char *what, int tmp, const char *cause)
+{
+    cr_assert_eq(tg_save(ctx, path), -1, "saving to %s did not fail", path);
+    char expect[600];
+    int k = snprintf(expect, sizeof expect, "tg_save: %s: %s", path, what);
+    if (tmp) snprintf(expect + k, sizeof expect - (size_t)k, " '%s.tmp.", path);
+    const char *m = tg_errmsg(ctx);
+    cr_assert(strncmp(m, expect, strlen(expect)) == 0, "'%s' does not start with '%s'", m, expect);
+    if (cause) cr_assert_not_null(strstr(m, cause), "'%s' lacks '%s'", m, cause);
+    tg_clear_error(ctx);
+}
+
+/* the file at path holds size bytes equal to want's; what names the case */
+static void expect_file_is(const char *path, const unsigned char *want, size_t size,
+                           const char *what)
+{
+    size_t n;
+    unsigned char *now = slurp(path, &n);
+    cr_assert(n == size && memcmp(now, want, size) == 0, "%s: %s changed", what, path);
+    free(now);
+}
+
 Test(io, save_into_a_missing_directory_fails)
 {
     make_small(ctx);
     const char *path = in_dir("no/such/dir/ck.safetensors");
-    cr_assert_eq(tg_save(ctx, path), -1);
-    char expect[400];
-    snprintf(expect, sizeof expect, "tg_save: %s: cannot create temporary file '%s.tmp.", path,
-             path);
-    cr_assert(strncmp(tg_errmsg(ctx), expect, strlen(expect)) == 0, "%s", tg_errmsg(ctx));
-    cr_assert_not_null(strstr(tg_errmsg(ctx), "No such file or directory"), "%s", tg_errmsg(ctx));
+    expect_save_fail(path, "cannot create temporary file", 1, "No such file or directory");
     cr_assert_eq(stray_files(NULL, NULL), 0);
 }
 
@@ -890,19 +917,10 @@ Test(io, save_over_a_directory_fails_and_leaves_no_temporary)
 
     const char *sub = in_dir("sub");
     cr_assert_eq(mkdir(sub, 0755), 0);
-    cr_assert_eq(tg_save(ctx, sub), -1);
-    char expect[300];
-    snprintf(expect, sizeof expect, "tg_save: %s: is a directory; tg_save replaces only a "
-             "regular file", sub);
-    cr_assert(strncmp(tg_errmsg(ctx), expect, strlen(expect)) == 0, "%s", tg_errmsg(ctx));
-    tg_clear_error(ctx);
+    expect_save_fail(sub, "is a directory; tg_save replaces only a regular file", 0, NULL);
     cr_assert_eq(stray_files("ck", "sub"), 0);
-
-    size_t size2;
-    unsigned char *after = slurp(good, &size2);
-    cr_assert(size == size2 && memcmp(before, after, size) == 0);
+    expect_file_is(good, before, size, "saving over a directory");
     free(before);
-    free(after);
 }
 
 Test(io, write_error_leaves_the_previous_checkpoint_intact)
@@ -919,25 +937,16 @@ Test(io, write_error_leaves_the_previous_checkpoint_intact)
     struct rlimit lim = {.rlim_cur = size / 2, .rlim_max = RLIM_INFINITY};
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
     tg_fill(tg_param_at(ctx, 0), 9.0);
-    cr_assert_eq(tg_save(ctx, path), -1);
-    char expect[300];
-    snprintf(expect, sizeof expect, "tg_save: %s: cannot write temporary file '%s.tmp.", path,
-             path);
-    cr_assert(strncmp(tg_errmsg(ctx), expect, strlen(expect)) == 0, "%s", tg_errmsg(ctx));
-    cr_assert_not_null(strstr(tg_errmsg(ctx), "File too large"), "%s", tg_errmsg(ctx));
-    tg_clear_error(ctx);
+    expect_save_fail(path, "cannot write temporary file", 1, "File too large");
     lim.rlim_cur = RLIM_INFINITY;
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
 
     cr_assert_eq(stray_files("ck", NULL), 0, "the temporary file must be removed");
-    size_t size2;
-    unsigned char *after = slurp(path, &size2);
-    cr_assert(size == size2 && memcmp(before, after, size) == 0, "previous checkpoint changed");
+    expect_file_is(path, before, size, "a failed write");
     cr_assert_eq(tg_load(ctx, path), 0, "%s", tg_errmsg(ctx));
     check_snap(ctx, &saved, 1, "previous checkpoint");
     free_snap(&saved);
     free(before);
-    free(after);
 }
 
 /* an allocator that fails once `budget` allocations have been made */
@@ -955,6 +964,49 @@ static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return realloc(ptr, nsize);
 }
 
+/* io(c, path) with a budget of 0, 1, 2, ... allocations until it succeeds
+ * (within 100); each failure must leave an error, which is cleared, then
+ * check(c, k, user) for the budget k. Returns the number of failures. */
+static int fail_each_allocation(tg_ctx *c, int (*io)(tg_ctx *, const char *), const char *path,
+                                void (*check)(tg_ctx *, long, void *), void *user)
+{
+    for (long k = 0; k < 100; k++) {
+        budget = k;
+        int rc = io(c, path);
+        budget = -1;
+        if (rc == 0) return (int)k;
+        cr_assert(!tg_ok(c), "a failure at allocation %ld left no error", k);
+        tg_clear_error(c);
+        check(c, k, user);
+    }
+    cr_assert_fail("%s never succeeded in 100 allocations", path);
+    return 0;
+}
+
+/* the checkpoint a failing save must leave as it was */
+typedef struct {
+    const char *path;
+    const unsigned char *bytes;
+    size_t size;
+} file_bytes;
+
+static void save_left_file(tg_ctx *c, long k, void *user)
+{
+    (void)c;
+    const file_bytes *f = user;
+    cr_assert_eq(stray_files("ck", NULL), 0);
+    char what[48];
+    snprintf(what, sizeof what, "a save failing at allocation %ld", k);
+    expect_file_is(f->path, f->bytes, f->size, what);
+}
+
+static void load_left_params(tg_ctx *c, long k, void *user)
+{
+    char what[48];
+    snprintf(what, sizeof what, "a load failing at allocation %ld", k);
+    check_snap(c, user, 1, what);
+}
+
 Test(io, out_of_memory_anywhere_in_save_or_load_is_clean)
 {
     fill_small_data();
@@ -967,40 +1019,14 @@ Test(io, out_of_memory_anywhere_in_save_or_load_is_clean)
     tg_fill(tg_param_at(c, 0), 9.0);
     snapshot changed = snap(c);
 
-    int failures = 0, rc = -1;
-    for (long k = 0; k < 100 && rc != 0; k++) {
-        budget = k;
-        rc = tg_save(c, path);
-        budget = -1;
-        if (rc == 0) break;
-        failures++;
-        cr_assert(!tg_ok(c));
-        tg_clear_error(c);
-        cr_assert_eq(stray_files("ck", NULL), 0);
-        size_t s2;
-        unsigned char *now = slurp(path, &s2);
-        cr_assert(s2 == size && memcmp(now, before, size) == 0, "budget %ld: file changed", k);
-        free(now);
-    }
-    cr_assert_eq(rc, 0, "save never succeeded");
-    cr_assert_gt(failures, 0, "no allocation was exercised");
+    file_bytes f = {path, before, size};
+    cr_assert_gt(fail_each_allocation(c, tg_save, path, save_left_file, &f), 0,
+                 "no allocation was exercised");
 
     /* load: the parameters keep their values whenever it fails */
     tg_fill(tg_param_at(c, 0), 1.0);
     snapshot mine = snap(c);
-    rc = -1;
-    failures = 0;
-    for (long k = 0; k < 100 && rc != 0; k++) {
-        budget = k;
-        rc = tg_load(c, path);
-        budget = -1;
-        if (rc == 0) break;
-        failures++;
-        tg_clear_error(c);
-        check_snap(c, &mine, 1, "failed load");
-    }
-    cr_assert_eq(rc, 0, "load never succeeded");
-    cr_assert_gt(failures, 0);
+    cr_assert_gt(fail_each_allocation(c, tg_load, path, load_left_params, &mine), 0);
     check_snap(c, &changed, 1, "loaded");
     free_snap(&mine);
     free_snap(&changed);

@@ -126,16 +126,21 @@ static const char *write_labels(const char *name, int gz, uint32_t count) {
     return write_bytes(name, gz, buf, idx_bytes(buf, 0x08, 1, dims, LAB, count));
 }
 
-static void check_tiny(const tg_dataset *ds) {
+/* ds loaded: n samples of 3x2 pixels in n_classes classes, pixels 0 and 255 first */
+static void check_loaded(const tg_dataset *ds, int64_t n, int n_classes) {
     cr_assert_not_null(ds, "%s", tg_errmsg(ctx));
-    cr_assert_eq(ds->n, 5);
+    cr_assert_eq(ds->n, n);
     cr_assert_eq(ds->n_features, 6);
     cr_assert_eq(ds->sample_ndim, 2);
     cr_assert_eq(ds->sample_shape[0], 3);
     cr_assert_eq(ds->sample_shape[1], 2);
-    cr_assert_eq(ds->n_classes, 4);
+    cr_assert_eq(ds->n_classes, n_classes);
     cr_assert_eq(ds->x[0], 0.0f);
     cr_assert_eq(ds->x[1], 1.0f);
+}
+
+static void check_tiny(const tg_dataset *ds) {
+    check_loaded(ds, 5, 4);
     for (int i = 0; i < 30; i++) cr_assert_eq(ds->x[i], (float)IMG[i] / 255.0f, "pixel %d", i);
     for (int i = 0; i < 5; i++) cr_assert_eq(ds->labels[i], LAB[i]);
     cr_assert_null(ds->targets);
@@ -147,6 +152,13 @@ static void expect_error(const char *path, const char *what) {
     cr_assert(!tg_ok(ctx), "expected an error about %s", what);
     if (path) cr_assert(strstr(m, path), "message lacks the path %s: %s", path, m);
     cr_assert(strstr(m, what), "message lacks \"%s\": %s", what, m);
+}
+
+/* r, a loader's result, must be NULL with an error as expect_error's; clears it */
+static void expect_fail(const void *r, const char *path, const char *what) {
+    cr_assert_null(r, "accepted: expected an error about %s", what);
+    expect_error(path, what);
+    tg_clear_error(ctx);
 }
 
 TestSuite(idx, .init = setup, .fini = teardown);
@@ -182,13 +194,8 @@ Test(idx, committed_fixtures) {
                                 FIXTURES "/tiny-labels-idx1-ubyte");
     tg_dataset *b = tg_load_idx(ctx, FIXTURES "/tiny-images-idx3-ubyte.gz",
                                 FIXTURES "/tiny-labels-idx1-ubyte.gz");
-    cr_assert_not_null(a, "%s", tg_errmsg(ctx));
-    cr_assert_not_null(b, "%s", tg_errmsg(ctx));
-    cr_assert_eq(a->n, 6);
-    cr_assert_eq(a->n_features, 6);
-    cr_assert_eq(a->n_classes, 3);
-    cr_assert_eq(a->x[0], 0.0f);
-    cr_assert_eq(a->x[1], 1.0f);
+    check_loaded(a, 6, 3);
+    check_loaded(b, 6, 3);
     cr_assert_float_eq(a->x[2], (float)((2 * 37 + 11) % 256) / 255.0f, 1e-7);
     cr_assert_eq(memcmp(a->x, b->x, 36 * sizeof(float)), 0);
     cr_assert_eq(memcmp(a->labels, b->labels, 6 * sizeof(int32_t)), 0);
@@ -196,15 +203,13 @@ Test(idx, committed_fixtures) {
     tg_dataset_free(a);
     tg_dataset_free(b);
 
-    cr_assert_null(tg_load_idx(ctx, FIXTURES "/bad-magic-idx3-ubyte", NULL));
-    expect_error("bad-magic-idx3-ubyte", "at byte 0: bad magic 0x00000703");
-    tg_clear_error(ctx);
-    cr_assert_null(tg_load_idx(ctx, FIXTURES "/truncated-images-idx3-ubyte", NULL));
-    expect_error("truncated-images-idx3-ubyte", "truncated at byte 47");
-    tg_clear_error(ctx);
-    cr_assert_null(tg_load_idx(ctx, FIXTURES "/tiny-images-idx3-ubyte",
-                               FIXTURES "/five-labels-idx1-ubyte"));
-    expect_error("five-labels-idx1-ubyte", "has 6 items but");
+    expect_fail(tg_load_idx(ctx, FIXTURES "/bad-magic-idx3-ubyte", NULL), "bad-magic-idx3-ubyte",
+                "at byte 0: bad magic 0x00000703");
+    expect_fail(tg_load_idx(ctx, FIXTURES "/truncated-images-idx3-ubyte", NULL),
+                "truncated-images-idx3-ubyte", "truncated at byte 47");
+    expect_fail(
+        tg_load_idx(ctx, FIXTURES "/tiny-images-idx3-ubyte", FIXTURES "/five-labels-idx1-ubyte"),
+        "five-labels-idx1-ubyte", "has 6 items but");
 }
 
 Test(idx, other_element_types) {
@@ -247,11 +252,8 @@ Test(idx, idx_dir_standard_names) {
     tg_dataset *ds = tg_load_idx_dir(ctx, tmpdir, "train");
     check_tiny(ds);
     tg_dataset_free(ds);
-    cr_assert_null(tg_load_idx_dir(ctx, tmpdir, "test"));
-    expect_error(tmpdir, "t10k-images-idx3-ubyte.gz");
-    tg_clear_error(ctx);
-    cr_assert_null(tg_load_idx_dir(ctx, tmpdir, "validation"));
-    expect_error(NULL, "split must be");
+    expect_fail(tg_load_idx_dir(ctx, tmpdir, "test"), tmpdir, "t10k-images-idx3-ubyte.gz");
+    expect_fail(tg_load_idx_dir(ctx, tmpdir, "validation"), NULL, "split must be");
 }
 
 Test(idx, bad_magic) {
@@ -261,22 +263,17 @@ Test(idx, bad_magic) {
     size_t n = idx_bytes(buf, 0x08, 3, dims, IMG, 30);
     buf[0] = 0x1f; /* not 00 00 */
     const char *p = write_bytes("bad", 0, buf, n);
-    cr_assert_null(tg_load_idx(ctx, p, NULL));
-    expect_error(p, "at byte 0: bad magic 0x1f000803");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, NULL), p, "at byte 0: bad magic 0x1f000803");
 
     /* images where labels are expected (3 dimensions) */
     const char *ip = write_images("im", 0, 0, 0);
-    cr_assert_null(tg_load_idx(ctx, ip, ip));
-    expect_error(ip, "expected 0x00000801");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, ip, ip), ip, "expected 0x00000801");
 
     /* 5 dimensions */
     buf[0] = 0;
     buf[3] = 5;
     p = write_bytes("5d", 1, buf, n);
-    cr_assert_null(tg_load_idx(ctx, p, NULL));
-    expect_error(p, "bad magic 0x00000805");
+    expect_fail(tg_load_idx(ctx, p, NULL), p, "bad magic 0x00000805");
 }
 
 Test(idx, truncated) {
@@ -290,21 +287,15 @@ Test(idx, truncated) {
 
     /* the same inside a gzip stream */
     p = write_images("cut.gz", 1, 0, 10);
-    cr_assert_null(tg_load_idx(ctx, p, lp));
-    expect_error(p, "truncated at byte 36");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, lp), p, "truncated at byte 36");
 
     /* in the middle of the sizes */
     p = write_images("cut-header", 0, 0, 30 + 7);
-    cr_assert_null(tg_load_idx(ctx, p, lp));
-    expect_error(p, "truncated at byte 9");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, lp), p, "truncated at byte 9");
 
     /* an empty file */
     p = write_bytes("empty", 0, "", 0);
-    cr_assert_null(tg_load_idx(ctx, p, lp));
-    expect_error(p, "truncated at byte 0");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, lp), p, "truncated at byte 0");
 
     /* a gzip stream cut short (the compressed file truncated) */
     unsigned char raw[4096], comp[8192];
@@ -335,21 +326,16 @@ Test(idx, count_mismatch_and_trailing) {
 
     /* two bytes after the end given by the sizes */
     const char *tp = write_images("trailing.gz", 1, 2, 0);
-    cr_assert_null(tg_load_idx(ctx, tp, NULL));
-    expect_error(tp, "at byte 46: unexpected data after the end");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, tp, NULL), tp, "at byte 46: unexpected data after the end");
     tp = write_images("trailing", 0, 1, 0);
-    cr_assert_null(tg_load_idx(ctx, tp, NULL));
-    expect_error(tp, "at byte 46: unexpected data after the end");
+    expect_fail(tg_load_idx(ctx, tp, NULL), tp, "at byte 46: unexpected data after the end");
 }
 
 Test(idx, sizes_zero_overflow_bad_labels) {
     unsigned char buf[64];
     uint32_t zero[3] = {5, 0, 2};
     const char *p = write_bytes("zero", 0, buf, idx_bytes(buf, 0x08, 3, zero, "", 0));
-    cr_assert_null(tg_load_idx(ctx, p, NULL));
-    expect_error(p, "at byte 8: size 1 is 0");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, NULL), p, "at byte 8: size 1 is 0");
 
     uint32_t huge[4] = {0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu};
     p = write_bytes("huge", 0, buf, idx_bytes(buf, 0x08, 4, huge, "", 0));
@@ -361,24 +347,19 @@ Test(idx, sizes_zero_overflow_bad_labels) {
     /* a plausible-looking but impossible size: 2^31 x 2^31 u8 */
     uint32_t big[2] = {0x80000000u, 0x80000000u};
     p = write_bytes("big", 0, buf, idx_bytes(buf, 0x08, 2, big, "", 0));
-    cr_assert_null(tg_load_idx(ctx, p, NULL));
-    expect_error(p, "too many");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, p, NULL), p, "too many");
 
     /* negative label in an i8 file: byte 8 + 2 */
     const char *ip = write_images("im", 0, 0, 0);
     uint32_t d1[1] = {5};
     unsigned char neg[5] = {1, 2, 0xFF, 0, 1};
     p = write_bytes("neg", 0, buf, idx_bytes(buf, 0x09, 1, d1, neg, 5));
-    cr_assert_null(tg_load_idx(ctx, ip, p));
-    expect_error(p, "at byte 10: label -1 is not a class index");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_idx(ctx, ip, p), p, "at byte 10: label -1 is not a class index");
 
     /* float labels are refused */
     unsigned char fl[20] = {0};
     p = write_bytes("flab", 0, buf, idx_bytes(buf, 0x0D, 1, d1, fl, 20));
-    cr_assert_null(tg_load_idx(ctx, ip, p));
-    expect_error(p, "f32 with 1 dimensions");
+    expect_fail(tg_load_idx(ctx, ip, p), p, "f32 with 1 dimensions");
 }
 
 Test(idx, missing_file_and_sticky_error) {
@@ -441,8 +422,7 @@ Test(csv, header_and_label_by_name) {
     tg_dataset_free(ds);
 
     o.y_name = "nope";
-    cr_assert_null(tg_load_csv(ctx, p, &o));
-    expect_error(p, "no column named \"nope\"");
+    expect_fail(tg_load_csv(ctx, p, &o), p, "no column named \"nope\"");
 }
 
 Test(csv, no_header_label_by_index) {
@@ -479,8 +459,7 @@ Test(csv, no_header_label_by_index) {
     tg_dataset_free(ds);
 
     o.y_col = 3;
-    cr_assert_null(tg_load_csv(ctx, p, &o));
-    expect_error(p, "y_col 3 is outside the 3 columns");
+    expect_fail(tg_load_csv(ctx, p, &o), p, "y_col 3 is outside the 3 columns");
 }
 
 Test(csv, crlf_bom_quotes_blank_lines) {
@@ -531,13 +510,26 @@ Test(csv, wrong_field_count) {
     tg_clear_error(ctx);
 
     p = write_text("extra.csv", "1,2,0\n1,2,0,\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: expected 3 fields (as in line 1), got 4");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_csv(ctx, p, NULL), p, ":2: expected 3 fields (as in line 1), got 4");
 
-    cr_assert_null(tg_load_csv(ctx, FIXTURES "/bad-field-count.csv", NULL));
-    expect_error("bad-field-count.csv:3:", "expected 3 fields");
+    expect_fail(tg_load_csv(ctx, FIXTURES "/bad-field-count.csv", NULL), "bad-field-count.csv:3:",
+                "expected 3 fields");
 }
+
+/* CSV files (file name, text) that tg_load_csv refuses with its defaults,
+ * and what its message says */
+static const struct {
+    const char *file, *text, *what;
+} BAD_CSV[] = {
+    {"empty-field.csv", "1,2,0\n1,,0\n", ":2: feature field 2 is empty"},
+    {"nan.csv", "1,2,0\nnan,2,0\n", ":2: feature field 1 \"nan\" is not finite"},
+    {"range.csv", "1,2,0\n1e39,2,0\n", ":2: feature field 1 \"1e39\" is outside the float range"},
+    {"frac.csv", "1,2,0\n1,2,2.5\n", ":2: label field 3 \"2.5\" is not a non-negative integer"},
+    {"neg.csv", "x,y\n1,-1\n",
+     ":2: label field 2 (\"y\") \"-1\" is not a non-negative integer"},
+    {"quote.csv", "1,\"2,0\n", ":1: field 2: unterminated quote"},
+    {"after.csv", "1,2,0\n1,\"2\"x,0\n", ":2: field 2: text after the closing quote"},
+};
 
 Test(csv, non_numeric_and_bad_values) {
     const char *p = write_text("nn.csv", "a,b,y\n1,2,0\n3,x1,1\n");
@@ -551,63 +543,26 @@ Test(csv, non_numeric_and_bad_values) {
     tg_csv_opts o = tg_csv_defaults();
     o.delimiter = ';';
     o.header = TG_CSV_HEADER_NO;
-    cr_assert_null(tg_load_csv(ctx, FIXTURES "/bad-number.csv", &o));
-    expect_error("bad-number.csv:2:", "field 2 \"oops\" is not a number");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_csv(ctx, FIXTURES "/bad-number.csv", &o), "bad-number.csv:2:",
+                "field 2 \"oops\" is not a number");
 
-    p = write_text("empty-field.csv", "1,2,0\n1,,0\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: feature field 2 is empty");
-    tg_clear_error(ctx);
-
-    p = write_text("nan.csv", "1,2,0\nnan,2,0\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: feature field 1 \"nan\" is not finite");
-    tg_clear_error(ctx);
-
-    p = write_text("range.csv", "1,2,0\n1e39,2,0\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: feature field 1 \"1e39\" is outside the float range");
-    tg_clear_error(ctx);
-
-    p = write_text("frac.csv", "1,2,0\n1,2,2.5\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: label field 3 \"2.5\" is not a non-negative integer");
-    tg_clear_error(ctx);
-
-    p = write_text("neg.csv", "x,y\n1,-1\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: label field 2 (\"y\") \"-1\" is not a non-negative integer");
-    tg_clear_error(ctx);
-
-    p = write_text("quote.csv", "1,\"2,0\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":1: field 2: unterminated quote");
-    tg_clear_error(ctx);
-
-    p = write_text("after.csv", "1,2,0\n1,\"2\"x,0\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, ":2: field 2: text after the closing quote");
+    for (size_t i = 0; i < sizeof BAD_CSV / sizeof BAD_CSV[0]; i++) {
+        p = write_text(BAD_CSV[i].file, BAD_CSV[i].text);
+        expect_fail(tg_load_csv(ctx, p, NULL), p, BAD_CSV[i].what);
+    }
 }
 
 Test(csv, empty_and_header_only) {
     const char *p = write_text("e.csv", "\n  \r\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, "no data rows");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_csv(ctx, p, NULL), p, "no data rows");
     p = write_text("h.csv", "a,b,c\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, "header but no data rows");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_csv(ctx, p, NULL), p, "header but no data rows");
     /* y_name on a headerless file */
     p = write_text("d.csv", "1,2,0\n");
     tg_csv_opts o = tg_csv_defaults();
     o.y_name = "y";
-    cr_assert_null(tg_load_csv(ctx, p, &o));
-    expect_error(p, "needs a header line");
-    tg_clear_error(ctx);
-    cr_assert_null(tg_load_csv(ctx, tmp_path("missing.csv"), NULL));
-    expect_error("missing.csv", "cannot open");
+    expect_fail(tg_load_csv(ctx, p, &o), p, "needs a header line");
+    expect_fail(tg_load_csv(ctx, tmp_path("missing.csv"), NULL), "missing.csv", "cannot open");
 }
 
 Test(csv, regression_targets_and_no_y) {
@@ -627,9 +582,7 @@ Test(csv, regression_targets_and_no_y) {
     tg_dataset_free(ds);
 
     o.y_name = "f3"; /* two targets from the last column: past the end */
-    cr_assert_null(tg_load_csv(ctx, p, &o));
-    expect_error(p, "go past the 5 columns");
-    tg_clear_error(ctx);
+    expect_fail(tg_load_csv(ctx, p, &o), p, "go past the 5 columns");
 
     o = tg_csv_defaults();
     o.y_kind = TG_CSV_Y_NONE;
@@ -642,8 +595,7 @@ Test(csv, regression_targets_and_no_y) {
 
     /* one column only, as labels: no features */
     p = write_text("one.csv", "1\n2\n");
-    cr_assert_null(tg_load_csv(ctx, p, NULL));
-    expect_error(p, "no feature columns");
+    expect_fail(tg_load_csv(ctx, p, NULL), p, "no feature columns");
 }
 
 /* ---- shuffling ---- */
@@ -719,9 +671,8 @@ Test(dataset, new_and_arguments) {
     cr_assert_null(ds->targets);
     tg_dataset_free(ds);
     tg_dataset_free(NULL);
-    cr_assert_null(tg_dataset_new(ctx, 4, 0, 0));
-    expect_error(NULL, "tg_dataset_new: need n >= 0 and n_features >= 1");
-    tg_clear_error(ctx);
+    expect_fail(tg_dataset_new(ctx, 4, 0, 0), NULL,
+                "tg_dataset_new: need n >= 0 and n_features >= 1");
     cr_assert_null(tg_dataset_new(ctx, INT64_MAX / 2, 1000, 0));
     expect_error(NULL, "too large");
     cr_assert_null(tg_dataset_new(NULL, 1, 1, 0));
@@ -746,13 +697,10 @@ Test(dataset, subset_and_batch) {
     cr_assert_eq(tg_dtype_of(y), TG_I32);
     cr_assert_eq(((int32_t *)tg_data(y))[0], 1);
     idx[1] = 10;
-    cr_assert_null(tg_dataset_subset(ctx, ds, idx, 3));
-    expect_error(NULL, "tg_dataset_subset: index 10 (at position 1) is outside [0, 10)");
-    tg_clear_error(ctx);
+    expect_fail(tg_dataset_subset(ctx, ds, idx, 3), NULL,
+                "tg_dataset_subset: index 10 (at position 1) is outside [0, 10)");
     cr_assert_eq(tg_dataset_batch(ctx, ds, idx, 3, TG_F32, &x, &y), -1);
-    cr_assert_null(x);
-    expect_error(NULL, "tg_dataset_batch: index 10");
-    tg_clear_error(ctx);
+    expect_fail(x, NULL, "tg_dataset_batch: index 10");
     cr_assert_eq(tg_dataset_batch(ctx, ds, idx, 1, TG_I32, &x, NULL), -1);
     expect_error(NULL, "x_dtype must be f32 or f64");
     tg_dataset_free(s);
@@ -954,9 +902,7 @@ Test(dataset, split_sizes_disjoint_deterministic) {
     tg_dataset_free(te3);
 
     cr_assert_eq(tg_dataset_split(ctx, ds, 1.0, &tr, &te), -1);
-    cr_assert_null(tr);
-    expect_error(NULL, "test_fraction must be below 1, got 1");
-    tg_clear_error(ctx);
+    expect_fail(tr, NULL, "test_fraction must be below 1, got 1");
     /* tiny fractions still give one test sample; n = 2 works */
     ds->n = 2;
     cr_assert_eq(tg_dataset_split(ctx, ds, 0.001, &tr, &te), 0);

@@ -132,15 +132,22 @@ Test(metrics, confusion_errors_leave_matrix_alone) {
     cr_assert_str_eq(tg_errmsg(ctx), "tg_confusion: argument matrix is NULL");
 }
 
+/* what was written to f (a tmpfile), as a string in buf; closes f */
+static char *written(FILE *f, char *buf, size_t size) {
+    fflush(f);
+    rewind(f);
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
 Test(metrics, confusion_print) {
     int64_t m[4] = {8, 2, 1, 9};
     FILE *f = tmpfile();
     tg_confusion_print(f, m, 2);
-    rewind(f);
-    char buf[512] = {0};
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    cr_assert_gt(n, 0);
+    char buf[512];
+    cr_assert_gt(strlen(written(f, buf, sizeof buf)), 0);
     cr_assert(strstr(buf, "recall"), "%s", buf);
     cr_assert(strstr(buf, "0.8000"), "%s", buf);
     cr_assert(strstr(buf, "0.9000"), "%s", buf);
@@ -158,13 +165,6 @@ Test(metrics, mean_meter) {
     cr_assert(isnan(tg_mean_meter_mean(&m)));
 }
 
-static char *slurp(FILE *f, char *buf, size_t size) {
-    fflush(f);
-    rewind(f);
-    size_t n = fread(buf, 1, size - 1, f);
-    buf[n] = '\0';
-    return buf;
-}
 
 TestSuite(progress);
 
@@ -181,8 +181,7 @@ Test(progress, plain_stream_one_line_per_epoch) {
     tg_progress_update(&p, 10, 0.5);
     tg_progress_end_epoch(&p, NULL);
     char buf[1024];
-    slurp(f, buf, sizeof buf);
-    fclose(f);
+    written(f, buf, sizeof buf);
     cr_assert_null(strchr(buf, '\r'), "no redrawing on a non-terminal: %s", buf);
     cr_assert_null(strchr(buf, '\033'), "no escape codes on a non-terminal: %s", buf);
     cr_assert_eq(strncmp(buf, "epoch 1/2  loss 2.0000  ", 24), 0, "%s", buf);
@@ -204,8 +203,7 @@ Test(progress, terminal_redraws_in_place) {
     tg_progress_update(&p, 8, 0.25); /* the last batch of the epoch always draws */
     tg_progress_end_epoch(&p, NULL);
     char buf[1024];
-    slurp(f, buf, sizeof buf);
-    fclose(f);
+    written(f, buf, sizeof buf);
     cr_assert(strstr(buf, "\repoch 1/3  batch 2/2  loss 0.5000"), "%s", buf);
     cr_assert(strstr(buf, "ETA "), "%s", buf);
     cr_assert(strstr(buf, "\033[K"), "%s", buf);
@@ -221,7 +219,6 @@ Test(progress, unknown_totals) {
     tg_progress_update(&p, 1, 3.0);
     tg_progress_end_epoch(&p, NULL);
     char buf[256];
-    slurp(f, buf, sizeof buf);
-    fclose(f);
+    written(f, buf, sizeof buf);
     cr_assert_eq(strncmp(buf, "epoch 1  loss 3.0000", 20), 0, "%s", buf);
 }

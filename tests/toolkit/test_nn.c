@@ -14,16 +14,12 @@
 #include <string.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 static tg_ctx *ctx;
 static void setup(void) { ctx = tg_ctx_new(2024); }
 static void teardown(void) { tg_ctx_free(ctx); }
 TestSuite(nn, .init = setup, .fini = teardown);
-
-static double at(const tg_tensor *t, int64_t i) {
-    return tg_dtype_of(t) == TG_F32 ? ((const float *)tg_data(t))[i]
-                                    : ((const double *)tg_data(t))[i];
-}
 
 typedef struct { double mean, sd, maxabs; } stats;
 static stats stats_of(const tg_tensor *t) {
@@ -516,14 +512,7 @@ Test(nn, mlp_learns_xor) {
     double loss = 1;
     for (int s = 0; s < 300; s++) {
         tg_tensor *x = tg_from(ctx, TG_F64, 2, (int64_t[]){4, 2}, xs);
-        tg_tensor *y = tg_from(ctx, TG_F64, 2, (int64_t[]){4, 1}, ys);
-        tg_tensor *p = tg_sigmoid(ctx, tg_mlp_forward(ctx, &m, x));
-        tg_tensor *l = tg_mean(ctx, tg_pow(ctx, tg_sub(ctx, p, y), 2.0));
-        tg_zero_grad(ctx);
-        tg_backward(ctx, l);
-        loss = tg_item(l);
-        tg_optim_step(opt);
-        tg_reset(ctx);
+        loss = mse_step(ctx, opt, tg_sigmoid(ctx, tg_mlp_forward(ctx, &m, x)), ys);
     }
     cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
     cr_assert_lt(loss, 0.01, "XOR loss %g", loss);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "tapegrad.h"
+#include "tg_test.h"
 
 #define CHECK_OK(ctx) cr_assert(tg_ok(ctx), "tapegrad error: %s", tg_errmsg(ctx))
 
@@ -55,12 +56,9 @@ static double fit(tg_ctx *ctx, tg_mlp *m, const tg_dataset *ds, const tg_optim_o
         tg_mean_meter mm = {0};
         tg_tensor *x, *y;
         while (tg_batcher_next(&b, &x, &y) == 1) {
+            int64_t n = tg_dim(x, 0); /* x is gone after the step */
             tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, m, x), y);
-            tg_zero_grad(ctx);
-            tg_backward(ctx, loss);
-            tg_optim_step(opt);
-            tg_mean_meter_add(&mm, tg_item(loss), tg_dim(x, 0));
-            tg_reset(ctx);
+            tg_mean_meter_add(&mm, train_step(ctx, opt, loss), n);
         }
         CHECK_OK(ctx);
         last = tg_mean_meter_mean(&mm);
@@ -250,12 +248,8 @@ Test(training, adaline_matches_least_squares) {
         tg_tensor *xt = tg_from(ctx, TG_F64, 2, (const int64_t[]){AN, AF}, x);
         tg_tensor *yt = tg_from(ctx, TG_F64, 2, (const int64_t[]){AN, 1}, y);
         tg_tensor *loss = tg_mse(ctx, tg_dense_forward(ctx, &d, xt, TG_ACT_NONE), yt);
-        if (e == 0) first = tg_item(loss);
-        last = tg_item(loss);
-        tg_zero_grad(ctx);
-        tg_backward(ctx, loss);
-        tg_optim_step(opt);
-        tg_reset(ctx);
+        last = train_step(ctx, opt, loss);
+        if (e == 0) first = last;
     }
     CHECK_OK(ctx);
     cr_assert_lt(last, first / 10, "loss %g -> %g", first, last);
