@@ -529,7 +529,8 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
 #define TINY_INLINE static inline __attribute__((always_inline))
 #define TINY_GEMM(T, VT)                                                                   \
     /* lanes [0, w) of op(B)'s row p (op(B)(p,j) = B[p sbp + j sbj]), zeros after;       \
-     * G = 0: the whole vector, contiguous (w not looked at); G = 1: lane by lane */       \
+     * G = 0: the whole vector, contiguous (w not looked at); G = 1: lane by lane;         \
+     * G = 2: all VL lanes, one by one */                                                  \
     TINY_INLINE VT tiny_brow_##T(const int G, const T *B, int64_t sbp, int64_t sbj,        \
                                  int64_t p, int64_t w)                                     \
     {                                                                                      \
@@ -539,7 +540,7 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
             memcpy(&v, r, sizeof v);                                                       \
         else /* a constant trip count: unrolled, no loop made into a call */               \
             for (int q = 0; q < (int)(sizeof(VT) / sizeof(T)); q++)                       \
-                if (q < w) v[q] = r[q * sbj];                                              \
+                if (G == 2 || q < w) v[q] = r[q * sbj];                                    \
         return v;                                                                          \
     }                                                                                      \
     /* c[0, w) = s (accumulate: c + s) */                                                  \
@@ -634,13 +635,17 @@ static int cblas_fits(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
             tiny_blocks_##T(m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);        \
             return;                                                                        \
         }                                                                                  \
-        const int whole = sbj == 1 && n == (int64_t)(sizeof(VT) / sizeof(T));              \
-        if (m == 1 && whole)                                                               \
+        const int full = n == (int64_t)(sizeof(VT) / sizeof(T)), g = full ? sbj != 1 ? 2 : 0 : 1; \
+        if (m == 1 && g == 0)                                                              \
             tiny_small_##T(1, 0, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
+        else if (m == 1 && g == 2)                                                         \
+            tiny_small_##T(1, 2, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else if (m == 1)                                                                   \
             tiny_small_##T(1, 1, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
-        else if (whole)                                                                    \
+        else if (g == 0)                                                                   \
             tiny_small_##T(4, 0, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
+        else if (g == 2)                                                                   \
+            tiny_small_##T(4, 2, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else                                                                               \
             tiny_small_##T(4, 1, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
     }
