@@ -127,12 +127,19 @@ static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void 
     TGI_FLOAT_DISPATCH(dt, {
         const T *dy = dyv;
         T *db = dbv;
-        if (n < 8) {
-            for (int64_t j = 0; j < n; j++) {
-                double a = 0.0;
-                for (int64_t i = 0; i < m; i++) a += (double)dy[i * n + j];
-                db[j] += (T)a;
-            }
+        if (n == 1) {
+            double a = 0.0;
+            for (int64_t i = 0; i < m; i++) a += (double)dy[i];
+            db[0] += (T)a;
+            return;
+        }
+        if (n < 8) { /* a row at a time into acc[0, 8): constant trip counts */
+            for (int j = 0; j < 8; j++) acc[j] = 0.0;
+            for (int64_t i = 0; i < m; i++)
+                for (int j = 0; j < 8; j++)
+                    if (j < n) acc[j] += (double)dy[i * n + j];
+            for (int j = 0; j < 8; j++)
+                if (j < n) db[j] += (T)acc[j];
             return;
         }
         for (int64_t j0 = 0; j0 < n; j0 += TGI_COLSUM_BLOCK) {
@@ -178,7 +185,7 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
 {
     if (!ctx || !tgi_check_float_arg(ctx, fn, "x", x, NULL))
         return NULL;
-    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    tg_tensor *out = tgi_tensor_make(ctx, x->dtype, x->ndim, x->shape, x->numel);
     if (!out)
         return NULL;
     return tgi_op_run(ctx, op, out, &x, 1, attr, attr ? sizeof *attr : 0);

@@ -228,6 +228,36 @@ const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
 /* A new temporary with uninitialised data (callers that need zeros memset). */
 tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                           const int64_t *shape, int zero);
+/* Every field of a new tensor t of data `data` and a valid shape with numel n:
+ * a temporary of this step, no flags, no grad (tg_param then makes it a
+ * parameter). */
+static inline void tgi_tensor_init(tg_tensor *t, tg_ctx *ctx, void *data, tg_dtype dt, int ndim,
+                                   const int64_t *shape, int64_t n) {
+    t->data = data;
+    t->grad = NULL;
+    t->ctx = ctx;
+    t->numel = n;
+    t->ndim = ndim;
+    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    t->dtype = dt;
+    t->flags = 0;
+    t->node = -1;
+    t->grad_store = NULL;
+    t->name = "";
+    t->gen = ctx->gen;
+}
+/* tgi_tensor_new without the checks, inline, for a shape known to be valid
+ * (an input's, say) with numel n: the new temporary, data uninitialised, or
+ * NULL with the out-of-memory error recorded (naming ctx->api). */
+static inline tg_tensor *tgi_tensor_make(tg_ctx *ctx, tg_dtype dt, int ndim,
+                                         const int64_t *shape, int64_t n) {
+    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    unsigned char *mem = tgi_arena_alloc(ctx, head + (size_t)n * (dt == TG_F64 ? 8u : 4u));
+    if (!mem) return NULL;
+    tg_tensor *t = (tg_tensor *)(void *)mem;
+    tgi_tensor_init(t, ctx, mem + head, dt, ndim, shape, n);
+    return t;
+}
 int64_t tgi_numel(int ndim, const int64_t *shape);
 static inline size_t tgi_bytes(const tg_tensor *t) {
     return (size_t)t->numel * tg_dtype_size(t->dtype);
