@@ -219,6 +219,15 @@ static inline int tgi_ok(const tg_ctx *ctx) { return ctx && !ctx->has_error; }
 static inline size_t tgi_dtype_size(tg_dtype dt) { return dt == TG_F64 ? 8 : 4; }
 #define tg_ok(ctx) tgi_ok(ctx)
 #define tg_dtype_size(dt) tgi_dtype_size(dt)
+/* A gradient that exists already is returned inline; making one (tg_grad_acc
+ * in tape.c) is out of line. */
+void *tgi_grad_acc_new(tg_tensor *t);
+static inline void *tgi_grad(const tg_tensor *t) { return t ? t->grad : NULL; }
+static inline void *tgi_grad_acc(tg_tensor *t) {
+    return t && t->grad ? t->grad : tgi_grad_acc_new(t);
+}
+#define tg_grad(t) tgi_grad(t)
+#define tg_grad_acc(t) tgi_grad_acc(t)
 
 /* "[4,3]" into buf (for messages) */
 const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);

@@ -201,7 +201,8 @@ void tg_set_requires_grad(tg_tensor *t, int on) {
 int tg_requires_grad(const tg_tensor *t) { return t && (t->flags & TGI_REQ_GRAD) ? 1 : 0; }
 
 void *tg_data(const tg_tensor *t) { return t ? t->data : NULL; }
-void *tg_grad(const tg_tensor *t) { return t ? t->grad : NULL; }
+#undef tg_grad /* the public function: internal.h maps the library's calls */
+void *tg_grad(const tg_tensor *t) { return tgi_grad(t); }
 int tg_ndim(const tg_tensor *t) { return t ? t->ndim : 0; }
 const int64_t *tg_shape(const tg_tensor *t) { return t ? t->shape : NULL; }
 int64_t tg_numel(const tg_tensor *t) { return t ? t->numel : 0; }
