@@ -329,6 +329,20 @@ struct upd_k {
  *   mu != 0:  b = d at t = 1, else b = mu b + (1 - dampening) d
  *             d = d + mu b (nesterov) or d = b
  *   p = p - lr d                                                              */
+/* mu = 0: the whole rule is one line (a function of its own, so that the
+ * small parameters of a tiny network pay for nothing else) */
+TGI_AVX2_CLONES static void sgd_plain_range(const upd_k *k, tg_tensor *p, void *const *st,
+                                        int64_t lo, int64_t hi) {
+    (void)st;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        const T lr = (T)k->o->lr, wd = (T)k->o->weight_decay;
+        for (int64_t i = lo; i < hi; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
+    });
+}
+
+/* mu != 0 */
 TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                   int64_t hi) {
     const tg_optim_opts *o = k->o;
@@ -336,12 +350,10 @@ TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const 
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;
         const T *restrict g = p->grad;
-        T *restrict b = st ? st[0] : NULL;
+        T *restrict b = st[0];
         const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
         const T damp1 = (T)(1.0 - o->dampening);
-        if (o->momentum == 0.0) {
-            for (int64_t i = lo; i < hi; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
-        } else if (t == 1 && o->nesterov) {
+        if (t == 1 && o->nesterov) {
             for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 b[i] = d;
@@ -502,7 +514,7 @@ int tg_optim_step(tg_optim *opt) {
         upd_k k = {o, t, 0.0, 0.0};
         upd_fn fn = NULL;
         switch (o->kind) {
-        case TG_OPT_SGD: fn = sgd_range; break;
+        case TG_OPT_SGD: fn = o->momentum == 0.0 ? sgd_plain_range : sgd_range; break;
         case TG_OPT_RMSPROP: fn = rmsprop_range; break;
         case TG_OPT_ADAM:
         case TG_OPT_ADAMW:
