@@ -64,8 +64,9 @@ static inline int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int 
     return n;
 }
 
-tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
-                          const int64_t *shape, int zero) {
+/* tgi_tensor_new's body, inline in this file's public functions */
+static inline tg_tensor *tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                                    const int64_t *shape, int zero) {
     tgi_api(ctx, fn);
     int64_t n = check_shape(ctx, fn, dt, ndim, shape);
     if (n < 0) return NULL;
@@ -73,6 +74,11 @@ tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
     if (!t) return NULL;
     if (zero && n) memset(t->data, 0, tgi_bytes(t));
     return t;
+}
+
+tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                          const int64_t *shape, int zero) {
+    return tensor_new(ctx, fn, dt, ndim, shape, zero);
 }
 
 tg_tensor *tg_new(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape) {
@@ -88,7 +94,7 @@ tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, con
         tg_set_error(ctx, "tg_from: data is NULL");
         return NULL;
     }
-    tg_tensor *t = tgi_tensor_new(ctx, "tg_from", dt, ndim, shape, 0);
+    tg_tensor *t = tensor_new(ctx, "tg_from", dt, ndim, shape, 0);
     if (!t) return NULL;
     t->flags |= TGI_LEAF;
     if (t->numel) memcpy(t->data, data, tgi_bytes(t));
