@@ -223,7 +223,10 @@ static tg_tensor *linear(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
         return NULL;
     }
     int64_t shape[2] = {x->shape[0], w_out};
-    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
+    const int64_t lim = (int64_t)1 << 20; /* both below: no check of the product needed */
+    tg_tensor *out = shape[0] < lim && w_out < lim
+                         ? tgi_tensor_make(ctx, x->dtype, 2, shape, shape[0] * w_out)
+                         : tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
     if (!out) return NULL;
     tg_tensor *in[3] = {x, w, b};
     int n_in = b ? 3 : 2;
@@ -264,21 +267,16 @@ TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
         T *y = j->y;
         const T *bd = j->b;
         const T slope = (T)TGI_LEAKY_SLOPE;
-        /* y[i, j] += b[j]: a vector loop per row, or for short rows (an XOR
-         * net's) one loop over the chunk */
-        if (bd && n >= 16) {
-            for (int64_t i = lo; i < hi;) {
-                const int64_t j0 = i % n, len = n - j0 < hi - i ? n - j0 : hi - i;
-                T *restrict yr = y + i;
-                const T *restrict br = bd + j0;
-                for (int64_t q = 0; q < len; q++) yr[q] += br[q];
-                i += len;
-            }
-        } else if (bd && lo < hi) {
-            for (int64_t i = lo, q = lo % n; i < hi; i++) {
-                y[i] += bd[q];
-                q = q + 1 == n ? 0 : q + 1;
-            }
+        /* y[i, j] += b[j]: a loop per (partial) row of the chunk, or for
+         * a single column one loop */
+        if (bd && n == 1)
+            for (int64_t i = lo; i < hi; i++) y[i] += bd[0];
+        for (int64_t i = lo, j0 = bd ? lo % n : 0; bd && n > 1 && i < hi; j0 = 0) {
+            const int64_t len = n - j0 < hi - i ? n - j0 : hi - i;
+            T *restrict yr = y + i;
+            const T *restrict br = bd + j0;
+            for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+            i += len;
         }
         T *yc = y + lo;
         const int64_t len = hi - lo;
@@ -302,7 +300,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
                     out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
-    TGI_PAR_RUN(ctx, m * n, linear_bias_act,
+    KIT_PAR_RUN(ctx, m * n, linear_bias_act,
                 &(linear_job){x->dtype, act, n, out->data, b ? b->data : NULL, NULL});
     return 0;
 }

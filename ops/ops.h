@@ -119,22 +119,16 @@ static inline int tgi_op_gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, 
 
 /* db[j] += sum_i dy[i,j] for dy [m,n] (a bias's gradient): row-major sweeps
  * over blocks of columns, summed in double whatever the dtype, added into db
- * once per column; narrow dy (a few columns) one column at a time, in the
- * same order, so the bits are the same either way. */
-static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
+ * once per column; narrow dy (a few columns) in registers, inline at the call
+ * (tiny layers pay no call), in the same order, so the bits are the same
+ * either way. */
+static __attribute__((noinline, unused)) void tgi_colsum_blocks(tg_dtype dt, int64_t m, int64_t n,
+                                                               const void *dyv, void *dbv)
 {
     double acc[TGI_COLSUM_BLOCK];
     TGI_FLOAT_DISPATCH(dt, {
         const T *dy = dyv;
         T *db = dbv;
-        if (n < 8) {
-            for (int64_t j = 0; j < n; j++) {
-                double a = 0.0;
-                for (int64_t i = 0; i < m; i++) a += (double)dy[i * n + j];
-                db[j] += (T)a;
-            }
-            return;
-        }
         for (int64_t j0 = 0; j0 < n; j0 += TGI_COLSUM_BLOCK) {
             int64_t nb = n - j0 < TGI_COLSUM_BLOCK ? n - j0 : TGI_COLSUM_BLOCK;
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0;
@@ -143,6 +137,29 @@ static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void 
                 for (int64_t j = 0; j < nb; j++) acc[j] += (double)row[j];
             }
             for (int64_t j = 0; j < nb; j++) db[j0 + j] += (T)acc[j];
+        }
+    });
+}
+static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
+{
+    if (n >= 8) {
+        tgi_colsum_blocks(dt, m, n, dyv, dbv);
+        return;
+    }
+    TGI_FLOAT_DISPATCH(dt, {
+        const T *dy = dyv;
+        T *db = dbv;
+        if (n == 1) {
+            double a = 0.0;
+            for (int64_t i = 0; i < m; i++) a += (double)dy[i];
+            db[0] += (T)a;
+        } else { /* a row at a time into acc[0, 8): constant trip counts */
+            double acc[8] = {0};
+            for (int64_t i = 0; i < m; i++)
+                for (int j = 0; j < 8; j++)
+                    if (j < n) acc[j] += (double)dy[i * n + j];
+            for (int j = 0; j < 8; j++)
+                if (j < n) db[j] += (T)acc[j];
         }
     });
 }
@@ -178,7 +195,7 @@ static inline tg_tensor *tgi_unary(tg_ctx *ctx, const char *fn, const tg_op *op,
 {
     if (!ctx || !tgi_check_float_arg(ctx, fn, "x", x, NULL))
         return NULL;
-    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, x->ndim, x->shape, 0);
+    tg_tensor *out = tgi_tensor_make(ctx, x->dtype, x->ndim, x->shape, x->numel);
     if (!out)
         return NULL;
     return tgi_op_run(ctx, op, out, &x, 1, attr, attr ? sizeof *attr : 0);

@@ -219,6 +219,15 @@ static inline int tgi_ok(const tg_ctx *ctx) { return ctx && !ctx->has_error; }
 static inline size_t tgi_dtype_size(tg_dtype dt) { return dt == TG_F64 ? 8 : 4; }
 #define tg_ok(ctx) tgi_ok(ctx)
 #define tg_dtype_size(dt) tgi_dtype_size(dt)
+/* A gradient that exists already is returned inline; making one (tg_grad_acc
+ * in tape.c) is out of line. */
+void *tgi_grad_acc_new(tg_tensor *t);
+static inline void *tgi_grad(const tg_tensor *t) { return t ? t->grad : NULL; }
+static inline void *tgi_grad_acc(tg_tensor *t) {
+    return t && t->grad ? t->grad : tgi_grad_acc_new(t);
+}
+#define tg_grad(t) tgi_grad(t)
+#define tg_grad_acc(t) tgi_grad_acc(t)
 
 /* "[4,3]" into buf (for messages) */
 const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size);
@@ -228,6 +237,36 @@ const char *tgi_shape_str(int ndim, const int64_t *shape, char *buf, size_t size
 /* A new temporary with uninitialised data (callers that need zeros memset). */
 tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                           const int64_t *shape, int zero);
+/* Every field of a new tensor t of data `data` and a valid shape with numel n:
+ * a temporary of this step, no flags, no grad (tg_param then makes it a
+ * parameter). */
+static inline void tgi_tensor_init(tg_tensor *t, tg_ctx *ctx, void *data, tg_dtype dt, int ndim,
+                                   const int64_t *shape, int64_t n) {
+    t->data = data;
+    t->grad = NULL;
+    t->ctx = ctx;
+    t->numel = n;
+    t->ndim = ndim;
+    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
+    t->dtype = dt;
+    t->flags = 0;
+    t->node = -1;
+    t->grad_store = NULL;
+    t->name = "";
+    t->gen = ctx->gen;
+}
+/* tgi_tensor_new without the checks, inline, for a shape known to be valid
+ * (an input's, say) with numel n: the new temporary, data uninitialised, or
+ * NULL with the out-of-memory error recorded (naming ctx->api). */
+static inline tg_tensor *tgi_tensor_make(tg_ctx *ctx, tg_dtype dt, int ndim,
+                                         const int64_t *shape, int64_t n) {
+    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    unsigned char *mem = tgi_arena_alloc(ctx, head + (size_t)n * (dt == TG_F64 ? 8u : 4u));
+    if (!mem) return NULL;
+    tg_tensor *t = (tg_tensor *)(void *)mem;
+    tgi_tensor_init(t, ctx, mem + head, dt, ndim, shape, n);
+    return t;
+}
 int64_t tgi_numel(int ndim, const int64_t *shape);
 static inline size_t tgi_bytes(const tg_tensor *t) {
     return (size_t)t->numel * tg_dtype_size(t->dtype);

@@ -265,7 +265,8 @@ static inline void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
         zero_grad_par(ctx, g, t);
 }
 
-void *tg_grad_acc(tg_tensor *t) {
+/* tg_grad_acc for a tensor that has no gradient yet (internal.h has the rest) */
+void *tgi_grad_acc_new(tg_tensor *t) {
     if (!t) return NULL;
     if (t->grad) return t->grad;
     size_t bytes = tgi_bytes(t);
@@ -406,3 +407,5 @@ tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int 
     return tgi_op_run(ctx, op, out, inputs, n, attr, attr_size);
 }
 
+#undef tg_grad_acc /* the public function: internal.h maps the library's calls */
+void *tg_grad_acc(tg_tensor *t) { return tgi_grad_acc(t); }

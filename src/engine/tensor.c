@@ -33,7 +33,7 @@ int64_t tgi_numel(int ndim, const int64_t *shape) {
 }
 
 /* The error for a dtype, ndim or shape that check_shape refused; returns -1. */
-static int64_t shape_error(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+static __attribute__((noinline, cold)) int64_t shape_error(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
                            const int64_t *shape) {
     if ((unsigned)dt > TG_I32) {
         tg_set_error(ctx, "%s: invalid dtype %d", fn, (int)dt);
@@ -64,31 +64,21 @@ static inline int64_t check_shape(tg_ctx *ctx, const char *fn, tg_dtype dt, int 
     return n;
 }
 
-tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
-                          const int64_t *shape, int zero) {
+/* tgi_tensor_new's body, inline in this file's public functions */
+static inline tg_tensor *tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                                    const int64_t *shape, int zero) {
     tgi_api(ctx, fn);
     int64_t n = check_shape(ctx, fn, dt, ndim, shape);
     if (n < 0) return NULL;
-    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
-    const size_t bytes = (size_t)n * (dt == TG_F64 ? 8u : 4u);
-    unsigned char *mem = tgi_arena_alloc(ctx, head + bytes);
-    if (!mem) return NULL;
-    tg_tensor *t = (tg_tensor *)mem;
-    t->data = mem + head;
-    t->grad = NULL;
-    t->ctx = ctx;
-    t->numel = n;
-    t->ndim = ndim;
-    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = 1;
-    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
-    t->dtype = dt;
-    t->flags = 0;
-    t->node = -1;
-    t->grad_store = NULL;
-    t->name = "";
-    t->gen = ctx->gen;
-    if (zero && bytes) memset(t->data, 0, bytes);
+    tg_tensor *t = tgi_tensor_make(ctx, dt, ndim, shape, n);
+    if (!t) return NULL;
+    if (zero && n) memset(t->data, 0, tgi_bytes(t));
     return t;
+}
+
+tg_tensor *tgi_tensor_new(tg_ctx *ctx, const char *fn, tg_dtype dt, int ndim,
+                          const int64_t *shape, int zero) {
+    return tensor_new(ctx, fn, dt, ndim, shape, zero);
 }
 
 tg_tensor *tg_new(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape) {
@@ -104,7 +94,7 @@ tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, con
         tg_set_error(ctx, "tg_from: data is NULL");
         return NULL;
     }
-    tg_tensor *t = tgi_tensor_new(ctx, "tg_from", dt, ndim, shape, 0);
+    tg_tensor *t = tensor_new(ctx, "tg_from", dt, ndim, shape, 0);
     if (!t) return NULL;
     t->flags |= TGI_LEAF;
     if (t->numel) memcpy(t->data, data, tgi_bytes(t));
@@ -168,17 +158,11 @@ tg_tensor *tg_param(tg_ctx *ctx, const char *name, tg_dtype dt, int ndim, const 
     memcpy(nm, name, nlen);
     memset(block, 0, 2 * padded);
     memset(t, 0, sizeof *t);
-    t->data = block;
+    tgi_tensor_init(t, ctx, block, dt, ndim, shape, n);
     t->grad_store = block + padded;
-    t->grad = NULL;
-    t->ctx = ctx;
-    t->numel = n;
-    t->ndim = ndim;
-    for (int i = 0; i < TG_MAX_DIMS; i++) t->shape[i] = i < ndim ? shape[i] : 1;
-    t->dtype = dt;
     t->flags = TGI_LEAF | TGI_PARAM | TGI_REQ_GRAD;
-    t->node = -1;
     t->name = nm;
+    t->gen = 0; /* a parameter outlives every tg_reset */
     ctx->params[ctx->n_params++] = t;
     ctx->param_bytes += 2 * padded;
     return t;
@@ -223,7 +207,8 @@ void tg_set_requires_grad(tg_tensor *t, int on) {
 int tg_requires_grad(const tg_tensor *t) { return t && (t->flags & TGI_REQ_GRAD) ? 1 : 0; }
 
 void *tg_data(const tg_tensor *t) { return t ? t->data : NULL; }
-void *tg_grad(const tg_tensor *t) { return t ? t->grad : NULL; }
+#undef tg_grad /* the public function: internal.h maps the library's calls */
+void *tg_grad(const tg_tensor *t) { return tgi_grad(t); }
 int tg_ndim(const tg_tensor *t) { return t ? t->ndim : 0; }
 const int64_t *tg_shape(const tg_tensor *t) { return t ? t->shape : NULL; }
 int64_t tg_numel(const tg_tensor *t) { return t ? t->numel : 0; }

@@ -259,7 +259,9 @@ tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     tg_tensor *h = x;
     for (int l = 0; l < m->n_layers; l++) {
         tg_act act = l == m->n_layers - 1 ? TG_ACT_NONE : m->act;
-        if (!check_dense(ctx, fn, &m->layer[l], h, act)) return NULL;
+        /* x is the caller's; a later layer's input is the output of the layer
+         * before it, which tgi_linear_wt checks again against its weight */
+        if (l == 0 && !check_dense(ctx, fn, &m->layer[l], h, act)) return NULL;
         h = tgi_linear_wt(ctx, fn, h, m->layer[l].weight, m->layer[l].bias, act);
     }
     return h;

@@ -290,10 +290,12 @@ static inline void flush_subnormals_end(fp_mode m) {
 #endif
 }
 
-/* fn(k, p, st, lo, hi) over [0, n): in the caller's thread below
- * tgi_threads_for's threshold (the pool not touched), else contiguous
- * ranges on the context's threads (TGI_PAR_RUN); each with subnormals
- * flushed (above). */
+/* fn(k, p, st, lo, hi) over [0, n): a parameter below TGI_PAR_MIN elements
+ * at once in the caller's thread, whose sweep loop (tg_optim_step,
+ * tg_sgd_step) has set the flushing mode once for all its parameters; a
+ * larger one through TGI_PAR_RUN (in the caller's thread below
+ * tgi_threads_for's threshold, else contiguous ranges on the context's
+ * threads), each range with subnormals flushed in the thread that runs it. */
 typedef struct upd_k upd_k;
 typedef void (*upd_fn)(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo, int64_t hi);
 typedef struct {
@@ -309,7 +311,10 @@ TGI_PAR_FN void upd_range(void *arg, int64_t lo, int64_t hi) {
     flush_subnormals_end(m);
 }
 static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
-    TGI_PAR_RUN(ctx, p->numel, upd_range, &(upd_job){fn, k, p, st});
+    if (p->numel < TGI_PAR_MIN)
+        fn(k, p, st, 0, p->numel);
+    else
+        TGI_PAR_RUN(ctx, p->numel, upd_range, &(upd_job){fn, k, p, st});
 }
 
 /* The scalars of one update, in double (each kernel rounds them to T once). */
@@ -324,6 +329,20 @@ struct upd_k {
  *   mu != 0:  b = d at t = 1, else b = mu b + (1 - dampening) d
  *             d = d + mu b (nesterov) or d = b
  *   p = p - lr d                                                              */
+/* mu = 0: the whole rule is one line (a function of its own, so that the
+ * small parameters of a tiny network pay for nothing else) */
+TGI_AVX2_CLONES static void sgd_plain_range(const upd_k *k, tg_tensor *p, void *const *st,
+                                        int64_t lo, int64_t hi) {
+    (void)st;
+    TGI_FLOAT_DISPATCH(p->dtype, {
+        T *restrict x = p->data;
+        const T *restrict g = p->grad;
+        const T lr = (T)k->o->lr, wd = (T)k->o->weight_decay;
+        for (int64_t i = lo; i < hi; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
+    });
+}
+
+/* mu != 0 */
 TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                   int64_t hi) {
     const tg_optim_opts *o = k->o;
@@ -331,12 +350,10 @@ TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const 
     TGI_FLOAT_DISPATCH(p->dtype, {
         T *restrict x = p->data;
         const T *restrict g = p->grad;
-        T *restrict b = st ? st[0] : NULL;
+        T *restrict b = st[0];
         const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
         const T damp1 = (T)(1.0 - o->dampening);
-        if (o->momentum == 0.0) {
-            for (int64_t i = lo; i < hi; i++) x[i] = x[i] - lr * (g[i] + wd * x[i]);
-        } else if (t == 1 && o->nesterov) {
+        if (t == 1 && o->nesterov) {
             for (int64_t i = lo; i < hi; i++) {
                 T d = g[i] + wd * x[i];
                 b[i] = d;
@@ -488,6 +505,7 @@ int tg_optim_step(tg_optim *opt) {
     if (!opt) return -1;
     if (!tg_ok(opt->ctx)) return -1;
     const tg_optim_opts *o = &opt->o;
+    const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     for (int i = 0; i < opt->n; i++) {
         tg_tensor *p = opt->params[i];
         if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
@@ -496,7 +514,7 @@ int tg_optim_step(tg_optim *opt) {
         upd_k k = {o, t, 0.0, 0.0};
         upd_fn fn = NULL;
         switch (o->kind) {
-        case TG_OPT_SGD: fn = sgd_range; break;
+        case TG_OPT_SGD: fn = o->momentum == 0.0 ? sgd_plain_range : sgd_range; break;
         case TG_OPT_RMSPROP: fn = rmsprop_range; break;
         case TG_OPT_ADAM:
         case TG_OPT_ADAMW:
@@ -508,6 +526,7 @@ int tg_optim_step(tg_optim *opt) {
         }
         if (fn) par_ranges(opt->ctx, fn, &k, p, st);
     }
+    flush_subnormals_end(fm);
     opt->nsteps++;
     return 0;
 }
@@ -550,10 +569,12 @@ int tg_sgd_step(tg_ctx *ctx, double lr) {
     memset(&o, 0, sizeof o);
     o.lr = lr;
     const upd_k k = {&o, 1, 0.0, 0.0};
+    const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     for (int i = 0; i < ctx->n_params; i++) {
         tg_tensor *p = ctx->params[i];
         if (p->grad && (p->flags & TGI_REQ_GRAD)) par_ranges(ctx, gd_range, &k, p, NULL);
     }
+    flush_subnormals_end(fm);
     return 0;
 }
 
