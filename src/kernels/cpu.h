@@ -22,9 +22,10 @@ typedef enum {
  * none), and the two choices. */
 typedef struct {
     const void *set[TGI_ISA_COUNT];
-    _Atomic(const void *) *chosen; /* automatic, made once (idempotent, so a race
-                                      between two first callers stores it twice) */
-    _Atomic(const void *) *forced; /* NULL, or the set forced by tgi_isa_force */
+    _Atomic(const void *) *chosen; /* the automatic choice, NULL until made (made
+                                      idempotently: two first callers store the
+                                      same set) */
+    _Atomic(const void *) *forced; /* the set tgi_isa_force forced, or NULL */
 } tgi_isa_sets;
 
 /* Defines, in a dispatcher, the static tgi_isa_sets NAME over the family's three
