@@ -51,17 +51,29 @@
 #define VM_C(c) V_SET1((T)(c))
 /* one Horner step: acc * x + c */
 #define VM_H(acc, x, c) V_FMA((acc), (x), VM_C(c))
-/* the polynomial with the coefficients of the array c, highest degree first, at x:
- * (..(c[0] x + c[1]) x + ..) x + c[n-1], the Horner steps unrolled (the same
- * instructions as written out one by one) */
-#define VM_POLY(x, c) VM_NAME(poly)((x), (c), (int)(sizeof(c) / sizeof((c)[0])))
-VM_INLINE V VM_NAME(poly)(V x, const T *c, int n)
-{
-    V acc = VM_C(c[0]);
-#pragma GCC unroll 16
-    for (int i = 1; i < n; i++) acc = VM_H(acc, x, c[i]);
-    return acc;
-}
+/* The polynomial with the coefficients c0, c1, .., highest degree first, at x:
+ * (..(c0 x + c1) x + ..) x + cn, for 5, 7, 9, 11 or 12 coefficients. The Horner
+ * steps are statements, one after the other, with constant coefficients: the
+ * compiler sees the program a chain of VM_H assignments would give it. */
+#define VM_POLY(x, ...) VM_CAT(VM_P, VM_NARGS(__VA_ARGS__))((x), __VA_ARGS__)
+#define VM_NARGS(...) VM_NARGS_(__VA_ARGS__, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define VM_NARGS_(a, b, c, d, e, f, g, h, i, j, k, l, n, ...) n
+/* H = acc, then H = H x + a (and H = H x + b): Horner steps as statements */
+#define VM_HORNER1(H, acc, x, a) __extension__({ V H = (acc); H = VM_H(H, x, a); H; })
+#define VM_HORNER(H, acc, x, a, b)                                                         \
+    __extension__({                                                                        \
+        V H = (acc);                                                                       \
+        H = VM_H(H, x, a);                                                                 \
+        H = VM_H(H, x, b);                                                                 \
+        H;                                                                                 \
+    })
+#define VM_P5(x, a, b, c, d, e) VM_HORNER(p5_, VM_HORNER(p3_, VM_C(a), x, b, c), x, d, e)
+#define VM_P7(x, a, b, c, d, e, f, g) VM_HORNER(p7_, VM_P5(x, a, b, c, d, e), x, f, g)
+#define VM_P9(x, a, b, c, d, e, f, g, h, i) VM_HORNER(p9_, VM_P7(x, a, b, c, d, e, f, g), x, h, i)
+#define VM_P11(x, a, b, c, d, e, f, g, h, i, j, k)                                         \
+    VM_HORNER(p11_, VM_P9(x, a, b, c, d, e, f, g, h, i), x, j, k)
+#define VM_P12(x, a, b, c, d, e, f, g, h, i, j, k, l)                                      \
+    VM_HORNER1(p12_, VM_P11(x, a, b, c, d, e, f, g, h, i, j, k), x, l)
 
 /* ---- constants ----------------------------------------------------------------- */
 #if TMPL_F64
@@ -129,18 +141,15 @@ VM_INLINE V VM_NAME(exp_v)(V x)
     r = V_FNMA(kf, VM_C(VM_LN2LO), r);
     const V r2 = V_MUL(r, r);
 #if TMPL_F64
-    static const T q_c[] = {
+    const V q = VM_POLY(r,
         0x1.1e3d35fd21eadp-29, 0x1.af6bda7c84d9bp-26, 0x1.27e5b43375de1p-22,
         0x1.71ddf028587fep-19, 0x1.a01a01369f9c9p-16, 0x1.a01a01b37b43ep-13,
         0x1.6c16c16c30439p-10, 0x1.111111110ec65p-7, 0x1.5555555555503p-5,
-        0x1.555555555555bp-3, 0x1p-1
-    };
-    const V q = VM_POLY(r, q_c);
+        0x1.555555555555bp-3, 0x1p-1);
 #else
-    static const T q_c[] = {
-        0x1.6a244cp-10f, 0x1.1239d4p-7f, 0x1.5558f2p-5f, 0x1.555492p-3f, 0x1.fffffcp-2f
-    };
-    const V q = VM_POLY(r, q_c);
+    const V q = VM_POLY(r,
+        0x1.6a244cp-10f, 0x1.1239d4p-7f, 0x1.5558f2p-5f, 0x1.555492p-3f,
+        0x1.fffffcp-2f);
 #endif
     const V p = V_ADD(V_FMA(q, r2, r), VM_C(1)); /* e^r */
     const VI k = I_SUB(V_AS_I(z), V_AS_I(shift));
@@ -177,22 +186,18 @@ VM_INLINE V VM_NAME(log_core)(V x, V ebias)
 #if TMPL_F64
     const V s = V_DIV(f, V_ADD(VM_C(2), f));
     const V z = V_MUL(s, s);
-    static const T q_c[] = {
+    const V q = VM_POLY(z,
         0x1.2f056376f3d8p-3, 0x1.39a1bab906fe1p-3, 0x1.74663ee859683p-3,
         0x1.c71c52095d94cp-3, 0x1.24924941f1243p-2, 0x1.999999997fdb7p-2,
-        0x1.5555555555592p-1
-    };
-    const V q = VM_POLY(z, q_c);
+        0x1.5555555555592p-1);
     const V R = V_MUL(z, q);
     const V hfsq = V_MUL(VM_C(0.5), V_MUL(f, f));
     const V t = V_FMA(s, V_ADD(hfsq, R), V_MUL(e, VM_C(VM_LN2LO)));
     return V_FMA(e, VM_C(VM_LN2HI), V_SUB(f, V_SUB(hfsq, t)));
 #else
-    static const T q_c[] = {
-        -0x1.38b586p-4f, 0x1.055b6cp-3f, -0x1.0d8542p-3f, 0x1.22da1cp-3f, -0x1.547244p-3f,
-        0x1.99a008p-3f, -0x1.000226p-2f, 0x1.555554p-2f, -0.5f
-    };
-    const V q = VM_POLY(f, q_c); /* -1/2 + f P(f) */
+    const V q = VM_POLY(f, /* -1/2 + f P(f) */
+        -0x1.38b586p-4f, 0x1.055b6cp-3f, -0x1.0d8542p-3f, 0x1.22da1cp-3f,
+        -0x1.547244p-3f, 0x1.99a008p-3f, -0x1.000226p-2f, 0x1.555554p-2f, -0.5f);
     const V corr = V_MUL(V_MUL(f, f), q);         /* -f^2/2 + f^3 P(f) */
     const V lo = V_FMA(e, VM_C(VM_LN2LO), corr);
     return V_FMA(e, VM_C(VM_LN2HI), V_ADD(f, lo)); /* e LN2HI is exact */
@@ -233,18 +238,15 @@ VM_INLINE V VM_NAME(tanh_v)(V x)
     const V yb = V_FNMA(VM_C(2), V_DIV(t, V_ADD(one, t)), one); /* 1 - 2t/(1+t) */
     const V u = V_MUL(ax, ax);
 #if TMPL_F64
-    static const T q_c[] = {
+    const V q = VM_POLY(u,
         -0x1.0da7279d1ed4cp-16, 0x1.4391213d2ed2dp-14, -0x1.df5579a5ac83ap-13,
         0x1.336612e39aab5p-11, -0x1.7d68a32fcd288p-10, 0x1.d6cf280ecc42dp-9,
         -0x1.226e162bf7af9p-7, 0x1.664f477adac7ep-6, -0x1.ba1ba1b5064bp-5,
-        0x1.111111110accdp-3, -0x1.55555555554ffp-2
-    };
-    const V q = VM_POLY(u, q_c);
+        0x1.111111110accdp-3, -0x1.55555555554ffp-2);
 #else
-    static const T q_c[] = {
-        -0x1.75e1cep-8f, 0x1.52269cp-6f, -0x1.b83c5ap-5f, 0x1.110726p-3f, -0x1.555532p-2f
-    };
-    const V q = VM_POLY(u, q_c);
+    const V q = VM_POLY(u,
+        -0x1.75e1cep-8f, 0x1.52269cp-6f, -0x1.b83c5ap-5f, 0x1.110726p-3f,
+        -0x1.555532p-2f);
 #endif
     const V ys = V_FMA(V_MUL(ax, u), q, ax);
     return V_OR(V_SEL(V_LT(ax, VM_C(VM_TANH_CUT)), ys, yb), sgn);
@@ -287,12 +289,10 @@ VM_INLINE V VM_NAME(gelu_v)(V x, V *d)
     const V one = VM_C(1), half = VM_C(0.5f);
     const V a = V_MIN(VM_C(15), V_ANDNOT(VM_C(-0.0f), x)); /* NaN stays NaN */
     const V q = V_DIV(V_SUB(a, VM_C(0x1.6a09e6p+1f)), V_ADD(a, VM_C(0x1.6a09e6p+1f)));
-    static const T p_c[] = {
+    const V p = VM_POLY(q, /* G(a) - 1, small: its rounding errors are too */
         0x1.4fbe68p-14f, 0x1.666166p-13f, -0x1.a3aebep-12f, -0x1.74c48cp-10f,
-        0x1.482ba0p-10f, 0x1.1d6382p-7f, -0x1.072562p-7f, -0x1.bc270ap-5f, 0x1.4ff9f8p-3f,
-        -0x1.5407d0p-3f, -0x1.7bf5eap-4f, 0x1.1ba038p-2f
-    };
-    const V p = VM_POLY(q, p_c); /* G(a) - 1, small: its rounding errors are too */
+        0x1.482ba0p-10f, 0x1.1d6382p-7f, -0x1.072562p-7f, -0x1.bc270ap-5f,
+        0x1.4ff9f8p-3f, -0x1.5407d0p-3f, -0x1.7bf5eap-4f, 0x1.1ba038p-2f);
     /* a^2 = s + t exactly: a = ah + al with 12 significant bits each */
     const V ah = I_AS_V(I_AND(V_AS_I(a), I_SET1((int32_t)-4096)));
     const V al = V_SUB(a, ah);
@@ -460,6 +460,15 @@ VM_FUNC void VM_NAME(adam)(T *p, const T *g, T *m, T *v, int64_t n, double lr_t,
 #undef VM_BWD
 #undef VM_H
 #undef VM_POLY
+#undef VM_NARGS
+#undef VM_NARGS_
+#undef VM_HORNER1
+#undef VM_HORNER
+#undef VM_P5
+#undef VM_P7
+#undef VM_P9
+#undef VM_P11
+#undef VM_P12
 #undef VM_C
 #undef VM_FUNC
 #undef VM_INLINE
