@@ -1681,44 +1681,66 @@ static tg_dataset *load_for_model(tg_ctx *ctx, const options *o, const model *md
     return ds;
 }
 
-static int cmd_eval(options *o) {
-    int rc = 1;
-    tg_ctx *ctx = tg_ctx_new(1);
-    if (!ctx) return report(NULL);
-    if (o->threads) tg_set_threads(ctx, (int)o->threads);
+/* What eval and predict work on: a context, the model and the data set
+ * prepared for it. */
+typedef struct {
+    tg_ctx *ctx;
     model md;
-    tg_dataset *ds = NULL;
+    tg_dataset *ds;
+} model_run;
+
+/* Opens o->model and o->data (with labels when need_labels) in a new context.
+ * 0 ok; -1 no context (nothing to close); 1 failed, the error is in r->ctx
+ * (close r all the same). */
+static int run_open(model_run *r, const options *o, int need_labels) {
+    r->ds = NULL;
+    r->ctx = tg_ctx_new(1);
+    if (!r->ctx) return -1;
+    if (o->threads) tg_set_threads(r->ctx, (int)o->threads);
+    if (model_load(r->ctx, o->model, &r->md)) return 1;
+    r->ds = load_for_model(r->ctx, o, &r->md, need_labels);
+    return r->ds ? 0 : 1;
+}
+
+static void run_close(model_run *r) {
+    model_free(&r->md);
+    tg_dataset_free(r->ds);
+    tg_ctx_free(r->ctx);
+}
+
+static int cmd_eval(options *o) {
+    model_run r;
     int64_t *cm = NULL;
     sbuf json = {0};
     double t0 = now();
-    if (model_load(ctx, o->model, &md)) goto fail;
-    ds = load_for_model(ctx, o, &md, 1);
-    if (!ds) goto fail;
-    int classes = (int)md.widths[md.n_widths - 1];
+    int rc = run_open(&r, o, 1);
+    if (rc < 0) return report(NULL);
+    if (rc) goto fail;
+    int classes = (int)r.md.widths[r.md.n_widths - 1];
     cm = calloc((size_t)classes * (size_t)classes, sizeof *cm);
     if (!cm) {
-        tg_set_error(ctx, "out of memory for a %dx%d confusion matrix", classes, classes);
+        tg_set_error(r.ctx, "out of memory for a %dx%d confusion matrix", classes, classes);
         goto fail;
     }
     double loss, acc;
-    if (evaluate(ctx, &md.mlp, ds, classes, &loss, &acc, cm)) goto fail;
+    if (evaluate(r.ctx, &r.md.mlp, r.ds, classes, &loss, &acc, cm)) goto fail;
     double seconds = now() - t0;
     if (!o->quiet) {
         printf("model %s: ", o->model);
         sbuf w = {0};
-        widths_str(&w, md.widths, md.n_widths, "-");
-        printf("%s %s\n", w.p ? w.p : "?", md.n_widths > 2 ? ACT_NAMES[md.act] : "(softmax regression)");
+        widths_str(&w, r.md.widths, r.md.n_widths, "-");
+        printf("%s %s\n", w.p ? w.p : "?", r.md.n_widths > 2 ? ACT_NAMES[r.md.act] : "(softmax regression)");
         free(w.p);
-        printf("data %s: %lld samples\n", o->data, (long long)ds->n);
+        printf("data %s: %lld samples\n", o->data, (long long)r.ds->n);
         printf("loss %.4f  accuracy %.4f (%lld of %lld)\n\n", loss, acc,
-               (long long)llround(acc * (double)ds->n), (long long)ds->n);
+               (long long)llround(acc * (double)r.ds->n), (long long)r.ds->n);
         printf("confusion matrix (rows: true class, columns: predicted):\n");
         tg_confusion_print(stdout, cm, classes);
-        for (int c = 0; c < md.names.n; c++) printf("%sclass %d: %s", c ? ", " : "\n", c, md.names.name[c]);
-        if (md.names.n) printf("\n");
+        for (int c = 0; c < r.md.names.n; c++) printf("%sclass %d: %s", c ? ", " : "\n", c, r.md.names.name[c]);
+        if (r.md.names.n) printf("\n");
     }
     if (o->json) {
-        sb_printf(&json, "{\"command\":\"eval\",\"samples\":%lld,\"test_loss\":", (long long)ds->n);
+        sb_printf(&json, "{\"command\":\"eval\",\"samples\":%lld,\"test_loss\":", (long long)r.ds->n);
         sb_json_num(&json, loss);
         sb_printf(&json, ",\"test_accuracy\":");
         sb_json_num(&json, acc);
@@ -1731,7 +1753,7 @@ static int cmd_eval(options *o) {
         }
         sb_printf(&json, "]}");
         if (json.oom) {
-            tg_set_error(ctx, "out of memory");
+            tg_set_error(r.ctx, "out of memory");
             goto fail;
         }
         printf("%s\n", json.p);
@@ -1739,35 +1761,28 @@ static int cmd_eval(options *o) {
     rc = 0;
     goto done;
 fail:
-    rc = report(ctx);
+    rc = report(r.ctx);
 done:
-    fflush(stdout);
     free(json.p);
     free(cm);
-    model_free(&md);
-    tg_dataset_free(ds);
-    tg_ctx_free(ctx);
+    fflush(stdout);
+    run_close(&r);
     return rc;
 }
 
 static int cmd_predict(options *o) {
-    int rc = 1;
-    tg_ctx *ctx = tg_ctx_new(1);
-    if (!ctx) return report(NULL);
-    if (o->threads) tg_set_threads(ctx, (int)o->threads);
-    model md;
-    tg_dataset *ds = NULL;
-    if (model_load(ctx, o->model, &md)) goto fail;
-    ds = load_for_model(ctx, o, &md, 0);
-    if (!ds) goto fail;
-    int64_t classes = md.widths[md.n_widths - 1];
-    int prev = tg_no_grad(ctx, 1);
-    for (int64_t s = 0; s < ds->n && tg_ok(ctx); s += EVAL_BATCH) {
-        int64_t m = ds->n - s < EVAL_BATCH ? ds->n - s : EVAL_BATCH;
-        tg_tensor *x = tg_from(ctx, TG_F32, 2, (const int64_t[]){m, ds->n_features},
-                               ds->x + s * ds->n_features);
-        tg_tensor *logits = tg_mlp_forward(ctx, &md.mlp, x);
-        if (o->proba) logits = tg_softmax(ctx, logits);
+    model_run r;
+    int rc = run_open(&r, o, 0);
+    if (rc < 0) return report(NULL);
+    if (rc) goto fail;
+    int64_t classes = r.md.widths[r.md.n_widths - 1];
+    int prev = tg_no_grad(r.ctx, 1);
+    for (int64_t s = 0; s < r.ds->n && tg_ok(r.ctx); s += EVAL_BATCH) {
+        int64_t m = r.ds->n - s < EVAL_BATCH ? r.ds->n - s : EVAL_BATCH;
+        tg_tensor *x = tg_from(r.ctx, TG_F32, 2, (const int64_t[]){m, r.ds->n_features},
+                               r.ds->x + s * r.ds->n_features);
+        tg_tensor *logits = tg_mlp_forward(r.ctx, &r.md.mlp, x);
+        if (o->proba) logits = tg_softmax(r.ctx, logits);
         if (!logits) break;
         const float *z = tg_data(logits);
         for (int64_t i = 0; o->proba && i < m; i++)
@@ -1777,25 +1792,23 @@ static int cmd_predict(options *o) {
             int64_t best = 0; /* argmax, the first on ties */
             for (int64_t c = 1; c < classes; c++)
                 if (z[i * classes + c] > z[i * classes + best]) best = c;
-            if (md.names.n) printf("%s\n", md.names.name[best]);
+            if (r.md.names.n) printf("%s\n", r.md.names.name[best]);
             else printf("%lld\n", (long long)best);
         }
-        tg_reset(ctx);
+        tg_reset(r.ctx);
     }
-    tg_no_grad(ctx, prev);
-    if (!tg_ok(ctx)) goto fail;
+    tg_no_grad(r.ctx, prev);
+    if (!tg_ok(r.ctx)) goto fail;
     rc = 0;
     goto done;
 fail:
-    rc = report(ctx);
+    rc = report(r.ctx);
 done:
     if (fflush(stdout) != 0 && rc == 0) {
         fprintf(stderr, PROG ": error writing the predictions: %s\n", strerror(errno));
         rc = 1;
     }
-    model_free(&md);
-    tg_dataset_free(ds);
-    tg_ctx_free(ctx);
+    run_close(&r);
     return rc;
 }
 

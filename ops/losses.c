@@ -92,25 +92,35 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
         set_scalar((c)->out, sum * inv_count(p->numel));                               \
     } while (0)
 
-/* Its backward: dp += TERM, dt -= TERM, each input under its own `if`; TERM
- * of d and g, the seed over N (nothing when no gradient reached the loss). */
-#define DIFF_LOSS_BACKWARD(c, TERM)                                                    \
+/* The backward of an elementwise loss of a = in[0] and b = in[1] (n elements
+ * each): BODY, inside TGI_FLOAT_DISPATCH, with pa, pb (their data), da, db
+ * (their gradient buffers, NULL where no gradient is needed) and g (the seed
+ * over n) in scope; nothing when no gradient reached the loss. */
+#define PAIR_LOSS_BACKWARD(c, ...)                                                     \
     do {                                                                               \
-        tg_tensor *p = (c)->in[0], *t = (c)->in[1];                                    \
+        tg_tensor *a_ = (c)->in[0], *b_ = (c)->in[1];                                  \
+        const int64_t n = a_->numel;                                                   \
         double g;                                                                      \
-        if (seed_over((c), p->numel, &g))                                              \
-            DIFF_LOSS_ADD(p, t, TERM);                                                 \
+        if (!seed_over((c), n, &g))                                                    \
+            break;                                                                     \
+        TGI_FLOAT_DISPATCH(a_->dtype, {                                                \
+            const T *pa = a_->data, *pb = b_->data;                                    \
+            T *da = tgi_needs_grad(a_) ? tg_grad_acc(a_) : NULL;                       \
+            T *db = tgi_needs_grad(b_) ? tg_grad_acc(b_) : NULL;                       \
+            __VA_ARGS__                                                                \
+        });                                                                            \
     } while (0)
-#define DIFF_LOSS_ADD(p, t, TERM)                                                      \
-    TGI_FLOAT_DISPATCH((p)->dtype, {                                                   \
-        const T *pp_ = (p)->data, *pt_ = (t)->data;                                    \
+
+/* Its form for a loss whose term depends on d = p - t only: dp += TERM,
+ * dt -= TERM, each input under its own `if`; TERM of d and g. */
+#define DIFF_LOSS_BACKWARD(c, TERM)                                                    \
+    PAIR_LOSS_BACKWARD(c, {                                                            \
         for (int k_ = 0; k_ < 2; k_++) {                                               \
-            tg_tensor *in_ = k_ ? (t) : (p);                                           \
-            T *dd_ = tgi_needs_grad(in_) ? (T *)tg_grad_acc(in_) : NULL;               \
+            T *dd_ = k_ ? db : da;                                                     \
             if (!dd_)                                                                  \
                 continue;                                                              \
-            for (int64_t i = 0; i < (p)->numel; i++) {                                 \
-                const double d = (double)pp_[i] - (double)pt_[i];                      \
+            for (int64_t i = 0; i < n; i++) {                                          \
+                const double d = (double)pa[i] - (double)pb[i];                        \
                 if (k_)                                                                \
                     dd_[i] -= (T)(TERM);                                               \
                 else                                                                   \
@@ -214,32 +224,22 @@ static double bce_sum(const tg_tensor *p, const tg_tensor *t)
 PAIR_LOSS_FORWARD(bce)
 
 /* d bce/dp = (q - t) / (q (1 - q)) / N inside the clamp, 0 outside;
- * d bce/dt = (log(1 - q) - log q) / N */
+ * d bce/dt = (log(1 - q) - log q) / N  (p, t: a and b of PAIR_LOSS_BACKWARD) */
 static void bce_backward(tg_op_call *c)
 {
-    tg_tensor *p = c->in[0], *t = c->in[1];
-    const double lo = bce_eps(p->dtype), hi = 1 - lo;
-    double g;
-    if (!seed_over(c, p->numel, &g)) return;
-    TGI_FLOAT_DISPATCH(p->dtype, {
-        const T *pp = p->data, *pt = t->data;
-        if (tgi_needs_grad(p)) {
-            T *dp = tg_grad_acc(p);
-            if (dp)
-                for (int64_t i = 0; i < p->numel; i++) {
-                    const double v = (double)pp[i], tv = (double)pt[i];
-                    if (v >= lo && v <= hi) dp[i] += (T)(g * (v - tv) / (v * (1 - v)));
-                }
-        }
-        if (tgi_needs_grad(t)) {
-            T *dt = tg_grad_acc(t);
-            if (dt)
-                for (int64_t i = 0; i < t->numel; i++) {
-                    const double v = (double)pp[i];
-                    const double q = v < lo ? lo : v > hi ? hi : v;
-                    dt[i] += (T)(g * (log1p(-q) - log(q)));
-                }
-        }
+    const double lo = bce_eps(c->in[0]->dtype), hi = 1 - lo;
+    PAIR_LOSS_BACKWARD(c, {
+        if (da)
+            for (int64_t i = 0; i < n; i++) {
+                const double v = (double)pa[i], tv = (double)pb[i];
+                if (v >= lo && v <= hi) da[i] += (T)(g * (v - tv) / (v * (1 - v)));
+            }
+        if (db)
+            for (int64_t i = 0; i < n; i++) {
+                const double v = (double)pa[i];
+                const double q = v < lo ? lo : v > hi ? hi : v;
+                db[i] += (T)(g * (log1p(-q) - log(q)));
+            }
     });
 }
 
@@ -284,31 +284,21 @@ static double bce_with_logits_sum(const tg_tensor *x, const tg_tensor *t)
 }
 PAIR_LOSS_FORWARD(bce_with_logits)
 
-/* d/dx = (sigmoid(x) - t) / N, d/dt = -x / N */
+/* d/dx = (sigmoid(x) - t) / N, d/dt = -x / N  (x, t: a and b) */
 static void bce_with_logits_backward(tg_op_call *c)
 {
-    tg_tensor *x = c->in[0], *t = c->in[1];
-    double g;
-    if (!seed_over(c, x->numel, &g)) return;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *px = x->data, *pt = t->data;
-        if (tgi_needs_grad(x)) {
-            T *dx = tg_grad_acc(x);
-            if (dx)
-                for (int64_t i0 = 0; i0 < x->numel; i0 += VBLOCK) { /* s = sigmoid(x) */
-                    const int64_t nb = x->numel - i0 < VBLOCK ? x->numel - i0 : VBLOCK;
-                    double s[VBLOCK];
-                    for (int64_t j = 0; j < nb; j++) s[j] = (double)px[i0 + j];
-                    tgi_vsigmoid_f64(s, s, nb); /* overflow-free, as tg_sigmoid */
-                    for (int64_t j = 0; j < nb; j++)
-                        dx[i0 + j] += (T)(g * (s[j] - (double)pt[i0 + j]));
-                }
-        }
-        if (tgi_needs_grad(t)) {
-            T *dt = tg_grad_acc(t);
-            if (dt)
-                for (int64_t i = 0; i < t->numel; i++) dt[i] -= (T)(g * (double)px[i]);
-        }
+    PAIR_LOSS_BACKWARD(c, {
+        if (da)
+            for (int64_t i0 = 0; i0 < n; i0 += VBLOCK) { /* s = sigmoid(x) */
+                const int64_t nb = n - i0 < VBLOCK ? n - i0 : VBLOCK;
+                double s[VBLOCK];
+                for (int64_t j = 0; j < nb; j++) s[j] = (double)pa[i0 + j];
+                tgi_vsigmoid_f64(s, s, nb); /* overflow-free, as tg_sigmoid */
+                for (int64_t j = 0; j < nb; j++)
+                    da[i0 + j] += (T)(g * (s[j] - (double)pb[i0 + j]));
+            }
+        if (db)
+            for (int64_t i = 0; i < n; i++) db[i] -= (T)(g * (double)pa[i]);
     });
 }
 

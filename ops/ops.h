@@ -246,24 +246,59 @@ typedef struct {
     const T a0 = (T)(p)->a0, a1 = (T)(p)->a1;                                          \
     (void)a0, (void)a1
 
-/* The forward NAME_forward of a unary op: y[i] = EXPR for every element
- * (u = x[i]; a0, a1 the attributes), in contiguous chunks over threads
- * through the chunk function NAME_fwd_chunk it defines first. */
-#define UNARY_FORWARD_FN(NAME, EXPR)                                                   \
-    TGI_PAR_FN void NAME##_fwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
+/* The element loops of a unary op over [lo, hi), inside TGI_FLOAT_DISPATCH:
+ * y[i] = EXPR (u = x[i]), and dx[i] += EXPR (g = dy[i], u = x[i], w = y[i]). */
+#define UNARY_FWD_LOOP(y, x, lo, hi, EXPR)                                             \
+    do {                                                                               \
+        T *restrict py = (T *)(y);                                                     \
+        const T *restrict px = (const T *)(x);                                         \
+        for (int64_t i = (lo); i < (hi); i++) {                                        \
+            const T u = px[i];                                                         \
+            (void)u;                                                                   \
+            py[i] = (EXPR);                                                            \
+        }                                                                              \
+    } while (0)
+#define UNARY_BWD_LOOP(dxp, dyp, x, y, lo, hi, EXPR)                                   \
+    do {                                                                               \
+        T *restrict dx = (T *)(dxp);                                                   \
+        const T *restrict dy = (const T *)(dyp);                                       \
+        const T *restrict px = (const T *)(x);                                         \
+        const T *restrict py = (const T *)(y);                                         \
+        for (int64_t i = (lo); i < (hi); i++) {                                        \
+            const T g = dy[i], u = px[i], w = py[i];                                   \
+            (void)g, (void)u, (void)w;                                                 \
+            dx[i] += (EXPR);                                                           \
+        }                                                                              \
+    } while (0)
+
+/* The gradients a unary op's backward reads and writes: 1 with *dx (x's, to
+ * accumulate into) and *dy set when x needs a gradient and both exist, else 0. */
+static inline int tgi_unary_grads(tg_op_call *c, void **dx, const void **dy)
+{
+    if (!tgi_needs_grad(c->in[0]))
+        return 0;
+    *dx = tg_grad_acc(c->in[0]);
+    *dy = tg_grad(c->out);
+    return *dx && *dy;
+}
+
+/* A chunk function FN(arg, lo, hi) over a tgi_unary_arg: the statement
+ * LOOP with T, a0, a1 (the attributes) and p_ (the argument) in scope. */
+#define UNARY_CHUNK_FN(FN, ...)                                                        \
+    TGI_PAR_FN void FN(void *arg_, int64_t lo, int64_t hi)                             \
     {                                                                                  \
         const tgi_unary_arg *p_ = arg_;                                                \
         TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
             UNARY_CHUNK_ATTRS(p_);                                                     \
-            T *restrict py = (T *)p_->d;                                               \
-            const T *restrict px = (const T *)p_->x;                                   \
-            for (int64_t i = lo; i < hi; i++) {                                        \
-                const T u = px[i];                                                     \
-                (void)u;                                                               \
-                py[i] = (EXPR);                                                        \
-            }                                                                          \
+            __VA_ARGS__;                                                               \
         });                                                                            \
-    }                                                                                  \
+    }
+
+/* The forward NAME_forward of a unary op: y[i] = EXPR for every element
+ * (u = x[i]; a0, a1 the attributes), in contiguous chunks over threads
+ * through the chunk function NAME_fwd_chunk it defines first. */
+#define UNARY_FORWARD_FN(NAME, EXPR)                                                   \
+    UNARY_CHUNK_FN(NAME##_fwd_chunk, UNARY_FWD_LOOP(p_->d, p_->x, lo, hi, EXPR))      \
     static int NAME##_forward(tg_op_call *c)                                           \
     {                                                                                  \
         KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_fwd_chunk,                           \
@@ -275,31 +310,15 @@ typedef struct {
  * (g = dy[i], u = x[i], w = y[i]; a0, a1 the attributes) when x needs a
  * gradient, in chunks over threads through NAME_bwd_chunk. */
 #define UNARY_BACKWARD_FN(NAME, EXPR)                                                  \
-    TGI_PAR_FN void NAME##_bwd_chunk(void *arg_, int64_t lo, int64_t hi)              \
-    {                                                                                  \
-        const tgi_unary_arg *p_ = arg_;                                                \
-        TGI_FLOAT_DISPATCH(p_->dtype, {                                                \
-            UNARY_CHUNK_ATTRS(p_);                                                     \
-            T *restrict dx = (T *)p_->d;                                               \
-            const T *restrict dy = (const T *)p_->dy;                                  \
-            const T *restrict px = (const T *)p_->x;                                   \
-            const T *restrict py = (const T *)p_->y;                                   \
-            for (int64_t i = lo; i < hi; i++) {                                        \
-                const T g = dy[i], u = px[i], w = py[i];                               \
-                (void)g, (void)u, (void)w;                                             \
-                dx[i] += (EXPR);                                                       \
-            }                                                                          \
-        });                                                                            \
-    }                                                                                  \
+    UNARY_CHUNK_FN(NAME##_bwd_chunk,                                                   \
+                   UNARY_BWD_LOOP(p_->d, p_->dy, p_->x, p_->y, lo, hi, EXPR))          \
     static void NAME##_backward(tg_op_call *c)                                         \
     {                                                                                  \
-        if (!tgi_needs_grad(c->in[0]))                                                 \
-            return;                                                                    \
-        void *dx_ = tg_grad_acc(c->in[0]);                                             \
-        const void *dy_ = tg_grad(c->out);                                             \
-        if (!dx_ || !dy_)                                                              \
-            return;                                                                    \
-        KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_bwd_chunk, TGI_UNARY_ARG(c, dx_, dy_)); \
+        void *dx_;                                                                     \
+        const void *dy_;                                                               \
+        if (tgi_unary_grads(c, &dx_, &dy_))                                            \
+            KIT_PAR_RUN(c->ctx, c->out->numel, NAME##_bwd_chunk,                       \
+                        TGI_UNARY_ARG(c, dx_, dy_));                                   \
     }
 
 /* The same loops written inside a forward or backward of the file's own,
@@ -309,37 +328,19 @@ typedef struct {
 /* Inside TGI_FLOAT_DISPATCH, in a unary op's forward: y[i] = EXPR for every
  * element (u = x[i]). */
 #define UNARY_FORWARD(c, EXPR)                                                         \
-    do {                                                                               \
-        T *restrict py = (T *)(c)->out->data;                                          \
-        const T *restrict px = (const T *)(c)->in[0]->data;                            \
-        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
-            for (int64_t i = i0_; i < i1_; i++) {                                      \
-                const T u = px[i];                                                     \
-                (void)u;                                                               \
-                py[i] = (EXPR);                                                        \
-            }                                                                          \
-        });                                                                            \
-    } while (0)
+    TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_,                                \
+                   UNARY_FWD_LOOP((c)->out->data, (c)->in[0]->data, i0_, i1_, EXPR);)
 
 /* Inside TGI_FLOAT_DISPATCH, in a unary op's backward: dx[i] += EXPR for
  * every element (g = dy[i], u = x[i], w = y[i]) when x needs a gradient. */
 #define UNARY_BACKWARD(c, EXPR)                                                        \
     do {                                                                               \
-        if (!tgi_needs_grad((c)->in[0]))                                               \
-            break;                                                                     \
-        T *restrict dx = (T *)tg_grad_acc((c)->in[0]);                                 \
-        const T *restrict dy = (const T *)tg_grad((c)->out);                           \
-        const T *restrict px = (const T *)(c)->in[0]->data;                            \
-        const T *restrict py = (const T *)(c)->out->data;                              \
-        if (!dx || !dy)                                                                \
-            break;                                                                     \
-        TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_, {                          \
-            for (int64_t i = i0_; i < i1_; i++) {                                      \
-                const T g = dy[i], u = px[i], w = py[i];                               \
-                (void)g, (void)u, (void)w;                                             \
-                dx[i] += (EXPR);                                                       \
-            }                                                                          \
-        });                                                                            \
+        void *dx_;                                                                     \
+        const void *dy_;                                                               \
+        if (tgi_unary_grads((c), &dx_, &dy_))                                          \
+            TGI_PAR_CHUNKS((c)->ctx, (c)->out->numel, i0_, i1_,                        \
+                           UNARY_BWD_LOOP(dx_, dy_, (c)->in[0]->data, (c)->out->data,  \
+                                          i0_, i1_, EXPR););                           \
     } while (0)
 
 /* A unary op's whole forward and backward loops, the dtype dispatch

@@ -133,48 +133,12 @@ static size_t round_up_bytes(size_t n) { return (n + (WS_ALIGN - 1)) & ~(size_t)
  * Kernel dispatch: chosen once from the CPU's features (idempotent, so a race between
  * two first callers only writes the same pointer twice); tests may force a set. */
 
-static _Atomic(const tgi_gemm_impl *) g_auto_impl;
-static _Atomic(const tgi_gemm_impl *) g_forced_impl;
+#include "cpu.h"
 
-#if defined(__x86_64__)
-static int cpu_has_avx2(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
+TGI_ISA_SETS(g_sets, g_auto_impl, g_forced_impl, &tgi_gemm_impl_generic, &tgi_gemm_impl_avx2,
+             &tgi_gemm_impl_avx512);
 
-static int cpu_has_avx512(void)
-{
-#if defined(TGI_GEMM_EMULATE_AVX512)
-    return 1; /* verification build: the AVX-512 set runs on SIMDe (gemm_avx512.c) */
-#else
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
-#endif
-}
-#endif
-
-static const tgi_gemm_impl *detect_impl(void)
-{
-#if defined(__x86_64__)
-    if (cpu_has_avx512()) return &tgi_gemm_impl_avx512;
-    if (cpu_has_avx2()) return &tgi_gemm_impl_avx2;
-#endif
-    return &tgi_gemm_impl_generic;
-}
-
-static const tgi_gemm_impl *get_impl(void)
-{
-    const tgi_gemm_impl *f = atomic_load_explicit(&g_forced_impl, memory_order_acquire);
-    if (f) return f;
-    const tgi_gemm_impl *a = atomic_load_explicit(&g_auto_impl, memory_order_acquire);
-    if (!a) {
-        a = detect_impl();
-        atomic_store_explicit(&g_auto_impl, a, memory_order_release);
-    }
-    return a;
-}
+static const tgi_gemm_impl *get_impl(void) { return tgi_isa_pick(&g_sets); }
 
 #ifdef TG_USE_CBLAS
 /* With TG_USE_CBLAS the automatic choice is the installed CBLAS; a forced kernel
@@ -199,20 +163,7 @@ const char *tgi_gemm_kernel_name(void)
     return get_impl()->name;
 }
 
-void tgi_gemm_force_kernel(const char *name)
-{
-    const tgi_gemm_impl *want = NULL;
-    if (!name) {
-        atomic_store_explicit(&g_forced_impl, NULL, memory_order_release);
-        return;
-    }
-    if (strcmp(name, "generic") == 0) want = &tgi_gemm_impl_generic;
-#if defined(__x86_64__)
-    else if (strcmp(name, "avx2") == 0 && cpu_has_avx2()) want = &tgi_gemm_impl_avx2;
-    else if (strcmp(name, "avx512") == 0 && cpu_has_avx512()) want = &tgi_gemm_impl_avx512;
-#endif
-    if (want) atomic_store_explicit(&g_forced_impl, want, memory_order_release);
-}
+void tgi_gemm_force_kernel(const char *name) { tgi_isa_force(&g_sets, name); }
 
 /* ---------------------------------------------------------------------------------
  * One problem, described once for both paths. Pointers are bytes; strides elements. */

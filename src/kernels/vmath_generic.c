@@ -21,6 +21,15 @@ typedef double tgi_vm_v2d __attribute__((vector_size(16)));
 typedef uint64_t tgi_vm_v2u __attribute__((vector_size(16)));
 typedef int64_t tgi_vm_v2i __attribute__((vector_size(16)));
 
+/* NAME(s): a VT of VL lanes, each s converted to the lane type */
+#define GV_BROADCAST(NAME, VT, ST, VL)                                                     \
+    static inline __attribute__((always_inline)) VT NAME(ST s)                             \
+    {                                                                                      \
+        VT v;                                                                              \
+        for (int l = 0; l < VL; l++) v[l] = s;                                             \
+        return v;                                                                          \
+    }
+
 /* The vocabulary, written once for both element types with GCC's generic vector
  * operators; V, VU (unsigned lanes) and VM (comparison results) name the types. */
 #define GV_DEFINE(P, T, V, VU, VM, VL, SQRT)                                               \
@@ -44,18 +53,8 @@ typedef int64_t tgi_vm_v2i __attribute__((vector_size(16)));
     {                                                                                      \
         memcpy(p, &v, (size_t)n * sizeof(T));                                              \
     }                                                                                      \
-    static inline __attribute__((always_inline)) V P##_set1(T s)                           \
-    {                                                                                      \
-        V v;                                                                               \
-        for (int l = 0; l < VL; l++) v[l] = s;                                             \
-        return v;                                                                          \
-    }                                                                                      \
-    static inline __attribute__((always_inline)) VU P##_iset1(uint64_t s)                  \
-    {                                                                                      \
-        VU v;                                                                              \
-        for (int l = 0; l < VL; l++) v[l] = s;                                             \
-        return v;                                                                          \
-    }                                                                                      \
+    GV_BROADCAST(P##_set1, V, T, VL)                                                       \
+    GV_BROADCAST(P##_iset1, VU, uint64_t, VL)                                              \
     static inline __attribute__((always_inline)) V P##_sqrt(V a)                           \
     {                                                                                      \
         for (int l = 0; l < VL; l++) a[l] = SQRT(a[l]);                                    \
@@ -124,30 +123,18 @@ GV_DEFINE(gv2d, double, tgi_vm_v2d, tgi_vm_v2u, tgi_vm_v2i, 2, sqrt)
 #define I_SLLI(a, n) ((a) << (n))
 #define I_SRLI(a, n) ((a) >> (n))
 
-/* ---- float: 4 lanes ---- */
-#define GVP(op) gv4f_##op
+/* float: 4 lanes; double: 2 lanes */
+#define GVP(op) TMPL_PICK(gv4f_##op, gv2d_##op)
+#define TMPL_TARGET
+#define V TMPL_PICK(tgi_vm_v4f, tgi_vm_v2d)
+#define VI TMPL_PICK(tgi_vm_v4u, tgi_vm_v2u)
+#define VM TMPL_PICK(tgi_vm_v4i, tgi_vm_v2i)
+#define VL TMPL_PICK(4, 2)
 #define TMPL_F64 0
 #define TMPL_SFX generic_f32
-#define TMPL_TARGET
-#define T float
-#define V tgi_vm_v4f
-#define VI tgi_vm_v4u
-#define VM tgi_vm_v4i
-#define VL 4
 #include "vmath_tmpl.h"
-#undef GVP
-
-/* ---- double: 2 lanes ---- */
-#define GVP(op) gv2d_##op
 #define TMPL_F64 1
 #define TMPL_SFX generic_f64
-#define TMPL_TARGET
-#define T double
-#define V tgi_vm_v2d
-#define VI tgi_vm_v2u
-#define VM tgi_vm_v2i
-#define VL 2
 #include "vmath_tmpl.h"
-#undef GVP
 
 const tgi_vmath_impl tgi_vmath_impl_generic = TGI_VMATH_IMPL(generic);

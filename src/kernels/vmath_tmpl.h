@@ -5,11 +5,12 @@
  * Method, coefficients' origin and measured errors: docs/vmath.md.
  *
  * The includer defines:
- *   TMPL_F64        1 for double, 0 for float
+ *   TMPL_F64        1 for double, 0 for float (the template then defines T, the
+ *                   element type, and TMPL_PICK(f, d): f for float, d for double)
  *   TMPL_SFX        suffix naming this instantiation (e.g. avx2_f32)
  *   TMPL_TARGET     function attribute enabling the instruction set, or nothing
- *   T, V, VI, VM    element type; vector of VL elements; vector of VL integers of
- *                   the element's width; lane mask (result of a comparison)
+ *   V, VI, VM       vector of VL elements; vector of VL integers of the element's
+ *                   width; lane mask (result of a comparison)
  *   VL              lanes per vector
  *   V_LOAD(p), V_STORE(p, v)        unaligned load / store of VL elements
  *   V_LOADN(p, n), V_STOREN(p, v, n)  the first 0 < n < VL lanes only (other lanes
@@ -28,10 +29,20 @@
  *   I_SET1(s), I_ADD I_SUB I_AND I_OR I_XOR (a, b), I_SLLI I_SRLI (a, imm)
  *                   integer lanes, wrapping; I_SRLI is a logical shift
  * and gets, all static: tgi_vm_<kernel>_SFX for every kernel of vmath.h.
+ * With TMPL_KEEP_VOCAB defined, TMPL_TARGET, V, VI, VM, VL and the vocabulary outlive
+ * the include, so an includer writes them once for both element types (with
+ * TMPL_PICK, expanded inside the template) and includes the template twice.
  *
  * Every function handles an element the same way wherever it sits (the tail goes
  * through V_LOADN/V_STOREN with the same arithmetic), so results do not depend on n. */
 
+#if TMPL_F64
+#define T double
+#define TMPL_PICK(f, d) d
+#else
+#define T float
+#define TMPL_PICK(f, d) f
+#endif
 #define VM_CAT2(a, b) a##b
 #define VM_CAT(a, b) VM_CAT2(a, b)
 #define VM_NAME(base) VM_CAT(tgi_vm_, VM_CAT(base, VM_CAT(_, TMPL_SFX)))
@@ -40,6 +51,29 @@
 #define VM_C(c) V_SET1((T)(c))
 /* one Horner step: acc * x + c */
 #define VM_H(acc, x, c) V_FMA((acc), (x), VM_C(c))
+/* The polynomial with the coefficients c0, c1, .., highest degree first, at x:
+ * (..(c0 x + c1) x + ..) x + cn, for 5, 7, 9, 11 or 12 coefficients. The Horner
+ * steps are statements, one after the other, with constant coefficients: the
+ * compiler sees the program a chain of VM_H assignments would give it. */
+#define VM_POLY(x, ...) VM_CAT(VM_P, VM_NARGS(__VA_ARGS__))((x), __VA_ARGS__)
+#define VM_NARGS(...) VM_NARGS_(__VA_ARGS__, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define VM_NARGS_(a, b, c, d, e, f, g, h, i, j, k, l, n, ...) n
+/* H = acc, then H = H x + a (and H = H x + b): Horner steps as statements */
+#define VM_HORNER1(H, acc, x, a) __extension__({ V H = (acc); H = VM_H(H, x, a); H; })
+#define VM_HORNER(H, acc, x, a, b)                                                         \
+    __extension__({                                                                        \
+        V H = (acc);                                                                       \
+        H = VM_H(H, x, a);                                                                 \
+        H = VM_H(H, x, b);                                                                 \
+        H;                                                                                 \
+    })
+#define VM_P5(x, a, b, c, d, e) VM_HORNER(p5_, VM_HORNER(p3_, VM_C(a), x, b, c), x, d, e)
+#define VM_P7(x, a, b, c, d, e, f, g) VM_HORNER(p7_, VM_P5(x, a, b, c, d, e), x, f, g)
+#define VM_P9(x, a, b, c, d, e, f, g, h, i) VM_HORNER(p9_, VM_P7(x, a, b, c, d, e, f, g), x, h, i)
+#define VM_P11(x, a, b, c, d, e, f, g, h, i, j, k)                                         \
+    VM_HORNER(p11_, VM_P9(x, a, b, c, d, e, f, g, h, i), x, j, k)
+#define VM_P12(x, a, b, c, d, e, f, g, h, i, j, k, l)                                      \
+    VM_HORNER1(p12_, VM_P11(x, a, b, c, d, e, f, g, h, i, j, k), x, l)
 
 /* ---- constants ----------------------------------------------------------------- */
 #if TMPL_F64
@@ -107,23 +141,15 @@ VM_INLINE V VM_NAME(exp_v)(V x)
     r = V_FNMA(kf, VM_C(VM_LN2LO), r);
     const V r2 = V_MUL(r, r);
 #if TMPL_F64
-    V q = VM_C(0x1.1e3d35fd21eadp-29);
-    q = VM_H(q, r, 0x1.af6bda7c84d9bp-26);
-    q = VM_H(q, r, 0x1.27e5b43375de1p-22);
-    q = VM_H(q, r, 0x1.71ddf028587fep-19);
-    q = VM_H(q, r, 0x1.a01a01369f9c9p-16);
-    q = VM_H(q, r, 0x1.a01a01b37b43ep-13);
-    q = VM_H(q, r, 0x1.6c16c16c30439p-10);
-    q = VM_H(q, r, 0x1.111111110ec65p-7);
-    q = VM_H(q, r, 0x1.5555555555503p-5);
-    q = VM_H(q, r, 0x1.555555555555bp-3);
-    q = VM_H(q, r, 0x1p-1);
+    const V q = VM_POLY(r,
+        0x1.1e3d35fd21eadp-29, 0x1.af6bda7c84d9bp-26, 0x1.27e5b43375de1p-22,
+        0x1.71ddf028587fep-19, 0x1.a01a01369f9c9p-16, 0x1.a01a01b37b43ep-13,
+        0x1.6c16c16c30439p-10, 0x1.111111110ec65p-7, 0x1.5555555555503p-5,
+        0x1.555555555555bp-3, 0x1p-1);
 #else
-    V q = VM_C(0x1.6a244cp-10f);
-    q = VM_H(q, r, 0x1.1239d4p-7f);
-    q = VM_H(q, r, 0x1.5558f2p-5f);
-    q = VM_H(q, r, 0x1.555492p-3f);
-    q = VM_H(q, r, 0x1.fffffcp-2f);
+    const V q = VM_POLY(r,
+        0x1.6a244cp-10f, 0x1.1239d4p-7f, 0x1.5558f2p-5f, 0x1.555492p-3f,
+        0x1.fffffcp-2f);
 #endif
     const V p = V_ADD(V_FMA(q, r2, r), VM_C(1)); /* e^r */
     const VI k = I_SUB(V_AS_I(z), V_AS_I(shift));
@@ -160,27 +186,18 @@ VM_INLINE V VM_NAME(log_core)(V x, V ebias)
 #if TMPL_F64
     const V s = V_DIV(f, V_ADD(VM_C(2), f));
     const V z = V_MUL(s, s);
-    V q = VM_C(0x1.2f056376f3d8p-3);
-    q = VM_H(q, z, 0x1.39a1bab906fe1p-3);
-    q = VM_H(q, z, 0x1.74663ee859683p-3);
-    q = VM_H(q, z, 0x1.c71c52095d94cp-3);
-    q = VM_H(q, z, 0x1.24924941f1243p-2);
-    q = VM_H(q, z, 0x1.999999997fdb7p-2);
-    q = VM_H(q, z, 0x1.5555555555592p-1);
+    const V q = VM_POLY(z,
+        0x1.2f056376f3d8p-3, 0x1.39a1bab906fe1p-3, 0x1.74663ee859683p-3,
+        0x1.c71c52095d94cp-3, 0x1.24924941f1243p-2, 0x1.999999997fdb7p-2,
+        0x1.5555555555592p-1);
     const V R = V_MUL(z, q);
     const V hfsq = V_MUL(VM_C(0.5), V_MUL(f, f));
     const V t = V_FMA(s, V_ADD(hfsq, R), V_MUL(e, VM_C(VM_LN2LO)));
     return V_FMA(e, VM_C(VM_LN2HI), V_SUB(f, V_SUB(hfsq, t)));
 #else
-    V q = VM_C(-0x1.38b586p-4f);
-    q = VM_H(q, f, 0x1.055b6cp-3f);
-    q = VM_H(q, f, -0x1.0d8542p-3f);
-    q = VM_H(q, f, 0x1.22da1cp-3f);
-    q = VM_H(q, f, -0x1.547244p-3f);
-    q = VM_H(q, f, 0x1.99a008p-3f);
-    q = VM_H(q, f, -0x1.000226p-2f);
-    q = VM_H(q, f, 0x1.555554p-2f);
-    q = VM_H(q, f, -0.5f);                        /* -1/2 + f P(f) */
+    const V q = VM_POLY(f, /* -1/2 + f P(f) */
+        -0x1.38b586p-4f, 0x1.055b6cp-3f, -0x1.0d8542p-3f, 0x1.22da1cp-3f,
+        -0x1.547244p-3f, 0x1.99a008p-3f, -0x1.000226p-2f, 0x1.555554p-2f, -0.5f);
     const V corr = V_MUL(V_MUL(f, f), q);         /* -f^2/2 + f^3 P(f) */
     const V lo = V_FMA(e, VM_C(VM_LN2LO), corr);
     return V_FMA(e, VM_C(VM_LN2HI), V_ADD(f, lo)); /* e LN2HI is exact */
@@ -221,23 +238,15 @@ VM_INLINE V VM_NAME(tanh_v)(V x)
     const V yb = V_FNMA(VM_C(2), V_DIV(t, V_ADD(one, t)), one); /* 1 - 2t/(1+t) */
     const V u = V_MUL(ax, ax);
 #if TMPL_F64
-    V q = VM_C(-0x1.0da7279d1ed4cp-16);
-    q = VM_H(q, u, 0x1.4391213d2ed2dp-14);
-    q = VM_H(q, u, -0x1.df5579a5ac83ap-13);
-    q = VM_H(q, u, 0x1.336612e39aab5p-11);
-    q = VM_H(q, u, -0x1.7d68a32fcd288p-10);
-    q = VM_H(q, u, 0x1.d6cf280ecc42dp-9);
-    q = VM_H(q, u, -0x1.226e162bf7af9p-7);
-    q = VM_H(q, u, 0x1.664f477adac7ep-6);
-    q = VM_H(q, u, -0x1.ba1ba1b5064bp-5);
-    q = VM_H(q, u, 0x1.111111110accdp-3);
-    q = VM_H(q, u, -0x1.55555555554ffp-2);
+    const V q = VM_POLY(u,
+        -0x1.0da7279d1ed4cp-16, 0x1.4391213d2ed2dp-14, -0x1.df5579a5ac83ap-13,
+        0x1.336612e39aab5p-11, -0x1.7d68a32fcd288p-10, 0x1.d6cf280ecc42dp-9,
+        -0x1.226e162bf7af9p-7, 0x1.664f477adac7ep-6, -0x1.ba1ba1b5064bp-5,
+        0x1.111111110accdp-3, -0x1.55555555554ffp-2);
 #else
-    V q = VM_C(-0x1.75e1cep-8f);
-    q = VM_H(q, u, 0x1.52269cp-6f);
-    q = VM_H(q, u, -0x1.b83c5ap-5f);
-    q = VM_H(q, u, 0x1.110726p-3f);
-    q = VM_H(q, u, -0x1.555532p-2f);
+    const V q = VM_POLY(u,
+        -0x1.75e1cep-8f, 0x1.52269cp-6f, -0x1.b83c5ap-5f, 0x1.110726p-3f,
+        -0x1.555532p-2f);
 #endif
     const V ys = V_FMA(V_MUL(ax, u), q, ax);
     return V_OR(V_SEL(V_LT(ax, VM_C(VM_TANH_CUT)), ys, yb), sgn);
@@ -280,18 +289,10 @@ VM_INLINE V VM_NAME(gelu_v)(V x, V *d)
     const V one = VM_C(1), half = VM_C(0.5f);
     const V a = V_MIN(VM_C(15), V_ANDNOT(VM_C(-0.0f), x)); /* NaN stays NaN */
     const V q = V_DIV(V_SUB(a, VM_C(0x1.6a09e6p+1f)), V_ADD(a, VM_C(0x1.6a09e6p+1f)));
-    V p = VM_C(0x1.4fbe68p-14f);
-    p = VM_H(p, q, 0x1.666166p-13f);
-    p = VM_H(p, q, -0x1.a3aebep-12f);
-    p = VM_H(p, q, -0x1.74c48cp-10f);
-    p = VM_H(p, q, 0x1.482ba0p-10f);
-    p = VM_H(p, q, 0x1.1d6382p-7f);
-    p = VM_H(p, q, -0x1.072562p-7f);
-    p = VM_H(p, q, -0x1.bc270ap-5f);
-    p = VM_H(p, q, 0x1.4ff9f8p-3f);
-    p = VM_H(p, q, -0x1.5407d0p-3f);
-    p = VM_H(p, q, -0x1.7bf5eap-4f);
-    p = VM_H(p, q, 0x1.1ba038p-2f); /* G(a) - 1, small: its rounding errors are too */
+    const V p = VM_POLY(q, /* G(a) - 1, small: its rounding errors are too */
+        0x1.4fbe68p-14f, 0x1.666166p-13f, -0x1.a3aebep-12f, -0x1.74c48cp-10f,
+        0x1.482ba0p-10f, 0x1.1d6382p-7f, -0x1.072562p-7f, -0x1.bc270ap-5f,
+        0x1.4ff9f8p-3f, -0x1.5407d0p-3f, -0x1.7bf5eap-4f, 0x1.1ba038p-2f);
     /* a^2 = s + t exactly: a = ah + al with 12 significant bits each */
     const V ah = I_AS_V(I_AND(V_AS_I(a), I_SET1((int32_t)-4096)));
     const V al = V_SUB(a, ah);
@@ -458,6 +459,16 @@ VM_FUNC void VM_NAME(adam)(T *p, const T *g, T *m, T *v, int64_t n, double lr_t,
 #undef VM_UNARY
 #undef VM_BWD
 #undef VM_H
+#undef VM_POLY
+#undef VM_NARGS
+#undef VM_NARGS_
+#undef VM_HORNER1
+#undef VM_HORNER
+#undef VM_P5
+#undef VM_P7
+#undef VM_P9
+#undef VM_P11
+#undef VM_P12
 #undef VM_C
 #undef VM_FUNC
 #undef VM_INLINE
@@ -485,14 +496,15 @@ VM_FUNC void VM_NAME(adam)(T *p, const T *g, T *m, T *v, int64_t n, double lr_t,
 #undef VM_TANH_SAT
 #undef TMPL_F64
 #undef TMPL_SFX
-#undef TMPL_TARGET
-/* the includer's vocabulary (kept for the next instantiation with TMPL_KEEP_VOCAB) */
+#undef TMPL_PICK
 #undef T
+/* the includer's vocabulary (kept for the next instantiation with TMPL_KEEP_VOCAB) */
+#ifndef TMPL_KEEP_VOCAB
+#undef TMPL_TARGET
 #undef V
 #undef VI
 #undef VM
 #undef VL
-#ifndef TMPL_KEEP_VOCAB
 #undef V_LOAD
 #undef V_STORE
 #undef V_LOADN

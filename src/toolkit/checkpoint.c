@@ -65,15 +65,6 @@ static int io_need_swap(void) {
 /* dtypes and small helpers                                                 */
 /* ======================================================================== */
 
-static const char *io_dtype_str(tg_dtype dt) {
-    switch (dt) {
-    case TG_F32: return "F32";
-    case TG_F64: return "F64";
-    case TG_I32: return "I32";
-    }
-    return "?";
-}
-
 /* The dtypes a safetensors file may hold. Those of tapegrad load into
  * parameters of the same dtype; F16 and BF16 load into F32 and F64 parameters
  * (converted exactly: every half is a float); the others can only be skipped
@@ -91,6 +82,13 @@ static const io_fdtype io_fdtypes[] = {
     {"BOOL", 1, -1},    {"F8_E4M3", 1, -1}, {"F8_E5M2", 1, -1},
 };
 #define IO_N_FDTYPES ((int)(sizeof io_fdtypes / sizeof io_fdtypes[0]))
+
+/* a tapegrad dtype's name in safetensors ("F32") */
+static const char *io_dtype_str(tg_dtype dt) {
+    for (int i = 0; i < IO_N_FDTYPES; i++)
+        if (io_fdtypes[i].tg == (int)dt) return io_fdtypes[i].name;
+    return "?";
+}
 
 static int io_fdtype_parse(const char *s) {
     for (int i = 0; i < IO_N_FDTYPES; i++)
@@ -129,42 +127,34 @@ static const char *io_json_type(const json_t *j) {
     return "an unknown value";
 }
 
-/* write all of buf, retrying on EINTR and short writes; 0 ok, -1 errno set */
-static int io_write_all(int fd, const void *buf, size_t n) {
-    const unsigned char *p = buf;
+/* write (wr 1) or read (wr 0) all n bytes at p, retrying on EINTR and short
+ * transfers; 0 ok, -1 errno set (a write that writes nothing: EIO; a read that
+ * meets the end of the file first: 0) */
+static int io_transfer_all(int fd, unsigned char *p, size_t n, int wr) {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
+        ssize_t k = wr ? write(fd, p, n) : read(fd, p, n);
+        if (k < 0) {
             if (errno == EINTR) continue;
             return -1;
         }
-        if (w == 0) {
-            errno = EIO;
+        if (k == 0) {
+            errno = wr ? EIO : 0;
             return -1;
         }
-        p += w;
-        n -= (size_t)w;
+        p += k;
+        n -= (size_t)k;
     }
     return 0;
 }
 
+/* write all of buf; 0 ok, -1 errno set (buf is only read: the cast is safe) */
+static int io_write_all(int fd, const void *buf, size_t n) {
+    return io_transfer_all(fd, (unsigned char *)buf, n, 1);
+}
+
 /* read exactly n bytes; 0 ok, -1 errno set (errno 0: end of file first) */
 static int io_read_all(int fd, void *buf, size_t n) {
-    unsigned char *p = buf;
-    while (n > 0) {
-        ssize_t r = read(fd, p, n);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (r == 0) {
-            errno = 0;
-            return -1;
-        }
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
+    return io_transfer_all(fd, buf, n, 0);
 }
 
 static const char *io_errno_str(int e) {

@@ -30,7 +30,7 @@ static tg_tensor *vec_param(tg_ctx *ctx, const char *fn, const char *name, const
     return t;
 }
 
-/* The checks both inits share: a layer pointer, n > 0, a float dtype, a name
+/* The checks both inits make: a layer pointer, n > 0, a float dtype, a name
  * that is NULL or not empty. 1 ok, else the error is recorded. */
 static int check_init(tg_ctx *ctx, const char *fn, const void *layer, const char *name,
                       int64_t n, const char *what, tg_dtype dt)
@@ -56,17 +56,26 @@ static int check_init(tg_ctx *ctx, const char *fn, const void *layer, const char
     return 1;
 }
 
+/* The start both inits share: clears the layer (size bytes, when it is not
+ * NULL), runs check_init, then makes the affine parameters weight (ones) and
+ * bias (zeros) of n elements. 1 ok, else the error is recorded. */
+static int init_affine(tg_ctx *ctx, const char *fn, void *layer, size_t size, const char *name,
+                       int64_t n, const char *what, tg_dtype dt, tg_tensor **w, tg_tensor **b)
+{
+    if (layer) memset(layer, 0, size);
+    if (!check_init(ctx, fn, layer, name, n, what, dt)) return 0;
+    *w = vec_param(ctx, fn, name, "weight", dt, n, 1.0, 1);
+    *b = *w ? vec_param(ctx, fn, name, "bias", dt, n, 0.0, 1) : NULL;
+    return *b != NULL;
+}
+
 /* ---- layer norm ----------------------------------------------------------- */
 
 int tg_layernorm_init(tg_ctx *ctx, tg_layernorm *ln, const char *name, int64_t dim, tg_dtype dt)
 {
-    static const char fn[] = "tg_layernorm_init";
-    if (!ctx) return -1;
-    if (ln) memset(ln, 0, sizeof *ln);
-    if (!check_init(ctx, fn, ln, name, dim, "dim", dt)) return -1;
-    tg_tensor *w = vec_param(ctx, fn, name, "weight", dt, dim, 1.0, 1);
-    tg_tensor *b = w ? vec_param(ctx, fn, name, "bias", dt, dim, 0.0, 1) : NULL;
-    if (!b) return -1;
+    tg_tensor *w, *b;
+    if (!ctx || !init_affine(ctx, "tg_layernorm_init", ln, sizeof *ln, name, dim, "dim", dt, &w, &b))
+        return -1;
     *ln = (tg_layernorm){.weight = w, .bias = b, .dim = dim, .eps = 1e-5};
     return 0;
 }
@@ -84,12 +93,10 @@ int tg_batchnorm_init(tg_ctx *ctx, tg_batchnorm *bn, const char *name, int64_t c
                       tg_dtype dt)
 {
     static const char fn[] = "tg_batchnorm_init";
-    if (!ctx) return -1;
-    if (bn) memset(bn, 0, sizeof *bn);
-    if (!check_init(ctx, fn, bn, name, channels, "channels", dt)) return -1;
-    tg_tensor *w = vec_param(ctx, fn, name, "weight", dt, channels, 1.0, 1);
-    tg_tensor *b = w ? vec_param(ctx, fn, name, "bias", dt, channels, 0.0, 1) : NULL;
-    tg_tensor *rm = b ? vec_param(ctx, fn, name, "running_mean", dt, channels, 0.0, 0) : NULL;
+    tg_tensor *w, *b;
+    if (!ctx || !init_affine(ctx, fn, bn, sizeof *bn, name, channels, "channels", dt, &w, &b))
+        return -1;
+    tg_tensor *rm = vec_param(ctx, fn, name, "running_mean", dt, channels, 0.0, 0);
     tg_tensor *rv = rm ? vec_param(ctx, fn, name, "running_var", dt, channels, 1.0, 0) : NULL;
     if (!rv) return -1;
     *bn = (tg_batchnorm){.weight = w, .bias = b, .running_mean = rm, .running_var = rv,

@@ -25,13 +25,12 @@
 #define NPY_ALIGN 64
 #define NPY_MAX_HEADER 65536 /* far more than any header of <= TG_MAX_DIMS dims */
 
+/* each dtype's descr, without the byte order */
+static const char *const npy_descrs[] = {[TG_F32] = "f4", [TG_F64] = "f8", [TG_I32] = "i4"};
+#define NPY_N_DESCRS ((int)(sizeof npy_descrs / sizeof npy_descrs[0]))
+
 static const char *npy_descr(tg_dtype dt) {
-    switch (dt) {
-    case TG_F32: return "f4";
-    case TG_F64: return "f8";
-    case TG_I32: return "i4";
-    }
-    return "?";
+    return (unsigned)dt < NPY_N_DESCRS ? npy_descrs[dt] : "?";
 }
 
 int tg_save_npy(tg_ctx *ctx, const tg_tensor *t, const char *path) {
@@ -114,10 +113,10 @@ static const char *npy_parse_header(const char *head, tg_dtype *dt, int *swap, i
     char order = d[1];
     if (order == '=' || order == '|') order = tgi_host_is_le() ? '<' : '>';
     if (order != '<' && order != '>') return "descr has an unknown byte order";
-    if (!strncmp(d + 2, "f4", 2)) *dt = TG_F32;
-    else if (!strncmp(d + 2, "f8", 2)) *dt = TG_F64;
-    else if (!strncmp(d + 2, "i4", 2)) *dt = TG_I32;
-    else return "descr is not f4, f8 or i4 (float32, float64, int32)";
+    int k = 0;
+    while (k < NPY_N_DESCRS && strncmp(d + 2, npy_descrs[k], 2) != 0) k++;
+    if (k == NPY_N_DESCRS) return "descr is not f4, f8 or i4 (float32, float64, int32)";
+    *dt = (tg_dtype)k;
     *swap = (order == '<') != tgi_host_is_le();
     if (*sh != '(') return "shape is not a tuple";
     const char *p = sh + 1;

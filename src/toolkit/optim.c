@@ -392,6 +392,29 @@ TGI_AVX2_CLONES static void sgd_range(const upd_k *k, tg_tensor *p, void *const 
  *   else:     p = p - lr d / den
  * The max(., 0) guards against v - a^2 rounding below 0 (it is >= 0 exactly,
  * by Cauchy-Schwarz); PyTorch would give NaN there.                          */
+/* One case's loop (CENTERED and MOM are constants, so the body is straight-line
+ * code gcc vectorises), inside rmsprop_range. */
+#define RMSPROP_LOOP(CENTERED, MOM)                                                    \
+    do {                                                                               \
+        for (int64_t i = lo; i < hi; i++) {                                            \
+            T d = g[i] + wd * x[i];                                                    \
+            T vi = v[i] * al + al1 * d * d;                                            \
+            v[i] = vi;                                                                 \
+            T den = sqrt(vi) + eps;                                                    \
+            if (CENTERED) {                                                            \
+                T ai = a[i] * al + al1 * d;                                            \
+                a[i] = ai;                                                             \
+                den = sqrt(fmax(vi - ai * ai, zero)) + eps;                            \
+            }                                                                          \
+            if (MOM) {                                                                 \
+                T bi = b[i] * mu + d / den;                                            \
+                b[i] = bi;                                                             \
+                x[i] = x[i] - lr * bi;                                                 \
+            } else {                                                                   \
+                x[i] = x[i] - lr * (d / den);                                          \
+            }                                                                          \
+        }                                                                              \
+    } while (0)
 TGI_AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *const *st, int64_t lo,
                                       int64_t hi) {
     const tg_optim_opts *o = k->o;
@@ -405,46 +428,17 @@ TGI_AVX2_CLONES static void rmsprop_range(const upd_k *k, tg_tensor *p, void *co
         const T lr = (T)o->lr, wd = (T)o->weight_decay, mu = (T)o->momentum;
         const T al = (T)o->alpha, al1 = (T)(1.0 - o->alpha), eps = (T)o->eps;
         const T zero = 0;
-        if (centered && mom) {
-            for (int64_t i = lo; i < hi; i++) {
-                T d = g[i] + wd * x[i];
-                T vi = v[i] * al + al1 * d * d;
-                T ai = a[i] * al + al1 * d;
-                v[i] = vi;
-                a[i] = ai;
-                T den = sqrt(fmax(vi - ai * ai, zero)) + eps;
-                T bi = b[i] * mu + d / den;
-                b[i] = bi;
-                x[i] = x[i] - lr * bi;
-            }
-        } else if (centered) {
-            for (int64_t i = lo; i < hi; i++) {
-                T d = g[i] + wd * x[i];
-                T vi = v[i] * al + al1 * d * d;
-                T ai = a[i] * al + al1 * d;
-                v[i] = vi;
-                a[i] = ai;
-                x[i] = x[i] - lr * (d / (sqrt(fmax(vi - ai * ai, zero)) + eps));
-            }
-        } else if (mom) {
-            for (int64_t i = lo; i < hi; i++) {
-                T d = g[i] + wd * x[i];
-                T vi = v[i] * al + al1 * d * d;
-                v[i] = vi;
-                T bi = b[i] * mu + d / (sqrt(vi) + eps);
-                b[i] = bi;
-                x[i] = x[i] - lr * bi;
-            }
-        } else {
-            for (int64_t i = lo; i < hi; i++) {
-                T d = g[i] + wd * x[i];
-                T vi = v[i] * al + al1 * d * d;
-                v[i] = vi;
-                x[i] = x[i] - lr * (d / (sqrt(vi) + eps));
-            }
-        }
+        if (centered && mom)
+            RMSPROP_LOOP(1, 1);
+        else if (centered)
+            RMSPROP_LOOP(1, 0);
+        else if (mom)
+            RMSPROP_LOOP(0, 1);
+        else
+            RMSPROP_LOOP(0, 0);
     });
 }
+#undef RMSPROP_LOOP
 
 /* ---- Adam and AdamW --------------------------------------------------------
  *   Adam:  d = g + wd p           (L2 penalty in the gradient)
