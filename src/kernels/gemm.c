@@ -12,26 +12,29 @@
  * look at these strides, so A^T B, A B^T and A^T B^T cost one strided copy of data
  * that is copied anyway, and no transpose is ever materialised.
  *
- * Blocked path (the GotoBLAS/BLIS structure). Loop order, outermost first:
+ * Blocked path (the GotoBLAS/BLIS structure, with the BLIS order of the two inner
+ * loops). Loop order, outermost first:
  *
- *   jc: columns of C in steps of NC
+ *   ic: rows of C in blocks of at most MC (equal blocks, whole tiles)
  *     pc: k in steps of kc (k split into equal blocks of at most KC)
- *         pack op(B)[pc:pc+kc, jc:jc+nc] -> ~B: NR-column micro-panels  (lives in L3)
- *       ic: rows of C in steps of MC
- *           pack op(A)[ic:ic+mc, pc:pc+kc] -> ~A: MR-row micro-panels  (lives in L2)
- *         jr: NR-column micro-panels of ~B  (one kc x NR micro-panel sits in L1)
- *           ir: MR-row micro-panels of ~A   (streamed from L2)
+ *         pack op(A)[ic:ic+mc, pc:pc+kc] -> ~A: MR-row micro-panels  (lives in L3)
+ *       jc: columns of C in blocks of at most NC (equal blocks, whole panels)
+ *           pack op(B)[pc:pc+kc, jc:jc+nc] -> ~B: NR-column micro-panels  (lives in L2)
+ *         ir: MR-row micro-panels of ~A   (one MR x kc micro-panel sits in L1)
+ *           jr: NR-column micro-panels of ~B  (streamed from L2, along C's rows)
  *             microkernel: MR x NR tile of C in registers, kc multiply-adds each,
  *                          then C = C + tile (or C = tile on the first k block).
  *
- * MR, NR, MC, KC, NC come from the kernel set (table in gemm_kern.h; values and
- * measurements in docs/gemm.md). Packed panels are zero-padded to whole MR / NR.
- * Full MR-row tiles go to the microkernel (a partial column panel is computed whole
- * and only its valid columns written back); the last mc % MR rows go to the direct
- * kernel's 4-, 2- and 1-row tiles, reading the same packed panels, so a 1024-row
- * matrix does not pay for a 6-row tile to get 4 rows. When op(A) = A^T, the full
- * row panels are not packed beforehand: the first column panel's tiles (ukr_pa)
- * read A^T in place and write the packed panels as they go.
+ * With MC large, each operand is packed once per k block for m up to MC; C is read
+ * and written once per k block, a tile row at a time. A kernel set may name a
+ * second set for this path (tgi_gemm_kern.blocked: AVX-512 uses a wider tile here).
+ * MR, NR, MC, KC, NC come from the kernel set (values and measurements in
+ * docs/gemm.md). Packed panels are zero-padded to whole MR / NR. Full MR-row tiles
+ * go to the microkernel (a partial column panel is computed whole and only its
+ * valid columns written back); the last mc % MR rows go to the direct kernel's
+ * smaller tiles, reading the same packed panels. When op(A) = A^T and the B block
+ * is small, the full row panels are not packed beforehand: the first tile of each
+ * (ukr_pa) reads A^T in place and writes the packed panel as it goes.
  *
  * Direct path. For small or skinny shapes packing A costs more than it saves, so
  * use_direct() sends them to the direct kernel: same register tile, A read in place
@@ -278,50 +281,73 @@ typedef struct {
 /* ---------------------------------------------------------------------------------
  * Blocked path */
 
+/* The block of at most `max` that splits `len` into equal parts, rounded up to a
+ * multiple of `unit` (so 1024 columns in blocks of at most 480 become 352, 352, 320
+ * instead of 480, 480, 64). */
+static int64_t even_block(int64_t len, int64_t max, int64_t unit)
+{
+    const int64_t b = ceil_div(len, ceil_div(len, max));
+    return imin(ceil_div(b, unit) * unit, max);
+}
+
+/* Largest B block (bytes) with which the blocked path packs A^T inside its first
+ * tiles: about the size of L1d (48 KiB on Sapphire Rapids, 32 KiB on Zen 3). */
+#define FUSE_MAX_B 49152
+
 /* The sequential blocked algorithm on rows [i0,i1) x columns [j0,j1) of C. */
 static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           unsigned char *abuf, unsigned char *bbuf)
 {
     const tgi_gemm_kern *K = P->kern;
     const size_t es = P->esz;
-    const int64_t MR = K->mr, NR = K->nr, MC = K->mc, NC = K->nc;
+    const int64_t MR = K->mr, NR = K->nr;
     const int64_t m = i1 - i0, n = j1 - j0, k = P->k;
+    const int64_t MC = even_block(m, K->mc, MR), NC = even_block(n, K->nc, NR);
+    /* op(A) = A^T: the first tile of each full row panel packs its rows of A as it
+     * goes (ukr_pa), and only a last partial row panel is packed beforehand; but only
+     * when the B block is small enough to leave in L1 the lines of A^T that the next
+     * row panel's first tile reads again (MR values of each row of A^T at a time):
+     * with a 512 x 512 f32 B block streaming past between two tiles, 1024^3 A^T B ran
+     * 10% slower fused than packed in one pass */
+    const int fuse = P->rsa == 1 && K->ukr_pa != NULL && NC * P->kcb * (int64_t)es <= FUSE_MAX_B;
 
-    for (int64_t jc = 0; jc < n; jc += NC) {
-        const int64_t nc = imin(NC, n - jc);
+    for (int64_t ic = 0; ic < m; ic += MC) {
+        const int64_t mc = imin(MC, m - ic);
+        const int64_t mfull = mc / MR * MR, mpk = fuse ? mfull : 0;
         for (int64_t pc = 0; pc < k; pc += P->kcb) {
             const int64_t kc = imin(P->kcb, k - pc);
             const int add = P->add || pc > 0;
-            K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
-                      P->csb, bbuf);
-            for (int64_t ic = 0; ic < m; ic += MC) {
-                const int64_t mc = imin(MC, m - ic);
-                const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
-                /* op(A) = A^T: the first column panel's tiles pack their rows of A as they
-                 * go (ukr_pa); only the last partial row panel is packed here */
-                const int fuse = P->rsa == 1 && K->ukr_pa != NULL;
-                const int64_t mfull = fuse ? mc / MR * MR : 0;
-                if (mfull < mc)
-                    K->pack_a(mc - mfull, kc, ablk + (size_t)(mfull * P->rsa) * es, P->rsa,
-                              P->csa, abuf + (size_t)(mfull * kc) * es);
-                unsigned char *crow = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
-                for (int64_t jr = 0; jr < nc; jr += NR) {
-                    const unsigned char *bp = bbuf + (size_t)(jr * kc) * es;
-                    const int nr = (int)imin(NR, nc - jr);
-                    int64_t ir = 0;
-                    if (jr == 0)
-                        for (; ir < mfull; ir += MR)
-                            K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa,
-                                      abuf + (size_t)(ir * kc) * es, bp,
-                                      crow + (size_t)(ir * P->ldc) * es, P->ldc, add, nr);
-                    for (; ir + MR <= mc; ir += MR)
-                        K->ukr(kc, abuf + (size_t)(ir * kc) * es, bp,
-                               crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, add, (int)MR, nr);
-                    if (ir < mc) /* last rows: the direct kernel's smaller tiles on the
-                                    packed panels (A(i,p) at a[i + p*MR]), same sums */
-                        K->direct(mc - ir, kc, abuf + (size_t)(ir * kc) * es, 1, MR, bp, NR,
-                                  NULL, add, crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, nr);
+            const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
+            if (mpk < mc)
+                K->pack_a(mc - mpk, kc, ablk + (size_t)(mpk * P->rsa) * es, P->rsa, P->csa,
+                          abuf + (size_t)(mpk * kc) * es);
+            for (int64_t jc = 0; jc < n; jc += NC) {
+                const int64_t nc = imin(NC, n - jc);
+                K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
+                          P->csb, bbuf);
+                unsigned char *cblk = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
+                /* one MR x kc micro-panel of A stays in L1 while the kc x NR micro-panels
+                 * of B stream past it from L2, along the rows of C */
+                for (int64_t ir = 0; ir < mfull; ir += MR) {
+                    const unsigned char *ap = abuf + (size_t)(ir * kc) * es;
+                    unsigned char *crow = cblk + (size_t)(ir * P->ldc) * es;
+                    int64_t jr = 0;
+                    if (jc == 0 && fuse) {
+                        K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa, abuf + (size_t)(ir * kc) * es,
+                                  bbuf, crow, P->ldc, add, (int)imin(NR, nc));
+                        jr = NR;
+                    }
+                    for (; jr < nc; jr += NR)
+                        K->ukr(kc, ap, bbuf + (size_t)(jr * kc) * es, crow + (size_t)jr * es,
+                               P->ldc, add, (int)MR, (int)imin(NR, nc - jr));
                 }
+                if (mfull < mc) /* last rows: the direct kernel's smaller tiles on the packed
+                                   panels (A(i,p) at a[i + p*MR]), same sums */
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        K->direct(mc - mfull, kc, abuf + (size_t)(mfull * kc) * es, 1, MR,
+                                  bbuf + (size_t)(jr * kc) * es, NR, NULL, add,
+                                  cblk + (size_t)(mfull * P->ldc + jr) * es, P->ldc,
+                                  (int)imin(NR, nc - jr));
             }
         }
     }
@@ -497,6 +523,10 @@ static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthr
     P.ldc = ldc;
     P.kcb = ceil_div(k, ceil_div(k, K->kc));
     if (use_direct(&P)) return run_direct(ws, &P, nthreads);
+    if (K->blocked) { /* the set's wider tile and its own blocks */
+        P.kern = K = K->blocked;
+        P.kcb = ceil_div(k, ceil_div(k, K->kc));
+    }
     return run_blocked(ws, &P, nthreads);
 }
 

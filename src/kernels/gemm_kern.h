@@ -49,12 +49,16 @@ typedef void (*tgi_gemm_ukr_pa_fn)(int64_t kc, const void *asrc, int64_t csa, vo
 
 typedef struct tgi_gemm_kern {
     int mr, nr;          /* register tile (rows x columns of C) */
-    int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B panel kc x nc (L3) */
+    int mc, kc, nc;      /* cache blocks: packed A block mc x kc (L3), packed B block
+                          * kc x nc (L2); one MR x kc micro-panel of A sits in L1 */
     tgi_gemm_ukr_fn ukr;
     tgi_gemm_pack_a_fn pack_a;
     tgi_gemm_pack_b_fn pack_b;
     tgi_gemm_direct_fn direct;
     tgi_gemm_ukr_pa_fn ukr_pa;
+    /* the set for the blocked path, when it differs (a wider tile that reads fewer
+     * values per multiply-add but wastes more on thin shapes), or NULL: this one */
+    const struct tgi_gemm_kern *blocked;
 } tgi_gemm_kern;
 
 typedef struct tgi_gemm_impl {

@@ -20,6 +20,8 @@
  *                   lda, contiguous along p) as one micro-panel: out[p*MR + r] = a[r*lda + p]
  *   TMPL_PACK_B_COLS(kc, b, ldb, out)  pack NR full columns of op(B) = B^T (column j at
  *                   b + j*ldb, contiguous along p): out[p*NR + j] = b[j*ldb + p]
+ *   TMPL_KEEP_VOCAB keep all but TMPL_SFX, TMPL_MR, TMPL_NV defined afterwards, for
+ *                   a second tile shape of the same type
  * and gets, all static:
  *   tgi_ukr_SFX, tgi_ukr_pa_SFX, tgi_pack_a_SFX, tgi_pack_b_SFX, tgi_direct_SFX
  *   (see gemm_kern.h)
@@ -326,13 +328,14 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
 #undef TMPL_NAME
 #undef TMPL_CAT
 #undef TMPL_CAT2
-#undef TMPL_T
 #undef TMPL_SFX
+#undef TMPL_MR
+#undef TMPL_NV
+#ifndef TMPL_KEEP_VOCAB /* else the includer instantiates the same type again */
+#undef TMPL_T
 #undef TMPL_TARGET
 #undef TMPL_V
 #undef TMPL_VL
-#undef TMPL_MR
-#undef TMPL_NV
 #undef TMPL_ZERO
 #undef TMPL_LOAD
 #undef TMPL_STORE
@@ -341,3 +344,4 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
 #undef TMPL_ADD
 #undef TMPL_PACK_A_ROWS
 #undef TMPL_PACK_B_COLS
+#endif
