@@ -521,6 +521,8 @@ static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthr
     P.add = accumulate != 0;
     P.C = (unsigned char *)C;
     P.ldc = ldc;
+    if (K->thin && n <= K->thin->nr) /* n = 10: a 16-wide tile wastes half as much */
+        P.kern = K = K->thin;
     P.kcb = ceil_div(k, ceil_div(k, K->kc));
     if (use_direct(&P)) return run_direct(ws, &P, nthreads);
     if (K->blocked) { /* the set's wider tile and its own blocks */

@@ -10,6 +10,9 @@
  *   blocked path: 6 rows x 4 zmm (f32 6 x 64, f64 6 x 32), + 4 + 1 = 29 registers;
  *        per k step 4 loads, 6 broadcasts, 24 FMAs: 10 loads per 24 FMAs instead of
  *        14, 3-8% faster at n = 1024 on Sapphire Rapids (docs/gemm.md).
+ *   thin products (n <= 16 f32, n <= 8 f64; both paths): 16 rows x 1 zmm, 16
+ *        accumulators; n = 10 fills 10 of 16 lanes instead of 10 of 32 (f32 C[m,10]:
+ *        1.3-1.5x faster).
  * Blocking of the blocked path (Sapphire Rapids: 48 KiB L1d, 2 MiB L2): the 6 x kc
  * A micro-panel (f32 kc = 512: 12 KiB) stays in L1 while the kc x nc B block (f32
  * 512 x 512: 1 MiB, f64 256 x 384: 768 KiB) streams from L2; the A block (mc = 1536
@@ -56,10 +59,14 @@
 #define TMPL_MR 12
 #define TMPL_NV 2
 #include "gemm_tmpl.h"
-#undef TMPL_KEEP_VOCAB
 #define TMPL_SFX avx512w_f32
 #define TMPL_MR 6
 #define TMPL_NV 4
+#include "gemm_tmpl.h"
+#undef TMPL_KEEP_VOCAB
+#define TMPL_SFX avx512t_f32
+#define TMPL_MR 16
+#define TMPL_NV 1
 #include "gemm_tmpl.h"
 
 #define TMPL_T double
@@ -79,26 +86,31 @@
 #define TMPL_MR 12
 #define TMPL_NV 2
 #include "gemm_tmpl.h"
-#undef TMPL_KEEP_VOCAB
 #define TMPL_SFX avx512w_f64
 #define TMPL_MR 6
 #define TMPL_NV 4
 #include "gemm_tmpl.h"
+#undef TMPL_KEEP_VOCAB
+#define TMPL_SFX avx512t_f64
+#define TMPL_MR 16
+#define TMPL_NV 1
+#include "gemm_tmpl.h"
 
-/* the blocked path's sets: wide tiles, blocks for Sapphire Rapids (see the top) */
-static const tgi_gemm_kern avx512w_f32 = {
-    6, 64, 1536, 512, 512, tgi_ukr_avx512w_f32, tgi_pack_a_avx512w_f32,
-    tgi_pack_b_avx512w_f32, tgi_direct_avx512w_f32, tgi_ukr_pa_avx512w_f32, NULL};
-static const tgi_gemm_kern avx512w_f64 = {
-    6, 32, 1536, 256, 384, tgi_ukr_avx512w_f64, tgi_pack_a_avx512w_f64,
-    tgi_pack_b_avx512w_f64, tgi_direct_avx512w_f64, tgi_ukr_pa_avx512w_f64, NULL};
+/* a kernel set from one instantiation: tile, blocks (mc, kc, nc), blocked, thin */
+#define AVX512_KERN(sfx, mr, nr, mc, kc, nc, blocked, thin)                              \
+    {mr, nr, mc, kc, nc, tgi_ukr_##sfx, tgi_pack_a_##sfx, tgi_pack_b_##sfx,              \
+     tgi_direct_##sfx, tgi_ukr_pa_##sfx, blocked, thin}
+
+/* the blocked path's wide tiles and the thin products' narrow ones (see the top) */
+static const tgi_gemm_kern avx512w_f32 = AVX512_KERN(avx512w_f32, 6, 64, 1536, 512, 512, NULL, NULL);
+static const tgi_gemm_kern avx512w_f64 = AVX512_KERN(avx512w_f64, 6, 32, 1536, 256, 384, NULL, NULL);
+static const tgi_gemm_kern avx512t_f32 = AVX512_KERN(avx512t_f32, 16, 16, 1536, 384, 512, NULL, NULL);
+static const tgi_gemm_kern avx512t_f64 = AVX512_KERN(avx512t_f64, 16, 8, 1536, 384, 512, NULL, NULL);
 
 const tgi_gemm_impl tgi_gemm_impl_avx512 = {
     "avx512",
-    {12, 32, 240, 192, 4096, tgi_ukr_avx512_f32, tgi_pack_a_avx512_f32,
-     tgi_pack_b_avx512_f32, tgi_direct_avx512_f32, tgi_ukr_pa_avx512_f32, &avx512w_f32},
-    {12, 16, 120, 192, 4096, tgi_ukr_avx512_f64, tgi_pack_a_avx512_f64,
-     tgi_pack_b_avx512_f64, tgi_direct_avx512_f64, tgi_ukr_pa_avx512_f64, &avx512w_f64},
+    AVX512_KERN(avx512_f32, 12, 32, 240, 192, 4096, &avx512w_f32, &avx512t_f32),
+    AVX512_KERN(avx512_f64, 12, 16, 120, 192, 4096, &avx512w_f64, &avx512t_f64),
 };
 
 #else

@@ -66,8 +66,8 @@ const tgi_gemm_impl tgi_gemm_impl_generic = {
     "generic",
     {4, 8, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f32, tgi_pack_a_generic_f32,
      tgi_pack_b_generic_f32, tgi_direct_generic_f32,
-     tgi_ukr_pa_generic_f32, NULL},
+     tgi_ukr_pa_generic_f32, NULL, NULL},
     {4, 4, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f64, tgi_pack_a_generic_f64,
      tgi_pack_b_generic_f64, tgi_direct_generic_f64,
-     tgi_ukr_pa_generic_f64, NULL},
+     tgi_ukr_pa_generic_f64, NULL, NULL},
 };

@@ -59,6 +59,8 @@ typedef struct tgi_gemm_kern {
     /* the set for the blocked path, when it differs (a wider tile that reads fewer
      * values per multiply-add but wastes more on thin shapes), or NULL: this one */
     const struct tgi_gemm_kern *blocked;
+    /* the set for products with at most its NR columns (both paths), or NULL */
+    const struct tgi_gemm_kern *thin;
 } tgi_gemm_kern;
 
 typedef struct tgi_gemm_impl {

@@ -2,8 +2,8 @@
 /* test_gemm_blocking.c: the blocked path of the GEMM (src/kernels/gemm.c) at its block
  * boundaries. Shapes cross MC (1536 rows), KC (512 for f32, 256 for f64 on AVX-512)
  * and NC (512 / 384 columns), with rows left over after whole tiles of 6 and 12 and
- * columns after whole panels of 64 / 32 / 16 / 8, in the four forms, with and without
- * accumulate, for every kernel set this CPU runs. Entries are small integers, so every
+ * columns after whole panels of 64 / 32 / 16 / 8 (and the 16-wide tile for n <= 16),
+ * in the four forms, with and without accumulate, for every kernel set this CPU runs. Entries are small integers, so every
  * sum is exact in f32 and f64 whatever the order: the result must equal the reference
  * bit for bit, and the padding of A and B (NaN) must never reach it. Two threads on a
  * pool must give the same bits as one. */
@@ -107,6 +107,7 @@ Test(gemm_blocking, block_boundaries_exact)
 {
     static const int64_t shapes[][3] = {
         {1543, 70, 40}, {70, 1100, 40}, {67, 130, 1100}, {97, 200, 530}, {130, 40, 300},
+        {100, 10, 1021}, /* A B: rows of A 4 KiB apart, so the thin tile's blocked path */
     };
     tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(ws);
