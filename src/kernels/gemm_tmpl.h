@@ -303,6 +303,22 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
     for (; i + TMPL_MR <= m; i += TMPL_MR)
         TMPL_NAME(tgi_direct_tile_)(TMPL_MR, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
                                     C + i * ldc, ldc, nr);
+#if TMPL_MR == 12
+    /* 9-11 rows left (C^T of a product with n = 10, gemm.c): one tile, not 8 + 2 + 1
+     * (a 2-row tile has too few accumulators to hide the FMA latency) */
+    if (m - i > 8) {
+        if (m - i == 9)
+            TMPL_NAME(tgi_direct_tile_)(9, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        else if (m - i == 10)
+            TMPL_NAME(tgi_direct_tile_)(10, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        else
+            TMPL_NAME(tgi_direct_tile_)(11, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        return;
+    }
+#endif
 #if TMPL_MR > 8
     for (; i + 8 <= m; i += 8)
         TMPL_NAME(tgi_direct_tile_)(8, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,

@@ -108,6 +108,7 @@ Test(gemm_blocking, block_boundaries_exact)
     static const int64_t shapes[][3] = {
         {1543, 70, 40}, {70, 1100, 40}, {67, 130, 1100}, {97, 200, 530}, {130, 40, 300},
         {100, 10, 1021}, /* A B: rows of A 4 KiB apart, so the thin tile's blocked path */
+        {300, 10, 200},  {64, 16, 70}, /* thin: computed as C^T when op(B) = B */
     };
     tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(ws);
