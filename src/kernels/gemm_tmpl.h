@@ -100,7 +100,7 @@ TMPL_NAME(tgi_ukr_body_)(const int pack, int64_t kc, const TMPL_T *a, const TMPL
     _Pragma("GCC unroll 16") for (int i = 0; i < TMPL_MR; i++)
         _Pragma("GCC unroll 8") for (int v = 0; v < TMPL_NV; v++) acc[i][v] = TMPL_ZERO();
 
-    _Pragma("GCC unroll 2") for (int64_t p = 0; p < kc; p++) {
+    _Pragma("GCC unroll 4") for (int64_t p = 0; p < kc; p++) {
         TMPL_V bb[TMPL_NV];
         const TMPL_T *ap = a;
         if (pack) {
