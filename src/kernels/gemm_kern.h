@@ -31,7 +31,7 @@ typedef void (*tgi_gemm_pack_b_fn)(int64_t kc, int64_t nc, const void *B, int64_
  * B(p,j) = B[p*ldb + j]. All NR columns of every B row must be readable (the driver
  * passes a packed, zero-padded kc x NR slice, or with bpk a full panel of a
  * row-major op(B)); only nr columns of C are written. k >= 1. Any m: MR-row tiles,
- * then 8 (if MR > 8), 4, 2, 1-row tiles. bpk: NULL, or (when m >= MR) a k x NR
+ * then one 9-11-row tile (if MR = 12) or 8 (if MR > 8), 4, 2, 1-row tiles. bpk: NULL, or (when m >= MR) a k x NR
  * buffer that the first tile fills with the rows of B it reads, so that the other
  * tiles read them from there (packing B inside the first tile's multiply-adds).
  * Each element is summed exactly as by the microkernel, so the two can share a

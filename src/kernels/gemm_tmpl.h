@@ -281,7 +281,8 @@ TMPL_NAME(tgi_direct_tile_)(const int rows, const int pack, int64_t k, const TMP
 }
 
 /* The direct kernel over m rows of one column panel: full MR-row tiles, then the
- * remaining rows in tiles of 8 (when MR > 8), 4, 2 and 1 rows. With bpk (and
+ * remaining rows in one tile of 9-11 rows (when MR = 12) or in tiles of 8 (when
+ * MR > 8), 4, 2 and 1 rows. With bpk (and
  * m >= MR), B is the caller's op(B) and the first tile packs it into bpk for the
  * others (see gemm_kern.h). */
 TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void *Av,
