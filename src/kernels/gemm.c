@@ -12,26 +12,29 @@
  * look at these strides, so A^T B, A B^T and A^T B^T cost one strided copy of data
  * that is copied anyway, and no transpose is ever materialised.
  *
- * Blocked path (the GotoBLAS/BLIS structure). Loop order, outermost first:
+ * Blocked path (the GotoBLAS/BLIS structure, with the BLIS order of the two inner
+ * loops). Loop order, outermost first:
  *
- *   jc: columns of C in steps of NC
+ *   ic: rows of C in blocks of at most MC (equal blocks, whole tiles)
  *     pc: k in steps of kc (k split into equal blocks of at most KC)
- *         pack op(B)[pc:pc+kc, jc:jc+nc] -> ~B: NR-column micro-panels  (lives in L3)
- *       ic: rows of C in steps of MC
- *           pack op(A)[ic:ic+mc, pc:pc+kc] -> ~A: MR-row micro-panels  (lives in L2)
- *         jr: NR-column micro-panels of ~B  (one kc x NR micro-panel sits in L1)
- *           ir: MR-row micro-panels of ~A   (streamed from L2)
+ *         pack op(A)[ic:ic+mc, pc:pc+kc] -> ~A: MR-row micro-panels  (lives in L3)
+ *       jc: columns of C in blocks of at most NC (equal blocks, whole panels)
+ *           pack op(B)[pc:pc+kc, jc:jc+nc] -> ~B: NR-column micro-panels  (lives in L2)
+ *         ir: MR-row micro-panels of ~A   (one MR x kc micro-panel sits in L1)
+ *           jr: NR-column micro-panels of ~B  (streamed from L2, along C's rows)
  *             microkernel: MR x NR tile of C in registers, kc multiply-adds each,
  *                          then C = C + tile (or C = tile on the first k block).
  *
- * MR, NR, MC, KC, NC come from the kernel set (table in gemm_kern.h; values and
- * measurements in docs/gemm.md). Packed panels are zero-padded to whole MR / NR.
- * Full MR-row tiles go to the microkernel (a partial column panel is computed whole
- * and only its valid columns written back); the last mc % MR rows go to the direct
- * kernel's 4-, 2- and 1-row tiles, reading the same packed panels, so a 1024-row
- * matrix does not pay for a 6-row tile to get 4 rows. When op(A) = A^T, the full
- * row panels are not packed beforehand: the first column panel's tiles (ukr_pa)
- * read A^T in place and write the packed panels as they go.
+ * With MC large, each operand is packed once per k block for m up to MC; C is read
+ * and written once per k block, a tile row at a time. A kernel set may name a
+ * second set for this path (tgi_gemm_kern.blocked: AVX-512 uses a wider tile here).
+ * MR, NR, MC, KC, NC come from the kernel set (values and measurements in
+ * docs/gemm.md). Packed panels are zero-padded to whole MR / NR. Full MR-row tiles
+ * go to the microkernel (a partial column panel is computed whole and only its
+ * valid columns written back); the last mc % MR rows go to the direct kernel's
+ * smaller tiles, reading the same packed panels. When op(A) = A^T and the B block
+ * is small, the full row panels are not packed beforehand: the first tile of each
+ * (ukr_pa) reads A^T in place and writes the packed panel as it goes.
  *
  * Direct path. For small or skinny shapes packing A costs more than it saves, so
  * use_direct() sends them to the direct kernel: same register tile, A read in place
@@ -70,13 +73,19 @@
 /* ---------------------------------------------------------------------------------
  * Workspace */
 
-struct tg_gemm_ws {
-    tgi_alloc_fn alloc;
-    void *ud;
-    void *raw;           /* what alloc returned (freed through alloc) */
+/* One growable 64-byte-aligned buffer of the workspace. */
+typedef struct ws_buf {
+    void *raw;           /* what alloc returned (freed through alloc), or NULL */
     size_t raw_size;     /* its size, as passed to alloc */
     unsigned char *buf;  /* raw rounded up to 64 bytes */
     size_t cap;          /* usable bytes at buf */
+} ws_buf;
+
+struct tg_gemm_ws {
+    tgi_alloc_fn alloc;
+    void *ud;
+    ws_buf pk;           /* packing buffers, carved per call into per-thread regions */
+    ws_buf tr;           /* C^T of a thin product (gemm_thin_transposed) */
     tgi_pool *pool;      /* threads for nthreads > 1 (not owned), or NULL */
 };
 
@@ -87,13 +96,9 @@ tg_gemm_ws *tgi_gemm_ws_new(tgi_alloc_fn alloc, void *ud)
     if (!alloc) return NULL;
     tg_gemm_ws *ws = (tg_gemm_ws *)alloc(ud, NULL, 0, sizeof *ws);
     if (!ws) return NULL;
+    memset(ws, 0, sizeof *ws);
     ws->alloc = alloc;
     ws->ud = ud;
-    ws->raw = NULL;
-    ws->raw_size = 0;
-    ws->buf = NULL;
-    ws->cap = 0;
-    ws->pool = NULL;
     return ws;
 }
 
@@ -105,25 +110,26 @@ void tgi_gemm_ws_set_pool(tg_gemm_ws *ws, tgi_pool *pool)
 void tgi_gemm_ws_free(tg_gemm_ws *ws)
 {
     if (!ws) return;
-    if (ws->raw) ws->alloc(ws->ud, ws->raw, ws->raw_size, 0);
+    if (ws->pk.raw) ws->alloc(ws->ud, ws->pk.raw, ws->pk.raw_size, 0);
+    if (ws->tr.raw) ws->alloc(ws->ud, ws->tr.raw, ws->tr.raw_size, 0);
     ws->alloc(ws->ud, ws, sizeof *ws, 0);
 }
 
-/* Make at least `bytes` usable bytes available at ws->buf. Contents are not kept.
+/* Make at least `bytes` usable bytes available at b->buf. Contents are not kept.
  * The new block is allocated before the old one is freed, so on failure the
- * workspace is as it was. */
-static int ws_reserve(tg_gemm_ws *ws, size_t bytes)
+ * buffer is as it was. */
+static int ws_reserve(tg_gemm_ws *ws, ws_buf *b, size_t bytes)
 {
-    if (bytes <= ws->cap) return 0;
+    if (bytes <= b->cap) return 0;
     size_t want = (bytes + 65535u) & ~(size_t)65535u; /* grow in 64 KiB steps */
     if (want < bytes || want > SIZE_MAX - WS_ALIGN) return -1;
     void *raw = ws->alloc(ws->ud, NULL, 0, want + WS_ALIGN);
     if (!raw) return -1;
-    if (ws->raw) ws->alloc(ws->ud, ws->raw, ws->raw_size, 0);
-    ws->raw = raw;
-    ws->raw_size = want + WS_ALIGN;
-    ws->buf = (unsigned char *)(((uintptr_t)raw + (WS_ALIGN - 1)) & ~(uintptr_t)(WS_ALIGN - 1));
-    ws->cap = want;
+    if (b->raw) ws->alloc(ws->ud, b->raw, b->raw_size, 0);
+    b->raw = raw;
+    b->raw_size = want + WS_ALIGN;
+    b->buf = (unsigned char *)(((uintptr_t)raw + (WS_ALIGN - 1)) & ~(uintptr_t)(WS_ALIGN - 1));
+    b->cap = want;
     return 0;
 }
 
@@ -229,50 +235,73 @@ typedef struct {
 /* ---------------------------------------------------------------------------------
  * Blocked path */
 
+/* The block of at most `max` that splits `len` into equal parts, rounded up to a
+ * multiple of `unit` (so 1024 columns in blocks of at most 480 become 352, 352, 320
+ * instead of 480, 480, 64). */
+static int64_t even_block(int64_t len, int64_t max, int64_t unit)
+{
+    const int64_t b = ceil_div(len, ceil_div(len, max));
+    return imin(ceil_div(b, unit) * unit, max);
+}
+
+/* Largest B block (bytes) with which the blocked path packs A^T inside its first
+ * tiles: about the size of L1d (48 KiB on Sapphire Rapids, 32 KiB on Zen 3). */
+#define FUSE_MAX_B 49152
+
 /* The sequential blocked algorithm on rows [i0,i1) x columns [j0,j1) of C. */
 static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           unsigned char *abuf, unsigned char *bbuf)
 {
     const tgi_gemm_kern *K = P->kern;
     const size_t es = P->esz;
-    const int64_t MR = K->mr, NR = K->nr, MC = K->mc, NC = K->nc;
+    const int64_t MR = K->mr, NR = K->nr;
     const int64_t m = i1 - i0, n = j1 - j0, k = P->k;
+    const int64_t MC = even_block(m, K->mc, MR), NC = even_block(n, K->nc, NR);
+    /* op(A) = A^T: the first tile of each full row panel packs its rows of A as it
+     * goes (ukr_pa), and only a last partial row panel is packed beforehand; but only
+     * when the B block is small enough to leave in L1 the lines of A^T that the next
+     * row panel's first tile reads again (MR values of each row of A^T at a time):
+     * with a 512 x 512 f32 B block streaming past between two tiles, 1024^3 A^T B ran
+     * 10% slower fused than packed in one pass */
+    const int fuse = P->rsa == 1 && K->ukr_pa != NULL && NC * P->kcb * (int64_t)es <= FUSE_MAX_B;
 
-    for (int64_t jc = 0; jc < n; jc += NC) {
-        const int64_t nc = imin(NC, n - jc);
+    for (int64_t ic = 0; ic < m; ic += MC) {
+        const int64_t mc = imin(MC, m - ic);
+        const int64_t mfull = mc / MR * MR, mpk = fuse ? mfull : 0;
         for (int64_t pc = 0; pc < k; pc += P->kcb) {
             const int64_t kc = imin(P->kcb, k - pc);
             const int add = P->add || pc > 0;
-            K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
-                      P->csb, bbuf);
-            for (int64_t ic = 0; ic < m; ic += MC) {
-                const int64_t mc = imin(MC, m - ic);
-                const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
-                /* op(A) = A^T: the first column panel's tiles pack their rows of A as they
-                 * go (ukr_pa); only the last partial row panel is packed here */
-                const int fuse = P->rsa == 1 && K->ukr_pa != NULL;
-                const int64_t mfull = fuse ? mc / MR * MR : 0;
-                if (mfull < mc)
-                    K->pack_a(mc - mfull, kc, ablk + (size_t)(mfull * P->rsa) * es, P->rsa,
-                              P->csa, abuf + (size_t)(mfull * kc) * es);
-                unsigned char *crow = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
-                for (int64_t jr = 0; jr < nc; jr += NR) {
-                    const unsigned char *bp = bbuf + (size_t)(jr * kc) * es;
-                    const int nr = (int)imin(NR, nc - jr);
-                    int64_t ir = 0;
-                    if (jr == 0)
-                        for (; ir < mfull; ir += MR)
-                            K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa,
-                                      abuf + (size_t)(ir * kc) * es, bp,
-                                      crow + (size_t)(ir * P->ldc) * es, P->ldc, add, nr);
-                    for (; ir + MR <= mc; ir += MR)
-                        K->ukr(kc, abuf + (size_t)(ir * kc) * es, bp,
-                               crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, add, (int)MR, nr);
-                    if (ir < mc) /* last rows: the direct kernel's smaller tiles on the
-                                    packed panels (A(i,p) at a[i + p*MR]), same sums */
-                        K->direct(mc - ir, kc, abuf + (size_t)(ir * kc) * es, 1, MR, bp, NR,
-                                  NULL, add, crow + (size_t)(ir * P->ldc + jr) * es, P->ldc, nr);
+            const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
+            if (mpk < mc)
+                K->pack_a(mc - mpk, kc, ablk + (size_t)(mpk * P->rsa) * es, P->rsa, P->csa,
+                          abuf + (size_t)(mpk * kc) * es);
+            for (int64_t jc = 0; jc < n; jc += NC) {
+                const int64_t nc = imin(NC, n - jc);
+                K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
+                          P->csb, bbuf);
+                unsigned char *cblk = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
+                /* one MR x kc micro-panel of A stays in L1 while the kc x NR micro-panels
+                 * of B stream past it from L2, along the rows of C */
+                for (int64_t ir = 0; ir < mfull; ir += MR) {
+                    const unsigned char *ap = abuf + (size_t)(ir * kc) * es;
+                    unsigned char *crow = cblk + (size_t)(ir * P->ldc) * es;
+                    int64_t jr = 0;
+                    if (jc == 0 && fuse) {
+                        K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa, abuf + (size_t)(ir * kc) * es,
+                                  bbuf, crow, P->ldc, add, (int)imin(NR, nc));
+                        jr = NR;
+                    }
+                    for (; jr < nc; jr += NR)
+                        K->ukr(kc, ap, bbuf + (size_t)(jr * kc) * es, crow + (size_t)jr * es,
+                               P->ldc, add, (int)MR, (int)imin(NR, nc - jr));
                 }
+                if (mfull < mc) /* last rows: the direct kernel's smaller tiles on the packed
+                                   panels (A(i,p) at a[i + p*MR]), same sums */
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        K->direct(mc - mfull, kc, abuf + (size_t)(mfull * kc) * es, 1, MR,
+                                  bbuf + (size_t)(jr * kc) * es, NR, NULL, add,
+                                  cblk + (size_t)(mfull * P->ldc + jr) * es, P->ldc,
+                                  (int)imin(NR, nc - jr));
             }
         }
     }
@@ -312,13 +341,13 @@ static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
     const size_t b_bytes =
         round_up_bytes((size_t)(ceil_div(imin(K->nc, n_thr), NR) * NR * P->kcb) * P->esz);
     const size_t per_thread = a_bytes + b_bytes;
-    if (ws_reserve(ws, per_thread * (size_t)nt)) return -1;
+    if (ws_reserve(ws, &ws->pk, per_thread * (size_t)nt)) return -1;
 
     if (nt == 1) {
-        blocked_range(P, 0, P->m, 0, P->n, ws->buf, ws->buf + a_bytes);
+        blocked_range(P, 0, P->m, 0, P->n, ws->pk.buf, ws->pk.buf + a_bytes);
         return 0;
     }
-    gemm_job J = {P, ws->buf, per_thread, a_bytes, tiles, nranges, 0, split_n};
+    gemm_job J = {P, ws->pk.buf, per_thread, a_bytes, tiles, nranges, 0, split_n};
     tgi_pool_run(ws->pool, nt, nranges, blocked_chunk, &J);
     return 0;
 }
@@ -406,19 +435,53 @@ static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
     const int64_t tiles = split_n ? npan : mtiles;
     const int nt = threads_for(ws, nthreads, tiles, P->m, P->n, P->k);
     const size_t per_thread = round_up_bytes((size_t)(P->kcb * NR) * P->esz);
-    if (ws_reserve(ws, per_thread * (size_t)nt)) return -1;
+    if (ws_reserve(ws, &ws->pk, per_thread * (size_t)nt)) return -1;
 
     if (nt == 1) {
-        direct_range(P, 0, npan, 0, P->m, ws->buf);
+        direct_range(P, 0, npan, 0, P->m, ws->pk.buf);
         return 0;
     }
-    gemm_job J = {P, ws->buf, per_thread, 0, tiles, ranges_for(nt, tiles), npan, split_n};
+    gemm_job J = {P, ws->pk.buf, per_thread, 0, tiles, ranges_for(nt, tiles), npan, split_n};
     tgi_pool_run(ws->pool, nt, J.nranges, direct_chunk, &J);
     return 0;
 }
 
 /* ---------------------------------------------------------------------------------
  * Entry points */
+
+/* Thin products: C[m, n] with n <= 16 and m >= 64, op(B) = B (forms A B and A^T B).
+ * Row tiles put the n columns in the vector lanes, so n = 10 fills 10 of 16 (f32);
+ * computed as C^T[n, m] = op(B)^T op(A)^T instead, the m rows run along the lanes
+ * (and the direct kernel's 10-row tile covers the n = 10 rows of C^T). C^T goes to
+ * the workspace and is then added into C transposed (a choice by shape only, so the
+ * bits still do not depend on the thread count). Against OpenBLAS's SkylakeX kernels
+ * (docs/gemm.md): f32 128x64x10 A^T B 0.54 -> 0.90x, 1024x256x10 A^T B 0.96 -> 2.2x,
+ * 256x1024x10 A B 1.06 -> 1.4x; f64 256x1024x10 A B 0.75 -> 1.17x, 128x64x10 A^T B
+ * 0.89 -> 1.17x; f64 64x128x10 A B lost 7%, hence the size limit for f64 A B. */
+static int thin_transposed(size_t esz, int64_t m, int64_t n, int64_t k, int ta, int tb)
+{
+    if (tb || n > 16 || m < 64) return 0;
+    return esz == sizeof(float) || ta || (double)m * (double)k >= 65536.0;
+}
+
+/* C[i, j] = (add ? C[i, j] : 0) + T[j, i] for T of n rows of m */
+#define ADD_TRANSPOSED(T_)                                                                 \
+    do {                                                                                   \
+        T_ *c = (T_ *)C;                                                                   \
+        const T_ *t = (const T_ *)T;                                                       \
+        for (int64_t i = 0; i < m; i++)                                                    \
+            for (int64_t j = 0; j < n; j++)                                                \
+                c[i * ldc + j] = add ? c[i * ldc + j] + t[j * m + i] : t[j * m + i];       \
+    } while (0)
+static void add_transposed(void *C, int64_t ldc, const void *T, int64_t m, int64_t n, int add,
+                           size_t esz)
+{
+    if (esz == sizeof(float))
+        ADD_TRANSPOSED(float);
+    else
+        ADD_TRANSPOSED(double);
+}
+#undef ADD_TRANSPOSED
 
 static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthreads, int ta,
                     int tb, int64_t m, int64_t n, int64_t k, const void *A, int64_t lda,
@@ -431,6 +494,14 @@ static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthr
         return 0;
     }
     if (!ws) return -1;
+    if (thin_transposed(esz, m, n, k, ta, tb)) {
+        if (ws_reserve(ws, &ws->tr, (size_t)(m * n) * esz)) return -1;
+        void *T = ws->tr.buf;
+        /* op(B)^T = B^T (B stored [k, n]); op(A)^T = A^T, or A when ta */
+        if (gemm_any(ws, K, esz, nthreads, 1, !ta, n, m, k, B, ldb, A, lda, 0, T, m)) return -1;
+        add_transposed(C, ldc, T, m, n, accumulate != 0, esz);
+        return 0;
+    }
     gemm_problem P;
     P.kern = K;
     P.esz = esz;
@@ -446,8 +517,14 @@ static int gemm_any(tg_gemm_ws *ws, const tgi_gemm_kern *K, size_t esz, int nthr
     P.add = accumulate != 0;
     P.C = (unsigned char *)C;
     P.ldc = ldc;
+    if (K->thin && n <= K->thin->nr) /* n = 10: a 16-wide tile wastes half as much */
+        P.kern = K = K->thin;
     P.kcb = ceil_div(k, ceil_div(k, K->kc));
     if (use_direct(&P)) return run_direct(ws, &P, nthreads);
+    if (K->blocked) { /* the set's wider tile and its own blocks */
+        P.kern = K = K->blocked;
+        P.kcb = ceil_div(k, ceil_div(k, K->kc));
+    }
     return run_blocked(ws, &P, nthreads);
 }
 

@@ -63,12 +63,12 @@
 
 const tgi_gemm_impl tgi_gemm_impl_avx2 = {
     "avx2",
-    {6, 16, 144, 256, 4080, tgi_ukr_avx2_f32, tgi_pack_a_avx2_f32, tgi_pack_b_avx2_f32,
+    {6, 16, 1536, 256, 240, tgi_ukr_avx2_f32, tgi_pack_a_avx2_f32, tgi_pack_b_avx2_f32,
      tgi_direct_avx2_f32,
-     tgi_ukr_pa_avx2_f32},
-    {6, 8, 72, 256, 4080, tgi_ukr_avx2_f64, tgi_pack_a_avx2_f64, tgi_pack_b_avx2_f64,
+     tgi_ukr_pa_avx2_f32, NULL, NULL},
+    {6, 8, 1536, 256, 120, tgi_ukr_avx2_f64, tgi_pack_a_avx2_f64, tgi_pack_b_avx2_f64,
      tgi_direct_avx2_f64,
-     tgi_ukr_pa_avx2_f64},
+     tgi_ukr_pa_avx2_f64, NULL, NULL},
 };
 
 #else

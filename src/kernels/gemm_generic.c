@@ -28,9 +28,9 @@ static inline tgi_gv2d gv2d_load(const double *p)
 }
 static inline void gv2d_store(double *p, tgi_gv2d v) { memcpy(p, &v, sizeof v); }
 
-#define GENERIC_MC 128
+#define GENERIC_MC 1536
 #define GENERIC_KC 256
-#define GENERIC_NC 4096
+#define GENERIC_NC 128
 
 #define TMPL_T float
 #define TMPL_SFX generic_f32
@@ -66,8 +66,8 @@ const tgi_gemm_impl tgi_gemm_impl_generic = {
     "generic",
     {4, 8, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f32, tgi_pack_a_generic_f32,
      tgi_pack_b_generic_f32, tgi_direct_generic_f32,
-     tgi_ukr_pa_generic_f32},
+     tgi_ukr_pa_generic_f32, NULL, NULL},
     {4, 4, GENERIC_MC, GENERIC_KC, GENERIC_NC, tgi_ukr_generic_f64, tgi_pack_a_generic_f64,
      tgi_pack_b_generic_f64, tgi_direct_generic_f64,
-     tgi_ukr_pa_generic_f64},
+     tgi_ukr_pa_generic_f64, NULL, NULL},
 };

@@ -31,7 +31,7 @@ typedef void (*tgi_gemm_pack_b_fn)(int64_t kc, int64_t nc, const void *B, int64_
  * B(p,j) = B[p*ldb + j]. All NR columns of every B row must be readable (the driver
  * passes a packed, zero-padded kc x NR slice, or with bpk a full panel of a
  * row-major op(B)); only nr columns of C are written. k >= 1. Any m: MR-row tiles,
- * then 8 (if MR > 8), 4, 2, 1-row tiles. bpk: NULL, or (when m >= MR) a k x NR
+ * then one 9-11-row tile (if MR = 12) or 8 (if MR > 8), 4, 2, 1-row tiles. bpk: NULL, or (when m >= MR) a k x NR
  * buffer that the first tile fills with the rows of B it reads, so that the other
  * tiles read them from there (packing B inside the first tile's multiply-adds).
  * Each element is summed exactly as by the microkernel, so the two can share a
@@ -49,12 +49,18 @@ typedef void (*tgi_gemm_ukr_pa_fn)(int64_t kc, const void *asrc, int64_t csa, vo
 
 typedef struct tgi_gemm_kern {
     int mr, nr;          /* register tile (rows x columns of C) */
-    int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B panel kc x nc (L3) */
+    int mc, kc, nc;      /* cache blocks: packed A block mc x kc (L3), packed B block
+                          * kc x nc (L2); one MR x kc micro-panel of A sits in L1 */
     tgi_gemm_ukr_fn ukr;
     tgi_gemm_pack_a_fn pack_a;
     tgi_gemm_pack_b_fn pack_b;
     tgi_gemm_direct_fn direct;
     tgi_gemm_ukr_pa_fn ukr_pa;
+    /* the set for the blocked path, when it differs (a wider tile that reads fewer
+     * values per multiply-add but wastes more on thin shapes), or NULL: this one */
+    const struct tgi_gemm_kern *blocked;
+    /* the set for products with at most its NR columns (both paths), or NULL */
+    const struct tgi_gemm_kern *thin;
 } tgi_gemm_kern;
 
 typedef struct tgi_gemm_impl {

@@ -74,24 +74,6 @@ PACKX(pack_a_rows_f32_)(const int MR, int64_t kc, const float *a, int64_t lda, f
         for (int r = 0; r < MR; r++) out[p * MR + r] = a[r * lda + p];
 }
 
-/* f32: NR columns of op(B) = B^T (column j at b + j*ldb) -> out[p*NR + j], NR a
- * multiple of 8: NR/8 transposes of 8x8 per eight k steps. */
-PACKX_TARGET static inline __attribute__((always_inline)) void
-PACKX(pack_b_cols_f32_)(const int NR, int64_t kc, const float *b, int64_t ldb, float *out)
-{
-    int64_t p = 0;
-    for (; p + 8 <= kc; p += 8) {
-        for (int h = 0; h < NR; h += 8) {
-            __m256 x[8];
-            for (int j = 0; j < 8; j++) x[j] = _mm256_loadu_ps(b + (h + j) * ldb + p);
-            PACKX(transpose8_ps_)(x);
-            for (int q = 0; q < 8; q++) _mm256_storeu_ps(out + (p + q) * NR + h, x[q]);
-        }
-    }
-    for (; p < kc; p++)
-        for (int j = 0; j < NR; j++) out[p * NR + j] = b[j * ldb + p];
-}
-
 /* f64: MR rows of A -> out[p*MR + r], MR even: rows in groups of 4 (4x4 transpose),
  * a last pair by unpacking; four k steps at a time. */
 PACKX_TARGET static inline __attribute__((always_inline)) void
@@ -122,22 +104,30 @@ PACKX(pack_a_rows_f64_)(const int MR, int64_t kc, const double *a, int64_t lda, 
         for (int r = 0; r < MR; r++) out[p * MR + r] = a[r * lda + p];
 }
 
-/* f64: NR columns of op(B) = B^T -> out[p*NR + j], NR a multiple of 4. */
-PACKX_TARGET static inline __attribute__((always_inline)) void
-PACKX(pack_b_cols_f64_)(const int NR, int64_t kc, const double *b, int64_t ldb, double *out)
-{
-    int64_t p = 0;
-    for (; p + 4 <= kc; p += 4) {
-        for (int h = 0; h < NR; h += 4) {
-            __m256d x[4];
-            for (int j = 0; j < 4; j++) x[j] = _mm256_loadu_pd(b + (h + j) * ldb + p);
-            PACKX(transpose4_pd_)(x);
-            for (int q = 0; q < 4; q++) _mm256_storeu_pd(out + (p + q) * NR + h, x[q]);
-        }
+/* NR columns of op(B) = B^T (column j at b + j*ldb) -> out[p*NR + j], NR a multiple
+ * of W: NR/W register transposes of W x W per W k steps. Defined once for both types
+ * (f32: 8 x 8, f64: 4 x 4). */
+#define PACKX_DEF_B_COLS(name, T, VT, W, LOADU, STOREU, TRANSPOSE)                       \
+    PACKX_TARGET static inline __attribute__((always_inline)) void PACKX(name)(          \
+        const int NR, int64_t kc, const T *b, int64_t ldb, T *out)                       \
+    {                                                                                    \
+        int64_t p = 0;                                                                   \
+        for (; p + W <= kc; p += W) {                                                    \
+            for (int h = 0; h < NR; h += W) {                                            \
+                VT x[W];                                                                 \
+                for (int j = 0; j < W; j++) x[j] = LOADU(b + (h + j) * ldb + p);         \
+                TRANSPOSE(x);                                                            \
+                for (int q = 0; q < W; q++) STOREU(out + (p + q) * NR + h, x[q]);        \
+            }                                                                            \
+        }                                                                                \
+        for (; p < kc; p++)                                                              \
+            for (int j = 0; j < NR; j++) out[p * NR + j] = b[j * ldb + p];               \
     }
-    for (; p < kc; p++)
-        for (int j = 0; j < NR; j++) out[p * NR + j] = b[j * ldb + p];
-}
+PACKX_DEF_B_COLS(pack_b_cols_f32_, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps,
+                 PACKX(transpose8_ps_))
+PACKX_DEF_B_COLS(pack_b_cols_f64_, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd,
+                 PACKX(transpose4_pd_))
+#undef PACKX_DEF_B_COLS
 
 #undef PACKX
 #undef PACKX_CAT

@@ -20,6 +20,8 @@
  *                   lda, contiguous along p) as one micro-panel: out[p*MR + r] = a[r*lda + p]
  *   TMPL_PACK_B_COLS(kc, b, ldb, out)  pack NR full columns of op(B) = B^T (column j at
  *                   b + j*ldb, contiguous along p): out[p*NR + j] = b[j*ldb + p]
+ *   TMPL_KEEP_VOCAB keep all but TMPL_SFX, TMPL_MR, TMPL_NV defined afterwards, for
+ *                   a second tile shape of the same type
  * and gets, all static:
  *   tgi_ukr_SFX, tgi_ukr_pa_SFX, tgi_pack_a_SFX, tgi_pack_b_SFX, tgi_direct_SFX
  *   (see gemm_kern.h)
@@ -98,7 +100,7 @@ TMPL_NAME(tgi_ukr_body_)(const int pack, int64_t kc, const TMPL_T *a, const TMPL
     _Pragma("GCC unroll 16") for (int i = 0; i < TMPL_MR; i++)
         _Pragma("GCC unroll 8") for (int v = 0; v < TMPL_NV; v++) acc[i][v] = TMPL_ZERO();
 
-    _Pragma("GCC unroll 2") for (int64_t p = 0; p < kc; p++) {
+    _Pragma("GCC unroll 4") for (int64_t p = 0; p < kc; p++) {
         TMPL_V bb[TMPL_NV];
         const TMPL_T *ap = a;
         if (pack) {
@@ -279,7 +281,8 @@ TMPL_NAME(tgi_direct_tile_)(const int rows, const int pack, int64_t k, const TMP
 }
 
 /* The direct kernel over m rows of one column panel: full MR-row tiles, then the
- * remaining rows in tiles of 8 (when MR > 8), 4, 2 and 1 rows. With bpk (and
+ * remaining rows in one tile of 9-11 rows (when MR = 12) or in tiles of 8 (when
+ * MR > 8), 4, 2 and 1 rows. With bpk (and
  * m >= MR), B is the caller's op(B) and the first tile packs it into bpk for the
  * others (see gemm_kern.h). */
 TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void *Av,
@@ -301,6 +304,22 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
     for (; i + TMPL_MR <= m; i += TMPL_MR)
         TMPL_NAME(tgi_direct_tile_)(TMPL_MR, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
                                     C + i * ldc, ldc, nr);
+#if TMPL_MR == 12
+    /* 9-11 rows left (C^T of a product with n = 10, gemm.c): one tile, not 8 + 2 + 1
+     * (a 2-row tile has too few accumulators to hide the FMA latency) */
+    if (m - i > 8) {
+        if (m - i == 9)
+            TMPL_NAME(tgi_direct_tile_)(9, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        else if (m - i == 10)
+            TMPL_NAME(tgi_direct_tile_)(10, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        else
+            TMPL_NAME(tgi_direct_tile_)(11, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
+                                        C + i * ldc, ldc, nr);
+        return;
+    }
+#endif
 #if TMPL_MR > 8
     for (; i + 8 <= m; i += 8)
         TMPL_NAME(tgi_direct_tile_)(8, 0, k, A + i * rsa, rsa, csa, B, ldb, NULL, add,
@@ -326,13 +345,14 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
 #undef TMPL_NAME
 #undef TMPL_CAT
 #undef TMPL_CAT2
-#undef TMPL_T
 #undef TMPL_SFX
+#undef TMPL_MR
+#undef TMPL_NV
+#ifndef TMPL_KEEP_VOCAB /* else the includer instantiates the same type again */
+#undef TMPL_T
 #undef TMPL_TARGET
 #undef TMPL_V
 #undef TMPL_VL
-#undef TMPL_MR
-#undef TMPL_NV
 #undef TMPL_ZERO
 #undef TMPL_LOAD
 #undef TMPL_STORE
@@ -341,3 +361,4 @@ TMPL_TARGET static void TMPL_NAME(tgi_direct_)(int64_t m, int64_t k, const void 
 #undef TMPL_ADD
 #undef TMPL_PACK_A_ROWS
 #undef TMPL_PACK_B_COLS
+#endif
