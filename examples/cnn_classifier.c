@@ -160,8 +160,11 @@ static tg_tensor *cnn_forward(tg_ctx *ctx, const cnn *m, tg_tensor *x)
 {
     int64_t n = tg_dim(x, 0);
     tg_tensor *h = tg_reshape(ctx, x, 4, (const int64_t[]){n, 1, SIDE, SIDE});
-    h = tg_max_pool2d(ctx, tg_relu(ctx, tg_conv_forward(ctx, &m->conv1, h)), 2, 2);
-    h = tg_max_pool2d(ctx, tg_relu(ctx, tg_conv_forward(ctx, &m->conv2, h)), 2, 2);
+    /* relu then max pool, computed as max pool then relu: the same values and
+     * gradients (relu is monotone, and where a window's maximum is <= 0 both
+     * orders pass back zero), with relu on a quarter of the elements */
+    h = tg_relu(ctx, tg_max_pool2d(ctx, tg_conv_forward(ctx, &m->conv1, h), 2, 2));
+    h = tg_relu(ctx, tg_max_pool2d(ctx, tg_conv_forward(ctx, &m->conv2, h), 2, 2));
     h = tg_reshape(ctx, h, 2, (const int64_t[]){n, 32 * 7 * 7});
     return tg_dense_forward(ctx, &m->fc, h, TG_ACT_NONE);
 }
