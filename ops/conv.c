@@ -308,15 +308,80 @@ static int64_t dlay_size(const dlay *L, int64_t nch, const geom *g)
     return nch * L->plane + L->qr + g->kw;
 }
 
-/* xp (nch planes in layout L, borders zero) = the interior x [nch,h,w] */
-static void dlay_fill(void *xp, const void *x, int64_t nch, const dlay *L, size_t esize)
+/* nr rows of nc elements, rows ds apart in d and ss apart in s: d = s
+ * (mode 0), d = s + bias (mode 1) or d += s (mode 2). A row of at least RL
+ * elements goes in whole 32-byte vectors, the last one ending at the row's
+ * end (overlapping the one before it: it is computed before the others are
+ * stored, so the overlap gets the same values twice, never added twice). */
+#define ROWS_LD(V, W, p) ((V)(*(const W *)(p)))
+#define ROWS_VEC(V, W, i)                                                                  \
+    (mode == 2   ? ROWS_LD(V, W, sr + (i)) + ROWS_LD(V, W, dr + (i))                             \
+     : mode == 1 ? ROWS_LD(V, W, sr + (i)) + bias                                             \
+                 : ROWS_LD(V, W, sr + (i)))
+#define ROWS_BODY(T, V, W)                                                                 \
+    enum { RL = 32 / sizeof(T) };                                                         \
+    for (int64_t r = 0; r < nr; r++) {                                                    \
+        T *restrict dr = d + r * ds;                                                      \
+        const T *restrict sr = s + r * ss;                                                \
+        if (nc < RL) {                                                                    \
+            for (int64_t c = 0; c < nc; c++)                                              \
+                dr[c] = mode == 2 ? sr[c] + dr[c] : mode == 1 ? sr[c] + bias : sr[c];     \
+            continue;                                                                     \
+        }                                                                                 \
+        const V last = ROWS_VEC(V, W, nc - RL);                                              \
+        for (int64_t c = 0; c + RL < nc; c += RL) *(W *)(dr + c) = ROWS_VEC(V, W, c);        \
+        *(W *)(dr + nc - RL) = last;                                                      \
+    }
+typedef float d_hv32 __attribute__((vector_size(32)));
+typedef double d_hv64 __attribute__((vector_size(32)));
+typedef float d_hf32 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double d_hf64 __attribute__((vector_size(32), aligned(8), may_alias));
+TGI_AVX512_CLONES static void rows_f32(float *d, int64_t ds, const float *s, int64_t ss,
+                                       int64_t nr, int64_t nc, int mode, float bias)
 {
-    for (int64_t ch = 0; ch < nch; ch++)
-        for (int64_t r = 0; r < L->h; r++)
-            memcpy((char *)xp + (size_t)(ch * L->plane + (r + L->ph) * L->wr + L->pw) * esize,
-                   (const char *)x + (size_t)((ch * L->h + r) * L->w) * esize,
-                   (size_t)L->w * esize);
+    ROWS_BODY(float, d_hv32, d_hf32)
 }
+TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, int64_t ss,
+                                       int64_t nr, int64_t nc, int mode, double bias)
+{
+    ROWS_BODY(double, d_hv64, d_hf64)
+}
+#define ROWS(d, ds, s, ss, nr, nc, mode, bias)                                            \
+    _Generic((d), float *: rows_f32, double *: rows_f64)(d, ds, s, ss, nr, nc, mode, bias)
+
+/* xp (nch planes in layout L, borders zero) = the interior, x [nch,h,w] */
+#define DLAY_FILL(xp, x, nch, L)                                                          \
+    for (int64_t ch_ = 0; ch_ < (nch); ch_++)                                             \
+    ROWS((xp) + ch_ * (L).plane + (L).ph * (L).wr + (L).pw, (L).wr,                       \
+         (x) + ch_ * (L).h * (L).w, (L).w, (L).h, (L).w, 0, 0)
+
+/* dt [q][op] = dy_n [o][np] moved into layout L's positions q = oh wr + ow
+ * (transposed: the o values of a position side by side), in 16 x 16 blocks */
+#define TO_ROWS_BODY(T)                                                                   \
+    for (int64_t oh = 0; oh < L->nq / L->wr; oh++)                                        \
+        for (int64_t ow0 = 0; ow0 < wo; ow0 += 16)                                        \
+            for (int64_t m0 = 0; m0 < o; m0 += 16) {                                      \
+                const int64_t nb = wo - ow0 < 16 ? wo - ow0 : 16;                         \
+                const int64_t mb = o - m0 < 16 ? o - m0 : 16;                             \
+                const T *restrict s = dy + m0 * np + oh * wo + ow0;                       \
+                T *restrict d = dt + (oh * L->wr + ow0) * op + m0;                        \
+                for (int64_t t = 0; t < nb; t++)                                          \
+                    for (int64_t m = 0; m < mb; m++) d[t * op + m] = s[m * np + t];       \
+            }
+TGI_AVX512_CLONES static void to_rows_f32(float *dt, int64_t op, const float *dy, int64_t o,
+                                          int64_t wo, const dlay *L)
+{
+    const int64_t np = L->nq / L->wr * wo;
+    TO_ROWS_BODY(float)
+}
+TGI_AVX512_CLONES static void to_rows_f64(double *dt, int64_t op, const double *dy, int64_t o,
+                                          int64_t wo, const dlay *L)
+{
+    const int64_t np = L->nq / L->wr * wo;
+    TO_ROWS_BODY(double)
+}
+#define TO_ROWS(dt, op, dy, o, wo, L)                                                     \
+    _Generic((dt), float *: to_rows_f32, double *: to_rows_f64)(dt, op, dy, o, wo, L)
 
 /* off[k] for k = (ch,i,j) < nch kh kw: the offset ch plane + i wr + j of its
  * window element; entries up to n are 0 (the padding of the last tile) */
@@ -453,16 +518,11 @@ static int conv2d_fwd_direct(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, co
             for (int64_t kk = 0; kk < k; kk++)
                 ap[((m / D_MR) * k + kk) * D_MR + m % D_MR] = wd[m * k + kk];
         for (int64_t n = 0; n < g->n; n++) {
-            dlay_fill(xp, xd + n * g->c * g->h * g->w, g->c, &L, es);
+            DLAY_FILL(xp, xd + n * g->c * g->h * g->w, g->c, L);
             K1(yb, (const T *)ap, (const T *)xp, off, mpad / D_MR, k, L.qr);
-            for (int64_t m = 0; m < o; m++) {
-                const T bias = bd ? bd[m] : (T)0;
-                for (int64_t oh = 0; oh < g->ho; oh++) {
-                    T *restrict yr = y + ((n * o + m) * g->ho + oh) * g->wo;
-                    const T *restrict br = yb + m * L.qr + oh * L.wr;
-                    for (int64_t ow = 0; ow < g->wo; ow++) yr[ow] = br[ow] + bias;
-                }
-            }
+            for (int64_t m = 0; m < o; m++)
+                ROWS(y + (n * o + m) * g->ho * g->wo, g->wo, yb + m * L.qr, L.wr, g->ho, g->wo,
+                     bd ? 1 : 0, bd ? bd[m] : (T)0);
         }
     });
     tgi_arena_rewind(ctx, mark);
@@ -487,17 +547,8 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
         const T *xd = x->data, *dy = dyv;
         T *xp = p[0], *dt = p[1], *z = p[2], *dw = dwv;
         for (int64_t n = 0; n < g->n; n++) {
-            dlay_fill(xp, xd + n * g->c * g->h * g->w, g->c, &L, es);
-            for (int64_t oh = 0; oh < g->ho; oh++) /* in 16 x 16 blocks */
-                for (int64_t ow0 = 0; ow0 < g->wo; ow0 += 16)
-                    for (int64_t m0 = 0; m0 < o; m0 += 16) {
-                        const int64_t nb = g->wo - ow0 < 16 ? g->wo - ow0 : 16;
-                        const int64_t mb = o - m0 < 16 ? o - m0 : 16;
-                        const T *restrict s = dy + (n * o + m0) * np + oh * g->wo + ow0;
-                        T *restrict d = dt + (oh * L.wr + ow0) * op + m0;
-                        for (int64_t t = 0; t < nb; t++)
-                            for (int64_t m = 0; m < mb; m++) d[t * op + m] = s[m * np + t];
-                    }
+            DLAY_FILL(xp, xd + n * g->c * g->h * g->w, g->c, L);
+            TO_ROWS(dt, op, dy + n * o * np, o, g->wo, &L);
             K2(z, (const T *)dt, (const T *)xp, off, kpad / D_KR, op, L.nq);
         }
         for (int64_t m = 0; m < o; m++)
@@ -530,14 +581,10 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
                     ap[((ch / D_MR) * k + m * kk + t) * D_MR + ch % D_MR] =
                         wd[(m * g->c + ch) * kk + kk - 1 - t];
         for (int64_t n = 0; n < g->n; n++) {
-            dlay_fill(dyp, dy + n * o * np, o, &L, es);
+            DLAY_FILL(dyp, dy + n * o * np, o, L);
             K1(yb, (const T *)ap, (const T *)dyp, off, cpad / D_MR, k, L.qr);
             for (int64_t ch = 0; ch < g->c; ch++)
-                for (int64_t r = 0; r < g->h; r++) {
-                    T *restrict xr = dx + (n * g->c + ch) * hw + r * g->w;
-                    const T *restrict br = yb + ch * L.qr + r * L.wr;
-                    for (int64_t cl = 0; cl < g->w; cl++) xr[cl] += br[cl];
-                }
+                ROWS(dx + (n * g->c + ch) * hw, g->w, yb + ch * L.qr, L.wr, g->h, g->w, 2, (T)0);
         }
     });
     tgi_arena_rewind(ctx, mark);
