@@ -395,26 +395,28 @@ static void dlay_offsets(int64_t *off, int64_t n, int64_t nch, const dlay *L, co
 }
 
 /* One register tile of R rows by NV vectors: acc[r][v] = INIT, then for
- * each step t < N, acc[r][v] += SCALAR * (vector at VEC), each in one FMA;
- * then acc[r][v] is stored at DST. The expressions read r, v and t. */
-#define D_TILE(V, U, R, NV, N, INIT, SCALAR, VEC, DST)                                    \
+ * each step t of the runs [t0, t0 + LEN) with t0 = 0, STRIDE, ... below N,
+ * acc[r][v] += SCALAR * (vector at VEC), each in one FMA; then acc[r][v] is
+ * stored at DST. The expressions read r, v and t. */
+#define D_TILE(V, U, R, NV, N, STRIDE, LEN, INIT, SCALAR, VEC, DST)                       \
     {                                                                                     \
         V acc[R][NV];                                                                     \
         for (int r = 0; r < R; r++)                                                       \
             for (int v = 0; v < NV; v++) acc[r][v] = INIT;                                \
-        for (int64_t t = 0; t < (N); t++) {                                               \
-            V bv[NV];                                                                     \
-            for (int v = 0; v < NV; v++) bv[v] = *(const U *)(VEC);                       \
-            for (int r = 0; r < R; r++)                                                   \
-                for (int v = 0; v < NV; v++) acc[r][v] += (SCALAR) * bv[v];               \
-        }                                                                                 \
+        for (int64_t t0 = 0; t0 < (N); t0 += (STRIDE))                                    \
+            for (int64_t t = t0; t < t0 + (LEN); t++) {                                   \
+                V bv[NV];                                                                 \
+                for (int v = 0; v < NV; v++) bv[v] = *(const U *)(VEC);                   \
+                for (int r = 0; r < R; r++)                                               \
+                    for (int v = 0; v < NV; v++) acc[r][v] += (SCALAR) * bv[v];           \
+            }                                                                             \
         for (int r = 0; r < R; r++)                                                       \
             for (int v = 0; v < NV; v++) *(U *)(DST) = acc[r][v];                         \
     }
 
 /* K1, a tile of NV vectors of positions at q0 for the row block at a */
 #define K1_TILE(V, U, NV)                                                                 \
-    D_TILE(V, U, D_MR, NV, kk, (V){0}, a[t * D_MR + r], xp + off[t] + q0 + v * VL,        \
+    D_TILE(V, U, D_MR, NV, kk, kk, kk, (V){0}, a[t * D_MR + r], xp + off[t] + q0 + v * VL, \
            y + (mb * D_MR + r) * qr + q0 + v * VL)
 
 /* y [mblocks D_MR][qr] = the K1 sums: ap the packed rows, [mblocks][kk][D_MR];
@@ -432,13 +434,13 @@ static void dlay_offsets(int64_t *off, int64_t n, int64_t nch, const dlay *L, co
 
 /* K2, a tile of OV vectors of o at o0 for the D_KR rows at xr */
 #define K2_TILE(V, U, OV)                                                                  \
-    D_TILE(V, U, D_KR, OV, nq, *(const U *)(zt + r * op + v * VL), xr[r][t],              \
+    D_TILE(V, U, D_KR, OV, nq, wr, wo, *(const U *)(zt + r * op + v * VL), xr[r][t],      \
            dt + t * op + o0 + v * VL, zt + r * op + v * VL)
 
 /* z [kblocks D_KR][op] += the K2 sums of one image: dt [nq][op] is dy
- * transposed (zero at the throw-away positions and past o), off the window
- * offsets of the kblocks D_KR rows; op a whole number of vectors, in tiles of
- * D_OV vectors then one narrower */
+ * transposed (zero past o), summed over the positions ow < wo of each row of
+ * wr; off the window offsets of the kblocks D_KR rows; op a whole number of
+ * vectors, in tiles of D_OV vectors then one narrower */
 #define K2_BODY(T, V, U)                                                                  \
     D_CONTRACT                                                                            \
     enum { VL = D_VB / sizeof(T) };                                                       \
@@ -460,7 +462,7 @@ static void dlay_offsets(int64_t *off, int64_t n, int64_t nch, const dlay *L, co
     }                                                                                     \
     TGI_AVX512_CLONES D_FMA_ATTR static void k2_##SFX(                                    \
         T *restrict z, const T *restrict dt, const T *restrict xp, const int64_t *off,    \
-        int64_t kblocks, int64_t op, int64_t nq)                                          \
+        int64_t kblocks, int64_t op, int64_t nq, int64_t wr, int64_t wo)                  \
     {                                                                                     \
         K2_BODY(T, V, U)                                                                  \
     }
@@ -468,8 +470,8 @@ DEFINE_DIRECT(float, d_vf32, d_uf32, f32)
 DEFINE_DIRECT(double, d_vf64, d_uf64, f64)
 #define K1(y, ap, xp, off, mblocks, kk, qr)                                               \
     _Generic((y), float *: k1_f32, double *: k1_f64)(y, ap, xp, off, mblocks, kk, qr)
-#define K2(z, dt, xp, off, kblocks, op, nq)                                               \
-    _Generic((z), float *: k2_f32, double *: k2_f64)(z, dt, xp, off, kblocks, op, nq)
+#define K2(z, dt, xp, off, kblocks, op, nq, wr, wo)                                       \
+    _Generic((z), float *: k2_f32, double *: k2_f64)(z, dt, xp, off, kblocks, op, nq, wr, wo)
 
 /* Whether the direct path computes this geometry */
 static int is_direct(const geom *g)
@@ -549,7 +551,7 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
         for (int64_t n = 0; n < g->n; n++) {
             DLAY_FILL(xp, xd + n * g->c * g->h * g->w, g->c, L);
             TO_ROWS(dt, op, dy + n * o * np, o, g->wo, &L);
-            K2(z, (const T *)dt, (const T *)xp, off, kpad / D_KR, op, L.nq);
+            K2(z, (const T *)dt, (const T *)xp, off, kpad / D_KR, op, L.nq, L.wr, g->wo);
         }
         for (int64_t m = 0; m < o; m++)
             for (int64_t kk = 0; kk < k; kk++) dw[m * k + kk] += z[kk * op + m];
