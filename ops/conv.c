@@ -481,24 +481,126 @@ static int is_direct(const geom *g)
 
 static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-/* The buffers of a direct pass from the arena, zeroed: p[0..2] of count[0..2]
- * elements of esize bytes, and p[3] the count[3] window offsets of nch planes
- * in layout L (dlay_offsets). 0, or -1 with the error recorded and the arena
- * rewound to mark. */
-static int direct_buffers(tg_ctx *ctx, tgi_arena_mark mark, size_t esize, const int64_t *count,
-                          void **p, int64_t nch, const dlay *L, const geom *g)
+/* ---- the direct passes, split over threads ------------------------------ */
+
+/* A direct pass is cut into units: the images (forward, dx: each image's
+ * output is its own) or fixed runs of D_CHUNK images (dW: each run sums into
+ * its own z, and the runs' sums are added in order at the end), so the bits
+ * do not depend on the thread count. Each thread has its own plane buffer
+ * (zero borders) and its own K1 output or transposed dy. */
+#define D_CHUNK 8
+enum { D_FWD, D_DX, D_DW };
+
+typedef struct {
+    int which; /* D_FWD, D_DX or D_DW */
+    tg_dtype dt;
+    const geom *g;
+    dlay L;             /* the layout of the planes read */
+    const void *src;    /* x (forward, dW) or dy (dx), [N, nin, L.h, L.w] */
+    const void *dy;     /* dW: dy [N, O, Ho, Wo] */
+    void *dst;          /* y (forward), dx, or the runs' z [units][rows D_KR][op] (dW) */
+    const void *ap;     /* K1: the packed rows [rows][kk][D_MR] */
+    const void *bias;   /* forward: b or NULL */
+    const int64_t *off; /* the window offsets, [kk] (K1) or [rows D_KR] (K2) */
+    char *buf;          /* thread t's buffers at buf + t tbytes: planes, then y or dt */
+    size_t tbytes, ybytes;
+    int64_t nin, nout, rows, kk, op, units, nt;
+} djob;
+
+static void direct_units(const void *arg, int64_t u0, int64_t u1)
 {
-    for (int i = 0; i < 4; i++) {
-        const size_t bytes = (size_t)count[i] * (i < 3 ? esize : sizeof(int64_t));
-        p[i] = tg_scratch(ctx, bytes + 1);
-        if (!p[i]) {
-            tgi_arena_rewind(ctx, mark);
-            return -1;
+    const djob *j = arg;
+    const geom *g = j->g;
+    const dlay L = j->L;
+    int64_t t = 0; /* the range [units t / nt, units (t + 1) / nt) starting at u0 */
+    while (t + 1 < j->nt && j->units * (t + 1) / j->nt <= u0) t++;
+    char *tb = j->buf + (size_t)t * j->tbytes;
+    const int64_t hw_in = L.h * L.w, hw_out = j->which == D_DX ? g->h * g->w : g->ho * g->wo;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *xp = (T *)(void *)tb, *yb = (T *)(void *)(tb + j->tbytes - j->ybytes);
+        const T *src = j->src, *bd = j->bias;
+        T *dst = j->dst;
+        for (int64_t u = u0; u < u1; u++) {
+            if (j->which == D_DW) {
+                T *z = dst + u * j->rows * D_KR * j->op;
+                const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;
+                for (int64_t n = u * D_CHUNK; n < n1; n++) {
+                    DLAY_FILL(xp, src + n * j->nin * hw_in, j->nin, L);
+                    TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
+                    K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
+                       g->wo);
+                }
+                continue;
+            }
+            DLAY_FILL(xp, src + u * j->nin * hw_in, j->nin, L);
+            K1(yb, (const T *)j->ap, (const T *)xp, j->off, j->rows, j->kk, L.qr);
+            const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = hw_out / ho;
+            for (int64_t m = 0; m < j->nout; m++)
+                ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
+                     j->which == D_DX ? 2 : bd ? 1 : 0, bd ? bd[m] : (T)0);
         }
-        memset(p[i], 0, bytes);
-    }
-    dlay_offsets(p[3], count[3], nch, L, g);
+    });
+}
+
+/* tg_scratch of n bytes, zeroed (NULL with the error recorded) */
+static void *scratch0(tg_ctx *ctx, size_t n)
+{
+    void *p = tg_scratch(ctx, n + 1);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+/* Runs j over its units on up to the context's thread count, after giving
+ * it nt per-thread buffers of its planes and ybytes more; work counts the
+ * multiply-adds. 0, or -1 with the error recorded. */
+static int direct_run(tg_ctx *ctx, djob *j, size_t ybytes, int64_t work)
+{
+    const size_t es = tgi_dtype_size(j->dt);
+    int nt = tgi_threads_for(ctx, work);
+    if (nt > j->units) nt = (int)j->units;
+    if (nt < 1) nt = 1;
+    j->nt = nt;
+    j->ybytes = (ybytes + 63) & ~(size_t)63;
+    j->tbytes = (((size_t)dlay_size(&j->L, j->nin, j->g) * es + 63) & ~(size_t)63) + j->ybytes;
+    j->buf = scratch0(ctx, (size_t)nt * j->tbytes + 64);
+    if (!j->buf) return -1;
+    j->buf += (64 - (uintptr_t)j->buf % 64) % 64;
+    if (nt == 1)
+        direct_units(j, 0, j->units);
+    else
+        tgi_par_units(ctx, nt, j->units, direct_units, j);
     return 0;
+}
+
+/* The K1 rows: ap[(r / D_MR) kk + t][r % D_MR] = w[o][c][i][j] where, for
+ * the forward (flip 0), r = o and t = (c,i,j); for dx (flip 1), r = c and
+ * t = (o, kh-1-i, kw-1-j). rows: the row blocks. */
+static void *pack_rows(tg_ctx *ctx, const tg_tensor *w, int flip, int64_t *rows)
+{
+    const int64_t o = w->shape[0], c = w->shape[1], kk = w->shape[2] * w->shape[3];
+    const int64_t nr = flip ? c : o, k = flip ? o * kk : c * kk;
+    *rows = round_up(nr, D_MR) / D_MR;
+    void *apv = scratch0(ctx, (size_t)(*rows * D_MR * k) * tgi_dtype_size(w->dtype));
+    if (!apv) return NULL;
+    TGI_FLOAT_DISPATCH(w->dtype, {
+        const T *wd = w->data;
+        T *ap = apv;
+        for (int64_t m = 0; m < o; m++)
+            for (int64_t ch = 0; ch < c; ch++)
+                for (int64_t t = 0; t < kk; t++) {
+                    const int64_t r = flip ? ch : m, col = flip ? m * kk + kk - 1 - t : ch * kk + t;
+                    ap[((r / D_MR) * k + col) * D_MR + r % D_MR] = wd[(m * c + ch) * kk + t];
+                }
+    });
+    return apv;
+}
+
+/* The window offsets of nch planes in layout L, n entries (dlay_offsets) */
+static int64_t *offsets(tg_ctx *ctx, int64_t n, int64_t nch, const dlay *L, const geom *g)
+{
+    int64_t *off = tg_scratch(ctx, (size_t)n * sizeof *off + 1);
+    if (off) dlay_offsets(off, n, nch, L, g);
+    return off;
 }
 
 /* y = conv2d(x, w) + b through K1, image by image */
@@ -506,58 +608,17 @@ static int conv2d_fwd_direct(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, co
                              const tg_tensor *b, const geom *g)
 {
     const size_t es = tgi_dtype_size(x->dtype);
-    const int64_t o = w->shape[0], k = g->c * g->kh * g->kw, mpad = round_up(o, D_MR);
-    const dlay L = dlay_of(g->h, g->w, g->p, g->p, g, es);
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *p[4]; /* ap [mpad/D_MR][K][D_MR], xp, y [mpad][qr], offsets */
-    const int64_t counts[4] = {mpad * k, dlay_size(&L, g->c, g), mpad * L.qr, k};
-    if (direct_buffers(ctx, mark, es, counts, p, g->c, &L, g) != 0) return -1;
-    const int64_t *off = p[3];
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *xd = x->data, *wd = w->data, *bd = b ? (const T *)b->data : NULL;
-        T *ap = p[0], *xp = p[1], *yb = p[2], *y = out->data;
-        for (int64_t m = 0; m < o; m++)
-            for (int64_t kk = 0; kk < k; kk++)
-                ap[((m / D_MR) * k + kk) * D_MR + m % D_MR] = wd[m * k + kk];
-        for (int64_t n = 0; n < g->n; n++) {
-            DLAY_FILL(xp, xd + n * g->c * g->h * g->w, g->c, L);
-            K1(yb, (const T *)ap, (const T *)xp, off, mpad / D_MR, k, L.qr);
-            for (int64_t m = 0; m < o; m++)
-                ROWS(y + (n * o + m) * g->ho * g->wo, g->wo, yb + m * L.qr, L.wr, g->ho, g->wo,
-                     bd ? 1 : 0, bd ? bd[m] : (T)0);
-        }
-    });
+    djob j = {.which = D_FWD, .dt = x->dtype, .g = g, .L = dlay_of(g->h, g->w, g->p, g->p, g, es),
+              .src = x->data, .dst = out->data, .bias = b ? b->data : NULL, .nin = g->c,
+              .nout = w->shape[0], .kk = g->c * g->kh * g->kw, .units = g->n};
+    j.ap = pack_rows(ctx, w, 0, &j.rows);
+    j.off = j.ap ? offsets(ctx, j.kk, g->c, &j.L, g) : NULL;
+    const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
+                                      g->n * j.nout * j.kk * g->ho * g->wo)
+                         : -1;
     tgi_arena_rewind(ctx, mark);
-    return 0;
-}
-
-/* dW += sum over the images of dy_n (*) x_n, through K2 */
-static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
-                            void *dwv, const geom *g)
-{
-    const size_t es = tgi_dtype_size(x->dtype);
-    const int64_t o = w->shape[0], k = g->c * g->kh * g->kw, kpad = round_up(k, D_KR);
-    const int64_t op = round_up(o, (int64_t)(D_VB / es));
-    const dlay L = dlay_of(g->h, g->w, g->p, g->p, g, es);
-    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *p[4]; /* xp, dt [nq][op], z [kpad][op], offsets */
-    const int64_t counts[4] = {dlay_size(&L, g->c, g), L.nq * op, kpad * op, kpad};
-    if (direct_buffers(ctx, mark, es, counts, p, g->c, &L, g) != 0) return -1;
-    const int64_t *off = p[3];
-    const int64_t np = g->ho * g->wo;
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *xd = x->data, *dy = dyv;
-        T *xp = p[0], *dt = p[1], *z = p[2], *dw = dwv;
-        for (int64_t n = 0; n < g->n; n++) {
-            DLAY_FILL(xp, xd + n * g->c * g->h * g->w, g->c, L);
-            TO_ROWS(dt, op, dy + n * o * np, o, g->wo, &L);
-            K2(z, (const T *)dt, (const T *)xp, off, kpad / D_KR, op, L.nq, L.wr, g->wo);
-        }
-        for (int64_t m = 0; m < o; m++)
-            for (int64_t kk = 0; kk < k; kk++) dw[m * k + kk] += z[kk * op + m];
-    });
-    tgi_arena_rewind(ctx, mark);
-    return 0;
+    return rc;
 }
 
 /* dx += the convolution of dy padded by kh-1-p, kw-1-p with the flipped,
@@ -566,31 +627,50 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
                             const geom *g)
 {
     const size_t es = tgi_dtype_size(w->dtype);
-    const int64_t o = w->shape[0], kk = g->kh * g->kw, k = o * kk, cpad = round_up(g->c, D_MR);
-    const dlay L = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es);
+    const int64_t o = w->shape[0];
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *p[4]; /* ap [cpad/D_MR][O kh kw][D_MR], dyp, y [cpad][qr], offsets */
-    const int64_t counts[4] = {cpad * k, dlay_size(&L, o, g), cpad * L.qr, k};
-    if (direct_buffers(ctx, mark, es, counts, p, o, &L, g) != 0) return -1;
-    const int64_t *off = p[3];
-    const int64_t np = g->ho * g->wo, hw = g->h * g->w;
-    TGI_FLOAT_DISPATCH(w->dtype, {
-        const T *wd = w->data, *dy = dyv;
-        T *ap = p[0], *dyp = p[1], *yb = p[2], *dx = dxv;
-        for (int64_t m = 0; m < o; m++) /* ap[c][(m,i,j)] = w[m][c][kh-1-i][kw-1-j] */
-            for (int64_t ch = 0; ch < g->c; ch++)
-                for (int64_t t = 0; t < kk; t++)
-                    ap[((ch / D_MR) * k + m * kk + t) * D_MR + ch % D_MR] =
-                        wd[(m * g->c + ch) * kk + kk - 1 - t];
-        for (int64_t n = 0; n < g->n; n++) {
-            DLAY_FILL(dyp, dy + n * o * np, o, L);
-            K1(yb, (const T *)ap, (const T *)dyp, off, cpad / D_MR, k, L.qr);
-            for (int64_t ch = 0; ch < g->c; ch++)
-                ROWS(dx + (n * g->c + ch) * hw, g->w, yb + ch * L.qr, L.wr, g->h, g->w, 2, (T)0);
-        }
-    });
+    djob j = {.which = D_DX, .dt = w->dtype, .g = g,
+              .L = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es),
+              .src = dyv, .dst = dxv, .nin = o, .nout = g->c, .kk = o * g->kh * g->kw,
+              .units = g->n};
+    j.ap = pack_rows(ctx, w, 1, &j.rows);
+    j.off = j.ap ? offsets(ctx, j.kk, o, &j.L, g) : NULL;
+    const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
+                                      g->n * g->c * j.kk * g->h * g->w)
+                         : -1;
     tgi_arena_rewind(ctx, mark);
-    return 0;
+    return rc;
+}
+
+/* dW += sum over the images of dy_n (*) x_n, through K2, in runs of D_CHUNK
+ * images whose sums are added in order */
+static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
+                            void *dwv, const geom *g)
+{
+    const size_t es = tgi_dtype_size(x->dtype);
+    const int64_t o = w->shape[0], k = g->c * g->kh * g->kw;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    djob j = {.which = D_DW, .dt = x->dtype, .g = g, .L = dlay_of(g->h, g->w, g->p, g->p, g, es),
+              .src = x->data, .dy = dyv, .nin = g->c, .nout = o, .rows = round_up(k, D_KR) / D_KR,
+              .op = round_up(o, (int64_t)(D_VB / es)), .units = (g->n + D_CHUNK - 1) / D_CHUNK};
+    const int64_t zn = j.rows * D_KR * j.op; /* one run's z [rows D_KR][op] */
+    j.off = offsets(ctx, j.rows * D_KR, g->c, &j.L, g);
+    j.dst = j.off ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
+    int rc = j.dst ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
+                   : -1;
+    if (rc == 0)
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *z = j.dst;
+            T *dw = dwv;
+            for (int64_t m = 0; m < o; m++)
+                for (int64_t kk = 0; kk < k; kk++) {
+                    T s = z[kk * j.op + m];
+                    for (int64_t u = 1; u < j.units; u++) s += z[u * zn + kk * j.op + m];
+                    dw[m * k + kk] += s;
+                }
+        });
+    tgi_arena_rewind(ctx, mark);
+    return rc;
 }
 
 static int conv2d_forward(tg_op_call *c)

@@ -155,3 +155,47 @@ Test(conv_direct_f32, odd_geometries)
     check_f32((shp){4, {1, 3, 9, 17}}, (shp){4, {40, 3, 4, 2}}, 1, "4x2 pad 1, 40 channels");
     check_f32((shp){4, {2, 4, 6, 5}}, (shp){4, {5, 4, 6, 5}}, 0, "kernel = input");
 }
+
+/* ---- threads -------------------------------------------------------------- */
+
+/* y, dx, dw and db of a direct conv over 20 images (three runs of the weight
+ * gradient's image chunks) with nt threads, as one float array */
+static float *run_threads(int nt, size_t *bytes)
+{
+    tg_ctx *c = tg_ctx_new(13);
+    tg_set_threads(c, nt);
+    tg_tensor *in[3] = {rnd(c, TG_F32, (shp){4, {20, 6, 9, 11}}, -1, 1),
+                        rnd(c, TG_F32, (shp){4, {12, 6, 3, 3}}, -0.3, 0.3),
+                        rand1(c, TG_F32, 12, -1, 1)};
+    for (int k = 0; k < 3; k++) tg_set_requires_grad(in[k], 1);
+    tg_tensor *y = tg_conv2d(c, in[0], in[1], in[2], 1, 1);
+    cr_assert_not_null(y, "%s", tg_errmsg(c));
+    shp ys = {4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2), tg_dim(y, 3)}};
+    tg_backward(c, tg_sum(c, tg_mul(c, y, rnd(c, TG_F32, ys, -1, 1))));
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    const tg_tensor *parts[4] = {y, in[0], in[1], in[2]};
+    size_t n = 0;
+    for (int k = 0; k < 4; k++) n += (size_t)tg_numel(parts[k]);
+    float *buf = malloc(n * sizeof *buf), *p = buf;
+    cr_assert_not_null(buf);
+    for (int k = 0; k < 4; k++) {
+        memcpy(p, k ? tg_grad(parts[k]) : tg_data(y), (size_t)tg_numel(parts[k]) * sizeof *p);
+        p += tg_numel(parts[k]);
+    }
+    *bytes = n * sizeof *buf;
+    tg_ctx_free(c);
+    return buf;
+}
+
+Test(conv_direct_threads, same_bits_for_1_2_and_3_threads)
+{
+    size_t n1, n;
+    float *one = run_threads(1, &n1);
+    for (int nt = 2; nt <= 3; nt++) {
+        float *more = run_threads(nt, &n);
+        cr_assert_eq(n, n1);
+        cr_assert_eq(memcmp(one, more, n), 0, "results differ between 1 and %d threads", nt);
+        free(more);
+    }
+    free(one);
+}
