@@ -265,7 +265,7 @@ static void conv2d_bwd_gemm(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
 #define D_VB 64 /* bytes per vector */
 #define D_MR 8
 #define D_NV 3
-#define D_KR 12
+#define D_KR 13
 #define D_OV 2
 
 typedef float d_vf32 __attribute__((vector_size(D_VB)));
