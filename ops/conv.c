@@ -862,10 +862,69 @@ DEFINE_MAX_POOL_PLANE(double, f64)
 #define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
     _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define POOL_VEC 1
+#endif
+#endif
+
+#ifdef POOL_VEC
+typedef float pool_v16 __attribute__((vector_size(64)));
+typedef float pool_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float pool_v8 __attribute__((vector_size(32)));
+typedef float pool_u8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t pool_i8 __attribute__((vector_size(32)));
+typedef int32_t pool_j8 __attribute__((vector_size(32), aligned(4), may_alias));
+
+/* MAX_POOL_2X2_BODY for f32, 8 windows at a time (wo >= 8: the last 8 of a
+ * row end at its end, overlapping the 8 before, which they recompute the
+ * same): the two input rows' 16 values deinterleaved into the windows' four
+ * corners, then MAX_TAKES and the selects lane by lane. */
+#define POOL_EVEN(v) __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14)
+#define POOL_ODD(v) __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15)
+#define POOL_TAKE(v, m, k, kv)                                                            \
+    {                                                                                     \
+        const pool_i8 t_ = (v > m) | ((v != v) & (m == m));                               \
+        m = (pool_v8)(((pool_i8)v & t_) | ((pool_i8)m & ~t_));                           \
+        k = ((kv) & t_) | (k & ~t_);                                                      \
+    }
+TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restrict arg,
+                                               const float *restrict x, const geom *g)
+{
+    const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+    for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t oh = 0; oh < g->ho; oh++) {
+            const float *r0 = x + pl * hw + 2 * oh * g->w, *r1 = r0 + g->w;
+            const int32_t w = (int32_t)g->w;
+            for (int64_t ow = 0; ow < g->wo; ow += 8) {
+                if (ow + 8 > g->wo) ow = g->wo - 8;
+                const pool_v16 u0 = *(const pool_u16 *)(r0 + 2 * ow);
+                const pool_v16 u1 = *(const pool_u16 *)(r1 + 2 * ow);
+                const pool_v8 b = POOL_ODD(u0), c = POOL_EVEN(u1), d = POOL_ODD(u1);
+                pool_v8 m = POOL_EVEN(u0);
+                const pool_i8 k0 = lane2 + (int32_t)(2 * oh * g->w + 2 * ow);
+                pool_i8 k = k0;
+                POOL_TAKE(b, m, k, k0 + 1)
+                POOL_TAKE(c, m, k, k0 + w)
+                POOL_TAKE(d, m, k, k0 + w + 1)
+                *(pool_u8 *)(y + pl * np + oh * g->wo + ow) = m;
+                if (arg) *(pool_j8 *)(arg + pl * np + oh * g->wo + ow) = k;
+            }
+        }
+}
+#endif
+
 /* y = each window's first maximum; arg (may be NULL) its index in the plane */
 static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int32_t *arg)
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+#ifdef POOL_VEC
+    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2 && g->wo >= 8) {
+        max_pool_2x2_f32(out->data, arg, x->data, g);
+        return;
+    }
+#endif
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data;
         T *y = out->data;

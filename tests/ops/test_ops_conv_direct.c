@@ -199,3 +199,58 @@ Test(conv_direct_threads, same_bits_for_1_2_and_3_threads)
     }
     free(one);
 }
+
+/* ---- 2x2 max pool, 8 windows at a time (f32) ------------------------------ */
+
+/* y and dx of max_pool2d(x, 2, 2) with the loss sum(r * y), by a scan of each
+ * window in row-major order keeping the first maximum (a NaN is a maximum) */
+static void pool_reference(const float *x, const float *r, int64_t planes, int64_t h, int64_t w,
+                           float *y, float *dx)
+{
+    const int64_t ho = h / 2, wo = w / 2;
+    memset(dx, 0, (size_t)(planes * h * w) * sizeof *dx);
+    for (int64_t p = 0; p < planes; p++)
+        for (int64_t oh = 0; oh < ho; oh++)
+            for (int64_t ow = 0; ow < wo; ow++) {
+                int64_t best = p * h * w + 2 * oh * w + 2 * ow;
+                for (int i = 0; i < 2; i++)
+                    for (int j = 0; j < 2; j++) {
+                        const int64_t at_ = p * h * w + (2 * oh + i) * w + 2 * ow + j;
+                        const float v = x[at_], m = x[best];
+                        if (v > m || (isnan(v) && !isnan(m))) best = at_;
+                    }
+                const int64_t yi = (p * ho + oh) * wo + ow;
+                y[yi] = x[best];
+                dx[best] += r[yi];
+            }
+}
+
+Test(conv_direct_pool, ties_and_nans_go_to_the_first_maximum)
+{
+    tg_ctx *c = tg_ctx_new(3);
+    const int64_t n = 2, ch = 3, h = 6, w = 21; /* 10 windows a row: 8, then 8 ending at 10 */
+    tg_tensor *x = tg_new(c, TG_F32, 4, (int64_t[]){n, ch, h, w});
+    cr_assert_not_null(x);
+    float *xv = tg_data(x);
+    for (int64_t i = 0; i < n * ch * h * w; i++) xv[i] = (float)((i * 7) % 5) - 2.0f;
+    xv[5] = xv[30] = xv[31] = xv[200] = NAN; /* a window with two NaNs: the first one wins */
+    tg_set_requires_grad(x, 1);
+    tg_tensor *y = tg_max_pool2d(c, x, 2, 2);
+    cr_assert_not_null(y, "%s", tg_errmsg(c));
+    tg_tensor *r = rnd(c, TG_F32, (shp){4, {n, ch, h / 2, w / 2}}, -1, 1);
+    tg_backward(c, tg_sum(c, tg_mul(c, y, r)));
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    const int64_t ny = tg_numel(y), nx = tg_numel(x);
+    float *yr = malloc((size_t)ny * sizeof *yr), *dx = malloc((size_t)nx * sizeof *dx);
+    cr_assert(yr && dx);
+    pool_reference(xv, tg_data(r), n * ch, h, w, yr, dx);
+    const float *yv = tg_data(y), *gv = tg_grad(x);
+    for (int64_t i = 0; i < ny; i++)
+        cr_assert(isnan(yr[i]) ? isnan(yv[i]) : yv[i] == yr[i], "y[%lld] = %g, expected %g",
+                  (long long)i, yv[i], yr[i]);
+    for (int64_t i = 0; i < nx; i++)
+        cr_assert_eq(gv[i], dx[i], "dx[%lld] = %g, expected %g", (long long)i, gv[i], dx[i]);
+    free(yr);
+    free(dx);
+    tg_ctx_free(c);
+}
