@@ -1,16 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /* ops/conv.c: convolution and pooling, NCHW: tg_conv2d, tg_max_pool2d, tg_avg_pool2d.
  *
- * tg_conv2d is one node through the GEMM (src/kernels/gemm.h): each image's
- * receptive fields are unfolded into a column matrix (im2col) in one arena
- * buffer of [C kh kw, Ho Wo], and a product with the weights read as
- * [O, C kh kw] writes the image's output [O, Ho Wo] in place, which is NCHW.
- * Backward unfolds each image again (recomputing is cheaper than keeping a
- * batch of columns: 80 MB for 64 images of 16 channels and 5x5 kernels at
- * 28x28) and folds the column gradient back with col2im. Images are taken
- * one after the other, in order, so every sum has one order whatever the
- * thread count (the GEMM splits only its output between threads).
- * Local gradients in full: docs/ops.md, "Convolution and pooling". */
+ * tg_conv2d is one node. With stride 1 and padding below the kernel's size
+ * (every layer of a LeNet-style network) it takes the direct path: the
+ * image's planes are copied into a zero-bordered layout in which every
+ * window is a shifted view of the plane, so forward, the input gradient and
+ * the weight gradient are each one pass of register-tiled multiply-adds over
+ * the image, with nothing unfolded (see "stride 1: the direct path" below).
+ * Any other geometry goes through the GEMM (src/kernels/gemm.h): each
+ * image's receptive fields are unfolded into a column matrix (im2col) [C kh
+ * kw, Ho Wo], a product with the weights read as [O, C kh kw] writes the
+ * image's output, and backward unfolds again and folds the column gradient
+ * back (col2im). Images are taken one after the other, in order, so every sum
+ * has one order whatever the thread count (the GEMM splits only its output
+ * between threads). Local gradients in full: docs/ops.md, "Convolution and
+ * pooling". */
 #include "ops.h"
 
 /* ---- helpers shared by the ops ---------------------------------------- */
@@ -44,12 +48,6 @@ static geom geom_load(const tg_op_call *c)
     return geom_of(c->in[0], a->i[0], a->i[1], a->i[2], a->i[3]);
 }
 
-/* A 1x1 convolution with stride 1 and no padding needs no unfolding: col_n is x_n. */
-static int is_pointwise(const geom *g)
-{
-    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->p == 0;
-}
-
 /* x must be 4-D [N,C,H,W]; records "<fn>: x must be 4-D [N,C,H,W], got [..]" */
 static int check_nchw(tg_ctx *ctx, const char *fn, const tg_tensor *x)
 {
@@ -70,9 +68,9 @@ static int check_nchw(tg_ctx *ctx, const char *fn, const tg_tensor *x)
  *   y_n = W col_n + b      (W read as [O,K])
  *   dW += dy_n col_n^T,  dcol_n = W^T dy_n then dx_n += fold(dcol_n),
  *   db[o] += sum over n and the plane of dy[n,o].
- * Saves nothing: backward recomputes col_n into one tg_scratch buffer [K,P].
- * Numerics: the bias is written into y before the GEMM accumulates into it;
- * db sums in double. */
+ * Saves nothing: backward recomputes what it needs from x in tg_scratch
+ * buffers. Numerics: the direct path adds the bias to each output's sum; the
+ * GEMM path writes it into y before the GEMM accumulates; db sums in double. */
 TGI_OP(conv2d);
 
 tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int stride,
@@ -122,6 +120,8 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
     return tgi_op_run(ctx, &op_conv2d, out, in, b ? 3 : 2, &at, sizeof at);
 }
 
+/* ---- the general path: unfolding (im2col) and the GEMM ----------------- */
+
 /* Output rows [lo, hi) of input row range [0, n) for a window offset: the ow
  * (or oh) with 0 <= o s - p + i < n. */
 static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *lo, int64_t *hi)
@@ -133,157 +133,43 @@ static void valid_range(int64_t n, int64_t no, int64_t s, int64_t off, int64_t *
     *lo = a, *hi = b;
 }
 
-/* col [K,P] = unfold(x_n [C,H,W]); zeros where the window leaves the image.
- * Any stride; stride 1 takes IM2COL_S1_BODY instead. */
-#define IM2COL_BODY(T)                                                                    \
+/* One sweep over the receptive fields of an image x [C,H,W] and its columns
+ * col [K,P] (K = C kh kw, P = Ho Wo): unfolding (fold == 0) writes
+ * col = im2col(x), zeros where the window leaves the image; folding (fold
+ * == 1) adds col into x, the transpose (col2im). */
+#define SWEEP_BODY(T)                                                                     \
     for (int64_t ch = 0; ch < g->c; ch++)                                                 \
         for (int64_t i = 0; i < g->kh; i++)                                               \
             for (int64_t j = 0; j < g->kw; j++) {                                         \
                 T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;            \
-                const T *plane = x + ch * g->h * g->w;                                    \
+                T *plane = x + ch * g->h * g->w;                                          \
                 int64_t oh0, oh1, ow0, ow1;                                               \
                 valid_range(g->h, g->ho, g->s, i - g->p, &oh0, &oh1);                     \
                 valid_range(g->w, g->wo, g->s, j - g->p, &ow0, &ow1);                     \
-                for (int64_t q = 0; q < oh0 * g->wo; q++) row[q] = 0;                     \
+                if (!fold) {                                                              \
+                    for (int64_t q = 0; q < oh0 * g->wo; q++) row[q] = 0;                 \
+                    for (int64_t q = oh1 * g->wo; q < g->ho * g->wo; q++) row[q] = 0;     \
+                }                                                                         \
                 for (int64_t oh = oh0; oh < oh1; oh++) {                                  \
                     T *r = row + oh * g->wo;                                              \
-                    const T *xr = plane + (oh * g->s + i - g->p) * g->w + j - g->p;       \
+                    T *xr = plane + (oh * g->s + i - g->p) * g->w + j - g->p;             \
+                    if (fold) {                                                           \
+                        for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * g->s] += r[ow];    \
+                        continue;                                                         \
+                    }                                                                     \
                     for (int64_t ow = 0; ow < ow0; ow++) r[ow] = 0;                       \
                     for (int64_t ow = ow0; ow < ow1; ow++) r[ow] = xr[ow * g->s];         \
                     for (int64_t ow = ow1; ow < g->wo; ow++) r[ow] = 0;                   \
                 }                                                                         \
-                for (int64_t q = oh1 * g->wo; q < g->ho * g->wo; q++) row[q] = 0;         \
             }
 
-/* Stride 1: the image is first copied into the interior of pad [C,H+2p,W+2p],
- * whose border the caller zeroed once (it stays zero). Then every output row
- * of every column row is wo contiguous elements of pad, copied as whole
- * chunks of COPY_CHUNK elements: a copy may run past its row's end, and the
- * next row's copy (written later, further on) overwrites the excess. So col
- * needs COPY_CHUNK ceil(wo / COPY_CHUNK) elements of slack at its end, and
- * pad as many (read, never used). */
-#define COPY_CHUNK 16
-#define IM2COL_S1_BODY(T)                                                                 \
-    const int64_t hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;                             \
-    const int64_t nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK;                             \
-    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
-        for (int64_t h = 0; h < g->h; h++)                                                \
-            memcpy(pad + (ch * hp + h + g->p) * wp + g->p, x + (ch * g->h + h) * g->w,    \
-                   (size_t)g->w * sizeof(T));                                             \
-    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
-        for (int64_t i = 0; i < g->kh; i++)                                               \
-            for (int64_t j = 0; j < g->kw; j++) {                                         \
-                T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;            \
-                const T *src = pad + (ch * hp + i) * wp + j;                              \
-                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
-                    for (int64_t t = 0; t < nc; t++)                                      \
-                        memcpy(row + oh * g->wo + t * COPY_CHUNK,                         \
-                               src + oh * wp + t * COPY_CHUNK, COPY_CHUNK * sizeof(T));   \
-            }
-
-/* dx_n [C,H,W] += fold(col [K,P]): the transpose of im2col */
-#define COL2IM_BODY(T)                                                                    \
-    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
-        for (int64_t i = 0; i < g->kh; i++)                                               \
-            for (int64_t j = 0; j < g->kw; j++) {                                         \
-                const T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;      \
-                T *plane = dx + ch * g->h * g->w;                                         \
-                int64_t oh0, oh1, ow0, ow1;                                               \
-                valid_range(g->h, g->ho, g->s, i - g->p, &oh0, &oh1);                     \
-                valid_range(g->w, g->wo, g->s, j - g->p, &ow0, &ow1);                     \
-                for (int64_t oh = oh0; oh < oh1; oh++) {                                  \
-                    const T *r = row + oh * g->wo;                                        \
-                    T *xr = plane + (oh * g->s + i - g->p) * g->w + j - g->p;             \
-                    if (g->s == 1)                                                        \
-                        for (int64_t ow = ow0; ow < ow1; ow++) xr[ow] += r[ow];           \
-                    else                                                                  \
-                        for (int64_t ow = ow0; ow < ow1; ow++) xr[ow * g->s] += r[ow];    \
-                }                                                                         \
-            }
-
-/* Stride 1: the transpose of IM2COL_S1_BODY. The column rows are added in
- * whole chunks (a fixed-length loop the compiler vectorises, the elements past
- * the row's end masked to 0) into dpad [C,H+2p,wq], zeroed here, whose rows are
- * wq = kw - 1 + COPY_CHUNK ceil(wo / COPY_CHUNK) wide so that a chunk never
- * leaves its row. The interior of dpad is then added into dx. */
-#define COL2IM_S1_BODY(T)                                                                 \
-    const int64_t hp = g->h + 2 * g->p, nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK;       \
-    const int64_t wq = g->kw - 1 + COPY_CHUNK * nc;                                       \
-    memset(dpad, 0, (size_t)(g->c * hp * wq) * sizeof(T));                                \
-    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
-        for (int64_t i = 0; i < g->kh; i++)                                               \
-            for (int64_t j = 0; j < g->kw; j++) {                                         \
-                const T *row = col + ((ch * g->kh + i) * g->kw + j) * g->ho * g->wo;      \
-                T *dst = dpad + (ch * hp + i) * wq + j;                                   \
-                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
-                    for (int64_t t = 0; t < nc; t++) {                                    \
-                        T *d = dst + oh * wq + t * COPY_CHUNK;                            \
-                        const T *r = row + oh * g->wo + t * COPY_CHUNK;                   \
-                        const int64_t rem = g->wo - t * COPY_CHUNK;                       \
-                        for (int e = 0; e < COPY_CHUNK; e++) {                            \
-                            const T v = r[e]; /* read unconditionally: a blend, no branch */ \
-                            d[e] += e < rem ? v : (T)0;                                   \
-                        }                                                                 \
-                    }                                                                     \
-            }                                                                             \
-    for (int64_t ch = 0; ch < g->c; ch++)                                                 \
-        for (int64_t h = 0; h < g->h; h++) {                                              \
-            T *xr = dx + (ch * g->h + h) * g->w;                                          \
-            const T *pr = dpad + (ch * hp + h + g->p) * wq + g->p;                        \
-            for (int64_t w = 0; w < g->w; w++) xr[w] += pr[w];                            \
-        }
-
-/* The unfolding and folding of one image, for T = float and double */
-#define DEFINE_UNFOLD(T, SFX)                                                             \
-    TGI_AVX2_CLONES static void im2col_##SFX(T *restrict col, T *restrict pad,                \
-                                         const T *restrict x, const geom *g)              \
-    {                                                                                     \
-        if (g->s == 1) {                                                                  \
-            IM2COL_S1_BODY(T)                                                             \
-        } else {                                                                          \
-            IM2COL_BODY(T)                                                                \
-        }                                                                                 \
-    }                                                                                     \
-    TGI_AVX2_CLONES static void col2im_##SFX(T *restrict dx, T *restrict dpad,                \
-                                         const T *restrict col, const geom *g)            \
-    {                                                                                     \
-        if (g->s == 1) {                                                                  \
-            COL2IM_S1_BODY(T)                                                             \
-        } else {                                                                          \
-            COL2IM_BODY(T)                                                                \
-        }                                                                                 \
-    }
-DEFINE_UNFOLD(float, f32)
-DEFINE_UNFOLD(double, f64)
-#define IM2COL(col, pad, x, g)                                                            \
-    _Generic((col), float *: im2col_f32, double *: im2col_f64)(col, pad, x, g)
-
-/* The unfolding buffers of one image, from the arena: col [K,P] and, for
- * stride 1, pad [C,H+2p,W+2p] with its border zeroed (each with the slack
- * IM2COL_S1_BODY needs, zeroed) and, with fold set, dpad for COL2IM_S1_BODY.
- * 0, or -1 with the error recorded. */
-static int unfold_buffers(tg_ctx *ctx, const geom *g, size_t esize, int fold, void **col,
-                          void **pad, void **dpad)
-{
-    const int64_t nc = (g->wo + COPY_CHUNK - 1) / COPY_CHUNK, slack = COPY_CHUNK * nc;
-    const int64_t k = g->c * g->kh * g->kw, np = g->ho * g->wo, hp = g->h + 2 * g->p;
-    *col = tg_scratch(ctx, (size_t)(k * np + slack) * esize);
-    *pad = *dpad = NULL;
-    if (!*col) return -1;
-    memset((char *)*col + (size_t)(k * np) * esize, 0, (size_t)slack * esize);
-    if (g->s != 1) return 0;
-    const size_t pbytes = (size_t)(g->c * hp * (g->w + 2 * g->p) + slack) * esize;
-    *pad = tg_scratch(ctx, pbytes);
-    if (!*pad) return -1;
-    memset(*pad, 0, pbytes);
-    if (fold) {
-        *dpad = tg_scratch(ctx, (size_t)(g->c * hp * (g->kw - 1 + slack)) * esize);
-        if (!*dpad) return -1;
-    }
-    return 0;
-}
-#define COL2IM(dx, dpad, col, g)                                                          \
-    _Generic((dx), float *: col2im_f32, double *: col2im_f64)(dx, dpad, col, g)
+TGI_AVX2_CLONES static void sweep_f32(float *restrict col, float *restrict x, const geom *g,
+                                      int fold) { SWEEP_BODY(float) }
+TGI_AVX2_CLONES static void sweep_f64(double *restrict col, double *restrict x, const geom *g,
+                                      int fold) { SWEEP_BODY(double) }
+/* col = im2col(x_n);  dx_n += col2im(col) */
+#define IM2COL(col, x, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, (void *)(x), g, 0)
+#define COL2IM(dx, col, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, dx, g, 1)
 
 /* sum of r[0..n) in double, in 8 interleaved partial sums (vectorised; the
  * order is fixed, so the bits are too) */
@@ -301,36 +187,496 @@ TGI_AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_
     _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
 
 /* y_n = b (broadcast over the plane), then y_n += W col_n, image by image */
-static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
-                      const tg_tensor *b, const geom *g)
+static int conv2d_fwd_gemm(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
+                           const tg_tensor *b, const geom *g)
 {
     const int64_t o = w->shape[0], k = g->c * g->kh * g->kw, np = g->ho * g->wo;
-    if (out->numel == 0) return 0;
-    const int pw = is_pointwise(g);
     /* the columns live only during this call: the arena is rewound after it
      * (the output was allocated before them) */
     const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *colv = NULL, *padv = NULL;
-    void *dpadv = NULL;
-    if (!pw && unfold_buffers(ctx, g, tgi_dtype_size(x->dtype), 0, &colv, &padv, &dpadv) != 0) {
-        tgi_arena_rewind(ctx, mark);
-        return -1;
-    }
-    int rc = 0;
+    void *colv = tg_scratch(ctx, (size_t)(k * np) * tgi_dtype_size(x->dtype) + 1);
+    int rc = colv ? 0 : -1;
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data, *bd = b ? (const T *)b->data : NULL;
-        T *y = out->data, *col = colv, *pad = padv;
+        T *y = out->data, *col = colv;
         for (int64_t n = 0; n < g->n && rc == 0; n++) {
-            const T *xn = xd + n * g->c * g->h * g->w;
             T *yn = y + n * o * np;
             if (bd)
                 for (int64_t oc = 0; oc < o; oc++)
                     for (int64_t q = 0; q < np; q++) yn[oc * np + q] = bd[oc];
-            if (!pw) IM2COL(col, pad, xn, g);
-            rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 0, o, np, k, w->data, k, pw ? xn : col,
-                             np, bd != NULL, yn, np);
+            IM2COL(col, xd + n * g->c * g->h * g->w, g);
+            rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 0, o, np, k, w->data, k, col, np,
+                             bd != NULL, yn, np);
         }
     });
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* dW += dy_n col_n^T (dwv not NULL), dx_n += fold(W^T dy_n) (dxv not NULL),
+ * image by image, col_n unfolded again into one scratch buffer */
+static void conv2d_bwd_gemm(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
+                            void *dwv, void *dxv, const geom *g)
+{
+    const int64_t o = w->shape[0], k = g->c * g->kh * g->kw, np = g->ho * g->wo;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    void *colv = tg_scratch(ctx, (size_t)(k * np) * tgi_dtype_size(x->dtype) + 1);
+    int rc = colv ? 0 : -1; /* a GEMM out of memory (recorded) stops the loop */
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *xd = x->data, *dy = dyv;
+        T *col = colv, *dx = dxv;
+        for (int64_t n = 0; n < g->n && rc == 0; n++) {
+            const T *dyn = dy + n * o * np;
+            if (dwv) { /* [O,K] += [O,P] ([K,P] stored, read as its transpose) */
+                IM2COL(col, xd + n * g->c * g->h * g->w, g);
+                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, col, np, 1,
+                                 dwv, k);
+            }
+            if (dx && rc == 0) { /* [K,P] = ([O,K] stored, read as its transpose) [O,P] */
+                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np,
+                                 0, col, np);
+                if (rc == 0) COL2IM(dx + n * g->c * g->h * g->w, col, g);
+            }
+        }
+    });
+    tgi_arena_rewind(ctx, mark);
+}
+
+/* ---- stride 1: the direct path ------------------------------------------ */
+
+/* With stride 1 and padding p < kh, kw, the convolution is computed from the
+ * image itself, never unfolded. Its planes are copied into a zero-bordered
+ * layout: ph zero rows above and below, pw zero columns on the left, rows wr
+ * >= W + pw apart (wr >= Wo too). The window of output (oh, ow) then reads
+ * plane[q + i wr + j] at q = oh wr + ow: where it runs off a row's right end
+ * it reads the next row's left border, which is zero. Every output position
+ * is computed in that layout, the columns ow >= Wo and the positions past
+ * Ho wr as throw-away values:
+ *   forward   y[o][q]   = sum over k = (c,i,j) of w[o][k] xp[c][q + i wr + j]
+ *   dx        the same sum over dy padded by kh-1-p rows and kw-1-p columns,
+ *             with the kernel flipped and its channel axes swapped
+ *   dW        dw[o][k] += sum over the images and q of dy[o][q] xp[c][q + i wr + j]
+ * K1 computes the first two in tiles of D_MR rows by D_NV vectors of
+ * positions, each term a broadcast weight times a vector of the shifted plane.
+ * K2 computes the third in tiles of D_KR values of k by D_OV vectors of o,
+ * each term a broadcast plane value times a vector of dy transposed to
+ * [q][o]. Each sum runs over k (K1), or over the images then q (K2), in one
+ * fixed order. */
+#define D_VB 64 /* bytes per vector */
+#define D_MR 8
+#define D_NV 3
+#define D_KR 13
+#define D_OV 2
+
+typedef float d_vf32 __attribute__((vector_size(D_VB)));
+typedef double d_vf64 __attribute__((vector_size(D_VB)));
+typedef float d_uf32 __attribute__((vector_size(D_VB), aligned(4), may_alias));
+typedef double d_uf64 __attribute__((vector_size(D_VB), aligned(8), may_alias));
+
+/* The tiles' multiply-adds are contracted into FMAs, as the GEMM's kernels
+ * compute them (the library is otherwise built with -ffp-contract=off). */
+#if defined(__clang__)
+#define D_CONTRACT _Pragma("clang fp contract(fast)")
+#define D_FMA_ATTR
+#else
+#define D_CONTRACT
+#define D_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
+#endif
+
+/* The zero-bordered layout of a plane [h,w] for a kh x kw window with padding
+ * ph, pw: row width wr, plane size, nq = Ho wr positions computed, rounded
+ * up to whole vectors as qr. */
+typedef struct {
+    int64_t h, w, ph, pw, wr, plane, nq, qr;
+} dlay;
+
+static dlay dlay_of(int64_t h, int64_t w, int64_t ph, int64_t pw, const geom *g, size_t esize)
+{
+    const int64_t ho = h + 2 * ph - g->kh + 1, wo = w + 2 * pw - g->kw + 1;
+    const int64_t t = (int64_t)(D_VB / esize);
+    dlay L = {h, w, ph, pw, w + pw > wo ? w + pw : wo, 0, 0, 0};
+    L.plane = (h + 2 * ph) * L.wr;
+    L.nq = ho * L.wr;
+    L.qr = (L.nq + t - 1) / t * t;
+    return L;
+}
+
+/* Elements of a buffer of nch planes in layout L, with the slack the tiles
+ * read past its end */
+static int64_t dlay_size(const dlay *L, int64_t nch, const geom *g)
+{
+    return nch * L->plane + L->qr + g->kw;
+}
+
+/* nr rows of nc elements, rows ds apart in d and ss apart in s: d = s
+ * (mode 0), d = s + bias (mode 1) or d += s (mode 2). A row of at least RL
+ * elements goes in whole 32-byte vectors, the last one ending at the row's
+ * end (overlapping the one before it: it is computed before the others are
+ * stored, so the overlap gets the same values twice, never added twice). */
+#define ROWS_LD(V, W, p) ((V)(*(const W *)(p)))
+#define ROWS_VEC(V, W, i)                                                                  \
+    (mode == 2   ? ROWS_LD(V, W, sr + (i)) + ROWS_LD(V, W, dr + (i))                             \
+     : mode == 1 ? ROWS_LD(V, W, sr + (i)) + bias                                             \
+                 : ROWS_LD(V, W, sr + (i)))
+#define ROWS_BODY(T, V, W)                                                                 \
+    enum { RL = 32 / sizeof(T) };                                                         \
+    for (int64_t r = 0; r < nr; r++) {                                                    \
+        T *restrict dr = d + r * ds;                                                      \
+        const T *restrict sr = s + r * ss;                                                \
+        if (nc < RL) {                                                                    \
+            for (int64_t c = 0; c < nc; c++)                                              \
+                dr[c] = mode == 2 ? sr[c] + dr[c] : mode == 1 ? sr[c] + bias : sr[c];     \
+            continue;                                                                     \
+        }                                                                                 \
+        const V last = ROWS_VEC(V, W, nc - RL);                                              \
+        for (int64_t c = 0; c + RL < nc; c += RL) *(W *)(dr + c) = ROWS_VEC(V, W, c);        \
+        *(W *)(dr + nc - RL) = last;                                                      \
+    }
+typedef float d_hv32 __attribute__((vector_size(32)));
+typedef double d_hv64 __attribute__((vector_size(32)));
+typedef float d_hf32 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double d_hf64 __attribute__((vector_size(32), aligned(8), may_alias));
+TGI_AVX512_CLONES static void rows_f32(float *d, int64_t ds, const float *s, int64_t ss,
+                                       int64_t nr, int64_t nc, int mode, float bias)
+{
+    ROWS_BODY(float, d_hv32, d_hf32)
+}
+TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, int64_t ss,
+                                       int64_t nr, int64_t nc, int mode, double bias)
+{
+    ROWS_BODY(double, d_hv64, d_hf64)
+}
+#define ROWS(d, ds, s, ss, nr, nc, mode, bias)                                            \
+    _Generic((d), float *: rows_f32, double *: rows_f64)(d, ds, s, ss, nr, nc, mode, bias)
+
+/* xp (nch planes in layout L, borders zero) = the interior, x [nch,h,w] */
+#define DLAY_FILL(xp, x, nch, L)                                                          \
+    for (int64_t ch_ = 0; ch_ < (nch); ch_++)                                             \
+    ROWS((xp) + ch_ * (L).plane + (L).ph * (L).wr + (L).pw, (L).wr,                       \
+         (x) + ch_ * (L).h * (L).w, (L).w, (L).h, (L).w, 0, 0)
+
+/* dt [q][op] = dy_n [o][np] moved into layout L's positions q = oh wr + ow
+ * (transposed: the o values of a position side by side), in 16 x 16 blocks */
+#define TO_ROWS_BODY(T)                                                                   \
+    for (int64_t oh = 0; oh < L->nq / L->wr; oh++)                                        \
+        for (int64_t ow0 = 0; ow0 < wo; ow0 += 16)                                        \
+            for (int64_t m0 = 0; m0 < o; m0 += 16) {                                      \
+                const int64_t nb = wo - ow0 < 16 ? wo - ow0 : 16;                         \
+                const int64_t mb = o - m0 < 16 ? o - m0 : 16;                             \
+                const T *restrict s = dy + m0 * np + oh * wo + ow0;                       \
+                T *restrict d = dt + (oh * L->wr + ow0) * op + m0;                        \
+                for (int64_t t = 0; t < nb; t++)                                          \
+                    for (int64_t m = 0; m < mb; m++) d[t * op + m] = s[m * np + t];       \
+            }
+TGI_AVX512_CLONES static void to_rows_f32(float *dt, int64_t op, const float *dy, int64_t o,
+                                          int64_t wo, const dlay *L)
+{
+    const int64_t np = L->nq / L->wr * wo;
+    TO_ROWS_BODY(float)
+}
+TGI_AVX512_CLONES static void to_rows_f64(double *dt, int64_t op, const double *dy, int64_t o,
+                                          int64_t wo, const dlay *L)
+{
+    const int64_t np = L->nq / L->wr * wo;
+    TO_ROWS_BODY(double)
+}
+#define TO_ROWS(dt, op, dy, o, wo, L)                                                     \
+    _Generic((dt), float *: to_rows_f32, double *: to_rows_f64)(dt, op, dy, o, wo, L)
+
+/* off[k] for k = (ch,i,j) < nch kh kw: the offset ch plane + i wr + j of its
+ * window element; entries up to n are 0 (the padding of the last tile) */
+static void dlay_offsets(int64_t *off, int64_t n, int64_t nch, const dlay *L, const geom *g)
+{
+    int64_t k = 0;
+    for (int64_t ch = 0; ch < nch; ch++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) off[k++] = ch * L->plane + i * L->wr + j;
+    while (k < n) off[k++] = 0;
+}
+
+/* One register tile of R rows by NV vectors: acc[r][v] = INIT, then for
+ * each step t of the runs [t0, t0 + LEN) with t0 = 0, STRIDE, ... below N,
+ * acc[r][v] += SCALAR * (vector at VEC), each in one FMA; then acc[r][v] is
+ * stored at DST. The expressions read r, v and t. */
+#define D_TILE(V, U, R, NV, N, STRIDE, LEN, INIT, SCALAR, VEC, DST)                       \
+    {                                                                                     \
+        V acc[R][NV];                                                                     \
+        for (int r = 0; r < R; r++)                                                       \
+            for (int v = 0; v < NV; v++) acc[r][v] = INIT;                                \
+        for (int64_t t0 = 0; t0 < (N); t0 += (STRIDE))                                    \
+            for (int64_t t = t0; t < t0 + (LEN); t++) {                                   \
+                V bv[NV];                                                                 \
+                for (int v = 0; v < NV; v++) bv[v] = *(const U *)(VEC);                   \
+                for (int r = 0; r < R; r++)                                               \
+                    for (int v = 0; v < NV; v++) acc[r][v] += (SCALAR) * bv[v];           \
+            }                                                                             \
+        for (int r = 0; r < R; r++)                                                       \
+            for (int v = 0; v < NV; v++) *(U *)(DST) = acc[r][v];                         \
+    }
+
+/* K1, a tile of NV vectors of positions at q0 for the row block at a */
+#define K1_TILE(V, U, NV)                                                                 \
+    D_TILE(V, U, D_MR, NV, kk, kk, kk, (V){0}, a[t * D_MR + r], xp + off[t] + q0 + v * VL, \
+           y + (mb * D_MR + r) * qr + q0 + v * VL)
+
+/* y [mblocks D_MR][qr] = the K1 sums: ap the packed rows, [mblocks][kk][D_MR];
+ * qr a whole number of vectors, in tiles of D_NV vectors then one narrower */
+#define K1_BODY(T, V, U)                                                                  \
+    D_CONTRACT                                                                            \
+    enum { VL = D_VB / sizeof(T) };                                                       \
+    for (int64_t mb = 0; mb < mblocks; mb++) {                                            \
+        const T *a = ap + mb * kk * D_MR;                                                 \
+        int64_t q0 = 0;                                                                   \
+        for (; q0 + D_NV * VL <= qr; q0 += D_NV * VL) K1_TILE(V, U, D_NV)                 \
+        if (qr - q0 == 2 * VL) K1_TILE(V, U, 2)                                           \
+        if (qr - q0 == VL) K1_TILE(V, U, 1)                                               \
+    }
+
+/* K2, a tile of OV vectors of o at o0 for the D_KR rows at xr */
+#define K2_TILE(V, U, OV)                                                                  \
+    D_TILE(V, U, D_KR, OV, nq, wr, wo, *(const U *)(zt + r * op + v * VL), xr[r][t],      \
+           dt + t * op + o0 + v * VL, zt + r * op + v * VL)
+
+/* z [kblocks D_KR][op] += the K2 sums of one image: dt [nq][op] is dy
+ * transposed (zero past o), summed over the positions ow < wo of each row of
+ * wr; off the window offsets of the kblocks D_KR rows; op a whole number of
+ * vectors, in tiles of D_OV vectors then one narrower */
+#define K2_BODY(T, V, U)                                                                  \
+    D_CONTRACT                                                                            \
+    enum { VL = D_VB / sizeof(T) };                                                       \
+    const T *xr[D_KR];                                                                    \
+    for (int64_t kb = 0; kb < kblocks; kb++) {                                            \
+        for (int r = 0; r < D_KR; r++) xr[r] = xp + off[kb * D_KR + r];                   \
+        for (int64_t o0 = 0; o0 < op; o0 += D_OV * VL) {                                  \
+            T *zt = z + kb * D_KR * op + o0;                                              \
+            if (op - o0 >= D_OV * VL) K2_TILE(V, U, D_OV) else K2_TILE(V, U, 1)               \
+        }                                                                                 \
+    }
+
+#define DEFINE_DIRECT(T, V, U, SFX)                                                       \
+    TGI_AVX512_CLONES D_FMA_ATTR static void k1_##SFX(                                    \
+        T *restrict y, const T *restrict ap, const T *restrict xp, const int64_t *off,    \
+        int64_t mblocks, int64_t kk, int64_t qr)                                          \
+    {                                                                                     \
+        K1_BODY(T, V, U)                                                                  \
+    }                                                                                     \
+    TGI_AVX512_CLONES D_FMA_ATTR static void k2_##SFX(                                    \
+        T *restrict z, const T *restrict dt, const T *restrict xp, const int64_t *off,    \
+        int64_t kblocks, int64_t op, int64_t nq, int64_t wr, int64_t wo)                  \
+    {                                                                                     \
+        K2_BODY(T, V, U)                                                                  \
+    }
+DEFINE_DIRECT(float, d_vf32, d_uf32, f32)
+DEFINE_DIRECT(double, d_vf64, d_uf64, f64)
+#define K1(y, ap, xp, off, mblocks, kk, qr)                                               \
+    _Generic((y), float *: k1_f32, double *: k1_f64)(y, ap, xp, off, mblocks, kk, qr)
+#define K2(z, dt, xp, off, kblocks, op, nq, wr, wo)                                       \
+    _Generic((z), float *: k2_f32, double *: k2_f64)(z, dt, xp, off, kblocks, op, nq, wr, wo)
+
+/* Whether the direct path computes this geometry: stride 1 and padding below
+ * the kernel, on a CPU with AVX-512. Its tiles keep 24 vectors of 64 bytes in
+ * registers; with narrower registers they would spill, and the GEMM path is
+ * the faster one there. */
+static int is_direct(const geom *g)
+{
+#if defined(__x86_64__)
+    return __builtin_cpu_supports("avx512f") && g->s == 1 && g->p < g->kh && g->p < g->kw;
+#else
+    (void)g;
+    return 0;
+#endif
+}
+
+static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/* ---- the direct passes, split over threads ------------------------------ */
+
+/* A direct pass is cut into units: the images (forward, dx: each image's
+ * output is its own) or fixed runs of D_CHUNK images (dW: each run sums into
+ * its own z, and the runs' sums are added in order at the end), so the bits
+ * do not depend on the thread count. Each thread has its own plane buffer
+ * (zero borders) and its own K1 output or transposed dy. */
+#define D_CHUNK 8
+enum { D_FWD, D_DX, D_DW };
+
+typedef struct {
+    int which; /* D_FWD, D_DX or D_DW */
+    tg_dtype dt;
+    const geom *g;
+    dlay L;             /* the layout of the planes read */
+    const void *src;    /* x (forward, dW) or dy (dx), [N, nin, L.h, L.w] */
+    const void *dy;     /* dW: dy [N, O, Ho, Wo] */
+    void *dst;          /* y (forward), dx, or the runs' z [units][rows D_KR][op] (dW) */
+    const void *ap;     /* K1: the packed rows [rows][kk][D_MR] */
+    const void *bias;   /* forward: b or NULL */
+    const int64_t *off; /* the window offsets, [kk] (K1) or [rows D_KR] (K2) */
+    char *buf;          /* thread t's buffers at buf + t tbytes: planes, then y or dt */
+    size_t tbytes, ybytes;
+    int64_t nin, nout, rows, kk, op, units, nt;
+} djob;
+
+static void direct_units(const void *arg, int64_t u0, int64_t u1)
+{
+    const djob *j = arg;
+    const geom *g = j->g;
+    const dlay L = j->L;
+    int64_t t = 0; /* the range [units t / nt, units (t + 1) / nt) starting at u0 */
+    while (t + 1 < j->nt && j->units * (t + 1) / j->nt <= u0) t++;
+    char *tb = j->buf + (size_t)t * j->tbytes;
+    const int64_t hw_in = L.h * L.w, hw_out = j->which == D_DX ? g->h * g->w : g->ho * g->wo;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *xp = (T *)(void *)tb, *yb = (T *)(void *)(tb + j->tbytes - j->ybytes);
+        const T *src = j->src, *bd = j->bias;
+        T *dst = j->dst;
+        for (int64_t u = u0; u < u1; u++) {
+            if (j->which == D_DW) {
+                T *z = dst + u * j->rows * D_KR * j->op;
+                const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;
+                for (int64_t n = u * D_CHUNK; n < n1; n++) {
+                    DLAY_FILL(xp, src + n * j->nin * hw_in, j->nin, L);
+                    TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
+                    K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
+                       g->wo);
+                }
+                continue;
+            }
+            DLAY_FILL(xp, src + u * j->nin * hw_in, j->nin, L);
+            K1(yb, (const T *)j->ap, (const T *)xp, j->off, j->rows, j->kk, L.qr);
+            const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = hw_out / ho;
+            for (int64_t m = 0; m < j->nout; m++)
+                ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
+                     j->which == D_DX ? 2 : bd ? 1 : 0, bd ? bd[m] : (T)0);
+        }
+    });
+}
+
+/* tg_scratch of n bytes, zeroed (NULL with the error recorded) */
+static void *scratch0(tg_ctx *ctx, size_t n)
+{
+    void *p = tg_scratch(ctx, n + 1);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+/* Runs j over its units on up to the context's thread count, after giving
+ * it nt per-thread buffers of its planes and ybytes more; work counts the
+ * multiply-adds. 0, or -1 with the error recorded. */
+static int direct_run(tg_ctx *ctx, djob *j, size_t ybytes, int64_t work)
+{
+    const size_t es = tgi_dtype_size(j->dt);
+    int nt = tgi_threads_for(ctx, work);
+    if (nt > j->units) nt = (int)j->units;
+    if (nt < 1) nt = 1;
+    j->nt = nt;
+    j->ybytes = (ybytes + 63) & ~(size_t)63;
+    j->tbytes = (((size_t)dlay_size(&j->L, j->nin, j->g) * es + 63) & ~(size_t)63) + j->ybytes;
+    j->buf = scratch0(ctx, (size_t)nt * j->tbytes + 64);
+    if (!j->buf) return -1;
+    j->buf += (64 - (uintptr_t)j->buf % 64) % 64;
+    if (nt == 1)
+        direct_units(j, 0, j->units);
+    else
+        tgi_par_units(ctx, nt, j->units, direct_units, j);
+    return 0;
+}
+
+/* The K1 rows: ap[(r / D_MR) kk + t][r % D_MR] = w[o][c][i][j] where, for
+ * the forward (flip 0), r = o and t = (c,i,j); for dx (flip 1), r = c and
+ * t = (o, kh-1-i, kw-1-j). rows: the row blocks. */
+static void *pack_rows(tg_ctx *ctx, const tg_tensor *w, int flip, int64_t *rows)
+{
+    const int64_t o = w->shape[0], c = w->shape[1], kk = w->shape[2] * w->shape[3];
+    const int64_t nr = flip ? c : o, k = flip ? o * kk : c * kk;
+    *rows = round_up(nr, D_MR) / D_MR;
+    void *apv = scratch0(ctx, (size_t)(*rows * D_MR * k) * tgi_dtype_size(w->dtype));
+    if (!apv) return NULL;
+    TGI_FLOAT_DISPATCH(w->dtype, {
+        const T *wd = w->data;
+        T *ap = apv;
+        for (int64_t m = 0; m < o; m++)
+            for (int64_t ch = 0; ch < c; ch++)
+                for (int64_t t = 0; t < kk; t++) {
+                    const int64_t r = flip ? ch : m, col = flip ? m * kk + kk - 1 - t : ch * kk + t;
+                    ap[((r / D_MR) * k + col) * D_MR + r % D_MR] = wd[(m * c + ch) * kk + t];
+                }
+    });
+    return apv;
+}
+
+/* The window offsets of nch planes in layout L, n entries (dlay_offsets) */
+static int64_t *offsets(tg_ctx *ctx, int64_t n, int64_t nch, const dlay *L, const geom *g)
+{
+    int64_t *off = tg_scratch(ctx, (size_t)n * sizeof *off + 1);
+    if (off) dlay_offsets(off, n, nch, L, g);
+    return off;
+}
+
+/* y = conv2d(x, w) + b through K1, image by image */
+static int conv2d_fwd_direct(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
+                             const tg_tensor *b, const geom *g)
+{
+    const size_t es = tgi_dtype_size(x->dtype);
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    djob j = {.which = D_FWD, .dt = x->dtype, .g = g, .L = dlay_of(g->h, g->w, g->p, g->p, g, es),
+              .src = x->data, .dst = out->data, .bias = b ? b->data : NULL, .nin = g->c,
+              .nout = w->shape[0], .kk = g->c * g->kh * g->kw, .units = g->n};
+    j.ap = pack_rows(ctx, w, 0, &j.rows);
+    j.off = j.ap ? offsets(ctx, j.kk, g->c, &j.L, g) : NULL;
+    const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
+                                      g->n * j.nout * j.kk * g->ho * g->wo)
+                         : -1;
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* dx += the convolution of dy padded by kh-1-p, kw-1-p with the flipped,
+ * channel-swapped kernel, through K1 */
+static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, void *dxv,
+                            const geom *g)
+{
+    const size_t es = tgi_dtype_size(w->dtype);
+    const int64_t o = w->shape[0];
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    djob j = {.which = D_DX, .dt = w->dtype, .g = g,
+              .L = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es),
+              .src = dyv, .dst = dxv, .nin = o, .nout = g->c, .kk = o * g->kh * g->kw,
+              .units = g->n};
+    j.ap = pack_rows(ctx, w, 1, &j.rows);
+    j.off = j.ap ? offsets(ctx, j.kk, o, &j.L, g) : NULL;
+    const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
+                                      g->n * g->c * j.kk * g->h * g->w)
+                         : -1;
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* dW += sum over the images of dy_n (*) x_n, through K2, in runs of D_CHUNK
+ * images whose sums are added in order */
+static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
+                            void *dwv, const geom *g)
+{
+    const size_t es = tgi_dtype_size(x->dtype);
+    const int64_t o = w->shape[0], k = g->c * g->kh * g->kw;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    djob j = {.which = D_DW, .dt = x->dtype, .g = g, .L = dlay_of(g->h, g->w, g->p, g->p, g, es),
+              .src = x->data, .dy = dyv, .nin = g->c, .nout = o, .rows = round_up(k, D_KR) / D_KR,
+              .op = round_up(o, (int64_t)(D_VB / es)), .units = (g->n + D_CHUNK - 1) / D_CHUNK};
+    const int64_t zn = j.rows * D_KR * j.op; /* one run's z [rows D_KR][op] */
+    j.off = offsets(ctx, j.rows * D_KR, g->c, &j.L, g);
+    j.dst = j.off ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
+    int rc = j.dst ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
+                   : -1;
+    if (rc == 0)
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *z = j.dst;
+            T *dw = dwv;
+            for (int64_t m = 0; m < o; m++)
+                for (int64_t kk = 0; kk < k; kk++) {
+                    T s = z[kk * j.op + m];
+                    for (int64_t u = 1; u < j.units; u++) s += z[u * zn + kk * j.op + m];
+                    dw[m * k + kk] += s;
+                }
+        });
     tgi_arena_rewind(ctx, mark);
     return rc;
 }
@@ -338,7 +684,10 @@ static int conv2d_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
 static int conv2d_forward(tg_op_call *c)
 {
     geom g = geom_load(c);
-    return conv2d_fwd(c->ctx, c->out, c->in[0], c->in[1], c->n_in > 2 ? c->in[2] : NULL, &g);
+    tg_tensor *out = c->out, *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
+    if (out->numel == 0) return 0;
+    return is_direct(&g) ? conv2d_fwd_direct(c->ctx, out, x, w, b, &g)
+                         : conv2d_fwd_gemm(c->ctx, out, x, w, b, &g);
 }
 
 /* d(W col + b)/dW: dW += dy_n col_n^T;  /dx: dx_n += fold(W^T dy_n);
@@ -350,46 +699,26 @@ static void conv2d_backward(tg_op_call *c)
     const void *dyv = tg_grad(c->out);
     if (!dyv || c->out->numel == 0) return;
     geom g = geom_load(c);
-    const int64_t o = w->shape[0], k = g.c * g.kh * g.kw, np = g.ho * g.wo;
-    const int pw = is_pointwise(&g);
+    const int64_t o = w->shape[0], np = g.ho * g.wo;
     void *dwv = tgi_needs_grad(w) ? tg_grad_acc(w) : NULL;
     void *dxv = tgi_needs_grad(x) ? tg_grad_acc(x) : NULL;
     void *dbv = b && tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
     if (!tg_ok(ctx)) return;
-    /* the gradient buffers exist before the columns, which are given back at the end */
-    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
-    void *colv = NULL, *padv = NULL, *dpadv = NULL;
-    if (!pw && (dwv || dxv) &&
-        unfold_buffers(ctx, &g, tgi_dtype_size(x->dtype), dxv != NULL, &colv, &padv, &dpadv) != 0) {
-        tgi_arena_rewind(ctx, mark);
+    if (!is_direct(&g)) {
+        if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
+    } else if ((dwv && conv2d_dw_direct(ctx, x, w, dyv, dwv, &g) != 0) ||
+               (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, &g) != 0))
         return;
-    }
-    TGI_FLOAT_DISPATCH(x->dtype, {
-        const T *xd = x->data, *dy = dyv;
-        T *col = colv, *pad = padv, *dpad = dpadv, *dx = dxv, *dbt = dbv;
-        int rc = 0; /* a GEMM out of memory (recorded) stops the loop */
-        for (int64_t n = 0; n < g.n && rc == 0; n++) {
-            const T *xn = xd + n * g.c * g.h * g.w, *dyn = dy + n * o * np;
-            T *dxn = dx ? dx + n * g.c * g.h * g.w : NULL;
-            if (dwv) { /* [O,K] += [O,P] ([K,P] stored, read as its transpose) */
-                if (!pw) IM2COL(col, pad, xn, &g);
-                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 0, 1, o, k, np, dyn, np, pw ? xn : col,
-                                 np, 1, dwv, k);
-            }
-            if (dx && rc == 0) { /* [K,P] = ([O,K] stored, read as its transpose) [O,P] */
-                rc = tgi_op_gemm(ctx, "tg_conv2d", x->dtype, 1, 0, k, np, o, w->data, k, dyn, np,
-                                 pw, pw ? dxn : col, np); /* 1x1: straight into dx */
-                if (!pw && rc == 0) COL2IM(dxn, dpad, col, &g);
-            }
+    if (!dbv || !tg_ok(ctx)) return;
+    TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each channel's plane summed in double */
+        const T *dy = dyv;
+        T *dbt = dbv;
+        for (int64_t oc = 0; oc < o; oc++) {
+            double s = 0.0;
+            for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
+            dbt[oc] += (T)s;
         }
-        if (dbt && rc == 0) /* images in order, each channel's plane summed in double */
-            for (int64_t oc = 0; oc < o; oc++) {
-                double s = 0.0;
-                for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
-                dbt[oc] += (T)s;
-            }
     });
-    tgi_arena_rewind(ctx, mark);
 }
 
 /* ======================================================================== */
@@ -533,10 +862,69 @@ DEFINE_MAX_POOL_PLANE(double, f64)
 #define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
     _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define POOL_VEC 1
+#endif
+#endif
+
+#ifdef POOL_VEC
+typedef float pool_v16 __attribute__((vector_size(64)));
+typedef float pool_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float pool_v8 __attribute__((vector_size(32)));
+typedef float pool_u8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t pool_i8 __attribute__((vector_size(32)));
+typedef int32_t pool_j8 __attribute__((vector_size(32), aligned(4), may_alias));
+
+/* MAX_POOL_2X2_BODY for f32, 8 windows at a time (wo >= 8: the last 8 of a
+ * row end at its end, overlapping the 8 before, which they recompute the
+ * same): the two input rows' 16 values deinterleaved into the windows' four
+ * corners, then MAX_TAKES and the selects lane by lane. */
+#define POOL_EVEN(v) __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14)
+#define POOL_ODD(v) __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15)
+#define POOL_TAKE(v, m, k, kv)                                                            \
+    {                                                                                     \
+        const pool_i8 t_ = (v > m) | ((v != v) & (m == m));                               \
+        m = (pool_v8)(((pool_i8)v & t_) | ((pool_i8)m & ~t_));                           \
+        k = ((kv) & t_) | (k & ~t_);                                                      \
+    }
+TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restrict arg,
+                                               const float *restrict x, const geom *g)
+{
+    const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+    for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t oh = 0; oh < g->ho; oh++) {
+            const float *r0 = x + pl * hw + 2 * oh * g->w, *r1 = r0 + g->w;
+            const int32_t w = (int32_t)g->w;
+            for (int64_t ow = 0; ow < g->wo; ow += 8) {
+                if (ow + 8 > g->wo) ow = g->wo - 8;
+                const pool_v16 u0 = *(const pool_u16 *)(r0 + 2 * ow);
+                const pool_v16 u1 = *(const pool_u16 *)(r1 + 2 * ow);
+                const pool_v8 b = POOL_ODD(u0), c = POOL_EVEN(u1), d = POOL_ODD(u1);
+                pool_v8 m = POOL_EVEN(u0);
+                const pool_i8 k0 = lane2 + (int32_t)(2 * oh * g->w + 2 * ow);
+                pool_i8 k = k0;
+                POOL_TAKE(b, m, k, k0 + 1)
+                POOL_TAKE(c, m, k, k0 + w)
+                POOL_TAKE(d, m, k, k0 + w + 1)
+                *(pool_u8 *)(y + pl * np + oh * g->wo + ow) = m;
+                if (arg) *(pool_j8 *)(arg + pl * np + oh * g->wo + ow) = k;
+            }
+        }
+}
+#endif
+
 /* y = each window's first maximum; arg (may be NULL) its index in the plane */
 static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int32_t *arg)
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+#ifdef POOL_VEC
+    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2 && g->wo >= 8) {
+        max_pool_2x2_f32(out->data, arg, x->data, g);
+        return;
+    }
+#endif
     TGI_FLOAT_DISPATCH(x->dtype, {
         const T *xd = x->data;
         T *y = out->data;
