@@ -232,6 +232,22 @@ typedef struct {
     int split_n;
 } gemm_job;
 
+/* How a call is shared: along C's column panels when it has at least as many of
+ * them as row tiles, else along the row tiles; the ranges and threads for them (a
+ * function of the shape and the thread count, never of timing). Returns the
+ * threads to use; the caller sets the buffers. */
+static int plan_job(const tg_gemm_ws *ws, const gemm_problem *P, int nthreads, gemm_job *J)
+{
+    const int64_t mtiles = ceil_div(P->m, P->kern->mr), npan = ceil_div(P->n, P->kern->nr);
+    J->P = P;
+    J->npan = npan;
+    J->split_n = npan >= mtiles;
+    J->tiles = J->split_n ? npan : mtiles;
+    const int nt = threads_for(ws, nthreads, J->tiles, P->m, P->n, P->k);
+    J->nranges = nt == 1 ? 1 : ranges_for(nt, J->tiles);
+    return nt;
+}
+
 /* ---------------------------------------------------------------------------------
  * Blocked path */
 
@@ -326,29 +342,23 @@ static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
 {
     const tgi_gemm_kern *K = P->kern;
     const int64_t MR = K->mr, NR = K->nr;
-    const int64_t mtiles = ceil_div(P->m, MR), ntiles = ceil_div(P->n, NR);
-    const int split_n = ntiles >= mtiles;
-    const int64_t tiles = split_n ? ntiles : mtiles;
-    const int nt = threads_for(ws, nthreads, tiles, P->m, P->n, P->k);
-    const int64_t nranges = nt == 1 ? 1 : ranges_for(nt, tiles);
+    gemm_job J;
+    const int nt = plan_job(ws, P, nthreads, &J);
 
     /* the largest range, and a thread's packing buffers for it */
-    const int64_t tmax = ceil_div(tiles, nranges);
-    const int64_t m_thr = split_n ? P->m : imin(P->m, tmax * MR);
-    const int64_t n_thr = split_n ? imin(P->n, tmax * NR) : P->n;
-    const size_t a_bytes =
-        round_up_bytes((size_t)(ceil_div(imin(K->mc, m_thr), MR) * MR * P->kcb) * P->esz);
-    const size_t b_bytes =
-        round_up_bytes((size_t)(ceil_div(imin(K->nc, n_thr), NR) * NR * P->kcb) * P->esz);
-    const size_t per_thread = a_bytes + b_bytes;
-    if (ws_reserve(ws, &ws->pk, per_thread * (size_t)nt)) return -1;
+    const int64_t tmax = ceil_div(J.tiles, J.nranges);
+    const int64_t m_thr = J.split_n ? P->m : imin(P->m, tmax * MR);
+    const int64_t n_thr = J.split_n ? imin(P->n, tmax * NR) : P->n;
+    J.a_bytes = round_up_bytes((size_t)(ceil_div(imin(K->mc, m_thr), MR) * MR * P->kcb) * P->esz);
+    J.per_thread = J.a_bytes + round_up_bytes((size_t)(ceil_div(imin(K->nc, n_thr), NR) * NR *
+                                                       P->kcb) * P->esz);
+    if (ws_reserve(ws, &ws->pk, J.per_thread * (size_t)nt)) return -1;
+    J.buf = ws->pk.buf;
 
-    if (nt == 1) {
-        blocked_range(P, 0, P->m, 0, P->n, ws->pk.buf, ws->pk.buf + a_bytes);
-        return 0;
-    }
-    gemm_job J = {P, ws->pk.buf, per_thread, a_bytes, tiles, nranges, 0, split_n};
-    tgi_pool_run(ws->pool, nt, nranges, blocked_chunk, &J);
+    if (nt == 1)
+        blocked_range(P, 0, P->m, 0, P->n, J.buf, J.buf + J.a_bytes);
+    else
+        tgi_pool_run(ws->pool, nt, J.nranges, blocked_chunk, &J);
     return 0;
 }
 
@@ -428,21 +438,17 @@ static void direct_chunk(void *arg, int64_t r, int t)
 
 static int run_direct(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
 {
-    const tgi_gemm_kern *K = P->kern;
-    const int64_t MR = K->mr, NR = K->nr;
-    const int64_t npan = ceil_div(P->n, NR), mtiles = ceil_div(P->m, MR);
-    const int split_n = npan >= mtiles;
-    const int64_t tiles = split_n ? npan : mtiles;
-    const int nt = threads_for(ws, nthreads, tiles, P->m, P->n, P->k);
-    const size_t per_thread = round_up_bytes((size_t)(P->kcb * NR) * P->esz);
-    if (ws_reserve(ws, &ws->pk, per_thread * (size_t)nt)) return -1;
+    gemm_job J;
+    const int nt = plan_job(ws, P, nthreads, &J);
+    J.a_bytes = 0;
+    J.per_thread = round_up_bytes((size_t)(P->kcb * P->kern->nr) * P->esz);
+    if (ws_reserve(ws, &ws->pk, J.per_thread * (size_t)nt)) return -1;
+    J.buf = ws->pk.buf;
 
-    if (nt == 1) {
-        direct_range(P, 0, npan, 0, P->m, ws->pk.buf);
-        return 0;
-    }
-    gemm_job J = {P, ws->pk.buf, per_thread, 0, tiles, ranges_for(nt, tiles), npan, split_n};
-    tgi_pool_run(ws->pool, nt, J.nranges, direct_chunk, &J);
+    if (nt == 1)
+        direct_range(P, 0, J.npan, 0, P->m, J.buf);
+    else
+        tgi_pool_run(ws->pool, nt, J.nranges, direct_chunk, &J);
     return 0;
 }
 
