@@ -112,22 +112,33 @@ static tg_tensor *pair_loss(tg_ctx *ctx, const char *fn, const tg_op *op, tg_ten
     } while (0)
 
 /* Its form for a loss whose term depends on d = p - t only: dp += TERM,
- * dt -= TERM, each input under its own `if`; TERM of d and g. */
+ * dt -= TERM, each input that needs a gradient in turn; TERM of d and g. A
+ * gradient buffer made here (tgi_grad_first) is written from 0 + TERM, without
+ * clearing it first: the same bits. */
 #define DIFF_LOSS_BACKWARD(c, TERM)                                                    \
-    PAIR_LOSS_BACKWARD(c, {                                                            \
+    do {                                                                               \
+        const tg_tensor *a_ = (c)->in[0], *b_ = (c)->in[1];                            \
+        const int64_t n = a_->numel;                                                   \
+        double g;                                                                      \
+        if (!seed_over((c), n, &g))                                                    \
+            break;                                                                     \
         for (int k_ = 0; k_ < 2; k_++) {                                               \
-            T *dd_ = k_ ? db : da;                                                     \
-            if (!dd_)                                                                  \
+            tg_tensor *x_ = (c)->in[k_];                                               \
+            int fresh_;                                                                \
+            void *dv_ = tgi_needs_grad(x_) ? tgi_grad_first(x_, &fresh_) : NULL;       \
+            if (!dv_)                                                                  \
                 continue;                                                              \
-            for (int64_t i = 0; i < n; i++) {                                          \
-                const double d = (double)pa[i] - (double)pb[i];                        \
-                if (k_)                                                                \
-                    dd_[i] -= (T)(TERM);                                               \
-                else                                                                   \
-                    dd_[i] += (T)(TERM);                                               \
-            }                                                                          \
+            TGI_FLOAT_DISPATCH(a_->dtype, {                                            \
+                const T *pa = a_->data, *pb = b_->data;                                \
+                T *dd_ = dv_;                                                          \
+                for (int64_t i = 0; i < n; i++) {                                      \
+                    const double d = (double)pa[i] - (double)pb[i];                    \
+                    const T old_ = fresh_ ? (T)0 : dd_[i];                             \
+                    dd_[i] = k_ ? old_ - (T)(TERM) : old_ + (T)(TERM);                 \
+                }                                                                      \
+            });                                                                        \
         }                                                                              \
-    })
+    } while (0)
 
 /* ======================================================================== */
 /* tg_mse                                                                   */

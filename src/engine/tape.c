@@ -258,8 +258,13 @@ __attribute__((noinline)) static void zero_grad_par(tg_ctx *ctx, void *g, const 
     TGI_PAR_RUN(ctx, t->numel, zero_range, &z);
 }
 
+/* Every gradient buffer is a whole number of 64-byte blocks (an arena block, or a
+ * parameter's padded half of its block): one of at most 64 bytes is cleared whole,
+ * by a memset of constant size (two or four stores inline, no call). */
 static inline void zero_grad_buf(tg_ctx *ctx, void *g, const tg_tensor *t) {
-    if (t->numel < TGI_PAR_MIN) /* small: the plain memset, no thread question */
+    if (t->numel > 0 && tgi_bytes(t) <= TG_ALIGN)
+        memset(g, 0, TG_ALIGN);
+    else if (t->numel < TGI_PAR_MIN) /* small: the plain memset, no thread question */
         memset(g, 0, tgi_bytes(t));
     else
         zero_grad_par(ctx, g, t);
@@ -302,14 +307,15 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
         tg_tensor *o = ctx->tape[i].call.out;
         if (o->grad) zero_grad_buf(ctx, o->grad, o);
     }
-    void *g = tg_grad_acc(loss);
+    int fresh; /* a new buffer: the seed is its first writer (0 + 1 assigned) */
+    void *g = tgi_grad_first(loss, &fresh);
     if (!g) return;
     if (seed) {
         memcpy(g, seed, tgi_bytes(loss));
     } else {
         TGI_FLOAT_DISPATCH(loss->dtype, {
             T *p = g;
-            for (int64_t i = 0; i < loss->numel; i++) p[i] += (T)1;
+            for (int64_t i = 0; i < loss->numel; i++) p[i] = fresh ? (T)1 : p[i] + (T)1;
         });
     }
     /* Backward kernels run with recording off: they compute, they don't record. */
