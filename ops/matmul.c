@@ -269,9 +269,13 @@ TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
         const T slope = (T)TGI_LEAKY_SLOPE;
         /* y[i, j] += b[j]: a loop per (partial) row of the chunk, or for
          * a single column one loop */
-        if (bd && n == 1)
-            for (int64_t i = lo; i < hi; i++) y[i] += bd[0];
-        for (int64_t i = lo, j0 = bd ? lo % n : 0; bd && n > 1 && i < hi; j0 = 0) {
+        const int rows = bd && n < 8 && lo % n == 0 && (hi - lo) % n == 0;
+        if (rows) /* whole narrow rows: the row loop of a constant width W */
+            TGI_NARROW(n, {
+                for (int64_t i = lo; i < hi; i += W)
+                    for (int q = 0; q < W; q++) y[i + q] += bd[q];
+            });
+        for (int64_t i = lo, j0 = bd ? lo % n : 0; bd && !rows && i < hi; j0 = 0) {
             const int64_t len = n - j0 < hi - i ? n - j0 : hi - i;
             T *restrict yr = y + i;
             const T *restrict br = bd + j0;

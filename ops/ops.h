@@ -140,6 +140,24 @@ static __attribute__((noinline, unused)) void tgi_colsum_blocks(tg_dtype dt, int
         }
     });
 }
+/* BODY with the constant W equal to n, for a narrow n (1 to 7 columns), so that
+ * loops over a row's W elements unroll into straight code with no branch. */
+#define TGI_NARROW_CASE(W_, ...)                                                       \
+    case W_: {                                                                         \
+        enum { W = W_ };                                                               \
+        __VA_ARGS__                                                                    \
+    } break;
+#define TGI_NARROW(n, ...)                                                             \
+    switch (n) {                                                                       \
+        TGI_NARROW_CASE(1, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(2, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(3, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(4, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(5, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(6, __VA_ARGS__)                                                \
+        TGI_NARROW_CASE(7, __VA_ARGS__)                                                \
+    default: break;                                                                    \
+    }
 static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void *dyv, void *dbv)
 {
     if (n >= 8) {
@@ -149,18 +167,12 @@ static inline void tgi_colsum_acc(tg_dtype dt, int64_t m, int64_t n, const void 
     TGI_FLOAT_DISPATCH(dt, {
         const T *dy = dyv;
         T *db = dbv;
-        if (n == 1) {
-            double a = 0.0;
-            for (int64_t i = 0; i < m; i++) a += (double)dy[i];
-            db[0] += (T)a;
-        } else { /* a row at a time into acc[0, 8): constant trip counts */
-            double acc[8] = {0};
+        TGI_NARROW(n, { /* a row at a time into acc[0, W) */
+            double acc[W] = {0};
             for (int64_t i = 0; i < m; i++)
-                for (int j = 0; j < 8; j++)
-                    if (j < n) acc[j] += (double)dy[i * n + j];
-            for (int j = 0; j < 8; j++)
-                if (j < n) db[j] += (T)acc[j];
-        }
+                for (int j = 0; j < W; j++) acc[j] += (double)dy[i * W + j];
+            for (int j = 0; j < W; j++) db[j] += (T)acc[j];
+        });
     });
 }
 
