@@ -6,6 +6,7 @@
  * into the gradient buffers (accumulate = 1). Shapes follow llm.c's habit:
  * x is [m,in], W is [in,out]. Local gradients in full: docs/ops.md. */
 #include "ops.h"
+#include "gemm_tiny.h"
 
 /* relu's derivative applied to dy: d[i] = y[i] > 0 ? g[i] : 0. g[i] is read
  * unconditionally, so the loop is a compare and a blend (vectorised), not a
@@ -194,6 +195,20 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
                       const tg_tensor *b, tg_act act, int wt);
 TGI_OP(linear);
 
+/* tgi_op_gemm for tg_linear, a tiny f32 product computed right here by the GEMM's
+ * tiny path (inline: no entry point, no dispatch on what the call site fixes), the
+ * same bits: a small layer's products cost little more than their arithmetic. */
+static inline __attribute__((always_inline)) int
+linear_gemm(tg_ctx *ctx, tg_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+            const void *a, int64_t lda, const void *b, int64_t ldb, int acc, void *c, int64_t ldc)
+{
+    if (dt == TG_F32 && tgi_gemm_is_tiny(m, n, k)) {
+        tiny_gemm_float(ta, tb, m, n, k, a, lda, b, ldb, acc, c, ldc);
+        return 0;
+    }
+    return tgi_op_gemm(ctx, "tg_linear", dt, ta, tb, m, n, k, a, lda, b, ldb, acc, c, ldc);
+}
+
 /* tg_linear (wt 0: w [in,out]) and tgi_linear_wt (wt 1: w [out,in]) */
 static tg_tensor *linear(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
                          tg_act act, int wt)
@@ -300,7 +315,7 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
                       const tg_tensor *b, tg_act act, int wt)
 {
     int64_t m = x->shape[0], k = x->shape[1], n = out->shape[1];
-    if (tgi_op_gemm(ctx, "tg_linear", x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
+    if (linear_gemm(ctx, x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
                     out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
@@ -365,15 +380,15 @@ static void linear_backward(tg_op_call *c)
         void *dw = tgi_grad_first(w, &fresh);
         /* wt: [n,k] += ([m,n] stored, read as its transpose) [m,k]
          * else [k,n] += ([m,k] stored, read as its transpose) [m,n] */
-        if (!dw || (wt ? tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
+        if (!dw || (wt ? linear_gemm(ctx, x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
                                      !fresh, dw, k)
-                       : tgi_op_gemm(ctx, "tg_linear", x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
+                       : linear_gemm(ctx, x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
                                      !fresh, dw, n)) != 0)
             return;
     }
     if (tgi_needs_grad(x)) { /* [m,k] += [m,n] W, W read as stored ([n,k]) or transposed ([k,n]) */
         void *dx = tgi_grad_first(x, &fresh);
-        if (!dx || tgi_op_gemm(ctx, "tg_linear", x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
+        if (!dx || linear_gemm(ctx, x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
                                wt ? k : n, !fresh, dx, k) != 0)
             return;
     }
