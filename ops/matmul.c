@@ -197,12 +197,18 @@ TGI_OP(linear);
 
 /* tgi_op_gemm for tg_linear, a tiny f32 product computed right here by the GEMM's
  * tiny path (inline: no entry point, no dispatch on what the call site fixes), the
- * same bits: a small layer's products cost little more than their arithmetic. */
+ * same bits: a small layer's products cost little more than their arithmetic.
+ * The node's products all have the same m n k: `tiny` (linear_tiny) says once
+ * whether they may take that path. */
+static inline int linear_tiny(tg_dtype dt, int64_t m, int64_t n, int64_t k)
+{
+    return dt == TG_F32 && m * n * k <= TINY_GEMM_WORK && tgi_gemm_tiny_ok();
+}
 static inline __attribute__((always_inline)) int
-linear_gemm(tg_ctx *ctx, tg_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+linear_gemm(tg_ctx *ctx, int tiny, tg_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
             const void *a, int64_t lda, const void *b, int64_t ldb, int acc, void *c, int64_t ldc)
 {
-    if (dt == TG_F32 && tgi_gemm_is_tiny(m, n, k)) {
+    if (tiny && tgi_gemm_tiny_fits(m, n, k)) {
         tiny_gemm_float(ta, tb, m, n, k, a, lda, b, ldb, acc, c, ldc);
         return 0;
     }
@@ -315,7 +321,8 @@ static int linear_fwd(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_
                       const tg_tensor *b, tg_act act, int wt)
 {
     int64_t m = x->shape[0], k = x->shape[1], n = out->shape[1];
-    if (linear_gemm(ctx, x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
+    const int tiny = linear_tiny(x->dtype, m, n, k);
+    if (linear_gemm(ctx, tiny, x->dtype, 0, wt, m, n, k, x->data, k, w->data, wt ? k : n, 0,
                     out->data, n) != 0)
         return -1;
     if (!b && act == TG_ACT_NONE) return 0;
@@ -366,6 +373,7 @@ static void linear_backward(tg_op_call *c)
     const void *dy = tg_grad(c->out);
     if (!dy) return;
     int64_t m = x->shape[0], k = x->shape[1], n = c->out->shape[1];
+    const int tiny = linear_tiny(x->dtype, m, n, k);
     const void *dpre = dy;
     if (act != TG_ACT_NONE && c->out->numel > 0) {
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
@@ -380,15 +388,15 @@ static void linear_backward(tg_op_call *c)
         void *dw = tgi_grad_first(w, &fresh);
         /* wt: [n,k] += ([m,n] stored, read as its transpose) [m,k]
          * else [k,n] += ([m,k] stored, read as its transpose) [m,n] */
-        if (!dw || (wt ? linear_gemm(ctx, x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
+        if (!dw || (wt ? linear_gemm(ctx, tiny, x->dtype, 1, 0, n, k, m, dpre, n, x->data, k,
                                      !fresh, dw, k)
-                       : linear_gemm(ctx, x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
+                       : linear_gemm(ctx, tiny, x->dtype, 1, 0, k, n, m, x->data, k, dpre, n,
                                      !fresh, dw, n)) != 0)
             return;
     }
     if (tgi_needs_grad(x)) { /* [m,k] += [m,n] W, W read as stored ([n,k]) or transposed ([k,n]) */
         void *dx = tgi_grad_first(x, &fresh);
-        if (!dx || linear_gemm(ctx, x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
+        if (!dx || linear_gemm(ctx, tiny, x->dtype, 0, !wt, m, k, n, dpre, n, w->data,
                                wt ? k : n, !fresh, dx, k) != 0)
             return;
     }

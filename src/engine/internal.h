@@ -278,7 +278,14 @@ static inline int tgi_needs_grad(const tg_tensor *t) {
  * buffer, with *fresh = 1 when it was just made and is uninitialised (the kernel
  * assigns: the first writer needs no zeroing), else *fresh = 0 and the kernel adds
  * into it as into tg_grad_acc's. NULL (and *fresh = 0) on out of memory. */
-void *tgi_grad_first(tg_tensor *t, int *fresh);
+void *tgi_grad_first_new(tg_tensor *t, int *fresh); /* (tape.c) */
+static inline void *tgi_grad_first(tg_tensor *t, int *fresh) {
+    if (t && t->grad) { /* the buffer exists: inline, as tgi_grad_acc */
+        *fresh = 0;
+        return t->grad;
+    }
+    return tgi_grad_first_new(t, fresh);
+}
 
 /* ---- tape ----
  * Every op, built-in or the user's, is a tg_op {name, forward, backward} and

@@ -285,7 +285,7 @@ void *tgi_grad_acc_new(tg_tensor *t) {
     return t->grad;
 }
 
-void *tgi_grad_first(tg_tensor *t, int *fresh) {
+void *tgi_grad_first_new(tg_tensor *t, int *fresh) {
     *fresh = 0;
     if (!t) return NULL;
     if (t->grad) return t->grad;

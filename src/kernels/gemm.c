@@ -568,7 +568,7 @@ int tgi_gemm_tiny_ok(void) { return !forced_kernel_active(); }
                        int64_t k, const T *A, int64_t lda, const T *B, int64_t ldb,        \
                        int accumulate, T *C, int64_t ldc)                                  \
     {                                                                                      \
-        if (ws && m > 0 && n > 0 && m * n * k <= TINY_GEMM_WORK && !forced_kernel_active()) { \
+        if (ws && tgi_gemm_tiny_fits(m, n, k) && !forced_kernel_active()) {                    \
             tiny_gemm_##T(ta, tb, m, n, k, A, lda, B, ldb, accumulate, C, ldc);            \
             return 0;                                                                      \
         }                                                                                  \

@@ -156,10 +156,11 @@ typedef double tiny_v2d __attribute__((vector_size(16)));
 TINY_GEMM(float, tiny_v4f)
 TINY_GEMM(double, tiny_v2d)
 
-/* The product goes to the tiny path: small enough, and no kernel set forced. */
-static inline int tgi_gemm_is_tiny(int64_t m, int64_t n, int64_t k)
+/* The product goes to the tiny path when this holds and tgi_gemm_tiny_ok() (asked
+ * once by a caller that makes several products). */
+static inline int tgi_gemm_tiny_fits(int64_t m, int64_t n, int64_t k)
 {
-    return m > 0 && n > 0 && m * n * k <= TINY_GEMM_WORK && tgi_gemm_tiny_ok();
+    return m > 0 && n > 0 && m * n * k <= TINY_GEMM_WORK;
 }
 
 #endif /* TG_GEMM_TINY_H */
