@@ -98,6 +98,13 @@ static size_t arena_used(const tgi_arena *a) {
     return a->cur ? a->used_before_cur + a->cur->used : 0;
 }
 
+/* The most bytes in use at once so far: a->peak covers what came before the
+ * last rewind (every rewind and chunk change notes it), the rest is in use now. */
+static size_t arena_peak(const tgi_arena *a) {
+    size_t u = arena_used(a);
+    return u > a->peak ? u : a->peak;
+}
+
 /* The inline fast path (internal.h) bumps the pointer of the current chunk;
  * here the current chunk is full (or there is none). */
 void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
@@ -111,11 +118,10 @@ void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
     if (a->cur && a->cur->size - a->cur->used >= n) {
         void *p = a->cur->base + a->cur->used;
         a->cur->used += n;
-        size_t u = a->used_before_cur + a->cur->used;
-        if (u > a->peak) a->peak = u;
         TGI_UNPOISON(p, n);
         return p;
     }
+    a->peak = arena_peak(a); /* before the chunks change */
     /* Move on: the next chunk if it is large enough, else a new one inserted
      * after the current chunk. */
     if (!a->cur && a->head && a->head->size >= n) {
@@ -145,14 +151,13 @@ void *tgi_arena_alloc_slow(tg_ctx *ctx, size_t n) {
     }
     void *p = a->cur->base;
     a->cur->used = n;
-    size_t u = a->used_before_cur + n;
-    if (u > a->peak) a->peak = u;
     TGI_UNPOISON(p, n);
     return p;
 }
 
 void tgi_arena_reset(tg_ctx *ctx) {
     tgi_arena *a = &ctx->arena;
+    a->peak = arena_peak(a);
     /* More than one chunk: a step outgrew the first chunk. Replace them all by
      * one chunk of the peak size (once), so later steps fit in one. */
     if (a->chunks > 1) {
@@ -189,6 +194,7 @@ tgi_arena_mark tgi_arena_get_mark(const tg_ctx *ctx) {
 
 void tgi_arena_rewind(tg_ctx *ctx, tgi_arena_mark m) {
     tgi_arena *a = &ctx->arena;
+    a->peak = arena_peak(a);
     if (!m.cur) { /* nothing was allocated at the mark */
         a->cur = a->head;
         if (a->cur) a->cur->used = 0;
@@ -216,7 +222,7 @@ void tg_mem_stats_get(const tg_ctx *ctx, tg_mem_stats *out) {
     if (!ctx) return;
     out->arena_capacity = ctx->arena.capacity;
     out->arena_used = arena_used(&ctx->arena);
-    out->arena_peak = ctx->arena.peak;
+    out->arena_peak = arena_peak(&ctx->arena);
     out->arena_chunks = ctx->arena.chunks;
     out->arena_grows = ctx->arena.grows;
     out->param_bytes = ctx->param_bytes;

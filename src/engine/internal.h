@@ -48,7 +48,8 @@ typedef struct tgi_chunk {
 
 typedef struct {
     tgi_chunk *head, *cur;
-    size_t capacity, used_before_cur, peak, chunks;
+    size_t capacity, used_before_cur, chunks;
+    size_t peak; /* the most in use at once up to the last rewind (arena.c: arena_peak) */
     uint64_t grows;
 } tgi_arena;
 
@@ -149,9 +150,7 @@ static inline void *tgi_arena_alloc(tg_ctx *ctx, size_t n) {
     const size_t r = (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
     if (c && r - 1 < c->size - c->used) {
         void *p = c->base + c->used;
-        c->used += r;
-        size_t u = ctx->arena.used_before_cur + c->used;
-        if (u > ctx->arena.peak) ctx->arena.peak = u;
+        c->used += r; /* (the peak is brought up to date when the arena rewinds) */
         TGI_UNPOISON(p, r);
         return p;
     }
