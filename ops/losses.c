@@ -25,10 +25,12 @@
 /* Shared helpers                                                           */
 /* ======================================================================== */
 
-/* A 0-dimensional output of dtype dt (NULL on error). */
+/* A 0-dimensional output of dtype dt, a float dtype checked by the caller
+ * (NULL with the error recorded when out of memory, naming fn). */
 static tg_tensor *scalar_out(tg_ctx *ctx, const char *fn, tg_dtype dt)
 {
-    return tgi_tensor_new(ctx, fn, dt, 0, NULL, 0);
+    tgi_api(ctx, fn);
+    return tgi_tensor_make(ctx, dt, 0, NULL, 1);
 }
 
 /* Store v into the 0-dimensional tensor t. */
