@@ -32,6 +32,7 @@
 #endif
 
 #define OPT_MAX_BUFS 3 /* most state buffers one parameter needs (RMSprop, Adam) */
+#define SGD_SMALL 32   /* elements of a parameter that sgd_plain_small sweeps */
 
 struct tg_optim {
     tg_ctx *ctx;
@@ -44,6 +45,7 @@ struct tg_optim {
     void **buf;                    /* [n * nbufs] state buffers, inside `state` */
     void *state;                   /* one aligned block, state_bytes long */
     size_t state_bytes;
+    int sgd_small;                 /* plain SGD, every parameter f32 and small (sgd_plain_small) */
 };
 
 /* ---- options ------------------------------------------------------------ */
@@ -216,10 +218,12 @@ tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *const *pa
         return NULL;
     }
     size_t bytes = 0;
+    opt->sgd_small = o->kind == TG_OPT_SGD && o->momentum == 0.0;
     for (int i = 0; i < n; i++) {
         tg_tensor *p = all ? tg_param_at(ctx, i) : params[i];
         opt->params[i] = p;
         bytes += (size_t)opt->nbufs * round_up(tgi_bytes(p));
+        opt->sgd_small &= p->dtype == TG_F32 && p->numel <= SGD_SMALL;
     }
     if (bytes) {
         opt->state = tgi_malloc_aligned(ctx, bytes);
@@ -346,7 +350,6 @@ TGI_AVX2_CLONES static void sgd_plain_range(const upd_k *k, tg_tensor *p, void *
  * of a tiny network), inline in tg_optim_step's sweep: 4-lane vectors of the
  * same operations, so the same bits, without the call and the vector loop's
  * set-up that cost more than the few elements. */
-#define SGD_SMALL 32
 typedef float sgd_v4f __attribute__((vector_size(16)));
 static inline void sgd_plain_small(float *restrict x, const float *restrict g, float lr, float wd,
                                    int64_t n) {
@@ -519,16 +522,17 @@ int tg_optim_step(tg_optim *opt) {
     if (!tg_ok(opt->ctx)) return -1;
     const tg_optim_opts *o = &opt->o;
     const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
-    const int plain = o->kind == TG_OPT_SGD && o->momentum == 0.0;
     const float lr32 = (float)o->lr, wd32 = (float)o->weight_decay;
-    for (int i = 0; i < opt->n; i++) {
+    for (int i = 0; opt->sgd_small && i < opt->n; i++) { /* a tiny network's whole sweep */
+        tg_tensor *p = opt->params[i];
+        if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
+        ++opt->t[i];
+        sgd_plain_small(p->data, p->grad, lr32, wd32, p->numel);
+    }
+    for (int i = 0; !opt->sgd_small && i < opt->n; i++) {
         tg_tensor *p = opt->params[i];
         if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
         int64_t t = ++opt->t[i];
-        if (plain && p->dtype == TG_F32 && p->numel <= SGD_SMALL) {
-            sgd_plain_small(p->data, p->grad, lr32, wd32, p->numel);
-            continue;
-        }
         void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
         upd_k k = {o, t, 0.0, 0.0};
         upd_fn fn = NULL;
