@@ -277,13 +277,15 @@ static inline int tgi_needs_grad(const tg_tensor *t) {
  * buffer, with *fresh = 1 when it was just made and is uninitialised (the kernel
  * assigns: the first writer needs no zeroing), else *fresh = 0 and the kernel adds
  * into it as into tg_grad_acc's. NULL (and *fresh = 0) on out of memory. */
-void *tgi_grad_first_new(tg_tensor *t, int *fresh); /* (tape.c) */
 static inline void *tgi_grad_first(tg_tensor *t, int *fresh) {
-    if (t && t->grad) { /* the buffer exists: inline, as tgi_grad_acc */
-        *fresh = 0;
-        return t->grad;
-    }
-    return tgi_grad_first_new(t, fresh);
+    *fresh = 0;
+    if (!t) return NULL;
+    if (t->grad) return t->grad;
+    void *g = t->flags & TGI_PARAM ? t->grad_store : tgi_arena_alloc(t->ctx, tgi_bytes(t));
+    if (!g) return NULL;
+    t->grad = g;
+    *fresh = 1;
+    return g;
 }
 
 /* ---- tape ----

@@ -285,20 +285,6 @@ void *tgi_grad_acc_new(tg_tensor *t) {
     return t->grad;
 }
 
-void *tgi_grad_first_new(tg_tensor *t, int *fresh) {
-    *fresh = 0;
-    if (!t) return NULL;
-    if (t->grad) return t->grad;
-    if (t->flags & TGI_PARAM) {
-        t->grad = t->grad_store;
-    } else {
-        t->grad = tgi_arena_alloc(t->ctx, tgi_bytes(t));
-        if (!t->grad) return NULL;
-    }
-    *fresh = 1;
-    return t->grad;
-}
-
 void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t first) {
     int64_t last = loss->node;
     /* Non-leaf grads on the walked part of the tape start from zero, so a
