@@ -743,21 +743,25 @@ static int check_pool(tg_ctx *ctx, const char *fn, const tg_tensor *x, int kerne
     return 1;
 }
 
-/* What a pooling's backward reads: dy, the gradient buffer of x, the
- * geometry, and the count and sizes of the input and output planes. */
+/* What a pooling's backward reads: dy, the gradient buffer of x (fresh: just
+ * made, uninitialised, for the backward to assign), the geometry, and the
+ * count and sizes of the input and output planes. */
 typedef struct {
     const void *dy;
     void *dx;
+    int fresh;
     geom g;
     int64_t planes, hw, np;
 } pool_bwd;
 
-/* 0 when there is nothing to do (no dy, x needs no gradient, or out of memory) */
-static int pool_grads(tg_op_call *c, pool_bwd *p)
+/* 0 when there is nothing to do (no dy, x needs no gradient, or out of
+ * memory). whole: the backward writes every element of dx when fresh. */
+static int pool_grads(tg_op_call *c, pool_bwd *p, int whole)
 {
     p->dy = tg_grad(c->out);
     if (!p->dy || !tgi_needs_grad(c->in[0])) return 0;
-    p->dx = tg_grad_acc(c->in[0]);
+    p->fresh = 0;
+    p->dx = whole ? tgi_grad_first(c->in[0], &p->fresh) : tg_grad_acc(c->in[0]);
     if (!p->dx) return 0;
     p->g = geom_load(c);
     p->planes = p->g.n * p->g.c, p->hw = p->g.h * p->g.w, p->np = p->g.ho * p->g.wo;
@@ -876,10 +880,14 @@ typedef float pool_u8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t pool_i8 __attribute__((vector_size(32)));
 typedef int32_t pool_j8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-/* MAX_POOL_2X2_BODY for f32, 8 windows at a time (wo >= 8: the last 8 of a
- * row end at its end, overlapping the 8 before, which they recompute the
- * same): the two input rows' 16 values deinterleaved into the windows' four
- * corners, then MAX_TAKES and the selects lane by lane. */
+/* MAX_POOL_2X2_BODY for f32, 8 windows at a time: the two input rows' 16
+ * values deinterleaved into the windows' four corners, then MAX_TAKES and the
+ * selects lane by lane. A row of 8 or more windows ends with the 8 that end
+ * at its end (overlapping the 8 before, which they recompute the same); a
+ * shorter row is computed 8 wide too, its lanes past the row's end reading on
+ * into the next rows and writing outputs that the next rows then overwrite
+ * (rows go in order). Where those 8 lanes would read past x or write past y
+ * (the last rows), the windows go one at a time. */
 #define POOL_EVEN(v) __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14)
 #define POOL_ODD(v) __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15)
 #define POOL_TAKE(v, m, k, kv)                                                            \
@@ -892,13 +900,17 @@ TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restr
                                                const float *restrict x, const geom *g)
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const int64_t xn = planes * hw, yn = planes * np, wo = g->wo;
+    const int32_t w = (int32_t)g->w;
     const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
     for (int64_t pl = 0; pl < planes; pl++)
         for (int64_t oh = 0; oh < g->ho; oh++) {
-            const float *r0 = x + pl * hw + 2 * oh * g->w, *r1 = r0 + g->w;
-            const int32_t w = (int32_t)g->w;
-            for (int64_t ow = 0; ow < g->wo; ow += 8) {
-                if (ow + 8 > g->wo) ow = g->wo - 8;
+            const int64_t xo = pl * hw + 2 * oh * g->w, yo = pl * np + oh * wo;
+            const float *r0 = x + xo, *r1 = r0 + g->w;
+            int64_t ow = 0;
+            for (; ow < wo; ow += 8) {
+                if (ow + 8 > wo && wo >= 8) ow = wo - 8;
+                if (yo + ow + 8 > yn || xo + g->w + 2 * ow + 16 > xn) break;
                 const pool_v16 u0 = *(const pool_u16 *)(r0 + 2 * ow);
                 const pool_v16 u1 = *(const pool_u16 *)(r1 + 2 * ow);
                 const pool_v8 b = POOL_ODD(u0), c = POOL_EVEN(u1), d = POOL_ODD(u1);
@@ -908,8 +920,59 @@ TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restr
                 POOL_TAKE(b, m, k, k0 + 1)
                 POOL_TAKE(c, m, k, k0 + w)
                 POOL_TAKE(d, m, k, k0 + w + 1)
-                *(pool_u8 *)(y + pl * np + oh * g->wo + ow) = m;
-                if (arg) *(pool_j8 *)(arg + pl * np + oh * g->wo + ow) = k;
+                *(pool_u8 *)(y + yo + ow) = m;
+                if (arg) *(pool_j8 *)(arg + yo + ow) = k;
+            }
+            for (; ow < wo; ow++) { /* the last rows: one window at a time */
+                const int32_t k0 = (int32_t)(2 * oh * g->w + 2 * ow);
+                const int32_t ks[4] = {k0, k0 + 1, k0 + w, k0 + w + 1};
+                float m = x[pl * hw + k0];
+                int32_t k = k0;
+                for (int e = 1; e < 4; e++)
+                    if (MAX_TAKES(x[pl * hw + ks[e]], m)) m = x[pl * hw + ks[e]], k = ks[e];
+                y[yo + ow] = m;
+                if (arg) arg[yo + ow] = k;
+            }
+        }
+}
+
+/* dx [planes][h][w] = dy at each 2x2 window's saved maximum, 0 at the other
+ * three (the windows tile the planes: h = 2 ho, w = 2 wo), 8 windows at a
+ * time as max_pool_2x2_f32 goes: a short row's lanes past its end write into
+ * the next rows, which then overwrite them; the last rows one at a time. Each
+ * value is dy + 0 (as the zeroed buffer plus dy would be: -0 becomes 0). */
+#define POOL_ZIP(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15)
+TGI_AVX512_CLONES static void max_unpool_2x2_f32(float *restrict dx, const float *restrict dy,
+                                                 const int32_t *restrict arg, const geom *g)
+{
+    const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const int64_t xn = planes * hw, yn = planes * np, wo = g->wo;
+    const int32_t w = (int32_t)g->w;
+    const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+    const pool_v8 zero = {0};
+    for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t oh = 0; oh < g->ho; oh++) {
+            const int64_t xo = pl * hw + 2 * oh * g->w, yo = pl * np + oh * wo;
+            float *r0 = dx + xo, *r1 = r0 + g->w;
+            int64_t ow = 0;
+            for (; ow < wo; ow += 8) {
+                if (ow + 8 > wo && wo >= 8) ow = wo - 8;
+                if (yo + ow + 8 > yn || xo + g->w + 2 * ow + 16 > xn) break;
+                const pool_v8 d = *(const pool_u8 *)(dy + yo + ow);
+                const pool_i8 at = *(const pool_j8 *)(arg + yo + ow) -
+                                   (lane2 + (int32_t)(2 * oh * g->w + 2 * ow));
+#define POOL_AT(e) ((pool_v8)((pool_i8)d & (at == (e))) + zero)
+                *(pool_u16 *)(r0 + 2 * ow) = POOL_ZIP(POOL_AT(0), POOL_AT(1));
+                *(pool_u16 *)(r1 + 2 * ow) = POOL_ZIP(POOL_AT(w), POOL_AT(w + 1));
+#undef POOL_AT
+            }
+            for (; ow < wo; ow++) { /* the last rows: one window at a time */
+                const int32_t at = arg[yo + ow] - (int32_t)(2 * oh * g->w + 2 * ow);
+                const float d = dy[yo + ow];
+                r0[2 * ow] = (at == 0 ? d : 0.0f) + 0.0f; /* + 0: as 0 + dy gives */
+                r0[2 * ow + 1] = (at == 1 ? d : 0.0f) + 0.0f;
+                r1[2 * ow] = (at == w ? d : 0.0f) + 0.0f;
+                r1[2 * ow + 1] = (at == w + 1 ? d : 0.0f) + 0.0f;
             }
         }
 }
@@ -920,7 +983,7 @@ static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int3
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
 #ifdef POOL_VEC
-    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2 && g->wo >= 8) {
+    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2) {
         max_pool_2x2_f32(out->data, arg, x->data, g);
         return;
     }
@@ -948,14 +1011,27 @@ static int max_pool2d_forward(tg_op_call *c)
     return 0;
 }
 
-/* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy */
+/* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy.
+ * Where the 2x2 windows tile the f32 planes and dx is fresh, dx is assigned
+ * window by window (dy at the maximum, 0 at the other three) instead. */
 static void max_pool2d_backward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0];
+    const geom g0 = geom_load(c);
+    const int tiles = g0.kh == 2 && g0.kw == 2 && g0.s == 2 && g0.h == 2 * g0.ho &&
+                      g0.w == 2 * g0.wo;
     pool_bwd p;
-    if (!pool_grads(c, &p)) return;
+    if (!pool_grads(c, &p, tiles && x->dtype == TG_F32)) return;
     const int64_t planes = p.planes, hw = p.hw, np = p.np;
     const int32_t *arg = c->saved;
-    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+#ifdef POOL_VEC
+    if (p.fresh) {
+        max_unpool_2x2_f32(p.dx, p.dy, arg, &p.g);
+        return;
+    }
+#endif
+    if (p.fresh) memset(p.dx, 0, tgi_bytes(x));
+    TGI_FLOAT_DISPATCH(x->dtype, {
         const T *dy = p.dy;
         T *dx = p.dx;
         for (int64_t pl = 0; pl < planes; pl++)
@@ -1014,7 +1090,7 @@ static int avg_pool2d_forward(tg_op_call *c)
 static void avg_pool2d_backward(tg_op_call *c)
 {
     pool_bwd p;
-    if (!pool_grads(c, &p)) return;
+    if (!pool_grads(c, &p, 0)) return;
     const geom g = p.g;
     const int64_t planes = p.planes, hw = p.hw, np = p.np;
     TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
