@@ -513,6 +513,7 @@ typedef struct {
     char *buf;          /* thread t's buffers at buf + t tbytes: planes, then y or dt */
     size_t tbytes, ybytes;
     int64_t nin, nout, rows, kk, op, units, nt;
+    int add;            /* dx: add into dst (else assign: dst is a new gradient) */
 } djob;
 
 static void direct_units(const void *arg, int64_t u0, int64_t u1)
@@ -545,7 +546,7 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
             const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = hw_out / ho;
             for (int64_t m = 0; m < j->nout; m++)
                 ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
-                     j->which == D_DX ? 2 : bd ? 1 : 0, bd ? bd[m] : (T)0);
+                     j->which == D_DX ? (j->add ? 2 : 0) : bd ? 1 : 0, bd ? bd[m] : (T)0);
         }
     });
 }
@@ -629,10 +630,10 @@ static int conv2d_fwd_direct(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, co
     return rc;
 }
 
-/* dx += the convolution of dy padded by kh-1-p, kw-1-p with the flipped,
- * channel-swapped kernel, through K1 */
+/* dx += (add) or = the convolution of dy padded by kh-1-p, kw-1-p with the
+ * flipped, channel-swapped kernel, through K1 */
 static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, void *dxv,
-                            const geom *g)
+                            int add, const geom *g)
 {
     const size_t es = tgi_dtype_size(w->dtype);
     const int64_t o = w->shape[0];
@@ -640,7 +641,7 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
     djob j = {.which = D_DX, .dt = w->dtype, .g = g,
               .L = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es),
               .src = dyv, .dst = dxv, .nin = o, .nout = g->c, .kk = o * g->kh * g->kw,
-              .units = g->n};
+              .units = g->n, .add = add};
     j.ap = pack_rows(ctx, w, 1, &j.rows);
     j.off = j.ap ? offsets(ctx, j.kk, o, &j.L, g) : NULL;
     const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
@@ -700,14 +701,16 @@ static void conv2d_backward(tg_op_call *c)
     if (!dyv || c->out->numel == 0) return;
     geom g = geom_load(c);
     const int64_t o = w->shape[0], np = g.ho * g.wo;
+    const int direct = is_direct(&g);
+    int fresh = 0; /* the direct path writes every element of dx: a new one needs no zeroing */
     void *dwv = tgi_needs_grad(w) ? tg_grad_acc(w) : NULL;
-    void *dxv = tgi_needs_grad(x) ? tg_grad_acc(x) : NULL;
+    void *dxv = !tgi_needs_grad(x) ? NULL : direct ? tgi_grad_first(x, &fresh) : tg_grad_acc(x);
     void *dbv = b && tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
     if (!tg_ok(ctx)) return;
-    if (!is_direct(&g)) {
+    if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
-    } else if ((dwv && conv2d_dw_direct(ctx, x, w, dyv, dwv, &g) != 0) ||
-               (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, &g) != 0))
+    } else if ((dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) ||
+               (dwv && conv2d_dw_direct(ctx, x, w, dyv, dwv, &g) != 0))
         return;
     if (!dbv || !tg_ok(ctx)) return;
     TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each channel's plane summed in double */

@@ -55,6 +55,23 @@ Test(conv_direct_grad, stride_1_padding_not_below_the_kernel)
     gradcheck_s1((shp){4, {1, 2, 3, 3}}, (shp){4, {2, 2, 2, 2}}, 1, 2, "2x2 pad 2");
 }
 
+/* x feeds two convolutions: the second backward adds to the dx the first assigned */
+static tg_tensor *conv_twice_fn(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_conv2d(c, in[0], in[1], NULL, 1, 1), tg_conv2d(c, in[0], in[2], NULL, 1, 2));
+}
+
+Test(conv_direct_grad, x_used_twice)
+{
+    tg_ctx *c = tg_ctx_new(6);
+    tg_tensor *in[3] = {rnd(c, TG_F64, (shp){4, {2, 3, 5, 6}}, -1, 1),
+                        rnd(c, TG_F64, (shp){4, {4, 3, 3, 3}}, -1, 1),
+                        rnd(c, TG_F64, (shp){4, {4, 3, 5, 5}}, -1, 1)};
+    gradcheck_ok(c, conv_twice_fn, NULL, in, 3, "x in two convolutions");
+    tg_ctx_free(c);
+}
+
 /* ---- float32 against the definition ------------------------------------- */
 
 /* y, dx, dw, db of y = conv2d(x, w, b, 1, p) and the loss sum(r * y), by the
