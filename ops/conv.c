@@ -171,20 +171,36 @@ TGI_AVX2_CLONES static void sweep_f64(double *restrict col, double *restrict x, 
 #define IM2COL(col, x, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, (void *)(x), g, 0)
 #define COL2IM(dx, col, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, dx, g, 1)
 
-/* sum of r[0..n) in double, in 8 interleaved partial sums (vectorised; the
- * order is fixed, so the bits are too) */
-#define PLANE_SUM_BODY                                                                    \
-    double acc[8] = {0};                                                                  \
+/* sum[p] = the sum of the plane r[p] [0..n) in double, in 8 interleaved
+ * partial sums (vectorised; the order is fixed, so the bits are too), for 4
+ * planes at once (independent chains of adds) */
+typedef double ps_v8d __attribute__((vector_size(64)));
+typedef double ps_u8d __attribute__((vector_size(64), aligned(8), may_alias));
+typedef float ps_v8f __attribute__((vector_size(32)));
+typedef float ps_u8f __attribute__((vector_size(32), aligned(4), may_alias));
+#define PLANE_SUMS_BODY(LOAD8)                                                            \
+    ps_v8d acc[4] = {{0}};                                                                \
     int64_t q = 0;                                                                        \
     for (; q + 8 <= n; q += 8)                                                            \
-        for (int j = 0; j < 8; j++) acc[j] += (double)r[q + j];                           \
-    for (; q < n; q++) acc[0] += (double)r[q];                                            \
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (int p = 0; p < 4; p++) acc[p] += LOAD8(r[p] + q);                            \
+    for (; q < n; q++)                                                                    \
+        for (int p = 0; p < 4; p++) acc[p][0] += (double)r[p][q];                         \
+    for (int p = 0; p < 4; p++)                                                           \
+        sum[p] = ((acc[p][0] + acc[p][1]) + (acc[p][2] + acc[p][3])) +                    \
+                 ((acc[p][4] + acc[p][5]) + (acc[p][6] + acc[p][7]));
+#define PS_LOAD_F32(a) __builtin_convertvector(*(const ps_u8f *)(a), ps_v8d)
+#define PS_LOAD_F64(a) (*(const ps_u8d *)(a))
 
-TGI_AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
-TGI_AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
-#define PLANE_SUM(r, n)                                                                   \
-    _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
+TGI_AVX512_CLONES static void plane_sums_f32(double *sum, const float *const *r, int64_t n)
+{
+    PLANE_SUMS_BODY(PS_LOAD_F32)
+}
+TGI_AVX512_CLONES static void plane_sums_f64(double *sum, const double *const *r, int64_t n)
+{
+    PLANE_SUMS_BODY(PS_LOAD_F64)
+}
+#define PLANE_SUMS(sum, r, n)                                                             \
+    _Generic((r), const float **: plane_sums_f32, const double **: plane_sums_f64)(sum, r, n)
 
 /* y_n = b (broadcast over the plane), then y_n += W col_n, image by image */
 static int conv2d_fwd_gemm(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
@@ -514,7 +530,22 @@ typedef struct {
     size_t tbytes, ybytes;
     int64_t nin, nout, rows, kk, op, units, nt;
     int add;            /* dx: add into dst (else assign: dst is a new gradient) */
+    double *psum;       /* dW: NULL, or each image's dy plane sums [N][O] (for db) */
 } djob;
+
+/* s[m] = the sum in double of plane m of dy [o][np] (PLANE_SUMS, 4 at a time) */
+#define DY_SUMS_BODY(T)                                                                   \
+    for (int64_t m = 0; m < o; m += 4) {                                                  \
+        const T *r[4];                                                                    \
+        double ps[4];                                                                     \
+        for (int k = 0; k < 4; k++) r[k] = dy + (m + k < o ? m + k : o - 1) * np;         \
+        PLANE_SUMS(ps, r, np);                                                            \
+        for (int k = 0; k < 4 && m + k < o; k++) s[m + k] = ps[k];                        \
+    }
+static void dy_sums_f32(double *s, const float *dy, int64_t o, int64_t np) { DY_SUMS_BODY(float) }
+static void dy_sums_f64(double *s, const double *dy, int64_t o, int64_t np) { DY_SUMS_BODY(double) }
+#define dy_sums(s, dy, o, np)                                                             \
+    _Generic((dy), const float *: dy_sums_f32, const double *: dy_sums_f64)(s, dy, o, np)
 
 static void direct_units(const void *arg, int64_t u0, int64_t u1)
 {
@@ -534,6 +565,9 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
                 T *z = dst + u * j->rows * D_KR * j->op;
                 const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;
                 for (int64_t n = u * D_CHUNK; n < n1; n++) {
+                    if (j->psum) /* db's plane sums, while dy_n is read for dW */
+                        dy_sums(j->psum + n * j->nout, (const T *)j->dy + n * j->nout * hw_out,
+                                j->nout, hw_out);
                     DLAY_FILL(xp, src + n * j->nin * hw_in, j->nin, L);
                     TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
                     K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
@@ -651,10 +685,24 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
     return rc;
 }
 
+/* db[o] += the sum over the images in order of dy_n's plane o, each in double
+ * (psum [N][O]: the planes' sums) */
+#define DB_ADD_BODY(T)                                                                    \
+    for (int64_t m = 0; m < o; m++) {                                                     \
+        double s = 0.0;                                                                   \
+        for (int64_t n = 0; n < nimg; n++) s += psum[n * o + m];                          \
+        db[m] += (T)s;                                                                    \
+    }
+static void db_add_f32(float *db, const double *psum, int64_t nimg, int64_t o) { DB_ADD_BODY(float) }
+static void db_add_f64(double *db, const double *psum, int64_t nimg, int64_t o) { DB_ADD_BODY(double) }
+#define DB_ADD(db, psum, nimg, o)                                                         \
+    _Generic((db), float *: db_add_f32, double *: db_add_f64)(db, psum, nimg, o)
+
 /* dW += sum over the images of dy_n (*) x_n, through K2, in runs of D_CHUNK
- * images whose sums are added in order */
+ * images whose sums are added in order; db (when not NULL) += dy's plane
+ * sums, taken image by image in the same pass */
 static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
-                            void *dwv, const geom *g)
+                            void *dwv, void *dbv, const geom *g)
 {
     const size_t es = tgi_dtype_size(x->dtype);
     const int64_t o = w->shape[0], k = g->c * g->kh * g->kw;
@@ -665,7 +713,8 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
     const int64_t zn = j.rows * D_KR * j.op; /* one run's z [rows D_KR][op] */
     j.off = offsets(ctx, j.rows * D_KR, g->c, &j.L, g);
     j.dst = j.off ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
-    int rc = j.dst ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
+    j.psum = dbv && j.dst ? tg_scratch(ctx, (size_t)(g->n * o) * sizeof *j.psum + 1) : NULL;
+    int rc = j.dst && (j.psum || !dbv) ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
                    : -1;
     if (rc == 0)
         TGI_FLOAT_DISPATCH(x->dtype, {
@@ -677,6 +726,7 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
                     for (int64_t u = 1; u < j.units; u++) s += z[u * zn + kk * j.op + m];
                     dw[m * k + kk] += s;
                 }
+            if (dbv) DB_ADD((T *)dbv, j.psum, g->n, o);
         });
     tgi_arena_rewind(ctx, mark);
     return rc;
@@ -709,19 +759,23 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
-    } else if ((dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) ||
-               (dwv && conv2d_dw_direct(ctx, x, w, dyv, dwv, &g) != 0))
-        return;
-    if (!dbv || !tg_ok(ctx)) return;
-    TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each channel's plane summed in double */
-        const T *dy = dyv;
-        T *dbt = dbv;
-        for (int64_t oc = 0; oc < o; oc++) {
-            double s = 0.0;
-            for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
-            dbt[oc] += (T)s;
+    } else {
+        if (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) return;
+        if (dwv) { /* db in the same pass over dy */
+            conv2d_dw_direct(ctx, x, w, dyv, dwv, dbv, &g);
+            return;
         }
-    });
+    }
+    if (!dbv || !tg_ok(ctx)) return;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    double *psum = tg_scratch(ctx, (size_t)(g.n * o) * sizeof *psum + 1);
+    if (psum)
+        TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each plane summed in double */
+            const T *dy = dyv;
+            for (int64_t n = 0; n < g.n; n++) dy_sums(psum + n * o, dy + n * o * np, o, np);
+            DB_ADD((T *)dbv, psum, g.n, o);
+        });
+    tgi_arena_rewind(ctx, mark);
 }
 
 /* ======================================================================== */
