@@ -17,6 +17,14 @@
  * pooling". */
 #include "ops.h"
 
+/* The vector paths that move lanes (the 2x2 max pool, dy's transposition)
+ * need __builtin_shufflevector (GCC 12, clang); without it they are scalar. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define POOL_VEC 1
+#endif
+#endif
+
 /* ---- helpers shared by the ops ---------------------------------------- */
 
 /* The geometry of one 2-D window sweep (a convolution or a pooling):
@@ -372,8 +380,9 @@ TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, i
          (x) + ch_ * (L).h * (L).w, (L).w, (L).h, (L).w, 0, 0)
 
 /* dt [q][op] = dy_n [o][np] moved into layout L's positions q = oh wr + ow
- * (transposed: the o values of a position side by side), in 16 x 16 blocks */
-#define TO_ROWS_BODY(T)                                                                   \
+ * (transposed: the o values of a position side by side), in 16 x 16 blocks;
+ * BLOCK16 (when it returns 1) does a whole block of 16 channels */
+#define TO_ROWS_BODY(T, BLOCK16)                                                          \
     for (int64_t oh = 0; oh < L->nq / L->wr; oh++)                                        \
         for (int64_t ow0 = 0; ow0 < wo; ow0 += 16)                                        \
             for (int64_t m0 = 0; m0 < o; m0 += 16) {                                      \
@@ -381,20 +390,57 @@ TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, i
                 const int64_t mb = o - m0 < 16 ? o - m0 : 16;                             \
                 const T *restrict s = dy + m0 * np + oh * wo + ow0;                       \
                 T *restrict d = dt + (oh * L->wr + ow0) * op + m0;                        \
+                if (mb == 16 && BLOCK16) continue;                                        \
                 for (int64_t t = 0; t < nb; t++)                                          \
                     for (int64_t m = 0; m < mb; m++) d[t * op + m] = s[m * np + t];       \
             }
+#ifdef POOL_VEC
+typedef float tr_v16 __attribute__((vector_size(64)));
+typedef float tr_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+/* rows i and i + B (i & B == 0) of a 16 x 16 transposition in steps B = 8, 4,
+ * 2, 1: the top-right B x B blocks of the pair swap with the bottom-left */
+#define TR_I(B, e) (((e) & (B)) ? 16 + (e) - (B) : (e))
+#define TR_J(B, e) (((e) & (B)) ? 16 + (e) : (e) + (B))
+#define TR_IDX(F, B)                                                                      \
+    F(B, 0), F(B, 1), F(B, 2), F(B, 3), F(B, 4), F(B, 5), F(B, 6), F(B, 7), F(B, 8), F(B, 9), \
+        F(B, 10), F(B, 11), F(B, 12), F(B, 13), F(B, 14), F(B, 15)
+#define TR_STEP(B)                                                                        \
+    for (int i = 0; i < 16; i++)                                                          \
+        if (!(i & (B))) {                                                                 \
+            const tr_v16 a_ = r[i], b_ = r[i + (B)];                                      \
+            r[i] = __builtin_shufflevector(a_, b_, TR_IDX(TR_I, B));                      \
+            r[i + (B)] = __builtin_shufflevector(a_, b_, TR_IDX(TR_J, B));                \
+        }
+/* d[t op + m] = s[m np + t] for m < 16, t < nb, reading s[m np + 16) whole:
+ * 0 when that would pass the plane's end (oh wo + ow0 + 16 > np) */
+__attribute__((always_inline)) static inline int to_rows_block16(float *restrict d, int64_t op, const float *restrict s,
+                                  int64_t np, int64_t at, int64_t nb)
+{
+    if (at + 16 > np) return 0;
+    tr_v16 r[16];
+    for (int m = 0; m < 16; m++) r[m] = *(const tr_u16 *)(s + m * np);
+    TR_STEP(8)
+    TR_STEP(4)
+    TR_STEP(2)
+    TR_STEP(1)
+    for (int64_t t = 0; t < nb; t++) *(tr_u16 *)(d + t * op) = r[t];
+    return 1;
+}
+#define TO_ROWS_BLOCK16 to_rows_block16(d, op, s, np, oh * wo + ow0, nb)
+#else
+#define TO_ROWS_BLOCK16 0
+#endif
 TGI_AVX512_CLONES static void to_rows_f32(float *dt, int64_t op, const float *dy, int64_t o,
                                           int64_t wo, const dlay *L)
 {
     const int64_t np = L->nq / L->wr * wo;
-    TO_ROWS_BODY(float)
+    TO_ROWS_BODY(float, TO_ROWS_BLOCK16)
 }
 TGI_AVX512_CLONES static void to_rows_f64(double *dt, int64_t op, const double *dy, int64_t o,
                                           int64_t wo, const dlay *L)
 {
     const int64_t np = L->nq / L->wr * wo;
-    TO_ROWS_BODY(double)
+    TO_ROWS_BODY(double, 0)
 }
 #define TO_ROWS(dt, op, dy, o, wo, L)                                                     \
     _Generic((dt), float *: to_rows_f32, double *: to_rows_f64)(dt, op, dy, o, wo, L)
@@ -922,12 +968,6 @@ DEFINE_MAX_POOL_PLANE(float, f32)
 DEFINE_MAX_POOL_PLANE(double, f64)
 #define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
     _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
-
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define POOL_VEC 1
-#endif
-#endif
 
 #ifdef POOL_VEC
 typedef float pool_v16 __attribute__((vector_size(64)));
