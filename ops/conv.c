@@ -17,6 +17,14 @@
  * pooling". */
 #include "ops.h"
 
+/* The vector paths that move lanes (the 2x2 max pool, dy's transposition)
+ * need __builtin_shufflevector (GCC 12, clang); without it they are scalar. */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define POOL_VEC 1
+#endif
+#endif
+
 /* ---- helpers shared by the ops ---------------------------------------- */
 
 /* The geometry of one 2-D window sweep (a convolution or a pooling):
@@ -171,20 +179,36 @@ TGI_AVX2_CLONES static void sweep_f64(double *restrict col, double *restrict x, 
 #define IM2COL(col, x, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, (void *)(x), g, 0)
 #define COL2IM(dx, col, g) _Generic((col), float *: sweep_f32, double *: sweep_f64)(col, dx, g, 1)
 
-/* sum of r[0..n) in double, in 8 interleaved partial sums (vectorised; the
- * order is fixed, so the bits are too) */
-#define PLANE_SUM_BODY                                                                    \
-    double acc[8] = {0};                                                                  \
+/* sum[p] = the sum of the plane r[p] [0..n) in double, in 8 interleaved
+ * partial sums (vectorised; the order is fixed, so the bits are too), for 4
+ * planes at once (independent chains of adds) */
+typedef double ps_v8d __attribute__((vector_size(64)));
+typedef double ps_u8d __attribute__((vector_size(64), aligned(8), may_alias));
+typedef float ps_v8f __attribute__((vector_size(32)));
+typedef float ps_u8f __attribute__((vector_size(32), aligned(4), may_alias));
+#define PLANE_SUMS_BODY(LOAD8)                                                            \
+    ps_v8d acc[4] = {{0}};                                                                \
     int64_t q = 0;                                                                        \
     for (; q + 8 <= n; q += 8)                                                            \
-        for (int j = 0; j < 8; j++) acc[j] += (double)r[q + j];                           \
-    for (; q < n; q++) acc[0] += (double)r[q];                                            \
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (int p = 0; p < 4; p++) acc[p] += LOAD8(r[p] + q);                            \
+    for (; q < n; q++)                                                                    \
+        for (int p = 0; p < 4; p++) acc[p][0] += (double)r[p][q];                         \
+    for (int p = 0; p < 4; p++)                                                           \
+        sum[p] = ((acc[p][0] + acc[p][1]) + (acc[p][2] + acc[p][3])) +                    \
+                 ((acc[p][4] + acc[p][5]) + (acc[p][6] + acc[p][7]));
+#define PS_LOAD_F32(a) __builtin_convertvector(*(const ps_u8f *)(a), ps_v8d)
+#define PS_LOAD_F64(a) (*(const ps_u8d *)(a))
 
-TGI_AVX2_CLONES static double plane_sum_f32(const float *r, int64_t n) { PLANE_SUM_BODY }
-TGI_AVX2_CLONES static double plane_sum_f64(const double *r, int64_t n) { PLANE_SUM_BODY }
-#define PLANE_SUM(r, n)                                                                   \
-    _Generic((r), const float *: plane_sum_f32, const double *: plane_sum_f64)(r, n)
+TGI_AVX512_CLONES static void plane_sums_f32(double *sum, const float *const *r, int64_t n)
+{
+    PLANE_SUMS_BODY(PS_LOAD_F32)
+}
+TGI_AVX512_CLONES static void plane_sums_f64(double *sum, const double *const *r, int64_t n)
+{
+    PLANE_SUMS_BODY(PS_LOAD_F64)
+}
+#define PLANE_SUMS(sum, r, n)                                                             \
+    _Generic((r), const float **: plane_sums_f32, const double **: plane_sums_f64)(sum, r, n)
 
 /* y_n = b (broadcast over the plane), then y_n += W col_n, image by image */
 static int conv2d_fwd_gemm(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, const tg_tensor *w,
@@ -356,8 +380,9 @@ TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, i
          (x) + ch_ * (L).h * (L).w, (L).w, (L).h, (L).w, 0, 0)
 
 /* dt [q][op] = dy_n [o][np] moved into layout L's positions q = oh wr + ow
- * (transposed: the o values of a position side by side), in 16 x 16 blocks */
-#define TO_ROWS_BODY(T)                                                                   \
+ * (transposed: the o values of a position side by side), in 16 x 16 blocks;
+ * BLOCK16 (when it returns 1) does a whole block of 16 channels */
+#define TO_ROWS_BODY(T, BLOCK16)                                                          \
     for (int64_t oh = 0; oh < L->nq / L->wr; oh++)                                        \
         for (int64_t ow0 = 0; ow0 < wo; ow0 += 16)                                        \
             for (int64_t m0 = 0; m0 < o; m0 += 16) {                                      \
@@ -365,20 +390,57 @@ TGI_AVX512_CLONES static void rows_f64(double *d, int64_t ds, const double *s, i
                 const int64_t mb = o - m0 < 16 ? o - m0 : 16;                             \
                 const T *restrict s = dy + m0 * np + oh * wo + ow0;                       \
                 T *restrict d = dt + (oh * L->wr + ow0) * op + m0;                        \
+                if (mb == 16 && BLOCK16) continue;                                        \
                 for (int64_t t = 0; t < nb; t++)                                          \
                     for (int64_t m = 0; m < mb; m++) d[t * op + m] = s[m * np + t];       \
             }
+#ifdef POOL_VEC
+typedef float tr_v16 __attribute__((vector_size(64)));
+typedef float tr_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+/* rows i and i + B (i & B == 0) of a 16 x 16 transposition in steps B = 8, 4,
+ * 2, 1: the top-right B x B blocks of the pair swap with the bottom-left */
+#define TR_I(B, e) (((e) & (B)) ? 16 + (e) - (B) : (e))
+#define TR_J(B, e) (((e) & (B)) ? 16 + (e) : (e) + (B))
+#define TR_IDX(F, B)                                                                      \
+    F(B, 0), F(B, 1), F(B, 2), F(B, 3), F(B, 4), F(B, 5), F(B, 6), F(B, 7), F(B, 8), F(B, 9), \
+        F(B, 10), F(B, 11), F(B, 12), F(B, 13), F(B, 14), F(B, 15)
+#define TR_STEP(B)                                                                        \
+    for (int i = 0; i < 16; i++)                                                          \
+        if (!(i & (B))) {                                                                 \
+            const tr_v16 a_ = r[i], b_ = r[i + (B)];                                      \
+            r[i] = __builtin_shufflevector(a_, b_, TR_IDX(TR_I, B));                      \
+            r[i + (B)] = __builtin_shufflevector(a_, b_, TR_IDX(TR_J, B));                \
+        }
+/* d[t op + m] = s[m np + t] for m < 16, t < nb, reading s[m np + 16) whole:
+ * 0 when that would pass the plane's end (oh wo + ow0 + 16 > np) */
+__attribute__((always_inline)) static inline int to_rows_block16(float *restrict d, int64_t op, const float *restrict s,
+                                  int64_t np, int64_t at, int64_t nb)
+{
+    if (at + 16 > np) return 0;
+    tr_v16 r[16];
+    for (int m = 0; m < 16; m++) r[m] = *(const tr_u16 *)(s + m * np);
+    TR_STEP(8)
+    TR_STEP(4)
+    TR_STEP(2)
+    TR_STEP(1)
+    for (int64_t t = 0; t < nb; t++) *(tr_u16 *)(d + t * op) = r[t];
+    return 1;
+}
+#define TO_ROWS_BLOCK16 to_rows_block16(d, op, s, np, oh * wo + ow0, nb)
+#else
+#define TO_ROWS_BLOCK16 0
+#endif
 TGI_AVX512_CLONES static void to_rows_f32(float *dt, int64_t op, const float *dy, int64_t o,
                                           int64_t wo, const dlay *L)
 {
     const int64_t np = L->nq / L->wr * wo;
-    TO_ROWS_BODY(float)
+    TO_ROWS_BODY(float, TO_ROWS_BLOCK16)
 }
 TGI_AVX512_CLONES static void to_rows_f64(double *dt, int64_t op, const double *dy, int64_t o,
                                           int64_t wo, const dlay *L)
 {
     const int64_t np = L->nq / L->wr * wo;
-    TO_ROWS_BODY(double)
+    TO_ROWS_BODY(double, 0)
 }
 #define TO_ROWS(dt, op, dy, o, wo, L)                                                     \
     _Generic((dt), float *: to_rows_f32, double *: to_rows_f64)(dt, op, dy, o, wo, L)
@@ -513,7 +575,23 @@ typedef struct {
     char *buf;          /* thread t's buffers at buf + t tbytes: planes, then y or dt */
     size_t tbytes, ybytes;
     int64_t nin, nout, rows, kk, op, units, nt;
+    int add;            /* dx: add into dst (else assign: dst is a new gradient) */
+    double *psum;       /* dW: NULL, or each image's dy plane sums [N][O] (for db) */
 } djob;
+
+/* s[m] = the sum in double of plane m of dy [o][np] (PLANE_SUMS, 4 at a time) */
+#define DY_SUMS_BODY(T)                                                                   \
+    for (int64_t m = 0; m < o; m += 4) {                                                  \
+        const T *r[4];                                                                    \
+        double ps[4];                                                                     \
+        for (int k = 0; k < 4; k++) r[k] = dy + (m + k < o ? m + k : o - 1) * np;         \
+        PLANE_SUMS(ps, r, np);                                                            \
+        for (int k = 0; k < 4 && m + k < o; k++) s[m + k] = ps[k];                        \
+    }
+static void dy_sums_f32(double *s, const float *dy, int64_t o, int64_t np) { DY_SUMS_BODY(float) }
+static void dy_sums_f64(double *s, const double *dy, int64_t o, int64_t np) { DY_SUMS_BODY(double) }
+#define dy_sums(s, dy, o, np)                                                             \
+    _Generic((dy), const float *: dy_sums_f32, const double *: dy_sums_f64)(s, dy, o, np)
 
 static void direct_units(const void *arg, int64_t u0, int64_t u1)
 {
@@ -533,6 +611,9 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
                 T *z = dst + u * j->rows * D_KR * j->op;
                 const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;
                 for (int64_t n = u * D_CHUNK; n < n1; n++) {
+                    if (j->psum) /* db's plane sums, while dy_n is read for dW */
+                        dy_sums(j->psum + n * j->nout, (const T *)j->dy + n * j->nout * hw_out,
+                                j->nout, hw_out);
                     DLAY_FILL(xp, src + n * j->nin * hw_in, j->nin, L);
                     TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
                     K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
@@ -545,7 +626,7 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
             const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = hw_out / ho;
             for (int64_t m = 0; m < j->nout; m++)
                 ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
-                     j->which == D_DX ? 2 : bd ? 1 : 0, bd ? bd[m] : (T)0);
+                     j->which == D_DX ? (j->add ? 2 : 0) : bd ? 1 : 0, bd ? bd[m] : (T)0);
         }
     });
 }
@@ -629,10 +710,10 @@ static int conv2d_fwd_direct(tg_ctx *ctx, tg_tensor *out, const tg_tensor *x, co
     return rc;
 }
 
-/* dx += the convolution of dy padded by kh-1-p, kw-1-p with the flipped,
- * channel-swapped kernel, through K1 */
+/* dx += (add) or = the convolution of dy padded by kh-1-p, kw-1-p with the
+ * flipped, channel-swapped kernel, through K1 */
 static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, void *dxv,
-                            const geom *g)
+                            int add, const geom *g)
 {
     const size_t es = tgi_dtype_size(w->dtype);
     const int64_t o = w->shape[0];
@@ -640,7 +721,7 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
     djob j = {.which = D_DX, .dt = w->dtype, .g = g,
               .L = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es),
               .src = dyv, .dst = dxv, .nin = o, .nout = g->c, .kk = o * g->kh * g->kw,
-              .units = g->n};
+              .units = g->n, .add = add};
     j.ap = pack_rows(ctx, w, 1, &j.rows);
     j.off = j.ap ? offsets(ctx, j.kk, o, &j.L, g) : NULL;
     const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
@@ -650,10 +731,24 @@ static int conv2d_dx_direct(tg_ctx *ctx, const tg_tensor *w, const void *dyv, vo
     return rc;
 }
 
+/* db[o] += the sum over the images in order of dy_n's plane o, each in double
+ * (psum [N][O]: the planes' sums) */
+#define DB_ADD_BODY(T)                                                                    \
+    for (int64_t m = 0; m < o; m++) {                                                     \
+        double s = 0.0;                                                                   \
+        for (int64_t n = 0; n < nimg; n++) s += psum[n * o + m];                          \
+        db[m] += (T)s;                                                                    \
+    }
+static void db_add_f32(float *db, const double *psum, int64_t nimg, int64_t o) { DB_ADD_BODY(float) }
+static void db_add_f64(double *db, const double *psum, int64_t nimg, int64_t o) { DB_ADD_BODY(double) }
+#define DB_ADD(db, psum, nimg, o)                                                         \
+    _Generic((db), float *: db_add_f32, double *: db_add_f64)(db, psum, nimg, o)
+
 /* dW += sum over the images of dy_n (*) x_n, through K2, in runs of D_CHUNK
- * images whose sums are added in order */
+ * images whose sums are added in order; db (when not NULL) += dy's plane
+ * sums, taken image by image in the same pass */
 static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
-                            void *dwv, const geom *g)
+                            void *dwv, void *dbv, const geom *g)
 {
     const size_t es = tgi_dtype_size(x->dtype);
     const int64_t o = w->shape[0], k = g->c * g->kh * g->kw;
@@ -664,7 +759,8 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
     const int64_t zn = j.rows * D_KR * j.op; /* one run's z [rows D_KR][op] */
     j.off = offsets(ctx, j.rows * D_KR, g->c, &j.L, g);
     j.dst = j.off ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
-    int rc = j.dst ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
+    j.psum = dbv && j.dst ? tg_scratch(ctx, (size_t)(g->n * o) * sizeof *j.psum + 1) : NULL;
+    int rc = j.dst && (j.psum || !dbv) ? direct_run(ctx, &j, (size_t)(j.L.nq * j.op) * es, g->n * o * k * g->ho * g->wo)
                    : -1;
     if (rc == 0)
         TGI_FLOAT_DISPATCH(x->dtype, {
@@ -676,6 +772,7 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
                     for (int64_t u = 1; u < j.units; u++) s += z[u * zn + kk * j.op + m];
                     dw[m * k + kk] += s;
                 }
+            if (dbv) DB_ADD((T *)dbv, j.psum, g->n, o);
         });
     tgi_arena_rewind(ctx, mark);
     return rc;
@@ -700,25 +797,31 @@ static void conv2d_backward(tg_op_call *c)
     if (!dyv || c->out->numel == 0) return;
     geom g = geom_load(c);
     const int64_t o = w->shape[0], np = g.ho * g.wo;
+    const int direct = is_direct(&g);
+    int fresh = 0; /* the direct path writes every element of dx: a new one needs no zeroing */
     void *dwv = tgi_needs_grad(w) ? tg_grad_acc(w) : NULL;
-    void *dxv = tgi_needs_grad(x) ? tg_grad_acc(x) : NULL;
+    void *dxv = !tgi_needs_grad(x) ? NULL : direct ? tgi_grad_first(x, &fresh) : tg_grad_acc(x);
     void *dbv = b && tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
     if (!tg_ok(ctx)) return;
-    if (!is_direct(&g)) {
+    if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
-    } else if ((dwv && conv2d_dw_direct(ctx, x, w, dyv, dwv, &g) != 0) ||
-               (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, &g) != 0))
-        return;
-    if (!dbv || !tg_ok(ctx)) return;
-    TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each channel's plane summed in double */
-        const T *dy = dyv;
-        T *dbt = dbv;
-        for (int64_t oc = 0; oc < o; oc++) {
-            double s = 0.0;
-            for (int64_t n = 0; n < g.n; n++) s += PLANE_SUM(dy + (n * o + oc) * np, np);
-            dbt[oc] += (T)s;
+    } else {
+        if (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) return;
+        if (dwv) { /* db in the same pass over dy */
+            conv2d_dw_direct(ctx, x, w, dyv, dwv, dbv, &g);
+            return;
         }
-    });
+    }
+    if (!dbv || !tg_ok(ctx)) return;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    double *psum = tg_scratch(ctx, (size_t)(g.n * o) * sizeof *psum + 1);
+    if (psum)
+        TGI_FLOAT_DISPATCH(x->dtype, { /* images in order, each plane summed in double */
+            const T *dy = dyv;
+            for (int64_t n = 0; n < g.n; n++) dy_sums(psum + n * o, dy + n * o * np, o, np);
+            DB_ADD((T *)dbv, psum, g.n, o);
+        });
+    tgi_arena_rewind(ctx, mark);
 }
 
 /* ======================================================================== */
@@ -743,21 +846,25 @@ static int check_pool(tg_ctx *ctx, const char *fn, const tg_tensor *x, int kerne
     return 1;
 }
 
-/* What a pooling's backward reads: dy, the gradient buffer of x, the
- * geometry, and the count and sizes of the input and output planes. */
+/* What a pooling's backward reads: dy, the gradient buffer of x (fresh: just
+ * made, uninitialised, for the backward to assign), the geometry, and the
+ * count and sizes of the input and output planes. */
 typedef struct {
     const void *dy;
     void *dx;
+    int fresh;
     geom g;
     int64_t planes, hw, np;
 } pool_bwd;
 
-/* 0 when there is nothing to do (no dy, x needs no gradient, or out of memory) */
-static int pool_grads(tg_op_call *c, pool_bwd *p)
+/* 0 when there is nothing to do (no dy, x needs no gradient, or out of
+ * memory). whole: the backward writes every element of dx when fresh. */
+static int pool_grads(tg_op_call *c, pool_bwd *p, int whole)
 {
     p->dy = tg_grad(c->out);
     if (!p->dy || !tgi_needs_grad(c->in[0])) return 0;
-    p->dx = tg_grad_acc(c->in[0]);
+    p->fresh = 0;
+    p->dx = whole ? tgi_grad_first(c->in[0], &p->fresh) : tg_grad_acc(c->in[0]);
     if (!p->dx) return 0;
     p->g = geom_load(c);
     p->planes = p->g.n * p->g.c, p->hw = p->g.h * p->g.w, p->np = p->g.ho * p->g.wo;
@@ -862,12 +969,6 @@ DEFINE_MAX_POOL_PLANE(double, f64)
 #define MAX_POOL_PLANE(y, arg, xp, g)                                                     \
     _Generic((y), float *: max_pool_plane_f32, double *: max_pool_plane_f64)(y, arg, xp, g)
 
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define POOL_VEC 1
-#endif
-#endif
-
 #ifdef POOL_VEC
 typedef float pool_v16 __attribute__((vector_size(64)));
 typedef float pool_u16 __attribute__((vector_size(64), aligned(4), may_alias));
@@ -876,10 +977,14 @@ typedef float pool_u8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t pool_i8 __attribute__((vector_size(32)));
 typedef int32_t pool_j8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-/* MAX_POOL_2X2_BODY for f32, 8 windows at a time (wo >= 8: the last 8 of a
- * row end at its end, overlapping the 8 before, which they recompute the
- * same): the two input rows' 16 values deinterleaved into the windows' four
- * corners, then MAX_TAKES and the selects lane by lane. */
+/* MAX_POOL_2X2_BODY for f32, 8 windows at a time: the two input rows' 16
+ * values deinterleaved into the windows' four corners, then MAX_TAKES and the
+ * selects lane by lane. A row of 8 or more windows ends with the 8 that end
+ * at its end (overlapping the 8 before, which they recompute the same); a
+ * shorter row is computed 8 wide too, its lanes past the row's end reading on
+ * into the next rows and writing outputs that the next rows then overwrite
+ * (rows go in order). Where those 8 lanes would read past x or write past y
+ * (the last rows), the windows go one at a time. */
 #define POOL_EVEN(v) __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14)
 #define POOL_ODD(v) __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15)
 #define POOL_TAKE(v, m, k, kv)                                                            \
@@ -892,13 +997,17 @@ TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restr
                                                const float *restrict x, const geom *g)
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const int64_t xn = planes * hw, yn = planes * np, wo = g->wo;
+    const int32_t w = (int32_t)g->w;
     const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
     for (int64_t pl = 0; pl < planes; pl++)
         for (int64_t oh = 0; oh < g->ho; oh++) {
-            const float *r0 = x + pl * hw + 2 * oh * g->w, *r1 = r0 + g->w;
-            const int32_t w = (int32_t)g->w;
-            for (int64_t ow = 0; ow < g->wo; ow += 8) {
-                if (ow + 8 > g->wo) ow = g->wo - 8;
+            const int64_t xo = pl * hw + 2 * oh * g->w, yo = pl * np + oh * wo;
+            const float *r0 = x + xo, *r1 = r0 + g->w;
+            int64_t ow = 0;
+            for (; ow < wo; ow += 8) {
+                if (ow + 8 > wo && wo >= 8) ow = wo - 8;
+                if (yo + ow + 8 > yn || xo + g->w + 2 * ow + 16 > xn) break;
                 const pool_v16 u0 = *(const pool_u16 *)(r0 + 2 * ow);
                 const pool_v16 u1 = *(const pool_u16 *)(r1 + 2 * ow);
                 const pool_v8 b = POOL_ODD(u0), c = POOL_EVEN(u1), d = POOL_ODD(u1);
@@ -908,8 +1017,59 @@ TGI_AVX512_CLONES static void max_pool_2x2_f32(float *restrict y, int32_t *restr
                 POOL_TAKE(b, m, k, k0 + 1)
                 POOL_TAKE(c, m, k, k0 + w)
                 POOL_TAKE(d, m, k, k0 + w + 1)
-                *(pool_u8 *)(y + pl * np + oh * g->wo + ow) = m;
-                if (arg) *(pool_j8 *)(arg + pl * np + oh * g->wo + ow) = k;
+                *(pool_u8 *)(y + yo + ow) = m;
+                if (arg) *(pool_j8 *)(arg + yo + ow) = k;
+            }
+            for (; ow < wo; ow++) { /* the last rows: one window at a time */
+                const int32_t k0 = (int32_t)(2 * oh * g->w + 2 * ow);
+                const int32_t ks[4] = {k0, k0 + 1, k0 + w, k0 + w + 1};
+                float m = x[pl * hw + k0];
+                int32_t k = k0;
+                for (int e = 1; e < 4; e++)
+                    if (MAX_TAKES(x[pl * hw + ks[e]], m)) m = x[pl * hw + ks[e]], k = ks[e];
+                y[yo + ow] = m;
+                if (arg) arg[yo + ow] = k;
+            }
+        }
+}
+
+/* dx [planes][h][w] = dy at each 2x2 window's saved maximum, 0 at the other
+ * three (the windows tile the planes: h = 2 ho, w = 2 wo), 8 windows at a
+ * time as max_pool_2x2_f32 goes: a short row's lanes past its end write into
+ * the next rows, which then overwrite them; the last rows one at a time. Each
+ * value is dy + 0 (as the zeroed buffer plus dy would be: -0 becomes 0). */
+#define POOL_ZIP(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15)
+TGI_AVX512_CLONES static void max_unpool_2x2_f32(float *restrict dx, const float *restrict dy,
+                                                 const int32_t *restrict arg, const geom *g)
+{
+    const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
+    const int64_t xn = planes * hw, yn = planes * np, wo = g->wo;
+    const int32_t w = (int32_t)g->w;
+    const pool_i8 lane2 = {0, 2, 4, 6, 8, 10, 12, 14};
+    const pool_v8 zero = {0};
+    for (int64_t pl = 0; pl < planes; pl++)
+        for (int64_t oh = 0; oh < g->ho; oh++) {
+            const int64_t xo = pl * hw + 2 * oh * g->w, yo = pl * np + oh * wo;
+            float *r0 = dx + xo, *r1 = r0 + g->w;
+            int64_t ow = 0;
+            for (; ow < wo; ow += 8) {
+                if (ow + 8 > wo && wo >= 8) ow = wo - 8;
+                if (yo + ow + 8 > yn || xo + g->w + 2 * ow + 16 > xn) break;
+                const pool_v8 d = *(const pool_u8 *)(dy + yo + ow);
+                const pool_i8 at = *(const pool_j8 *)(arg + yo + ow) -
+                                   (lane2 + (int32_t)(2 * oh * g->w + 2 * ow));
+#define POOL_AT(e) ((pool_v8)((pool_i8)d & (at == (e))) + zero)
+                *(pool_u16 *)(r0 + 2 * ow) = POOL_ZIP(POOL_AT(0), POOL_AT(1));
+                *(pool_u16 *)(r1 + 2 * ow) = POOL_ZIP(POOL_AT(w), POOL_AT(w + 1));
+#undef POOL_AT
+            }
+            for (; ow < wo; ow++) { /* the last rows: one window at a time */
+                const int32_t at = arg[yo + ow] - (int32_t)(2 * oh * g->w + 2 * ow);
+                const float d = dy[yo + ow];
+                r0[2 * ow] = (at == 0 ? d : 0.0f) + 0.0f; /* + 0: as 0 + dy gives */
+                r0[2 * ow + 1] = (at == 1 ? d : 0.0f) + 0.0f;
+                r1[2 * ow] = (at == w ? d : 0.0f) + 0.0f;
+                r1[2 * ow + 1] = (at == w + 1 ? d : 0.0f) + 0.0f;
             }
         }
 }
@@ -920,7 +1080,7 @@ static void max_pool_fwd(tg_tensor *out, const tg_tensor *x, const geom *g, int3
 {
     const int64_t planes = g->n * g->c, hw = g->h * g->w, np = g->ho * g->wo;
 #ifdef POOL_VEC
-    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2 && g->wo >= 8) {
+    if (x->dtype == TG_F32 && g->kh == 2 && g->kw == 2 && g->s == 2) {
         max_pool_2x2_f32(out->data, arg, x->data, g);
         return;
     }
@@ -948,14 +1108,27 @@ static int max_pool2d_forward(tg_op_call *c)
     return 0;
 }
 
-/* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy */
+/* d max/dx = 1 at the saved first maximum, 0 elsewhere: dx[argmax] += dy.
+ * Where the 2x2 windows tile the f32 planes and dx is fresh, dx is assigned
+ * window by window (dy at the maximum, 0 at the other three) instead. */
 static void max_pool2d_backward(tg_op_call *c)
 {
+    const tg_tensor *x = c->in[0];
+    const geom g0 = geom_load(c);
+    const int tiles = g0.kh == 2 && g0.kw == 2 && g0.s == 2 && g0.h == 2 * g0.ho &&
+                      g0.w == 2 * g0.wo;
     pool_bwd p;
-    if (!pool_grads(c, &p)) return;
+    if (!pool_grads(c, &p, tiles && x->dtype == TG_F32)) return;
     const int64_t planes = p.planes, hw = p.hw, np = p.np;
     const int32_t *arg = c->saved;
-    TGI_FLOAT_DISPATCH(c->in[0]->dtype, {
+#ifdef POOL_VEC
+    if (p.fresh) {
+        max_unpool_2x2_f32(p.dx, p.dy, arg, &p.g);
+        return;
+    }
+#endif
+    if (p.fresh) memset(p.dx, 0, tgi_bytes(x));
+    TGI_FLOAT_DISPATCH(x->dtype, {
         const T *dy = p.dy;
         T *dx = p.dx;
         for (int64_t pl = 0; pl < planes; pl++)
@@ -1014,7 +1187,7 @@ static int avg_pool2d_forward(tg_op_call *c)
 static void avg_pool2d_backward(tg_op_call *c)
 {
     pool_bwd p;
-    if (!pool_grads(c, &p)) return;
+    if (!pool_grads(c, &p, 0)) return;
     const geom g = p.g;
     const int64_t planes = p.planes, hw = p.hw, np = p.np;
     TGI_FLOAT_DISPATCH(c->in[0]->dtype, {

@@ -55,6 +55,23 @@ Test(conv_direct_grad, stride_1_padding_not_below_the_kernel)
     gradcheck_s1((shp){4, {1, 2, 3, 3}}, (shp){4, {2, 2, 2, 2}}, 1, 2, "2x2 pad 2");
 }
 
+/* x feeds two convolutions: the second backward adds to the dx the first assigned */
+static tg_tensor *conv_twice_fn(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_add(c, tg_conv2d(c, in[0], in[1], NULL, 1, 1), tg_conv2d(c, in[0], in[2], NULL, 1, 2));
+}
+
+Test(conv_direct_grad, x_used_twice)
+{
+    tg_ctx *c = tg_ctx_new(6);
+    tg_tensor *in[3] = {rnd(c, TG_F64, (shp){4, {2, 3, 5, 6}}, -1, 1),
+                        rnd(c, TG_F64, (shp){4, {4, 3, 3, 3}}, -1, 1),
+                        rnd(c, TG_F64, (shp){4, {4, 3, 5, 5}}, -1, 1)};
+    gradcheck_ok(c, conv_twice_fn, NULL, in, 3, "x in two convolutions");
+    tg_ctx_free(c);
+}
+
 /* ---- float32 against the definition ------------------------------------- */
 
 /* y, dx, dw, db of y = conv2d(x, w, b, 1, p) and the loss sum(r * y), by the
@@ -225,6 +242,47 @@ static void pool_reference(const float *x, const float *r, int64_t planes, int64
             }
 }
 
+/* max_pool2d(x, 2, 2) of x [n,ch,h,w] (ties and NaNs in it) against
+ * pool_reference, values and gradient bit for bit; with twice, x also gets
+ * the gradient 0.5 (through a second use) before the pool's backward adds its own */
+static void pool_case(int64_t n, int64_t ch, int64_t h, int64_t w, int twice)
+{
+    tg_ctx *c = tg_ctx_new(3);
+    tg_tensor *x = tg_new(c, TG_F32, 4, (int64_t[]){n, ch, h, w});
+    cr_assert_not_null(x);
+    float *xv = tg_data(x);
+    const int64_t nx = tg_numel(x);
+    for (int64_t i = 0; i < nx; i++) xv[i] = (float)((i * 7) % 5) - 2.0f;
+    for (int64_t i = 5; i < nx; i += 25) xv[i] = NAN; /* with a second NaN sometimes */
+    if (nx > 31) xv[30] = xv[31] = NAN;
+    tg_set_requires_grad(x, 1);
+    tg_tensor *y = tg_max_pool2d(c, x, 2, 2);
+    cr_assert_not_null(y, "%s", tg_errmsg(c));
+    tg_tensor *r = rnd(c, TG_F32, (shp){4, {n, ch, h / 2, w / 2}}, -1, 1);
+    tg_tensor *loss = tg_sum(c, tg_mul(c, y, r));
+    if (twice) loss = tg_add(c, loss, tg_scale(c, tg_sum(c, x), 0.5));
+    tg_backward(c, loss);
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    const int64_t ny = tg_numel(y);
+    float *yr = malloc((size_t)ny * sizeof *yr), *dx = malloc((size_t)nx * sizeof *dx);
+    cr_assert(yr && dx);
+    pool_reference(xv, tg_data(r), n * ch, h, w, yr, dx);
+    const float *yv = tg_data(y), *gv = tg_grad(x);
+    for (int64_t i = 0; i < ny; i++)
+        cr_assert(isnan(yr[i]) ? isnan(yv[i]) : yv[i] == yr[i],
+                  "%lldx%lld: y[%lld] = %g, expected %g", (long long)h, (long long)w,
+                  (long long)i, yv[i], yr[i]);
+    for (int64_t i = 0; i < nx; i++) {
+        const float want = twice ? dx[i] + 0.5f : dx[i];
+        cr_assert(memcmp(&gv[i], &want, sizeof want) == 0,
+                  "%lldx%lld%s: dx[%lld] = %g, expected %g", (long long)h, (long long)w,
+                  twice ? " twice" : "", (long long)i, gv[i], want);
+    }
+    free(yr);
+    free(dx);
+    tg_ctx_free(c);
+}
+
 Test(conv_direct_pool, ties_and_nans_go_to_the_first_maximum)
 {
     tg_ctx *c = tg_ctx_new(3);
@@ -253,4 +311,18 @@ Test(conv_direct_pool, ties_and_nans_go_to_the_first_maximum)
     free(yr);
     free(dx);
     tg_ctx_free(c);
+}
+
+Test(conv_direct_pool, every_row_width_and_plane_count)
+{
+    /* rows of 1 to 11 windows (short rows run 8 wide into the next rows, the
+     * last rows one window at a time), even and odd planes, with and without
+     * a gradient already in x */
+    for (int64_t w = 2; w <= 23; w++)
+        for (int twice = 0; twice < 2; twice++) {
+            pool_case(1, 1, 2, w, twice);
+            pool_case(2, 3, 6, w, twice);
+            pool_case(1, 2, 7, w, twice);
+        }
+    pool_case(3, 4, 14, 14, 0); /* the CNN example's second pool */
 }
