@@ -16,6 +16,7 @@
  *                       relative difference max|a-b| / max|b| over the parameters
  *   --rtol X            ... and fails (exit 3) above X
  *   --hash              rank 0 prints one XXH3 of all final parameters
+ *   --allreduce         gradients through MPI_Allreduce, not the shared-memory sum
  *   --ckpt PATH --ckpt-every K   rank 0 saves a checkpoint every K steps
  *   --bad-data-rank R   rank R reads its data from a path that does not exist
  *   --fail-rank R --fail-step S  rank R records an error at step S
@@ -31,6 +32,7 @@
 
 #include "tapegrad.h"
 #include "tapegrad/mpi.h"
+#include "teacher_data.h" /* examples/ */
 
 #define N_SAMPLES 2000
 #define N_FEATURES 20
@@ -40,32 +42,10 @@
 typedef struct {
     tg_dtype dt;
     int steps, batch, ckpt_every;
-    int bad_data_rank, fail_rank, fail_step, kill_rank, kill_step, hash;
+    int bad_data_rank, fail_rank, fail_step, kill_rank, kill_step, hash, allreduce;
     double rtol;
     const char *out, *compare, *ckpt, *load;
 } opts;
-
-/* x ~ N(0,1)^20, label = argmax(x T + 0.3 noise) for a random teacher T [20,5] */
-static tg_dataset *make_data(tg_ctx *ctx) {
-    tg_dataset *ds = tg_dataset_new(ctx, N_SAMPLES, N_FEATURES, 0);
-    if (!ds) return NULL;
-    double teacher[N_FEATURES * N_CLASSES];
-    for (int i = 0; i < N_FEATURES * N_CLASSES; i++) teacher[i] = tg_rand_normal(ctx);
-    for (int64_t s = 0; s < N_SAMPLES; s++) {
-        float *x = ds->x + s * N_FEATURES;
-        for (int j = 0; j < N_FEATURES; j++) x[j] = (float)tg_rand_normal(ctx);
-        int best = 0;
-        double bv = -INFINITY;
-        for (int c = 0; c < N_CLASSES; c++) {
-            double v = 0.3 * tg_rand_normal(ctx);
-            for (int j = 0; j < N_FEATURES; j++) v += x[j] * teacher[j * N_CLASSES + c];
-            if (v > bv) bv = v, best = c;
-        }
-        ds->labels[s] = best;
-    }
-    ds->n_classes = N_CLASSES;
-    return ds;
-}
 
 static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
     const int64_t widths[] = {N_FEATURES, 64, 64, N_CLASSES};
@@ -75,6 +55,18 @@ static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
 static uint64_t params_hash(tg_ctx *ctx) {
     uint64_t h = 0;
     for (int i = 0; i < tg_param_count(ctx); i++) h = h * 0x100000001B3u ^ tg_hash(tg_param_at(ctx, i));
+    return h;
+}
+
+/* FNV-1a of every parameter's gradient bytes (0 for one without) */
+static uint64_t grads_hash(tg_ctx *ctx) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (int i = 0; i < tg_param_count(ctx); i++) {
+        tg_tensor *p = tg_param_at(ctx, i);
+        const unsigned char *g = tg_grad(p);
+        size_t n = g ? (size_t)tg_numel(p) * tg_dtype_size(tg_dtype_of(p)) : 0;
+        for (size_t k = 0; k < n; k++) h = (h ^ g[k]) * 0x100000001B3u;
+    }
     return h;
 }
 
@@ -112,6 +104,7 @@ static int parse(int argc, char **argv, opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--hash")) { o->hash = 1; continue; }
+        if (!strcmp(a, "--allreduce")) { o->allreduce = 1; continue; }
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--dtype")) o->dt = !strcmp(v, "f32") ? TG_F32 : TG_F64;
@@ -140,7 +133,7 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
     if (rank == o->bad_data_rank)
         ds = tg_load_csv(ctx, "/nonexistent/tapegrad-mpi-test/train.csv", NULL);
     else
-        ds = make_data(ctx);
+        ds = teacher_data(ctx, N_SAMPLES, N_FEATURES, N_CLASSES, 0.3);
     tg_mlp m;
     build_model(ctx, &m, o->dt);
     /* sync point: a rank that could not load its data stops every rank here */
@@ -232,9 +225,17 @@ int main(int argc, char **argv) {
     }
     tg_mpi *mp = tg_mpi_new(ctx, MPI_COMM_WORLD);
     if (!mp) tg_mpi_abort(NULL, tg_errmsg(ctx));
+    tg_mpi_set_shared(mp, !o.allreduce);
     rc = run(ctx, mp, &o);
     if (rc == 1) fprintf(stderr, "mpi_train: rank %d: %s\n", tg_mpi_rank(mp), tg_errmsg(ctx));
+    /* tg_mpi_free gives the parameters their own gradient storage back, with the
+     * gradients of the last step in it */
+    uint64_t before = grads_hash(ctx);
     tg_mpi_free(mp);
+    if (rc == 0 && grads_hash(ctx) != before) {
+        fprintf(stderr, "mpi_train: the gradients changed in tg_mpi_free\n");
+        rc = 1;
+    }
     tg_ctx_free(ctx);
     MPI_Finalize();
     return rc;
