@@ -60,7 +60,7 @@ if(TG_BUILD_TESTS)
   # MPIEXEC_EXECUTABLE comes from FindMPI; empty when mpirun is absent: the
   # script then says so and the tests are reported as skipped (exit 77)
   set(TG_MPI_CASES equivalence_f64 equivalence_f32 rerun_identical bad_data_path
-      fail_after_checkpoint killed_rank)
+      fail_after_checkpoint failed_alone killed_rank)
   foreach(case ${TG_MPI_CASES})
     add_test(NAME mpi_${case}
              COMMAND ${TG_BASH} ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_test.sh ${case}

@@ -93,6 +93,14 @@ fail_after_checkpoint)
     && pass "every rank stops with rank 1's message" || fail "rank 1's message did not reach rank 0"
   checkpoint_loads "$w/ckpt.safetensors" "of step 60"
   ;;
+failed_alone)
+  # rank 1 fails after the gradients moved into shared memory and leaves without a
+  # sync point: its tg_mpi_free must not wait for rank 0 (which waits at the next
+  # sync point), and tg_mpi_abort ends the job
+  failing_job "$w/out.log" --fail-rank 1 --fail-step 30 --alone
+  grep -q "tapegrad: rank 1: mpi_train: injected failure at step 30" "$w/out.log" \
+    && pass "rank 1's message, then the job ends" || fail "rank 1's message is missing"
+  ;;
 killed_rank)
   failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --kill-rank 1 --kill-step 50
   grep -qi "signal 9\|killed" "$w/out.log" && pass "mpirun says a rank was killed" \

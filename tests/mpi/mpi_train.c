@@ -20,6 +20,8 @@
  *   --ckpt PATH --ckpt-every K   rank 0 saves a checkpoint every K steps
  *   --bad-data-rank R   rank R reads its data from a path that does not exist
  *   --fail-rank R --fail-step S  rank R records an error at step S
+ *   --alone             ... and stops at once: frees its tg_mpi (which must not wait
+ *                       for the others) and ends the job (tg_mpi_abort), exit 1
  *   --kill-rank R --kill-step S  rank R kills itself (SIGKILL) at step S
  *   --load PATH         no training: load checkpoint PATH into the model (exit 0 if it loads)
  * Exit status: 0 ok; 1 an error (the message on stderr, from every rank); 3 compare failed.
@@ -42,7 +44,7 @@
 typedef struct {
     tg_dtype dt;
     int steps, batch, ckpt_every;
-    int bad_data_rank, fail_rank, fail_step, kill_rank, kill_step, hash, allreduce;
+    int bad_data_rank, fail_rank, fail_step, alone, kill_rank, kill_step, hash, allreduce;
     double rtol;
     const char *out, *compare, *ckpt, *load;
 } opts;
@@ -105,6 +107,7 @@ static int parse(int argc, char **argv, opts *o) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--hash")) { o->hash = 1; continue; }
         if (!strcmp(a, "--allreduce")) { o->allreduce = 1; continue; }
+        if (!strcmp(a, "--alone")) { o->alone = 1; continue; }
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--dtype")) o->dt = !strcmp(v, "f32") ? TG_F32 : TG_F64;
@@ -155,8 +158,13 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         tg_tensor *x, *y;
         int got = tg_batcher_next(&b, &x, &y);
         if (got == 0) got = tg_batcher_next(&b, &x, &y); /* the next epoch */
-        if (rank == o->fail_rank && step == o->fail_step)
+        if (rank == o->fail_rank && step == o->fail_step) {
             tg_set_error(ctx, "mpi_train: injected failure at step %d", step);
+            if (o->alone) { /* no sync point: main frees and ends the job */
+                rc = 4;
+                break;
+            }
+        }
         if (rank == o->kill_rank && step == o->kill_step) raise(SIGKILL);
         tg_zero_grad(ctx);
         tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y);
@@ -236,6 +244,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mpi_train: the gradients changed in tg_mpi_free\n");
         rc = 1;
     }
+    if (rc == 4) tg_mpi_abort(NULL, tg_errmsg(ctx)); /* the others are at a sync point */
     tg_ctx_free(ctx);
     MPI_Finalize();
     return rc;
