@@ -6,6 +6,10 @@
  * many ranks mpirun starts: each rank takes its share of every global batch
  * (tg_mpi_shard), gradients are combined by tg_mpi_average_grads. Under
  * `mpirun -np 1` it is the single-process reference: the same code, one share.
+ * Two more parameters check the gradients a rank does not have: one only the
+ * last rank's loss reaches (with a zero gradient), one no loss reaches; after
+ * the first step every rank must have zeros for the first and none for the
+ * second. At the end, tg_mpi_free must leave every gradient as it was.
  *
  * Options:
  *   --dtype f32|f64     parameters and batches (default f64)
@@ -49,9 +53,30 @@ typedef struct {
     const char *out, *compare, *ckpt, *load;
 } opts;
 
+/* The MLP, and two parameters of [3] zeros outside it: "last_rank_only", in the
+ * loss (times 0) on the last rank only, and "unused", in no loss. */
 static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
     const int64_t widths[] = {N_FEATURES, 64, 64, N_CLASSES};
-    return tg_mlp_init(ctx, m, "fc", 4, widths, TG_ACT_TANH, dt);
+    if (tg_mlp_init(ctx, m, "fc", 4, widths, TG_ACT_TANH, dt) != 0) return -1;
+    tg_param(ctx, "last_rank_only", dt, 1, (const int64_t[]){3});
+    tg_param(ctx, "unused", dt, 1, (const int64_t[]){3});
+    return tg_ok(ctx) ? 0 : -1;
+}
+
+/* After tg_mpi_average_grads: a parameter with a gradient on one rank has one
+ * (of zeros) on every rank; one with none anywhere has none. 0 ok, -1 error. */
+static int check_partial_grads(tg_ctx *ctx) {
+    tg_tensor *one = tg_param_find(ctx, "last_rank_only"), *none = tg_param_find(ctx, "unused");
+    const unsigned char *g = tg_grad(one);
+    size_t n = (size_t)tg_numel(one) * tg_dtype_size(tg_dtype_of(one)), nonzero = 0;
+    for (size_t k = 0; g && k < n; k++) nonzero += g[k] != 0;
+    if (!g || nonzero || tg_grad(none)) {
+        tg_set_error(ctx, "mpi_train: after the first step last_rank_only's gradient is %s, "
+                          "unused's is %s (want zeros, and none)",
+                     !g ? "missing" : nonzero ? "not zero" : "zeros", tg_grad(none) ? "set" : "none");
+        return -1;
+    }
+    return 0;
 }
 
 static uint64_t params_hash(tg_ctx *ctx) {
@@ -168,10 +193,14 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         if (rank == o->kill_rank && step == o->kill_step) raise(SIGKILL);
         tg_zero_grad(ctx);
         tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y);
+        if (rank == tg_mpi_size(mp) - 1) /* + 0 * sum: a gradient of zeros, on this rank only */
+            loss = tg_add(ctx, loss, tg_scale(ctx, tg_sum(ctx, tg_param_find(ctx, "last_rank_only")), 0));
         tg_backward(ctx, loss);
         double l[2] = {tg_ok(ctx) ? tg_item(loss) * (double)b.share_size : 0, (double)b.share_size};
         /* the sync point of every step: any rank's error stops all of them here */
-        if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0 || tg_mpi_sum(mp, l, 2) != 0) {
+        int failed = tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0;
+        if (!failed && step == 0) check_partial_grads(ctx); /* tg_mpi_sum stops all on error */
+        if (failed || tg_mpi_sum(mp, l, 2) != 0) {
             rc = 1;
             break;
         }
