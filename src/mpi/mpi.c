@@ -529,6 +529,10 @@ static void reduce_shared(tg_mpi *mp) {
         for (int q = 0; q < mp->size; q++)
             if (mp->seg[q][sizeof(double) + i]) src[ns++] = q;
         if (ns == 0) continue; /* no rank has one: it stays without a gradient */
+        /* none here: another rank's, summed into this rank's storage by the barrier
+         * below (the headers are not read after it: a faster rank may be writing
+         * its next one) */
+        if (!p->grad) p->grad = p->grad_store;
         size_t es = tg_dtype_size(p->dtype);
         int64_t lo = part_start(mp, p->numel, mp->rank, es);
         int64_t hi = part_start(mp, p->numel, mp->rank + 1, es);
@@ -539,15 +543,6 @@ static void reduce_shared(tg_mpi *mp) {
     MPI_Win_sync(mp->win);
     MPI_Barrier(mp->comm); /* every part of every sum is written */
     MPI_Win_sync(mp->win);
-    for (int i = 0; i < np; i++) {
-        tg_tensor *p = ctx->params[i];
-        if (p->grad) continue;
-        for (int q = 0; q < mp->size; q++)
-            if (mp->seg[q][sizeof(double) + i]) {
-                p->grad = p->grad_store; /* another rank's gradient, summed into it */
-                break;
-            }
-    }
     mp->st.comm_seconds += now() - t0;
 }
 
