@@ -40,9 +40,14 @@
  * ends the others. Failures of MPI itself (a peer gone mid-collective) also
  * end the job with MPI's message. See docs/distributed.md.
  *
+ * Gradients: when all ranks are on one machine they are summed in an MPI-3
+ * shared-memory window, into which the parameters' gradient storage moves at
+ * the first tg_mpi_average_grads (tg_mpi_set_shared); otherwise one
+ * MPI_Allreduce of the packed gradients.
+ *
  * Ownership: a tg_mpi is the caller's: free it with tg_mpi_free before
- * tg_ctx_free and before MPI_Finalize. Its buffers come from the context's
- * allocator.
+ * tg_ctx_free and before MPI_Finalize (it hands the gradients back from the
+ * window). Its buffers come from the context's allocator, the window from MPI.
  */
 #ifndef TAPEGRAD_MPI_H
 #define TAPEGRAD_MPI_H
