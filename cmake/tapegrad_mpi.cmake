@@ -26,7 +26,9 @@ set_target_properties(tapegrad_mpi_obj PROPERTIES POSITION_INDEPENDENT_CODE ON
 target_include_directories(tapegrad_mpi_obj PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
   PRIVATE ${TG_INCLUDES_engine})
-target_compile_definitions(tapegrad_mpi_obj PRIVATE TG_BUILDING_LIBRARY _POSIX_C_SOURCE=200809L)
+# the library's own settings: no FMA contraction, so the shared-memory sum gives the
+# bits of the packed allreduce with every compiler
+tg_library_settings(tapegrad_mpi_obj)
 target_link_libraries(tapegrad_mpi_obj PUBLIC MPI::MPI_C PkgConfig::XXHASH)
 
 add_library(tapegrad_mpi_static STATIC $<TARGET_OBJECTS:tapegrad_mpi_obj>)
@@ -50,19 +52,15 @@ endif()
 
 # ---- tests: programs under mpirun -np 2, driven by tests/mpi/mpi_test.sh ----
 if(TG_BUILD_TESTS)
-  file(GLOB TG_MPI_PROGRAMS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_*.c)
-  foreach(src ${TG_MPI_PROGRAMS})
-    get_filename_component(name ${src} NAME_WE)
-    add_executable(${name} ${src})
-    target_link_libraries(${name} PRIVATE tapegrad_mpi_static)
-    target_compile_definitions(${name} PRIVATE _POSIX_C_SOURCE=200809L)
-    set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  tg_add_programs(${PROJECT_SOURCE_DIR}/tests/mpi/mpi_*.c tapegrad_mpi_static ${CMAKE_BINARY_DIR}/tests)
+  foreach(name ${TG_PROGRAMS}) # the generated data set of examples/teacher_data.h
+    target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/examples)
   endforeach()
   find_program(TG_BASH bash)
   # MPIEXEC_EXECUTABLE comes from FindMPI; empty when mpirun is absent: the
   # script then says so and the tests are reported as skipped (exit 77)
   set(TG_MPI_CASES equivalence_f64 equivalence_f32 rerun_identical bad_data_path
-      fail_after_checkpoint killed_rank)
+      fail_after_checkpoint failed_alone killed_rank)
   foreach(case ${TG_MPI_CASES})
     add_test(NAME mpi_${case}
              COMMAND ${TG_BASH} ${PROJECT_SOURCE_DIR}/tests/mpi/mpi_test.sh ${case}

@@ -30,56 +30,32 @@
  *   samples/s and the time spent in communication.
  *
  * Options: [--data DIR] [--generated] [--epochs N] [--batch B] [--lr X] [--seed S]
- *          [--threads T (per rank, default 1)] [--ckpt PATH] [--bucket BYTES] [--bench STEPS]
+ *          [--threads T (per rank, default 1)] [--ckpt PATH] [--bench STEPS]
+ *          [--reduce shared|allreduce (the gradients' way: tg_mpi_set_shared)] [--bucket BYTES]
  * Exit status: 0 when training reached its accuracy (Fashion-MNIST >= 0.80,
  * generated >= 0.80), 1 on an error (every rank prints it), 2 bad arguments.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tapegrad.h"
 #include "tapegrad/mpi.h"
+#include "teacher_data.h"
 
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 
 typedef struct {
     const char *data, *ckpt;
-    int generated, epochs, threads, bench;
+    int generated, epochs, threads, bench, allreduce;
     int64_t batch;
     double lr;
     uint64_t seed;
     long bucket;
 } opts;
-
-/* n points of f features, label = argmax(x T) + noise, T a random [f, c] teacher */
-static tg_dataset *make_generated(tg_ctx *ctx, int64_t n, int f, int c) {
-    tg_dataset *ds = tg_dataset_new(ctx, n, f, 0);
-    double *t = malloc((size_t)f * (size_t)c * sizeof *t);
-    if (!ds || !t) {
-        free(t);
-        tg_dataset_free(ds);
-        if (tg_ok(ctx)) tg_set_error(ctx, "mpi_mlp: out of memory for generated data");
-        return NULL;
-    }
-    for (int i = 0; i < f * c; i++) t[i] = tg_rand_normal(ctx);
-    for (int64_t s = 0; s < n; s++) {
-        float *x = ds->x + s * f;
-        for (int j = 0; j < f; j++) x[j] = (float)tg_rand_normal(ctx);
-        int best = 0;
-        double bv = -INFINITY;
-        for (int k = 0; k < c; k++) {
-            double v = 0.5 * tg_rand_normal(ctx);
-            for (int j = 0; j < f; j++) v += x[j] * t[j * c + k];
-            if (v > bv) bv = v, best = k;
-        }
-        ds->labels[s] = best;
-    }
-    ds->n_classes = c;
-    free(t);
-    return ds;
-}
 
 /* Mean loss and accuracy over the test set: each rank its share, summed. */
 static int evaluate(tg_ctx *ctx, tg_mpi *mp, const tg_mlp *m, const tg_dataset *ds, double *loss,
@@ -154,11 +130,20 @@ out:
     return tg_ok(ctx) ? acc : NAN;
 }
 
-/* The scaling figure: o->bench timed steps of the big MLP. */
+/* CPU seconds of this process (all its threads; waiting inside MPI counts too,
+ * as MPI polls) */
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The scaling figure: o->bench timed steps of the big MLP (times: the largest
+ * over the ranks). */
 static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
     const int64_t widths[] = {784, 1024, 1024, 10};
     const int64_t n = 8 * o->batch;
-    tg_dataset *ds = make_generated(ctx, n, 784, 10);
+    tg_dataset *ds = teacher_data(ctx, n, 784, 10, 0.5);
     tg_mlp m;
     tg_mlp_init(ctx, &m, "fc", 4, widths, TG_ACT_RELU, TG_F32);
     tg_batcher b;
@@ -167,45 +152,53 @@ static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         tg_dataset_free(ds);
         return 1;
     }
-    double t0 = 0, compute = 0;
+    double t0 = 0, compute = 0, cpu_compute = 0, cpu_avg = 0;
     for (int step = -3; step < o->bench; step++) {
         if (step == 0) {
             MPI_Barrier(tg_mpi_comm(mp));
             tg_mpi_stats_reset(mp);
             t0 = MPI_Wtime();
-            compute = 0;
+            compute = cpu_compute = cpu_avg = 0;
         }
         tg_tensor *x, *y;
         if (tg_batcher_next(&b, &x, &y) != 1) tg_batcher_next(&b, &x, &y);
-        double c0 = MPI_Wtime();
+        double c0 = MPI_Wtime(), u0 = cpu_seconds();
         tg_zero_grad(ctx);
         tg_backward(ctx, tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y));
         compute += MPI_Wtime() - c0;
+        double u1 = cpu_seconds();
         if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0) break;
+        double u2 = cpu_seconds();
         c0 = MPI_Wtime();
         tg_sgd_step(ctx, 0.01);
         tg_reset(ctx);
         compute += MPI_Wtime() - c0;
+        cpu_compute += (u1 - u0) + (cpu_seconds() - u2);
+        cpu_avg += u2 - u1;
     }
     double wall = MPI_Wtime() - t0;
     tg_mpi_stats st = tg_mpi_get_stats(mp);
     /* the slowest rank sets the pace: report rank 0's view and the largest times */
-    double mx[4] = {st.comm_seconds, st.pack_seconds, st.sync_seconds, compute}, all[4];
-    MPI_Allreduce(mx, all, 4, MPI_DOUBLE, MPI_MAX, tg_mpi_comm(mp));
+    double mx[6] = {st.comm_seconds, st.pack_seconds, st.sync_seconds, compute, cpu_compute, cpu_avg};
+    double all[6];
+    MPI_Allreduce(mx, all, 6, MPI_DOUBLE, MPI_MAX, tg_mpi_comm(mp));
     if (tg_ok(ctx) && tg_mpi_rank(mp) == 0) {
         double steps = o->bench;
-        char bucket[64] = "one allreduce";
-        if (o->bucket > 0) snprintf(bucket, sizeof bucket, "buckets of %ld bytes", o->bucket);
+        char how[64] = "one allreduce";
+        if (tg_mpi_shared(mp)) snprintf(how, sizeof how, "summed in shared memory");
+        else if (o->bucket > 0) snprintf(how, sizeof how, "allreduce buckets of %ld bytes", o->bucket);
         printf("bench: 784-1024-1024-10 f32, global batch %lld, %d rank(s) x %d thread(s), "
                "%d steps\n", (long long)o->batch, tg_mpi_size(mp), o->threads, o->bench);
         printf("  %.1f samples/s  %.2f ms/step  compute %.2f ms/step\n",
                steps * (double)o->batch / wall, 1e3 * wall / steps, 1e3 * all[3] / steps);
-        printf("  communication %.2f ms/step (allreduce %.2f, pack+unpack %.2f, sync %.3f; "
+        printf("  CPU time: compute %.2f ms/step, tg_mpi_average_grads %.2f ms/step (with "
+               "MPI polling while it waits)\n", 1e3 * all[4] / steps, 1e3 * all[5] / steps);
+        printf("  communication %.2f ms/step (reduce %.2f, pack+unpack %.2f, sync %.3f; "
                "%.1f%% of the step), %.1f MB reduced per step, %s\n",
                1e3 * (all[0] + all[1] + all[2]) / steps, 1e3 * all[0] / steps,
                1e3 * all[1] / steps, 1e3 * all[2] / steps,
                100 * (all[0] + all[1] + all[2]) / wall,
-               st.calls ? (double)st.bytes / (double)st.calls / 1e6 : 0, bucket);
+               st.calls ? (double)st.bytes / (double)st.calls / 1e6 : 0, how);
     }
     tg_batcher_free(&b);
     tg_dataset_free(ds);
@@ -228,6 +221,8 @@ static int parse(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--ckpt")) o->ckpt = v;
         else if (!strcmp(a, "--bucket")) o->bucket = atol(v);
+        else if (!strcmp(a, "--reduce") && (!strcmp(v, "shared") || !strcmp(v, "allreduce")))
+            o->allreduce = v[0] == 'a';
         else if (!strcmp(a, "--bench")) o->bench = atoi(v);
         else return -1;
     }
@@ -244,7 +239,7 @@ int main(int argc, char **argv) {
         if (rank == 0)
             fprintf(stderr, "usage: mpirun -np P mpi_mlp [--data DIR] [--generated] [--epochs N] "
                             "[--batch B] [--lr X] [--seed S] [--threads T] [--ckpt PATH] "
-                            "[--bucket BYTES] [--bench STEPS]\n");
+                            "[--reduce shared|allreduce] [--bucket BYTES] [--bench STEPS]\n");
         MPI_Finalize();
         return 2;
     }
@@ -253,6 +248,7 @@ int main(int argc, char **argv) {
     if (!mp) tg_mpi_abort(NULL, ctx ? tg_errmsg(ctx) : "mpi_mlp: out of memory");
     tg_set_threads(ctx, o.threads);
     if (o.bucket >= 0) tg_mpi_set_bucket_bytes(mp, (size_t)o.bucket);
+    if (o.allreduce) tg_mpi_set_shared(mp, 0);
     int rc;
     if (o.bench) {
         rc = bench(ctx, mp, &o);
@@ -260,7 +256,7 @@ int main(int argc, char **argv) {
         tg_dataset *tr = NULL, *te = NULL;
         tg_mlp m;
         if (o.generated) {
-            tg_dataset *all = make_generated(ctx, 10000, 32, 10);
+            tg_dataset *all = teacher_data(ctx, 10000, 32, 10, 0.5);
             tg_dataset_split(ctx, all, 0.2, &tr, &te);
             tg_dataset_free(all);
             tg_mlp_init(ctx, &m, "fc", 3, (const int64_t[]){32, 128, 10}, TG_ACT_RELU, TG_F32);

@@ -40,9 +40,14 @@
  * ends the others. Failures of MPI itself (a peer gone mid-collective) also
  * end the job with MPI's message. See docs/distributed.md.
  *
+ * Gradients: when all ranks are on one machine they are summed in an MPI-3
+ * shared-memory window, into which the parameters' gradient storage moves at
+ * the first tg_mpi_average_grads (tg_mpi_set_shared); otherwise one
+ * MPI_Allreduce of the packed gradients.
+ *
  * Ownership: a tg_mpi is the caller's: free it with tg_mpi_free before
- * tg_ctx_free and before MPI_Finalize. Its buffers come from the context's
- * allocator.
+ * tg_ctx_free and before MPI_Finalize (it hands the gradients back from the
+ * window). Its buffers come from the context's allocator, the window from MPI.
  */
 #ifndef TAPEGRAD_MPI_H
 #define TAPEGRAD_MPI_H
@@ -62,10 +67,14 @@ typedef struct tg_mpi tg_mpi;
 /** Timings and volumes since tg_mpi_new (or tg_mpi_stats_reset). */
 typedef struct {
     int64_t calls;       /**< tg_mpi_average_grads calls */
-    int64_t bytes;       /**< gradient bytes reduced, this rank's buffer */
-    double comm_seconds; /**< wall time inside the allreduces (waiting included) */
-    double pack_seconds; /**< wall time packing, scaling and unpacking gradients */
-    double sync_seconds; /**< wall time of the small error/layout allreduces */
+    int64_t bytes;       /**< gradient bytes reduced (each rank's whole gradient) */
+    double comm_seconds; /**< wall time reducing: inside the allreduces, or summing
+                              in shared memory and the barrier after it (waiting
+                              included) */
+    double pack_seconds; /**< wall time packing, scaling and unpacking gradients
+                              (shared memory: making the window, first call only) */
+    double sync_seconds; /**< wall time of the small error/layout allreduces (mostly
+                              waiting for the slowest rank to finish its backward) */
 } tg_mpi_stats;
 
 /** Attach @p ctx to a duplicate of @p comm (MPI must be initialised; the
@@ -74,7 +83,11 @@ typedef struct {
  *  duplicates @p comm). Returns NULL on error
  *  (recorded in @p ctx). Not collective for errors: every rank must succeed. */
 TG_API tg_mpi *tg_mpi_new(tg_ctx *ctx, MPI_Comm comm);
-/** Free the duplicate communicator and the buffers. NULL is fine. */
+/** Free the duplicate communicator and the buffers, and give the parameters
+ *  their own gradient storage back (with the current gradients). Collective
+ *  when the gradients went through shared memory (MPI_Win_free), except on a
+ *  rank whose context holds an error the others have not heard of at a sync
+ *  point (it is about to end the job: tg_mpi_abort). NULL is fine. */
 TG_API void tg_mpi_free(tg_mpi *mp);
 /** This process's rank, and the number of ranks; -1 and 0 for NULL. */
 TG_API int tg_mpi_rank(const tg_mpi *mp);
@@ -82,11 +95,25 @@ TG_API int tg_mpi_size(const tg_mpi *mp);
 /** The duplicated communicator (for the program's own collectives). */
 TG_API MPI_Comm tg_mpi_comm(const tg_mpi *mp);
 
-/** Gradients are reduced in buckets of at most @p bytes (0: all of them in one
- *  allreduce, the default), packed into one buffer reserved once.
+/** The way of the allreduce (when the gradients do not go through shared
+ *  memory, see tg_mpi_set_shared): buckets of at most @p bytes (0: all of them
+ *  in one allreduce, the default), packed into one buffer reserved once.
  *  docs/distributed.md has the measurements behind the default. Must be the
  *  same on all ranks. */
 TG_API void tg_mpi_set_bucket_bytes(tg_mpi *mp, size_t bytes);
+
+/** When every rank of the communicator is on one machine, tg_mpi_average_grads
+ *  sums the gradients in an MPI-3 shared-memory window (the default, @p on = 1):
+ *  at its first call each parameter's gradient storage moves into this rank's
+ *  segment of the window (so backward writes it there, and tg_grad points
+ *  there), each rank sums its part of every gradient over all ranks in rank
+ *  order and writes it to every rank, and tg_mpi_free moves the gradients back.
+ *  @p on = 0: one MPI_Allreduce (or buckets) instead, as across machines. Must
+ *  be the same on all ranks; takes effect at the next tg_mpi_average_grads. */
+TG_API void tg_mpi_set_shared(tg_mpi *mp, int on);
+/** 1 if tg_mpi_average_grads sums through shared memory (more than one rank,
+ *  all on one machine, tg_mpi_set_shared on), else 0. */
+TG_API int tg_mpi_shared(const tg_mpi *mp);
 
 /** Collective sync point: 0 when no rank has an error recorded; else every
  *  rank records "rank R: <message>" (R: the lowest failing rank) and gets -1.

@@ -7,25 +7,44 @@
  * failed, the failing rank's message is broadcast and every rank records it and
  * returns -1 before any gradient moves, so no rank is left waiting in a
  * collective the failed one will never join. Different layouts would make the
- * gradient allreduces disagree on their lengths (undefined in MPI, a hang or a
+ * gradient reductions disagree on their lengths (undefined in MPI, a hang or a
  * crash in practice), so they are refused at the same point.
  *
- * Gradients: each parameter's data and grad are one heap block of their own
- * (src/engine/tensor.c), so there is no flat gradient vector to reduce in place.
- * They are packed, already multiplied by this rank's weight, into one buffer
- * reserved once (per dtype: f32 parameters, then f64 ones), reduced with one
- * MPI_Allreduce (the default, the fastest measured here) or in buckets of
- * bucket_bytes, and unpacked. With buckets, bucket k+1 is packed while bucket
- * k is in flight, and bucket k is unpacked while k+1 is, so each bucket is
- * still in cache when it is unpacked (docs/distributed.md has the
- * measurements). Only parameters that have a gradient on some rank take part
- * (a second small allreduce, MAX of one byte per parameter), so a parameter no
- * rank touched keeps a NULL gradient and the optimisers skip it, as in one
- * process.
+ * Gradients travel one of two ways (docs/distributed.md has the measurements):
  *
- * The library's internal header is used for two things only: the context's
- * allocator (every byte goes through it) and its random generator's state
- * (broadcast with the parameters so that all ranks shuffle alike).
+ * - Shared memory, when every rank of the communicator is on one machine (the
+ *   default then). The parameters' gradient storage (grad_store) is moved, at
+ *   the first tg_mpi_average_grads, into this rank's segment of an MPI-3
+ *   shared-memory window, so backward writes each rank's gradient where every
+ *   other rank can read it: nothing is packed or copied before the reduction.
+ *   Each rank also writes its weight and which parameters have a gradient into
+ *   its segment's header. The sync point's allreduce is the barrier after which
+ *   all of that is final. Then rank r sums its r-th part of every gradient over
+ *   the ranks' segments, in rank order (sum_q w_q g_q, the same arithmetic and
+ *   order whoever computes it), and writes the sum into that part of every
+ *   rank's segment; a barrier, and every rank holds the whole sum, bit-equal to
+ *   the others'. Per rank that reads the gradient's size once and writes it
+ *   once, where MPI_Allreduce between two processes costs a pack, several
+ *   copies through MPI's shared-memory transport, and an unpack.
+ *   tg_mpi_free moves the gradients back into the parameters' own storage.
+ *
+ * - MPI_Allreduce, across machines or when tg_mpi_set_shared turned the first
+ *   way off: each parameter's data and grad are one heap block of their own
+ *   (src/engine/tensor.c), so the gradients are packed, already multiplied by
+ *   this rank's weight, into one buffer reserved once (per dtype: f32
+ *   parameters, then f64 ones), reduced with one MPI_Allreduce (the default) or
+ *   in buckets of bucket_bytes, and unpacked. With buckets, bucket k+1 is packed
+ *   while bucket k is in flight, and bucket k is unpacked while k+1 is. Only
+ *   parameters that have a gradient on some rank take part (a second small
+ *   allreduce, MAX of one byte per parameter).
+ *
+ * Either way a parameter no rank touched keeps a NULL gradient and the
+ * optimisers skip it, as in one process.
+ *
+ * The library's internal header is used for three things: the context's
+ * allocator (every byte of this file's own goes through it), its random
+ * generator's state (broadcast with the parameters so that all ranks shuffle
+ * alike), and the parameters' grad_store (moved into the shared window).
  */
 #include "tapegrad/mpi.h"
 
@@ -44,14 +63,29 @@ struct tg_mpi {
     tg_ctx *ctx;
     MPI_Comm comm;
     int rank, size;
+    int one_node;             /* every rank shares memory with this one */
+    int shared;               /* tg_mpi_set_shared: use the window when one_node */
+    int failed_together;      /* the latest sync point failed on every rank */
     size_t bucket_bytes;
-    unsigned char *buf;       /* packed gradients */
+    unsigned char *buf;       /* packed gradients (the allreduce way) */
     size_t buf_bytes;
     unsigned char *has;       /* per parameter: [0, n) has a gradient on some rank,
                                  [n, 2n) had one here when the call began */
     size_t has_bytes;
     MPI_Request *reqs;
     size_t reqs_bytes;
+    /* the shared-memory way: a window of one segment per rank, each a header
+     * (this rank's weight, then one byte per parameter: has a gradient) and
+     * every parameter's gradient at off[i], all aligned to TG_ALIGN */
+    MPI_Win win;
+    int win_np;               /* parameters in the window; 0: no window */
+    uint64_t win_layout;      /* their layout hash */
+    unsigned char **seg;      /* [size]: each rank's segment, in this address space */
+    size_t seg_bytes;
+    size_t *off;              /* [win_np]: offset of parameter i's gradient */
+    size_t off_bytes;
+    void **own;               /* [win_np]: the parameters' own grad_store */
+    size_t own_bytes;
     tg_mpi_stats st;
 };
 
@@ -108,18 +142,37 @@ tg_mpi *tg_mpi_new(tg_ctx *ctx, MPI_Comm comm) {
     MPI_Comm_set_errhandler(mp->comm, MPI_ERRORS_ARE_FATAL);
     MPI_Comm_rank(mp->comm, &mp->rank);
     MPI_Comm_size(mp->comm, &mp->size);
+    /* all ranks on one machine: the gradients can meet in shared memory */
+    MPI_Comm node;
+    int node_size = 0, all;
+    MPI_Comm_split_type(mp->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &node_size);
+    MPI_Comm_free(&node);
+    MPI_Allreduce(&(int){node_size == mp->size}, &all, 1, MPI_INT, MPI_LAND, mp->comm);
+    mp->one_node = all;
+    mp->shared = 1;
+    mp->win = MPI_WIN_NULL;
     return mp;
 }
+
+static void window_release(tg_mpi *mp, int mapped, int collective);
 
 void tg_mpi_free(tg_mpi *mp) {
     if (!mp) return;
     tg_ctx *ctx = mp->ctx;
     int finalized = 0;
     MPI_Finalized(&finalized);
+    /* MPI_Win_free waits for every rank: only when they are all here, i.e. none
+     * is stopping alone with an error the others have not heard of (that rank
+     * ends the job with MPI_Abort, which frees the window) */
+    window_release(mp, !finalized, !finalized && (tg_ok(ctx) || mp->failed_together));
     if (!finalized && mp->comm != MPI_COMM_NULL) MPI_Comm_free(&mp->comm);
     if (mp->buf) mem_resize(ctx, mp->buf, mp->buf_bytes, 0);
     if (mp->has) mem_resize(ctx, mp->has, mp->has_bytes, 0);
     if (mp->reqs) mem_resize(ctx, mp->reqs, mp->reqs_bytes, 0);
+    if (mp->seg) mem_resize(ctx, mp->seg, mp->seg_bytes, 0);
+    if (mp->off) mem_resize(ctx, mp->off, mp->off_bytes, 0);
+    if (mp->own) mem_resize(ctx, mp->own, mp->own_bytes, 0);
     mem_resize(ctx, mp, sizeof *mp, 0);
 }
 
@@ -130,6 +183,12 @@ MPI_Comm tg_mpi_comm(const tg_mpi *mp) { return mp ? mp->comm : MPI_COMM_NULL; }
 void tg_mpi_set_bucket_bytes(tg_mpi *mp, size_t bytes) {
     if (mp) mp->bucket_bytes = bytes;
 }
+
+void tg_mpi_set_shared(tg_mpi *mp, int on) {
+    if (mp) mp->shared = on != 0;
+}
+
+int tg_mpi_shared(const tg_mpi *mp) { return mp && mp->shared && mp->one_node && mp->size > 1; }
 
 tg_mpi_stats tg_mpi_get_stats(const tg_mpi *mp) {
     tg_mpi_stats z = {0};
@@ -180,12 +239,15 @@ static int sync_point(tg_mpi *mp, const char *fn, uint64_t same, const char *wha
         MPI_Bcast(msg, MSG_LEN, MPI_CHAR, root, mp->comm);
         msg[MSG_LEN - 1] = 0;
         if (tg_ok(ctx)) tg_set_error(ctx, "%s: rank %d failed: %s", fn, root, msg);
+        mp->failed_together = 1;
         return -1;
     }
     if (r[2] != -r[3]) {
         tg_set_error(ctx, "%s: %s", fn, what_differs);
+        mp->failed_together = 1;
         return -1;
     }
+    mp->failed_together = 0;
     return 0;
 }
 
@@ -334,12 +396,167 @@ static void reduce_dtype(tg_mpi *mp, tg_dtype dt, int64_t n, double weight) {
     mp->st.bytes += n * (int64_t)es;
 }
 
+/* ---- gradients through shared memory ---- */
+
+#define HEADER_BYTES(np) (((sizeof(double) + (size_t)(np)) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1))
+#define SUM_BLOCK 1024 /* elements summed in a stack buffer, then written to every segment */
+
+static size_t padded_bytes(const tg_tensor *p) {
+    return ((size_t)p->numel * tg_dtype_size(p->dtype) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+}
+
+/* Give the parameters their own gradient storage back (with the current
+ * gradient, when the window is still mapped: MPI is not finalised), and free the
+ * window: collectively when @p collective, else the memory is left to MPI (this
+ * rank is about to end the job). */
+static void window_release(tg_mpi *mp, int mapped, int collective) {
+    if (mp->win_np == 0) return;
+    tg_ctx *ctx = mp->ctx;
+    for (int i = 0; i < mp->win_np && i < ctx->n_params; i++) {
+        tg_tensor *p = ctx->params[i];
+        if (p->grad_store != mp->seg[mp->rank] + mp->off[i]) continue;
+        if (p->grad == p->grad_store) {
+            if (mapped) memcpy(mp->own[i], p->grad, (size_t)p->numel * tg_dtype_size(p->dtype));
+            p->grad = mapped ? mp->own[i] : NULL;
+        }
+        p->grad_store = mp->own[i];
+    }
+    if (collective) {
+        MPI_Win_unlock_all(mp->win);
+        MPI_Win_free(&mp->win);
+    }
+    mp->win = MPI_WIN_NULL;
+    mp->win_np = 0;
+}
+
+/* Collective: a window for the current parameters, and their gradient storage
+ * moved into this rank's segment (the buffers are reserved already; MPI's own
+ * failures, such as no memory for the window, end the job). */
+static void window_create(tg_mpi *mp, uint64_t layout) {
+    tg_ctx *ctx = mp->ctx;
+    const int np = ctx->n_params;
+    size_t at = HEADER_BYTES(np);
+    for (int i = 0; i < np; i++) {
+        mp->off[i] = at;
+        at += padded_bytes(ctx->params[i]);
+    }
+    /* each segment on its own pages, so the alignment below is the same in every
+     * process's mapping */
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    unsigned char *base = NULL;
+    MPI_Win_allocate_shared((MPI_Aint)(at + TG_ALIGN), 1, info, mp->comm, &base, &mp->win);
+    MPI_Info_free(&info);
+    for (int q = 0; q < mp->size; q++) {
+        MPI_Aint bytes;
+        int unit;
+        unsigned char *b;
+        MPI_Win_shared_query(mp->win, q, &bytes, &unit, &b);
+        mp->seg[q] = b + ((TG_ALIGN - (uintptr_t)b % TG_ALIGN) % TG_ALIGN);
+    }
+    /* the passive-target epoch the whole window lives in; MPI_Win_sync orders
+     * this rank's stores and loads around each barrier */
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, mp->win);
+    unsigned char *mine = mp->seg[mp->rank];
+    for (int i = 0; i < np; i++) {
+        tg_tensor *p = ctx->params[i];
+        mp->own[i] = p->grad_store;
+        p->grad_store = mine + mp->off[i];
+        if (p->grad) {
+            memcpy(p->grad_store, p->grad, (size_t)p->numel * tg_dtype_size(p->dtype));
+            p->grad = p->grad_store;
+        }
+    }
+    mp->win_np = np;
+    mp->win_layout = layout;
+}
+
+/* This rank's header: its weight and which parameters have a gradient here. */
+static void header_write(tg_mpi *mp, double weight) {
+    unsigned char *h = mp->seg[mp->rank];
+    memcpy(h, &weight, sizeof weight);
+    for (int i = 0; i < mp->win_np; i++) h[sizeof(double) + i] = mp->ctx->params[i]->grad != NULL;
+}
+
+static double header_weight(const tg_mpi *mp, int q) {
+    double w;
+    memcpy(&w, mp->seg[q], sizeof w);
+    return w;
+}
+
+/* Elements [lo, hi) of parameter i: sum over the ranks q that have a gradient
+ * (src[0..ns), in rank order) of w_q g_q, written into every rank's segment. */
+#define SUM_RANGE(T)                                                                       \
+    static void sum_##T(tg_mpi *mp, size_t off, int64_t lo, int64_t hi, const int *src,  \
+                        int ns) {                                                          \
+        T acc[SUM_BLOCK];                                                                  \
+        for (int64_t k0 = lo; k0 < hi; k0 += SUM_BLOCK) {                                  \
+            const int64_t m = hi - k0 < SUM_BLOCK ? hi - k0 : SUM_BLOCK;                   \
+            for (int s = 0; s < ns; s++) {                                                 \
+                const T *g = (const T *)(mp->seg[src[s]] + off) + k0;                      \
+                const T w = (T)header_weight(mp, src[s]);                                  \
+                if (s == 0)                                                                \
+                    for (int64_t k = 0; k < m; k++) acc[k] = w * g[k];                     \
+                else                                                                       \
+                    for (int64_t k = 0; k < m; k++) acc[k] += w * g[k];                    \
+            }                                                                              \
+            for (int q = 0; q < mp->size; q++)                                             \
+                memcpy((T *)(mp->seg[q] + off) + k0, acc, (size_t)m * sizeof(T));         \
+        }                                                                                  \
+    }
+SUM_RANGE(float)
+SUM_RANGE(double)
+
+/* Start of rank r's part of n elements: r n / size, rounded down to a cache
+ * line, so no two ranks write the same line. */
+static int64_t part_start(const tg_mpi *mp, int64_t n, int r, size_t es) {
+    if (r >= mp->size) return n;
+    const int64_t line = TG_ALIGN / (int64_t)es;
+    return (n * r / mp->size) / line * line;
+}
+
+/* After the sync point: this rank's part of every sum, a barrier, done. */
+static void reduce_shared(tg_mpi *mp) {
+    tg_ctx *ctx = mp->ctx;
+    const int np = mp->win_np;
+    int *src = (int *)mp->has; /* the ranks that have parameter i's gradient */
+    double t0 = now();
+    MPI_Win_sync(mp->win); /* the others' gradients and headers, final at the sync point */
+    for (int i = 0; i < np; i++) {
+        tg_tensor *p = ctx->params[i];
+        int ns = 0;
+        for (int q = 0; q < mp->size; q++)
+            if (mp->seg[q][sizeof(double) + i]) src[ns++] = q;
+        if (ns == 0) continue; /* no rank has one: it stays without a gradient */
+        /* none here: another rank's, summed into this rank's storage by the barrier
+         * below (the headers are not read after it: a faster rank may be writing
+         * its next one) */
+        if (!p->grad) p->grad = p->grad_store;
+        size_t es = tg_dtype_size(p->dtype);
+        int64_t lo = part_start(mp, p->numel, mp->rank, es);
+        int64_t hi = part_start(mp, p->numel, mp->rank + 1, es);
+        if (p->dtype == TG_F32) sum_float(mp, mp->off[i], lo, hi, src, ns);
+        else sum_double(mp, mp->off[i], lo, hi, src, ns);
+        mp->st.bytes += (int64_t)((size_t)p->numel * es);
+    }
+    MPI_Win_sync(mp->win);
+    MPI_Barrier(mp->comm); /* every part of every sum is written */
+    MPI_Win_sync(mp->win);
+    mp->st.comm_seconds += now() - t0;
+}
+
 /* Reserve, before the sync point, what reducing every gradient can need, so
  * that running out of memory is an error the other ranks hear of there. */
-static int reserve_all(tg_mpi *mp, const char *fn) {
+static int reserve_all(tg_mpi *mp, const char *fn, int shared) {
     tg_ctx *ctx = mp->ctx;
     if (!tg_ok(ctx)) return -1;
     int np = ctx->n_params;
+    if (shared)
+        return reserve(mp, fn, &mp->has, &mp->has_bytes, (size_t)mp->size * sizeof(int)) ||
+               reserve(mp, fn, &mp->seg, &mp->seg_bytes, (size_t)mp->size * sizeof(void *)) ||
+               reserve(mp, fn, &mp->off, &mp->off_bytes, ((size_t)np + 1) * sizeof(size_t)) ||
+               reserve(mp, fn, &mp->own, &mp->own_bytes, ((size_t)np + 1) * sizeof(void *));
     int64_t n32 = 0, n64 = 0;
     for (int i = 0; i < np; i++) {
         if (ctx->params[i]->dtype == TG_F32) n32 += ctx->params[i]->numel;
@@ -353,17 +570,9 @@ static int reserve_all(tg_mpi *mp, const char *fn) {
            reserve(mp, fn, &mp->reqs, &mp->reqs_bytes, buckets * sizeof(MPI_Request));
 }
 
-int tg_mpi_average_grads(tg_mpi *mp, double weight) {
-    static const char fn[] = "tg_mpi_average_grads";
-    if (!mp) return -1;
+/* The allreduce way, after the sync point. */
+static void reduce_allreduce(tg_mpi *mp, double weight) {
     tg_ctx *ctx = mp->ctx;
-    reserve_all(mp, fn);
-    if (check_layout(mp, fn) != 0) return -1;
-    if (!(weight > 0)) weight = 1.0 / mp->size;
-    if (mp->size == 1 && weight == 1) { /* the sum over one rank: nothing to do */
-        mp->st.calls++;
-        return 0;
-    }
     int np = ctx->n_params;
     for (int i = 0; i < np; i++) mp->has[i] = mp->has[np + i] = ctx->params[i]->grad != NULL;
     double t0 = now();
@@ -378,7 +587,37 @@ int tg_mpi_average_grads(tg_mpi *mp, double weight) {
     /* cannot fail: everything was reserved before the sync point */
     reduce_dtype(mp, TG_F32, n32, weight);
     reduce_dtype(mp, TG_F64, n64, weight);
+}
+
+int tg_mpi_average_grads(tg_mpi *mp, double weight) {
+    static const char fn[] = "tg_mpi_average_grads";
+    if (!mp) return -1;
+    tg_ctx *ctx = mp->ctx;
+    if (!(weight > 0)) weight = 1.0 / mp->size;
+    const int shared = tg_mpi_shared(mp);
+    const uint64_t layout = layout_hash(ctx);
+    /* the window as it is fits these parameters: the header goes in now, and the
+     * sync point's allreduce is the barrier after which the others read it */
+    const int ready = shared && mp->win_np > 0 && mp->win_layout == layout;
+    reserve_all(mp, fn, shared);
+    if (ready) header_write(mp, weight);
+    if (check_layout(mp, fn) != 0) return -1;
     mp->st.calls++;
+    if (mp->size == 1 && weight == 1) return 0; /* the sum over one rank: nothing to do */
+    if (!ready && mp->win_np > 0) window_release(mp, 1, 1); /* other parameters, or turned off */
+    if (!shared) {
+        reduce_allreduce(mp, weight);
+        return 0;
+    }
+    if (!ready) { /* the first call (or new parameters): make the window */
+        double t0 = now();
+        window_create(mp, layout);
+        header_write(mp, weight);
+        MPI_Win_sync(mp->win);
+        MPI_Barrier(mp->comm);
+        mp->st.pack_seconds += now() - t0;
+    }
+    reduce_shared(mp);
     return 0;
 }
 

@@ -51,10 +51,16 @@ equivalence_f64|equivalence_f32)
   # one process, global batch 64, against 2 ranks with 32 each, 200 steps
   mpi 1 "$train" --dtype "$dt" --steps 200 --batch 64 --out "$w/one.safetensors" >"$w/one.log" 2>&1 \
     || fail "1 rank trains ($(tail -3 "$w/one.log"))"
+  # the gradients summed in shared memory (the default on one machine), then through
+  # MPI_Allreduce (the way across machines)
   mpi 2 "$train" --dtype "$dt" --steps 200 --batch 64 --compare "$w/one.safetensors" --rtol "$tol" \
-    >"$w/two.log" 2>&1 && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt)" \
-    || fail "2 ranks x 32 against 1 rank x 64 ($dt)"
-  cat "$w/one.log" "$w/two.log"
+    >"$w/two.log" 2>&1 && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt, shared memory)" \
+    || fail "2 ranks x 32 against 1 rank x 64 ($dt, shared memory)"
+  mpi 2 "$train" --dtype "$dt" --steps 200 --batch 64 --compare "$w/one.safetensors" --rtol "$tol" \
+    --allreduce >"$w/two_allreduce.log" 2>&1 \
+    && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt, MPI_Allreduce)" \
+    || fail "2 ranks x 32 against 1 rank x 64 ($dt, MPI_Allreduce)"
+  cat "$w/one.log" "$w/two.log" "$w/two_allreduce.log"
   ;;
 rerun_identical)
   for run in 1 2; do
@@ -62,12 +68,17 @@ rerun_identical)
   done
   mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run3.log" 2>&1 || fail "run 3"
   mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run4.log" 2>&1 || fail "run 4"
+  mpi 2 "$train" --dtype f64 --steps 200 --hash --allreduce >"$w/run5.log" 2>&1 || fail "run 5"
   h1=$(grep hash "$w/run1.log") h2=$(grep hash "$w/run2.log")
-  h3=$(grep hash "$w/run3.log") h4=$(grep hash "$w/run4.log")
+  h3=$(grep hash "$w/run3.log") h4=$(grep hash "$w/run4.log") h5=$(grep hash "$w/run5.log")
   [ -n "$h1" ] && [ "$h1" = "$h2" ] && pass "2 ranks, f64: reruns bit-identical ($h1)" \
     || fail "f64 reruns differ: '$h1' '$h2'"
   [ -n "$h3" ] && [ "$h3" = "$h4" ] && pass "2 ranks, f32: reruns bit-identical ($h3)" \
     || fail "f32 reruns differ: '$h3' '$h4'"
+  # two ranks: w0 g0 + w1 g1 is one rounded sum whichever rank adds it, so the
+  # shared-memory sum and MPI_Allreduce give the same bits
+  [ -n "$h5" ] && [ "$h1" = "$h5" ] && pass "2 ranks, f64: shared memory = MPI_Allreduce, bit for bit" \
+    || fail "shared memory and MPI_Allreduce differ: '$h1' '$h5'"
   ;;
 bad_data_path)
   failing_job "$w/out.log" --bad-data-rank 1
@@ -81,6 +92,14 @@ fail_after_checkpoint)
   grep -q "rank 1 failed: mpi_train: injected failure at step 70" "$w/out.log" \
     && pass "every rank stops with rank 1's message" || fail "rank 1's message did not reach rank 0"
   checkpoint_loads "$w/ckpt.safetensors" "of step 60"
+  ;;
+failed_alone)
+  # rank 1 fails after the gradients moved into shared memory and leaves without a
+  # sync point: its tg_mpi_free must not wait for rank 0 (which waits at the next
+  # sync point), and tg_mpi_abort ends the job
+  failing_job "$w/out.log" --fail-rank 1 --fail-step 30 --alone
+  grep -q "tapegrad: rank 1: mpi_train: injected failure at step 30" "$w/out.log" \
+    && pass "rank 1's message, then the job ends" || fail "rank 1's message is missing"
   ;;
 killed_rank)
   failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --kill-rank 1 --kill-step 50

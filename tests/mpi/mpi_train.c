@@ -6,6 +6,10 @@
  * many ranks mpirun starts: each rank takes its share of every global batch
  * (tg_mpi_shard), gradients are combined by tg_mpi_average_grads. Under
  * `mpirun -np 1` it is the single-process reference: the same code, one share.
+ * Two more parameters check the gradients a rank does not have: one only the
+ * last rank's loss reaches (with a zero gradient), one no loss reaches; after
+ * the first step every rank must have zeros for the first and none for the
+ * second. At the end, tg_mpi_free must leave every gradient as it was.
  *
  * Options:
  *   --dtype f32|f64     parameters and batches (default f64)
@@ -16,9 +20,12 @@
  *                       relative difference max|a-b| / max|b| over the parameters
  *   --rtol X            ... and fails (exit 3) above X
  *   --hash              rank 0 prints one XXH3 of all final parameters
+ *   --allreduce         gradients through MPI_Allreduce, not the shared-memory sum
  *   --ckpt PATH --ckpt-every K   rank 0 saves a checkpoint every K steps
  *   --bad-data-rank R   rank R reads its data from a path that does not exist
  *   --fail-rank R --fail-step S  rank R records an error at step S
+ *   --alone             ... and stops at once: frees its tg_mpi (which must not wait
+ *                       for the others) and ends the job (tg_mpi_abort), exit 1
  *   --kill-rank R --kill-step S  rank R kills itself (SIGKILL) at step S
  *   --load PATH         no training: load checkpoint PATH into the model (exit 0 if it loads)
  * Exit status: 0 ok; 1 an error (the message on stderr, from every rank); 3 compare failed.
@@ -31,6 +38,7 @@
 
 #include "tapegrad.h"
 #include "tapegrad/mpi.h"
+#include "teacher_data.h" /* examples/ */
 
 #define N_SAMPLES 2000
 #define N_FEATURES 20
@@ -40,41 +48,52 @@
 typedef struct {
     tg_dtype dt;
     int steps, batch, ckpt_every;
-    int bad_data_rank, fail_rank, fail_step, kill_rank, kill_step, hash;
+    int bad_data_rank, fail_rank, fail_step, alone, kill_rank, kill_step, hash, allreduce;
     double rtol;
     const char *out, *compare, *ckpt, *load;
 } opts;
 
-/* x ~ N(0,1)^20, label = argmax(x T + 0.3 noise) for a random teacher T [20,5] */
-static tg_dataset *make_data(tg_ctx *ctx) {
-    tg_dataset *ds = tg_dataset_new(ctx, N_SAMPLES, N_FEATURES, 0);
-    if (!ds) return NULL;
-    double teacher[N_FEATURES * N_CLASSES];
-    for (int i = 0; i < N_FEATURES * N_CLASSES; i++) teacher[i] = tg_rand_normal(ctx);
-    for (int64_t s = 0; s < N_SAMPLES; s++) {
-        float *x = ds->x + s * N_FEATURES;
-        for (int j = 0; j < N_FEATURES; j++) x[j] = (float)tg_rand_normal(ctx);
-        int best = 0;
-        double bv = -INFINITY;
-        for (int c = 0; c < N_CLASSES; c++) {
-            double v = 0.3 * tg_rand_normal(ctx);
-            for (int j = 0; j < N_FEATURES; j++) v += x[j] * teacher[j * N_CLASSES + c];
-            if (v > bv) bv = v, best = c;
-        }
-        ds->labels[s] = best;
-    }
-    ds->n_classes = N_CLASSES;
-    return ds;
-}
-
+/* The MLP, and two parameters of [3] zeros outside it: "last_rank_only", in the
+ * loss (times 0) on the last rank only, and "unused", in no loss. */
 static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
     const int64_t widths[] = {N_FEATURES, 64, 64, N_CLASSES};
-    return tg_mlp_init(ctx, m, "fc", 4, widths, TG_ACT_TANH, dt);
+    if (tg_mlp_init(ctx, m, "fc", 4, widths, TG_ACT_TANH, dt) != 0) return -1;
+    tg_param(ctx, "last_rank_only", dt, 1, (const int64_t[]){3});
+    tg_param(ctx, "unused", dt, 1, (const int64_t[]){3});
+    return tg_ok(ctx) ? 0 : -1;
+}
+
+/* After tg_mpi_average_grads: a parameter with a gradient on one rank has one
+ * (of zeros) on every rank; one with none anywhere has none. 0 ok, -1 error. */
+static int check_partial_grads(tg_ctx *ctx) {
+    tg_tensor *one = tg_param_find(ctx, "last_rank_only"), *none = tg_param_find(ctx, "unused");
+    const unsigned char *g = tg_grad(one);
+    size_t n = (size_t)tg_numel(one) * tg_dtype_size(tg_dtype_of(one)), nonzero = 0;
+    for (size_t k = 0; g && k < n; k++) nonzero += g[k] != 0;
+    if (!g || nonzero || tg_grad(none)) {
+        tg_set_error(ctx, "mpi_train: after the first step last_rank_only's gradient is %s, "
+                          "unused's is %s (want zeros, and none)",
+                     !g ? "missing" : nonzero ? "not zero" : "zeros", tg_grad(none) ? "set" : "none");
+        return -1;
+    }
+    return 0;
 }
 
 static uint64_t params_hash(tg_ctx *ctx) {
     uint64_t h = 0;
     for (int i = 0; i < tg_param_count(ctx); i++) h = h * 0x100000001B3u ^ tg_hash(tg_param_at(ctx, i));
+    return h;
+}
+
+/* FNV-1a of every parameter's gradient bytes (0 for one without) */
+static uint64_t grads_hash(tg_ctx *ctx) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (int i = 0; i < tg_param_count(ctx); i++) {
+        tg_tensor *p = tg_param_at(ctx, i);
+        const unsigned char *g = tg_grad(p);
+        size_t n = g ? (size_t)tg_numel(p) * tg_dtype_size(tg_dtype_of(p)) : 0;
+        for (size_t k = 0; k < n; k++) h = (h ^ g[k]) * 0x100000001B3u;
+    }
     return h;
 }
 
@@ -112,6 +131,8 @@ static int parse(int argc, char **argv, opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--hash")) { o->hash = 1; continue; }
+        if (!strcmp(a, "--allreduce")) { o->allreduce = 1; continue; }
+        if (!strcmp(a, "--alone")) { o->alone = 1; continue; }
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--dtype")) o->dt = !strcmp(v, "f32") ? TG_F32 : TG_F64;
@@ -140,7 +161,7 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
     if (rank == o->bad_data_rank)
         ds = tg_load_csv(ctx, "/nonexistent/tapegrad-mpi-test/train.csv", NULL);
     else
-        ds = make_data(ctx);
+        ds = teacher_data(ctx, N_SAMPLES, N_FEATURES, N_CLASSES, 0.3);
     tg_mlp m;
     build_model(ctx, &m, o->dt);
     /* sync point: a rank that could not load its data stops every rank here */
@@ -162,15 +183,24 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         tg_tensor *x, *y;
         int got = tg_batcher_next(&b, &x, &y);
         if (got == 0) got = tg_batcher_next(&b, &x, &y); /* the next epoch */
-        if (rank == o->fail_rank && step == o->fail_step)
+        if (rank == o->fail_rank && step == o->fail_step) {
             tg_set_error(ctx, "mpi_train: injected failure at step %d", step);
+            if (o->alone) { /* no sync point: main frees and ends the job */
+                rc = 4;
+                break;
+            }
+        }
         if (rank == o->kill_rank && step == o->kill_step) raise(SIGKILL);
         tg_zero_grad(ctx);
         tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y);
+        if (rank == tg_mpi_size(mp) - 1) /* + 0 * sum: a gradient of zeros, on this rank only */
+            loss = tg_add(ctx, loss, tg_scale(ctx, tg_sum(ctx, tg_param_find(ctx, "last_rank_only")), 0));
         tg_backward(ctx, loss);
         double l[2] = {tg_ok(ctx) ? tg_item(loss) * (double)b.share_size : 0, (double)b.share_size};
         /* the sync point of every step: any rank's error stops all of them here */
-        if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0 || tg_mpi_sum(mp, l, 2) != 0) {
+        int failed = tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0;
+        if (!failed && step == 0) check_partial_grads(ctx); /* tg_mpi_sum stops all on error */
+        if (failed || tg_mpi_sum(mp, l, 2) != 0) {
             rc = 1;
             break;
         }
@@ -232,9 +262,18 @@ int main(int argc, char **argv) {
     }
     tg_mpi *mp = tg_mpi_new(ctx, MPI_COMM_WORLD);
     if (!mp) tg_mpi_abort(NULL, tg_errmsg(ctx));
+    tg_mpi_set_shared(mp, !o.allreduce);
     rc = run(ctx, mp, &o);
     if (rc == 1) fprintf(stderr, "mpi_train: rank %d: %s\n", tg_mpi_rank(mp), tg_errmsg(ctx));
+    /* tg_mpi_free gives the parameters their own gradient storage back, with the
+     * gradients of the last step in it */
+    uint64_t before = grads_hash(ctx);
     tg_mpi_free(mp);
+    if (rc == 0 && grads_hash(ctx) != before) {
+        fprintf(stderr, "mpi_train: the gradients changed in tg_mpi_free\n");
+        rc = 1;
+    }
+    if (rc == 4) tg_mpi_abort(NULL, tg_errmsg(ctx)); /* the others are at a sync point */
     tg_ctx_free(ctx);
     MPI_Finalize();
     return rc;
