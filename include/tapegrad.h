@@ -237,6 +237,8 @@ TG_API tg_tensor *tg_abs(tg_ctx *ctx, tg_tensor *x);
 TG_API tg_tensor *tg_clamp(tg_ctx *ctx, tg_tensor *x, double lo, double hi);
 /** x Phi(x), the erf form of GELU (F.gelu, approximate='none'). */
 TG_API tg_tensor *tg_gelu(tg_ctx *ctx, tg_tensor *x);
+/** log(1 + exp(x)) (F.softplus; x for x > 20); gradient sigmoid(x). */
+TG_API tg_tensor *tg_softplus(tg_ctx *ctx, tg_tensor *x);
 /** Mean over @p axis (negative counts from the end); keepdim keeps it as size 1. */
 TG_API tg_tensor *tg_mean_axis(tg_ctx *ctx, tg_tensor *x, int axis, int keepdim);
 /** Values of x.max(axis); the gradient goes to the first maximum. */

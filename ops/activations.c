@@ -272,6 +272,21 @@ static void gelu_backward(tg_op_call *c)
 }
 
 /* ======================================================================== */
+/* tg_softplus                                                              */
+/* ======================================================================== */
+
+/* y = log(1 + e^x), x's shape (F.softplus with beta 1 and threshold 20: y = x
+ * for x > 20, as PyTorch). dx = dy sigmoid(x) = dy e^x / (e^x + 1), dy where
+ * x > 20. Saves nothing (reads x). log1p keeps y exact to rounding where e^x
+ * is small; e^x overflows only past the threshold, where it is not used. */
+TGI_UNARY_OP(softplus);
+
+UNARY_FORWARD_FN(softplus, u > 20 ? u : log1p(exp(u)))
+
+/* d log(1 + e^x)/dx = e^x / (e^x + 1) */
+UNARY_BACKWARD_FN(softplus, u > 20 ? g : g * exp(u) / (exp(u) + 1))
+
+/* ======================================================================== */
 /* tg_softmax (last axis)                                                   */
 /* x [..., C] -> y [..., C]; a 0-dim x is one row of length 1, so y = 1.     */
 /* y_j = e^(x_j - m) / sum_k e^(x_k - m), m the row maximum.                 */
