@@ -623,7 +623,7 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
             }
             DLAY_FILL(xp, src + u * j->nin * hw_in, j->nin, L);
             K1(yb, (const T *)j->ap, (const T *)xp, j->off, j->rows, j->kk, L.qr);
-            const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = hw_out / ho;
+            const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = j->which == D_DX ? g->w : g->wo;
             for (int64_t m = 0; m < j->nout; m++)
                 ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
                      j->which == D_DX ? (j->add ? 2 : 0) : bd ? 1 : 0, bd ? bd[m] : (T)0);

@@ -326,3 +326,32 @@ Test(conv_direct_pool, every_row_width_and_plane_count)
         }
     pool_case(3, 4, 14, 14, 0); /* the CNN example's second pool */
 }
+
+Test(conv_direct_grad, empty_input_rows)
+{
+    /* x with no rows but padding: the output has rows (all padding), dx has no
+     * element; dw gets nothing, db the sum of dy (found by the fuzzer: the dx
+     * pass divided by the input's height) */
+    for (int dt = 0; dt < 2; dt++) {
+        tg_ctx *c = tg_ctx_new(1);
+        const tg_dtype t = dt ? TG_F64 : TG_F32;
+        tg_tensor *x = tg_new(c, t, 4, (int64_t[]){2, 3, 0, 5});
+        tg_tensor *w = tg_param(c, "w", t, 4, (int64_t[]){4, 3, 3, 3});
+        tg_tensor *b = tg_param(c, "b", t, 1, (int64_t[]){4});
+        tg_fill(w, 0.5);
+        tg_fill(b, 0.25);
+        tg_set_requires_grad(x, 1);
+        tg_tensor *y = tg_conv2d(c, x, w, b, 1, 2);
+        cr_assert(y && tg_ndim(y) == 4 && tg_shape(y)[2] == 2 && tg_shape(y)[3] == 7,
+                  "%s", tg_errmsg(c));
+        for (int64_t i = 0; i < 2 * 4 * 14; i++) cr_assert_eq(at(y, i), 0.25, "y = the bias");
+        tg_backward(c, tg_sum(c, y));
+        cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+#define GRAD_AT(p, i) (dt ? ((const double *)(p))[i] : (double)((const float *)(p))[i])
+        for (int64_t i = 0; i < 4; i++)
+            cr_assert_eq(GRAD_AT(tg_grad(b), i), 2.0 * 2 * 7, "db = the sum of dy");
+        for (int64_t i = 0; i < 4 * 27; i++) cr_assert_eq(GRAD_AT(tg_grad(w), i), 0.0, "dw");
+#undef GRAD_AT
+        tg_ctx_free(c);
+    }
+}
