@@ -256,12 +256,16 @@ tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
                          m->n_layers);
         return NULL;
     }
-    tg_tensor *h = x;
+    if (!check_dense(ctx, fn, &m->layer[0], x, m->n_layers > 1 ? m->act : TG_ACT_NONE))
+        return NULL;
+    /* a small f32 network: one node for all its layers (ops/mlp.c) */
+    tg_tensor *h = tgi_mlp_tiny(ctx, m, x);
+    if (h || !tg_ok(ctx)) return h;
+    h = x;
     for (int l = 0; l < m->n_layers; l++) {
         tg_act act = l == m->n_layers - 1 ? TG_ACT_NONE : m->act;
-        /* x is the caller's; a later layer's input is the output of the layer
-         * before it, which tgi_linear_wt checks again against its weight */
-        if (l == 0 && !check_dense(ctx, fn, &m->layer[l], h, act)) return NULL;
+        /* a later layer's input is the output of the layer before it, which
+         * tgi_linear_wt checks against its weight */
         h = tgi_linear_wt(ctx, fn, h, m->layer[l].weight, m->layer[l].bias, act);
     }
     return h;
