@@ -38,6 +38,10 @@ static inline int mlp_tiny(int64_t m, int64_t n, int64_t k)
            tgi_gemm_tiny_fits(m, n, k);
 }
 
+/* the attributes: i[0] act, i[1] L, i[2] the floats of h_1..h_{L-1}, i[3] m times
+ * the widest of them */
+enum { MLP_ACT, MLP_LAYERS, MLP_HIDDEN, MLP_WIDEST };
+
 tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
 {
     const int L = net->n_layers;
@@ -45,23 +49,31 @@ tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
         (unsigned)net->act >= TG_ACT_COUNT || !tgi_gemm_tiny_ok())
         return NULL;
     const int64_t m = x->shape[0];
-    int64_t k = x->shape[1];
-    tg_tensor *in[TG_MAX_INPUTS] = {x};
+    int64_t k = x->shape[1], hidden = 0, widest = 0;
+    tg_tensor *in[TG_MAX_INPUTS];
+    in[0] = x;
     for (int l = 0; l < L; l++) {
         tg_tensor *w = net->layer[l].weight, *b = net->layer[l].bias;
         if (!mlp_usable(ctx, w) || !mlp_usable(ctx, b) || w->ndim != 2 || b->ndim != 1 ||
-            w->shape[1] != k || b->shape[0] != w->shape[0] ||
-            !mlp_tiny(m, w->shape[0], k))
+            w->shape[1] != k || b->shape[0] != w->shape[0] || !mlp_tiny(m, w->shape[0], k))
             return NULL;
         k = w->shape[0];
         in[1 + 2 * l] = w;
         in[2 + 2 * l] = b;
+        if (l == L - 1) break;
+        hidden += m * k;
+        widest = m * k > widest ? m * k : widest;
     }
     tgi_api(ctx, "tg_mlp_forward");
     const int64_t shape[2] = {m, k};
     tg_tensor *out = tgi_tensor_make(ctx, TG_F32, 2, shape, m * k);
     if (!out) return NULL;
-    const tgi_attr at = {.i = {(int64_t)net->act, L}};
+    tgi_attr at;
+    at.i[MLP_ACT] = (int64_t)net->act;
+    at.i[MLP_LAYERS] = L;
+    at.i[MLP_HIDDEN] = hidden;
+    at.i[MLP_WIDEST] = widest;
+    for (int i = MLP_WIDEST + 1; i < TGI_ATTR_WORDS; i++) at.i[i] = 0;
     return tgi_op_run(ctx, &op_mlp, out, in, 1 + 2 * L, &at, sizeof at);
 }
 
@@ -85,16 +97,11 @@ static void mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, 
 
 static int mlp_forward(tg_op_call *c)
 {
-    const tg_act act = (tg_act)TGI_ATTR(c)->i[0];
-    const int L = (int)TGI_ATTR(c)->i[1];
+    const tgi_attr *at = TGI_ATTR(c);
+    const tg_act act = (tg_act)at->i[MLP_ACT];
+    const int L = (int)at->i[MLP_LAYERS];
     const int64_t m = c->in[0]->shape[0];
-    int64_t hidden = 0, widest = 0; /* floats of h_1..h_{L-1}; the widest of them */
-    for (int l = 0; l < L - 1; l++) {
-        const int64_t n = c->in[1 + 2 * l]->shape[0];
-        hidden += m * n;
-        widest = n > widest ? n : widest;
-    }
-    const int64_t room = hidden + (tgi_recorded(c) ? 2 * m * widest : 0);
+    const int64_t room = at->i[MLP_HIDDEN] + (tgi_recorded(c) ? 2 * at->i[MLP_WIDEST] : 0);
     float *h = room ? tg_scratch(c->ctx, (size_t)room * sizeof(float)) : NULL;
     if (room && !h) return -1; /* out of memory, recorded by tg_scratch */
     c->saved = h;
@@ -136,23 +143,21 @@ static void mlp_act_grad(float *d, const float *h, const float *g, int64_t len, 
  * below (or x) needs a gradient */
 static void mlp_backward(tg_op_call *c)
 {
-    const tg_act act = (tg_act)TGI_ATTR(c)->i[0];
-    const int L = (int)TGI_ATTR(c)->i[1];
+    const tgi_attr *at = TGI_ATTR(c);
+    const tg_act act = (tg_act)at->i[MLP_ACT];
+    const int L = (int)at->i[MLP_LAYERS];
     tg_tensor *x = c->in[0];
     const int64_t m = x->shape[0];
     const float *d = tg_grad(c->out); /* d_L = dy */
     if (!d) return;
     int lowest = 0; /* the first input that needs a gradient: nothing below it does */
     while (lowest < 1 + 2 * L && !tgi_needs_grad(c->in[lowest])) lowest++;
-    float *h = c->saved;
-    int64_t hidden = 0, widest = 0;
-    for (int l = 0; l < L - 1; l++) {
-        const int64_t n = c->in[1 + 2 * l]->shape[0];
-        hidden += m * n;
-        widest = n > widest ? n : widest;
+    float *hl = NULL, *buf[2] = {NULL, NULL}; /* (one layer: nothing saved) */
+    if (L > 1) {
+        hl = (float *)c->saved + at->i[MLP_HIDDEN]; /* the end of layer l's input h_{l-1} */
+        buf[0] = hl;                                /* then dy_{l-1}, alternately */
+        buf[1] = hl + at->i[MLP_WIDEST];
     }
-    float *buf[2] = {h + hidden, h + hidden + m * widest}; /* dy_{l-1}, alternately */
-    float *hl = h + hidden; /* the end of layer l's input h_{l-1}, stored before it */
     for (int l = L - 1; l >= 0; l--) {
         tg_tensor *w = c->in[1 + 2 * l], *b = c->in[2 + 2 * l];
         const int64_t n = w->shape[0], k = w->shape[1];
