@@ -12,15 +12,16 @@
 #include "ops.h"
 #include "gemm_tiny.h"
 
-/* x [m,k0] -> h_1 = act(x W_1^T + b_1) -> ... -> y = h_{L-1} W_L^T + b_L [m,n_L],
+/* x [m,k0] -> h_1 = act(x W_1^T + b_1) -> ... -> y = out_act(h_{L-1} W_L^T + b_L) [m,n_L],
  * inputs {x, W_1, b_1, ..., W_L, b_L}, W_l [n_l,k_l] (k_l = n_{l-1}), b_l [n_l];
  * f32, every m n_l k_l <= TINY_GEMM_WORK, L <= (TG_MAX_INPUTS - 1) / 2.
- * Backward, from dy_L = dy down, with d_l = dy_l * act'(h_l) (d_L = dy_L):
+ * Backward, from dy_L = dy down, with d_l = dy_l * act'(h_l) (h_L = y, and out_act'
+ * for it):
  *   dW_l += d_l^T h_{l-1},  db_l += column sums of d_l,  dy_{l-1} = d_l W_l
  * (h_0 = x; dx += d_1 W_1 when x needs it). act' is written from h_l as in
  * tg_linear (tanh 1 - h^2, sigmoid h (1 - h), relu [h > 0], leaky relu
  * h > 0 ? 1 : slope). Saves: the hidden activations h_1..h_{L-1}, and, on the
- * tape, room for two of them for backward's dy_l and d_l. */
+ * tape, room for two of them (or of y, with an out_act) for backward's dy_l and d_l. */
 TGI_OP(mlp);
 
 #define MLP_MAX_LAYERS ((TG_MAX_INPUTS - 1) / 2)
@@ -38,15 +39,16 @@ static inline int mlp_tiny(int64_t m, int64_t n, int64_t k)
            tgi_gemm_tiny_fits(m, n, k);
 }
 
-/* the attributes: i[0] act, i[1] L, i[2] the floats of h_1..h_{L-1}, i[3] m times
- * the widest of them */
-enum { MLP_ACT, MLP_LAYERS, MLP_HIDDEN, MLP_WIDEST };
+/* the attributes: act, out_act, L, the floats of h_1..h_{L-1}, and the most floats of
+ * one d_l backward needs a buffer for (the widest h_l, or y with an out_act) */
+enum { MLP_ACT, MLP_OUT_ACT, MLP_LAYERS, MLP_HIDDEN, MLP_WIDEST };
 
 tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
 {
     const int L = net->n_layers;
     if (L < 1 || L > MLP_MAX_LAYERS || !mlp_usable(ctx, x) || x->ndim != 2 ||
-        (unsigned)net->act >= TG_ACT_COUNT || !tgi_gemm_tiny_ok())
+        (unsigned)net->act >= TG_ACT_COUNT || (unsigned)net->out_act >= TG_ACT_COUNT ||
+        !tgi_gemm_tiny_ok())
         return NULL;
     const int64_t m = x->shape[0];
     int64_t k = x->shape[1], hidden = 0, widest = 0;
@@ -60,9 +62,8 @@ tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
         k = w->shape[0];
         in[1 + 2 * l] = w;
         in[2 + 2 * l] = b;
-        if (l == L - 1) break;
-        hidden += m * k;
-        widest = m * k > widest ? m * k : widest;
+        if (l < L - 1) hidden += m * k;
+        if (l < L - 1 || net->out_act != TG_ACT_NONE) widest = m * k > widest ? m * k : widest;
     }
     tgi_api(ctx, "tg_mlp_forward");
     const int64_t shape[2] = {m, k};
@@ -70,6 +71,7 @@ tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
     if (!out) return NULL;
     tgi_attr at;
     at.i[MLP_ACT] = (int64_t)net->act;
+    at.i[MLP_OUT_ACT] = (int64_t)net->out_act;
     at.i[MLP_LAYERS] = L;
     at.i[MLP_HIDDEN] = hidden;
     at.i[MLP_WIDEST] = widest;
@@ -78,7 +80,7 @@ tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
 }
 
 /* y [m,n] = act(y + b): the bias row added to every row, then the activation */
-static void mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, int64_t n,
+static inline __attribute__((always_inline)) void mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, int64_t n,
                          tg_act act)
 {
     for (int64_t i = 0; i < m; i++)
@@ -98,7 +100,7 @@ static void mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, 
 static int mlp_forward(tg_op_call *c)
 {
     const tgi_attr *at = TGI_ATTR(c);
-    const tg_act act = (tg_act)at->i[MLP_ACT];
+    const tg_act act = (tg_act)at->i[MLP_ACT], out_act = (tg_act)at->i[MLP_OUT_ACT];
     const int L = (int)at->i[MLP_LAYERS];
     const int64_t m = c->in[0]->shape[0];
     const int64_t room = at->i[MLP_HIDDEN] + (tgi_recorded(c) ? 2 * at->i[MLP_WIDEST] : 0);
@@ -109,17 +111,18 @@ static int mlp_forward(tg_op_call *c)
     for (int l = 0; l < L; l++) {
         const tg_tensor *w = c->in[1 + 2 * l];
         const int64_t n = w->shape[0], k = w->shape[1];
-        float *y = l == L - 1 ? c->out->data : h;
+        const int last = l == L - 1;
+        float *y = last ? c->out->data : h;
         tiny_gemm_float(0, 1, m, n, k, a, k, w->data, k, 0, y, n);
-        mlp_bias_act(y, c->in[2 + 2 * l]->data, m, n, l == L - 1 ? TG_ACT_NONE : act);
+        mlp_bias_act(y, c->in[2 + 2 * l]->data, m, n, last ? out_act : act);
         a = y;
-        h += m * n;
+        if (!last) h += m * n;
     }
     return 0;
 }
 
 /* d[i] = g[i] act'(h[i]) written from the activation's output h (d may be g) */
-static void mlp_act_grad(float *d, const float *h, const float *g, int64_t len, tg_act act)
+static inline __attribute__((always_inline)) void mlp_act_grad(float *d, const float *h, const float *g, int64_t len, tg_act act)
 {
     const float slope = (float)TGI_LEAKY_SLOPE;
     switch (act) {
@@ -144,7 +147,7 @@ static void mlp_act_grad(float *d, const float *h, const float *g, int64_t len, 
 static void mlp_backward(tg_op_call *c)
 {
     const tgi_attr *at = TGI_ATTR(c);
-    const tg_act act = (tg_act)at->i[MLP_ACT];
+    const tg_act act = (tg_act)at->i[MLP_ACT], out_act = (tg_act)at->i[MLP_OUT_ACT];
     const int L = (int)at->i[MLP_LAYERS];
     tg_tensor *x = c->in[0];
     const int64_t m = x->shape[0];
@@ -152,11 +155,16 @@ static void mlp_backward(tg_op_call *c)
     if (!d) return;
     int lowest = 0; /* the first input that needs a gradient: nothing below it does */
     while (lowest < 1 + 2 * L && !tgi_needs_grad(c->in[lowest])) lowest++;
-    float *hl = NULL, *buf[2] = {NULL, NULL}; /* (one layer: nothing saved) */
-    if (L > 1) {
+    float *hl = NULL, *buf[2] = {NULL, NULL}; /* (nothing saved: none needed) */
+    if (c->saved) {
         hl = (float *)c->saved + at->i[MLP_HIDDEN]; /* the end of layer l's input h_{l-1} */
-        buf[0] = hl;                                /* then dy_{l-1}, alternately */
+        buf[0] = hl;                                /* then d_l, alternately */
         buf[1] = hl + at->i[MLP_WIDEST];
+    }
+    if (out_act != TG_ACT_NONE) { /* d_L = dy out_act'(y), beside dy (which stays as it is) */
+        float *dl = buf[L & 1];
+        mlp_act_grad(dl, c->out->data, d, c->out->numel, out_act);
+        d = dl;
     }
     for (int l = L - 1; l >= 0; l--) {
         tg_tensor *w = c->in[1 + 2 * l], *b = c->in[2 + 2 * l];
