@@ -46,7 +46,7 @@ enum { MLP_ACT, MLP_OUT_ACT, MLP_LAYERS, MLP_HIDDEN, MLP_WIDEST };
 tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
 {
     const int L = net->n_layers;
-    if (L < 1 || L > MLP_MAX_LAYERS || !mlp_usable(ctx, x) || x->ndim != 2 ||
+    if (ctx->has_error || L < 1 || L > MLP_MAX_LAYERS || !mlp_usable(ctx, x) || x->ndim != 2 ||
         (unsigned)net->act >= TG_ACT_COUNT || (unsigned)net->out_act >= TG_ACT_COUNT ||
         !tgi_gemm_tiny_ok())
         return NULL;

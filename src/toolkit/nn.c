@@ -248,6 +248,11 @@ int tg_mlp_init_ex(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
 tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     static const char fn[] = "tg_mlp_forward";
     if (!ctx) return NULL;
+    if (m) { /* a small f32 network: one node for all its layers (ops/mlp.c), which
+              * checks what it reads and leaves every error to the path below */
+        tg_tensor *y = tgi_mlp_tiny(ctx, m, x);
+        if (y || !tg_ok(ctx)) return y;
+    }
     if (!m) {
         if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument m is NULL", fn);
         return NULL;
@@ -264,10 +269,7 @@ tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     }
     if (!check_dense(ctx, fn, &m->layer[0], x, m->n_layers > 1 ? m->act : m->out_act))
         return NULL;
-    /* a small f32 network: one node for all its layers (ops/mlp.c) */
-    tg_tensor *h = tgi_mlp_tiny(ctx, m, x);
-    if (h || !tg_ok(ctx)) return h;
-    h = x;
+    tg_tensor *h = x;
     for (int l = 0; l < m->n_layers; l++) {
         tg_act act = l == m->n_layers - 1 ? m->out_act : m->act;
         /* a later layer's input is the output of the layer before it, which
