@@ -80,8 +80,8 @@ tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x)
 }
 
 /* y [m,n] = act(y + b): the bias row added to every row, then the activation */
-static inline __attribute__((always_inline)) void mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, int64_t n,
-                         tg_act act)
+static inline __attribute__((always_inline)) void
+mlp_bias_act(float *restrict y, const float *restrict b, int64_t m, int64_t n, tg_act act)
 {
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) y[i * n + j] += b[j];
@@ -122,7 +122,8 @@ static int mlp_forward(tg_op_call *c)
 }
 
 /* d[i] = g[i] act'(h[i]) written from the activation's output h (d may be g) */
-static inline __attribute__((always_inline)) void mlp_act_grad(float *d, const float *h, const float *g, int64_t len, tg_act act)
+static inline __attribute__((always_inline)) void
+mlp_act_grad(float *d, const float *h, const float *g, int64_t len, tg_act act)
 {
     const float slope = (float)TGI_LEAKY_SLOPE;
     switch (act) {

@@ -471,7 +471,8 @@ static void mlp_run(tg_ctx *c, int fused, int L, tg_act act, tg_act out_act, int
     if (fused)
         h = tg_mlp_forward(c, &m, x);
     else
-        for (int l = 0; l < L; l++) h = tg_dense_forward(c, &m.layer[l], h, l < L - 1 ? act : out_act);
+        for (int l = 0; l < L; l++)
+            h = tg_dense_forward(c, &m.layer[l], h, l < L - 1 ? act : out_act);
     *len = tg_tape_len(c);
     tg_backward(c, tg_sum(c, tg_mul(c, wts, h)));
     cr_assert(tg_ok(c), "%s", tg_errmsg(c));
