@@ -607,12 +607,15 @@ TG_API tg_tensor *tg_dense_forward(tg_ctx *ctx, const tg_dense *d, tg_tensor *x,
 
 #define TG_MLP_MAX_LAYERS 16 /**< most dense layers in a tg_mlp */
 
-/** A multilayer perceptron: dense layers with @c act between them and no
- *  activation after the last (the forward pass returns logits). */
+/** A multilayer perceptron: dense layers with @c act between them and
+ *  @c out_act after the last (TG_ACT_NONE as tg_mlp_init leaves it: the forward
+ *  pass returns logits). */
 typedef struct {
     int n_layers;
     tg_dense layer[TG_MLP_MAX_LAYERS];
     tg_act act;          /**< activation of the hidden layers */
+    tg_act out_act;      /**< activation after the last layer (tg_mlp_init: TG_ACT_NONE); set
+                              it to fuse, e.g., a sigmoid output into the last layer's node */
 } tg_mlp;
 
 /** Create an MLP with widths[0] inputs, widths[n_widths-1] outputs and
@@ -632,8 +635,8 @@ TG_API int tg_mlp_init(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
 TG_API int tg_mlp_init_ex(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
                           const int64_t *widths, tg_act act, tg_dtype dt, tg_init init);
 /** x [m,widths[0]] -> logits [m,widths[last]]: each layer's tg_dense_forward,
- *  with m->act on the hidden layers and none on the last. Returns a temporary
- *  (lives until tg_reset), or NULL on error. */
+ *  with m->act on the hidden layers and m->out_act (none unless the caller set
+ *  it) on the last. Returns a temporary (lives until tg_reset), or NULL on error. */
 TG_API tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x);
 /** Write the MLP's parameters (weight then bias, layer by layer: 2 n_layers
  *  of them) into @p out, which has room for @p cap. Returns the number of

@@ -430,5 +430,10 @@ void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const vo
  * place. Errors are named after fn (the public caller). */
 tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
                          tg_act act);
+/* (ops/mlp.c) tg_mlp_forward of a small f32 network as one node, the layers' bits:
+ * NULL with nothing done when the network or x does not qualify or is not valid, or
+ * an error is recorded already (then the caller goes layer by layer, whose checks
+ * say what is wrong), NULL with the error recorded when out of memory. */
+tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x);
 
 #endif /* TG_INTERNAL_H */

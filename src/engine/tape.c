@@ -357,8 +357,11 @@ void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
 
 void tg_zero_grad(tg_ctx *ctx) {
     if (!ctx) return;
-    for (int i = 0; i < ctx->n_params; i++) {
-        tg_tensor *p = ctx->params[i];
+    /* (the list read once: the compiler cannot know that clearing a buffer leaves it be) */
+    tg_tensor *const *ps = ctx->params;
+    const int n = ctx->n_params;
+    for (int i = 0; i < n; i++) {
+        tg_tensor *p = ps[i];
         if (p->grad) zero_grad_buf(ctx, p->grad, p);
     }
 }

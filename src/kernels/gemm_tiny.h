@@ -18,9 +18,10 @@ int tgi_gemm_tiny_ok(void);
  * which would cost more than the arithmetic. C is built in 16-byte vectors of VL
  * columns (GCC vector extensions: SSE2 on any x86-64, NEON on arm64), four rows
  * at a time: for each p, one vector of op(B)'s row p (read in place when B is not
- * transposed and the VL columns are there, else gathered lane by lane with zeros
- * after column n) is multiplied by the four rows' A(i,p). When more than four
- * rows would gather the same vectors, op(B) is gathered once into a k x
+ * transposed and the VL columns are there, or, for the last 2 or 3 columns of B
+ * not transposed, the first two f32 in one 8-byte load; else gathered lane by
+ * lane; zeros after column n) is multiplied by the four rows' A(i,p). When more
+ * than four rows would gather the same vectors, op(B) is gathered once into a k x
  * ceil(n/VL) block of vectors on the stack (at most 512) instead. A single
  * column C[m,1] that is contiguous is computed as the row C^T = op(B)^T op(A)^T,
  * so that its m values fill the vectors. Every C(i,j) is 0 + A(i,0) B(0,j) +
@@ -32,7 +33,8 @@ int tgi_gemm_tiny_ok(void);
 #define TINY_GEMM(T, VT)                                                                   \
     /* lanes [0, w) of op(B)'s row p (op(B)(p,j) = B[p sbp + j sbj]), zeros after;       \
      * G = 0: the whole vector, contiguous (w not looked at); G = 1: lane by lane;         \
-     * G = 2: all VL lanes, one by one */                                                  \
+     * G = 2: all VL lanes, one by one; G = 3: w < VL contiguous lanes (sbj = 1), the      \
+     * first pair of floats in one load */                                                 \
     TINY_INLINE VT tiny_brow_##T(const int G, const T *B, int64_t sbp, int64_t sbj,        \
                                  int64_t p, int64_t w)                                     \
     {                                                                                      \
@@ -40,6 +42,12 @@ int tgi_gemm_tiny_ok(void);
         const T *r = B + p * sbp;                                                          \
         if (G == 0)                                                                        \
             memcpy(&v, r, sizeof v);                                                       \
+        else if (G == 3 && sizeof(VT) / sizeof(T) == 4 && w >= 2) {                       \
+            memcpy(&v, r, 2 * sizeof(T));                                                  \
+            if (w == 3) /* (a lane 2: f32 only) */                                         \
+                v[2 % (sizeof(VT) / sizeof(T))] = r[2];                                    \
+        } else if (G == 3)                                                                 \
+            v[0] = r[0];                                                                   \
         else /* a constant trip count: unrolled, no loop made into a call */               \
             for (int q = 0; q < (int)(sizeof(VT) / sizeof(T)); q++)                       \
                 if (G == 2 || q < w) v[q] = r[q * sbj];                                    \
@@ -113,6 +121,9 @@ int tgi_gemm_tiny_ok(void);
                 if (whole)                                                                 \
                     tiny_small_##T(4, 0, mi, w, k, A + i * sai, sai, sap, B + j * sbj, sbp, \
                                    sbj, accumulate, C + i * ldc + j, ldc);                 \
+                else if (sbj == 1)                                                         \
+                    tiny_small_##T(4, 3, mi, w, k, A + i * sai, sai, sap, B + j * sbj, sbp, \
+                                   sbj, accumulate, C + i * ldc + j, ldc);                 \
                 else                                                                       \
                     tiny_small_##T(4, 1, mi, w, k, A + i * sai, sai, sap, B + j * sbj, sbp, \
                                    sbj, accumulate, C + i * ldc + j, ldc);                 \
@@ -137,17 +148,22 @@ int tgi_gemm_tiny_ok(void);
             tiny_blocks_##T(m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);        \
             return;                                                                        \
         }                                                                                  \
-        const int full = n == (int64_t)(sizeof(VT) / sizeof(T)), g = full ? sbj != 1 ? 2 : 0 : 1; \
+        const int full = n == (int64_t)(sizeof(VT) / sizeof(T));                           \
+        const int g = full ? sbj != 1 ? 2 : 0 : sbj != 1 ? 1 : 3;                          \
         if (m == 1 && g == 0)                                                              \
             tiny_small_##T(1, 0, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else if (m == 1 && g == 2)                                                         \
             tiny_small_##T(1, 2, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
+        else if (m == 1 && g == 3)                                                         \
+            tiny_small_##T(1, 3, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else if (m == 1)                                                                   \
             tiny_small_##T(1, 1, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else if (g == 0)                                                                   \
             tiny_small_##T(4, 0, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else if (g == 2)                                                                   \
             tiny_small_##T(4, 2, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
+        else if (g == 3)                                                                   \
+            tiny_small_##T(4, 3, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
         else                                                                               \
             tiny_small_##T(4, 1, m, n, k, A, sai, sap, B, sbp, sbj, accumulate, C, ldc);   \
     }

@@ -227,6 +227,7 @@ static int mlp_init(tg_ctx *ctx, const char *fn, tg_mlp *m, const char *prefix, 
     }
     m->n_layers = n_widths - 1;
     m->act = act;
+    m->out_act = TG_ACT_NONE;
     return 0;
 }
 
@@ -242,10 +243,16 @@ int tg_mlp_init_ex(tg_ctx *ctx, tg_mlp *m, const char *prefix, int n_widths,
     return mlp_init(ctx, "tg_mlp_init_ex", m, prefix, n_widths, widths, act, dt, init, 0.0);
 }
 
-/* x [m,widths[0]] -> act(...act(x W1^T + b1)...) W_L^T + b_L, logits [m,widths[L]]. */
+/* x [m,widths[0]] -> out_act(act(...act(x W1^T + b1)...) W_L^T + b_L) [m,widths[L]]
+ * (out_act none: logits). */
 tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
     static const char fn[] = "tg_mlp_forward";
     if (!ctx) return NULL;
+    if (m) { /* a small f32 network: one node for all its layers (ops/mlp.c), which
+              * checks what it reads and leaves every error to the path below */
+        tg_tensor *y = tgi_mlp_tiny(ctx, m, x);
+        if (y || !tg_ok(ctx)) return y;
+    }
     if (!m) {
         if (tg_ok(ctx)) tg_set_error(ctx, "%s: argument m is NULL", fn);
         return NULL;
@@ -256,12 +263,17 @@ tg_tensor *tg_mlp_forward(tg_ctx *ctx, const tg_mlp *m, tg_tensor *x) {
                          m->n_layers);
         return NULL;
     }
+    if ((unsigned)m->out_act >= TG_ACT_COUNT) {
+        tg_set_error(ctx, "%s: unknown output activation %d", fn, (int)m->out_act);
+        return NULL;
+    }
+    if (!check_dense(ctx, fn, &m->layer[0], x, m->n_layers > 1 ? m->act : m->out_act))
+        return NULL;
     tg_tensor *h = x;
     for (int l = 0; l < m->n_layers; l++) {
-        tg_act act = l == m->n_layers - 1 ? TG_ACT_NONE : m->act;
-        /* x is the caller's; a later layer's input is the output of the layer
-         * before it, which tgi_linear_wt checks again against its weight */
-        if (l == 0 && !check_dense(ctx, fn, &m->layer[l], h, act)) return NULL;
+        tg_act act = l == m->n_layers - 1 ? m->out_act : m->act;
+        /* a later layer's input is the output of the layer before it, which
+         * tgi_linear_wt checks against its weight */
         h = tgi_linear_wt(ctx, fn, h, m->layer[l].weight, m->layer[l].bias, act);
     }
     return h;

@@ -14,7 +14,8 @@
  *   overhead  ns per recorded tg_add on [4] tensors (record + forward), per node
  *             of backward, per forward op without recording, per tg_from, per
  *             tg_reset.
- *   xor       2-4-1 MLP (tanh, then sigmoid), MSE, full batch of 4, SGD lr 0.1:
+ *   xor       2-4-1 MLP (tanh, then sigmoid as the MLP's out_act), MSE, full batch
+ *             of 4, SGD lr 0.1:
  *             microseconds per step (build x and y, forward, zero_grad, backward,
  *             update, tg_reset), 1 thread; then the step split into phases.
  *   mlp64     784-64-10 ReLU, batch 64, cross-entropy, RMSprop lr 1e-3, synthetic
@@ -442,8 +443,7 @@ static double xor_run(void *p, int64_t n)
         for (int64_t i = 0; i < n; i++) {
             tg_tensor *x = tg_from(ctx, TG_F32, 2, xor_xshape, xor_x);
             tg_tensor *y = tg_from(ctx, TG_F32, 2, xor_yshape, xor_y);
-            tg_tensor *out = tg_sigmoid(ctx, tg_mlp_forward(ctx, &s->mlp, x));
-            tg_tensor *loss = tg_mse(ctx, out, y);
+            tg_tensor *loss = tg_mse(ctx, tg_mlp_forward(ctx, &s->mlp, x), y);
             tg_zero_grad(ctx);
             tg_backward(ctx, loss);
             tg_optim_step(s->opt);
@@ -454,8 +454,7 @@ static double xor_run(void *p, int64_t n)
         for (int64_t i = 0; i < n; i++) {
             tg_tensor *x = tg_from(ctx, TG_F32, 2, xor_xshape, xor_x);
             tg_tensor *y = tg_from(ctx, TG_F32, 2, xor_yshape, xor_y);
-            tg_tensor *out = tg_sigmoid(ctx, tg_mlp_forward(ctx, &s->mlp, x));
-            tg_backward(ctx, tg_mse(ctx, out, y));
+            tg_backward(ctx, tg_mse(ctx, tg_mlp_forward(ctx, &s->mlp, x), y));
             tg_reset(ctx);
         }
         break;
@@ -464,7 +463,7 @@ static double xor_run(void *p, int64_t n)
         for (int64_t i = 0; i < n; i++) {
             tg_tensor *x = tg_from(ctx, TG_F32, 2, xor_xshape, xor_x);
             tg_tensor *y = tg_from(ctx, TG_F32, 2, xor_yshape, xor_y);
-            tg_mse(ctx, tg_sigmoid(ctx, tg_mlp_forward(ctx, &s->mlp, x)), y);
+            tg_mse(ctx, tg_mlp_forward(ctx, &s->mlp, x), y);
             tg_reset(ctx);
         }
         break;
@@ -486,20 +485,23 @@ static double xor_loss(xor_state *s, int64_t *tape_len)
     tg_ctx *ctx = s->ctx;
     tg_tensor *x = tg_from(ctx, TG_F32, 2, xor_xshape, xor_x);
     tg_tensor *y = tg_from(ctx, TG_F32, 2, xor_yshape, xor_y);
-    double l = tg_item(tg_mse(ctx, tg_sigmoid(ctx, tg_mlp_forward(ctx, &s->mlp, x)), y));
+    double l = tg_item(tg_mse(ctx, tg_mlp_forward(ctx, &s->mlp, x), y));
     if (tape_len) *tape_len = tg_tape_len(ctx);
     tg_reset(ctx);
     return l;
 }
 
 /* The XOR network on ctx (made by `made_by`, NULL if that failed): one thread, the
- * 2-4-1 tanh MLP, SGD lr 0.1, phase XOR_FULL. */
+ * 2-4-1 tanh MLP with a sigmoid after its last layer (out_act: the layer's node
+ * applies it, as nn.Sequential(Linear, Tanh, Linear, Sigmoid)), SGD lr 0.1, phase
+ * XOR_FULL. */
 static xor_state xor_setup(tg_ctx *ctx, const char *made_by)
 {
     if (!ctx) die(NULL, made_by);
     xor_state s = {.ctx = ctx, .phase = XOR_FULL};
     tg_set_threads(ctx, 1);
     tg_mlp_init(ctx, &s.mlp, "fc", 3, (const int64_t[]){2, 4, 1}, TG_ACT_TANH, TG_F32);
+    s.mlp.out_act = TG_ACT_SIGMOID;
     tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
     o.lr = 0.1;
     s.opt = tg_optim_new(ctx, &o, NULL, 0);

@@ -46,6 +46,23 @@ Test(core, new_and_from) {
     cr_assert_str_eq(tg_shape_str(sc, b, sizeof b), "[]");
 }
 
+/* tg_from copies every length exactly, the short ones (copied inline) included */
+Test(core, from_copies_every_small_length) {
+    float f[12];
+    double d[6];
+    for (int i = 0; i < 12; i++) f[i] = (float)(i + 1) * 1.25f;
+    for (int i = 0; i < 6; i++) d[i] = -(double)(i + 1) / 3.0;
+    for (int64_t n = 1; n <= 12; n++) {
+        const float *t = tg_data(tg_from(ctx, TG_F32, 1, &n, f));
+        cr_assert_eq(memcmp(t, f, (size_t)n * sizeof *f), 0, "%lld floats", (long long)n);
+        cr_assert_eq(t[n - 1], (float)n * 1.25f);
+    }
+    for (int64_t n = 1; n <= 6; n++) {
+        const double *t = tg_data(tg_from(ctx, TG_F64, 1, &n, d));
+        cr_assert_eq(memcmp(t, d, (size_t)n * sizeof *d), 0, "%lld doubles", (long long)n);
+    }
+}
+
 Test(core, bad_shapes_are_errors) {
     int64_t neg[2] = {2, -1};
     cr_assert_null(tg_new(ctx, TG_F32, 2, neg));

@@ -59,7 +59,9 @@ Test(inspect, tape_dot_shows_ops_shapes_gradients_and_parameter_names)
     tg_tensor *x = tg_new(ctx, TG_F32, 2, (int64_t[]){5, 4});
     tg_fill_uniform(ctx, x, -1, 1);
     tg_tensor *y = tg_new(ctx, TG_I32, 1, (int64_t[]){5});
-    tg_tensor *loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y);
+    /* layer by layer (tg_mlp_forward would make this small f32 network one node) */
+    tg_tensor *h = tg_dense_forward(ctx, &m.layer[0], x, TG_ACT_TANH);
+    tg_tensor *loss = tg_cross_entropy(ctx, tg_dense_forward(ctx, &m.layer[1], h, TG_ACT_NONE), y);
     cr_assert_not_null(loss, "%s", tg_errmsg(ctx));
     int rc;
     char *s = capture(tg_tape_dot, ctx, &rc);

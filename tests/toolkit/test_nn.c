@@ -450,6 +450,109 @@ Test(nn, mlp_f32_agrees_with_f64) {
     tg_ctx_free(c32);
 }
 
+/* A small f32 MLP is one node (ops/mlp.c) and gives the bits of its layers, node by
+ * node: outputs and every gradient compared with tg_dense_forward's chain, in a
+ * second context with the same draws, for every activation and depth, with x
+ * needing a gradient or not, the first layer frozen or not, and an activation
+ * after the last layer (out_act) or not. */
+static void mlp_run(tg_ctx *c, int fused, int L, tg_act act, tg_act out_act, int x_grad,
+                    int frozen, const float **y, const float **grads, int64_t *len)
+{
+    static const int64_t widths[4] = {3, 5, 4, 2};
+    tg_mlp m;
+    cr_assert_eq(tg_mlp_init(c, &m, NULL, L + 1, widths, act, TG_F32), 0);
+    m.out_act = out_act;
+    for (int l = 0; l < L; l++) tg_fill_uniform(c, m.layer[l].bias, -0.5, 0.5);
+    tg_tensor *x = rand_matrix(c, TG_F32, 4, 3), *wts = rand_matrix(c, TG_F32, 4, widths[L]);
+    tg_set_requires_grad(x, x_grad);
+    tg_set_requires_grad(m.layer[0].weight, !frozen);
+    tg_set_requires_grad(m.layer[0].bias, !frozen);
+    tg_tensor *h = x;
+    if (fused)
+        h = tg_mlp_forward(c, &m, x);
+    else
+        for (int l = 0; l < L; l++)
+            h = tg_dense_forward(c, &m.layer[l], h, l < L - 1 ? act : out_act);
+    *len = tg_tape_len(c);
+    tg_backward(c, tg_sum(c, tg_mul(c, wts, h)));
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    *y = tg_data(h);
+    for (int l = 0; l < L; l++) {
+        grads[2 * l] = tg_grad(m.layer[l].weight);
+        grads[2 * l + 1] = tg_grad(m.layer[l].bias);
+    }
+    grads[2 * L] = tg_grad(x);
+}
+
+Test(nn, small_f32_mlp_is_one_node_with_the_layers_bits) {
+    static const int64_t widths[4] = {3, 5, 4, 2};
+    for (int act = 0; act < TG_ACT_COUNT; act++)
+        for (int L = 1; L <= 3; L++)
+            for (int v = 0; v < 4; v++) {
+                const int x_grad = v == 1, frozen = v == 2 && L > 1;
+                const tg_act out = v == 3 ? (tg_act)((act + 2) % TG_ACT_COUNT) : TG_ACT_NONE;
+                tg_ctx *c1 = tg_ctx_new(40 + (uint64_t)L), *c2 = tg_ctx_new(40 + (uint64_t)L);
+                const float *y1, *y2, *g1[7], *g2[7];
+                int64_t len1, len2;
+                mlp_run(c1, 1, L, (tg_act)act, out, x_grad, frozen, &y1, g1, &len1);
+                mlp_run(c2, 0, L, (tg_act)act, out, x_grad, frozen, &y2, g2, &len2);
+                cr_assert_eq(len1, 1, "act %d, %d layers: one node", act, L);
+                cr_assert_eq(len2, L - frozen, "a frozen first layer on x: not recorded");
+                cr_assert_eq(memcmp(y1, y2, 4 * (size_t)widths[L] * sizeof(float)), 0,
+                             "act %d, %d layers: output", act, L);
+                for (int i = 0; i <= 2 * L; i++) {
+                    const int64_t n = i == 2 * L ? 12
+                                      : i % 2    ? widths[i / 2 + 1]
+                                                 : widths[i / 2 + 1] * widths[i / 2];
+                    const int none = (i == 2 * L && !x_grad) || (i < 2 && frozen);
+                    cr_assert_eq(!g1[i], none, "act %d, %d layers, input %d", act, L, i);
+                    cr_assert_eq(!g2[i], none);
+                    if (!none)
+                        cr_assert_eq(memcmp(g1[i], g2[i], (size_t)n * sizeof(float)), 0,
+                                     "act %d, %d layers, variant %d: gradient of input %d", act,
+                                     L, v, i);
+                }
+                tg_ctx_free(c1);
+                tg_ctx_free(c2);
+            }
+}
+
+/* The one node behaves as the layers do: a second backward adds the same
+ * gradient again, no_grad records nothing, and a network that does not qualify
+ * (a removed bias, f64, a large batch) goes layer by layer. */
+Test(nn, small_mlp_node_backward_twice_no_grad_and_fallbacks) {
+    tg_mlp m;
+    cr_assert_eq(tg_mlp_init(ctx, &m, NULL, 4, (int64_t[]){2, 6, 3, 1}, TG_ACT_TANH, TG_F32), 0);
+    for (int l = 0; l < 3; l++) tg_fill_uniform(ctx, m.layer[l].bias, -0.5, 0.5);
+    tg_tensor *x = rand_matrix(ctx, TG_F32, 4, 2);
+    tg_tensor *loss = tg_sum(ctx, tg_mlp_forward(ctx, &m, x));
+    cr_assert_eq(tg_tape_len(ctx), 2);
+    tg_backward(ctx, loss);
+    float once[18];
+    memcpy(once, tg_grad(m.layer[1].weight), sizeof once);
+    tg_backward(ctx, loss);
+    const float *twice = tg_grad(m.layer[1].weight);
+    for (int i = 0; i < 18; i++) cr_assert_eq(twice[i], 2 * once[i], "[%d]", i);
+    int prev = tg_no_grad(ctx, 1);
+    tg_tensor *y = tg_mlp_forward(ctx, &m, x);
+    tg_no_grad(ctx, prev);
+    cr_assert_eq(tg_tape_len(ctx), 2, "nothing recorded under tg_no_grad");
+    cr_assert_eq(tg_item(tg_sum(ctx, y)), tg_item(loss));
+    tg_reset(ctx);
+
+    x = rand_matrix(ctx, TG_F32, 200, 2); /* 200 x 2 x 6 > 512: not tiny */
+    cr_assert_not_null(tg_mlp_forward(ctx, &m, x), "%s", tg_errmsg(ctx));
+    cr_assert_eq(tg_tape_len(ctx), 3);
+    x = rand_matrix(ctx, TG_F32, 4, 2);
+    m.layer[2].bias = NULL;
+    cr_assert_not_null(tg_mlp_forward(ctx, &m, x), "%s", tg_errmsg(ctx));
+    cr_assert_eq(tg_tape_len(ctx), 6, "no bias: layer by layer");
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    m.out_act = TG_ACT_COUNT;
+    cr_assert_null(tg_mlp_forward(ctx, &m, x));
+    cr_assert_str_eq(tg_errmsg(ctx), "tg_mlp_forward: unknown output activation 5");
+}
+
 Test(nn, mlp_bad_arguments) {
     tg_mlp m;
     int64_t w[3] = {3, 4, 2};
