@@ -12,11 +12,15 @@
  *
  *   rank r:  x_r = its share of the global batch (tg_mpi_shard)
  *            g_r = d mean-loss(x_r) / d params               (tg_backward)
- *            g   = sum_r (|x_r| / |batch|) g_r               (tg_mpi_average_grads)
- *            params -= Adam(g)                               (the same on every rank)
+ *            g   = sum_r (|x_r| / |batch|) g_r               \ tg_mpi_step
+ *            params -= Adam(g)                               /
  *
  * so P ranks train exactly as one process with the same global batch would
- * (up to the order of the sums; docs/distributed.md). Rank 0 alone prints
+ * (up to the order of the sums; docs/distributed.md). On one machine
+ * tg_mpi_step shards the last two lines: rank r sums and updates only its r-th
+ * part of every parameter, which lives once, in shared memory, with Adam's
+ * moments (--unsharded: tg_mpi_average_grads and tg_optim_step on every rank
+ * instead, as across machines). Rank 0 alone prints
  * progress and writes the checkpoint; the test accuracy is computed by all
  * ranks on their shares of the test set and summed.
  *
@@ -26,12 +30,13 @@
  *   --generated: 8,000 points of 32 features in 10 classes from a random
  *   linear teacher (a test split of 2,000), 32-128-10, Adam lr 1e-2.
  *   --bench STEPS: the big MLP 784-1024-1024-10 on random inputs, global batch
- *   256, SGD; after 3 warm-up steps, STEPS timed steps. Rank 0 prints the
+ *   256, SGD (lr 0.01); after 3 warm-up steps, STEPS timed steps. Rank 0 prints the
  *   samples/s and the time spent in communication.
  *
  * Options: [--data DIR] [--generated] [--epochs N] [--batch B] [--lr X] [--seed S]
  *          [--threads T (per rank, default 1)] [--ckpt PATH] [--bench STEPS]
  *          [--reduce shared|allreduce (the gradients' way: tg_mpi_set_shared)] [--bucket BYTES]
+ *          [--unsharded]
  * Exit status: 0 when training reached its accuracy (Fashion-MNIST >= 0.80,
  * generated >= 0.80), 1 on an error (every rank prints it), 2 bad arguments.
  */
@@ -50,7 +55,7 @@
 
 typedef struct {
     const char *data, *ckpt;
-    int generated, epochs, threads, bench, allreduce;
+    int generated, epochs, threads, bench, allreduce, unsharded;
     int64_t batch;
     double lr;
     uint64_t seed;
@@ -83,18 +88,22 @@ static int evaluate(tg_ctx *ctx, tg_mpi *mp, const tg_mlp *m, const tg_dataset *
     return 0;
 }
 
-/* Train for o->epochs; returns the final test accuracy, NaN on error. */
+/* The gradient of the global batch, and the optimiser's step: sharded by
+ * tg_mpi_step, or on every rank whole. A sync point. 0 ok, -1 error. */
+static int mpi_step(tg_mpi *mp, const opts *o, const tg_batcher *b, tg_optim *opt) {
+    if (!o->unsharded) return tg_mpi_step(mp, tg_mpi_batch_weight(b), opt);
+    if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(b)) != 0) return -1;
+    return tg_optim_step(opt);
+}
+
+/* Train for o->epochs with opt; returns the final test accuracy, NaN on error. */
 static double train(tg_ctx *ctx, tg_mpi *mp, const opts *o, tg_dataset *tr, tg_dataset *te,
-                    tg_mlp *m) {
+                    tg_mlp *m, tg_optim *opt) {
     const int root = tg_mpi_rank(mp) == 0;
-    tg_optim_opts oo = tg_optim_defaults(TG_OPT_ADAM);
-    oo.lr = o->lr;
-    tg_optim *opt = tg_optim_new(ctx, &oo, NULL, 0);
     tg_batcher b;
     if (tg_batcher_init(&b, ctx, tr, o->batch, TG_BATCH_SHUFFLE) == 0) tg_mpi_shard(mp, &b);
     /* every rank from rank 0's parameters and generator; a sync point for the above */
     if (tg_mpi_broadcast_params(mp, 0) != 0) {
-        tg_optim_free(opt);
         tg_batcher_free(&b);
         return NAN;
     }
@@ -109,8 +118,7 @@ static double train(tg_ctx *ctx, tg_mpi *mp, const opts *o, tg_dataset *tr, tg_d
             tg_backward(ctx, loss);
             double l = tg_ok(ctx) ? tg_item(loss) : NAN;
             /* a sync point: any rank's error stops every rank here */
-            if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0) goto out;
-            tg_optim_step(opt);
+            if (mpi_step(mp, o, &b, opt) != 0) goto out;
             tg_reset(ctx);
             /* rank 0's progress counts the global batch, with rank 0's loss */
             if (root) tg_progress_update(&pr, b.global_size, l);
@@ -125,7 +133,6 @@ static double train(tg_ctx *ctx, tg_mpi *mp, const opts *o, tg_dataset *tr, tg_d
     if (tg_mpi_params_equal(mp) != 1 && tg_ok(ctx))
         tg_set_error(ctx, "mpi_mlp: the ranks' parameters differ after training");
 out:
-    tg_optim_free(opt);
     tg_batcher_free(&b);
     return tg_ok(ctx) ? acc : NAN;
 }
@@ -140,12 +147,15 @@ static double cpu_seconds(void) {
 
 /* The scaling figure: o->bench timed steps of the big MLP (times: the largest
  * over the ranks). */
-static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
+static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o, tg_optim **opt_out) {
     const int64_t widths[] = {784, 1024, 1024, 10};
     const int64_t n = 8 * o->batch;
     tg_dataset *ds = teacher_data(ctx, n, 784, 10, 0.5);
     tg_mlp m;
     tg_mlp_init(ctx, &m, "fc", 4, widths, TG_ACT_RELU, TG_F32);
+    tg_optim_opts oo = tg_optim_defaults(TG_OPT_SGD);
+    oo.lr = 0.01;
+    tg_optim *opt = *opt_out = tg_optim_new(ctx, &oo, NULL, 0);
     tg_batcher b;
     if (ds && tg_batcher_init(&b, ctx, ds, o->batch, TG_BATCH_SHUFFLE) == 0) tg_mpi_shard(mp, &b);
     if (tg_mpi_broadcast_params(mp, 0) != 0) {
@@ -167,10 +177,9 @@ static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         tg_backward(ctx, tg_cross_entropy(ctx, tg_mlp_forward(ctx, &m, x), y));
         compute += MPI_Wtime() - c0;
         double u1 = cpu_seconds();
-        if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0) break;
+        if (mpi_step(mp, o, &b, opt) != 0) break;
         double u2 = cpu_seconds();
         c0 = MPI_Wtime();
-        tg_sgd_step(ctx, 0.01);
         tg_reset(ctx);
         compute += MPI_Wtime() - c0;
         cpu_compute += (u1 - u0) + (cpu_seconds() - u2);
@@ -185,14 +194,18 @@ static int bench(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
     if (tg_ok(ctx) && tg_mpi_rank(mp) == 0) {
         double steps = o->bench;
         char how[64] = "one allreduce";
-        if (tg_mpi_shared(mp)) snprintf(how, sizeof how, "summed in shared memory");
+        if (tg_mpi_shared(mp))
+            snprintf(how, sizeof how, "summed in shared memory%s",
+                     o->unsharded ? "" : ", the step sharded");
         else if (o->bucket > 0) snprintf(how, sizeof how, "allreduce buckets of %ld bytes", o->bucket);
         printf("bench: 784-1024-1024-10 f32, global batch %lld, %d rank(s) x %d thread(s), "
                "%d steps\n", (long long)o->batch, tg_mpi_size(mp), o->threads, o->bench);
         printf("  %.1f samples/s  %.2f ms/step  compute %.2f ms/step\n",
                steps * (double)o->batch / wall, 1e3 * wall / steps, 1e3 * all[3] / steps);
-        printf("  CPU time: compute %.2f ms/step, tg_mpi_average_grads %.2f ms/step (with "
-               "MPI polling while it waits)\n", 1e3 * all[4] / steps, 1e3 * all[5] / steps);
+        printf("  CPU time: compute %.2f ms/step, %s %.2f ms/step (with MPI polling while it "
+               "waits)\n", 1e3 * all[4] / steps,
+               o->unsharded ? "tg_mpi_average_grads + tg_optim_step" : "tg_mpi_step",
+               1e3 * all[5] / steps);
         printf("  communication %.2f ms/step (reduce %.2f, pack+unpack %.2f, sync %.3f; "
                "%.1f%% of the step), %.1f MB reduced per step, %s\n",
                1e3 * (all[0] + all[1] + all[2]) / steps, 1e3 * all[0] / steps,
@@ -211,6 +224,7 @@ static int parse(int argc, char **argv, opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--generated")) { o->generated = 1; continue; }
+        if (!strcmp(a, "--unsharded")) { o->unsharded = 1; continue; }
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--data")) o->data = v;
@@ -239,7 +253,8 @@ int main(int argc, char **argv) {
         if (rank == 0)
             fprintf(stderr, "usage: mpirun -np P mpi_mlp [--data DIR] [--generated] [--epochs N] "
                             "[--batch B] [--lr X] [--seed S] [--threads T] [--ckpt PATH] "
-                            "[--reduce shared|allreduce] [--bucket BYTES] [--bench STEPS]\n");
+                            "[--reduce shared|allreduce] [--bucket BYTES] [--bench STEPS] "
+                            "[--unsharded]\n");
         MPI_Finalize();
         return 2;
     }
@@ -250,8 +265,10 @@ int main(int argc, char **argv) {
     if (o.bucket >= 0) tg_mpi_set_bucket_bytes(mp, (size_t)o.bucket);
     if (o.allreduce) tg_mpi_set_shared(mp, 0);
     int rc;
+    /* the optimiser outlives the tg_mpi that steps it (tg_mpi_free moves its state back) */
+    tg_optim *opt = NULL;
     if (o.bench) {
-        rc = bench(ctx, mp, &o);
+        rc = bench(ctx, mp, &o, &opt);
     } else {
         tg_dataset *tr = NULL, *te = NULL;
         tg_mlp m;
@@ -265,7 +282,10 @@ int main(int argc, char **argv) {
             te = tr ? tg_load_idx_dir(ctx, o.data, "test") : NULL;
             tg_mlp_init(ctx, &m, "fc", 3, (const int64_t[]){784, 256, 10}, TG_ACT_RELU, TG_F32);
         }
-        double acc = train(ctx, mp, &o, tr, te, &m);
+        tg_optim_opts oo = tg_optim_defaults(TG_OPT_ADAM);
+        oo.lr = o.lr;
+        opt = tg_optim_new(ctx, &oo, NULL, 0);
+        double acc = train(ctx, mp, &o, tr, te, &m, opt);
         rc = tg_ok(ctx) ? 0 : 1;
         if (rc == 0 && rank == 0) {
             printf("%d rank(s), global batch %lld: test accuracy %.4f%s%s\n", tg_mpi_size(mp),
@@ -280,6 +300,7 @@ int main(int argc, char **argv) {
     }
     if (!tg_ok(ctx)) fprintf(stderr, "mpi_mlp: rank %d: %s\n", rank, tg_errmsg(ctx));
     tg_mpi_free(mp);
+    tg_optim_free(opt);
     tg_ctx_free(ctx);
     MPI_Finalize();
     return rc;

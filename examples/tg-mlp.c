@@ -1078,7 +1078,9 @@ typedef struct {
 /* Every rank loads the data and builds the same model; rank 0's parameters and
  * random state go to all (so they shuffle alike), each rank takes its share of
  * every global batch (tg_mpi_shard), the gradients are averaged after backward,
- * and every rank takes the same step. Rank 0 alone prints, logs and saves. An
+ * and every rank takes the same step (on one machine sharded: tg_mpi_step;
+ * with --clip, which needs the whole gradient on every rank, average, clip and
+ * step). Rank 0 alone prints, logs and saves. An
  * error that every rank learns at a sync point (tg_mpi_*: "rank R: message")
  * ends each rank normally; an error of one rank alone ends the job (MPI_Abort)
  * after its message. docs/distributed.md. */
@@ -1110,9 +1112,15 @@ static int dist_start(train_model *t) {
     return dist_sync(tg_mpi_broadcast_params(dist.mp, 0)) || tg_mpi_shard(dist.mp, &t->b);
 }
 
-/* After backward: the gradient of the whole global batch on every rank. */
-static int dist_average(const tg_batcher *b) {
-    return dist.mp ? dist_sync(tg_mpi_average_grads(dist.mp, tg_mpi_batch_weight(b))) : 0;
+/* After backward: the optimiser's step from the gradient of the whole global
+ * batch, clipped to norm clip (> 0) over params[0..np). */
+static int dist_step(tg_ctx *ctx, const tg_batcher *b, tg_optim *opt, double clip,
+                     tg_tensor **params, int np) {
+    if (dist.mp && clip <= 0) return dist_sync(tg_mpi_step(dist.mp, tg_mpi_batch_weight(b), opt));
+    if (dist.mp && dist_sync(tg_mpi_average_grads(dist.mp, tg_mpi_batch_weight(b)))) return 1;
+    if (clip > 0) tg_clip_grad_norm(ctx, params, np, clip);
+    tg_optim_step(opt);
+    return 0;
 }
 
 /* An epoch's mean training loss and accuracy over all ranks' shares. */
@@ -1153,7 +1161,13 @@ static int dist_main(int argc, char **argv, options *o) {
 #else
 static int dist_begin(tg_ctx *ctx, options *o) { return (void)ctx, (void)o, 0; }
 static int dist_start(train_model *t) { return (void)t, 0; }
-static int dist_average(const tg_batcher *b) { return (void)b, 0; }
+static int dist_step(tg_ctx *ctx, const tg_batcher *b, tg_optim *opt, double clip,
+                     tg_tensor **params, int np) {
+    (void)b;
+    if (clip > 0) tg_clip_grad_norm(ctx, params, np, clip);
+    tg_optim_step(opt);
+    return 0;
+}
 static int dist_means(tg_mean_meter *loss, tg_mean_meter *acc) { return (void)loss, (void)acc, 0; }
 static int dist_save(tg_ctx *ctx, const options *o, const train_data *d, train_model *t,
                      const epoch_stats *st, double best) {
@@ -1176,9 +1190,7 @@ static int train_epoch(tg_ctx *ctx, const options *o, train_model *t, tg_progres
         tg_tensor *loss = tg_cross_entropy(ctx, logits, y);
         tg_zero_grad(ctx);
         tg_backward(ctx, loss);
-        if (dist_average(&t->b)) break;
-        if (o->clip > 0) tg_clip_grad_norm(ctx, params, np, o->clip);
-        tg_optim_step(t->opt);
+        if (dist_step(ctx, &t->b, t->opt, o->clip, params, np)) break;
         double l = tg_item(loss);
         if (!tg_ok(ctx)) break;
         tg_mean_meter_add(&ml, l, tg_dim(x, 0));
@@ -1439,9 +1451,9 @@ done:
     fflush(stdout);
     if (log) fclose(log);
     tg_batcher_free(&t.b);
+    dist_end(); /* before the optimiser it steps (tg_mpi_free moves its state back) */
     tg_optim_free(t.opt);
     train_data_free(&d);
-    dist_end();
     tg_ctx_free(ctx);
     return rc;
 }

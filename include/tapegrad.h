@@ -900,6 +900,28 @@ TG_API tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *co
  *  Never allocates. Returns 0; -1 if @p opt is NULL or an error is already
  *  recorded in the context (then nothing is updated). */
 TG_API int tg_optim_step(tg_optim *opt);
+/** The update of tg_optim_step applied to one shard of every parameter:
+ *  elements [cut(@p shard), cut(@p shard + 1)) of a parameter of numel
+ *  elements, where cut(k) = k * numel / @p nshards rounded down to a multiple
+ *  of 64 bytes (cut(nshards) = numel), so no two shards share a cache line.
+ *  Each element's update depends on that element alone, so the calls for
+ *  shards 0 .. nshards-1, made by different processes or threads on parameters
+ *  and state in shared memory, give the bits of one tg_optim_step. Counts as
+ *  a step (each caller makes one per step). For sharded data-parallel steps
+ *  (tg_mpi_step, tapegrad/mpi.h). -1 on a bad shard (recorded). */
+TG_API int tg_optim_step_shard(tg_optim *opt, int shard, int nshards);
+/** Bytes of the optimiser's state (its moment buffers; 0 for plain SGD):
+ *  one block, which tg_optim_move_state can move. */
+TG_API size_t tg_optim_state_bytes(const tg_optim *opt);
+/** Move the optimiser's state into @p mem (tg_optim_state_bytes long, 64-byte
+ *  aligned, kept alive by the caller; e.g. memory shared between processes),
+ *  or back into the optimiser's own block when @p mem is NULL. With @p copy
+ *  the values move along; without, the state is what the new place holds
+ *  (another process filled it). While it is moved, tg_optim_step refuses (an
+ *  error: the state is taken to be shared, so steps go by shards,
+ *  tg_optim_step_shard); saving and loading it (tg_resume_*) work on it where
+ *  it is. 0 ok, -1 error (recorded). */
+TG_API int tg_optim_move_state(tg_optim *opt, void *mem, int copy);
 /** Set the learning rate (e.g. from a tg_sched). A negative or NaN @p lr is
  *  an error (recorded) and keeps the old one. */
 TG_API void tg_optim_set_lr(tg_optim *opt, double lr);

@@ -20,11 +20,12 @@
  *   while (tg_batcher_next(&b, &x, &y) == 1) {
  *       tg_zero_grad(ctx);
  *       tg_backward(ctx, tg_cross_entropy(ctx, forward(x), y));
- *       if (tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0) break; // any rank's error
- *       tg_optim_step(opt);
+ *       // average the gradients, then opt's step; any rank's error stops all here
+ *       if (tg_mpi_step(mp, tg_mpi_batch_weight(&b), opt) != 0) break;
  *       tg_reset(ctx);
  *   }
- *   tg_mpi_free(mp);
+ *   tg_mpi_free(mp);                                 // before the optimiser
+ *   tg_optim_free(opt);
  *   MPI_Finalize();
  * @endcode
  *
@@ -42,11 +43,13 @@
  *
  * Gradients: when all ranks are on one machine they are summed in an MPI-3
  * shared-memory window, into which the parameters' gradient storage moves at
- * the first tg_mpi_average_grads (tg_mpi_set_shared); otherwise one
- * MPI_Allreduce of the packed gradients.
+ * the first tg_mpi_average_grads (tg_mpi_set_shared), and tg_mpi_step also
+ * shards the optimiser's step there; otherwise one MPI_Allreduce of the packed
+ * gradients.
  *
  * Ownership: a tg_mpi is the caller's: free it with tg_mpi_free before
- * tg_ctx_free and before MPI_Finalize (it hands the gradients back from the
+ * tg_ctx_free, before MPI_Finalize and before the optimiser tg_mpi_step
+ * stepped (it hands the gradients, data and state back from the
  * window). Its buffers come from the context's allocator, the window from MPI.
  */
 #ifndef TAPEGRAD_MPI_H
@@ -136,6 +139,29 @@ TG_API int tg_mpi_broadcast_params(tg_mpi *mp, int root);
  *  none (so the optimisers skip it, as in one process). A sync point first
  *  (no gradient moves when a rank has an error). 0 ok, -1 error. */
 TG_API int tg_mpi_average_grads(tg_mpi *mp, double weight);
+
+/** Collective: tg_mpi_average_grads(mp, weight) and then tg_optim_step(opt)
+ *  on every rank, in one call, with the same parameters to the bit. When the
+ *  gradients go through shared memory (tg_mpi_shared), the step is sharded:
+ *  at the first call the parameters' data and @p opt's state move into the
+ *  window, one copy on the machine (rank 0's values), and each call has rank r
+ *  sum only its shard of every gradient (tg_optim_step_shard's cut), into its
+ *  own gradient storage, and update only that shard of every parameter and of
+ *  the state. Each rank then reads and writes about 1/size of what the
+ *  optimiser and the sum move otherwise, and the state takes one copy of
+ *  memory instead of one per rank. After it, this rank's gradients hold the
+ *  global gradient in its own shard only (clip gradients, or read them, with
+ *  tg_mpi_average_grads and tg_optim_step instead). Rules while the step is
+ *  sharded: the parameters are one copy, so write them (tg_load,
+ *  tg_resume_load) before the first call (tg_mpi_broadcast_params then sends
+ *  the generator state only); tg_optim_step refuses @p opt (its state is
+ *  moved: tg_optim_move_state); free the tg_mpi before @p opt
+ *  (tg_mpi_free moves the data and the state back into each rank's own
+ *  memory). A call with another optimiser, or a tg_mpi_average_grads, moves
+ *  them back first. Otherwise (one rank, across machines, shared memory
+ *  off) exactly the two calls. A sync point first: on any rank's error nothing
+ *  changes and every rank gets -1. 0 ok. */
+TG_API int tg_mpi_step(tg_mpi *mp, double weight, tg_optim *opt);
 
 /** Shard @p b for this rank: tg_batcher_shard(b, rank, size). 0 ok, -1 error
  *  (recorded; not a sync point). */

@@ -55,6 +55,15 @@ typedef struct {
 
 typedef struct { tgi_chunk *cur; size_t used, used_before_cur; } tgi_arena_mark;
 
+/* Start of shard r of n elements of es bytes, of nshards: r n / nshards
+ * rounded down to a cache line (n at r = nshards), so no two shards share a
+ * line (tg_optim_step_shard, and the MPI part's sharded sums). */
+static inline int64_t tgi_shard_start(int64_t n, int r, int nshards, size_t es) {
+    if (r >= nshards) return n;
+    const int64_t line = TG_ALIGN / (int64_t)es;
+    return (n * r / nshards) / line * line;
+}
+
 #define TGI_PI 3.14159265358979323846
 /* TG_ACT_LEAKY_RELU's slope (tapegrad.h), for tg_activate, tg_linear, tg_init_gain */
 #define TGI_LEAKY_SLOPE 0.01

@@ -82,10 +82,17 @@ struct tg_mpi {
     uint64_t win_layout;      /* their layout hash */
     unsigned char **seg;      /* [size]: each rank's segment, in this address space */
     size_t seg_bytes;
-    size_t *off;              /* [win_np]: offset of parameter i's gradient */
+    size_t *off;              /* [2 win_np]: offset of parameter i's gradient; with
+                                 win_opt, [win_np + i]: of its data in rank 0's segment */
     size_t off_bytes;
-    void **own;               /* [win_np]: the parameters' own grad_store */
+    void **own;               /* [2 win_np]: the parameters' own grad_store; [win_np + i]:
+                                 their own data (with win_opt) */
     size_t own_bytes;
+    /* tg_mpi_step's sharded steps: the parameters' data and this optimiser's
+     * state live once, in rank 0's segment after the gradients (at off[win_np +
+     * i] and state_off); NULL: the window holds gradients only */
+    tg_optim *win_opt;
+    size_t state_off;
     tg_mpi_stats st;
 };
 
@@ -276,7 +283,7 @@ int tg_mpi_broadcast_params(tg_mpi *mp, int root) {
     if (check_layout(mp, fn) != 0) return -1;
     /* MPI counts are int: a parameter over 2^31 elements goes in pieces */
     const int64_t piece = (int64_t)1 << 30;
-    for (int i = 0; i < ctx->n_params; i++) {
+    for (int i = 0; i < ctx->n_params && !mp->win_opt; i++) { /* shared data: one copy */
         tg_tensor *p = ctx->params[i];
         size_t es = tg_dtype_size(p->dtype);
         for (int64_t at = 0; at < p->numel; at += piece) {
@@ -421,6 +428,16 @@ static void window_release(tg_mpi *mp, int mapped, int collective) {
         }
         p->grad_store = mp->own[i];
     }
+    if (mp->win_opt) { /* the shared data and state back into each rank's own */
+        for (int i = 0; i < mp->win_np && i < ctx->n_params; i++) {
+            tg_tensor *p = ctx->params[i];
+            if (p->data != mp->seg[0] + mp->off[mp->win_np + i]) continue;
+            if (mapped) memcpy(mp->own[mp->win_np + i], p->data, (size_t)p->numel * tg_dtype_size(p->dtype));
+            p->data = mp->own[mp->win_np + i];
+        }
+        tg_optim_move_state(mp->win_opt, NULL, mapped);
+        mp->win_opt = NULL;
+    }
     if (collective) {
         MPI_Win_unlock_all(mp->win);
         MPI_Win_free(&mp->win);
@@ -432,13 +449,23 @@ static void window_release(tg_mpi *mp, int mapped, int collective) {
 /* Collective: a window for the current parameters, and their gradient storage
  * moved into this rank's segment (the buffers are reserved already; MPI's own
  * failures, such as no memory for the window, end the job). */
-static void window_create(tg_mpi *mp, uint64_t layout) {
+static void window_create(tg_mpi *mp, uint64_t layout, tg_optim *opt) {
     tg_ctx *ctx = mp->ctx;
     const int np = ctx->n_params;
     size_t at = HEADER_BYTES(np);
     for (int i = 0; i < np; i++) {
         mp->off[i] = at;
         at += padded_bytes(ctx->params[i]);
+    }
+    const size_t grads_end = at;
+    if (opt) { /* rank 0's segment also holds the data and the state */
+        for (int i = 0; i < np; i++) {
+            mp->off[np + i] = at;
+            at += padded_bytes(ctx->params[i]);
+        }
+        mp->state_off = at;
+        at += tg_optim_state_bytes(opt);
+        if (mp->rank != 0) at = grads_end;
     }
     /* each segment on its own pages, so the alignment below is the same in every
      * process's mapping */
@@ -468,6 +495,17 @@ static void window_create(tg_mpi *mp, uint64_t layout) {
             p->grad = p->grad_store;
         }
     }
+    if (opt) { /* rank 0's values go in; the others take them (the barrier after this) */
+        unsigned char *s0 = mp->seg[0];
+        for (int i = 0; i < np; i++) {
+            tg_tensor *p = ctx->params[i];
+            mp->own[np + i] = p->data;
+            if (mp->rank == 0) memcpy(s0 + mp->off[np + i], p->data, (size_t)p->numel * tg_dtype_size(p->dtype));
+            p->data = s0 + mp->off[np + i];
+        }
+        tg_optim_move_state(opt, s0 + mp->state_off, mp->rank == 0);
+    }
+    mp->win_opt = opt;
     mp->win_np = np;
     mp->win_layout = layout;
 }
@@ -486,10 +524,11 @@ static double header_weight(const tg_mpi *mp, int q) {
 }
 
 /* Elements [lo, hi) of parameter i: sum over the ranks q that have a gradient
- * (src[0..ns), in rank order) of w_q g_q, written into every rank's segment. */
+ * (src[0..ns), in rank order) of w_q g_q, written into the segments of ranks
+ * [q0, q1). */
 #define SUM_RANGE(T)                                                                       \
     static void sum_##T(tg_mpi *mp, size_t off, int64_t lo, int64_t hi, const int *src,  \
-                        int ns) {                                                          \
+                        int ns, int q0, int q1) {                                          \
         T acc[SUM_BLOCK];                                                                  \
         for (int64_t k0 = lo; k0 < hi; k0 += SUM_BLOCK) {                                  \
             const int64_t m = hi - k0 < SUM_BLOCK ? hi - k0 : SUM_BLOCK;                   \
@@ -501,23 +540,17 @@ static double header_weight(const tg_mpi *mp, int q) {
                 else                                                                       \
                     for (int64_t k = 0; k < m; k++) acc[k] += w * g[k];                    \
             }                                                                              \
-            for (int q = 0; q < mp->size; q++)                                             \
+            for (int q = q0; q < q1; q++)                                                  \
                 memcpy((T *)(mp->seg[q] + off) + k0, acc, (size_t)m * sizeof(T));         \
         }                                                                                  \
     }
 SUM_RANGE(float)
 SUM_RANGE(double)
 
-/* Start of rank r's part of n elements: r n / size, rounded down to a cache
- * line, so no two ranks write the same line. */
-static int64_t part_start(const tg_mpi *mp, int64_t n, int r, size_t es) {
-    if (r >= mp->size) return n;
-    const int64_t line = TG_ALIGN / (int64_t)es;
-    return (n * r / mp->size) / line * line;
-}
-
-/* After the sync point: this rank's part of every sum, a barrier, done. */
-static void reduce_shared(tg_mpi *mp) {
+/* After the sync point: this rank's part of every sum (rank r's part: shard r
+ * of size, cut on cache lines so no two ranks write the same line), written to
+ * every rank (@p all) or to this rank alone (the sharded step). */
+static void reduce_shared(tg_mpi *mp, int all) {
     tg_ctx *ctx = mp->ctx;
     const int np = mp->win_np;
     int *src = (int *)mp->has; /* the ranks that have parameter i's gradient */
@@ -534,14 +567,21 @@ static void reduce_shared(tg_mpi *mp) {
          * its next one) */
         if (!p->grad) p->grad = p->grad_store;
         size_t es = tg_dtype_size(p->dtype);
-        int64_t lo = part_start(mp, p->numel, mp->rank, es);
-        int64_t hi = part_start(mp, p->numel, mp->rank + 1, es);
-        if (p->dtype == TG_F32) sum_float(mp, mp->off[i], lo, hi, src, ns);
-        else sum_double(mp, mp->off[i], lo, hi, src, ns);
+        int64_t lo = tgi_shard_start(p->numel, mp->rank, mp->size, es);
+        int64_t hi = tgi_shard_start(p->numel, mp->rank + 1, mp->size, es);
+        int q0 = all ? 0 : mp->rank, q1 = all ? mp->size : mp->rank + 1;
+        if (p->dtype == TG_F32) sum_float(mp, mp->off[i], lo, hi, src, ns, q0, q1);
+        else sum_double(mp, mp->off[i], lo, hi, src, ns, q0, q1);
         mp->st.bytes += (int64_t)((size_t)p->numel * es);
     }
+    mp->st.comm_seconds += now() - t0;
+}
+
+/* The barrier after every rank's writes to the window. */
+static void window_barrier(tg_mpi *mp) {
+    double t0 = now();
     MPI_Win_sync(mp->win);
-    MPI_Barrier(mp->comm); /* every part of every sum is written */
+    MPI_Barrier(mp->comm);
     MPI_Win_sync(mp->win);
     mp->st.comm_seconds += now() - t0;
 }
@@ -555,8 +595,8 @@ static int reserve_all(tg_mpi *mp, const char *fn, int shared) {
     if (shared)
         return reserve(mp, fn, &mp->has, &mp->has_bytes, (size_t)mp->size * sizeof(int)) ||
                reserve(mp, fn, &mp->seg, &mp->seg_bytes, (size_t)mp->size * sizeof(void *)) ||
-               reserve(mp, fn, &mp->off, &mp->off_bytes, ((size_t)np + 1) * sizeof(size_t)) ||
-               reserve(mp, fn, &mp->own, &mp->own_bytes, ((size_t)np + 1) * sizeof(void *));
+               reserve(mp, fn, &mp->off, &mp->off_bytes, (2 * (size_t)np + 1) * sizeof(size_t)) ||
+               reserve(mp, fn, &mp->own, &mp->own_bytes, (2 * (size_t)np + 1) * sizeof(void *));
     int64_t n32 = 0, n64 = 0;
     for (int i = 0; i < np; i++) {
         if (ctx->params[i]->dtype == TG_F32) n32 += ctx->params[i]->numel;
@@ -589,6 +629,17 @@ static void reduce_allreduce(tg_mpi *mp, double weight) {
     reduce_dtype(mp, TG_F64, n64, weight);
 }
 
+/* The first call (or new parameters, or another way): make the window, write
+ * the header, and wait for every rank's. */
+static void window_make(tg_mpi *mp, uint64_t layout, tg_optim *opt, double weight) {
+    double t0 = now();
+    window_create(mp, layout, opt);
+    header_write(mp, weight);
+    MPI_Win_sync(mp->win);
+    MPI_Barrier(mp->comm);
+    mp->st.pack_seconds += now() - t0;
+}
+
 int tg_mpi_average_grads(tg_mpi *mp, double weight) {
     static const char fn[] = "tg_mpi_average_grads";
     if (!mp) return -1;
@@ -598,7 +649,7 @@ int tg_mpi_average_grads(tg_mpi *mp, double weight) {
     const uint64_t layout = layout_hash(ctx);
     /* the window as it is fits these parameters: the header goes in now, and the
      * sync point's allreduce is the barrier after which the others read it */
-    const int ready = shared && mp->win_np > 0 && mp->win_layout == layout;
+    const int ready = shared && mp->win_np > 0 && mp->win_layout == layout && !mp->win_opt;
     reserve_all(mp, fn, shared);
     if (ready) header_write(mp, weight);
     if (check_layout(mp, fn) != 0) return -1;
@@ -609,15 +660,37 @@ int tg_mpi_average_grads(tg_mpi *mp, double weight) {
         reduce_allreduce(mp, weight);
         return 0;
     }
-    if (!ready) { /* the first call (or new parameters): make the window */
-        double t0 = now();
-        window_create(mp, layout);
-        header_write(mp, weight);
-        MPI_Win_sync(mp->win);
-        MPI_Barrier(mp->comm);
-        mp->st.pack_seconds += now() - t0;
+    if (!ready) window_make(mp, layout, NULL, weight);
+    reduce_shared(mp, 1);
+    window_barrier(mp); /* every part of every sum is written */
+    return 0;
+}
+
+int tg_mpi_step(tg_mpi *mp, double weight, tg_optim *opt) {
+    static const char fn[] = "tg_mpi_step";
+    if (!mp) return -1;
+    tg_ctx *ctx = mp->ctx;
+    if (!tg_mpi_shared(mp) || !opt) { /* one rank, across machines, or shared memory off */
+        if (!opt && tg_ok(ctx)) tg_set_error(ctx, "%s: opt is NULL", fn);
+        if (tg_mpi_average_grads(mp, weight) != 0) return -1;
+        return tg_optim_step(opt);
     }
-    reduce_shared(mp);
+    if (!(weight > 0)) weight = 1.0 / mp->size;
+    const uint64_t layout = layout_hash(ctx);
+    const int ready = mp->win_np > 0 && mp->win_layout == layout && mp->win_opt == opt;
+    reserve_all(mp, fn, 1);
+    if (ready) header_write(mp, weight);
+    if (check_layout(mp, fn) != 0) return -1;
+    mp->st.calls++;
+    if (!ready) {
+        if (mp->win_np > 0) window_release(mp, 1, 1);
+        window_make(mp, layout, opt, weight);
+    }
+    reduce_shared(mp, 0);
+    /* this rank's shard of the sum is in its own gradients: its shard of every
+     * parameter and of the state (both shared) steps with it */
+    tg_optim_step_shard(opt, mp->rank, mp->size);
+    window_barrier(mp); /* every shard of every parameter is updated */
     return 0;
 }
 

@@ -45,6 +45,7 @@ struct tg_optim {
     void **buf;                    /* [n * nbufs] state buffers, inside `state` */
     void *state;                   /* one aligned block, state_bytes long */
     size_t state_bytes;
+    void *moved;                   /* where tg_optim_move_state put the state, or NULL */
     int sgd_small;                 /* plain SGD, every parameter f32 and small (sgd_plain_small) */
 };
 
@@ -307,18 +308,21 @@ typedef struct {
     const upd_k *k;
     tg_tensor *p;
     void *const *st;
+    int64_t base; /* the chunks [lo, hi) of TGI_PAR_RUN are of [base, base + n) */
 } upd_job;
 TGI_PAR_FN void upd_range(void *arg, int64_t lo, int64_t hi) {
     const upd_job *j = arg;
     const fp_mode m = flush_subnormals_begin();
-    j->fn(j->k, j->p, j->st, lo, hi);
+    j->fn(j->k, j->p, j->st, j->base + lo, j->base + hi);
     flush_subnormals_end(m);
 }
-static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st) {
-    if (p->numel < TGI_PAR_MIN)
-        fn(k, p, st, 0, p->numel);
+/* fn over elements [lo, hi) of p (all of it, or one shard: tg_optim_step_shard) */
+static void par_ranges(tg_ctx *ctx, upd_fn fn, const upd_k *k, tg_tensor *p, void *const *st,
+                       int64_t lo, int64_t hi) {
+    if (hi - lo < TGI_PAR_MIN)
+        fn(k, p, st, lo, hi);
     else
-        TGI_PAR_RUN(ctx, p->numel, upd_range, &(upd_job){fn, k, p, st});
+        TGI_PAR_RUN(ctx, hi - lo, upd_range, &(upd_job){fn, k, p, st, lo});
 }
 
 /* The scalars of one update, in double (each kernel rounds them to T once). */
@@ -517,19 +521,20 @@ TGI_AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, voi
     });
 }
 
-int tg_optim_step(tg_optim *opt) {
-    if (!opt) return -1;
-    if (!tg_ok(opt->ctx)) return -1;
+/* One update of shard k of n of every parameter with a gradient (all of it
+ * when n is 1); the tiny network's sweep only for the whole step. */
+static int step_shard(tg_optim *opt, int shard, int nshards) {
     const tg_optim_opts *o = &opt->o;
     const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     const float lr32 = (float)o->lr, wd32 = (float)o->weight_decay;
-    for (int i = 0; opt->sgd_small && i < opt->n; i++) { /* a tiny network's whole sweep */
+    const int small = opt->sgd_small && nshards == 1;
+    for (int i = 0; small && i < opt->n; i++) { /* a tiny network's whole sweep */
         tg_tensor *p = opt->params[i];
         if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
         ++opt->t[i];
         sgd_plain_small(p->data, p->grad, lr32, wd32, p->numel);
     }
-    for (int i = 0; !opt->sgd_small && i < opt->n; i++) {
+    for (int i = 0; !small && i < opt->n; i++) {
         tg_tensor *p = opt->params[i];
         if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
         int64_t t = ++opt->t[i];
@@ -547,10 +552,61 @@ int tg_optim_step(tg_optim *opt) {
             break;
         case TG_OPT_COUNT: break;
         }
-        if (fn) par_ranges(opt->ctx, fn, &k, p, st);
+        const size_t es = tg_dtype_size(p->dtype);
+        if (fn)
+            par_ranges(opt->ctx, fn, &k, p, st, tgi_shard_start(p->numel, shard, nshards, es),
+                       tgi_shard_start(p->numel, shard + 1, nshards, es));
     }
     flush_subnormals_end(fm);
     opt->nsteps++;
+    return 0;
+}
+
+int tg_optim_step(tg_optim *opt) {
+    if (!opt) return -1;
+    if (!tg_ok(opt->ctx)) return -1;
+    if (opt->moved) {
+        tg_set_error(opt->ctx, "tg_optim_step: the optimiser's state was moved by "
+                               "tg_optim_move_state (it is shared): step it by shards "
+                               "(tg_optim_step_shard, or tg_mpi_step)");
+        return -1;
+    }
+    return step_shard(opt, 0, 1);
+}
+
+int tg_optim_step_shard(tg_optim *opt, int shard, int nshards) {
+    if (!opt) return -1;
+    if (!tg_ok(opt->ctx)) return -1;
+    if (nshards < 1 || shard < 0 || shard >= nshards) {
+        tg_set_error(opt->ctx, "tg_optim_step_shard: shard %d of %d (need 0 <= shard < nshards)",
+                     shard, nshards);
+        return -1;
+    }
+    return step_shard(opt, shard, nshards);
+}
+
+size_t tg_optim_state_bytes(const tg_optim *opt) { return opt ? opt->state_bytes : 0; }
+
+/* The state buffers, rebased from the block at `from` to the one at `to`. */
+static void rebase_state(tg_optim *opt, unsigned char *from, unsigned char *to) {
+    for (int j = 0; j < opt->n * opt->nbufs; j++)
+        opt->buf[j] = to + ((unsigned char *)opt->buf[j] - from);
+}
+
+int tg_optim_move_state(tg_optim *opt, void *mem, int copy) {
+    if (!opt) return -1;
+    if (mem && (uintptr_t)mem % TG_ALIGN != 0) {
+        tg_set_error(opt->ctx, "tg_optim_move_state: mem %p is not %d-byte aligned", mem,
+                     TG_ALIGN);
+        return -1;
+    }
+    unsigned char *cur = opt->moved ? opt->moved : opt->state;
+    unsigned char *to = mem ? mem : opt->state;
+    if (opt->state && cur != to) {
+        if (copy) memmove(to, cur, opt->state_bytes);
+        rebase_state(opt, cur, to);
+    }
+    opt->moved = mem;
     return 0;
 }
 
@@ -595,7 +651,8 @@ int tg_sgd_step(tg_ctx *ctx, double lr) {
     const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     for (int i = 0; i < ctx->n_params; i++) {
         tg_tensor *p = ctx->params[i];
-        if (p->grad && (p->flags & TGI_REQ_GRAD)) par_ranges(ctx, gd_range, &k, p, NULL);
+        if (p->grad && (p->flags & TGI_REQ_GRAD))
+            par_ranges(ctx, gd_range, &k, p, NULL, 0, p->numel);
     }
     flush_subnormals_end(fm);
     return 0;

@@ -60,17 +60,27 @@ equivalence_f64|equivalence_f32)
     --allreduce >"$w/two_allreduce.log" 2>&1 \
     && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt, MPI_Allreduce)" \
     || fail "2 ranks x 32 against 1 rank x 64 ($dt, MPI_Allreduce)"
-  cat "$w/one.log" "$w/two.log" "$w/two_allreduce.log"
+  # the step sharded (tg_mpi_step): each rank sums and updates its half of every
+  # parameter, the data and the momentum shared
+  mpi 2 "$train" --dtype "$dt" --steps 200 --batch 64 --compare "$w/one.safetensors" --rtol "$tol" \
+    --sharded >"$w/two_sharded.log" 2>&1 \
+    && pass "2 ranks x 32 = 1 rank x 64 within $tol ($dt, sharded step)" \
+    || fail "2 ranks x 32 against 1 rank x 64 ($dt, sharded step)"
+  cat "$w/one.log" "$w/two.log" "$w/two_allreduce.log" "$w/two_sharded.log"
   ;;
 rerun_identical)
   for run in 1 2; do
-    mpi 2 "$train" --dtype f64 --steps 200 --hash >"$w/run$run.log" 2>&1 || fail "run $run"
+    mpi 2 "$train" --dtype f64 --steps 200 --hash --resume-out "$w/state$run.bin" \
+      >"$w/run$run.log" 2>&1 || fail "run $run"
   done
   mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run3.log" 2>&1 || fail "run 3"
   mpi 2 "$train" --dtype f32 --steps 200 --hash >"$w/run4.log" 2>&1 || fail "run 4"
   mpi 2 "$train" --dtype f64 --steps 200 --hash --allreduce >"$w/run5.log" 2>&1 || fail "run 5"
+  mpi 2 "$train" --dtype f64 --steps 200 --hash --sharded --resume-out "$w/state6.bin" \
+    >"$w/run6.log" 2>&1 || fail "run 6"
   h1=$(grep hash "$w/run1.log") h2=$(grep hash "$w/run2.log")
   h3=$(grep hash "$w/run3.log") h4=$(grep hash "$w/run4.log") h5=$(grep hash "$w/run5.log")
+  h6=$(grep hash "$w/run6.log")
   [ -n "$h1" ] && [ "$h1" = "$h2" ] && pass "2 ranks, f64: reruns bit-identical ($h1)" \
     || fail "f64 reruns differ: '$h1' '$h2'"
   [ -n "$h3" ] && [ "$h3" = "$h4" ] && pass "2 ranks, f32: reruns bit-identical ($h3)" \
@@ -79,6 +89,14 @@ rerun_identical)
   # shared-memory sum and MPI_Allreduce give the same bits
   [ -n "$h5" ] && [ "$h1" = "$h5" ] && pass "2 ranks, f64: shared memory = MPI_Allreduce, bit for bit" \
     || fail "shared memory and MPI_Allreduce differ: '$h1' '$h5'"
+  # the sharded step updates each element as the whole step does: the same bits,
+  # and rank 0's saved optimiser state (momentum) is whole, not only its half
+  [ -n "$h6" ] && [ "$h1" = "$h6" ] && pass "2 ranks, f64: sharded step = whole step, bit for bit" \
+    || fail "the sharded step differs: '$h1' '$h6'"
+  cmp -s "$w/state1.bin" "$w/state6.bin" && pass "rank 0 saves the same optimiser state sharded" \
+    || fail "the optimiser state rank 0 saved differs when the step is sharded"
+  cmp -s "$w/state1.bin" "$w/state2.bin" && pass "the saved state is the same on a rerun" \
+    || fail "the saved optimiser state differs between reruns"
   ;;
 bad_data_path)
   failing_job "$w/out.log" --bad-data-rank 1
@@ -88,7 +106,9 @@ bad_data_path)
     && pass "rank 1 reports its own error" || fail "rank 1's message is missing"
   ;;
 fail_after_checkpoint)
-  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --fail-rank 1 --fail-step 70
+  # the step sharded: the checkpoint comes from the one shared copy of the parameters
+  failing_job "$w/out.log" --ckpt "$w/ckpt.safetensors" --ckpt-every 20 --fail-rank 1 --fail-step 70 \
+    --sharded
   grep -q "rank 1 failed: mpi_train: injected failure at step 70" "$w/out.log" \
     && pass "every rank stops with rank 1's message" || fail "rank 1's message did not reach rank 0"
   checkpoint_loads "$w/ckpt.safetensors" "of step 60"
@@ -98,6 +118,11 @@ failed_alone)
   # sync point: its tg_mpi_free must not wait for rank 0 (which waits at the next
   # sync point), and tg_mpi_abort ends the job
   failing_job "$w/out.log" --fail-rank 1 --fail-step 30 --alone
+  # ... also when the parameters and the state live in the window too
+  failing_job "$w/out_sharded.log" --fail-rank 1 --fail-step 30 --alone --sharded
+  grep -q "tapegrad: rank 1: mpi_train: injected failure at step 30" "$w/out_sharded.log" \
+    && pass "rank 1's message, then the job ends (sharded step)" \
+    || fail "rank 1's message is missing (sharded step)"
   grep -q "tapegrad: rank 1: mpi_train: injected failure at step 30" "$w/out.log" \
     && pass "rank 1's message, then the job ends" || fail "rank 1's message is missing"
   ;;

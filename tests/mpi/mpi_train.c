@@ -21,6 +21,10 @@
  *   --rtol X            ... and fails (exit 3) above X
  *   --hash              rank 0 prints one XXH3 of all final parameters
  *   --allreduce         gradients through MPI_Allreduce, not the shared-memory sum
+ *   --sharded           tg_mpi_step (each rank sums and steps its shard of every
+ *                       parameter, data and state shared) instead of
+ *                       tg_mpi_average_grads + tg_optim_step
+ *   --resume-out PATH   rank 0 saves the optimiser's state there at the end (tg_resume_save)
  *   --ckpt PATH --ckpt-every K   rank 0 saves a checkpoint every K steps
  *   --bad-data-rank R   rank R reads its data from a path that does not exist
  *   --fail-rank R --fail-step S  rank R records an error at step S
@@ -48,9 +52,9 @@
 typedef struct {
     tg_dtype dt;
     int steps, batch, ckpt_every;
-    int bad_data_rank, fail_rank, fail_step, alone, kill_rank, kill_step, hash, allreduce;
+    int bad_data_rank, fail_rank, fail_step, alone, kill_rank, kill_step, hash, allreduce, sharded;
     double rtol;
-    const char *out, *compare, *ckpt, *load;
+    const char *out, *compare, *ckpt, *load, *resume_out;
 } opts;
 
 /* The MLP, and two parameters of [3] zeros outside it: "last_rank_only", in the
@@ -64,12 +68,14 @@ static int build_model(tg_ctx *ctx, tg_mlp *m, tg_dtype dt) {
 }
 
 /* After tg_mpi_average_grads: a parameter with a gradient on one rank has one
- * (of zeros) on every rank; one with none anywhere has none. 0 ok, -1 error. */
-static int check_partial_grads(tg_ctx *ctx) {
+ * (of zeros) on every rank; one with none anywhere has none. After the sharded
+ * tg_mpi_step a rank's gradient holds the sum in its own shard only: only
+ * whether there is one is checked then. 0 ok, -1 error. */
+static int check_partial_grads(tg_ctx *ctx, int sharded) {
     tg_tensor *one = tg_param_find(ctx, "last_rank_only"), *none = tg_param_find(ctx, "unused");
     const unsigned char *g = tg_grad(one);
     size_t n = (size_t)tg_numel(one) * tg_dtype_size(tg_dtype_of(one)), nonzero = 0;
-    for (size_t k = 0; g && k < n; k++) nonzero += g[k] != 0;
+    for (size_t k = 0; g && k < n && !sharded; k++) nonzero += g[k] != 0;
     if (!g || nonzero || tg_grad(none)) {
         tg_set_error(ctx, "mpi_train: after the first step last_rank_only's gradient is %s, "
                           "unused's is %s (want zeros, and none)",
@@ -132,6 +138,7 @@ static int parse(int argc, char **argv, opts *o) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--hash")) { o->hash = 1; continue; }
         if (!strcmp(a, "--allreduce")) { o->allreduce = 1; continue; }
+        if (!strcmp(a, "--sharded")) { o->sharded = 1; continue; }
         if (!strcmp(a, "--alone")) { o->alone = 1; continue; }
         if (!v) return -1;
         i++;
@@ -149,13 +156,14 @@ static int parse(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--kill-rank")) o->kill_rank = atoi(v);
         else if (!strcmp(a, "--kill-step")) o->kill_step = atoi(v);
         else if (!strcmp(a, "--load")) o->load = v;
+        else if (!strcmp(a, "--resume-out")) o->resume_out = v;
         else return -1;
     }
     return 0;
 }
 
 /* the whole run on one rank; returns the exit status */
-static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
+static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o, tg_optim **opt_out) {
     const int rank = tg_mpi_rank(mp);
     tg_dataset *ds = NULL;
     if (rank == o->bad_data_rank)
@@ -198,15 +206,16 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         tg_backward(ctx, loss);
         double l[2] = {tg_ok(ctx) ? tg_item(loss) * (double)b.share_size : 0, (double)b.share_size};
         /* the sync point of every step: any rank's error stops all of them here */
-        int failed = tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0;
-        if (!failed && step == 0) check_partial_grads(ctx); /* tg_mpi_sum stops all on error */
+        int failed = o->sharded ? tg_mpi_step(mp, tg_mpi_batch_weight(&b), opt) != 0
+                                : tg_mpi_average_grads(mp, tg_mpi_batch_weight(&b)) != 0;
+        if (!failed && step == 0) check_partial_grads(ctx, o->sharded); /* tg_mpi_sum stops all */
         if (failed || tg_mpi_sum(mp, l, 2) != 0) {
             rc = 1;
             break;
         }
         if (step == 0) first_loss = l[0] / l[1];
         last_loss = l[0] / l[1];
-        tg_optim_step(opt);
+        if (!o->sharded) tg_optim_step(opt);
         tg_reset(ctx);
         if (o->ckpt && o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0) {
             if (rank == 0) tg_save(ctx, o->ckpt);
@@ -233,9 +242,11 @@ static int run(tg_ctx *ctx, tg_mpi *mp, const opts *o) {
         if (rc == 0 && o->hash) printf("params hash %016llx\n", (unsigned long long)params_hash(ctx));
         if (rc == 0 && o->out && tg_save(ctx, o->out) != 0) rc = 1;
         if (rc == 0 && o->compare) rc = compare_with(ctx, o);
+        if (rc == 0 && o->resume_out && tg_resume_save(ctx, o->resume_out, opt, &b, 0) != 0) rc = 1;
     }
+    /* the optimiser outlives the tg_mpi that stepped it (tg_mpi_free moves its state back) */
+    *opt_out = opt;
     tg_batcher_free(&b);
-    tg_optim_free(opt);
     tg_dataset_free(ds);
     return rc;
 }
@@ -263,12 +274,14 @@ int main(int argc, char **argv) {
     tg_mpi *mp = tg_mpi_new(ctx, MPI_COMM_WORLD);
     if (!mp) tg_mpi_abort(NULL, tg_errmsg(ctx));
     tg_mpi_set_shared(mp, !o.allreduce);
-    rc = run(ctx, mp, &o);
+    tg_optim *opt = NULL;
+    rc = run(ctx, mp, &o, &opt);
     if (rc == 1) fprintf(stderr, "mpi_train: rank %d: %s\n", tg_mpi_rank(mp), tg_errmsg(ctx));
     /* tg_mpi_free gives the parameters their own gradient storage back, with the
      * gradients of the last step in it */
     uint64_t before = grads_hash(ctx);
     tg_mpi_free(mp);
+    tg_optim_free(opt);
     if (rc == 0 && grads_hash(ctx) != before) {
         fprintf(stderr, "mpi_train: the gradients changed in tg_mpi_free\n");
         rc = 1;
