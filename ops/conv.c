@@ -778,6 +778,284 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
     return rc;
 }
 
+/* ---- stride 1, a sparse dy: the scatter path ---------------------------- */
+
+/* Behind a max pool dy is zero at three positions of every four (more behind
+ * a relu). When few enough of dy's values are nonzero (sp_chosen) the direct
+ * path's backward visits only those: each d = dy[o][oh][ow] adds its window's
+ * terms, a vector of channels at a time,
+ *   dx[c][oh+i-p][ow+j-p] += w[o][c][i][j] d,  dw[o][c][i][j] += x[c][oh+i-p][ow+j-p] d,
+ * in channel-last zero-bordered copies (cp: C rounded up to whole vectors;
+ * rows of wb = W + 2p, hb = H + 2p rows, so every window is in the copy):
+ *   xs[(r wb + s) cp + c] = x[c][r-p][s-p] (0 outside the image), dxs (dx) alike,
+ *   wt[((o kh + i) kw + j) cp + c] = w[o][c][i][j], dwt (dw) alike.
+ * A zero d's terms are zeros when w and x are finite: w's finiteness chooses
+ * the path, and an image whose x is not finite has every d visited, so the
+ * sums are the dense path's, in another order (o, then the positions in
+ * order, then the window). Units are D_CHUNK images, as dW's runs: each unit
+ * sums its dw into its own dwt, and the units' dwt are added in order at the
+ * end, so the bits do not depend on the thread count. */
+#define SP_COST 3 /* a visited value costs about as much as SP_COST dense ones */
+#define SP_NB 25  /* dw's slots (vectors of a window) summed in registers at once */
+#if defined(__clang__)
+#define SP_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define SP_UNROLL _Pragma("GCC unroll 25")
+#endif
+
+typedef struct {
+    const geom *g;
+    tg_dtype dt;
+    int add;                 /* dx: add into it (else assign: a new gradient) */
+    int64_t o, cp, hb, wb, units, nt;
+    const void *x, *dy, *wt; /* wt: NULL when there is no dx */
+    void *dx, *dwt;          /* dx or NULL; dwt [units][o kh kw cp] or NULL */
+    char *buf;               /* thread t's xs, dxs, the visited values and positions */
+    size_t tbytes;           /* at buf + t tbytes */
+} sjob;
+
+/* The elements of one o's dwt: the window's cp kh kw values, in slots of a
+ * vector rounded up to whole runs of SP_NB slots */
+static int64_t sp_dw_len(const geom *g, int64_t cp, int64_t vl)
+{
+    return round_up(g->kh * g->kw * cp / vl, SP_NB) * vl;
+}
+
+/* The bytes of a thread's buffers: xs, dxs, then the visited values (T) and
+ * their positions (int32) of one plane of dy, then the slots' offsets */
+static size_t sp_thread_bytes(const geom *g, int64_t cp, int64_t hb, int64_t wb, size_t es)
+{
+    const size_t plane = ((size_t)(hb * wb * cp) * es + 63) & ~(size_t)63;
+    const int64_t vl = (int64_t)(D_VB / es);
+    return 2 * plane + (((size_t)(g->ho * g->wo) * (es + 4) +
+                         (size_t)(sp_dw_len(g, cp, vl) / vl) * 4 + 63) & ~(size_t)63);
+}
+
+/* The range of units [units t / nt, units (t + 1) / nt) that starts at u0 */
+static int64_t unit_thread(int64_t units, int64_t nt, int64_t u0)
+{
+    int64_t t = 0;
+    while (t + 1 < nt && units * (t + 1) / nt <= u0) t++;
+    return t;
+}
+
+#define SP_UNITS_BODY(T, V, U)                                                            \
+    D_CONTRACT                                                                            \
+    enum { VL = D_VB / sizeof(T) };                                                       \
+    const geom *g = j->g;                                                                 \
+    const int64_t cp = j->cp, wb = j->wb, o = j->o, kw = g->kw, ns = g->kh * kw * cp / VL; \
+    const int64_t nsp = round_up(ns, SP_NB), np = g->ho * g->wo, hw = g->h * g->w;        \
+    const int64_t plane = j->hb * wb * cp;                                                \
+    const size_t pb = ((size_t)plane * sizeof(T) + 63) & ~(size_t)63;                     \
+    char *tb = j->buf + (size_t)unit_thread(j->units, j->nt, u0) * j->tbytes;             \
+    T *xs = (T *)(void *)tb, *dxs = (T *)(void *)(tb + pb), *dv = (T *)(void *)(tb + 2 * pb); \
+    int32_t *at = (int32_t *)(void *)(dv + np), *off = at + np;                           \
+    for (int64_t e = 0; e < nsp; e++) { /* slot e: vector e % (cp / VL) of window place k */ \
+        const int64_t k = e / (cp / VL), v = e % (cp / VL);                               \
+        off[e] = e < ns ? (int32_t)((k / kw * wb + k % kw) * cp + v * VL) : 0;            \
+    }                                                                                     \
+    const T *x = j->x, *dy = j->dy, *wt = j->wt;                                          \
+    T *dx = j->dx;                                                                        \
+    for (int64_t u = u0; u < u1; u++) {                                                   \
+        T *dwt = j->dwt ? (T *)j->dwt + u * o * nsp * VL : NULL; /* sp_dw_len */                          \
+        const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;           \
+        for (int64_t n = u * D_CHUNK; n < n1; n++) {                                      \
+            int all = 0; /* x_n not finite: every d is visited */                         \
+            if (dwt) {                                                                    \
+                T fin = 0;                                                                \
+                const T *xn = x + n * g->c * hw;                                          \
+                for (int64_t r = 0; r < g->h; r++)                                        \
+                    for (int64_t q = 0; q < g->w; q++) {                                  \
+                        T *d = xs + ((r + g->p) * wb + q + g->p) * cp;                    \
+                        for (int64_t c = 0; c < g->c; c++) {                              \
+                            const T v = xn[c * hw + r * g->w + q];                        \
+                            d[c] = v, fin += v - v;                                       \
+                        }                                                                 \
+                    }                                                                     \
+                all = fin != 0;                                                           \
+            }                                                                             \
+            for (int64_t m = 0; m < o; m++) {                                             \
+                const T *dm = dy + (n * o + m) * np;                                      \
+                int64_t cnt = 0;                                                          \
+                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
+                    for (int64_t ow = 0; ow < g->wo; ow++) {                              \
+                        const T d = dm[oh * g->wo + ow];                                  \
+                        dv[cnt] = d, at[cnt] = (int32_t)((oh * wb + ow) * cp);            \
+                        cnt += (d != 0) | all;                                            \
+                    }                                                                     \
+                if (wt) { /* dx: each visited d adds w's window */                        \
+                    const T *wm = wt + m * ns * VL;                                       \
+                    if (ns % SP_NB == 0) /* SP_NB slots of w held in registers */         \
+                        for (int64_t e0 = 0; e0 < ns; e0 += SP_NB) {                      \
+                            V wv[SP_NB];                                                  \
+                            SP_UNROLL for (int e = 0; e < SP_NB; e++)                     \
+                                wv[e] = *(const U *)(wm + (e0 + e) * VL);                 \
+                            for (int64_t t = 0; t < cnt; t++) {                           \
+                                const V d = (V){0} + dv[t];                               \
+                                T *a = dxs + at[t];                                       \
+                                SP_UNROLL for (int e = 0; e < SP_NB; e++)                 \
+                                    *(U *)(a + off[e0 + e]) += d * wv[e];                 \
+                            }                                                             \
+                        }                                                                 \
+                    else                                                                  \
+                        for (int64_t t = 0; t < cnt; t++) {                               \
+                            const V d = (V){0} + dv[t];                                   \
+                            T *a = dxs + at[t];                                           \
+                            for (int64_t e = 0; e < ns; e++)                              \
+                                *(U *)(a + off[e]) += d * *(const U *)(wm + e * VL);      \
+                        }                                                                 \
+                }                                                                         \
+                if (dwt) /* dw: SP_NB slots summed in registers over the visited d */     \
+                    for (int64_t e0 = 0; e0 < nsp; e0 += SP_NB) {                         \
+                        T *dwm = dwt + (m * nsp + e0) * VL;                               \
+                        V acc[SP_NB];                                                     \
+                        SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] = *(const U *)(dwm + e * VL);\
+                        for (int64_t t = 0; t < cnt; t++) {                               \
+                            const V d = (V){0} + dv[t];                                   \
+                            const T *b = xs + at[t];                                      \
+                            SP_UNROLL for (int e = 0; e < SP_NB; e++)                     \
+                                acc[e] += d * *(const U *)(b + off[e0 + e]);              \
+                        }                                                                 \
+                        SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(dwm + e * VL) = acc[e];\
+                    }                                                                     \
+            }                                                                             \
+            if (!dx) continue;                                                            \
+            T *dxn = dx + n * g->c * hw; /* the interior of dxs, back to [C,H,W] */       \
+            for (int64_t r = 0; r < g->h; r++)                                            \
+                for (int64_t q = 0; q < g->w; q++) {                                      \
+                    const T *d = dxs + ((r + g->p) * wb + q + g->p) * cp;                 \
+                    for (int64_t c = 0; c < g->c; c++) {                                  \
+                        T *e = dxn + c * hw + r * g->w + q;                               \
+                        *e = j->add ? *e + d[c] : d[c];                                   \
+                    }                                                                     \
+                }                                                                         \
+            memset(dxs, 0, (size_t)plane * sizeof(T));                                    \
+        }                                                                                 \
+    }
+TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f32(const sjob *j, int64_t u0, int64_t u1)
+{
+    SP_UNITS_BODY(float, d_vf32, d_uf32)
+}
+TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f64(const sjob *j, int64_t u0, int64_t u1)
+{
+    SP_UNITS_BODY(double, d_vf64, d_uf64)
+}
+static void sp_units(const void *arg, int64_t u0, int64_t u1)
+{
+    const sjob *j = arg;
+    if (j->dt == TG_F32) sp_units_f32(j, u0, u1);
+    else sp_units_f64(j, u0, u1);
+}
+
+/* 1 when the scatter path is the cheaper: dy's nonzero values, each costing
+ * SP_COST dense ones of cp channels, against all of dy's of C channels; and w
+ * finite (its zero products are zeros). */
+static int sp_chosen(const tg_tensor *w, const void *dyv, int64_t ndy, const geom *g)
+{
+    const int64_t vl = (int64_t)(D_VB / tgi_dtype_size(w->dtype)), cp = round_up(g->c, vl);
+    int64_t nz = 0;
+    int fin = 1;
+    TGI_FLOAT_DISPATCH(w->dtype, {
+        const T *dy = dyv, *wd = w->data;
+        T f = 0;
+        for (int64_t i = 0; i < w->numel; i++) f += wd[i] - wd[i];
+        fin = f == 0;
+        for (int64_t i = 0; i < ndy; i++) nz += dy[i] != 0;
+    });
+    return fin && nz * cp * SP_COST <= ndy * g->c;
+}
+
+/* The scratch bytes of conv2d_bwd_sparse (for nt threads) */
+static size_t sp_bytes(const geom *g, int64_t o, size_t es, int nt)
+{
+    const int64_t vl = (int64_t)(D_VB / es), cp = round_up(g->c, vl);
+    const int64_t units = (g->n + D_CHUNK - 1) / D_CHUNK;
+    return (size_t)(o * g->kh * g->kw * cp + units * o * sp_dw_len(g, cp, vl)) * es + 3 * 64 +
+           (size_t)nt * sp_thread_bytes(g, cp, g->h + 2 * g->p, g->w + 2 * g->p, es);
+}
+
+/* dx (dxv not NULL; add: into it, else assign) and dW (dwv not NULL) by the
+ * scatter path; 0, or -1 with the error recorded */
+static int conv2d_bwd_sparse(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
+                             const void *dyv, void *dwv, void *dxv, int add, const geom *g)
+{
+    const size_t es = tgi_dtype_size(x->dtype);
+    const int64_t o = w->shape[0], kk = g->kh * g->kw;
+    sjob j = {.g = g, .dt = x->dtype, .add = add, .o = o,
+              .cp = round_up(g->c, (int64_t)(D_VB / es)), .hb = g->h + 2 * g->p,
+              .wb = g->w + 2 * g->p, .units = (g->n + D_CHUNK - 1) / D_CHUNK, .x = x->data,
+              .dy = dyv, .dx = dxv};
+    const int64_t wn = o * kk * j.cp, zn = o * sp_dw_len(g, j.cp, (int64_t)(D_VB / es));
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    int nt = tgi_threads_for(ctx, g->n * o * kk * g->ho * g->wo);
+    j.nt = nt > j.units ? j.units : nt < 1 ? 1 : nt;
+    j.tbytes = sp_thread_bytes(g, j.cp, j.hb, j.wb, es);
+    void *wt = dxv ? scratch0(ctx, (size_t)wn * es) : NULL;
+    j.dwt = dwv ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
+    j.buf = scratch0(ctx, (size_t)j.nt * j.tbytes);
+    int rc = (dxv && !wt) || (dwv && !j.dwt) || !j.buf ? -1 : 0;
+    if (rc == 0)
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *wd = w->data;
+            T *wp = wt;
+            const int64_t c = g->c;
+            if (wp) /* wt[((m kh + i) kw + j) cp + ch] = w[m][ch][i][j] */
+                for (int64_t m = 0; m < o; m++)
+                    for (int64_t ch = 0; ch < c; ch++)
+                        for (int64_t k = 0; k < kk; k++)
+                            wp[(m * kk + k) * j.cp + ch] = wd[(m * c + ch) * kk + k];
+            j.wt = wp;
+            if (j.nt == 1)
+                sp_units(&j, 0, j.units);
+            else
+                tgi_par_units(ctx, j.nt, j.units, sp_units, &j);
+            const T *z = j.dwt;
+            T *dw = dwv;
+            if (dw) /* the units' sums, added in order */
+                for (int64_t m = 0; m < o; m++)
+                    for (int64_t ch = 0; ch < c; ch++)
+                        for (int64_t k = 0; k < kk; k++) {
+                            const int64_t e = m * (zn / o) + k * j.cp + ch;
+                            T s = z[e];
+                            for (int64_t u = 1; u < j.units; u++) s += z[u * zn + e];
+                            dw[(m * c + ch) * kk + k] += s;
+                        }
+        });
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* The scratch bytes of the dense passes (conv2d_dx_direct, conv2d_dw_direct),
+ * at most: the larger of the two, for nt threads */
+static size_t dense_bwd_bytes(const geom *g, int64_t o, size_t es, int nt)
+{
+    const int64_t kk = g->kh * g->kw, vl = (int64_t)(D_VB / es);
+    const dlay ld = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es);
+    const dlay lx = dlay_of(g->h, g->w, g->p, g->p, g, es);
+    const int64_t r1 = round_up(g->c, D_MR), r2 = round_up(g->c * kk, D_KR), op = round_up(o, vl);
+    const int64_t units = (g->n + D_CHUNK - 1) / D_CHUNK;
+    const size_t dx = (size_t)(r1 * o * kk) * es + (size_t)(o * kk) * 8 +
+                      (size_t)nt * ((size_t)(dlay_size(&ld, o, g) + r1 * ld.qr) * es + 128);
+    const size_t dw = (size_t)r2 * 8 + (size_t)(units * r2 * op) * es + (size_t)(g->n * o) * 8 +
+                      (size_t)nt * ((size_t)(dlay_size(&lx, g->c, g) + lx.nq * op) * es + 128);
+    return (dx > dw ? dx : dw) + 5 * 64;
+}
+
+/* Which of the two backward paths a step takes depends on dy's values; the
+ * arena is made large enough for either (a block of the larger scratch taken
+ * and given back), so that a warm step never grows it whichever runs. 1 ok,
+ * 0 with the error recorded. */
+static int reserve_both(tg_ctx *ctx, const geom *g, int64_t o, size_t es)
+{
+    int nt = tgi_threads_for(ctx, g->n * o * g->c * g->kh * g->kw * g->ho * g->wo);
+    if (nt < 1) nt = 1;
+    const size_t a = sp_bytes(g, o, es, nt), b = dense_bwd_bytes(g, o, es, nt);
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    const void *p = tg_scratch(ctx, a > b ? a : b);
+    tgi_arena_rewind(ctx, mark);
+    return p != NULL;
+}
+
 static int conv2d_forward(tg_op_call *c)
 {
     geom g = geom_load(c);
@@ -805,7 +1083,12 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
+    } else if ((dxv || dwv) && sp_chosen(w, dyv, g.n * o * np, &g)) {
+        if (!reserve_both(ctx, &g, o, tgi_dtype_size(x->dtype)) ||
+            conv2d_bwd_sparse(ctx, x, w, dyv, dwv, dxv, !fresh, &g) != 0)
+            return;
     } else {
+        if ((dxv || dwv) && !reserve_both(ctx, &g, o, tgi_dtype_size(x->dtype))) return;
         if (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) return;
         if (dwv) { /* db in the same pass over dy */
             conv2d_dw_direct(ctx, x, w, dyv, dwv, dbv, &g);
