@@ -821,14 +821,15 @@ static int64_t sp_dw_len(const geom *g, int64_t cp, int64_t vl)
     return round_up(g->kh * g->kw * cp / vl, SP_NB) * vl;
 }
 
-/* The bytes of a thread's buffers: xs, dxs, then the visited values (T) and
- * their positions (int32) of one plane of dy, then the slots' offsets */
+/* The bytes of a thread's buffers: xs, dxs, then (int32) the visited
+ * positions of one plane of dy, each position's offset in xs, the slots'
+ * offsets */
 static size_t sp_thread_bytes(const geom *g, int64_t cp, int64_t hb, int64_t wb, size_t es)
 {
     const size_t plane = ((size_t)(hb * wb * cp) * es + 63) & ~(size_t)63;
     const int64_t vl = (int64_t)(D_VB / es);
-    return 2 * plane + (((size_t)(g->ho * g->wo) * (es + 4) +
-                         (size_t)(sp_dw_len(g, cp, vl) / vl) * 4 + 63) & ~(size_t)63);
+    return 2 * plane + (((size_t)(g->ho * g->wo) * 8 + (size_t)(sp_dw_len(g, cp, vl) / vl) * 4 +
+                         63) & ~(size_t)63);
 }
 
 /* The range of units [units t / nt, units (t + 1) / nt) that starts at u0 */
@@ -839,106 +840,147 @@ static int64_t unit_thread(int64_t units, int64_t nt, int64_t u0)
     return t;
 }
 
-#define SP_UNITS_BODY(T, V, U)                                                            \
-    D_CONTRACT                                                                            \
-    enum { VL = D_VB / sizeof(T) };                                                       \
-    const geom *g = j->g;                                                                 \
-    const int64_t cp = j->cp, wb = j->wb, o = j->o, kw = g->kw, ns = g->kh * kw * cp / VL; \
-    const int64_t nsp = round_up(ns, SP_NB), np = g->ho * g->wo, hw = g->h * g->w;        \
-    const int64_t plane = j->hb * wb * cp;                                                \
-    const size_t pb = ((size_t)plane * sizeof(T) + 63) & ~(size_t)63;                     \
-    char *tb = j->buf + (size_t)unit_thread(j->units, j->nt, u0) * j->tbytes;             \
-    T *xs = (T *)(void *)tb, *dxs = (T *)(void *)(tb + pb), *dv = (T *)(void *)(tb + 2 * pb); \
-    int32_t *at = (int32_t *)(void *)(dv + np), *off = at + np;                           \
-    for (int64_t e = 0; e < nsp; e++) { /* slot e: vector e % (cp / VL) of window place k */ \
-        const int64_t k = e / (cp / VL), v = e % (cp / VL);                               \
-        off[e] = e < ns ? (int32_t)((k / kw * wb + k % kw) * cp + v * VL) : 0;            \
-    }                                                                                     \
-    const T *x = j->x, *dy = j->dy, *wt = j->wt;                                          \
-    T *dx = j->dx;                                                                        \
-    for (int64_t u = u0; u < u1; u++) {                                                   \
-        T *dwt = j->dwt ? (T *)j->dwt + u * o * nsp * VL : NULL; /* sp_dw_len */                          \
-        const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;           \
-        for (int64_t n = u * D_CHUNK; n < n1; n++) {                                      \
-            int all = 0; /* x_n not finite: every d is visited */                         \
-            if (dwt) {                                                                    \
-                T fin = 0;                                                                \
-                const T *xn = x + n * g->c * hw;                                          \
-                for (int64_t r = 0; r < g->h; r++)                                        \
-                    for (int64_t q = 0; q < g->w; q++) {                                  \
-                        T *d = xs + ((r + g->p) * wb + q + g->p) * cp;                    \
-                        for (int64_t c = 0; c < g->c; c++) {                              \
-                            const T v = xn[c * hw + r * g->w + q];                        \
-                            d[c] = v, fin += v - v;                                       \
-                        }                                                                 \
-                    }                                                                     \
-                all = fin != 0;                                                           \
-            }                                                                             \
-            for (int64_t m = 0; m < o; m++) {                                             \
-                const T *dm = dy + (n * o + m) * np;                                      \
-                int64_t cnt = 0;                                                          \
-                for (int64_t oh = 0; oh < g->ho; oh++)                                    \
-                    for (int64_t ow = 0; ow < g->wo; ow++) {                              \
-                        const T d = dm[oh * g->wo + ow];                                  \
-                        dv[cnt] = d, at[cnt] = (int32_t)((oh * wb + ow) * cp);            \
-                        cnt += (d != 0) | all;                                            \
-                    }                                                                     \
-                if (wt) { /* dx: each visited d adds w's window */                        \
-                    const T *wm = wt + m * ns * VL;                                       \
-                    if (ns % SP_NB == 0) /* SP_NB slots of w held in registers */         \
-                        for (int64_t e0 = 0; e0 < ns; e0 += SP_NB) {                      \
-                            V wv[SP_NB];                                                  \
-                            SP_UNROLL for (int e = 0; e < SP_NB; e++)                     \
-                                wv[e] = *(const U *)(wm + (e0 + e) * VL);                 \
-                            for (int64_t t = 0; t < cnt; t++) {                           \
-                                const V d = (V){0} + dv[t];                               \
-                                T *a = dxs + at[t];                                       \
-                                SP_UNROLL for (int e = 0; e < SP_NB; e++)                 \
-                                    *(U *)(a + off[e0 + e]) += d * wv[e];                 \
-                            }                                                             \
-                        }                                                                 \
-                    else                                                                  \
-                        for (int64_t t = 0; t < cnt; t++) {                               \
-                            const V d = (V){0} + dv[t];                                   \
-                            T *a = dxs + at[t];                                           \
-                            for (int64_t e = 0; e < ns; e++)                              \
-                                *(U *)(a + off[e]) += d * *(const U *)(wm + e * VL);      \
-                        }                                                                 \
-                }                                                                         \
-                if (dwt) /* dw: SP_NB slots summed in registers over the visited d */     \
-                    for (int64_t e0 = 0; e0 < nsp; e0 += SP_NB) {                         \
-                        T *dwm = dwt + (m * nsp + e0) * VL;                               \
-                        V acc[SP_NB];                                                     \
-                        SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] = *(const U *)(dwm + e * VL);\
-                        for (int64_t t = 0; t < cnt; t++) {                               \
-                            const V d = (V){0} + dv[t];                                   \
-                            const T *b = xs + at[t];                                      \
-                            SP_UNROLL for (int e = 0; e < SP_NB; e++)                     \
-                                acc[e] += d * *(const U *)(b + off[e0 + e]);              \
-                        }                                                                 \
-                        SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(dwm + e * VL) = acc[e];\
-                    }                                                                     \
-            }                                                                             \
-            if (!dx) continue;                                                            \
-            T *dxn = dx + n * g->c * hw; /* the interior of dxs, back to [C,H,W] */       \
-            for (int64_t r = 0; r < g->h; r++)                                            \
-                for (int64_t q = 0; q < g->w; q++) {                                      \
-                    const T *d = dxs + ((r + g->p) * wb + q + g->p) * cp;                 \
-                    for (int64_t c = 0; c < g->c; c++) {                                  \
-                        T *e = dxn + c * hw + r * g->w + q;                               \
-                        *e = j->add ? *e + d[c] : d[c];                                   \
-                    }                                                                     \
-                }                                                                         \
-            memset(dxs, 0, (size_t)plane * sizeof(T));                                    \
-        }                                                                                 \
+/* xs's interior = x_n [C,H,W] moved channel-last (rows wb, channels cp
+ * apart): by 16 x 16 transpositions where 16 channels and 16 positions can
+ * be read whole (f32), else one value at a time */
+#define SP_FILL_BODY(T, BLOCK16)                                                          \
+    const int64_t hw = g->h * g->w;                                                       \
+    for (int64_t r = 0; r < g->h; r++)                                                    \
+        for (int64_t q0 = 0; q0 < g->w; q0 += 16) {                                       \
+            const int64_t nb = g->w - q0 < 16 ? g->w - q0 : 16;                           \
+            T *d = xs + ((r + g->p) * wb + q0 + g->p) * cp;                               \
+            const T *sx = xn + r * g->w + q0;                                             \
+            int64_t c0 = 0;                                                               \
+            while (c0 + 16 <= g->c && BLOCK16) c0 += 16;                                  \
+            for (int64_t t = 0; t < nb; t++)                                              \
+                for (int64_t c = c0; c < g->c; c++) d[t * cp + c] = sx[c * hw + t];       \
+        }
+#ifdef POOL_VEC
+#define SP_BLOCK16 to_rows_block16(d + c0, cp, sx + c0 * hw, hw, r * g->w + q0, nb)
+#else
+#define SP_BLOCK16 0
+#endif
+__attribute__((always_inline)) static inline void sp_fill_f32(float *restrict xs,
+                                                              const float *restrict xn,
+                                                              const geom *g, int64_t wb, int64_t cp)
+{
+    SP_FILL_BODY(float, SP_BLOCK16)
+}
+__attribute__((always_inline)) static inline void sp_fill_f64(double *restrict xs,
+                                                              const double *restrict xn,
+                                                              const geom *g, int64_t wb, int64_t cp)
+{
+    SP_FILL_BODY(double, 0)
+}
+#define SP_FILL(xs, xn, g, wb, cp)                                                        \
+    _Generic((xs), float *: sp_fill_f32, double *: sp_fill_f64)(xs, xn, g, wb, cp)
+
+/* The offset in xs or dxs of slot e0 + e from a window's corner: from the
+ * table, or for a 5-wide window of one vector of channels (the CNN layers')
+ * from e itself, so the unrolled slots address by constants */
+#define SP_OFF_TABLE(e0, e) off[(e0) + (e)]
+#define SP_OFF_5(e0, e) ((e0 + e) / 5 * rs + (e0 + e) % 5 * VL)
+/* dx += the window of w times each visited d, SP_NB slots of w in registers */
+#define SP_DX_BLOCKS(T, V, U, OFF)                                                            \
+    for (int64_t e0 = 0; e0 < ns; e0 += SP_NB) {                                              \
+        V wv[SP_NB];                                                                          \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) wv[e] = *(const U *)(wm + (e0 + e) * VL);   \
+        for (int64_t t = 0; t < cnt; t++) {                                                   \
+            const V d = (V){0} + dm[lst[t]];                                                  \
+            T *a = dxs + qmap[lst[t]];                                                        \
+            SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(a + OFF(e0, e)) += d * wv[e];    \
+        }                                                                                     \
+    }
+/* dw += the window of x times each visited d, SP_NB slots summed in registers
+ * (slots past ns: throw-away sums in dwt's padding) */
+#define SP_DW_BLOCKS(T, V, U, OFF)                                                            \
+    for (int64_t e0 = 0; e0 < nsp; e0 += SP_NB) {                                             \
+        T *dwm = dwt + (m * nsp + e0) * VL;                                                   \
+        V acc[SP_NB];                                                                         \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] = *(const U *)(dwm + e * VL);        \
+        for (int64_t t = 0; t < cnt; t++) {                                                   \
+            const V d = (V){0} + dm[lst[t]];                                                  \
+            const T *b = xs + qmap[lst[t]];                                                   \
+            SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] += d * *(const U *)(b + OFF(e0, e)); \
+        }                                                                                     \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(dwm + e * VL) = acc[e];              \
+    }
+#define SP_UNITS_BODY(T, V, U, BITS, EXP)                                                     \
+    D_CONTRACT                                                                                \
+    enum { VL = D_VB / sizeof(T) };                                                           \
+    const geom *g = j->g;                                                                     \
+    const int64_t cp = j->cp, wb = j->wb, o = j->o, kw = g->kw, ns = g->kh * kw * cp / VL;    \
+    const int64_t nsp = round_up(ns, SP_NB), np = g->ho * g->wo, hw = g->h * g->w;            \
+    const int64_t plane = j->hb * wb * cp, rs = wb * cp;                                      \
+    const int five = kw == 5 && ns == SP_NB && cp == VL;                                      \
+    const size_t pb = ((size_t)plane * sizeof(T) + 63) & ~(size_t)63;                         \
+    char *tb = j->buf + (size_t)unit_thread(j->units, j->nt, u0) * j->tbytes;                 \
+    T *xs = (T *)(void *)tb, *dxs = (T *)(void *)(tb + pb);                                   \
+    int32_t *lst = (int32_t *)(void *)(tb + 2 * pb), *qmap = lst + np, *off = qmap + np;      \
+    for (int64_t q = 0; q < np; q++) qmap[q] = (int32_t)((q / g->wo * wb + q % g->wo) * cp);  \
+    for (int64_t e = 0; e < nsp; e++) { /* slot e: vector e % (cp / VL) of window place k */  \
+        const int64_t k = e / (cp / VL), v = e % (cp / VL);                                   \
+        off[e] = e < ns ? (int32_t)((k / kw * wb + k % kw) * cp + v * VL) : 0;                \
+    }                                                                                         \
+    const T *x = j->x, *dy = j->dy, *wt = j->wt;                                              \
+    T *dx = j->dx;                                                                            \
+    for (int64_t u = u0; u < u1; u++) {                                                       \
+        T *dwt = j->dwt ? (T *)j->dwt + u * o * nsp * VL : NULL; /* sp_dw_len */              \
+        const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;               \
+        for (int64_t n = u * D_CHUNK; n < n1; n++) {                                          \
+            int all = 0; /* x_n not finite (an exponent of all ones): every d is visited */   \
+            if (dwt) {                                                                        \
+                const T *xn = x + n * g->c * hw;                                              \
+                const BITS *xb = (const BITS *)(const void *)xn;                              \
+                BITS bad = 0;                                                                 \
+                for (int64_t i = 0; i < g->c * hw; i++) bad |= (BITS)((xb[i] & EXP) == EXP);  \
+                all = bad != 0;                                                               \
+                SP_FILL(xs, xn, g, wb, cp);                                                   \
+            }                                                                                 \
+            for (int64_t m = 0; m < o; m++) {                                                 \
+                const T *dm = dy + (n * o + m) * np;                                          \
+                const BITS *db = (const BITS *)(const void *)dm;                              \
+                int64_t cnt = 0; /* the positions of the nonzero d (a NaN too: not +-0) */    \
+                for (int64_t q = 0; q < np; q++) lst[cnt] = (int32_t)q, cnt += ((BITS)(db[q] << 1) != 0) | all; \
+                const T *wm = wt ? wt + m * ns * VL : NULL;                                   \
+                if (wm && five) {                                                             \
+                    SP_DX_BLOCKS(T, V, U, SP_OFF_5)                                           \
+                } else if (wm && ns % SP_NB == 0) {                                           \
+                    SP_DX_BLOCKS(T, V, U, SP_OFF_TABLE)                                       \
+                } else if (wm) {                                                              \
+                    for (int64_t t = 0; t < cnt; t++) {                                       \
+                        const V d = (V){0} + dm[lst[t]];                                      \
+                        T *a = dxs + qmap[lst[t]];                                            \
+                        for (int64_t e = 0; e < ns; e++)                                      \
+                            *(U *)(a + off[e]) += d * *(const U *)(wm + e * VL);              \
+                    }                                                                         \
+                }                                                                             \
+                if (dwt && five) {                                                            \
+                    SP_DW_BLOCKS(T, V, U, SP_OFF_5)                                           \
+                } else if (dwt) {                                                             \
+                    SP_DW_BLOCKS(T, V, U, SP_OFF_TABLE)                                       \
+                }                                                                             \
+            }                                                                                 \
+            if (!dx) continue;                                                                \
+            T *dxn = dx + n * g->c * hw; /* the interior of dxs, back to [C,H,W] */           \
+            for (int64_t r = 0; r < g->h; r++)                                                \
+                for (int64_t q = 0; q < g->w; q++) {                                          \
+                    const T *d = dxs + ((r + g->p) * wb + q + g->p) * cp;                     \
+                    for (int64_t c = 0; c < g->c; c++) {                                      \
+                        T *e = dxn + c * hw + r * g->w + q;                                   \
+                        *e = j->add ? *e + d[c] : d[c];                                       \
+                    }                                                                         \
+                }                                                                             \
+            memset(dxs, 0, (size_t)plane * sizeof(T));                                        \
+        }                                                                                     \
     }
 TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f32(const sjob *j, int64_t u0, int64_t u1)
 {
-    SP_UNITS_BODY(float, d_vf32, d_uf32)
+    SP_UNITS_BODY(float, d_vf32, d_uf32, uint32_t, 0x7f800000u)
 }
 TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f64(const sjob *j, int64_t u0, int64_t u1)
 {
-    SP_UNITS_BODY(double, d_vf64, d_uf64)
+    SP_UNITS_BODY(double, d_vf64, d_uf64, uint64_t, 0x7ff0000000000000u)
 }
 static void sp_units(const void *arg, int64_t u0, int64_t u1)
 {
@@ -947,22 +989,40 @@ static void sp_units(const void *arg, int64_t u0, int64_t u1)
     else sp_units_f64(j, u0, u1);
 }
 
-/* 1 when the scatter path is the cheaper: dy's nonzero values, each costing
- * SP_COST dense ones of cp channels, against all of dy's of C channels; and w
- * finite (its zero products are zeros). */
-static int sp_chosen(const tg_tensor *w, const void *dyv, int64_t ndy, const geom *g)
+/* The nonzero values (bits other than the sign's: a NaN counts) of every
+ * `step`th of the n planes of np values at d */
+#define NONZEROS_BODY(BITS)                                                               \
+    int64_t nz = 0;                                                                       \
+    for (int64_t i = 0; i < n; i += step) {                                               \
+        const BITS *b = (const BITS *)d + i * np;                                         \
+        for (int64_t q = 0; q < np; q++) nz += (BITS)(b[q] << 1) != 0;                    \
+    }                                                                                     \
+    return nz;
+TGI_AVX512_CLONES static int64_t nonzeros32(const void *d, int64_t n, int64_t np, int64_t step)
 {
-    const int64_t vl = (int64_t)(D_VB / tgi_dtype_size(w->dtype)), cp = round_up(g->c, vl);
-    int64_t nz = 0;
+    NONZEROS_BODY(uint32_t)
+}
+TGI_AVX512_CLONES static int64_t nonzeros64(const void *d, int64_t n, int64_t np, int64_t step)
+{
+    NONZEROS_BODY(uint64_t)
+}
+
+/* 1 when the scatter path is the cheaper: dy's nonzero values (counted in
+ * every 4th image, enough to tell), each costing SP_COST dense ones of cp
+ * channels, against all of dy's of C channels; and w finite (its zero
+ * products are zeros). */
+static int sp_chosen(const tg_tensor *w, const void *dyv, const geom *g)
+{
+    const size_t es = tgi_dtype_size(w->dtype);
+    const int64_t vl = (int64_t)(D_VB / es), cp = round_up(g->c, vl), o = w->shape[0];
+    const int64_t np = o * g->ho * g->wo, counted = (g->n + 3) / 4 * np;
+    const int64_t nz = es == 4 ? nonzeros32(dyv, g->n, np, 4) : nonzeros64(dyv, g->n, np, 4);
     int fin = 1;
     TGI_FLOAT_DISPATCH(w->dtype, {
-        const T *dy = dyv, *wd = w->data;
-        T f = 0;
-        for (int64_t i = 0; i < w->numel; i++) f += wd[i] - wd[i];
-        fin = f == 0;
-        for (int64_t i = 0; i < ndy; i++) nz += dy[i] != 0;
+        const T *wd = w->data;
+        for (int64_t i = 0; i < w->numel; i++) fin &= wd[i] - wd[i] == 0;
     });
-    return fin && nz * cp * SP_COST <= ndy * g->c;
+    return fin && nz * cp * SP_COST <= counted * g->c;
 }
 
 /* The scratch bytes of conv2d_bwd_sparse (for nt threads) */
@@ -1083,7 +1143,7 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
-    } else if ((dxv || dwv) && sp_chosen(w, dyv, g.n * o * np, &g)) {
+    } else if ((dxv || dwv) && sp_chosen(w, dyv, &g)) {
         if (!reserve_both(ctx, &g, o, tgi_dtype_size(x->dtype)) ||
             conv2d_bwd_sparse(ctx, x, w, dyv, dwv, dxv, !fresh, &g) != 0)
             return;
