@@ -430,5 +430,9 @@ void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const vo
  * place. Errors are named after fn (the public caller). */
 tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
                          tg_act act);
+/* (defined in ops/conv.c) relu(max_pool2d(conv2d(x, w, b, 1, padding), pool,
+ * pool)) as one node: tg_conv_relu_pool_forward's. Errors named after fn. */
+tg_tensor *tgi_conv2d_relu_pool(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                                tg_tensor *b, int padding, int pool);
 
 #endif /* TG_INTERNAL_H */
