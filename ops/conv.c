@@ -637,8 +637,10 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
                         const int32_t *pa = j->parg + n * j->nout * j->pn;
                         memset(yb, 0, (size_t)(L.nq * j->op) * sizeof(T));
                         for (int64_t m = 0; m < j->nout; m++)
-                            for (int64_t q = m * j->pn; q < (m + 1) * j->pn; q++)
-                                yb[pa[q] * j->op + m] = py[q] > 0 ? pd[q] : 0;
+                            for (int64_t q = m * j->pn; q < (m + 1) * j->pn; q++) {
+                                const T sel[2] = {0, pd[q]}; /* (a select, not a branch) */
+                                yb[pa[q] * j->op + m] = sel[py[q] > 0];
+                            }
                     } else
                         TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
                     K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
@@ -1732,8 +1734,17 @@ TGI_AVX512_CLONES static int64_t nonfinite64(const void *d, int64_t n)
     NONFINITE_BODY(uint64_t, 0x7ff0000000000000u)
 }
 
+/* v where keep, else +0, without a branch */
+static inline double kept(double v, int keep)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    u &= -(uint64_t)keep;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
 /* the double of dy[q + i] where y[q + i] > 0, else 0 */
-#define RP_TERM(i) (y[q + (i)] > 0 ? (double)dy[q + (i)] : 0.0)
+#define RP_TERM(i) kept((double)dy[q + (i)], y[q + (i)] > 0)
 
 /* The convolution's dy reaches it at the window maxima whose output is > 0:
  * listed for the scatter path, else written into a zeroed dy [N,O,Ho,Wo]
