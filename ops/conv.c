@@ -1656,17 +1656,32 @@ tg_tensor *tgi_conv2d_relu_pool(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_te
     return tgi_op_run(ctx, &op_conv2d_relu_pool, out, in, b ? 3 : 2, &at, sizeof at);
 }
 
-/* y = the maxima of the k x k windows (stride k) of one plane xp (rows
- * pg->w apart), arg their indices in it (NULL: not kept) */
-static void pool_plane(void *y, int32_t *arg, const void *xp, const geom *pg, tg_dtype dt)
+/* y [np][pn] = the maxima of the k x k windows (stride k) of the np planes
+ * at xp, xs apart (rows pg->w apart), arg their indices in the plane (NULL:
+ * not kept); f32 2x2 planes that lie end to end go in one call (only the
+ * last plane's last row one window at a time) */
+static void pool_planes(void *y, int32_t *arg, const void *xp, const geom *pg, int64_t np,
+                        int64_t xs, tg_dtype dt)
 {
+    const int64_t pn = pg->ho * pg->wo;
 #ifdef POOL_VEC
     if (dt == TG_F32 && pg->kh == 2) {
-        max_pool_2x2_f32(y, arg, xp, pg);
+        if (xs == pg->h * pg->w) {
+            geom all = *pg;
+            all.c = np;
+            max_pool_2x2_f32(y, arg, xp, &all);
+            return;
+        }
+        for (int64_t m = 0; m < np; m++)
+            max_pool_2x2_f32((float *)y + m * pn, arg ? arg + m * pn : NULL,
+                             (const float *)xp + m * xs, pg);
         return;
     }
 #endif
-    TGI_FLOAT_DISPATCH(dt, { MAX_POOL_PLANE((T *)y, arg, (const T *)xp, pg); });
+    TGI_FLOAT_DISPATCH(dt, {
+        for (int64_t m = 0; m < np; m++)
+            MAX_POOL_PLANE((T *)y + m * pn, arg ? arg + m * pn : NULL, (const T *)xp + m * xs, pg);
+    });
 }
 
 /* Image n's output planes from its convolution sums yb [O][qr] (layout
@@ -1681,15 +1696,12 @@ static void relu_pool_epilogue(const djob *j, void *ybv, int64_t n)
     const int64_t pn = pg.ho * pg.wo;
     TGI_FLOAT_DISPATCH(j->dt, {
         const T *bd = j->bias;
-        T *yb = ybv;
-        for (int64_t m = 0; m < o; m++) {
-            T *yp = yb + m * qr, *y = (T *)j->dst + (n * o + m) * pn;
-            int32_t *arg = j->arg ? j->arg + (n * o + m) * pn : NULL;
-            if (bd)
-                for (int64_t q = 0; q < g->ho * wr; q++) yp[q] += bd[m];
-            pool_plane(y, arg, yp, &pg, j->dt);
-            for (int64_t q = 0; q < pn; q++) y[q] = y[q] > 0 || y[q] != y[q] ? y[q] : 0;
-        }
+        T *yb = ybv, *y = (T *)j->dst + n * o * pn;
+        if (bd)
+            for (int64_t m = 0; m < o; m++)
+                for (int64_t q = m * qr; q < m * qr + g->ho * wr; q++) yb[q] += bd[m];
+        pool_planes(y, j->arg ? j->arg + n * o * pn : NULL, yb, &pg, o, qr, j->dt);
+        for (int64_t q = 0; q < o * pn; q++) y[q] = y[q] > 0 || y[q] != y[q] ? y[q] : 0;
     });
 }
 
