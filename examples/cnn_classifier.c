@@ -8,7 +8,8 @@
  *   loss = mean cross-entropy; Adam lr 1e-3, batches of 64
  *
  * The convolutions are tg_conv layers (nn.Conv2d's names, layouts and
- * initialisation); the linear layer is initialised as nn.Linear (weight and
+ * initialisation), each with its relu and max pool run as one node
+ * (tg_conv_relu_pool_forward); the linear layer is initialised as nn.Linear (weight and
  * bias from U(-1/sqrt(1568), 1/sqrt(1568))). tests/bench/torch_cnn.py is the
  * same network and training in PyTorch, for timing against.
  *
@@ -160,11 +161,10 @@ static tg_tensor *cnn_forward(tg_ctx *ctx, const cnn *m, tg_tensor *x)
 {
     int64_t n = tg_dim(x, 0);
     tg_tensor *h = tg_reshape(ctx, x, 4, (const int64_t[]){n, 1, SIDE, SIDE});
-    /* relu then max pool, computed as max pool then relu: the same values and
-     * gradients (relu is monotone, and where a window's maximum is <= 0 both
-     * orders pass back zero), with relu on a quarter of the elements */
-    h = tg_relu(ctx, tg_max_pool2d(ctx, tg_conv_forward(ctx, &m->conv1, h), 2, 2));
-    h = tg_relu(ctx, tg_max_pool2d(ctx, tg_conv_forward(ctx, &m->conv2, h), 2, 2));
+    /* conv, relu, max pool 2: one node each (the convolution's output is
+     * pooled as it is computed, never stored) */
+    h = tg_conv_relu_pool_forward(ctx, &m->conv1, h, 2);
+    h = tg_conv_relu_pool_forward(ctx, &m->conv2, h, 2);
     h = tg_reshape(ctx, h, 2, (const int64_t[]){n, 32 * 7 * 7});
     return tg_dense_forward(ctx, &m->fc, h, TG_ACT_NONE);
 }

@@ -672,6 +672,14 @@ TG_API int tg_conv_init(tg_ctx *ctx, tg_conv *l, const char *name, int64_t in_ch
 /** tg_conv2d(x, weight, bias, stride, padding): x [N,in_ch,H,W] ->
  *  [N,out_ch,Ho,Wo]. Returns a temporary (lives until tg_reset), or NULL on error. */
 TG_API tg_tensor *tg_conv_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x);
+/** The layer, then relu, then a max pool of pool x pool windows (stride pool):
+ *  F.max_pool2d(F.relu(conv(x)), pool), the block of a LeNet-style network,
+ *  as one tape node (stride-1 layers; others compose the three ops): the
+ *  values and gradients of the three ops, without storing the convolution's
+ *  output. x [N,in_ch,H,W] -> [N,out_ch,Ho/pool,Wo/pool] (rounded down).
+ *  Returns a temporary (lives until tg_reset), or NULL on error. */
+TG_API tg_tensor *tg_conv_relu_pool_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x,
+                                            int pool);
 
 /* ---- layers: normalisation and dropout (src/toolkit/layers_norm.c) ---- */
 

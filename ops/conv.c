@@ -81,34 +81,33 @@ static int check_nchw(tg_ctx *ctx, const char *fn, const tg_tensor *x)
  * GEMM path writes it into y before the GEMM accumulates; db sums in double. */
 TGI_OP(conv2d);
 
-tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int stride,
-                     int padding)
+/* tg_conv2d's argument checks, for fn: 1 if usable, else 0 with the error */
+static int check_conv(tg_ctx *ctx, const char *fn, const tg_tensor *x, const tg_tensor *w,
+                      const tg_tensor *b, int stride, int padding)
 {
-    static const char fn[] = "tg_conv2d";
-    if (!ctx) return NULL;
-    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return 0;
     char sx[64], sw[64], sb[64];
     if (x->ndim != 4 || w->ndim != 4) {
         tg_set_error(ctx, "%s: x must be 4-D [N,C,H,W] and w 4-D [O,C,kh,kw]: x is %s, w is %s",
                      fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw));
-        return NULL;
+        return 0;
     }
     if (x->shape[1] != w->shape[1]) {
         tg_set_error(ctx, "%s: x %s has %lld channels but w %s expects %lld", fn,
                      TGI_SHAPE(x, sx), (long long)x->shape[1], TGI_SHAPE(w, sw),
                      (long long)w->shape[1]);
-        return NULL;
+        return 0;
     }
     if (b && (b->ndim != 1 || b->shape[0] != w->shape[0])) {
         tg_set_error(ctx, "%s: bias must be [%lld] to match w %s, got b %s", fn,
                      (long long)w->shape[0], TGI_SHAPE(w, sw), TGI_SHAPE(b, sb));
-        return NULL;
+        return 0;
     }
     if (stride < 1 || padding < 0) {
         tg_set_error(ctx, "%s: stride must be >= 1 and padding >= 0, got stride %d, padding %d "
                           "(x is %s, w is %s)", fn, stride, padding, TGI_SHAPE(x, sx),
                      TGI_SHAPE(w, sw));
-        return NULL;
+        return 0;
     }
     int64_t hp = x->shape[2] + 2 * (int64_t)padding, wp = x->shape[3] + 2 * (int64_t)padding;
     if (w->shape[2] < 1 || w->shape[3] < 1 || w->shape[2] > hp || w->shape[3] > wp) {
@@ -116,8 +115,16 @@ tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int 
                           "(x is %s, w is %s, padding %d)", fn, (long long)w->shape[2],
                      (long long)w->shape[3], (long long)hp, (long long)wp, TGI_SHAPE(x, sx),
                      TGI_SHAPE(w, sw), padding);
-        return NULL;
+        return 0;
     }
+    return 1;
+}
+
+tg_tensor *tg_conv2d(tg_ctx *ctx, tg_tensor *x, tg_tensor *w, tg_tensor *b, int stride,
+                     int padding)
+{
+    static const char fn[] = "tg_conv2d";
+    if (!ctx || !check_conv(ctx, fn, x, w, b, stride, padding)) return NULL;
     geom g = geom_of(x, w->shape[2], w->shape[3], stride, padding);
     int64_t shape[4] = {g.n, w->shape[0], g.ho, g.wo};
     tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 4, shape, 0);
@@ -577,7 +584,16 @@ typedef struct {
     int64_t nin, nout, rows, kk, op, units, nt;
     int add;            /* dx: add into dst (else assign: dst is a new gradient) */
     double *psum;       /* dW: NULL, or each image's dy plane sums [N][O] (for db) */
+    int64_t pool;       /* 0, or the fused relu(max pool) of this window: */
+    int32_t *arg;       /* forward: its window maxima (NULL: not saved) */
+    /* dW: dy is the pool's [N,O,pn], reaching the maxima parg (indices in
+     * the layout's plane) where its output py is > 0 */
+    const void *py;
+    const int32_t *parg;
+    int64_t pn;
 } djob;
+
+static void relu_pool_epilogue(const djob *j, void *yb, int64_t n);
 
 /* s[m] = the sum in double of plane m of dy [o][np] (PLANE_SUMS, 4 at a time) */
 #define DY_SUMS_BODY(T)                                                                   \
@@ -615,7 +631,18 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
                         dy_sums(j->psum + n * j->nout, (const T *)j->dy + n * j->nout * hw_out,
                                 j->nout, hw_out);
                     DLAY_FILL(xp, src + n * j->nin * hw_in, j->nin, L);
-                    TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
+                    if (j->pool) { /* dt from the pool's dy: (the windows do not overlap) */
+                        const T *pd = (const T *)j->dy + n * j->nout * j->pn;
+                        const T *py = (const T *)j->py + n * j->nout * j->pn;
+                        const int32_t *pa = j->parg + n * j->nout * j->pn;
+                        memset(yb, 0, (size_t)(L.nq * j->op) * sizeof(T));
+                        for (int64_t m = 0; m < j->nout; m++)
+                            for (int64_t q = m * j->pn; q < (m + 1) * j->pn; q++) {
+                                const T sel[2] = {0, pd[q]}; /* (a select, not a branch) */
+                                yb[pa[q] * j->op + m] = sel[py[q] > 0];
+                            }
+                    } else
+                        TO_ROWS(yb, j->op, (const T *)j->dy + n * j->nout * hw_out, j->nout, g->wo, &L);
                     K2(z, (const T *)yb, (const T *)xp, j->off, j->rows, j->op, L.nq, L.wr,
                        g->wo);
                 }
@@ -623,6 +650,10 @@ static void direct_units(const void *arg, int64_t u0, int64_t u1)
             }
             DLAY_FILL(xp, src + u * j->nin * hw_in, j->nin, L);
             K1(yb, (const T *)j->ap, (const T *)xp, j->off, j->rows, j->kk, L.qr);
+            if (j->pool) {
+                relu_pool_epilogue(j, yb, u);
+                continue;
+            }
             const int64_t ho = j->which == D_DX ? g->h : g->ho, wo = j->which == D_DX ? g->w : g->wo;
             for (int64_t m = 0; m < j->nout; m++)
                 ROWS(dst + (u * j->nout + m) * hw_out, wo, yb + m * L.qr, L.wr, ho, wo,
@@ -746,9 +777,10 @@ static void db_add_f64(double *db, const double *psum, int64_t nimg, int64_t o) 
 
 /* dW += sum over the images of dy_n (*) x_n, through K2, in runs of D_CHUNK
  * images whose sums are added in order; db (when not NULL) += dy's plane
- * sums, taken image by image in the same pass */
+ * sums, taken image by image in the same pass. pooled (not NULL, db NULL):
+ * dy is the fused pool's (pooled's pool, pn, py, parg). */
 static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w, const void *dyv,
-                            void *dwv, void *dbv, const geom *g)
+                            void *dwv, void *dbv, const geom *g, const djob *pooled)
 {
     const size_t es = tgi_dtype_size(x->dtype);
     const int64_t o = w->shape[0], k = g->c * g->kh * g->kw;
@@ -756,6 +788,7 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
     djob j = {.which = D_DW, .dt = x->dtype, .g = g, .L = dlay_of(g->h, g->w, g->p, g->p, g, es),
               .src = x->data, .dy = dyv, .nin = g->c, .nout = o, .rows = round_up(k, D_KR) / D_KR,
               .op = round_up(o, (int64_t)(D_VB / es)), .units = (g->n + D_CHUNK - 1) / D_CHUNK};
+    if (pooled) j.pool = pooled->pool, j.pn = pooled->pn, j.py = pooled->py, j.parg = pooled->parg;
     const int64_t zn = j.rows * D_KR * j.op; /* one run's z [rows D_KR][op] */
     j.off = offsets(ctx, j.rows * D_KR, g->c, &j.L, g);
     j.dst = j.off ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
@@ -776,6 +809,371 @@ static int conv2d_dw_direct(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
         });
     tgi_arena_rewind(ctx, mark);
     return rc;
+}
+
+/* ---- stride 1, a sparse dy: the scatter path ---------------------------- */
+
+/* Behind a max pool dy is zero at three positions of every four (more behind
+ * a relu). When few enough of dy's values are nonzero (sp_chosen) the direct
+ * path's backward visits only those: each d = dy[o][oh][ow] adds its window's
+ * terms, a vector of channels at a time,
+ *   dx[c][oh+i-p][ow+j-p] += w[o][c][i][j] d,  dw[o][c][i][j] += x[c][oh+i-p][ow+j-p] d,
+ * in channel-last zero-bordered copies (cp: C rounded up to whole vectors;
+ * rows of wb = W + 2p, hb = H + 2p rows, so every window is in the copy):
+ *   xs[(r wb + s) cp + c] = x[c][r-p][s-p] (0 outside the image), dxs (dx) alike,
+ *   wt[((o kh + i) kw + j) cp + c] = w[o][c][i][j], dwt (dw) alike.
+ * A zero d's terms are zeros when w and x are finite: w's finiteness chooses
+ * the path, and an image whose x is not finite has every d visited, so the
+ * sums are the dense path's, in another order (o, then the positions in
+ * order, then the window). Units are D_CHUNK images, as dW's runs: each unit
+ * sums its dw into its own dwt, and the units' dwt are added in order at the
+ * end, so the bits do not depend on the thread count. */
+#define SP_COST 3 /* a visited value costs about as much as SP_COST dense ones */
+#define SP_NB 25  /* dw's slots (vectors of a window) summed in registers at once */
+#if defined(__clang__)
+#define SP_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define SP_UNROLL _Pragma("GCC unroll 25")
+#endif
+
+typedef struct {
+    const geom *g;
+    tg_dtype dt;
+    int add;                 /* dx: add into it (else assign: a new gradient) */
+    int64_t o, cp, hb, wb, units, nt;
+    const void *x, *dy, *wt; /* wt: NULL when there is no dx */
+    void *dx, *dwt;          /* dx or NULL; dwt [units][o kh kw cp] or NULL */
+    char *buf;               /* thread t's xs, dxs, the visited values and positions */
+    size_t tbytes;           /* at buf + t tbytes */
+    /* dy behind the fused pool (pool > 0): dy and its output py [N,O,pn], each
+     * window maximum's index parg in the bordered plane, qof that index's
+     * position in the conv's plane */
+    int64_t pool, pn;
+    const void *py;
+    const int32_t *parg, *qof;
+} sjob;
+
+/* The elements of one o's dwt: the window's cp kh kw values, in slots of a
+ * vector rounded up to whole runs of SP_NB slots */
+static int64_t sp_dw_len(const geom *g, int64_t cp, int64_t vl)
+{
+    return round_up(g->kh * g->kw * cp / vl, SP_NB) * vl;
+}
+
+/* The bytes of a thread's buffers: xs, dxs, the visited values of one plane
+ * of dy, then (int32) their positions, each position's offset in xs, the
+ * slots' offsets */
+static size_t sp_thread_bytes(const geom *g, int64_t cp, int64_t hb, int64_t wb, size_t es)
+{
+    const size_t plane = ((size_t)(hb * wb * cp) * es + 63) & ~(size_t)63;
+    const int64_t vl = (int64_t)(D_VB / es);
+    return 2 * plane + (((size_t)(g->ho * g->wo) * (8 + es) +
+                         (size_t)(sp_dw_len(g, cp, vl) / vl) * 4 + 63) & ~(size_t)63);
+}
+
+/* The range of units [units t / nt, units (t + 1) / nt) that starts at u0 */
+static int64_t unit_thread(int64_t units, int64_t nt, int64_t u0)
+{
+    int64_t t = 0;
+    while (t + 1 < nt && units * (t + 1) / nt <= u0) t++;
+    return t;
+}
+
+/* xs's interior = x_n [C,H,W] moved channel-last (rows wb, channels cp
+ * apart): by 16 x 16 transpositions where 16 channels and 16 positions can
+ * be read whole (f32), else one value at a time */
+#define SP_FILL_BODY(T, BLOCK16)                                                          \
+    const int64_t hw = g->h * g->w;                                                       \
+    for (int64_t r = 0; r < g->h; r++)                                                    \
+        for (int64_t q0 = 0; q0 < g->w; q0 += 16) {                                       \
+            const int64_t nb = g->w - q0 < 16 ? g->w - q0 : 16;                           \
+            T *d = xs + ((r + g->p) * wb + q0 + g->p) * cp;                               \
+            const T *sx = xn + r * g->w + q0;                                             \
+            int64_t c0 = 0;                                                               \
+            while (c0 + 16 <= g->c && BLOCK16) c0 += 16;                                  \
+            for (int64_t t = 0; t < nb; t++)                                              \
+                for (int64_t c = c0; c < g->c; c++) d[t * cp + c] = sx[c * hw + t];       \
+        }
+#ifdef POOL_VEC
+#define SP_BLOCK16 to_rows_block16(d + c0, cp, sx + c0 * hw, hw, r * g->w + q0, nb)
+#else
+#define SP_BLOCK16 0
+#endif
+__attribute__((always_inline)) static inline void sp_fill_f32(float *restrict xs,
+                                                              const float *restrict xn,
+                                                              const geom *g, int64_t wb, int64_t cp)
+{
+    SP_FILL_BODY(float, SP_BLOCK16)
+}
+__attribute__((always_inline)) static inline void sp_fill_f64(double *restrict xs,
+                                                              const double *restrict xn,
+                                                              const geom *g, int64_t wb, int64_t cp)
+{
+    SP_FILL_BODY(double, 0)
+}
+#define SP_FILL(xs, xn, g, wb, cp)                                                        \
+    _Generic((xs), float *: sp_fill_f32, double *: sp_fill_f64)(xs, xn, g, wb, cp)
+
+/* The offset in xs or dxs of slot e0 + e from a window's corner: from the
+ * table, or for a 5-wide window of one vector of channels (the CNN layers')
+ * from e itself, so the unrolled slots address by constants */
+#define SP_OFF_TABLE(e0, e) off[(e0) + (e)]
+#define SP_OFF_5(e0, e) ((e0 + e) / 5 * rs + (e0 + e) % 5 * VL)
+/* dx += the window of w times each visited d, SP_NB slots of w in registers */
+#define SP_DX_BLOCKS(T, V, U, OFF)                                                            \
+    for (int64_t e0 = 0; e0 < ns; e0 += SP_NB) {                                              \
+        V wv[SP_NB];                                                                          \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) wv[e] = *(const U *)(wm + (e0 + e) * VL);   \
+        for (int64_t t = 0; t < cnt; t++) {                                                   \
+            const V d = (V){0} + dv[t];                                                       \
+            T *a = dxs + qmap[lst[t]];                                                        \
+            SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(a + OFF(e0, e)) += d * wv[e];    \
+        }                                                                                     \
+    }
+/* dw += the window of x times each visited d, SP_NB slots summed in registers
+ * (slots past ns: throw-away sums in dwt's padding) */
+#define SP_DW_BLOCKS(T, V, U, OFF)                                                            \
+    for (int64_t e0 = 0; e0 < nsp; e0 += SP_NB) {                                             \
+        T *dwm = dwt + (m * nsp + e0) * VL;                                                   \
+        V acc[SP_NB];                                                                         \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] = *(const U *)(dwm + e * VL);        \
+        for (int64_t t = 0; t < cnt; t++) {                                                   \
+            const V d = (V){0} + dv[t];                                                       \
+            const T *b = xs + qmap[lst[t]];                                                   \
+            SP_UNROLL for (int e = 0; e < SP_NB; e++) acc[e] += d * *(const U *)(b + OFF(e0, e)); \
+        }                                                                                     \
+        SP_UNROLL for (int e = 0; e < SP_NB; e++) *(U *)(dwm + e * VL) = acc[e];              \
+    }
+#define SP_UNITS_BODY(T, V, U, BITS, EXP)                                                     \
+    D_CONTRACT                                                                                \
+    enum { VL = D_VB / sizeof(T) };                                                           \
+    const geom *g = j->g;                                                                     \
+    const int64_t cp = j->cp, wb = j->wb, o = j->o, kw = g->kw, ns = g->kh * kw * cp / VL;    \
+    const int64_t nsp = round_up(ns, SP_NB), np = g->ho * g->wo, hw = g->h * g->w;            \
+    const int64_t plane = j->hb * wb * cp, rs = wb * cp;                                      \
+    const int five = kw == 5 && ns == SP_NB && cp == VL;                                      \
+    const size_t pb = ((size_t)plane * sizeof(T) + 63) & ~(size_t)63;                         \
+    char *tb = j->buf + (size_t)unit_thread(j->units, j->nt, u0) * j->tbytes;                 \
+    T *xs = (T *)(void *)tb, *dxs = (T *)(void *)(tb + pb);                                   \
+    T *dv = (T *)(void *)(tb + 2 * pb);                                                       \
+    int32_t *lst = (int32_t *)(void *)(dv + np), *qmap = lst + np, *off = qmap + np;          \
+    for (int64_t q = 0; q < np; q++) qmap[q] = (int32_t)((q / g->wo * wb + q % g->wo) * cp);  \
+    for (int64_t e = 0; e < nsp; e++) { /* slot e: vector e % (cp / VL) of window place k */  \
+        const int64_t k = e / (cp / VL), v = e % (cp / VL);                                   \
+        off[e] = e < ns ? (int32_t)((k / kw * wb + k % kw) * cp + v * VL) : 0;                \
+    }                                                                                         \
+    const T *x = j->x, *dy = j->dy, *wt = j->wt;                                              \
+    T *dx = j->dx;                                                                            \
+    for (int64_t u = u0; u < u1; u++) {                                                       \
+        T *dwt = j->dwt ? (T *)j->dwt + u * o * nsp * VL : NULL; /* sp_dw_len */              \
+        const int64_t n1 = (u + 1) * D_CHUNK < g->n ? (u + 1) * D_CHUNK : g->n;               \
+        for (int64_t n = u * D_CHUNK; n < n1; n++) {                                          \
+            int all = 0; /* x_n not finite (an exponent of all ones): every d is visited */   \
+            if (dwt) {                                                                        \
+                const T *xn = x + n * g->c * hw;                                              \
+                const BITS *xb = (const BITS *)(const void *)xn;                              \
+                BITS bad = 0; /* (behind the fused pool, x is known finite) */                \
+                for (int64_t i = 0; i < g->c * hw && !j->pool; i++) bad |= (BITS)((xb[i] & EXP) == EXP); \
+                all = bad != 0;                                                               \
+                SP_FILL(xs, xn, g, wb, cp);                                                   \
+            }                                                                                 \
+            for (int64_t m = 0; m < o; m++) {                                                 \
+                int64_t cnt = 0; /* the positions of the nonzero d (a NaN too: not +-0) */    \
+                if (j->pool) { /* the fused pool's: at each window maximum whose output is > 0 */ \
+                    const int64_t p0 = (n * o + m) * j->pn;                                   \
+                    const T *py = (const T *)j->py + p0, *pd = dy + p0;                       \
+                    const BITS *db = (const BITS *)(const void *)pd;                          \
+                    const int32_t *pa = j->parg + p0;                                         \
+                    for (int64_t q = 0; q < j->pn; q++) {                                     \
+                        lst[cnt] = j->qof[pa[q]], dv[cnt] = pd[q];                            \
+                        cnt += (py[q] > 0) & ((BITS)(db[q] << 1) != 0);                       \
+                    }                                                                         \
+                } else {                                                                      \
+                    const T *dm = dy + (n * o + m) * np;                                      \
+                    const BITS *db = (const BITS *)(const void *)dm;                          \
+                    for (int64_t q = 0; q < np; q++) {                                        \
+                        lst[cnt] = (int32_t)q, dv[cnt] = dm[q];                               \
+                        cnt += ((BITS)(db[q] << 1) != 0) | all;                               \
+                    }                                                                         \
+                }                                                                             \
+                const T *wm = wt ? wt + m * ns * VL : NULL;                                   \
+                if (wm && five) {                                                             \
+                    SP_DX_BLOCKS(T, V, U, SP_OFF_5)                                           \
+                } else if (wm && ns % SP_NB == 0) {                                           \
+                    SP_DX_BLOCKS(T, V, U, SP_OFF_TABLE)                                       \
+                } else if (wm) {                                                              \
+                    for (int64_t t = 0; t < cnt; t++) {                                       \
+                        const V d = (V){0} + dv[t];                                           \
+                        T *a = dxs + qmap[lst[t]];                                            \
+                        for (int64_t e = 0; e < ns; e++)                                      \
+                            *(U *)(a + off[e]) += d * *(const U *)(wm + e * VL);              \
+                    }                                                                         \
+                }                                                                             \
+                if (dwt && five) {                                                            \
+                    SP_DW_BLOCKS(T, V, U, SP_OFF_5)                                           \
+                } else if (dwt) {                                                             \
+                    SP_DW_BLOCKS(T, V, U, SP_OFF_TABLE)                                       \
+                }                                                                             \
+            }                                                                                 \
+            if (!dx) continue;                                                                \
+            T *dxn = dx + n * g->c * hw; /* the interior of dxs, back to [C,H,W] */           \
+            for (int64_t r = 0; r < g->h; r++)                                                \
+                for (int64_t q = 0; q < g->w; q++) {                                          \
+                    const T *d = dxs + ((r + g->p) * wb + q + g->p) * cp;                     \
+                    for (int64_t c = 0; c < g->c; c++) {                                      \
+                        T *e = dxn + c * hw + r * g->w + q;                                   \
+                        *e = j->add ? *e + d[c] : d[c];                                       \
+                    }                                                                         \
+                }                                                                             \
+            memset(dxs, 0, (size_t)plane * sizeof(T));                                        \
+        }                                                                                     \
+    }
+TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f32(const sjob *j, int64_t u0, int64_t u1)
+{
+    SP_UNITS_BODY(float, d_vf32, d_uf32, uint32_t, 0x7f800000u)
+}
+TGI_AVX512_CLONES D_FMA_ATTR static void sp_units_f64(const sjob *j, int64_t u0, int64_t u1)
+{
+    SP_UNITS_BODY(double, d_vf64, d_uf64, uint64_t, 0x7ff0000000000000u)
+}
+static void sp_units(const void *arg, int64_t u0, int64_t u1)
+{
+    const sjob *j = arg;
+    if (j->dt == TG_F32) sp_units_f32(j, u0, u1);
+    else sp_units_f64(j, u0, u1);
+}
+
+/* The nonzero values (bits other than the sign's: a NaN counts) of every
+ * `step`th of the n planes of np values at d */
+#define NONZEROS_BODY(BITS)                                                               \
+    int64_t nz = 0;                                                                       \
+    for (int64_t i = 0; i < n; i += step) {                                               \
+        const BITS *b = (const BITS *)d + i * np;                                         \
+        for (int64_t q = 0; q < np; q++) nz += (BITS)(b[q] << 1) != 0;                    \
+    }                                                                                     \
+    return nz;
+TGI_AVX512_CLONES static int64_t nonzeros32(const void *d, int64_t n, int64_t np, int64_t step)
+{
+    NONZEROS_BODY(uint32_t)
+}
+TGI_AVX512_CLONES static int64_t nonzeros64(const void *d, int64_t n, int64_t np, int64_t step)
+{
+    NONZEROS_BODY(uint64_t)
+}
+
+/* 1 when the scatter path is the cheaper: dy's nonzero values (counted in
+ * every 4th image, enough to tell), each costing SP_COST dense ones of cp
+ * channels, against all of dy's of C channels; and w finite (its zero
+ * products are zeros). */
+static int sp_chosen(const tg_tensor *w, const void *dyv, const geom *g)
+{
+    const size_t es = tgi_dtype_size(w->dtype);
+    const int64_t vl = (int64_t)(D_VB / es), cp = round_up(g->c, vl), o = w->shape[0];
+    const int64_t np = o * g->ho * g->wo, counted = (g->n + 3) / 4 * np;
+    const int64_t nz = es == 4 ? nonzeros32(dyv, g->n, np, 4) : nonzeros64(dyv, g->n, np, 4);
+    int fin = 1;
+    TGI_FLOAT_DISPATCH(w->dtype, {
+        const T *wd = w->data;
+        for (int64_t i = 0; i < w->numel; i++) fin &= wd[i] - wd[i] == 0;
+    });
+    return fin && nz * cp * SP_COST <= counted * g->c;
+}
+
+/* The scratch bytes of conv2d_bwd_sparse (for nt threads) */
+static size_t sp_bytes(const geom *g, int64_t o, size_t es, int nt)
+{
+    const int64_t vl = (int64_t)(D_VB / es), cp = round_up(g->c, vl);
+    const int64_t units = (g->n + D_CHUNK - 1) / D_CHUNK;
+    return (size_t)(o * g->kh * g->kw * cp + units * o * sp_dw_len(g, cp, vl)) * es + 3 * 64 +
+           (size_t)nt * sp_thread_bytes(g, cp, g->h + 2 * g->p, g->w + 2 * g->p, es);
+}
+
+/* dx (dxv not NULL; add: into it, else assign) and dW (dwv not NULL) by the
+ * scatter path, from dy [N,O,Ho,Wo] or (pooled not NULL) from the fused
+ * pool's dy and its window maxima (pooled's pool, pn, py, parg, qof); 0, or
+ * -1 with the error recorded */
+static int conv2d_bwd_sparse(tg_ctx *ctx, const tg_tensor *x, const tg_tensor *w,
+                             const void *dyv, void *dwv, void *dxv, int add, const geom *g,
+                             const sjob *pooled)
+{
+    const size_t es = tgi_dtype_size(x->dtype);
+    const int64_t o = w->shape[0], kk = g->kh * g->kw;
+    sjob j = {.g = g, .dt = x->dtype, .add = add, .o = o,
+              .cp = round_up(g->c, (int64_t)(D_VB / es)), .hb = g->h + 2 * g->p,
+              .wb = g->w + 2 * g->p, .units = (g->n + D_CHUNK - 1) / D_CHUNK, .x = x->data,
+              .dy = dyv, .dx = dxv};
+    if (pooled)
+        j.pool = pooled->pool, j.pn = pooled->pn, j.py = pooled->py, j.parg = pooled->parg,
+        j.qof = pooled->qof;
+    const int64_t wn = o * kk * j.cp, zn = o * sp_dw_len(g, j.cp, (int64_t)(D_VB / es));
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    int nt = tgi_threads_for(ctx, g->n * o * kk * g->ho * g->wo);
+    j.nt = nt > j.units ? j.units : nt < 1 ? 1 : nt;
+    j.tbytes = sp_thread_bytes(g, j.cp, j.hb, j.wb, es);
+    void *wt = dxv ? scratch0(ctx, (size_t)wn * es) : NULL;
+    j.dwt = dwv ? scratch0(ctx, (size_t)(j.units * zn) * es) : NULL;
+    j.buf = scratch0(ctx, (size_t)j.nt * j.tbytes);
+    int rc = (dxv && !wt) || (dwv && !j.dwt) || !j.buf ? -1 : 0;
+    if (rc == 0)
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *wd = w->data;
+            T *wp = wt;
+            const int64_t c = g->c;
+            if (wp) /* wt[((m kh + i) kw + j) cp + ch] = w[m][ch][i][j] */
+                for (int64_t m = 0; m < o; m++)
+                    for (int64_t ch = 0; ch < c; ch++)
+                        for (int64_t k = 0; k < kk; k++)
+                            wp[(m * kk + k) * j.cp + ch] = wd[(m * c + ch) * kk + k];
+            j.wt = wp;
+            if (j.nt == 1)
+                sp_units(&j, 0, j.units);
+            else
+                tgi_par_units(ctx, j.nt, j.units, sp_units, &j);
+            const T *z = j.dwt;
+            T *dw = dwv;
+            if (dw) /* the units' sums, added in order */
+                for (int64_t m = 0; m < o; m++)
+                    for (int64_t ch = 0; ch < c; ch++)
+                        for (int64_t k = 0; k < kk; k++) {
+                            const int64_t e = m * (zn / o) + k * j.cp + ch;
+                            T s = z[e];
+                            for (int64_t u = 1; u < j.units; u++) s += z[u * zn + e];
+                            dw[(m * c + ch) * kk + k] += s;
+                        }
+        });
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* The scratch bytes of the dense passes (conv2d_dx_direct, conv2d_dw_direct),
+ * at most: the larger of the two, for nt threads */
+static size_t dense_bwd_bytes(const geom *g, int64_t o, size_t es, int nt)
+{
+    const int64_t kk = g->kh * g->kw, vl = (int64_t)(D_VB / es);
+    const dlay ld = dlay_of(g->ho, g->wo, g->kh - 1 - g->p, g->kw - 1 - g->p, g, es);
+    const dlay lx = dlay_of(g->h, g->w, g->p, g->p, g, es);
+    const int64_t r1 = round_up(g->c, D_MR), r2 = round_up(g->c * kk, D_KR), op = round_up(o, vl);
+    const int64_t units = (g->n + D_CHUNK - 1) / D_CHUNK;
+    const size_t dx = (size_t)(r1 * o * kk) * es + (size_t)(o * kk) * 8 +
+                      (size_t)nt * ((size_t)(dlay_size(&ld, o, g) + r1 * ld.qr) * es + 128);
+    const size_t dw = (size_t)r2 * 8 + (size_t)(units * r2 * op) * es + (size_t)(g->n * o) * 8 +
+                      (size_t)nt * ((size_t)(dlay_size(&lx, g->c, g) + lx.nq * op) * es + 128);
+    return (dx > dw ? dx : dw) + 5 * 64;
+}
+
+/* Which of the two backward paths a step takes depends on dy's values; the
+ * arena is made large enough for either (a block of the larger scratch taken
+ * and given back), so that a warm step never grows it whichever runs. 1 ok,
+ * 0 with the error recorded. */
+static int reserve_both(tg_ctx *ctx, const geom *g, int64_t o, size_t es)
+{
+    int nt = tgi_threads_for(ctx, g->n * o * g->c * g->kh * g->kw * g->ho * g->wo);
+    if (nt < 1) nt = 1;
+    const size_t a = sp_bytes(g, o, es, nt), b = dense_bwd_bytes(g, o, es, nt);
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    const void *p = tg_scratch(ctx, a > b ? a : b);
+    tgi_arena_rewind(ctx, mark);
+    return p != NULL;
 }
 
 static int conv2d_forward(tg_op_call *c)
@@ -805,10 +1203,15 @@ static void conv2d_backward(tg_op_call *c)
     if (!tg_ok(ctx)) return;
     if (!direct) {
         if (dwv || dxv) conv2d_bwd_gemm(ctx, x, w, dyv, dwv, dxv, &g);
+    } else if ((dxv || dwv) && sp_chosen(w, dyv, &g)) {
+        if (!reserve_both(ctx, &g, o, tgi_dtype_size(x->dtype)) ||
+            conv2d_bwd_sparse(ctx, x, w, dyv, dwv, dxv, !fresh, &g, NULL) != 0)
+            return;
     } else {
+        if ((dxv || dwv) && !reserve_both(ctx, &g, o, tgi_dtype_size(x->dtype))) return;
         if (dxv && conv2d_dx_direct(ctx, w, dyv, dxv, !fresh, &g) != 0) return;
         if (dwv) { /* db in the same pass over dy */
-            conv2d_dw_direct(ctx, x, w, dyv, dwv, dbv, &g);
+            conv2d_dw_direct(ctx, x, w, dyv, dwv, dbv, &g, NULL);
             return;
         }
     }
@@ -1204,4 +1607,220 @@ static void avg_pool2d_backward(tg_op_call *c)
                     }
                 }
     });
+}
+
+/* ======================================================================== */
+/* relu(max_pool2d(conv2d(x, w, b, 1, p), k, k)) in one node                */
+/* ======================================================================== */
+
+/* y = relu(max_pool2d(conv2d(x, w, b, 1, p), k, k)), the convolution layer of
+ * a LeNet-style network (tg_conv_relu_pool_forward): x [N,C,H,W], w
+ * [O,C,kh,kw], b [O] or absent, y [N,O,Ph,Pw] with Ph = (Ho - k) / k + 1, Pw
+ * likewise (Ho, Wo the convolution's). The same values and gradients as the
+ * three ops (and as PyTorch's max_pool2d(relu(conv2d)): relu is monotone, and
+ * where a window's maximum is <= 0 both orders pass back zero):
+ *   y = relu(the window's first maximum of conv2d(x, w) + b)
+ *   d/dconv = dy at the window's first maximum where y > 0, else 0; then the
+ *   convolution's dx, dW and db of that.
+ * On the direct path the convolution's output is never stored: each image's
+ * planes are pooled from the thread's tile buffer. Saves the index of each
+ * window's maximum in that buffer (int32 per output, tg_scratch). Backward
+ * lists the maxima with y > 0 for the scatter path, or (when that is not the
+ * cheaper, w is not finite or x is not) writes them into a zeroed dy of the
+ * convolution for the dense passes. Other geometries compose the three ops. */
+TGI_OP(conv2d_relu_pool);
+
+tg_tensor *tgi_conv2d_relu_pool(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                                tg_tensor *b, int padding, int pool)
+{
+    if (!ctx || !check_conv(ctx, fn, x, w, b, 1, padding)) return NULL;
+    const geom g = geom_of(x, w->shape[2], w->shape[3], 1, padding);
+    if (pool < 1 || pool > g.ho || pool > g.wo) {
+        char sx[64], sw[64];
+        tg_set_error(ctx, "%s: pool %d must be >= 1 and fit the convolution's output %lldx%lld "
+                          "(x is %s, w is %s, padding %d)", fn, pool, (long long)g.ho,
+                     (long long)g.wo, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw), padding);
+        return NULL;
+    }
+    const size_t es = tgi_dtype_size(x->dtype);
+    const dlay L = dlay_of(g.h, g.w, g.p, g.p, &g, es);
+    if (!is_direct(&g) || pool > 15 || L.plane > INT32_MAX)
+        return tg_relu(ctx, tg_max_pool2d(ctx, tg_conv2d(ctx, x, w, b, 1, padding), pool, pool));
+    int64_t shape[4] = {g.n, w->shape[0], (g.ho - pool) / pool + 1, (g.wo - pool) / pool + 1};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 4, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[3] = {x, w, b};
+    tgi_attr at = {.i = {0}};
+    geom_save(&at, &g);
+    at.i[4] = pool;
+    return tgi_op_run(ctx, &op_conv2d_relu_pool, out, in, b ? 3 : 2, &at, sizeof at);
+}
+
+/* y [np][pn] = the maxima of the k x k windows (stride k) of the np planes
+ * at xp, xs apart (rows pg->w apart), arg their indices in the plane (NULL:
+ * not kept); f32 2x2 planes that lie end to end go in one call (only the
+ * last plane's last row one window at a time) */
+static void pool_planes(void *y, int32_t *arg, const void *xp, const geom *pg, int64_t np,
+                        int64_t xs, tg_dtype dt)
+{
+    const int64_t pn = pg->ho * pg->wo;
+#ifdef POOL_VEC
+    if (dt == TG_F32 && pg->kh == 2) {
+        if (xs == pg->h * pg->w) {
+            geom all = *pg;
+            all.c = np;
+            max_pool_2x2_f32(y, arg, xp, &all);
+            return;
+        }
+        for (int64_t m = 0; m < np; m++)
+            max_pool_2x2_f32((float *)y + m * pn, arg ? arg + m * pn : NULL,
+                             (const float *)xp + m * xs, pg);
+        return;
+    }
+#endif
+    TGI_FLOAT_DISPATCH(dt, {
+        for (int64_t m = 0; m < np; m++)
+            MAX_POOL_PLANE((T *)y + m * pn, arg ? arg + m * pn : NULL, (const T *)xp + m * xs, pg);
+    });
+}
+
+/* Image n's output planes from its convolution sums yb [O][qr] (layout
+ * j->L): + b, each window's first maximum (its index in the plane saved in
+ * j->arg), relu */
+static void relu_pool_epilogue(const djob *j, void *ybv, int64_t n)
+{
+    const geom *g = j->g;
+    const int64_t k = j->pool, o = j->nout, wr = j->L.wr, qr = j->L.qr;
+    /* the pooling's geometry over one plane of yb: rows wr apart */
+    const geom pg = {1, 1, g->ho, wr, k, k, (g->ho - k) / k + 1, (g->wo - k) / k + 1, k, 0};
+    const int64_t pn = pg.ho * pg.wo;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        const T *bd = j->bias;
+        T *yb = ybv, *y = (T *)j->dst + n * o * pn;
+        if (bd)
+            for (int64_t m = 0; m < o; m++)
+                for (int64_t q = m * qr; q < m * qr + g->ho * wr; q++) yb[q] += bd[m];
+        pool_planes(y, j->arg ? j->arg + n * o * pn : NULL, yb, &pg, o, qr, j->dt);
+        for (int64_t q = 0; q < o * pn; q++) y[q] = y[q] > 0 || y[q] != y[q] ? y[q] : 0;
+    });
+}
+
+static int conv2d_relu_pool_forward(tg_op_call *c)
+{
+    const geom g = geom_load(c);
+    tg_ctx *ctx = c->ctx;
+    tg_tensor *out = c->out, *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
+    int32_t *arg = NULL;
+    if (tgi_recorded(c) && out->numel > 0) {
+        arg = tg_scratch(ctx, (size_t)out->numel * sizeof *arg + 1);
+        if (!arg) return -1; /* error recorded by tg_scratch */
+    }
+    c->saved = arg;
+    if (out->numel == 0) return 0;
+    const size_t es = tgi_dtype_size(x->dtype);
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    djob j = {.which = D_FWD, .dt = x->dtype, .g = &g, .L = dlay_of(g.h, g.w, g.p, g.p, &g, es),
+              .src = x->data, .dst = out->data, .bias = b ? b->data : NULL, .nin = g.c,
+              .nout = w->shape[0], .kk = g.c * g.kh * g.kw, .units = g.n,
+              .pool = TGI_ATTR(c)->i[4], .arg = arg};
+    j.ap = pack_rows(ctx, w, 0, &j.rows);
+    j.off = j.ap ? offsets(ctx, j.kk, g.c, &j.L, &g) : NULL;
+    const int rc = j.off ? direct_run(ctx, &j, (size_t)(j.rows * D_MR * j.L.qr) * es,
+                                      g.n * j.nout * j.kk * g.ho * g.wo)
+                         : -1;
+    tgi_arena_rewind(ctx, mark);
+    return rc;
+}
+
+/* The values of x that are not finite (an exponent of all ones) */
+#define NONFINITE_BODY(BITS, EXP)                                                         \
+    int64_t bad = 0;                                                                      \
+    for (int64_t i = 0; i < n; i++) bad += (((const BITS *)d)[i] & EXP) == EXP;           \
+    return bad;
+TGI_AVX512_CLONES static int64_t nonfinite32(const void *d, int64_t n)
+{
+    NONFINITE_BODY(uint32_t, 0x7f800000u)
+}
+TGI_AVX512_CLONES static int64_t nonfinite64(const void *d, int64_t n)
+{
+    NONFINITE_BODY(uint64_t, 0x7ff0000000000000u)
+}
+
+/* v where keep, else +0, without a branch */
+static inline double kept(double v, int keep)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    u &= -(uint64_t)keep;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+/* the double of dy[q + i] where y[q + i] > 0, else 0 */
+#define RP_TERM(i) kept((double)dy[q + (i)], y[q + (i)] > 0)
+
+/* The convolution's dy reaches it at the window maxima whose output is > 0:
+ * listed for the scatter path, else written into a zeroed dy [N,O,Ho,Wo]
+ * for the dense passes. db: the sum of those values, image by image, in
+ * double. */
+static void conv2d_relu_pool_backward(tg_op_call *c)
+{
+    tg_ctx *ctx = c->ctx;
+    tg_tensor *x = c->in[0], *w = c->in[1], *b = c->n_in > 2 ? c->in[2] : NULL;
+    const void *dyv = tg_grad(c->out);
+    if (!dyv || c->out->numel == 0) return;
+    const geom g = geom_load(c);
+    const size_t es = tgi_dtype_size(x->dtype);
+    const dlay L = dlay_of(g.h, g.w, g.p, g.p, &g, es);
+    const int64_t o = w->shape[0], k = TGI_ATTR(c)->i[4], np = g.ho * g.wo;
+    const int64_t pn = c->out->shape[2] * c->out->shape[3];
+    const int32_t *arg = c->saved;
+    int fresh = 0;
+    void *dwv = tgi_needs_grad(w) ? tg_grad_acc(w) : NULL;
+    void *dxv = tgi_needs_grad(x) ? tgi_grad_first(x, &fresh) : NULL;
+    void *dbv = b && tgi_needs_grad(b) ? tg_grad_acc(b) : NULL;
+    if (!tg_ok(ctx) || !arg) return;
+    const tgi_arena_mark mark = tgi_arena_get_mark(ctx);
+    int32_t *qof = tg_scratch(ctx, (size_t)(g.ho * L.wr) * sizeof *qof + 1);
+    double *psum = tg_scratch(ctx, (size_t)(g.n * o) * sizeof *psum + 1);
+    void *dyc = tg_scratch(ctx, (size_t)(g.n * o * np) * es + 1); /* the dense passes' dy */
+    if (!qof || !psum || !dyc || ((dxv || dwv) && !reserve_both(ctx, &g, o, es))) goto done;
+    for (int64_t q = 0; q < g.ho * L.wr; q++) qof[q] = (int32_t)(q / L.wr * g.wo + q % L.wr);
+    int64_t nact = 0; /* the values reaching the convolution */
+    int bad = 0;      /* in the dense passes' terms, 0 times a value that is not finite */
+    TGI_FLOAT_DISPATCH(x->dtype, {
+        const T *dy = dyv, *y = c->out->data, *wd = w->data;
+        for (int64_t pl = 0; pl < g.n * o; pl++) { /* in 4 interleaved sums */
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+            int64_t q = pl * pn;
+            for (; q + 4 <= (pl + 1) * pn; q += 4)
+                s0 += RP_TERM(0), s1 += RP_TERM(1), s2 += RP_TERM(2), s3 += RP_TERM(3);
+            for (; q < (pl + 1) * pn; q++) s0 += RP_TERM(0);
+            psum[pl] = (s0 + s1) + (s2 + s3);
+        }
+        for (int64_t q = 0; q < c->out->numel; q++) nact += y[q] > 0;
+        for (int64_t i = 0; i < w->numel; i++) bad |= !(wd[i] - wd[i] == 0);
+    });
+    if (dwv && !bad) bad = (es == 4 ? nonfinite32(x->data, x->numel) : nonfinite64(x->data, x->numel)) > 0;
+    const int64_t cp = round_up(g.c, (int64_t)(D_VB / es));
+    if ((dxv || dwv) && !bad && nact * cp * SP_COST <= g.n * o * np * g.c) {
+        const sjob pooled = {.pool = k, .pn = pn, .py = c->out->data, .parg = arg, .qof = qof};
+        if (conv2d_bwd_sparse(ctx, x, w, dyv, dwv, dxv, !fresh, &g, &pooled) != 0) goto done;
+    } else if (dwv && !dxv) { /* K2's transposed dy made from the pool's */
+        const djob pooled = {.pool = k, .pn = pn, .py = c->out->data, .parg = arg};
+        if (conv2d_dw_direct(ctx, x, w, dyv, dwv, NULL, &g, &pooled) != 0) goto done;
+    } else if (dxv || dwv) {
+        memset(dyc, 0, (size_t)(g.n * o * np) * es);
+        TGI_FLOAT_DISPATCH(x->dtype, {
+            const T *dy = dyv, *y = c->out->data;
+            T *d = dyc;
+            for (int64_t pl = 0; pl < g.n * o; pl++) /* (the windows do not overlap) */
+                for (int64_t q = pl * pn; q < (pl + 1) * pn; q++)
+                    d[pl * np + qof[arg[q]]] = y[q] > 0 ? dy[q] : 0;
+        });
+        if (dxv && conv2d_dx_direct(ctx, w, dyc, dxv, !fresh, &g) != 0) goto done;
+        if (dwv && conv2d_dw_direct(ctx, x, w, dyc, dwv, NULL, &g, NULL) != 0) goto done;
+    }
+    if (dbv) TGI_FLOAT_DISPATCH(x->dtype, { DB_ADD((T *)dbv, psum, g.n, o); });
+done:
+    tgi_arena_rewind(ctx, mark);
 }

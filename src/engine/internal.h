@@ -444,5 +444,9 @@ tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
  * an error is recorded already (then the caller goes layer by layer, whose checks
  * say what is wrong), NULL with the error recorded when out of memory. */
 tg_tensor *tgi_mlp_tiny(tg_ctx *ctx, const tg_mlp *net, tg_tensor *x);
+/* (defined in ops/conv.c) relu(max_pool2d(conv2d(x, w, b, 1, padding), pool,
+ * pool)) as one node: tg_conv_relu_pool_forward's. Errors named after fn. */
+tg_tensor *tgi_conv2d_relu_pool(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                                tg_tensor *b, int padding, int pool);
 
 #endif /* TG_INTERNAL_H */

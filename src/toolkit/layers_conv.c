@@ -2,7 +2,8 @@
 /* layers_conv.c: the 2-D convolution layer (nn.Conv2d).
  *
  * A thin layer: tg_conv_forward is one tg_conv2d node, its backward comes
- * from the tape. Parameters are created under nn.Conv2d's names, in its
+ * from the tape; tg_conv_relu_pool_forward is the layer, relu and a max pool
+ * as one node (ops/conv.c). Parameters are created under nn.Conv2d's names, in its
  * layout ([out_ch,in_ch,k,k] and [out_ch]) and with its default
  * initialisation, so a state_dict moves between the two as it is:
  *   weight: kaiming_uniform_(a = sqrt(5)), i.e. gain sqrt(2 / (1 + 5)) and
@@ -57,4 +58,13 @@ tg_tensor *tg_conv_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x)
     if (!ctx || !tgi_layer_ready(ctx, "tg_conv_forward", "l", l, l ? l->weight : NULL))
         return NULL;
     return tg_conv2d(ctx, x, l->weight, l->bias, l->stride, l->padding);
+}
+
+tg_tensor *tg_conv_relu_pool_forward(tg_ctx *ctx, const tg_conv *l, tg_tensor *x, int pool)
+{
+    static const char fn[] = "tg_conv_relu_pool_forward";
+    if (!ctx || !tgi_layer_ready(ctx, fn, "l", l, l ? l->weight : NULL)) return NULL;
+    if (l->stride != 1)
+        return tg_max_pool2d(ctx, tg_relu(ctx, tg_conv_forward(ctx, l, x)), pool, pool);
+    return tgi_conv2d_relu_pool(ctx, fn, x, l->weight, l->bias, l->padding, pool);
 }

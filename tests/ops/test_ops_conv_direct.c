@@ -130,18 +130,31 @@ static double *values(const tg_tensor *t)
     return v;
 }
 
-static void check_f32(shp xs, shp ws, int p, const char *what)
+/* r [ys] drawn in [-1, 1), then all but one value in every `keep` set to 0
+ * (keep 1: dense) */
+static tg_tensor *loss_weights(tg_ctx *c, shp ys, int keep)
+{
+    tg_tensor *r = rnd(c, TG_F32, ys, -1, 1);
+    for (int64_t i = 0; i < tg_numel(r); i++)
+        if ((i * 7 + i / 5) % keep) set_at(r, i, 0);
+    return r;
+}
+
+/* y, dx, dw, db of y = conv2d(x, w, b, 1, p) and the loss sum(r * y) against
+ * the definition; r keeps one value in `keep` (the rest 0: a sparse dy takes
+ * the scatter path); gx, gw: whether x and w require gradients */
+static void check_f32_with(shp xs, shp ws, int p, int keep, int gx, int gw, const char *what)
 {
     tg_ctx *c = tg_ctx_new(9);
     tg_tensor *x = rnd(c, TG_F32, xs, -1, 1), *w = rnd(c, TG_F32, ws, -0.5, 0.5);
     tg_tensor *b = rand1(c, TG_F32, ws.shape[0], -1, 1);
-    tg_set_requires_grad(x, 1);
-    tg_set_requires_grad(w, 1);
+    tg_set_requires_grad(x, gx);
+    tg_set_requires_grad(w, gw);
     tg_set_requires_grad(b, 1);
     tg_tensor *y = tg_conv2d(c, x, w, b, 1, p);
     cr_assert_not_null(y, "%s: %s", what, tg_errmsg(c));
     shp ys = {4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2), tg_dim(y, 3)}};
-    tg_tensor *r = rnd(c, TG_F32, ys, -1, 1);
+    tg_tensor *r = loss_weights(c, ys, keep);
     tg_backward(c, tg_sum(c, tg_mul(c, y, r)));
     cr_assert(tg_ok(c), "%s: %s", what, tg_errmsg(c));
     double *xv = values(x), *wv = values(w), *bv = values(b), *rv = values(r);
@@ -152,11 +165,18 @@ static void check_f32(shp xs, shp ws, int p, const char *what)
     cr_assert(yr && dx && dw && db);
     reference(&xs, &ws, p, xv, wv, bv, rv, yr, dx, dw, db);
     expect_close(y, yr, 0, 1e-5, what, "y");
-    expect_close(x, dx, 1, 1e-5, what, "dx");
-    expect_close(w, dw, 1, 1e-5, what, "dw");
+    if (gx) expect_close(x, dx, 1, 1e-5, what, "dx");
+    else cr_assert_null(tg_grad(x), "%s: x needs no gradient", what);
+    if (gw) expect_close(w, dw, 1, 1e-5, what, "dw");
+    else cr_assert_null(tg_grad(w), "%s: w needs no gradient", what);
     expect_close(b, db, 1, 1e-5, what, "db");
     free(xv), free(wv), free(bv), free(rv), free(yr), free(dx), free(dw), free(db);
     tg_ctx_free(c);
+}
+
+static void check_f32(shp xs, shp ws, int p, const char *what)
+{
+    check_f32_with(xs, ws, p, 1, 1, 1, what);
 }
 
 Test(conv_direct_f32, the_examples_layers)
@@ -173,22 +193,125 @@ Test(conv_direct_f32, odd_geometries)
     check_f32((shp){4, {2, 4, 6, 5}}, (shp){4, {5, 4, 6, 5}}, 0, "kernel = input");
 }
 
+/* ---- a sparse dy: the scatter path -------------------------------------- */
+
+/* Behind a max pool most of dy is 0; with few enough nonzero values (below a
+ * third of the channels' share of a vector: 16 f32 channels at 1 in 4, 5 at 1
+ * in 16) backward visits only those */
+Test(conv_direct_sparse, f32_against_the_definition)
+{
+    static const struct {
+        shp xs, ws;
+        int p, keep, gx, gw;
+        const char *what;
+    } cases[] = {
+        {{4, {3, 16, 14, 14}}, {4, {32, 16, 5, 5}}, 2, 4, 1, 1, "conv2 of cnn_classifier, 1 in 4"},
+        {{4, {2, 5, 12, 12}}, {4, {7, 5, 3, 3}}, 1, 16, 1, 1, "3x3 pad 1, 5 channels, 1 in 16"},
+        {{4, {1, 20, 9, 7}}, {4, {6, 20, 4, 2}}, 1, 9, 1, 1, "4x2, 20 channels (2 vectors), 1 in 9"},
+        {{4, {2, 16, 6, 5}}, {4, {5, 16, 6, 5}}, 0, 8, 1, 1, "kernel = input, 1 in 8"},
+        {{4, {3, 16, 14, 14}}, {4, {32, 16, 5, 5}}, 2, 4, 0, 1, "dw only, 1 in 4"},
+        {{4, {3, 16, 14, 14}}, {4, {32, 16, 5, 5}}, 2, 4, 1, 0, "dx only, 1 in 4"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        check_f32_with(cases[k].xs, cases[k].ws, cases[k].p, cases[k].keep, cases[k].gx,
+                       cases[k].gw, cases[k].what);
+}
+
+typedef struct {
+    int padding, pool;
+} conv_pool_args;
+
+/* max_pool2d(conv2d(x, w, b, 1, padding), pool, pool): the conv's dy is 0
+ * outside each window's maximum */
+static tg_tensor *conv_pool_fn(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    const conv_pool_args *a = user;
+    return tg_max_pool2d(c, tg_conv2d(c, in[0], in[1], in[2], 1, a->padding), a->pool, a->pool);
+}
+
+/* sum(r * conv2d(x, w, b, 1, 1)) with r [2,3,5,5] (in[3]) dense: a scalar
+ * output, so the gradient check's dy is r, not one element at a time */
+static tg_tensor *conv_dense_loss_fn(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tg_sum(c, tg_mul(c, tg_conv2d(c, in[0], in[1], in[2], 1, 1), in[3]));
+}
+
+Test(conv_direct_sparse, f64_gradients_behind_a_max_pool_and_dense)
+{
+    tg_ctx *c = tg_ctx_new(8);
+    /* 8 channels (one vector of doubles), 1 in 4 nonzero; 3 channels, 1 in 9 */
+    tg_tensor *in[3] = {rnd(c, TG_F64, (shp){4, {2, 8, 6, 6}}, -1, 1),
+                        rnd(c, TG_F64, (shp){4, {3, 8, 3, 3}}, -1, 1), rand1(c, TG_F64, 3, -1, 1)};
+    conv_pool_args a = {1, 2};
+    gradcheck_ok(c, conv_pool_fn, &a, in, 3, "8 channels, pool 2");
+    assert_grads_nonzero(c, conv_pool_fn, &a, in, 3, LOSS_SUM_W, "8 channels, pool 2");
+    tg_tensor *in3[3] = {rnd(c, TG_F64, (shp){4, {1, 3, 7, 6}}, -1, 1),
+                         rnd(c, TG_F64, (shp){4, {4, 3, 2, 3}}, -1, 1), rand1(c, TG_F64, 4, -1, 1)};
+    conv_pool_args b = {1, 3};
+    gradcheck_ok(c, conv_pool_fn, &b, in3, 3, "3 channels, pool 3");
+    /* the dense path, in float64 too */
+    tg_tensor *in4[4] = {rnd(c, TG_F64, (shp){4, {2, 3, 5, 5}}, -1, 1),
+                         rnd(c, TG_F64, (shp){4, {3, 3, 3, 3}}, -1, 1), rand1(c, TG_F64, 3, -1, 1),
+                         rnd(c, TG_F64, (shp){4, {2, 3, 5, 5}}, 0.5, 1.5)};
+    gradcheck_ok(c, conv_dense_loss_fn, NULL, in4, 4, "dense dy");
+    tg_ctx_free(c);
+}
+
+/* an infinite x: every dy of its image is visited (0 times inf is NaN, as in
+ * the dense sums), so dw is NaN or infinite exactly where the definition's is */
+Test(conv_direct_sparse, an_infinite_x_gives_the_definitions_nans)
+{
+    tg_ctx *c = tg_ctx_new(4);
+    const shp xs = {4, {2, 16, 6, 6}}, ws = {4, {4, 16, 3, 3}};
+    tg_tensor *x = rnd(c, TG_F32, xs, -1, 1), *w = rnd(c, TG_F32, ws, -0.5, 0.5);
+    tg_tensor *b = rand1(c, TG_F32, 4, -1, 1);
+    set_at(x, 16 * 36 + 3 * 36 + 14, INFINITY); /* image 1, channel 3, (2, 2) */
+    tg_set_requires_grad(x, 1);
+    tg_set_requires_grad(w, 1);
+    tg_tensor *y = tg_conv2d(c, x, w, b, 1, 1);
+    cr_assert_not_null(y, "%s", tg_errmsg(c));
+    const shp ys = {4, {2, 4, 6, 6}};
+    tg_tensor *r = loss_weights(c, ys, 8);
+    tg_backward(c, tg_sum(c, tg_mul(c, y, r)));
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    double *xv = values(x), *wv = values(w), *bv = values(b), *rv = values(r);
+    double yr[2 * 4 * 36], dx[2 * 16 * 36], dw[4 * 16 * 9], db[4];
+    reference(&xs, &ws, 1, xv, wv, bv, rv, yr, dx, dw, db);
+    int nans = 0;
+    for (int64_t i = 0; i < 4 * 16 * 9; i++) {
+        const double v = grad_at(w, i);
+        nans += isnan(dw[i]);
+        if (isfinite(dw[i]))
+            cr_assert(fabs(v - dw[i]) <= 1e-4, "dw[%lld] = %g, expected %g", (long long)i, v, dw[i]);
+        else
+            cr_assert(isnan(dw[i]) ? isnan(v) : v == dw[i], "dw[%lld] = %g, expected %g",
+                      (long long)i, v, dw[i]);
+    }
+    cr_assert(nans > 0, "the case has 0 times inf in it");
+    expect_close(x, dx, 1, 1e-5, "an infinite x", "dx");
+    free(xv), free(wv), free(bv), free(rv);
+    tg_ctx_free(c);
+}
+
 /* ---- threads -------------------------------------------------------------- */
 
 /* y, dx, dw and db of a direct conv over 20 images (three runs of the weight
- * gradient's image chunks) with nt threads, as one float array */
-static float *run_threads(int nt, size_t *bytes)
+ * gradient's image chunks) with nt threads, as one float array; dy keeps 1
+ * value in `keep` */
+static float *run_threads(int nt, int keep, size_t *bytes)
 {
     tg_ctx *c = tg_ctx_new(13);
     tg_set_threads(c, nt);
-    tg_tensor *in[3] = {rnd(c, TG_F32, (shp){4, {20, 6, 9, 11}}, -1, 1),
-                        rnd(c, TG_F32, (shp){4, {12, 6, 3, 3}}, -0.3, 0.3),
+    const int64_t ch = keep > 1 ? 16 : 6; /* 16 channels: a dy of 1 in keep takes the scatter path */
+    tg_tensor *in[3] = {rnd(c, TG_F32, (shp){4, {20, ch, 9, 11}}, -1, 1),
+                        rnd(c, TG_F32, (shp){4, {12, ch, 3, 3}}, -0.3, 0.3),
                         rand1(c, TG_F32, 12, -1, 1)};
     for (int k = 0; k < 3; k++) tg_set_requires_grad(in[k], 1);
     tg_tensor *y = tg_conv2d(c, in[0], in[1], in[2], 1, 1);
     cr_assert_not_null(y, "%s", tg_errmsg(c));
     shp ys = {4, {tg_dim(y, 0), tg_dim(y, 1), tg_dim(y, 2), tg_dim(y, 3)}};
-    tg_backward(c, tg_sum(c, tg_mul(c, y, rnd(c, TG_F32, ys, -1, 1))));
+    tg_backward(c, tg_sum(c, tg_mul(c, y, loss_weights(c, ys, keep))));
     cr_assert(tg_ok(c), "%s", tg_errmsg(c));
     const tg_tensor *parts[4] = {y, in[0], in[1], in[2]};
     size_t n = 0;
@@ -206,15 +329,18 @@ static float *run_threads(int nt, size_t *bytes)
 
 Test(conv_direct_threads, same_bits_for_1_2_and_3_threads)
 {
-    size_t n1, n;
-    float *one = run_threads(1, &n1);
-    for (int nt = 2; nt <= 3; nt++) {
-        float *more = run_threads(nt, &n);
-        cr_assert_eq(n, n1);
-        cr_assert_eq(memcmp(one, more, n), 0, "results differ between 1 and %d threads", nt);
-        free(more);
+    for (int keep = 1; keep <= 4; keep += 3) { /* a dense dy, then 1 in 4 (the scatter path) */
+        size_t n1, n;
+        float *one = run_threads(1, keep, &n1);
+        for (int nt = 2; nt <= 3; nt++) {
+            float *more = run_threads(nt, keep, &n);
+            cr_assert_eq(n, n1);
+            cr_assert_eq(memcmp(one, more, n), 0, "dy 1 in %d: results differ between 1 and %d threads",
+                         keep, nt);
+            free(more);
+        }
+        free(one);
     }
-    free(one);
 }
 
 /* ---- 2x2 max pool, 8 windows at a time (f32) ------------------------------ */
