@@ -370,11 +370,13 @@ Test(fault_injection, every_allocation_of_a_step_a_save_a_load_and_the_loaders) 
  * with room enough it succeeds, and backward runs. */
 
 enum { A_CONV, A_MAXPOOL, A_AVGPOOL, A_LAYERNORM, A_BATCHNORM, A_DROPOUT, A_PERMUTE, A_SLICE,
-       A_CONCAT, A_EMBEDDING, A_BMM, A_LSTM, A_GRU, A_ATTENTION, A_COUNT };
+       A_CONCAT, A_EMBEDDING, A_BMM, A_LSTM, A_GRU, A_ATTENTION, A_CONV_RELU_POOL, A_MLP,
+       A_COUNT };
 static const char *const arena_fn[A_COUNT] = {
     "tg_conv2d", "tg_max_pool2d", "tg_avg_pool2d", "tg_layer_norm", "tg_batch_norm",
     "tg_dropout", "tg_permute", "tg_slice", "tg_concat", "tg_embedding", "tg_matmul",
-    "tg_lstm_cell", "tg_gru_cell", "tg_attention"};
+    "tg_lstm_cell", "tg_gru_cell", "tg_attention", "tg_conv_relu_pool_forward",
+    "tg_mlp_forward"};
 
 static tg_tensor *prm(tg_ctx *ctx, const char *name, int ndim, const int64_t *shape) {
     tg_tensor *t = tg_param(ctx, name, TG_F64, ndim, shape);
@@ -421,6 +423,16 @@ static tg_tensor *arena_op(tg_ctx *ctx, int op) {
         return tg_gru_cell(ctx, x2, h, tg_param_find(ctx, "wi3"), tg_param_find(ctx, "wh3"), NULL,
                            tg_param_find(ctx, "bh3"));
     case A_ATTENTION: return tg_attention(ctx, q, q, q, 1);
+    case A_CONV_RELU_POOL: { /* one node: conv 2->3 3x3 pad 1, relu, max pool 2 */
+        const tg_conv l = {w4, b, 2, 3, 3, 1, 1};
+        return tg_conv_relu_pool_forward(ctx, &l, x4, 2);
+    }
+    case A_MLP: { /* a small f32 network: one node */
+        tg_mlp m = {.n_layers = 2, .act = TG_ACT_TANH, .out_act = TG_ACT_SIGMOID};
+        m.layer[0] = (tg_dense){tg_param_find(ctx, "m0.w"), tg_param_find(ctx, "m0.b"), 4, 3};
+        m.layer[1] = (tg_dense){tg_param_find(ctx, "m1.w"), tg_param_find(ctx, "m1.b"), 3, 2};
+        return tg_mlp_forward(ctx, &m, tg_param_find(ctx, "xf"));
+    }
     }
     return NULL;
 }
@@ -450,6 +462,15 @@ Test(fault_injection, every_arena_growth_inside_the_second_round_ops) {
         prm(ctx, "bh3", 1, (int64_t[]){9});
         prm(ctx, "q", 4, (int64_t[]){2, 2, 5, 3});
         prm(ctx, "qt", 4, (int64_t[]){2, 2, 3, 5});
+        const char *f32_names[5] = {"xf", "m0.w", "m0.b", "m1.w", "m1.b"};
+        const int64_t f32_shapes[5][2] = {{6, 4}, {3, 4}, {3, 0}, {2, 3}, {2, 0}};
+        for (int k = 0; k < 5; k++) {
+            tg_tensor *t = tg_param(ctx, f32_names[k], TG_F32, f32_shapes[k][1] ? 2 : 1,
+                                    f32_shapes[k]);
+            cr_assert_not_null(t, "%s", tg_errmsg(ctx));
+            for (int64_t i = 0; i < tg_numel(t); i++)
+                ((float *)tg_data(t))[i] = 0.1f * (float)((i * 5) % 7) - 0.3f;
+        }
         /* what the op takes from the arena */
         tg_mem_stats st;
         reset_with_idx(ctx);
