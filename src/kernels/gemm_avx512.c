@@ -9,7 +9,8 @@
  *        12 broadcasts, 24 FMAs. The narrow tile wastes less on n = 10.
  *   blocked path: 6 rows x 4 zmm (f32 6 x 64, f64 6 x 32), + 4 + 1 = 29 registers;
  *        per k step 4 loads, 6 broadcasts, 24 FMAs: 10 loads per 24 FMAs instead of
- *        14, 3-8% faster at n = 1024 on Sapphire Rapids (docs/gemm.md).
+ *        14, 3-8% faster at n = 1024 on Sapphire Rapids (docs/gemm.md); also on the
+ *        direct path where it pads no more columns (gemm.c's direct_wide).
  *   thin products (n <= 16 f32, n <= 8 f64; both paths): 16 rows x 1 zmm, 16
  *        accumulators; n = 10 fills 10 of 16 lanes instead of 10 of 32 (f32 C[m,10]:
  *        1.3-1.5x faster).

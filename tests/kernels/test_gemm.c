@@ -299,6 +299,16 @@ Test(gemm, fused_packing_shapes)
     check_shapes(sparse, (int)(sizeof sparse / sizeof sparse[0]), 1, 1);
 }
 
+/* The direct path on the blocked path's wide tile (AVX-512: more rows than one
+ * narrow tile and whole wide panels): an MLP layer's 64 x 784 x 64 (k in 96-deep
+ * blocks), and 27 rows (four 6-row tiles, then 2 + 1) by 192 columns over three k
+ * blocks. */
+Test(gemm, direct_wide_tile_shapes)
+{
+    static const int64_t shapes[][3] = {{64, 64, 784}, {27, 192, 200}};
+    check_shapes(shapes, (int)(sizeof shapes / sizeof shapes[0]), 1, 0);
+}
+
 /* Two threads (the shapes are above the size where gemm starts a second thread):
  * direct path split along n, blocked path split along m. */
 Test(gemm, two_threads_are_correct)
@@ -327,6 +337,7 @@ Test(gemm, threads_bit_identical)
     static const int64_t shapes[][3] = {
         {70, 400, 80}, {400, 70, 80}, {80, 100, 300}, /* blocked: split n, m, m; 2 k blocks */
         {40, 600, 100}, {3000, 10, 80},               /* direct: split n, m */
+        {60, 1024, 200},                              /* direct, wide tile: split n */
     };
     tg_gemm_ws *ws = tgi_gemm_ws_new(test_alloc, NULL);
     for (int kn = 0; kn < NKERNELS; kn++) {
