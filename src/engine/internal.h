@@ -430,5 +430,11 @@ void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const vo
  * place. Errors are named after fn (the public caller). */
 tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
                          tg_act act);
+/* (defined in ops/attention.c) Multi-head self-attention read from the fused
+ * projection: qkv [B*T,3E] (queries, keys, values side by side, H heads of E/H
+ * columns each) -> [B*T,E], the heads side by side; no split or merge copies.
+ * Errors are named after fn. */
+tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64_t b, int64_t h,
+                              int causal);
 
 #endif /* TG_INTERNAL_H */
