@@ -407,6 +407,84 @@ static void linear_backward(tg_op_call *c)
 }
 
 /* ======================================================================== */
+/* tgi_linear_residual                                                       */
+/* ======================================================================== */
+
+/* y = r + (x W^T + b), one node: tgi_linear_wt's product, then the bias and the
+ * residual in one pass, y[i,j] = r[i,j] + (p[i,j] + b[j]): the bits of
+ * tg_add(r, tgi_linear_wt(x, W, b)) without the add's sweep and output. x [m,in],
+ * W [out,in], b [out], r any shape of m*out elements (read as [m,out] rows).
+ * Backward: the linear node's dW, dx, db from dy, and dr += dy (a copy when dr is
+ * new). Saves nothing. */
+TGI_OP(linear_residual);
+
+tg_tensor *tgi_linear_residual(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                               tg_tensor *b, tg_tensor *r)
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b) || !tgi_check_float_arg(ctx, fn, "r", r, x)) return NULL;
+    if (!b) {
+        tg_set_error(ctx, "%s: the residual layer needs a bias b", fn);
+        return NULL;
+    }
+    if (x->ndim != 2 || w->ndim != 2 || b->ndim != 1 || x->shape[1] != w->shape[1] ||
+        b->shape[0] != w->shape[0] || r->numel != x->shape[0] * w->shape[0]) {
+        char sx[64], sw[64], sb[64], sr[64];
+        tg_set_error(ctx, "%s: need x [m,in], w [out,in], b [out] and r of m*out elements: x is "
+                          "%s, w is %s, b is %s, r is %s", fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw),
+                     TGI_SHAPE(b, sb), TGI_SHAPE(r, sr));
+        return NULL;
+    }
+    const int64_t shape[2] = {x->shape[0], w->shape[0]};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[4] = {x, w, b, r};
+    const tgi_attr at = {.i = {(int64_t)TG_ACT_NONE, 1}}; /* what linear_backward reads */
+    return tgi_op_run(ctx, &op_linear_residual, out, in, 4, &at, sizeof at);
+}
+
+typedef struct {
+    tg_dtype dt;
+    int64_t n; /* row length of y */
+    void *y;
+    const void *b, *r;
+} residual_job;
+
+/* y[lo:hi] = r + (y + b) over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_residual(void *arg, int64_t lo, int64_t hi)
+{
+    const residual_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y;
+        const T *bd = j->b, *rd = j->r;
+        for (int64_t i = lo; i < hi;) {
+            const int64_t j0 = i % j->n, len = j->n - j0 < hi - i ? j->n - j0 : hi - i;
+            T *restrict yr = y + i;
+            const T *restrict rr = rd + i, *restrict br = bd + j0;
+            for (int64_t q = 0; q < len; q++) yr[q] = rr[q] + (yr[q] + br[q]);
+            i += len;
+        }
+    });
+}
+
+static int linear_residual_forward(tg_op_call *c)
+{
+    const tg_tensor *x = c->in[0];
+    if (linear_fwd(c->ctx, c->out, x, c->in[1], NULL, TG_ACT_NONE, 1) != 0) return -1;
+    KIT_PAR_RUN(c->ctx, c->out->numel, linear_bias_residual,
+                &(residual_job){x->dtype, c->out->shape[1], c->out->data, c->in[2]->data,
+                                c->in[3]->data});
+    return 0;
+}
+
+/* d(r + x W^T + b)/dr = 1; the rest is the linear node's */
+static void linear_residual_backward(tg_op_call *c)
+{
+    linear_backward(c); /* in[0..2] and the attributes as a linear node's */
+    if (tg_ok(c->ctx)) tgi_pass_grad(c, 3);
+}
+
+/* ======================================================================== */
 /* batched tg_matmul                                                         */
 /* ======================================================================== */
 

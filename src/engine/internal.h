@@ -436,5 +436,13 @@ tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w
  * Errors are named after fn. */
 tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64_t b, int64_t h,
                               int causal);
+/* (ops/matmul.c) tgi_linear_wt's node plus a residual: x [m,in], w [out,in],
+ * b [out], r of m*out elements (read as [m,out]) -> r + (x w^T + b) [m,out], the
+ * bits of tg_add(r, tgi_linear_wt(x, w, b)) without the add's pass and copy. */
+tg_tensor *tgi_linear_residual(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                               tg_tensor *b, tg_tensor *r);
+/* (ops/shape.c) x's elements under shape (ndim 1..4, the same count) sharing x's
+ * data: no copy, so only for tensors nothing writes into; dx += dy. */
+tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape);
 
 #endif /* TG_INTERNAL_H */

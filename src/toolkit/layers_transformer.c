@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* layers_transformer.c: the pre-layer-norm transformer block.
  *
- * A block is made of ops only (layer norm, dense layers, reshape, the fused
- * self-attention, GELU, add); its backward comes from the tape.
+ * A block is made of ops only (layer norm, dense layers, the fused
+ * self-attention, GELU, dense layers with the residual add fused in, views);
+ * its backward comes from the tape.
  * Names, initialisation and arithmetic follow PyTorch's
  * nn.TransformerEncoderLayer(norm_first=True, activation="gelu",
  * batch_first=True, dropout=0); see docs/nn.md. */
@@ -117,8 +118,8 @@ tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block 
     const int64_t b = x->shape[0], t = x->shape[1], e = blk->d_model, h = blk->n_heads;
     const int64_t rows_e[2] = {b * t, e}, bte[3] = {b, t, e};
 
-    /* the residual stream as [B*T,E] rows from here on (a reshape is a copy) */
-    tg_tensor *xr = tg_reshape(ctx, x, 2, rows_e);
+    /* the residual stream as [B*T,E] rows from here on (a view of x: no copy) */
+    tg_tensor *xr = tgi_view(ctx, fn, x, 2, rows_e);
 
     /* attention: x + out_proj(attention(ln1(x))) */
     tg_tensor *a = tg_layernorm_forward(ctx, &blk->norm1, xr);
@@ -126,13 +127,15 @@ tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block 
     /* the heads of q, k and v read where in_proj wrote them, the output written
      * as out_proj reads it (PyTorch's head split and merge, without copies) */
     tg_tensor *att = tgi_self_attention(ctx, fn, qkv, b, h, causal);
-    tg_tensor *x1 = tg_add(ctx, xr, tg_dense_forward(ctx, &blk->out_proj, att, TG_ACT_NONE));
+    /* out_proj and the residual add in one node (the bits of tg_add(xr, out_proj(att))) */
+    tg_tensor *x1 = tgi_linear_residual(ctx, fn, att, blk->out_proj.weight, blk->out_proj.bias,
+                                        xr);
 
     /* MLP: x1 + linear2(gelu(linear1(ln2(x1)))) */
     tg_tensor *m = tg_layernorm_forward(ctx, &blk->norm2, x1);
-    m = tg_dense_forward(ctx, &blk->linear1, m, TG_ACT_NONE);
-    m = tg_dense_forward(ctx, &blk->linear2, tg_gelu(ctx, m), TG_ACT_NONE);
-    return tg_reshape(ctx, tg_add(ctx, x1, m), 3, bte);
+    m = tg_gelu(ctx, tg_dense_forward(ctx, &blk->linear1, m, TG_ACT_NONE));
+    tg_tensor *y = tgi_linear_residual(ctx, fn, m, blk->linear2.weight, blk->linear2.bias, x1);
+    return tgi_view(ctx, fn, y, 3, bte);
 }
 
 int tg_transformer_block_params(const tg_transformer_block *blk, tg_tensor **out, int cap)

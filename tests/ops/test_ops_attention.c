@@ -366,16 +366,20 @@ static uint64_t run_hashed(tg_ctx *c, int threads, int causal)
     return h;
 }
 
-Test(attention, same_bits_for_one_and_two_threads)
+/* run(ctx, threads, causal) hashes the same bits on fresh contexts of one seed
+ * for 1 and 2 threads, causal and not */
+static void assert_same_bits_1_2(uint64_t (*run)(tg_ctx *, int, int), uint64_t seed)
 {
     for (int causal = 0; causal < 2; causal++) {
-        tg_ctx *c1 = tg_ctx_new(99), *c2 = tg_ctx_new(99);
-        uint64_t h1 = run_hashed(c1, 1, causal), h2 = run_hashed(c2, 2, causal);
+        tg_ctx *c1 = tg_ctx_new(seed), *c2 = tg_ctx_new(seed);
+        uint64_t h1 = run(c1, 1, causal), h2 = run(c2, 2, causal);
         cr_assert_eq(h1, h2, "causal %d: 1 thread %016llx, 2 threads %016llx", causal,
                      (unsigned long long)h1, (unsigned long long)h2);
         tg_ctx_free(c1), tg_ctx_free(c2);
     }
 }
+
+Test(attention, same_bits_for_one_and_two_threads) { assert_same_bits_1_2(run_hashed, 99); }
 
 Test(attention, no_grad_mode_records_nothing_and_gives_the_same_values)
 {
@@ -570,13 +574,7 @@ static uint64_t sa_hashed(tg_ctx *c, int threads, int causal)
 
 Test(attention, self_attention_same_bits_for_one_and_two_threads)
 {
-    for (int causal = 0; causal < 2; causal++) {
-        tg_ctx *c1 = tg_ctx_new(7), *c2 = tg_ctx_new(7);
-        uint64_t h1 = sa_hashed(c1, 1, causal), h2 = sa_hashed(c2, 2, causal);
-        cr_assert_eq(h1, h2, "causal %d: 1 thread %016llx, 2 threads %016llx", causal,
-                     (unsigned long long)h1, (unsigned long long)h2);
-        tg_ctx_free(c1), tg_ctx_free(c2);
-    }
+    assert_same_bits_1_2(sa_hashed, 7);
 }
 
 Test(attention, self_attention_bad_arguments)
