@@ -485,6 +485,116 @@ static void linear_residual_backward(tg_op_call *c)
 }
 
 /* ======================================================================== */
+/* tgi_linear_gelu                                                           */
+/* ======================================================================== */
+
+/* y = gelu(x W^T + b), one node: tgi_linear_wt's product, then the bias and
+ * F.gelu (the erf form) in one sweep, the bits of tg_gelu(tgi_linear_wt(x, W, b)).
+ * x [m,in], W [out,in], b [out]. Saves gelu's derivative d = Phi(p) + p phi(p) at
+ * the pre-activation p ([m,out], tg_scratch), as tg_gelu does. Backward:
+ *   d_pre = dy * d,  db += colsum(d_pre) (in the same sweep, in double, rows in
+ *   order: tgi_colsum_acc's bits),  then dW and dx as the linear node's from d_pre.
+ * The gelu node's output, its gradient buffer and one sweep each way are not made. */
+TGI_OP(linear_gelu);
+
+#define V_GELU_PRE(y, d, x, n)                                                          \
+    _Generic((y), float *: tgi_vgelu_f32, double *: tgi_vgelu_f64)(y, d, x, n)
+
+tg_tensor *tgi_linear_gelu(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b)
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
+    if (!b || x->ndim != 2 || w->ndim != 2 || b->ndim != 1 || x->shape[1] != w->shape[1] ||
+        b->shape[0] != w->shape[0]) {
+        char sx[64], sw[64], sb[64];
+        tg_set_error(ctx, "%s: need x [m,in], w [out,in] and b [out]: x is %s, w is %s, b is %s",
+                     fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw), b ? TGI_SHAPE(b, sb) : "NULL");
+        return NULL;
+    }
+    const int64_t shape[2] = {x->shape[0], w->shape[0]};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[3] = {x, w, b};
+    const tgi_attr at = {.i = {(int64_t)TG_ACT_NONE, 1}}; /* what linear_backward reads */
+    return tgi_op_run(ctx, &op_linear_gelu, out, in, 3, &at, sizeof at);
+}
+
+typedef struct {
+    tg_dtype dt;
+    int64_t n;        /* row length */
+    void *y, *d;      /* forward: y in place, d the derivative (or NULL) */
+    const void *b;
+} gelu_job;
+
+/* y[lo:hi] = gelu(y + b), d = gelu' there, over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_gelu(void *arg, int64_t lo, int64_t hi)
+{
+    const gelu_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y, *d = j->d;
+        const T *bd = j->b;
+        for (int64_t i = lo; i < hi;) {
+            const int64_t j0 = i % j->n, len = j->n - j0 < hi - i ? j->n - j0 : hi - i;
+            T *restrict yr = y + i;
+            const T *restrict br = bd + j0;
+            for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+            V_GELU_PRE(yr, d ? d + i : NULL, yr, len);
+            i += len;
+        }
+    });
+}
+
+static int linear_gelu_forward(tg_op_call *c)
+{
+    const tg_tensor *x = c->in[0];
+    void *d = NULL;
+    if (c->out->numel > 0 && tgi_recorded(c)) {
+        d = tg_scratch(c->ctx, tgi_bytes(c->out));
+        if (!d) return -1;
+    }
+    c->saved = d;
+    if (linear_fwd(c->ctx, c->out, x, c->in[1], NULL, TG_ACT_NONE, 1) != 0) return -1;
+    KIT_PAR_RUN(c->ctx, c->out->numel, linear_bias_gelu,
+                &(gelu_job){x->dtype, c->out->shape[1], c->out->data, d, c->in[2]->data});
+    return 0;
+}
+
+/* d gelu(p)/dp = d (saved); then the linear node's gradients of d_pre */
+static void linear_gelu_backward(tg_op_call *c)
+{
+    tg_tensor *b = c->in[2];
+    const void *dy = tg_grad(c->out);
+    if (!dy || c->out->numel == 0) return;
+    const int64_t m = c->out->shape[0], n = c->out->shape[1];
+    void *dpre = tg_scratch(c->ctx, tgi_bytes(c->out));
+    double *acc = tgi_needs_grad(b) ? tg_scratch(c->ctx, (size_t)n * sizeof(double)) : NULL;
+    if (!dpre || (tgi_needs_grad(b) && !acc)) return;
+    void *db = acc ? tg_grad_acc(b) : NULL;
+    if (acc && !db) return;
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        const T *restrict g = dy, *restrict dd = c->saved;
+        T *restrict dp = dpre;
+        for (int64_t j = 0; acc && j < n; j++) acc[j] = 0;
+        for (int64_t i = 0; i < m; i++) {
+            T *restrict pr = dp + i * n;
+            const T *restrict gr = g + i * n, *restrict dr = dd + i * n;
+            for (int64_t j = 0; j < n; j++) pr[j] = gr[j] * dr[j];
+            if (acc)
+                for (int64_t j = 0; j < n; j++) acc[j] += (double)pr[j];
+        }
+        T *restrict pdb = db;
+        for (int64_t j = 0; acc && j < n; j++) pdb[j] += (T)acc[j];
+    });
+    /* the linear node's backward without its bias, reading d_pre as its dy */
+    tg_tensor pre = *c->out;
+    pre.grad = dpre;
+    tg_op_call lc = *c;
+    lc.out = &pre;
+    lc.n_in = 2;
+    linear_backward(&lc);
+}
+
+/* ======================================================================== */
 /* batched tg_matmul                                                         */
 /* ======================================================================== */
 

@@ -441,6 +441,10 @@ tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64
  * bits of tg_add(r, tgi_linear_wt(x, w, b)) without the add's pass and copy. */
 tg_tensor *tgi_linear_residual(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
                                tg_tensor *b, tg_tensor *r);
+/* (ops/matmul.c) tgi_linear_wt's node with F.gelu after the bias: x [m,in],
+ * w [out,in], b [out] -> gelu(x w^T + b) [m,out], the bits of
+ * tg_gelu(tgi_linear_wt(x, w, b)) in one node (no separate gelu sweep). */
+tg_tensor *tgi_linear_gelu(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b);
 /* (ops/shape.c) x's elements under shape (ndim 1..4, the same count) sharing x's
  * data: no copy, so only for tensors nothing writes into; dx += dy. */
 tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape);

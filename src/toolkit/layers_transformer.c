@@ -133,7 +133,7 @@ tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block 
 
     /* MLP: x1 + linear2(gelu(linear1(ln2(x1)))) */
     tg_tensor *m = tg_layernorm_forward(ctx, &blk->norm2, x1);
-    m = tg_gelu(ctx, tg_dense_forward(ctx, &blk->linear1, m, TG_ACT_NONE));
+    m = tgi_linear_gelu(ctx, fn, m, blk->linear1.weight, blk->linear1.bias); /* one node */
     tg_tensor *y = tgi_linear_residual(ctx, fn, m, blk->linear2.weight, blk->linear2.bias, x1);
     return tgi_view(ctx, fn, y, 3, bte);
 }

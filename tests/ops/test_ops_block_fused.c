@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* tests/ops/test_ops_block_fused.c: the transformer block's internal fused nodes
- * besides attention (ops/matmul.c tgi_linear_residual, ops/shape.c tgi_view).
+ * besides attention (ops/matmul.c tgi_linear_residual and tgi_linear_gelu,
+ * ops/shape.c tgi_view).
  * Each: a double-precision gradient check through a random-weighted projection,
  * the bits of the composed ops it replaces (forward and gradients, also adding
  * into a gradient that exists), its errors with nothing recorded. */
@@ -9,7 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "internal.h" /* tgi_linear_residual, tgi_view */
+#include "internal.h" /* tgi_linear_residual, tgi_linear_gelu, tgi_view */
 #include "tapegrad.h"
 #include "tg_test.h"
 
@@ -29,23 +30,31 @@ static tg_tensor *fn_lr(tg_ctx *c, tg_tensor *const *in, void *user)
     return tg_sum(c, tg_mul(c, fn_lr_out(c, in, NULL), (tg_tensor *)user));
 }
 
+/* f64 gradient checks of a layer node fn (sum(w * out), fn_out its output) over
+ * m, in, out cases: inputs x [m,in], w [out,in], b [out], and with n_in 4 a
+ * residual r [1,m,out] */
+static void gradcheck_layer(tg_fn fn, tg_fn fn_out, int n_in, const int64_t (*cases)[3], int n)
+{
+    for (int ci = 0; ci < n; ci++) {
+        const int64_t m = cases[ci][0], k = cases[ci][1], o = cases[ci][2];
+        tg_tensor *in[4] = {rnd(ctx, TG_F64, (shp){2, {m, k}}, -1, 1),
+                            rnd(ctx, TG_F64, (shp){2, {o, k}}, -1, 1),
+                            rnd(ctx, TG_F64, (shp){1, {o}}, -1, 1),
+                            rnd(ctx, TG_F64, (shp){3, {1, m, o}}, -1, 1)};
+        tg_tensor *w = rnd(ctx, TG_F64, (shp){2, {m, o}}, 0.5, 1.5);
+        char what[64];
+        snprintf(what, sizeof what, "m %lld in %lld out %lld", (long long)m, (long long)k,
+                 (long long)o);
+        gradcheck_ok(ctx, fn, w, in, n_in, what);
+        assert_grads_nonzero(ctx, fn_out, NULL, in, n_in, LOSS_SUM_W, what);
+        tg_reset(ctx);
+    }
+}
+
 Test(block_fused, linear_residual_gradcheck)
 {
     static const int64_t cases[][3] = {{5, 3, 4}, {1, 1, 1}, {7, 6, 2}}; /* m, in, out */
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const int64_t m = cases[ci][0], k = cases[ci][1], n = cases[ci][2];
-        tg_tensor *in[4] = {rnd(ctx, TG_F64, (shp){2, {m, k}}, -1, 1),
-                            rnd(ctx, TG_F64, (shp){2, {n, k}}, -1, 1),
-                            rnd(ctx, TG_F64, (shp){1, {n}}, -1, 1),
-                            rnd(ctx, TG_F64, (shp){3, {1, m, n}}, -1, 1)};
-        tg_tensor *w = rnd(ctx, TG_F64, (shp){2, {m, n}}, 0.5, 1.5);
-        char what[64];
-        snprintf(what, sizeof what, "m %lld in %lld out %lld", (long long)m, (long long)k,
-                 (long long)n);
-        gradcheck_ok(ctx, fn_lr, w, in, 4, what);
-        assert_grads_nonzero(ctx, fn_lr_out, NULL, in, 4, LOSS_SUM_W, what);
-        tg_reset(ctx);
-    }
+    gradcheck_layer(fn_lr, fn_lr_out, 4, cases, 3);
 }
 
 /* The same bits as tg_add(r, tgi_linear_wt(x, w, b)), forward and backward, f32
@@ -94,6 +103,70 @@ Test(block_fused, linear_residual_bad_arguments)
                     "f32", NULL);
     assert_null_err(ctx, tgi_linear_residual(ctx, "tg_x", x, w, b, NULL), "tg_x", "argument r is NULL",
                     NULL);
+    cr_assert_eq(tg_tape_len(ctx), len, "a failing call recorded a node");
+    cr_assert_null(tg_grad(x), "a failing call left a gradient");
+}
+
+/* ---- tgi_linear_gelu ---------------------------------------------------- */
+
+static tg_tensor *fn_lg_out(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    (void)user;
+    return tgi_linear_gelu(c, "test", in[0], in[1], in[2]);
+}
+
+static tg_tensor *fn_lg(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    return tg_sum(c, tg_mul(c, fn_lg_out(c, in, NULL), (tg_tensor *)user));
+}
+
+Test(block_fused, linear_gelu_gradcheck)
+{
+    static const int64_t cases[][3] = {{5, 3, 4}, {1, 1, 1}, {3, 6, 9}}; /* m, in, out */
+    gradcheck_layer(fn_lg, fn_lg_out, 3, cases, 3);
+}
+
+/* The same bits as tg_gelu(tgi_linear_wt(x, w, b)), forward and backward, f32 and
+ * f64 (also with no gradient for x, and adding into gradients that exist). */
+Test(block_fused, linear_gelu_is_linear_then_gelu_bit_for_bit)
+{
+    for (int f = 0; f < 4; f++) {
+        const tg_dtype dt = f & 1 ? TG_F64 : TG_F32;
+        tg_tensor *in[3] = {rnd(ctx, dt, (shp){2, {37, 24}}, -2, 2),
+                            rnd(ctx, dt, (shp){2, {300, 24}}, -1, 1),
+                            rnd(ctx, dt, (shp){1, {300}}, -1, 1)};
+        tg_tensor *w = rnd(ctx, dt, (shp){2, {37, 300}}, 0.5, 1.5);
+        for (int i = f < 2 ? 0 : 1; i < 3; i++) tg_set_requires_grad(in[i], 1);
+        tg_tensor *y1 = fn_lg_out(ctx, in, NULL);
+        tg_tensor *y2 = tg_gelu(ctx, tgi_linear_wt(ctx, "test", in[0], in[1], in[2], TG_ACT_NONE));
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        cr_assert_eq(tg_hash(y1), tg_hash(y2), "case %d: forward bits differ", f);
+        uint64_t g2[3] = {0};
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y2, w)));
+        for (int i = f < 2 ? 0 : 1; i < 3; i++)
+            g2[i] = tg_hash(tg_from(ctx, dt, tg_ndim(in[i]), tg_shape(in[i]), tg_grad(in[i])));
+        for (int i = f < 2 ? 0 : 1; i < 3; i++)
+            memset(tg_grad(in[i]), 0, (size_t)tg_numel(in[i]) * (f & 1 ? 8 : 4));
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y1, w)));
+        for (int i = f < 2 ? 0 : 1; i < 3; i++)
+            cr_assert_eq(tg_hash(tg_from(ctx, dt, tg_ndim(in[i]), tg_shape(in[i]), tg_grad(in[i]))),
+                         g2[i], "case %d: gradient of input %d differs", f, i);
+        cr_assert(f < 2 || tg_grad(in[0]) == NULL, "x got a gradient it does not need");
+        tg_reset(ctx);
+    }
+}
+
+Test(block_fused, linear_gelu_bad_arguments)
+{
+    tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 3}}, -1, 1), *w = rnd(ctx, TG_F64, (shp){2, {5, 3}}, -1, 1);
+    tg_set_requires_grad(x, 1);
+    const int64_t len = tg_tape_len(ctx);
+    assert_null_err(ctx, tgi_linear_gelu(ctx, "tg_x", x, w, NULL), "tg_x", "b [out]", "b is NULL");
+    assert_null_err(ctx, tgi_linear_gelu(ctx, "tg_x", x, w, rnd(ctx, TG_F64, (shp){1, {4}}, -1, 1)),
+                    "tg_x", "b [out]", "b is [4]");
+    assert_null_err(ctx, tgi_linear_gelu(ctx, "tg_x", rnd(ctx, TG_F64, (shp){1, {3}}, -1, 1), w,
+                                         rnd(ctx, TG_F64, (shp){1, {5}}, -1, 1)),
+                    "tg_x", "x [m,in]", "x is [3]");
     cr_assert_eq(tg_tape_len(ctx), len, "a failing call recorded a node");
     cr_assert_null(tg_grad(x), "a failing call left a gradient");
 }
