@@ -559,6 +559,26 @@ static int linear_gelu_forward(tg_op_call *c)
     return 0;
 }
 
+/* d_pre [m,n] = g * d, and acc[j] = sum over rows i in order of d_pre[i,j] (in
+ * double) when acc is not NULL: rows of whole vectors */
+#define GELU_PRE_GRAD_FN(T, SUF)                                                       \
+    TGI_AVX512_CLONES static void gelu_pre_grad_##SUF(T *dp, const T *g, const T *d,   \
+                                                      double *acc, int64_t m, int64_t n) \
+    {                                                                                  \
+        for (int64_t j = 0; acc && j < n; j++) acc[j] = 0;                             \
+        for (int64_t i = 0; i < m; i++) {                                              \
+            T *restrict pr = dp + i * n;                                               \
+            const T *restrict gr = g + i * n, *restrict dr = d + i * n;                \
+            for (int64_t j = 0; j < n; j++) pr[j] = gr[j] * dr[j];                     \
+            if (acc) {                                                                 \
+                double *restrict ar = acc;                                             \
+                for (int64_t j = 0; j < n; j++) ar[j] += (double)pr[j];                \
+            }                                                                          \
+        }                                                                              \
+    }
+GELU_PRE_GRAD_FN(float, f32)
+GELU_PRE_GRAD_FN(double, f64)
+
 /* d gelu(p)/dp = d (saved); then the linear node's gradients of d_pre */
 static void linear_gelu_backward(tg_op_call *c)
 {
@@ -571,17 +591,11 @@ static void linear_gelu_backward(tg_op_call *c)
     if (!dpre || (tgi_needs_grad(b) && !acc)) return;
     void *db = acc ? tg_grad_acc(b) : NULL;
     if (acc && !db) return;
+    if (c->out->dtype == TG_F32)
+        gelu_pre_grad_f32(dpre, dy, c->saved, acc, m, n);
+    else
+        gelu_pre_grad_f64(dpre, dy, c->saved, acc, m, n);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
-        const T *restrict g = dy, *restrict dd = c->saved;
-        T *restrict dp = dpre;
-        for (int64_t j = 0; acc && j < n; j++) acc[j] = 0;
-        for (int64_t i = 0; i < m; i++) {
-            T *restrict pr = dp + i * n;
-            const T *restrict gr = g + i * n, *restrict dr = dd + i * n;
-            for (int64_t j = 0; j < n; j++) pr[j] = gr[j] * dr[j];
-            if (acc)
-                for (int64_t j = 0; j < n; j++) acc[j] += (double)pr[j];
-        }
         T *restrict pdb = db;
         for (int64_t j = 0; acc && j < n; j++) pdb[j] += (T)acc[j];
     });

@@ -153,16 +153,36 @@ tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape)
 /* ======================================================================== */
 
 /* y = x with a new shape of as many elements, its data x's own (no copy: the
- * tensor is a view, as PyTorch's x.view(shape)). dx += dy (a copy when dx is
- * new). Saves nothing. For the library's own graphs, where nothing writes into
- * x or y after the view is made (internal.h). Errors: ndim outside [1, 4], a
- * negative size, or another element count, naming both shapes. */
+ * tensor is a view, as PyTorch's x.view(shape)). dx += dy. Saves nothing. For the
+ * library's own graphs, where nothing writes into x or y after the view is made
+ * (internal.h). Errors: ndim outside [1, 4], a negative size, or another element
+ * count, naming both shapes.
+ * The gradient is shared too: when x is an op's output (not a leaf) with no
+ * gradient yet, dy's buffer becomes x's (no copy). Gradients only ever add, and
+ * only this node reads y's gradient, so the one buffer holds x's sum from then on
+ * (later terms of x land in it as well); a later backward over the same tape
+ * starts both from zero (as every non-leaf's), and finds the two gradients one
+ * buffer, already summed: nothing to pass. A leaf's gradient outlives a backward,
+ * so it gets a copy. */
 static int view_forward(tg_op_call *c)
 {
     (void)c; /* y's data is x's */
     return 0;
 }
-static const tg_op op_view = {"view", view_forward, tgi_pass_backward};
+
+static void view_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0];
+    void *dy = c->out->grad;
+    if (!dy || !tgi_needs_grad(x) || x->grad == dy)
+        return;
+    if (!x->grad && x->node >= 0 && !(x->flags & (TGI_PARAM | TGI_LEAF))) {
+        x->grad = dy;
+        return;
+    }
+    tgi_pass_grad(c, 0);
+}
+static const tg_op op_view = {"view", view_forward, view_backward};
 
 tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape)
 {

@@ -204,6 +204,47 @@ Test(block_fused, view_shares_data_and_passes_the_gradient)
         cr_assert_eq(grad_at(x, i), 2 * at(w, i), "dx[%lld]", (long long)i);
 }
 
+/* x (a parameter, a leaf, or an op's output: the view shares its gradient
+ * buffer) feeds a view and two other ops (one recorded before the view, one
+ * after); two backward passes over the same tape. The leaf's gradient is the sum
+ * of every term of both passes; the op output's, of the last pass (non-leaf
+ * gradients start from zero in each backward); and the leaf under the op output
+ * gets both passes, through the view's shared buffer. */
+Test(block_fused, view_gradient_with_other_uses_and_two_backward_passes)
+{
+    static const int64_t s[3] = {2, 3, 4};
+    for (int kind = 0; kind < 3; kind++) {
+        tg_tensor *x, *leaf = NULL;
+        if (kind == 0) {
+            const int64_t sx[2] = {6, 4};
+            x = tg_param(ctx, "view_x", TG_F64, 2, sx);
+            tg_fill_uniform(ctx, x, -1, 1);
+        } else {
+            x = leaf = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -1, 1);
+            tg_set_requires_grad(x, 1);
+            if (kind == 2) x = tg_scale(ctx, leaf, 0.5); /* an op's output */
+        }
+        const double passes = kind == 2 ? 1 : 2; /* passes summed in x's gradient */
+        tg_tensor *w = rnd(ctx, TG_F64, (shp){3, {2, 3, 4}}, 0.5, 1.5);
+        tg_tensor *before = tg_sum(ctx, tg_mul(ctx, x, x));                 /* d = 2 x */
+        tg_tensor *viewed = tg_sum(ctx, tg_mul(ctx, tgi_view(ctx, "test", x, 3, s), w)); /* d = w */
+        tg_tensor *after = tg_sum(ctx, tg_scale(ctx, x, 3.0));              /* d = 3 */
+        tg_tensor *loss = tg_add(ctx, tg_add(ctx, before, viewed), after);
+        tg_backward(ctx, loss);
+        tg_backward(ctx, loss);
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        for (int64_t i = 0; i < 24; i++) {
+            const double want = passes * (2 * at(x, i) + at(w, i) + 3);
+            cr_assert(fabs(grad_at(x, i) - want) <= 1e-12, "kind %d: dx[%lld] %.17g, want %.17g",
+                      kind, (long long)i, grad_at(x, i), want);
+            if (kind == 2) /* two passes reached the leaf, each through 0.5 x */
+                cr_assert(fabs(grad_at(leaf, i) - 2 * 0.5 * want) <= 1e-12,
+                          "dleaf[%lld] %.17g, want %.17g", (long long)i, grad_at(leaf, i), want);
+        }
+        tg_reset(ctx);
+    }
+}
+
 Test(block_fused, view_bad_arguments)
 {
     tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {6, 4}}, -1, 1);
