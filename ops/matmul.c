@@ -492,8 +492,9 @@ static void linear_residual_backward(tg_op_call *c)
  * F.gelu (the erf form) in one sweep, the bits of tg_gelu(tgi_linear_wt(x, W, b)).
  * x [m,in], W [out,in], b [out]. Saves gelu's derivative d = Phi(p) + p phi(p) at
  * the pre-activation p ([m,out], tg_scratch), as tg_gelu does. Backward:
- *   d_pre = dy * d,  db += colsum(d_pre) (in the same sweep, in double, rows in
- *   order: tgi_colsum_acc's bits),  then dW and dx as the linear node's from d_pre.
+ *   d_pre = dy * d (over dy, in place),  db += colsum(d_pre) (in the same sweep,
+ *   in double, rows in order: tgi_colsum_acc's bits),  then dW and dx as the
+ *   linear node's from d_pre.
  * The gelu node's output, its gradient buffer and one sweep each way are not made. */
 TGI_OP(linear_gelu);
 
@@ -559,51 +560,50 @@ static int linear_gelu_forward(tg_op_call *c)
     return 0;
 }
 
-/* d_pre [m,n] = g * d, and acc[j] = sum over rows i in order of d_pre[i,j] (in
- * double) when acc is not NULL: rows of whole vectors */
+/* g [m,n] *= d (dy becomes d_pre in place), and acc[j] = sum over rows i in order
+ * of d_pre[i,j] (in double) when acc is not NULL: rows of whole vectors */
 #define GELU_PRE_GRAD_FN(T, SUF)                                                       \
-    TGI_AVX512_CLONES static void gelu_pre_grad_##SUF(T *dp, const T *g, const T *d,   \
-                                                      double *acc, int64_t m, int64_t n) \
+    TGI_AVX512_CLONES static void gelu_pre_grad_##SUF(T *g, const T *d, double *acc,   \
+                                                      int64_t m, int64_t n)            \
     {                                                                                  \
         for (int64_t j = 0; acc && j < n; j++) acc[j] = 0;                             \
         for (int64_t i = 0; i < m; i++) {                                              \
-            T *restrict pr = dp + i * n;                                               \
-            const T *restrict gr = g + i * n, *restrict dr = d + i * n;                \
-            for (int64_t j = 0; j < n; j++) pr[j] = gr[j] * dr[j];                     \
+            T *restrict gr = g + i * n;                                                \
+            const T *restrict dr = d + i * n;                                          \
+            for (int64_t j = 0; j < n; j++) gr[j] *= dr[j];                            \
             if (acc) {                                                                 \
                 double *restrict ar = acc;                                             \
-                for (int64_t j = 0; j < n; j++) ar[j] += (double)pr[j];                \
+                for (int64_t j = 0; j < n; j++) ar[j] += (double)gr[j];                \
             }                                                                          \
         }                                                                              \
     }
 GELU_PRE_GRAD_FN(float, f32)
 GELU_PRE_GRAD_FN(double, f64)
 
-/* d gelu(p)/dp = d (saved); then the linear node's gradients of d_pre */
+/* d gelu(p)/dp = d (saved); then the linear node's gradients of d_pre. d_pre is
+ * written over dy, y's gradient: only this node reads it, and a backward starts it
+ * from zero again (as every non-leaf gradient), so no buffer is taken for d_pre
+ * (tg_grad(y) shows d_pre afterwards; y is the block's own temporary). */
 static void linear_gelu_backward(tg_op_call *c)
 {
     tg_tensor *b = c->in[2];
-    const void *dy = tg_grad(c->out);
-    if (!dy || c->out->numel == 0) return;
+    void *dpre = tg_grad(c->out);
+    if (!dpre || c->out->numel == 0) return;
     const int64_t m = c->out->shape[0], n = c->out->shape[1];
-    void *dpre = tg_scratch(c->ctx, tgi_bytes(c->out));
     double *acc = tgi_needs_grad(b) ? tg_scratch(c->ctx, (size_t)n * sizeof(double)) : NULL;
-    if (!dpre || (tgi_needs_grad(b) && !acc)) return;
+    if (tgi_needs_grad(b) && !acc) return;
     void *db = acc ? tg_grad_acc(b) : NULL;
     if (acc && !db) return;
     if (c->out->dtype == TG_F32)
-        gelu_pre_grad_f32(dpre, dy, c->saved, acc, m, n);
+        gelu_pre_grad_f32(dpre, c->saved, acc, m, n);
     else
-        gelu_pre_grad_f64(dpre, dy, c->saved, acc, m, n);
+        gelu_pre_grad_f64(dpre, c->saved, acc, m, n);
     TGI_FLOAT_DISPATCH(c->out->dtype, {
         T *restrict pdb = db;
         for (int64_t j = 0; acc && j < n; j++) pdb[j] += (T)acc[j];
     });
     /* the linear node's backward without its bias, reading d_pre as its dy */
-    tg_tensor pre = *c->out;
-    pre.grad = dpre;
     tg_op_call lc = *c;
-    lc.out = &pre;
     lc.n_in = 2;
     linear_backward(&lc);
 }

@@ -156,6 +156,29 @@ Test(block_fused, linear_gelu_is_linear_then_gelu_bit_for_bit)
     }
 }
 
+/* Backward writes d_pre over y's gradient: a second backward over the same tape
+ * (which starts y's gradient from zero again) adds the same gradients once more. */
+Test(block_fused, linear_gelu_second_backward_adds_the_same)
+{
+    tg_tensor *in[3] = {rnd(ctx, TG_F64, (shp){2, {9, 5}}, -2, 2),
+                        rnd(ctx, TG_F64, (shp){2, {7, 5}}, -1, 1),
+                        rnd(ctx, TG_F64, (shp){1, {7}}, -1, 1)};
+    tg_tensor *w = rnd(ctx, TG_F64, (shp){2, {9, 7}}, 0.5, 1.5);
+    for (int i = 0; i < 3; i++) tg_set_requires_grad(in[i], 1);
+    tg_tensor *y = fn_lg_out(ctx, in, NULL);
+    tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, tg_mul(ctx, y, y), w)); /* y feeds a product */
+    double first[3][63];
+    tg_backward(ctx, loss);
+    for (int i = 0; i < 3; i++)
+        for (int64_t j = 0; j < tg_numel(in[i]); j++) first[i][j] = grad_at(in[i], j);
+    tg_backward(ctx, loss);
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    for (int i = 0; i < 3; i++)
+        for (int64_t j = 0; j < tg_numel(in[i]); j++)
+            cr_assert_eq(grad_at(in[i], j), 2 * first[i][j], "input %d [%lld]: %.17g, first %.17g",
+                         i, (long long)j, grad_at(in[i], j), first[i][j]);
+}
+
 Test(block_fused, linear_gelu_bad_arguments)
 {
     tg_tensor *x = rnd(ctx, TG_F64, (shp){2, {4, 3}}, -1, 1), *w = rnd(ctx, TG_F64, (shp){2, {5, 3}}, -1, 1);
