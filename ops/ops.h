@@ -122,7 +122,6 @@ static inline int tgi_op_gemm(tg_ctx *ctx, const char *fn, tg_dtype dt, int ta, 
  * once per column; narrow dy (a few columns) in registers, inline at the call
  * (tiny layers pay no call), in the same order, so the bits are the same
  * either way. */
-TGI_AVX512_CLONES /* the column loop 8 doubles wide: the same per-column order */
 static __attribute__((noinline, unused)) void tgi_colsum_blocks(tg_dtype dt, int64_t m, int64_t n,
                                                                const void *dyv, void *dbv)
 {
