@@ -414,22 +414,7 @@ void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const vo
         __VA_ARGS__                                                                    \
     } while (0)
 
-/* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
- * clones give the same bits: ISO C, no contraction into FMA). */
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES) /* (TSan: resolvers run before it) */
-#define TGI_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef TGI_AVX2_CLONES
-#define TGI_AVX2_CLONES
-#endif
-/* ---- an op entry point the toolkit uses (defined in ops/matmul.c) ----
- * tg_linear's node with the weight as nn.Linear keeps it: x [m,in], w [out,in],
- * b [out] or NULL -> act(x w^T + b) [m,out]; the GEMM reads w transposed in
- * place. Errors are named after fn (the public caller). */
-tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
-                         tg_act act);
+/* ---- the transformer block's fused nodes (internal, for src/toolkit) ---- */
 /* (defined in ops/attention.c) Multi-head self-attention read from the fused
  * projection: qkv [B*T,3E] (queries, keys, values side by side, H heads of E/H
  * columns each) -> [B*T,E], the heads side by side; no split or merge copies.
@@ -448,5 +433,22 @@ tg_tensor *tgi_linear_gelu(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor 
 /* (ops/shape.c) x's elements under shape (ndim 1..4, the same count) sharing x's
  * data: no copy, so only for tensors nothing writes into; dx += dy. */
 tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape);
+
+/* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
+ * clones give the same bits: ISO C, no contraction into FMA). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(TGI_NO_TARGET_CLONES) /* (TSan: resolvers run before it) */
+#define TGI_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef TGI_AVX2_CLONES
+#define TGI_AVX2_CLONES
+#endif
+/* ---- an op entry point the toolkit uses (defined in ops/matmul.c) ----
+ * tg_linear's node with the weight as nn.Linear keeps it: x [m,in], w [out,in],
+ * b [out] or NULL -> act(x w^T + b) [m,out]; the GEMM reads w transposed in
+ * place. Errors are named after fn (the public caller). */
+tg_tensor *tgi_linear_wt(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b,
+                         tg_act act);
 
 #endif /* TG_INTERNAL_H */
