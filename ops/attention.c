@@ -1,6 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* ops/attention.c: scaled dot-product attention, one fused node.
  *
+ *   tg_attention        q, k, v [B,H,T,D] (heads apart) -> [B,H,T,D]
+ *   tgi_self_attention  the fused projection qkv [B*T,3E] -> [B*T,E] (heads side
+ *                       by side, as nn.MultiheadAttention's in_proj writes them
+ *                       and its out_proj reads them): the same arithmetic read and
+ *                       written in place, with no head split or merge copies
+ *
  * Per (batch, head) pair the op is three GEMMs and a row softmax; the pairs are
  * independent, so they are split over the context's threads, each thread running
  * whole pairs with its own GEMM workspace, which gives the same bits for any
@@ -61,13 +67,26 @@ typedef struct {
     void *buf;
 } attn_team;
 
+/* Where one operand's [rows,D] matrix of pair p = (b,h) starts, in elements from
+ * the operand's base: b * bs + h * hs; its rows are ld elements apart. */
+typedef struct {
+    int64_t bs, hs, ld;
+} attn_layout;
+
 /* The shapes of one call. */
 typedef struct {
-    int64_t bh, t, s, d; /* B*H pairs, query and key positions, head size */
+    int64_t bh, h, t, s, d; /* B*H pairs, heads, query and key positions, head size */
     int causal;
-    double scale;        /* 1 / sqrt(D) */
+    double scale;           /* 1 / sqrt(D) */
     tg_dtype dt;
+    attn_layout lq, lkv, lo; /* q (and dq); k, v (and dk, dv); the output (and dO) */
 } attn_dims;
+
+/* The byte offset of pair p's matrix in an operand of layout l. */
+static size_t pair_off(const attn_dims *a, const attn_layout *l, int64_t p)
+{
+    return (size_t)((p / a->h) * l->bs + (p % a->h) * l->hs) * tg_dtype_size(a->dt);
+}
 
 /* How many threads split the pairs (1: the caller's thread alone). */
 static int attn_threads(const tg_ctx *ctx, const attn_dims *a)
@@ -141,44 +160,45 @@ static int team_gemm(const attn_team *tm, int nth, tg_dtype dt, int ta, int tb, 
 
 static int64_t imin64(int64_t x, int64_t y) { return x < y ? x : y; }
 
-/* C [T,S] = A [T,D] B [S,D]^T, row block i0.. computing columns [0, i1) when causal
- * (the scores Q K^T, and dP = dO V^T) */
+/* C [T,S] (row stride S) = A [T,D] B [S,D]^T, row block i0.. computing columns
+ * [0, i1) when causal (the scores Q K^T, and dP = dO V^T) */
 static int gemm_abt_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
-                         const void *B, void *C)
+                         int64_t lda, const void *B, int64_t ldb, void *C)
 {
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
     for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
         const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
         if (team_gemm(tm, nth, a->dt, 0, 1, i1 - i0, w, a->d,
-                      (const unsigned char *)A + (size_t)(i0 * a->d) * esz, a->d, B, a->d, 0,
+                      (const unsigned char *)A + (size_t)(i0 * lda) * esz, lda, B, ldb, 0,
                       (unsigned char *)C + (size_t)(i0 * a->s) * esz, a->s) != 0)
             return -1;
     }
     return 0;
 }
 
-/* C [T,D] (+= when acc) A [T,S] B [S,D], row block i0.. summing over keys [0, i1) when
- * causal (O = P V, and dQ += dA K) */
+/* C [T,D] (+= when acc) A [T,S] (row stride S) B [S,D], row block i0.. summing over
+ * keys [0, i1) when causal (O = P V, and dQ = dA K) */
 static int gemm_ab_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
-                        const void *B, int acc, void *C)
+                        const void *B, int64_t ldb, int acc, void *C, int64_t ldc)
 {
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
     for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
         const int64_t i1 = imin64(i0 + rb, a->t), w = a->causal ? i1 : a->s;
         if (team_gemm(tm, nth, a->dt, 0, 0, i1 - i0, a->d, w,
-                      (const unsigned char *)A + (size_t)(i0 * a->s) * esz, a->s, B, a->d, acc,
-                      (unsigned char *)C + (size_t)(i0 * a->d) * esz, a->d) != 0)
+                      (const unsigned char *)A + (size_t)(i0 * a->s) * esz, a->s, B, ldb, acc,
+                      (unsigned char *)C + (size_t)(i0 * ldc) * esz, ldc) != 0)
             return -1;
     }
     return 0;
 }
 
-/* C [S,D] += A [T,S]^T B [T,D], key block j0.. summing over rows [j0, T) when causal
- * (dV += P^T dO, and dK += dA^T Q) */
+/* C [S,D] (+= when acc) A [T,S]^T (row stride S) B [T,D], key block j0.. summing
+ * over rows [j0, T) when causal (dV = P^T dO, and dK = dA^T Q); each block of C
+ * is written by one product, so acc 0 assigns every element */
 static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const void *A,
-                         const void *B, void *C)
+                         const void *B, int64_t ldb, int acc, void *C, int64_t ldc)
 {
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t kb = a->causal ? ATTN_CAUSAL_ROWS : a->s;
@@ -186,8 +206,8 @@ static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const
         const int64_t j1 = imin64(j0 + kb, a->s), r0 = a->causal ? j0 : 0;
         if (team_gemm(tm, nth, a->dt, 1, 0, j1 - j0, a->d, a->t - r0,
                       (const unsigned char *)A + (size_t)(r0 * a->s + j0) * esz, a->s,
-                      (const unsigned char *)B + (size_t)(r0 * a->d) * esz, a->d, 1,
-                      (unsigned char *)C + (size_t)(j0 * a->d) * esz, a->d) != 0)
+                      (const unsigned char *)B + (size_t)(r0 * ldb) * esz, ldb, acc,
+                      (unsigned char *)C + (size_t)(j0 * ldc) * esz, ldc) != 0)
             return -1;
     }
     return 0;
@@ -233,33 +253,196 @@ static int for_each_pair(tg_ctx *ctx, const attn_dims *a, attn_team *tm, int nt,
 }
 
 /* ======================================================================== */
-/* tg_attention                                                             */
+/* The row passes                                                           */
 /* ======================================================================== */
 
-/* O = softmax(Q K^T / sqrt(D)) V per (b,h).  q [B,H,T,D], k and v [B,H,S,D],
- * O [B,H,T,D]; with causal (T == S), score (i,j) for j > i is masked out: its
- * probability is exactly 0 and no exp is taken for it.
+/* Row passes over a pair's [T,S] matrix, 8 lanes wide so that the compiler
+ * vectorises them without reordering any sum: lane l takes the elements j with
+ * j % 8 == l (a maximum, or a sum in double), and the lanes are combined in a
+ * fixed order at the end, so the bits do not depend on the vector width. */
+#define ATTN_LANES 8
+
+/* Scores -> probabilities, in place, for rows [0, t) of p [t,s]: row i's first n
+ * (= i + 1 when causal, else s) entries get softmax(scale * a), the rest exactly 0
+ * (no exp taken). Each row subtracts its maximum before the exp. */
+#define SOFTMAX_ROWS_FN(T, SUF)                                                        \
+    TGI_AVX512_CLONES static void softmax_rows_##SUF(T *p, int64_t t, int64_t s,        \
+                                                      int causal, double scale)        \
+    {                                                                                  \
+        const T sc = (T)scale;                                                         \
+        for (int64_t i = 0; i < t; i++) {                                              \
+            T *restrict row = p + i * s;                                               \
+            const int64_t n = causal ? i + 1 : s, nv = n / ATTN_LANES * ATTN_LANES;    \
+            T mx[ATTN_LANES];                                                          \
+            for (int l = 0; l < ATTN_LANES; l++) mx[l] = row[0];                       \
+            for (int64_t j = 0; j < nv; j += ATTN_LANES)                               \
+                for (int l = 0; l < ATTN_LANES; l++)                                   \
+                    mx[l] = row[j + l] > mx[l] ? row[j + l] : mx[l];                   \
+            T m = mx[0];                                                               \
+            for (int l = 1; l < ATTN_LANES; l++) m = mx[l] > m ? mx[l] : m;            \
+            for (int64_t j = nv; j < n; j++) m = row[j] > m ? row[j] : m;              \
+            for (int64_t j = 0; j < n; j++) row[j] = (row[j] - m) * sc;                \
+            V_EXP(row, row, n);                                                        \
+            double sum[ATTN_LANES] = {0};                                              \
+            for (int64_t j = 0; j < nv; j += ATTN_LANES)                               \
+                for (int l = 0; l < ATTN_LANES; l++) sum[l] += (double)row[j + l];     \
+            double tot = 0;                                                            \
+            for (int l = 0; l < ATTN_LANES; l++) tot += sum[l];                        \
+            for (int64_t j = nv; j < n; j++) tot += (double)row[j];                    \
+            const T inv = (T)(1.0 / tot);                                              \
+            for (int64_t j = 0; j < n; j++) row[j] *= inv;                             \
+            for (int64_t j = n; j < s; j++) row[j] = 0;                                \
+        }                                                                              \
+    }
+SOFTMAX_ROWS_FN(float, f32)
+SOFTMAX_ROWS_FN(double, f64)
+
+/* dP -> dA in place for rows [0, t): dA = P * (dP - rowsum(dP * P)) * scale over
+ * row i's first n entries, 0 after them. */
+#define DSOFTMAX_ROWS_FN(T, SUF)                                                       \
+    TGI_AVX512_CLONES static void dsoftmax_rows_##SUF(T *da, const T *p, int64_t t,     \
+                                                       int64_t s, int causal, double scale) \
+    {                                                                                  \
+        const T sc = (T)scale;                                                         \
+        for (int64_t i = 0; i < t; i++) {                                              \
+            const T *restrict pr = p + i * s;                                          \
+            T *restrict dr = da + i * s;                                               \
+            const int64_t n = causal ? i + 1 : s, nv = n / ATTN_LANES * ATTN_LANES;    \
+            double dot[ATTN_LANES] = {0};                                              \
+            for (int64_t j = 0; j < nv; j += ATTN_LANES)                               \
+                for (int l = 0; l < ATTN_LANES; l++)                                   \
+                    dot[l] += (double)dr[j + l] * (double)pr[j + l];                   \
+            double tot = 0;                                                            \
+            for (int l = 0; l < ATTN_LANES; l++) tot += dot[l];                        \
+            for (int64_t j = nv; j < n; j++) tot += (double)dr[j] * (double)pr[j];     \
+            const T d = (T)tot;                                                        \
+            for (int64_t j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - d) * sc;          \
+            for (int64_t j = n; j < s; j++) dr[j] = 0;                                 \
+        }                                                                              \
+    }
+DSOFTMAX_ROWS_FN(float, f32)
+DSOFTMAX_ROWS_FN(double, f64)
+
+/* ======================================================================== */
+/* The pair kernels and the passes                                          */
+/* ======================================================================== */
+
+/* O = softmax(Q K^T / sqrt(D)) V per (b,h), Q [T,D], K and V [S,D], O [T,D] (each
+ * where its layout puts it); with causal (T == S), score (i,j) for j > i is masked
+ * out: its probability is exactly 0 and no exp is taken for it.
  *   A = Q K^T / sqrt(D) [T,S],  P = softmax_rows(A),  O = P V.
  *   dV += P^T dO
  *   dP  = dO V^T,  dA = P * (dP - rowsum(dP * P))   (softmax's Jacobian, per row)
  *   dQ += dA K / sqrt(D),  dK += dA^T Q / sqrt(D)
- * Saves: P [B,H,T,S] (tg_scratch), written in place of the scores, so the score
+ * Saves: P [B*H,T,S] (tg_scratch), written in place of the scores, so the score
  * matrix is stored once; backward needs nothing else (q, k, v are the inputs).
  * Numerics: each row subtracts its maximum before the exp; row sums and the
  * rowsum(dP * P) are accumulated in double; 1/sqrt(D) is folded into the softmax
  * pass and into dA. Threads split the (b,h) pairs, each pair's arithmetic is
  * the same whatever the split, so results are bit-identical for any thread count. */
-static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
-                              void *user);
-static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
-                              void *user);
-TGI_OP(attention);
 
-/* The pointers a pass reads and writes (NULL where not needed). */
+/* The pointers a pass reads and writes (NULL where not needed); acc_*: add into
+ * the gradient (0: the pass is its first writer and assigns). */
 typedef struct {
     const void *q, *k, *v, *dout;
     void *out, *p, *dq, *dk, *dv; /* p: the kept probabilities, or NULL (team buffers) */
+    int acc_q, acc_k, acc_v;
 } attn_bufs;
+
+/* One pair: A = Q K^T (GEMM, K read transposed in place), P = softmax_rows(A / sqrt(D))
+ * in place, O = P V (GEMM). */
+static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user)
+{
+    const attn_bufs *bf = user;
+    const size_t off_q = pair_off(a, &a->lq, pair), off_k = pair_off(a, &a->lkv, pair);
+    const unsigned char *q = (const unsigned char *)bf->q + off_q;
+    const unsigned char *k = (const unsigned char *)bf->k + off_k;
+    const unsigned char *v = (const unsigned char *)bf->v + off_k;
+    unsigned char *o = (unsigned char *)bf->out + pair_off(a, &a->lo, pair);
+    void *p = bf->p ? (unsigned char *)bf->p + (size_t)(pair * a->t * a->s) * tg_dtype_size(a->dt)
+                    : tm->buf;
+    if (gemm_abt_rows(tm, nth, a, q, a->lq.ld, k, a->lkv.ld, p) != 0) return -1;
+    if (a->dt == TG_F32)
+        softmax_rows_f32(p, a->t, a->s, a->causal, a->scale);
+    else
+        softmax_rows_f64(p, a->t, a->s, a->causal, a->scale);
+    return gemm_ab_rows(tm, nth, a, p, v, a->lkv.ld, 0, o, a->lo.ld);
+}
+
+/* d(PV)/dV: dV += P^T dO;  d(PV)/dP: dP = dO V^T;  d softmax: dA = P (dP - <dP, P>);
+ * d(QK^T/sqrt(D))/dQ: dQ += dA K / sqrt(D);  /dK: dK += dA^T Q / sqrt(D) */
+static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
+                              void *user)
+{
+    const attn_bufs *bf = user;
+    const size_t off_q = pair_off(a, &a->lq, pair), off_k = pair_off(a, &a->lkv, pair);
+    const int64_t ldq = a->lq.ld, ldk = a->lkv.ld;
+    const unsigned char *q = (const unsigned char *)bf->q + off_q;
+    const unsigned char *k = (const unsigned char *)bf->k + off_k;
+    const unsigned char *v = (const unsigned char *)bf->v + off_k;
+    const unsigned char *dout = (const unsigned char *)bf->dout + pair_off(a, &a->lo, pair);
+    const void *p = (const unsigned char *)bf->p + (size_t)(pair * a->t * a->s) * tg_dtype_size(a->dt);
+    if (bf->dv && /* dV [S,D] += P^T [S,T] dO [T,D] */
+        gemm_atb_keys(tm, nth, a, p, dout, a->lo.ld, bf->acc_v, (unsigned char *)bf->dv + off_k,
+                      ldk) != 0)
+        return -1;
+    if (!bf->dq && !bf->dk) return 0;
+    void *da = tm->buf; /* dP [T,S] = dO [T,D] V^T, then dA in place */
+    if (gemm_abt_rows(tm, nth, a, dout, a->lo.ld, v, ldk, da) != 0) return -1;
+    if (a->dt == TG_F32)
+        dsoftmax_rows_f32(da, p, a->t, a->s, a->causal, a->scale);
+    else
+        dsoftmax_rows_f64(da, p, a->t, a->s, a->causal, a->scale);
+    if (bf->dq && /* dQ [T,D] += dA [T,S] K [S,D] (dA carries the 1/sqrt(D)) */
+        gemm_ab_rows(tm, nth, a, da, k, ldk, bf->acc_q, (unsigned char *)bf->dq + off_q, ldq) != 0)
+        return -1;
+    if (bf->dk && /* dK [S,D] += dA^T [S,T] Q [T,D] */
+        gemm_atb_keys(tm, nth, a, da, q, ldq, bf->acc_k, (unsigned char *)bf->dk + off_k, ldk) != 0)
+        return -1;
+    return 0;
+}
+
+/* Forward over every pair; P goes to tg_scratch (c->saved) when the call is
+ * recorded, else each thread's [T,S] buffer holds its pair's scores. */
+static int attention_pass_fwd(tg_op_call *c, const char *fn, const attn_dims *a, attn_bufs *bf)
+{
+    tg_ctx *ctx = c->ctx;
+    void *p = NULL;
+    if (tgi_recorded(c) && a->bh * a->t * a->s > 0) {
+        p = tg_scratch(ctx, (size_t)(a->bh * a->t * a->s) * tg_dtype_size(a->dt));
+        if (!p) return -1;
+    }
+    c->saved = bf->p = p;
+    const int nt = attn_threads(ctx, a);
+    attn_team *tm = teams_new(ctx, fn, a, nt, pass_ws_bytes(a, 0), p == NULL);
+    if (!tm) return -1;
+    if (for_each_pair(ctx, a, tm, nt, attention_pair_fwd, bf) != 0) {
+        tg_set_error(ctx, "%s: out of memory (GEMM workspace) for %lld pairs of [%lld,%lld] "
+                          "queries", fn, (long long)a->bh, (long long)a->t, (long long)a->d);
+        return -1;
+    }
+    return 0;
+}
+
+/* Backward over every pair, into the gradients bf names. */
+static void attention_pass_bwd(tg_op_call *c, const char *fn, const attn_dims *a, attn_bufs *bf)
+{
+    tg_ctx *ctx = c->ctx;
+    bf->p = c->saved;
+    const int nt = attn_threads(ctx, a);
+    attn_team *tm = teams_new(ctx, fn, a, nt, pass_ws_bytes(a, 1), bf->dq || bf->dk);
+    if (!tm) return;
+    if (for_each_pair(ctx, a, tm, nt, attention_pair_bwd, bf) != 0)
+        tg_set_error(ctx, "%s: out of memory (GEMM workspace) in backward", fn);
+}
+
+/* ======================================================================== */
+/* tg_attention                                                             */
+/* ======================================================================== */
+
+/* q [B,H,T,D], k and v [B,H,S,D], O [B,H,T,D]: each pair's matrix contiguous. */
+TGI_OP(attention);
 
 /* Argument checks of tg_attention: 1 if the call can go ahead. */
 static int attention_check(tg_ctx *ctx, const char *fn, const tg_tensor *q, const tg_tensor *k,
@@ -306,13 +489,17 @@ static int attention_check(tg_ctx *ctx, const char *fn, const tg_tensor *q, cons
 static attn_dims attention_dims(const tg_tensor *q, const tg_tensor *k, int causal)
 {
     attn_dims a;
-    a.bh = q->shape[0] * q->shape[1];
+    a.h = q->shape[1];
+    a.bh = q->shape[0] * a.h;
     a.t = q->shape[2];
     a.s = k->shape[2];
     a.d = q->shape[3];
     a.causal = causal != 0;
     a.scale = 1.0 / sqrt((double)a.d);
     a.dt = q->dtype;
+    a.lq = (attn_layout){a.h * a.t * a.d, a.t * a.d, a.d};
+    a.lkv = (attn_layout){a.h * a.s * a.d, a.s * a.d, a.d};
+    a.lo = a.lq;
     return a;
 }
 
@@ -328,131 +515,124 @@ tg_tensor *tg_attention(tg_ctx *ctx, tg_tensor *q, tg_tensor *k, tg_tensor *v, i
     return tgi_op_run(ctx, &op_attention, out, in, 3, &at, sizeof at);
 }
 
-/* Forward over every pair; P goes to tg_scratch (c->saved) when the call is
- * recorded, else each thread's [T,S] buffer holds its pair's scores. */
 static int attention_forward(tg_op_call *c)
 {
-    static const char fn[] = "tg_attention";
-    tg_ctx *ctx = c->ctx;
     const tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
     const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
-    void *p = NULL;
-    if (tgi_recorded(c) && a.bh * a.t * a.s > 0) {
-        p = tg_scratch(ctx, (size_t)(a.bh * a.t * a.s) * tg_dtype_size(a.dt));
-        if (!p) return -1;
-    }
-    c->saved = p;
-    const int nt = attn_threads(ctx, &a);
-    attn_team *tm = teams_new(ctx, fn, &a, nt, pass_ws_bytes(&a, 0), p == NULL);
-    if (!tm) return -1;
-    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .out = c->out->data, .p = p};
-    if (for_each_pair(ctx, &a, tm, nt, attention_pair_fwd, &bf) != 0) {
-        char sq[64];
-        tg_set_error(ctx, "%s: out of memory (GEMM workspace) for q %s", fn, TGI_SHAPE(q, sq));
-        return -1;
-    }
-    return 0;
+    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .out = c->out->data};
+    return attention_pass_fwd(c, "tg_attention", &a, &bf);
 }
 
-/* One row of scores a[0..s) -> probabilities: the first n (= i + 1 when causal,
- * else s) get softmax(scale * a), the rest exactly 0 (no exp taken). */
-#define SOFTMAX_ROW(T, row, n, s, scale)                                               \
-    do {                                                                               \
-        T m_ = (row)[0];                                                               \
-        for (int64_t j = 1; j < (n); j++)                                              \
-            if ((row)[j] > m_) m_ = (row)[j];                                          \
-        const T sc_ = (T)(scale);                                                      \
-        for (int64_t j = 0; j < (n); j++) (row)[j] = ((row)[j] - m_) * sc_;            \
-        V_EXP((row), (row), (n));                                                      \
-        double sum_ = 0;                                                               \
-        for (int64_t j = 0; j < (n); j++) sum_ += (double)(row)[j];                    \
-        const T inv_ = (T)(1.0 / sum_);                                                \
-        for (int64_t j = 0; j < (n); j++) (row)[j] *= inv_;                            \
-        for (int64_t j = (n); j < (s); j++) (row)[j] = 0;                              \
-    } while (0)
-
-/* One pair: A = Q K^T (GEMM, K read transposed in place), P = softmax_rows(A / sqrt(D))
- * in place, O = P V (GEMM). */
-static int attention_pair_fwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
-                              void *user)
+/* The gradient of input i for backward: its first writer assigns (*acc = 0) unless
+ * the tensor is also another input (one tensor as q and k gets both terms, added) */
+static void *attention_grad(tg_op_call *c, int i, int *acc)
 {
-    const attn_bufs *bf = user;
-    const int64_t t = a->t, s = a->s, d = a->d;
-    const size_t esz = tg_dtype_size(a->dt);
-    const unsigned char *q = (const unsigned char *)bf->q + (size_t)(pair * t * d) * esz;
-    const unsigned char *k = (const unsigned char *)bf->k + (size_t)(pair * s * d) * esz;
-    const unsigned char *v = (const unsigned char *)bf->v + (size_t)(pair * s * d) * esz;
-    unsigned char *o = (unsigned char *)bf->out + (size_t)(pair * t * d) * esz;
-    void *p = bf->p ? (unsigned char *)bf->p + (size_t)(pair * t * s) * esz : tm->buf;
-    if (gemm_abt_rows(tm, nth, a, q, k, p) != 0) return -1;
-    TGI_FLOAT_DISPATCH(a->dt, {
-        for (int64_t i = 0; i < t; i++) {
-            T *row = (T *)p + i * s;
-            const int64_t n = a->causal ? i + 1 : s;
-            SOFTMAX_ROW(T, row, n, s, a->scale);
-        }
-    });
-    return gemm_ab_rows(tm, nth, a, p, v, 0, o);
+    tg_tensor *x = c->in[i];
+    *acc = 1;
+    if (!tgi_needs_grad(x)) return NULL;
+    for (int j = 0; j < 3; j++)
+        if (j != i && c->in[j] == x) return tg_grad_acc(x);
+    int fresh;
+    void *g = tgi_grad_first(x, &fresh);
+    *acc = !fresh;
+    return g;
 }
 
-/* d(PV)/dV: dV += P^T dO;  d(PV)/dP: dP = dO V^T;  d softmax: dA = P (dP - <dP, P>);
- * d(QK^T/sqrt(D))/dQ: dQ += dA K / sqrt(D);  /dK: dK += dA^T Q / sqrt(D) */
 static void attention_backward(tg_op_call *c)
 {
-    tg_ctx *ctx = c->ctx;
-    tg_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+    tg_tensor *q = c->in[0], *k = c->in[1];
     const void *dout = tg_grad(c->out);
     if (!dout) return;
     const attn_dims a = attention_dims(q, k, (int)TGI_ATTR(c)->i[0]);
     if (a.bh * a.t * a.s == 0) return;
-    attn_bufs bf = {.q = q->data, .k = k->data, .v = v->data, .dout = dout, .p = c->saved};
+    attn_bufs bf = {.q = q->data, .k = k->data, .v = c->in[2]->data, .dout = dout};
     /* each input under its own `if`: a NULL gradient pointer skips its products */
-    if (tgi_needs_grad(q) && !(bf.dq = tg_grad_acc(q))) return;
-    if (tgi_needs_grad(k) && !(bf.dk = tg_grad_acc(k))) return;
-    if (tgi_needs_grad(v) && !(bf.dv = tg_grad_acc(v))) return;
-    const int nt = attn_threads(ctx, &a);
-    attn_team *tm = teams_new(ctx, "tg_attention", &a, nt, pass_ws_bytes(&a, 1), bf.dq || bf.dk);
-    if (!tm) return;
-    if (for_each_pair(ctx, &a, tm, nt, attention_pair_bwd, &bf) != 0)
-        tg_set_error(ctx, "tg_attention: out of memory (GEMM workspace) in backward");
+    bf.dq = attention_grad(c, 0, &bf.acc_q);
+    if (tgi_needs_grad(q) && !bf.dq) return;
+    bf.dk = attention_grad(c, 1, &bf.acc_k);
+    if (tgi_needs_grad(k) && !bf.dk) return;
+    bf.dv = attention_grad(c, 2, &bf.acc_v);
+    if (tgi_needs_grad(c->in[2]) && !bf.dv) return;
+    attention_pass_bwd(c, "tg_attention", &a, &bf);
 }
 
-static int attention_pair_bwd(const attn_dims *a, int64_t pair, const attn_team *tm, int nth,
-                              void *user)
+/* ======================================================================== */
+/* tgi_self_attention                                                       */
+/* ======================================================================== */
+
+/* Multi-head self-attention straight from the fused projection, one node:
+ * qkv [B*T,3E] (row b*T + t; columns [0,E) the queries, [E,2E) the keys, [2E,3E)
+ * the values, head j in columns j*D.. of each, D = E/H) -> y [B*T,E], head j's
+ * output in columns j*D.. of row b*T + t. This is
+ *   merge_heads(tg_attention(split(qkv)))
+ * with nn.MultiheadAttention's split and merge, but the pairs' GEMMs read q, k, v
+ * and write y where they lie (row strides 3E and E), so no copy is made, and
+ * backward writes dqkv as its first writer (no zeroing). Saves P as tg_attention. */
+TGI_OP(self_attention);
+
+static attn_dims self_attention_dims(const tg_tensor *qkv, int64_t b, int64_t h, int causal)
 {
-    const attn_bufs *bf = user;
-    const int64_t t = a->t, s = a->s, d = a->d;
-    const size_t esz = tg_dtype_size(a->dt);
-    const size_t off_q = (size_t)(pair * t * d) * esz, off_k = (size_t)(pair * s * d) * esz;
-    const unsigned char *q = (const unsigned char *)bf->q + off_q;
-    const unsigned char *k = (const unsigned char *)bf->k + off_k;
-    const unsigned char *v = (const unsigned char *)bf->v + off_k;
-    const unsigned char *dout = (const unsigned char *)bf->dout + off_q;
-    const void *p = (const unsigned char *)bf->p + (size_t)(pair * t * s) * esz;
-    if (bf->dv && /* dV [S,D] += P^T [S,T] dO [T,D] */
-        gemm_atb_keys(tm, nth, a, p, dout, (unsigned char *)bf->dv + off_k) != 0)
-        return -1;
-    if (!bf->dq && !bf->dk) return 0;
-    void *da = tm->buf; /* dP [T,S] = dO [T,D] V^T, then dA in place */
-    if (gemm_abt_rows(tm, nth, a, dout, v, da) != 0) return -1;
-    TGI_FLOAT_DISPATCH(a->dt, {
-        const T sc = (T)a->scale;
-        for (int64_t i = 0; i < t; i++) {
-            const T *pr = (const T *)p + i * s;
-            T *dr = (T *)da + i * s;
-            const int64_t n = a->causal ? i + 1 : s;
-            double dot = 0;
-            for (int64_t j = 0; j < n; j++) dot += (double)dr[j] * (double)pr[j];
-            const T dt_ = (T)dot;
-            for (int64_t j = 0; j < n; j++) dr[j] = pr[j] * (dr[j] - dt_) * sc;
-            for (int64_t j = n; j < s; j++) dr[j] = 0;
-        }
-    });
-    if (bf->dq && /* dQ [T,D] += dA [T,S] K [S,D] (dA carries the 1/sqrt(D)) */
-        gemm_ab_rows(tm, nth, a, da, k, 1, (unsigned char *)bf->dq + off_q) != 0)
-        return -1;
-    if (bf->dk && /* dK [S,D] += dA^T [S,T] Q [T,D] */
-        gemm_atb_keys(tm, nth, a, da, q, (unsigned char *)bf->dk + off_k) != 0)
-        return -1;
-    return 0;
+    attn_dims a;
+    const int64_t e = qkv->shape[1] / 3;
+    a.h = h;
+    a.bh = b * h;
+    a.t = a.s = b > 0 ? qkv->shape[0] / b : 0;
+    a.d = e / h;
+    a.causal = causal != 0;
+    a.scale = 1.0 / sqrt((double)a.d);
+    a.dt = qkv->dtype;
+    a.lq = a.lkv = (attn_layout){a.t * 3 * e, a.d, 3 * e};
+    a.lo = (attn_layout){a.t * e, a.d, e};
+    return a;
+}
+
+tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64_t b, int64_t h,
+                              int causal)
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_float_arg(ctx, fn, "qkv", qkv, NULL)) return NULL;
+    char sq[64];
+    if (qkv->ndim != 2 || b < 1 || h < 1 || qkv->shape[0] % b != 0 || qkv->shape[1] % 3 != 0 ||
+        qkv->shape[1] == 0 || (qkv->shape[1] / 3) % h != 0) {
+        tg_set_error(ctx, "%s: qkv must be [B*T,3E] with E a multiple of the heads H >= 1 and "
+                          "B >= 1 dividing its rows: qkv is %s, B %lld, H %lld", fn,
+                     TGI_SHAPE(qkv, sq), (long long)b, (long long)h);
+        return NULL;
+    }
+    const int64_t shape[2] = {qkv->shape[0], qkv->shape[1] / 3};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, qkv->dtype, 2, shape, 0);
+    if (!out) return NULL;
+    const tgi_attr at = {.i = {causal != 0, b, h}};
+    return tgi_op_run(ctx, &op_self_attention, out, &qkv, 1, &at, sizeof at);
+}
+
+static int self_attention_forward(tg_op_call *c)
+{
+    const tg_tensor *qkv = c->in[0];
+    const tgi_attr *at = TGI_ATTR(c);
+    const attn_dims a = self_attention_dims(qkv, at->i[1], at->i[2], (int)at->i[0]);
+    const size_t e = (size_t)(qkv->shape[1] / 3) * tg_dtype_size(qkv->dtype);
+    const unsigned char *base = qkv->data;
+    attn_bufs bf = {.q = base, .k = base + e, .v = base + 2 * e, .out = c->out->data};
+    return attention_pass_fwd(c, "tg_self_attention", &a, &bf);
+}
+
+/* dqkv: dq, dk, dv in its three column ranges, each element written once per pass */
+static void self_attention_backward(tg_op_call *c)
+{
+    tg_tensor *qkv = c->in[0];
+    const void *dout = tg_grad(c->out);
+    if (!dout || !tgi_needs_grad(qkv)) return;
+    const tgi_attr *at = TGI_ATTR(c);
+    const attn_dims a = self_attention_dims(qkv, at->i[1], at->i[2], (int)at->i[0]);
+    if (a.bh * a.t * a.s == 0) return;
+    int fresh;
+    unsigned char *g = tgi_grad_first(qkv, &fresh);
+    if (!g) return;
+    const size_t e = (size_t)(qkv->shape[1] / 3) * tg_dtype_size(qkv->dtype);
+    const unsigned char *base = qkv->data;
+    attn_bufs bf = {.q = base, .k = base + e, .v = base + 2 * e, .dout = dout,
+                    .dq = g, .dk = g + e, .dv = g + 2 * e,
+                    .acc_q = !fresh, .acc_k = !fresh, .acc_v = !fresh};
+    attention_pass_bwd(c, "tg_self_attention", &a, &bf);
 }

@@ -407,6 +407,208 @@ static void linear_backward(tg_op_call *c)
 }
 
 /* ======================================================================== */
+/* tgi_linear_residual                                                       */
+/* ======================================================================== */
+
+/* y = r + (x W^T + b), one node: tgi_linear_wt's product, then the bias and the
+ * residual in one pass, y[i,j] = r[i,j] + (p[i,j] + b[j]): the bits of
+ * tg_add(r, tgi_linear_wt(x, W, b)) without the add's sweep and output. x [m,in],
+ * W [out,in], b [out], r any shape of m*out elements (read as [m,out] rows).
+ * Backward: the linear node's dW, dx, db from dy, and dr += dy (a copy when dr is
+ * new). Saves nothing. */
+TGI_OP(linear_residual);
+
+tg_tensor *tgi_linear_residual(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                               tg_tensor *b, tg_tensor *r)
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b) || !tgi_check_float_arg(ctx, fn, "r", r, x)) return NULL;
+    if (!b) {
+        tg_set_error(ctx, "%s: the residual layer needs a bias b", fn);
+        return NULL;
+    }
+    if (x->ndim != 2 || w->ndim != 2 || b->ndim != 1 || x->shape[1] != w->shape[1] ||
+        b->shape[0] != w->shape[0] || r->numel != x->shape[0] * w->shape[0]) {
+        char sx[64], sw[64], sb[64], sr[64];
+        tg_set_error(ctx, "%s: need x [m,in], w [out,in], b [out] and r of m*out elements: x is "
+                          "%s, w is %s, b is %s, r is %s", fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw),
+                     TGI_SHAPE(b, sb), TGI_SHAPE(r, sr));
+        return NULL;
+    }
+    const int64_t shape[2] = {x->shape[0], w->shape[0]};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[4] = {x, w, b, r};
+    const tgi_attr at = {.i = {(int64_t)TG_ACT_NONE, 1}}; /* what linear_backward reads */
+    return tgi_op_run(ctx, &op_linear_residual, out, in, 4, &at, sizeof at);
+}
+
+typedef struct {
+    tg_dtype dt;
+    int64_t n; /* row length of y */
+    void *y;
+    const void *b, *r;
+} residual_job;
+
+/* y[lo:hi] = r + (y + b) over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_residual(void *arg, int64_t lo, int64_t hi)
+{
+    const residual_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y;
+        const T *bd = j->b, *rd = j->r;
+        for (int64_t i = lo; i < hi;) {
+            const int64_t j0 = i % j->n, len = j->n - j0 < hi - i ? j->n - j0 : hi - i;
+            T *restrict yr = y + i;
+            const T *restrict rr = rd + i, *restrict br = bd + j0;
+            for (int64_t q = 0; q < len; q++) yr[q] = rr[q] + (yr[q] + br[q]);
+            i += len;
+        }
+    });
+}
+
+static int linear_residual_forward(tg_op_call *c)
+{
+    const tg_tensor *x = c->in[0];
+    if (linear_fwd(c->ctx, c->out, x, c->in[1], NULL, TG_ACT_NONE, 1) != 0) return -1;
+    KIT_PAR_RUN(c->ctx, c->out->numel, linear_bias_residual,
+                &(residual_job){x->dtype, c->out->shape[1], c->out->data, c->in[2]->data,
+                                c->in[3]->data});
+    return 0;
+}
+
+/* d(r + x W^T + b)/dr = 1; the rest is the linear node's */
+static void linear_residual_backward(tg_op_call *c)
+{
+    linear_backward(c); /* in[0..2] and the attributes as a linear node's */
+    if (tg_ok(c->ctx)) tgi_pass_grad(c, 3);
+}
+
+/* ======================================================================== */
+/* tgi_linear_gelu                                                           */
+/* ======================================================================== */
+
+/* y = gelu(x W^T + b), one node: tgi_linear_wt's product, then the bias and
+ * F.gelu (the erf form) in one sweep, the bits of tg_gelu(tgi_linear_wt(x, W, b)).
+ * x [m,in], W [out,in], b [out]. Saves gelu's derivative d = Phi(p) + p phi(p) at
+ * the pre-activation p ([m,out], tg_scratch), as tg_gelu does. Backward:
+ *   d_pre = dy * d (over dy, in place),  db += colsum(d_pre) (in the same sweep,
+ *   in double, rows in order: tgi_colsum_acc's bits),  then dW and dx as the
+ *   linear node's from d_pre.
+ * The gelu node's output, its gradient buffer and one sweep each way are not made. */
+TGI_OP(linear_gelu);
+
+#define V_GELU_PRE(y, d, x, n)                                                          \
+    _Generic((y), float *: tgi_vgelu_f32, double *: tgi_vgelu_f64)(y, d, x, n)
+
+tg_tensor *tgi_linear_gelu(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b)
+{
+    if (!ctx) return NULL;
+    if (!tgi_check_xwb(ctx, fn, x, w, b)) return NULL;
+    if (!b || x->ndim != 2 || w->ndim != 2 || b->ndim != 1 || x->shape[1] != w->shape[1] ||
+        b->shape[0] != w->shape[0]) {
+        char sx[64], sw[64], sb[64];
+        tg_set_error(ctx, "%s: need x [m,in], w [out,in] and b [out]: x is %s, w is %s, b is %s",
+                     fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw), b ? TGI_SHAPE(b, sb) : "NULL");
+        return NULL;
+    }
+    const int64_t shape[2] = {x->shape[0], w->shape[0]};
+    tg_tensor *out = tgi_tensor_new(ctx, fn, x->dtype, 2, shape, 0);
+    if (!out) return NULL;
+    tg_tensor *in[3] = {x, w, b};
+    const tgi_attr at = {.i = {(int64_t)TG_ACT_NONE, 1}}; /* what linear_backward reads */
+    return tgi_op_run(ctx, &op_linear_gelu, out, in, 3, &at, sizeof at);
+}
+
+typedef struct {
+    tg_dtype dt;
+    int64_t n;        /* row length */
+    void *y, *d;      /* forward: y in place, d the derivative (or NULL) */
+    const void *b;
+} gelu_job;
+
+/* y[lo:hi] = gelu(y + b), d = gelu' there, over the chunk's (partial) rows */
+TGI_PAR_FN void linear_bias_gelu(void *arg, int64_t lo, int64_t hi)
+{
+    const gelu_job *j = arg;
+    TGI_FLOAT_DISPATCH(j->dt, {
+        T *y = j->y, *d = j->d;
+        const T *bd = j->b;
+        for (int64_t i = lo; i < hi;) {
+            const int64_t j0 = i % j->n, len = j->n - j0 < hi - i ? j->n - j0 : hi - i;
+            T *restrict yr = y + i;
+            const T *restrict br = bd + j0;
+            for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+            V_GELU_PRE(yr, d ? d + i : NULL, yr, len);
+            i += len;
+        }
+    });
+}
+
+static int linear_gelu_forward(tg_op_call *c)
+{
+    const tg_tensor *x = c->in[0];
+    void *d = NULL;
+    if (c->out->numel > 0 && tgi_recorded(c)) {
+        d = tg_scratch(c->ctx, tgi_bytes(c->out));
+        if (!d) return -1;
+    }
+    c->saved = d;
+    if (linear_fwd(c->ctx, c->out, x, c->in[1], NULL, TG_ACT_NONE, 1) != 0) return -1;
+    KIT_PAR_RUN(c->ctx, c->out->numel, linear_bias_gelu,
+                &(gelu_job){x->dtype, c->out->shape[1], c->out->data, d, c->in[2]->data});
+    return 0;
+}
+
+/* g [m,n] *= d (dy becomes d_pre in place), and acc[j] = sum over rows i in order
+ * of d_pre[i,j] (in double) when acc is not NULL: rows of whole vectors */
+#define GELU_PRE_GRAD_FN(T, SUF)                                                       \
+    TGI_AVX512_CLONES static void gelu_pre_grad_##SUF(T *g, const T *d, double *acc,   \
+                                                      int64_t m, int64_t n)            \
+    {                                                                                  \
+        for (int64_t j = 0; acc && j < n; j++) acc[j] = 0;                             \
+        for (int64_t i = 0; i < m; i++) {                                              \
+            T *restrict gr = g + i * n;                                                \
+            const T *restrict dr = d + i * n;                                          \
+            for (int64_t j = 0; j < n; j++) gr[j] *= dr[j];                            \
+            if (acc) {                                                                 \
+                double *restrict ar = acc;                                             \
+                for (int64_t j = 0; j < n; j++) ar[j] += (double)gr[j];                \
+            }                                                                          \
+        }                                                                              \
+    }
+GELU_PRE_GRAD_FN(float, f32)
+GELU_PRE_GRAD_FN(double, f64)
+
+/* d gelu(p)/dp = d (saved); then the linear node's gradients of d_pre. d_pre is
+ * written over dy, y's gradient: only this node reads it, and a backward starts it
+ * from zero again (as every non-leaf gradient), so no buffer is taken for d_pre
+ * (tg_grad(y) shows d_pre afterwards; y is the block's own temporary). */
+static void linear_gelu_backward(tg_op_call *c)
+{
+    tg_tensor *b = c->in[2];
+    void *dpre = tg_grad(c->out);
+    if (!dpre || c->out->numel == 0) return;
+    const int64_t m = c->out->shape[0], n = c->out->shape[1];
+    double *acc = tgi_needs_grad(b) ? tg_scratch(c->ctx, (size_t)n * sizeof(double)) : NULL;
+    if (tgi_needs_grad(b) && !acc) return;
+    void *db = acc ? tg_grad_acc(b) : NULL;
+    if (acc && !db) return;
+    if (c->out->dtype == TG_F32)
+        gelu_pre_grad_f32(dpre, c->saved, acc, m, n);
+    else
+        gelu_pre_grad_f64(dpre, c->saved, acc, m, n);
+    TGI_FLOAT_DISPATCH(c->out->dtype, {
+        T *restrict pdb = db;
+        for (int64_t j = 0; acc && j < n; j++) pdb[j] += (T)acc[j];
+    });
+    /* the linear node's backward without its bias, reading d_pre as its dy */
+    tg_op_call lc = *c;
+    lc.n_in = 2;
+    linear_backward(&lc);
+}
+
+/* ======================================================================== */
 /* batched tg_matmul                                                         */
 /* ======================================================================== */
 

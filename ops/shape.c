@@ -3,6 +3,8 @@
  *
  *   tg_transpose  2-D [m,n] -> [n,m] (a copy)
  *   tg_reshape    same elements in row-major order, new shape (a copy)
+ *   tgi_view      the same, sharing x's data (internal: for a tensor no one
+ *                 writes into, e.g. inside the transformer block)
  *
  * (tg_identity lives in ops/elementwise.c.) Every op reads top to bottom:
  * public function (checks, output, record, forward), forward kernel,
@@ -144,4 +146,65 @@ tg_tensor *tg_reshape(tg_ctx *ctx, tg_tensor *x, int ndim, const int64_t *shape)
     if (!out)
         return NULL;
     return tgi_op_run(ctx, &op_reshape, out, &x, 1, NULL, 0);
+}
+
+/* ======================================================================== */
+/* tgi_view                                                                 */
+/* ======================================================================== */
+
+/* y = x with a new shape of as many elements, its data x's own (no copy: the
+ * tensor is a view, as PyTorch's x.view(shape)). dx += dy. Saves nothing. For the
+ * library's own graphs, where nothing writes into x or y after the view is made
+ * (internal.h). Errors: ndim outside [1, 4], a negative size, or another element
+ * count, naming both shapes.
+ * The gradient is shared too: when x is an op's output (not a leaf) with no
+ * gradient yet, dy's buffer becomes x's (no copy). Gradients only ever add, and
+ * only this node reads y's gradient, so the one buffer holds x's sum from then on
+ * (later terms of x land in it as well); a later backward over the same tape
+ * starts both from zero (as every non-leaf's), and finds the two gradients one
+ * buffer, already summed: nothing to pass. A leaf's gradient outlives a backward,
+ * so it gets a copy. */
+static int view_forward(tg_op_call *c)
+{
+    (void)c; /* y's data is x's */
+    return 0;
+}
+
+static void view_backward(tg_op_call *c)
+{
+    tg_tensor *x = c->in[0];
+    void *dy = c->out->grad;
+    if (!dy || !tgi_needs_grad(x) || x->grad == dy)
+        return;
+    if (!x->grad && x->node >= 0 && !(x->flags & (TGI_PARAM | TGI_LEAF))) {
+        x->grad = dy;
+        return;
+    }
+    tgi_pass_grad(c, 0);
+}
+static const tg_op op_view = {"view", view_forward, view_backward};
+
+tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape)
+{
+    if (!ctx || !tgi_check_float_arg(ctx, fn, "x", x, NULL))
+        return NULL;
+    int64_t n = 1;
+    int bad = ndim < 1 || ndim > TG_MAX_DIMS || !shape;
+    for (int k = 0; !bad && k < ndim; k++) {
+        bad = shape[k] < 0 || (shape[k] > 0 && n > INT64_MAX / shape[k]);
+        n *= bad ? 1 : shape[k];
+    }
+    if (bad || n != x->numel) {
+        char bx[96], bs[96];
+        tg_set_error(ctx, "%s: cannot view x of shape %s as %s", fn, TGI_SHAPE(x, bx),
+                     bad && (ndim < 1 || ndim > TG_MAX_DIMS || !shape)
+                         ? "that (ndim must be in [1, 4])"
+                         : tgi_shape_str(ndim, shape, bs, sizeof bs));
+        return NULL;
+    }
+    tg_tensor *out = tgi_arena_alloc(ctx, sizeof *out);
+    if (!out)
+        return NULL;
+    tgi_tensor_init(out, ctx, x->data, x->dtype, ndim, shape, n);
+    return tgi_op_run(ctx, &op_view, out, &x, 1, NULL, 0);
 }

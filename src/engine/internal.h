@@ -423,6 +423,26 @@ void tgi_par_units(tg_ctx *ctx, int nt, int64_t units, tgi_units_fn fn, const vo
         __VA_ARGS__                                                                    \
     } while (0)
 
+/* ---- the transformer block's fused nodes (internal, for src/toolkit) ---- */
+/* (defined in ops/attention.c) Multi-head self-attention read from the fused
+ * projection: qkv [B*T,3E] (queries, keys, values side by side, H heads of E/H
+ * columns each) -> [B*T,E], the heads side by side; no split or merge copies.
+ * Errors are named after fn. */
+tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64_t b, int64_t h,
+                              int causal);
+/* (ops/matmul.c) tgi_linear_wt's node plus a residual: x [m,in], w [out,in],
+ * b [out], r of m*out elements (read as [m,out]) -> r + (x w^T + b) [m,out], the
+ * bits of tg_add(r, tgi_linear_wt(x, w, b)) without the add's pass and copy. */
+tg_tensor *tgi_linear_residual(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w,
+                               tg_tensor *b, tg_tensor *r);
+/* (ops/matmul.c) tgi_linear_wt's node with F.gelu after the bias: x [m,in],
+ * w [out,in], b [out] -> gelu(x w^T + b) [m,out], the bits of
+ * tg_gelu(tgi_linear_wt(x, w, b)) in one node (no separate gelu sweep). */
+tg_tensor *tgi_linear_gelu(tg_ctx *ctx, const char *fn, tg_tensor *x, tg_tensor *w, tg_tensor *b);
+/* (ops/shape.c) x's elements under shape (ndim 1..4, the same count) sharing x's
+ * data: no copy, so only for tensors nothing writes into; dx += dy. */
+tg_tensor *tgi_view(tg_ctx *ctx, const char *fn, tg_tensor *x, int ndim, const int64_t *shape);
+
 /* Loops the compiler vectorises get an AVX2 clone, chosen at load time (the
  * clones give the same bits: ISO C, no contraction into FMA). */
 #if defined(__x86_64__) && defined(__has_attribute)

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* layers_transformer.c: the pre-layer-norm transformer block.
  *
- * A block is made of ops only (layer norm, dense layers, slice, reshape,
- * permute, the fused attention, GELU, add); its backward comes from the tape.
+ * A block is made of ops only (layer norm, dense layers, the fused
+ * self-attention, GELU, dense layers with the residual add fused in, views);
+ * its backward comes from the tape.
  * Names, initialisation and arithmetic follow PyTorch's
  * nn.TransformerEncoderLayer(norm_first=True, activation="gelu",
  * batch_first=True, dropout=0); see docs/nn.md. */
@@ -96,17 +97,6 @@ fail:
     return -1;
 }
 
-/* qkv [B*T,3E] -> [B,3H,T,E/H]: the heads of q (0..H-1), k (H..2H-1) and v
- * (2H..3H-1), one permute for all three (columns j*E/H.. of qkv are head j of
- * the 3H, as PyTorch splits in_proj's output). */
-static tg_tensor *split_heads(tg_ctx *ctx, tg_tensor *qkv, int64_t b, int64_t t, int64_t h,
-                              int64_t e)
-{
-    static const int to_heads[4] = {0, 2, 1, 3};
-    const int64_t bthd[4] = {b, t, 3 * h, e / h};
-    return tg_permute(ctx, tg_reshape(ctx, qkv, 4, bthd), to_heads);
-}
-
 tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block *blk,
                                         tg_tensor *x, int causal)
 {
@@ -127,26 +117,25 @@ tg_tensor *tg_transformer_block_forward(tg_ctx *ctx, const tg_transformer_block 
     if (!tgi_check_same_dtype(ctx, fn, blk->in_proj.weight, x)) return NULL;
     const int64_t b = x->shape[0], t = x->shape[1], e = blk->d_model, h = blk->n_heads;
     const int64_t rows_e[2] = {b * t, e}, bte[3] = {b, t, e};
-    static const int from_heads[4] = {0, 2, 1, 3};
 
-    /* the residual stream as [B*T,E] rows from here on (a reshape is a copy) */
-    tg_tensor *xr = tg_reshape(ctx, x, 2, rows_e);
+    /* the residual stream as [B*T,E] rows from here on (a view of x: no copy) */
+    tg_tensor *xr = tgi_view(ctx, fn, x, 2, rows_e);
 
     /* attention: x + out_proj(attention(ln1(x))) */
     tg_tensor *a = tg_layernorm_forward(ctx, &blk->norm1, xr);
     tg_tensor *qkv = tg_dense_forward(ctx, &blk->in_proj, a, TG_ACT_NONE);
-    tg_tensor *heads = split_heads(ctx, qkv, b, t, h, e);
-    tg_tensor *q = tg_slice(ctx, heads, 1, 0, h), *k = tg_slice(ctx, heads, 1, h, 2 * h),
-              *v = tg_slice(ctx, heads, 1, 2 * h, 3 * h);
-    tg_tensor *att = tg_attention(ctx, q, k, v, causal);
-    tg_tensor *merged = tg_reshape(ctx, tg_permute(ctx, att, from_heads), 2, rows_e);
-    tg_tensor *x1 = tg_add(ctx, xr, tg_dense_forward(ctx, &blk->out_proj, merged, TG_ACT_NONE));
+    /* the heads of q, k and v read where in_proj wrote them, the output written
+     * as out_proj reads it (PyTorch's head split and merge, without copies) */
+    tg_tensor *att = tgi_self_attention(ctx, fn, qkv, b, h, causal);
+    /* out_proj and the residual add in one node (the bits of tg_add(xr, out_proj(att))) */
+    tg_tensor *x1 = tgi_linear_residual(ctx, fn, att, blk->out_proj.weight, blk->out_proj.bias,
+                                        xr);
 
     /* MLP: x1 + linear2(gelu(linear1(ln2(x1)))) */
     tg_tensor *m = tg_layernorm_forward(ctx, &blk->norm2, x1);
-    m = tg_dense_forward(ctx, &blk->linear1, m, TG_ACT_NONE);
-    m = tg_dense_forward(ctx, &blk->linear2, tg_gelu(ctx, m), TG_ACT_NONE);
-    return tg_reshape(ctx, tg_add(ctx, x1, m), 3, bte);
+    m = tgi_linear_gelu(ctx, fn, m, blk->linear1.weight, blk->linear1.bias); /* one node */
+    tg_tensor *y = tgi_linear_residual(ctx, fn, m, blk->linear2.weight, blk->linear2.bias, x1);
+    return tgi_view(ctx, fn, y, 3, bte);
 }
 
 int tg_transformer_block_params(const tg_transformer_block *blk, tg_tensor **out, int cap)

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* tests/ops/test_ops_attention.c: tg_attention.
+/* tests/ops/test_ops_attention.c: tg_attention, and tgi_self_attention (the
+ * same arithmetic read from a fused [B*T,3E] projection and written as [B*T,E]):
+ * its gradient check, its agreement with the composed split / tg_attention /
+ * merge, the same bits for 1 and 2 threads, its errors.
  * Gradient checks in f64 through a random-weighted projection sum(w * out) for
  * q, k and v, causal and not, on the edge shapes a user meets (T = 1, T != S,
  * B = H = 1, D = 1, one tensor as q, k and v); values and gradients against
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h" /* tgi_self_attention */
 #include "tapegrad.h"
 #include "tg_test.h"
 
@@ -362,16 +366,20 @@ static uint64_t run_hashed(tg_ctx *c, int threads, int causal)
     return h;
 }
 
-Test(attention, same_bits_for_one_and_two_threads)
+/* run(ctx, threads, causal) hashes the same bits on fresh contexts of one seed
+ * for 1 and 2 threads, causal and not */
+static void assert_same_bits_1_2(uint64_t (*run)(tg_ctx *, int, int), uint64_t seed)
 {
     for (int causal = 0; causal < 2; causal++) {
-        tg_ctx *c1 = tg_ctx_new(99), *c2 = tg_ctx_new(99);
-        uint64_t h1 = run_hashed(c1, 1, causal), h2 = run_hashed(c2, 2, causal);
+        tg_ctx *c1 = tg_ctx_new(seed), *c2 = tg_ctx_new(seed);
+        uint64_t h1 = run(c1, 1, causal), h2 = run(c2, 2, causal);
         cr_assert_eq(h1, h2, "causal %d: 1 thread %016llx, 2 threads %016llx", causal,
                      (unsigned long long)h1, (unsigned long long)h2);
         tg_ctx_free(c1), tg_ctx_free(c2);
     }
 }
+
+Test(attention, same_bits_for_one_and_two_threads) { assert_same_bits_1_2(run_hashed, 99); }
 
 Test(attention, no_grad_mode_records_nothing_and_gives_the_same_values)
 {
@@ -464,4 +472,128 @@ Test(attention, bad_arguments_name_the_problem_and_change_nothing)
     cr_assert_str_eq(tg_errmsg(ctx), "earlier error");
     tg_clear_error(ctx);
     cr_assert_null(tg_attention(NULL, q, k, k, 0));
+}
+
+/* ---- tgi_self_attention ------------------------------------------------- */
+
+typedef struct {
+    int64_t b, h;
+    int causal;
+    tg_tensor *w;
+} sa_user;
+
+static tg_tensor *fn_fused(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    sa_user *u = user;
+    return tg_sum(c, tg_mul(c, tgi_self_attention(c, "test", in[0], u->b, u->h, u->causal), u->w));
+}
+
+static tg_tensor *fn_fused_out(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    sa_user *u = user;
+    return tgi_self_attention(c, "test", in[0], u->b, u->h, u->causal);
+}
+
+/* the composed path: qkv [B*T,3E] -> [B,T,3H,D] -> [B,3H,T,D], q k v sliced,
+ * tg_attention, [B,H,T,D] -> [B,T,H,D] -> [B*T,E] */
+static tg_tensor *fn_composed(tg_ctx *c, tg_tensor *const *in, void *user)
+{
+    sa_user *u = user;
+    static const int swap12[4] = {0, 2, 1, 3};
+    const int64_t rows = tg_shape(in[0])[0], e = tg_shape(in[0])[1] / 3, t = rows / u->b;
+    const int64_t split[4] = {u->b, t, 3 * u->h, e / u->h}, merged[2] = {rows, e};
+    tg_tensor *heads = tg_permute(c, tg_reshape(c, in[0], 4, split), swap12);
+    tg_tensor *att = tg_attention(c, tg_slice(c, heads, 1, 0, u->h),
+                                  tg_slice(c, heads, 1, u->h, 2 * u->h),
+                                  tg_slice(c, heads, 1, 2 * u->h, 3 * u->h), u->causal);
+    return tg_reshape(c, tg_permute(c, att, swap12), 2, merged);
+}
+
+/* {B, T, H, D}: edge shapes (T = 1, one head, D = 1) and more than one causal block */
+static const int64_t SA_CASES[][4] = {{2, 4, 2, 3}, {1, 1, 1, 1}, {2, 5, 1, 2}, {1, 3, 3, 1},
+                                      {1, 36, 2, 2}};
+#define N_SA_CASES ((int)(sizeof SA_CASES / sizeof SA_CASES[0]))
+
+Test(attention, self_attention_gradcheck)
+{
+    for (int ci = 0; ci < N_SA_CASES; ci++)
+        for (int causal = 0; causal < 2; causal++) {
+            const int64_t b = SA_CASES[ci][0], t = SA_CASES[ci][1], h = SA_CASES[ci][2],
+                          e = h * SA_CASES[ci][3];
+            char what[96];
+            snprintf(what, sizeof what, "B=%lld T=%lld H=%lld E=%lld causal=%d", (long long)b,
+                     (long long)t, (long long)h, (long long)e, causal);
+            tg_tensor *qkv = rnd(ctx, TG_F64, (shp){2, {b * t, 3 * e}}, -1.5, 1.5);
+            sa_user u = {b, h, causal, rnd(ctx, TG_F64, (shp){2, {b * t, e}}, 0.5, 1.5)};
+            gradcheck_ok(ctx, fn_fused, &u, &qkv, 1, what);
+            if (t > 1) assert_grads_nonzero(ctx, fn_fused_out, &u, &qkv, 1, LOSS_SUM_W, what);
+            tg_reset(ctx);
+        }
+}
+
+/* The fused node gives the composed path's values and gradients (f64, to rounding),
+ * also when qkv already has a gradient (the backward adds instead of assigning). */
+Test(attention, self_attention_equals_split_attention_merge)
+{
+    for (int causal = 0; causal < 2; causal++) {
+        const int64_t b = 2, t = 7, h = 3, e = 6;
+        tg_tensor *qkv = rnd(ctx, TG_F64, (shp){2, {b * t, 3 * e}}, -1.5, 1.5);
+        tg_tensor *w = rnd(ctx, TG_F64, (shp){2, {b * t, e}}, 0.5, 1.5);
+        sa_user u = {b, h, causal, w};
+        tg_set_requires_grad(qkv, 1);
+        tg_tensor *y1 = fn_fused_out(ctx, &qkv, &u), *y2 = fn_composed(ctx, &qkv, &u);
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        for (int64_t i = 0; i < tg_numel(y1); i++)
+            cr_assert(fabs(at(y1, i) - at(y2, i)) <= 1e-14, "causal %d: y[%lld] %.17g vs %.17g",
+                      causal, (long long)i, at(y1, i), at(y2, i));
+        double g1[3 * 2 * 7 * 6], g2[3 * 2 * 7 * 6];
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y2, w)));
+        for (int64_t i = 0; i < tg_numel(qkv); i++) g2[i] = grad_at(qkv, i);
+        /* the fused node adds into the gradient the composed path left */
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y1, w)));
+        for (int64_t i = 0; i < tg_numel(qkv); i++) g1[i] = grad_at(qkv, i) - g2[i];
+        for (int64_t i = 0; i < tg_numel(qkv); i++)
+            cr_assert(fabs(g1[i] - g2[i]) <= 1e-13, "causal %d: dqkv[%lld] %.17g vs %.17g",
+                      causal, (long long)i, g1[i], g2[i]);
+        tg_reset(ctx);
+    }
+}
+
+static uint64_t sa_hashed(tg_ctx *c, int threads, int causal)
+{
+    tg_set_threads(c, threads);
+    tg_tensor *qkv = rnd(c, TG_F32, (shp){2, {4 * 64, 3 * 128}}, -1.5, 1.5);
+    tg_tensor *w = rnd(c, TG_F32, (shp){2, {4 * 64, 128}}, 0.5, 1.5);
+    tg_set_requires_grad(qkv, 1);
+    tg_tensor *y = tgi_self_attention(c, "test", qkv, 4, 4, causal);
+    tg_backward(c, tg_sum(c, tg_mul(c, y, w)));
+    cr_assert(tg_ok(c), "%s", tg_errmsg(c));
+    tg_tensor *g = tg_from(c, TG_F32, 2, tg_shape(qkv), tg_grad(qkv));
+    return tg_hash(y) * 1000003u ^ tg_hash(g);
+}
+
+Test(attention, self_attention_same_bits_for_one_and_two_threads)
+{
+    assert_same_bits_1_2(sa_hashed, 7);
+}
+
+Test(attention, self_attention_bad_arguments)
+{
+    tg_tensor *qkv = rnd(ctx, TG_F64, (shp){2, {6, 12}}, -1, 1);
+    tg_tensor *q3 = rnd(ctx, TG_F64, (shp){3, {2, 3, 12}}, -1, 1);
+    tg_set_requires_grad(qkv, 1);
+    const struct {
+        tg_tensor *x;
+        int64_t b, h;
+        const char *what;
+    } bad[] = {{q3, 2, 2, "qkv is [2,3,12]"}, {qkv, 4, 2, "B 4"}, {qkv, 2, 3, "H 3"},
+               {qkv, 0, 2, "B 0"},            {qkv, 2, 0, "H 0"},
+               {rnd(ctx, TG_F64, (shp){2, {6, 10}}, -1, 1), 2, 1, "qkv is [6,10]"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int64_t len = tg_tape_len(ctx);
+        tg_tensor *y = tgi_self_attention(ctx, "tg_x", bad[i].x, bad[i].b, bad[i].h, 1);
+        cr_assert_eq(tg_tape_len(ctx), len, "a failing call recorded a node");
+        assert_null_err(ctx, y, "tg_x", "must be [B*T,3E]", bad[i].what);
+    }
+    cr_assert_null(tg_grad(qkv), "a failing call left a gradient");
 }
