@@ -54,6 +54,7 @@ static int check_args(tg_ctx *ctx, tg_fn fn, tg_tensor *const *inputs, int n) {
 
 /* Keep each input's grad pointer, a copy of its contents and its flags. */
 static int save_inputs(tg_ctx *ctx, tg_tensor *const *inputs, int n, saved_input *saved) {
+    tgi_settle_grads(ctx); /* zeros pending since tg_zero_grad are zeros kept */
     for (int k = 0; k < n; k++) {
         tg_tensor *t = inputs[k];
         saved[k].grad = t->grad;

@@ -21,6 +21,14 @@ enum {
     TGI_REQ_GRAD = 1u << 0, /* gradients flow into this tensor */
     TGI_PARAM = 1u << 1,    /* owned by the ctx until tg_ctx_free */
     TGI_LEAF = 1u << 2,     /* made by tg_new/tg_from/tg_param, not by an op */
+    /* a parameter's gradient is zeros not yet written: grad is NULL, and its first
+     * writer (tgi_grad_first) assigns into grad_store; tgi_settle_grads writes
+     * the zeros of any gradient no writer reached */
+    TGI_GRAD_PENDING = 1u << 3,
+    /* the caller holds a pointer to this parameter's gradient (the public tg_grad or
+     * tg_grad_acc gave it out): tg_zero_grad clears it at once, as the caller may
+     * read or add into it before backward */
+    TGI_GRAD_SEEN = 1u << 4,
 };
 
 struct tg_tensor {
@@ -103,6 +111,7 @@ struct tg_ctx {
     int64_t tape_len, tape_cap;
     tg_tensor **params;
     int n_params, cap_params;
+    int grads_pending; /* tg_zero_grad left some parameter's zeros to its first writer */
     size_t param_bytes;
     /* rng: xoshiro256** */
     uint64_t rng[4];
@@ -230,7 +239,18 @@ static inline size_t tgi_dtype_size(tg_dtype dt) { return dt == TG_F64 ? 8 : 4; 
 /* A gradient that exists already is returned inline; making one (tg_grad_acc
  * in tape.c) is out of line. */
 void *tgi_grad_acc_new(tg_tensor *t);
-static inline void *tgi_grad(const tg_tensor *t) { return t ? t->grad : NULL; }
+/* Zeros pending since tg_zero_grad (TGI_GRAD_PENDING), written: every parameter's
+ * (tgi_settle_grads, O(1) when none is pending: before anything reads or adds
+ * into gradients outside backward's first writers), or one tensor's. */
+void tgi_settle_grads_slow(tg_ctx *ctx);
+static inline void tgi_settle_grads(tg_ctx *ctx) {
+    if (ctx && ctx->grads_pending) tgi_settle_grads_slow(ctx);
+}
+void *tgi_settle_grad(tg_tensor *t);
+static inline void *tgi_grad(const tg_tensor *t) {
+    if (t && (t->flags & TGI_GRAD_PENDING)) return tgi_settle_grad((tg_tensor *)t);
+    return t ? t->grad : NULL;
+}
 static inline void *tgi_grad_acc(tg_tensor *t) {
     return t && t->grad ? t->grad : tgi_grad_acc_new(t);
 }

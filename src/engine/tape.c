@@ -281,8 +281,26 @@ void *tgi_grad_acc_new(tg_tensor *t) {
         t->grad = tgi_arena_alloc(t->ctx, bytes);
         if (!t->grad) return NULL;
     }
+    t->flags &= ~(uint32_t)TGI_GRAD_PENDING;
     if (bytes) zero_grad_buf(t->ctx, t->grad, t);
     return t->grad;
+}
+
+/* A pending gradient: its zeros, unless a first writer has written it already. */
+void *tgi_settle_grad(tg_tensor *t) {
+    t->flags &= ~(uint32_t)TGI_GRAD_PENDING;
+    if (t->grad) return t->grad;
+    t->grad = t->grad_store;
+    if (t->numel > 0) zero_grad_buf(t->ctx, t->grad, t);
+    return t->grad;
+}
+
+void tgi_settle_grads_slow(tg_ctx *ctx) {
+    tg_tensor *const *ps = ctx->params;
+    const int n = ctx->n_params;
+    for (int i = 0; i < n; i++)
+        if (ps[i]->flags & TGI_GRAD_PENDING) tgi_settle_grad(ps[i]);
+    ctx->grads_pending = 0;
 }
 
 void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t first) {
@@ -315,6 +333,7 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
         if (ctx->anomaly && anomaly_backward(ctx, i, c) != 0) break;
     }
     ctx->no_grad = prev;
+    tgi_settle_grads(ctx); /* the parameters the walk did not reach: their zeros */
 }
 
 void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
@@ -350,19 +369,33 @@ void tg_backward(tg_ctx *ctx, tg_tensor *loss) {
             T *p = tg_grad_acc(loss);
             if (p) p[0] += (T)1;
         });
+        tgi_settle_grads(ctx);
         return;
     }
     tgi_backward_from(ctx, loss, NULL, 0);
 }
 
+/* A parameter's gradient in its own storage that the caller holds no pointer to
+ * (TGI_GRAD_SEEN) is not cleared here: it becomes pending (grad NULL,
+ * TGI_GRAD_PENDING), so backward's first writer assigns (tgi_grad_first: beta 0
+ * in the weight-gradient GEMMs, no memset before them, no read of the old values)
+ * and tgi_settle_grads writes the zeros of the rest before anything else reads
+ * them. The others are cleared now. Either way the gradient is zeros, as tg_grad
+ * shows. */
 void tg_zero_grad(tg_ctx *ctx) {
     if (!ctx) return;
-    /* (the list read once: the compiler cannot know that clearing a buffer leaves it be) */
     tg_tensor *const *ps = ctx->params;
     const int n = ctx->n_params;
     for (int i = 0; i < n; i++) {
         tg_tensor *p = ps[i];
-        if (p->grad) zero_grad_buf(ctx, p->grad, p);
+        if (!p->grad) continue;
+        if (p->grad == p->grad_store && !(p->flags & TGI_GRAD_SEEN)) {
+            p->grad = NULL;
+            p->flags |= TGI_GRAD_PENDING;
+            ctx->grads_pending = 1;
+        } else {
+            zero_grad_buf(ctx, p->grad, p);
+        }
     }
 }
 
@@ -403,4 +436,7 @@ tg_tensor *tg_apply(tg_ctx *ctx, const tg_op *op, tg_tensor *const *inputs, int 
 }
 
 #undef tg_grad_acc /* the public function: internal.h maps the library's calls */
-void *tg_grad_acc(tg_tensor *t) { return tgi_grad_acc(t); }
+void *tg_grad_acc(tg_tensor *t) {
+    if (t && (t->flags & TGI_PARAM)) t->flags |= TGI_GRAD_SEEN;
+    return tgi_grad_acc(t);
+}

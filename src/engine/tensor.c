@@ -224,7 +224,11 @@ int tg_requires_grad(const tg_tensor *t) { return t && (t->flags & TGI_REQ_GRAD)
 
 void *tg_data(const tg_tensor *t) { return t ? t->data : NULL; }
 #undef tg_grad /* the public function: internal.h maps the library's calls */
-void *tg_grad(const tg_tensor *t) { return tgi_grad(t); }
+void *tg_grad(const tg_tensor *t) {
+    /* (a parameter is made on the heap by tg_param: its flags may be written) */
+    if (t && (t->flags & TGI_PARAM)) ((tg_tensor *)t)->flags |= TGI_GRAD_SEEN;
+    return tgi_grad(t);
+}
 int tg_ndim(const tg_tensor *t) { return t ? t->ndim : 0; }
 const int64_t *tg_shape(const tg_tensor *t) { return t ? t->shape : NULL; }
 int64_t tg_numel(const tg_tensor *t) { return t ? t->numel : 0; }

@@ -644,6 +644,7 @@ int tg_mpi_average_grads(tg_mpi *mp, double weight) {
     static const char fn[] = "tg_mpi_average_grads";
     if (!mp) return -1;
     tg_ctx *ctx = mp->ctx;
+    tgi_settle_grads(ctx); /* zeros pending since tg_zero_grad, before anyone reads them */
     if (!(weight > 0)) weight = 1.0 / mp->size;
     const int shared = tg_mpi_shared(mp);
     const uint64_t layout = layout_hash(ctx);
@@ -670,6 +671,7 @@ int tg_mpi_step(tg_mpi *mp, double weight, tg_optim *opt) {
     static const char fn[] = "tg_mpi_step";
     if (!mp) return -1;
     tg_ctx *ctx = mp->ctx;
+    tgi_settle_grads(ctx); /* zeros pending since tg_zero_grad, before anyone reads them */
     if (!tg_mpi_shared(mp) || !opt) { /* one rank, across machines, or shared memory off */
         if (!opt && tg_ok(ctx)) tg_set_error(ctx, "%s: opt is NULL", fn);
         if (tg_mpi_average_grads(mp, weight) != 0) return -1;

@@ -524,6 +524,7 @@ TGI_AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, voi
 /* One update of shard k of n of every parameter with a gradient (all of it
  * when n is 1); the tiny network's sweep only for the whole step. */
 static int step_shard(tg_optim *opt, int shard, int nshards) {
+    tgi_settle_grads(opt->ctx); /* a step right after tg_zero_grad steps zeros */
     const tg_optim_opts *o = &opt->o;
     const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     const float lr32 = (float)o->lr, wd32 = (float)o->weight_decay;
@@ -648,6 +649,7 @@ int tg_sgd_step(tg_ctx *ctx, double lr) {
     memset(&o, 0, sizeof o);
     o.lr = lr;
     const upd_k k = {&o, 1, 0.0, 0.0};
+    tgi_settle_grads(ctx);
     const fp_mode fm = flush_subnormals_begin(); /* for the small parameters (par_ranges) */
     for (int i = 0; i < ctx->n_params; i++) {
         tg_tensor *p = ctx->params[i];
@@ -696,6 +698,7 @@ double tg_clip_grad_norm(tg_ctx *ctx, tg_tensor *const *params, int n, double ma
     tg_tensor *const *list;
     int count;
     if (clip_list(ctx, fn, params, n, &list, &count)) return -1.0;
+    tgi_settle_grads(ctx);
     double ss = 0.0;
     for (int k = 0; k < count; k++) {
         const tg_tensor *p = list[k];
