@@ -7,7 +7,9 @@
  *                       and its out_proj reads them): the same arithmetic read and
  *                       written in place, with no head split or merge copies
  *
- * Per (batch, head) pair the op is three GEMMs and a row softmax; the pairs are
+ * Per (batch, head) pair the op is three products and a row softmax (the products
+ * by the GEMM, or in f32 with D and S multiples of 16 by a kernel of this file,
+ * at_rows_f32 and at_abt_f32); the pairs are
  * independent, so they are split over the context's threads, each thread running
  * whole pairs with its own GEMM workspace, which gives the same bits for any
  * thread count. Local gradients in full: docs/ops.md, "Attention". */
