@@ -7,7 +7,9 @@
  *                       and its out_proj reads them): the same arithmetic read and
  *                       written in place, with no head split or merge copies
  *
- * Per (batch, head) pair the op is three GEMMs and a row softmax; the pairs are
+ * Per (batch, head) pair the op is three products and a row softmax (the products
+ * by the GEMM, or in f32 with D and S multiples of 16 by a kernel of this file,
+ * at_rows_f32 and at_abt_f32); the pairs are
  * independent, so they are split over the context's threads, each thread running
  * whole pairs with its own GEMM workspace, which gives the same bits for any
  * thread count. Local gradients in full: docs/ops.md, "Attention". */
@@ -65,6 +67,7 @@ typedef struct {
     tg_gemm_ws *ws;
     attn_bump bump;
     void *buf;
+    float *bt; /* [D,S]: K or V transposed, or [max(T,S),D] packed rows (at_fast) */
 } attn_team;
 
 /* Where one operand's [rows,D] matrix of pair p = (b,h) starts, in elements from
@@ -96,6 +99,8 @@ static int attn_threads(const tg_ctx *ctx, const attn_dims *a)
     return a->bh < ctx->nthreads ? (int)a->bh : ctx->nthreads;
 }
 
+static int at_fast(const attn_dims *a);
+
 /* Make nt teams: each with a [T,S] buffer when need_buf and, when nt > 1, its own workspace
  * sized for the largest product of the pass (workspace bytes `ws_bytes`). With
  * nt == 1 the context's workspace serves. Returns NULL with the error recorded. */
@@ -109,6 +114,10 @@ static attn_team *teams_new(tg_ctx *ctx, const char *fn, const attn_dims *a, int
         tm[i].ws = nt == 1 ? ctx->gemm : NULL;
         tm[i].bump = (attn_bump){NULL, 0, 0};
         tm[i].buf = NULL;
+        tm[i].bt = NULL;
+        if (at_fast(a) && !(tm[i].bt = tgi_arena_alloc(ctx, (size_t)((a->s > a->t ? a->s : a->t) *
+                                                                   a->d) * sizeof(float))))
+            return NULL;
         if (need_buf && !(tm[i].buf = tgi_arena_alloc(ctx, (size_t)(a->t * a->s) * esz + TG_ALIGN)))
             return NULL;
         if (nt == 1) continue;
@@ -160,11 +169,182 @@ static int team_gemm(const attn_team *tm, int nth, tg_dtype dt, int ta, int tb, 
 
 static int64_t imin64(int64_t x, int64_t y) { return x < y ? x : y; }
 
+/* ------------------------------------------------------------------------ */
+/* The f32 row-broadcast kernel (AVX-512)                                   */
+/* ------------------------------------------------------------------------ */
+
+/* C [m,D] (+= when acc) = sum over k of a(r,k) B[k,:], where a(r,k) = A[r rs + k ks]
+ * and B's rows are ldb apart: O = P V and dQ = dA K (rs = S, ks = 1), dV = P^T dO
+ * and dK = dA^T Q (rs = 1, ks = S, A read transposed in place). B's rows are
+ * contiguous D-vectors, so nothing is packed: tiles of 8 rows x 32 columns keep 16
+ * accumulators in registers, one FMA per (row, vector) and k with a(r,k) broadcast.
+ * Row r0's tile sums k over [lo, hi): lo = r0 when lo_diag (causal dV, dK: rows
+ * before the key get exact zeros of P and dA), hi = r0 + 8 when hi_diag (causal
+ * O, dQ: keys after the row), the full range [0, kn) otherwise. Each element is
+ * summed in k order, one FMA at a time: the same bits for any thread count. */
+#define AT_ROWS 8 /* rows of a tile */
+#define AT_VL 16  /* floats in a vector */
+typedef float at_v16 __attribute__((vector_size(64)));
+typedef float at_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+#define AT_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
+
+/* One tile: R rows, NV (1 to 4) vectors of columns; inlined with constant R, NV. */
+__attribute__((always_inline)) static inline void
+at_tile(float *restrict c, int64_t ldc, const float *restrict a, int64_t rs, int64_t ks,
+        const float *restrict b, int64_t ldb, int64_t lo, int64_t hi, int acc, int R, int NV)
+{
+    at_v16 s[AT_ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) s[r][v] = (at_v16){0};
+    for (int64_t k = lo; k < hi; k++) {
+        at_v16 bv[4];
+        for (int v = 0; v < NV; v++) bv[v] = *(const at_u16 *)(b + k * ldb + v * AT_VL);
+        for (int r = 0; r < R; r++) {
+            const float x = a[r * rs + k * ks];
+            for (int v = 0; v < NV; v++) s[r][v] += x * bv[v];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) {
+            at_u16 *cp = (at_u16 *)(c + r * ldc + v * AT_VL);
+            if (acc)
+                *cp += s[r][v];
+            else
+                *cp = s[r][v];
+        }
+}
+
+TGI_AVX512_CLONES AT_FMA_ATTR static void
+at_rows_f32(float *c, int64_t ldc, int64_t m, int64_t d, const float *a, int64_t rs, int64_t ks,
+            const float *b, int64_t ldb, int64_t kn, int lo_diag, int hi_diag, int acc,
+            float *pack)
+{
+    /* B's rows lie 3E or E floats apart in the fused layouts, a stride that maps
+     * them onto few L1 sets; copied next to each other first they stay in L1. */
+    if (ldb != d) {
+        for (int64_t k = 0; k < kn; k++)
+            for (int64_t j = 0; j < d; j += AT_VL)
+                *(at_u16 *)(pack + k * d + j) = *(const at_u16 *)(b + k * ldb + j);
+        b = pack;
+        ldb = d;
+    }
+    for (int64_t r0 = 0; r0 < m;) {
+        const int full = m - r0 >= AT_ROWS;
+        const int64_t lo = lo_diag ? r0 : 0;
+        const int64_t hi = hi_diag ? imin64(r0 + (full ? AT_ROWS : 1), kn) : kn;
+        const float *ar = a + r0 * rs;
+        float *cr = c + r0 * ldc;
+        for (int64_t j = 0; j < d; j += 2 * AT_VL) {
+            const int two = d - j >= 2 * AT_VL;
+            if (full && two)
+                at_tile(cr + j, ldc, ar, rs, ks, b + j, ldb, lo, hi, acc, AT_ROWS, 2);
+            else if (full)
+                at_tile(cr + j, ldc, ar, rs, ks, b + j, ldb, lo, hi, acc, AT_ROWS, 1);
+            else if (two)
+                at_tile(cr + j, ldc, ar, rs, ks, b + j, ldb, lo, hi, acc, 1, 2);
+            else
+                at_tile(cr + j, ldc, ar, rs, ks, b + j, ldb, lo, hi, acc, 1, 1);
+        }
+        r0 += full ? AT_ROWS : 1;
+    }
+}
+
+/* bt [D,S] = B [S,D]^T (B's rows ldb apart; S, D multiples of 16), by 16 x 16
+ * blocks transposed in registers: four rounds of two-vector shuffles, round h
+ * swapping the off-diagonal h x h sub-blocks of every 2h x 2h block. */
+typedef int at_i16 __attribute__((vector_size(64)));
+__attribute__((always_inline)) static inline void at_swap_blocks(at_v16 *v, int h, at_i16 lo,
+                                                                 at_i16 hi)
+{
+    for (int r = 0; r < AT_VL; r++)
+        if (!(r & h)) {
+            const at_v16 x = v[r], y = v[r + h];
+            v[r] = __builtin_shuffle(x, y, lo);
+            v[r + h] = __builtin_shuffle(x, y, hi);
+        }
+}
+
+/* lane l of round h: from x (lanes with bit h clear) or y, h lanes over */
+#define AT_LO(h, l) (((l) & (h)) ? AT_VL + (l) - (h) : (l))
+#define AT_HI(h, l) (((l) & (h)) ? AT_VL + (l) : (l) + (h))
+#define AT_MASK(F, h)                                                                   \
+    (at_i16){F(h, 0),  F(h, 1),  F(h, 2),  F(h, 3),  F(h, 4),  F(h, 5),  F(h, 6),  F(h, 7), \
+             F(h, 8),  F(h, 9),  F(h, 10), F(h, 11), F(h, 12), F(h, 13), F(h, 14), F(h, 15)}
+
+__attribute__((always_inline)) static inline void
+at_transpose(float *restrict bt, const float *restrict b, int64_t ldb, int64_t s, int64_t d)
+{
+    for (int64_t j0 = 0; j0 < s; j0 += AT_VL)
+        for (int64_t d0 = 0; d0 < d; d0 += AT_VL) {
+            at_v16 v[AT_VL];
+            for (int r = 0; r < AT_VL; r++) v[r] = *(const at_u16 *)(b + (j0 + r) * ldb + d0);
+            at_swap_blocks(v, 8, AT_MASK(AT_LO, 8), AT_MASK(AT_HI, 8));
+            at_swap_blocks(v, 4, AT_MASK(AT_LO, 4), AT_MASK(AT_HI, 4));
+            at_swap_blocks(v, 2, AT_MASK(AT_LO, 2), AT_MASK(AT_HI, 2));
+            at_swap_blocks(v, 1, AT_MASK(AT_LO, 1), AT_MASK(AT_HI, 1));
+            for (int r = 0; r < AT_VL; r++) *(at_u16 *)(bt + (d0 + r) * s + j0) = v[r];
+        }
+}
+
+/* Rows of the score-like tile: R rows x NV vectors, NV = 1..4 chosen at run time. */
+#define AT_ABT_TILE(R)                                                                  \
+    switch (nv) {                                                                       \
+    case 4: at_tile(cr, s, ar, lda, 1, bt + j0, s, 0, d, 0, R, 4); break;               \
+    case 3: at_tile(cr, s, ar, lda, 1, bt + j0, s, 0, d, 0, R, 3); break;               \
+    case 2: at_tile(cr, s, ar, lda, 1, bt + j0, s, 0, d, 0, R, 2); break;               \
+    default: at_tile(cr, s, ar, lda, 1, bt + j0, s, 0, d, 0, R, 1); break;              \
+    }
+
+/* C [T,S] (row stride S) = A [T,D] B [S,D]^T (the scores Q K^T, and dP = dO V^T),
+ * B transposed into bt [D,S] first; tiles of 4 rows x up to 64 columns. Causal:
+ * row block [i0, i0 + 4) computes columns [0, i0 + 4) rounded up to 16 only (the
+ * row passes read no further). */
+#define AT_ABT_ROWS 4
+TGI_AVX512_CLONES AT_FMA_ATTR static void
+at_abt_f32(float *c, int64_t t, int64_t s, int64_t d, const float *a, int64_t lda, const float *b,
+           int64_t ldb, float *bt, int causal)
+{
+    at_transpose(bt, b, ldb, s, d);
+    for (int64_t i0 = 0; i0 < t;) {
+        const int full = t - i0 >= AT_ABT_ROWS;
+        const int64_t rows = full ? AT_ABT_ROWS : 1;
+        const int64_t w = causal ? imin64((i0 + rows + AT_VL - 1) / AT_VL * AT_VL, s) : s;
+        const float *ar = a + i0 * lda;
+        for (int64_t j0 = 0; j0 < w; j0 += 4 * AT_VL) {
+            const int64_t nv = imin64(4, (w - j0) / AT_VL);
+            float *cr = c + i0 * s + j0;
+            if (full) {
+                AT_ABT_TILE(AT_ABT_ROWS)
+            } else {
+                AT_ABT_TILE(1)
+            }
+        }
+        i0 += rows;
+    }
+}
+
+/* Whether a call's products take at_rows_f32: f32, D a multiple of 16, and a CPU
+ * with AVX-512 (its 16 accumulators would spill on narrower vectors). */
+static int at_fast(const attn_dims *a)
+{
+#if defined(__x86_64__)
+    return a->dt == TG_F32 && a->d % AT_VL == 0 && a->s % AT_VL == 0 &&
+           __builtin_cpu_supports("avx512f");
+#else
+    (void)a;
+    return 0;
+#endif
+}
+
 /* C [T,S] (row stride S) = A [T,D] B [S,D]^T, row block i0.. computing columns
  * [0, i1) when causal (the scores Q K^T, and dP = dO V^T) */
 static int gemm_abt_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
                          int64_t lda, const void *B, int64_t ldb, void *C)
 {
+    if (at_fast(a)) {
+        at_abt_f32(C, a->t, a->s, a->d, A, lda, B, ldb, tm->bt, a->causal);
+        return 0;
+    }
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
     for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
@@ -182,6 +362,10 @@ static int gemm_abt_rows(const attn_team *tm, int nth, const attn_dims *a, const
 static int gemm_ab_rows(const attn_team *tm, int nth, const attn_dims *a, const void *A,
                         const void *B, int64_t ldb, int acc, void *C, int64_t ldc)
 {
+    if (at_fast(a)) {
+        at_rows_f32(C, ldc, a->t, a->d, A, a->s, 1, B, ldb, a->s, 0, a->causal, acc, tm->bt);
+        return 0;
+    }
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t rb = a->causal ? ATTN_CAUSAL_ROWS : a->t;
     for (int64_t i0 = 0; i0 < a->t; i0 += rb) {
@@ -200,6 +384,10 @@ static int gemm_ab_rows(const attn_team *tm, int nth, const attn_dims *a, const 
 static int gemm_atb_keys(const attn_team *tm, int nth, const attn_dims *a, const void *A,
                          const void *B, int64_t ldb, int acc, void *C, int64_t ldc)
 {
+    if (at_fast(a)) {
+        at_rows_f32(C, ldc, a->s, a->d, A, 1, a->s, B, ldb, a->t, a->causal, 0, acc, tm->bt);
+        return 0;
+    }
     const size_t esz = tg_dtype_size(a->dt);
     const int64_t kb = a->causal ? ATTN_CAUSAL_ROWS : a->s;
     for (int64_t j0 = 0; j0 < a->s; j0 += kb) {

@@ -208,10 +208,36 @@ Test(attention, values_and_gradients_match_pytorch)
 
 /* ---- f32 against f64 ---------------------------------------------------- */
 
+/* y32 and its inputs' gradients against the f64 run's, to f32 precision. */
+static void assert_f32_near_f64(const tg_tensor *y32, const tg_tensor *y64,
+                                tg_tensor *const *x32, tg_tensor *const *x64, int n,
+                                const char *what)
+{
+    for (int64_t i = 0; i < tg_numel(y64); i++)
+        cr_assert(fabs(at(y32, i) - at(y64, i)) <= 2e-6 * (1 + fabs(at(y64, i))),
+                  "%s out[%lld]: f32 %.9g, f64 %.17g", what, (long long)i, at(y32, i),
+                  at(y64, i));
+    int nz = 0;
+    for (int j = 0; j < n; j++) {
+        for (int64_t i = 0; i < tg_numel(x64[j]); i++) {
+            cr_assert(fabs(grad_at(x32[j], i) - grad_at(x64[j], i)) <=
+                          1e-5 * (1 + fabs(grad_at(x64[j], i))),
+                      "%s input %d grad[%lld]: f32 %.9g, f64 %.17g", what, j, (long long)i,
+                      grad_at(x32[j], i), grad_at(x64[j], i));
+            nz |= grad_at(x64[j], i) != 0;
+        }
+    }
+    cr_assert(nz, "%s: no gradient", what);
+}
+
+/* Also the f32 kernel's shapes (D and S multiples of 16): row tiles with tails
+ * (T = 21), more than 64 keys (S = 80), D = 48 (a column tile of 16), causal. */
 Test(attention, f32_agrees_with_f64)
 {
-    static const acase cs[] = {{2, 3, 17, 17, 8, 1}, {2, 2, 5, 9, 4, 0}, {1, 1, 1, 1, 1, 1}};
-    for (int ci = 0; ci < 3; ci++) {
+    static const acase cs[] = {{2, 3, 17, 17, 8, 1}, {2, 2, 5, 9, 4, 0}, {1, 1, 1, 1, 1, 1},
+                               {2, 1, 21, 32, 16, 0}, {1, 2, 80, 80, 48, 1},
+                               {1, 2, 48, 48, 32, 1}, {1, 1, 37, 80, 32, 0}};
+    for (int ci = 0; ci < (int)(sizeof cs / sizeof cs[0]); ci++) {
         const acase *a = &cs[ci];
         tg_tensor *x64[3] = {new4(ctx, TG_F64, a->b, a->h, a->t, a->d),
                              new4(ctx, TG_F64, a->b, a->h, a->s, a->d),
@@ -228,16 +254,9 @@ Test(attention, f32_agrees_with_f64)
         tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y64, w64)));
         tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y32, w32)));
         cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
-        for (int64_t i = 0; i < tg_numel(y64); i++)
-            cr_assert(fabs(at(y32, i) - at(y64, i)) <= 2e-6 * (1 + fabs(at(y64, i))),
-                      "case %d out[%lld]: f32 %.9g, f64 %.17g", ci, (long long)i, at(y32, i),
-                      at(y64, i));
-        for (int j = 0; j < 3; j++)
-            for (int64_t i = 0; i < tg_numel(x64[j]); i++)
-                cr_assert(fabs(grad_at(x32[j], i) - grad_at(x64[j], i)) <=
-                              1e-5 * (1 + fabs(grad_at(x64[j], i))),
-                          "case %d input %d grad[%lld]: f32 %.9g, f64 %.17g", ci, j,
-                          (long long)i, grad_at(x32[j], i), grad_at(x64[j], i));
+        char what[32];
+        snprintf(what, sizeof what, "case %d", ci);
+        assert_f32_near_f64(y32, y64, x32, x64, 3, what);
         tg_reset(ctx);
     }
 }
@@ -555,6 +574,29 @@ Test(attention, self_attention_equals_split_attention_merge)
         for (int64_t i = 0; i < tg_numel(qkv); i++)
             cr_assert(fabs(g1[i] - g2[i]) <= 1e-13, "causal %d: dqkv[%lld] %.17g vs %.17g",
                       causal, (long long)i, g1[i], g2[i]);
+        tg_reset(ctx);
+    }
+}
+
+/* The fused layout in f32 (q, k, v rows 3E apart, the output's E apart) against
+ * f64: D = 32 and 48, causal and not. */
+Test(attention, self_attention_f32_agrees_with_f64)
+{
+    for (int ci = 0; ci < 4; ci++) {
+        const int64_t b = 2, t = 48, h = 2, e = ci < 2 ? 64 : 96;
+        const int causal = ci % 2;
+        tg_tensor *x64 = rnd(ctx, TG_F64, (shp){2, {b * t, 3 * e}}, -1.5, 1.5);
+        tg_tensor *w64 = rnd(ctx, TG_F64, (shp){2, {b * t, e}}, 0.5, 1.5);
+        tg_tensor *x32 = convert(ctx, x64, TG_F32), *w32 = convert(ctx, w64, TG_F32);
+        tg_set_requires_grad(x64, 1), tg_set_requires_grad(x32, 1);
+        tg_tensor *y64 = tgi_self_attention(ctx, "test", x64, b, h, causal);
+        tg_tensor *y32 = tgi_self_attention(ctx, "test", x32, b, h, causal);
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y64, w64)));
+        tg_backward(ctx, tg_sum(ctx, tg_mul(ctx, y32, w32)));
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        char what[48];
+        snprintf(what, sizeof what, "E %lld causal %d", (long long)e, causal);
+        assert_f32_near_f64(y32, y64, &x32, &x64, 1, what);
         tg_reset(ctx);
     }
 }
