@@ -92,10 +92,10 @@ static int check_conv(tg_ctx *ctx, const char *fn, const tg_tensor *x, const tg_
                      fn, TGI_SHAPE(x, sx), TGI_SHAPE(w, sw));
         return 0;
     }
-    if (x->shape[1] != w->shape[1]) {
+    const int64_t c_x = x->shape[1], c_w = w->shape[1];
+    if (c_x != c_w) {
         tg_set_error(ctx, "%s: x %s has %lld channels but w %s expects %lld", fn,
-                     TGI_SHAPE(x, sx), (long long)x->shape[1], TGI_SHAPE(w, sw),
-                     (long long)w->shape[1]);
+                     TGI_SHAPE(x, sx), (long long)c_x, TGI_SHAPE(w, sw), (long long)c_w);
         return 0;
     }
     if (b && (b->ndim != 1 || b->shape[0] != w->shape[0])) {
