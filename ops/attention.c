@@ -186,7 +186,13 @@ static int64_t imin64(int64_t x, int64_t y) { return x < y ? x : y; }
 #define AT_VL 16  /* floats in a vector */
 typedef float at_v16 __attribute__((vector_size(64)));
 typedef float at_u16 __attribute__((vector_size(64), aligned(4), may_alias));
+/* gcc: contract each k step's multiply and add into one FMA; clang has no per-function
+ * switch, and keeps the build's setting */
+#if defined(__clang__)
+#define AT_FMA_ATTR
+#else
 #define AT_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
+#endif
 
 /* One tile: R rows, NV (1 to 4) vectors of columns; inlined with constant R, NV. */
 __attribute__((always_inline)) static inline void
@@ -249,21 +255,6 @@ at_rows_f32(float *c, int64_t ldc, int64_t m, int64_t d, const float *a, int64_t
     }
 }
 
-/* bt [D,S] = B [S,D]^T (B's rows ldb apart; S, D multiples of 16), by 16 x 16
- * blocks transposed in registers: four rounds of two-vector shuffles, round h
- * swapping the off-diagonal h x h sub-blocks of every 2h x 2h block. */
-typedef int at_i16 __attribute__((vector_size(64)));
-__attribute__((always_inline)) static inline void at_swap_blocks(at_v16 *v, int h, at_i16 lo,
-                                                                 at_i16 hi)
-{
-    for (int r = 0; r < AT_VL; r++)
-        if (!(r & h)) {
-            const at_v16 x = v[r], y = v[r + h];
-            v[r] = __builtin_shuffle(x, y, lo);
-            v[r + h] = __builtin_shuffle(x, y, hi);
-        }
-}
-
 /* lane l of round h: from x (lanes with bit h clear) or y, h lanes over */
 #define AT_LO(h, l) (((l) & (h)) ? AT_VL + (l) - (h) : (l))
 #define AT_HI(h, l) (((l) & (h)) ? AT_VL + (l) : (l) + (h))
@@ -271,6 +262,30 @@ __attribute__((always_inline)) static inline void at_swap_blocks(at_v16 *v, int 
     (at_i16){F(h, 0),  F(h, 1),  F(h, 2),  F(h, 3),  F(h, 4),  F(h, 5),  F(h, 6),  F(h, 7), \
              F(h, 8),  F(h, 9),  F(h, 10), F(h, 11), F(h, 12), F(h, 13), F(h, 14), F(h, 15)}
 
+typedef int at_i16 __attribute__((vector_size(64)));
+__attribute__((always_inline)) static inline void at_swap_blocks(at_v16 *v, int h)
+{
+    for (int r = 0; r < AT_VL; r++)
+        if (!(r & h)) {
+            const at_v16 x = v[r], y = v[r + h];
+#if defined(__clang__) /* its __builtin_shufflevector wants constant lanes: lane by lane */
+            at_v16 p, q;
+            for (int l = 0; l < AT_VL; l++) {
+                p[l] = (l & h) ? y[l - h] : x[l];
+                q[l] = (l & h) ? y[l] : x[l + h];
+            }
+            v[r] = p;
+            v[r + h] = q;
+#else
+            v[r] = __builtin_shuffle(x, y, AT_MASK(AT_LO, h));
+            v[r + h] = __builtin_shuffle(x, y, AT_MASK(AT_HI, h));
+#endif
+        }
+}
+
+/* bt [D,S] = B [S,D]^T (B's rows ldb apart; S, D multiples of 16), by 16 x 16
+ * blocks transposed in registers: four rounds of two-vector shuffles, round h
+ * swapping the off-diagonal h x h sub-blocks of every 2h x 2h block. */
 __attribute__((always_inline)) static inline void
 at_transpose(float *restrict bt, const float *restrict b, int64_t ldb, int64_t s, int64_t d)
 {
@@ -278,10 +293,10 @@ at_transpose(float *restrict bt, const float *restrict b, int64_t ldb, int64_t s
         for (int64_t d0 = 0; d0 < d; d0 += AT_VL) {
             at_v16 v[AT_VL];
             for (int r = 0; r < AT_VL; r++) v[r] = *(const at_u16 *)(b + (j0 + r) * ldb + d0);
-            at_swap_blocks(v, 8, AT_MASK(AT_LO, 8), AT_MASK(AT_HI, 8));
-            at_swap_blocks(v, 4, AT_MASK(AT_LO, 4), AT_MASK(AT_HI, 4));
-            at_swap_blocks(v, 2, AT_MASK(AT_LO, 2), AT_MASK(AT_HI, 2));
-            at_swap_blocks(v, 1, AT_MASK(AT_LO, 1), AT_MASK(AT_HI, 1));
+            at_swap_blocks(v, 8);
+            at_swap_blocks(v, 4);
+            at_swap_blocks(v, 2);
+            at_swap_blocks(v, 1);
             for (int r = 0; r < AT_VL; r++) *(at_u16 *)(bt + (d0 + r) * s + j0) = v[r];
         }
 }
@@ -780,10 +795,14 @@ tg_tensor *tgi_self_attention(tg_ctx *ctx, const char *fn, tg_tensor *qkv, int64
     if (!ctx) return NULL;
     if (!tgi_check_float_arg(ctx, fn, "qkv", qkv, NULL)) return NULL;
     char sq[64];
-    if (qkv->ndim != 2 || b < 1 || h < 1 || qkv->shape[0] % b != 0 || qkv->shape[1] % 3 != 0 ||
-        qkv->shape[1] == 0 || (qkv->shape[1] / 3) % h != 0) {
+    /* B = 0: an empty batch (no rows), as the composed ops allow */
+    const int rows_ok =
+        qkv->ndim == 2 && (b > 0 ? qkv->shape[0] % b == 0 : b == 0 && qkv->shape[0] == 0);
+    if (!rows_ok || h < 1 || qkv->shape[1] % 3 != 0 || qkv->shape[1] == 0 ||
+        (qkv->shape[1] / 3) % h != 0) {
         tg_set_error(ctx, "%s: qkv must be [B*T,3E] with E a multiple of the heads H >= 1 and "
-                          "B >= 1 dividing its rows: qkv is %s, B %lld, H %lld", fn,
+                          "B dividing its rows (B 0 only without rows): qkv is %s, B %lld, "
+                          "H %lld", fn,
                      TGI_SHAPE(qkv, sq), (long long)b, (long long)h);
         return NULL;
     }

@@ -207,3 +207,26 @@ Test(transformer, bad_arguments)
     cr_assert_eq(tg_tape_len(ctx), len, "a failing call recorded nodes");
     cr_assert_eq(tg_transformer_block_params(NULL, NULL, 0), -1);
 }
+
+/* An empty batch or an empty sequence is a valid input, as for the composed ops:
+ * an empty output, and a backward that writes nothing. */
+Test(transformer, empty_batch_and_empty_sequence)
+{
+    tg_transformer_block b;
+    cr_assert_eq(tg_transformer_block_init(ctx, &b, NULL, 8, 2, 4, TG_F64), 0);
+    const shp shapes[] = {{3, {0, 3, 8}}, {3, {2, 0, 8}}, {3, {0, 0, 8}}};
+    for (int k = 0; k < 3; k++) {
+        for (int causal = 0; causal < 2; causal++) {
+            tg_tensor *x = rnd(ctx, TG_F64, shapes[k], -1, 1);
+            tg_tensor *y = tg_transformer_block_forward(ctx, &b, x, causal);
+            cr_assert_not_null(y, "shape %d causal %d: %s", k, causal, tg_errmsg(ctx));
+            cr_assert_eq(tg_numel(y), 0);
+            cr_assert_eq(tg_dim(y, 0), shapes[k].shape[0]);
+            cr_assert_eq(tg_dim(y, 1), shapes[k].shape[1]);
+            cr_assert_eq(tg_dim(y, 2), 8);
+            tg_backward(ctx, tg_sum(ctx, y));
+            cr_assert(tg_ok(ctx), "shape %d causal %d: %s", k, causal, tg_errmsg(ctx));
+            tg_reset(ctx);
+        }
+    }
+}
