@@ -409,7 +409,7 @@ static void reduce_dtype(tg_mpi *mp, tg_dtype dt, int64_t n, double weight) {
 #define SUM_BLOCK 1024 /* elements summed in a stack buffer, then written to every segment */
 
 static size_t padded_bytes(const tg_tensor *p) {
-    return ((size_t)p->numel * tg_dtype_size(p->dtype) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    return (tgi_bytes(p) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
 }
 
 /* Give the parameters their own gradient storage back (with the current
@@ -423,7 +423,7 @@ static void window_release(tg_mpi *mp, int mapped, int collective) {
         tg_tensor *p = ctx->params[i];
         if (p->grad_store != mp->seg[mp->rank] + mp->off[i]) continue;
         if (p->grad == p->grad_store) {
-            if (mapped) memcpy(mp->own[i], p->grad, (size_t)p->numel * tg_dtype_size(p->dtype));
+            if (mapped) memcpy(mp->own[i], p->grad, tgi_bytes(p));
             p->grad = mapped ? mp->own[i] : NULL;
         }
         p->grad_store = mp->own[i];
@@ -432,7 +432,7 @@ static void window_release(tg_mpi *mp, int mapped, int collective) {
         for (int i = 0; i < mp->win_np && i < ctx->n_params; i++) {
             tg_tensor *p = ctx->params[i];
             if (p->data != mp->seg[0] + mp->off[mp->win_np + i]) continue;
-            if (mapped) memcpy(mp->own[mp->win_np + i], p->data, (size_t)p->numel * tg_dtype_size(p->dtype));
+            if (mapped) memcpy(mp->own[mp->win_np + i], p->data, tgi_bytes(p));
             p->data = mp->own[mp->win_np + i];
         }
         tg_optim_move_state(mp->win_opt, NULL, mapped);
@@ -491,7 +491,7 @@ static void window_create(tg_mpi *mp, uint64_t layout, tg_optim *opt) {
         mp->own[i] = p->grad_store;
         p->grad_store = mine + mp->off[i];
         if (p->grad) {
-            memcpy(p->grad_store, p->grad, (size_t)p->numel * tg_dtype_size(p->dtype));
+            memcpy(p->grad_store, p->grad, tgi_bytes(p));
             p->grad = p->grad_store;
         }
     }
@@ -500,7 +500,7 @@ static void window_create(tg_mpi *mp, uint64_t layout, tg_optim *opt) {
         for (int i = 0; i < np; i++) {
             tg_tensor *p = ctx->params[i];
             mp->own[np + i] = p->data;
-            if (mp->rank == 0) memcpy(s0 + mp->off[np + i], p->data, (size_t)p->numel * tg_dtype_size(p->dtype));
+            if (mp->rank == 0) memcpy(s0 + mp->off[np + i], p->data, tgi_bytes(p));
             p->data = s0 + mp->off[np + i];
         }
         tg_optim_move_state(opt, s0 + mp->state_off, mp->rank == 0);
