@@ -26,6 +26,7 @@
 #include <strings.h>
 
 #include "gemm.h"
+#include "pool.h"
 #include "internal.h" /* tgi_default_alloc */
 
 #ifdef TG_HAVE_CBLAS
@@ -217,7 +218,9 @@ int main(int argc, char **argv)
     printf("1 thread: thread CPU time; 2 threads: wall time\n");
 
     tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
-    if (!ws) return 1;
+    tgi_pool *pool = tgi_pool_new(tgi_default_alloc, NULL); /* the 2-thread rows' workers */
+    if (!ws || !pool) return 1;
+    tgi_gemm_ws_set_pool(ws, pool);
     static const char *const forms[] = {"NN", "TN", "NT"};
 
     header("square, 1 thread");
@@ -263,5 +266,6 @@ int main(int argc, char **argv)
             bench_row(ws, sk[i].label, dbl, sk[i].form, sk[i].m, sk[i].n, sk[i].k, 1, 8);
 
     tgi_gemm_ws_free(ws);
+    tgi_pool_free(pool);
     return 0;
 }
