@@ -300,7 +300,10 @@ TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
             const int64_t len = n - j0 < hi - i ? n - j0 : hi - i;
             T *restrict yr = y + i;
             const T *restrict br = bd + j0;
-            for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+            if (len >= 256) /* a long row: the widest vectors (1 * b[j] is b[j]) */
+                _Generic(yr, float *: tgi_vaxpy_f32, double *: tgi_vaxpy_f64)(yr, 1, br, len);
+            else
+                for (int64_t q = 0; q < len; q++) yr[q] += br[q];
             i += len;
         }
         T *yc = y + lo;

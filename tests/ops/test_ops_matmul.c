@@ -482,12 +482,14 @@ static void linear_f32_grads(tg_act act, int fused, int threads, float *const v[
 
 /* The fused sweep's db is the column sums of d_pre = dy * act'(p) taken as
  * tgi_colsum_acc takes them (per column, rows in order, in double), bit for bit;
- * dx, dW and db are the same bits on one thread and on two; with relu and leaky
- * relu (whose unfused backward computes d_pre the same way) all three are the
- * unfused chain's bits. */
+ * dx, dW and db are the same bits on one thread and on two; y is the unfused
+ * chain's, and with relu and leaky relu (whose unfused backward computes d_pre
+ * the same way) so are dx, dW and db. */
 Test(matmul, linear_wide_bias_bits_f32)
 {
-    const int64_t m = 1700, k = 7, n = 40; /* m n >= 65536: two threads split the sweep */
+    /* m n >= 65536: two threads split the sweeps; rows of 256 or more values take the
+     * vector bias add in forward */
+    const int64_t m = 400, k = 7, n = 300;
     const int64_t len[5] = {m * k, k * n, n, m, n};
     float *v[5];
     for (int q = 0; q < 5; q++) {
@@ -524,6 +526,8 @@ Test(matmul, linear_wide_bias_bits_f32)
                       "%s: db[%lld] = %.9g, the column sum is %.9g", act_name(act),
                       (long long)j, (double)one[2][j], (double)want);
         }
+        cr_assert(memcmp(one[3], ref[3], (size_t)(m * n) * sizeof(float)) == 0,
+                  "%s: y differs from the unfused chain's", act_name(act));
         for (int q = 0; q < 3; q++) {
             const size_t bytes = (size_t)(q == 0 ? m * k : q == 1 ? k * n : n) * sizeof(float);
             cr_assert(memcmp(one[q], two[q], bytes) == 0, "%s: %s differs on two threads",
