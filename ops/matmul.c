@@ -300,7 +300,10 @@ TGI_PAR_FN void linear_bias_act(void *arg, int64_t lo, int64_t hi)
             const int64_t len = n - j0 < hi - i ? n - j0 : hi - i;
             T *restrict yr = y + i;
             const T *restrict br = bd + j0;
-            for (int64_t q = 0; q < len; q++) yr[q] += br[q];
+            if (len >= 256) /* a long row: the widest vectors (1 * b[j] is b[j]) */
+                _Generic(yr, float *: tgi_vaxpy_f32, double *: tgi_vaxpy_f64)(yr, 1, br, len);
+            else
+                for (int64_t q = 0; q < len; q++) yr[q] += br[q];
             i += len;
         }
         T *yc = y + lo;
@@ -361,9 +364,56 @@ TGI_PAR_FN void linear_act_grad(void *arg, int64_t lo, int64_t hi)
     });
 }
 
+/* acc[j] += r[j] in double over one row (len values): a step of tgi_colsum_acc's
+ * sums (per column, rows in order, from 0 in double), so the same bits */
+#define COLSUM_ROW_FN(T, SUF)                                                          \
+    TGI_AVX512_CLONES static void colsum_row_##SUF(double *restrict acc,               \
+                                                   const T *restrict r, int64_t len)   \
+    {                                                                                  \
+        for (int64_t j = 0; j < len; j++) acc[j] += (double)r[j];                      \
+    }
+COLSUM_ROW_FN(float, f32)
+COLSUM_ROW_FN(double, f64)
+#define COLSUM_ROW(acc, r, len)                                                        \
+    _Generic((r), float *: colsum_row_f32, double *: colsum_row_f64)(acc, r, len)
+
+/* db[j] += acc[j] (the column sums, in double) rounded to the dtype */
+static void bias_grad_add(tg_dtype dt, void *db, const double *acc, int64_t n)
+{
+    TGI_FLOAT_DISPATCH(dt, {
+        T *restrict pdb = db;
+        for (int64_t j = 0; j < n; j++) pdb[j] += (T)acc[j];
+    });
+}
+
+typedef struct {
+    linear_job j; /* linear_act_grad's: d_pre (y), y (b), dy (g), n */
+    int64_t m;
+    double *acc;  /* [n] */
+} act_cols_job;
+
+/* linear_act_grad over columns [c0, c1) of every row, and acc[c0, c1) = the column
+ * sums of d_pre there, each row added while it is in L1 (one pass over d_pre
+ * instead of two: the bias gradient's sweep read it back from L2). A column's sum
+ * runs over the rows in order whatever the columns' split between threads. */
+static void linear_act_grad_cols(const void *arg, int64_t c0, int64_t c1)
+{
+    const act_cols_job *cj = arg;
+    const int64_t n = cj->j.n;
+    for (int64_t j = c0; j < c1; j++) cj->acc[j] = 0.0;
+    for (int64_t i = 0; i < cj->m; i++) {
+        linear_act_grad((void *)&cj->j, i * n + c0, i * n + c1);
+        TGI_FLOAT_DISPATCH(cj->j.dt, {
+            COLSUM_ROW(cj->acc + c0, (T *)cj->j.y + i * n + c0, c1 - c0);
+        });
+    }
+}
+
 /* d_pre = dy * act'(p), written from y:
  *   relu' = [y > 0];  leaky' = y > 0 ? 1 : slope;  tanh' = 1 - y^2;  sigmoid' = y (1 - y)
- * then d(xW + b)/dW: dW = x^T d_pre;  /dx: dx = d_pre W^T;  /db: db = colsum(d_pre) */
+ * then d(xW + b)/dW: dW = x^T d_pre;  /dx: dx = d_pre W^T;  /db: db = colsum(d_pre)
+ * With a bias to differentiate and 8 or more columns, db's column sums are taken in
+ * the act' sweep (linear_act_grad_cols; the same bits as tgi_colsum_acc). */
 static void linear_backward(tg_op_call *c)
 {
     tg_ctx *ctx = c->ctx;
@@ -375,12 +425,25 @@ static void linear_backward(tg_op_call *c)
     int64_t m = x->shape[0], k = x->shape[1], n = c->out->shape[1];
     const int tiny = linear_tiny(x->dtype, m, n, k);
     const void *dpre = dy;
+    const int bgrad = b && tgi_needs_grad(b);
+    double *acc = NULL; /* db's column sums, when the act' sweep takes them */
     if (act != TG_ACT_NONE && c->out->numel > 0) {
         void *buf = tg_scratch(ctx, tgi_bytes(c->out));
         if (!buf) return; /* error recorded by tg_scratch */
         int64_t len = c->out->numel;
-        TGI_PAR_RUN(ctx, len, linear_act_grad,
-                    &(linear_job){x->dtype, act, n, buf, c->out->data, dy});
+        const linear_job j = {x->dtype, act, n, buf, c->out->data, dy};
+        if (bgrad && n >= 8) {
+            acc = tg_scratch(ctx, (size_t)n * sizeof(double));
+            if (!acc) return;
+            const act_cols_job cj = {j, m, acc};
+            const int nt = tgi_par_threads(ctx, len);
+            if (nt <= 1)
+                linear_act_grad_cols(&cj, 0, n);
+            else
+                tgi_par_units(ctx, nt, n, linear_act_grad_cols, &cj);
+        } else {
+            TGI_PAR_RUN(ctx, len, linear_act_grad, (void *)&j);
+        }
         dpre = buf;
     }
     int fresh; /* a new gradient buffer: the GEMM assigns instead of adding */
@@ -400,9 +463,12 @@ static void linear_backward(tg_op_call *c)
                                wt ? k : n, !fresh, dx, k) != 0)
             return;
     }
-    if (b && tgi_needs_grad(b)) {
+    if (bgrad) {
         void *db = tg_grad_acc(b);
-        if (db) tgi_colsum_acc(x->dtype, m, n, dpre, db);
+        if (db && acc)
+            bias_grad_add(x->dtype, db, acc, n);
+        else if (db)
+            tgi_colsum_acc(x->dtype, m, n, dpre, db);
     }
 }
 
@@ -598,10 +664,7 @@ static void linear_gelu_backward(tg_op_call *c)
         gelu_pre_grad_f32(dpre, c->saved, acc, m, n);
     else
         gelu_pre_grad_f64(dpre, c->saved, acc, m, n);
-    TGI_FLOAT_DISPATCH(c->out->dtype, {
-        T *restrict pdb = db;
-        for (int64_t j = 0; acc && j < n; j++) pdb[j] += (T)acc[j];
-    });
+    if (acc) bias_grad_add(c->out->dtype, db, acc, n);
     /* the linear node's backward without its bias, reading d_pre as its dy */
     tg_op_call lc = *c;
     lc.n_in = 2;

@@ -343,9 +343,9 @@ static void check_input_grad(const tg_tensor *t, const double *want, int needed,
     free(g);
 }
 
-static void check_linear(tg_act act, int with_b, int which)
+static void check_linear_shape(tg_act act, int with_b, int which, int64_t m, int64_t k,
+                               int64_t n)
 {
-    int64_t m = 4, k = 3, n = 5;
     tg_tensor *x, *w, *b;
     double *pre = draw_linear(TG_F64, m, k, n, with_b, &x, &w, &b);
     linear_case lc = {act, x, w, b, which};
@@ -394,6 +394,11 @@ static void check_linear(tg_act act, int with_b, int which)
     free(xt); free(wt); free(ones); free(want_w); free(want_x); free(want_b);
 }
 
+static void check_linear(tg_act act, int with_b, int which)
+{
+    check_linear_shape(act, with_b, which, 4, 3, 5);
+}
+
 Test(matmul, linear_none) { check_linear(TG_ACT_NONE, 1, 0); check_linear(TG_ACT_NONE, 0, 0); }
 Test(matmul, linear_relu) { check_linear(TG_ACT_RELU, 1, 0); check_linear(TG_ACT_RELU, 0, 0); }
 Test(matmul, linear_tanh) { check_linear(TG_ACT_TANH, 1, 0); check_linear(TG_ACT_TANH, 0, 0); }
@@ -433,6 +438,111 @@ Test(matmul, linear_relu_has_both_signs)
     for (int i = 0; i < 20; i++) *(pre[i] > 0 ? &pos : &neg) += 1;
     cr_assert(pos > 0 && neg > 0);
     free(pre);
+}
+
+/* 8 or more columns with a bias: the activation's derivative and the bias's column
+ * sums in one sweep (linear_act_grad_cols) */
+Test(matmul, linear_wide_bias_gradcheck)
+{
+    for (int a = 1; a < TG_ACT_COUNT; a++) {
+        check_linear_shape((tg_act)a, 1, 0, 3, 3, 9);
+        check_linear_shape((tg_act)a, 1, 2, 3, 2, 17); /* w needs no gradient */
+    }
+}
+
+/* f32 gradients of tg_linear(x, w, b, act) (fused: 1) or of tg_matmul ->
+ * tg_add_bias -> tg_activate (0), on `threads` threads, from the projection u y v:
+ * out[0..4] = dx, dW, db, y, dy (malloc'd raw f32; y and dy [m,n]) */
+static void linear_f32_grads(tg_act act, int fused, int threads, float *const v[5], int64_t m,
+                             int64_t k, int64_t n, float *out[5])
+{
+    tg_reset(ctx);
+    tg_zero_grad(ctx);
+    tg_set_threads(ctx, threads);
+    tg_tensor *x = tg_from(ctx, TG_F32, 2, (int64_t[]){m, k}, v[0]);
+    tg_tensor *w = tg_from(ctx, TG_F32, 2, (int64_t[]){k, n}, v[1]);
+    tg_tensor *b = tg_from(ctx, TG_F32, 1, (int64_t[]){n}, v[2]);
+    tg_tensor *t[5] = {x, w, b, NULL, NULL};
+    for (int i = 0; i < 3; i++) tg_set_requires_grad(t[i], 1);
+    tg_tensor *y = fused ? tg_linear(ctx, x, w, b, act)
+                         : tg_activate(ctx, tg_add_bias(ctx, tg_matmul(ctx, x, w), b), act);
+    tg_tensor *u = tg_from(ctx, TG_F32, 2, (int64_t[]){1, m}, v[3]);
+    tg_tensor *vt = tg_from(ctx, TG_F32, 2, (int64_t[]){n, 1}, v[4]);
+    tg_backward(ctx, tg_matmul(ctx, tg_matmul(ctx, u, y), vt));
+    cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+    t[3] = t[4] = y;
+    for (int i = 0; i < 5; i++) {
+        const void *src = i == 3 ? tg_data(y) : tg_grad(t[i]);
+        size_t bytes = (size_t)tg_numel(t[i]) * sizeof(float);
+        cr_assert_not_null(src);
+        out[i] = malloc(bytes);
+        memcpy(out[i], src, bytes);
+    }
+}
+
+/* The fused sweep's db is the column sums of d_pre = dy * act'(p) taken as
+ * tgi_colsum_acc takes them (per column, rows in order, in double), bit for bit;
+ * dx, dW and db are the same bits on one thread and on two; y is the unfused
+ * chain's, and with relu and leaky relu (whose unfused backward computes d_pre
+ * the same way) so are dx, dW and db. */
+Test(matmul, linear_wide_bias_bits_f32)
+{
+    /* m n >= 65536: two threads split the sweeps; rows of 256 or more values take the
+     * vector bias add in forward */
+    const int64_t m = 400, k = 7, n = 300;
+    const int64_t len[5] = {m * k, k * n, n, m, n};
+    float *v[5];
+    for (int q = 0; q < 5; q++) {
+        tg_tensor *r = rand2(ctx, TG_F32, 1, len[q], -1, 1);
+        v[q] = malloc((size_t)len[q] * sizeof(float));
+        memcpy(v[q], tg_data(r), (size_t)len[q] * sizeof(float));
+    }
+    /* rows 0 and 1 of x equal and dy's rows 0 and 1 at +-2^60: d_pre's first two
+     * rows cancel exactly when summed first, and swallow the other rows' sum when
+     * it comes first, so the order of the rows shows in db's bits */
+    memcpy(v[0] + k, v[0], (size_t)k * sizeof(float));
+    v[3][0] = 0x1p60f;
+    v[3][1] = -0x1p60f;
+    const char *what[3] = {"dx", "dW", "db"};
+    for (int a = 1; a < TG_ACT_COUNT; a++) {
+        const tg_act act = (tg_act)a;
+        float *one[5], *two[5], *ref[5];
+        linear_f32_grads(act, 1, 1, v, m, k, n, one);
+        linear_f32_grads(act, 1, 2, v, m, k, n, two);
+        linear_f32_grads(act, 0, 1, v, m, k, n, ref);
+        const float *y = one[3], *g = one[4], slope = 0.01f;
+        for (int64_t j = 0; j < n; j++) { /* db[j] = 0 + (float)sum_i d_pre[i,j] */
+            double acc = 0;
+            for (int64_t i = 0; i < m; i++) {
+                const float yi = y[i * n + j], gi = g[i * n + j];
+                const float d = act == TG_ACT_RELU         ? (yi > 0 ? gi : 0.0f)
+                                : act == TG_ACT_LEAKY_RELU ? (yi > 0 ? gi : slope * gi)
+                                : act == TG_ACT_TANH       ? gi * (1.0f - yi * yi)
+                                                           : gi * (yi * (1.0f - yi));
+                acc += (double)d;
+            }
+            const float want = 0.0f + (float)acc;
+            cr_assert(memcmp(&one[2][j], &want, sizeof want) == 0,
+                      "%s: db[%lld] = %.9g, the column sum is %.9g", act_name(act),
+                      (long long)j, (double)one[2][j], (double)want);
+        }
+        cr_assert(memcmp(one[3], ref[3], (size_t)(m * n) * sizeof(float)) == 0,
+                  "%s: y differs from the unfused chain's", act_name(act));
+        for (int q = 0; q < 3; q++) {
+            const size_t bytes = (size_t)(q == 0 ? m * k : q == 1 ? k * n : n) * sizeof(float);
+            cr_assert(memcmp(one[q], two[q], bytes) == 0, "%s: %s differs on two threads",
+                      act_name(act), what[q]);
+            if (act == TG_ACT_RELU || act == TG_ACT_LEAKY_RELU)
+                cr_assert(memcmp(one[q], ref[q], bytes) == 0,
+                          "%s: %s differs from the unfused chain's", act_name(act), what[q]);
+        }
+        for (int q = 0; q < 5; q++) {
+            free(one[q]);
+            free(two[q]);
+            free(ref[q]);
+        }
+    }
+    for (int q = 0; q < 5; q++) free(v[q]);
 }
 
 /* fused tg_linear against tg_matmul -> tg_add_bias -> tg_activate: values and
