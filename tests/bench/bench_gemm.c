@@ -11,7 +11,8 @@
  * f32 and f64, one thread on both sides (best of several warm repetitions); then
  * two threads at 512 and 1024; then small and skinny shapes, including the forward
  * and backward products of a 784-128-10 MLP at batch 64 ("mlp") and of a
- * 784-1024-1024-10 MLP at batch 256 ("mlp256"). Every result is checked
+ * 784-1024-1024-10 MLP at batch 256 ("mlp256"), the latter's also on two threads.
+ * Every result is checked
  * against OpenBLAS's (column "diff": max |ours - theirs| / max |theirs|).
  * OPENBLAS_CORETYPE in the environment picks OpenBLAS's kernels (SkylakeX = its
  * AVX-512 ones); on a CPU without AVX-512 that core would die of SIGILL, so then
@@ -264,6 +265,14 @@ int main(int argc, char **argv)
     for (int dbl = 0; dbl < 2; dbl++)
         for (int i = 0; i < N_SK; i++)
             bench_row(ws, sk[i].label, dbl, sk[i].form, sk[i].m, sk[i].n, sk[i].k, 1, 8);
+
+    /* the big MLP's products large enough for a second thread, to set against the
+     * 1-thread rows above */
+    header("mlp256, 2 threads");
+    for (int dbl = 0; dbl < 2; dbl++)
+        for (int i = N_SMALL; i < N_SK; i++)
+            if (strncmp(sk[i].label, "mlp256", 6) == 0 && sk[i].n > 16 && sk[i].k > 16)
+                bench_row(ws, sk[i].label, dbl, sk[i].form, sk[i].m, sk[i].n, sk[i].k, 2, 8);
 
     tgi_gemm_ws_free(ws);
     tgi_pool_free(pool);
