@@ -172,9 +172,9 @@ Test(gemm_blocking, two_threads_same_bits)
  * would read whole (op(A) when the ranges are columns, op(B) when they are rows).
  * Same bits as one thread, for every kernel set: ranges of columns and of rows,
  * rows left over after whole tiles and columns after whole panels, k in blocks the
- * last of which is shorter, m beyond MC (the shared A in two row blocks) and n
- * beyond NC (the shared B in two column blocks), A^T packed inside the first tiles
- * of a row range (small B blocks); and the NaN padding of A and B never read. Then
+ * last of which is shorter, n beyond NC (the shared B in two column blocks), A^T
+ * packed inside the first tiles of a row range (small B blocks); and the NaN
+ * padding of A and B never read. Then
  * with every second chunk of the shared operand left unpacked (as if its thread
  * were kept off its core): the ranges pack their own copies, with the same bits. */
 Test(gemm_blocking, threads_shared_packing_same_bits)
@@ -183,7 +183,6 @@ Test(gemm_blocking, threads_shared_packing_same_bits)
         /* m, n, k, forms */
         {40, 700, 531, 15},  /* ranges of columns (A shared), k blocks 266 + 265 in f32 */
         {700, 40, 531, 15},  /* ranges of rows (B shared) */
-        {1543, 1600, 17, 1}, /* columns, m > MC */
         {450, 400, 301, 1},  /* rows, n > NC: f64 k blocks 151 + 150 */
         {4000, 20, 150, 2},  /* rows, A^T packed by the first tiles */
     };
