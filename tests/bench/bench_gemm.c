@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "gemm.h"
 #include "pool.h"
@@ -185,6 +186,15 @@ static void header(const char *title)
 
 int main(int argc, char **argv)
 {
+#ifdef TG_HAVE_CBLAS
+    /* OpenBLAS's threads spin for about 2^28 cycles after each of its calls (a tenth
+     * of a second), on the core our pool's worker needs for the next batch: some
+     * 2-thread rows of ours then ran at one thread's speed (f32 1024^3 A^T B 115
+     * GFLOP/s instead of 250). The timeout is read when OpenBLAS loads, so run again
+     * with it at its minimum unless the caller chose one. */
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT") && setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) == 0)
+        execv("/proc/self/exe", argv); /* on failure, go on as we are */
+#endif
     if (argc > 2) row_filter = argv[2];
     if (argc > 1 && strcmp(argv[1], "auto") != 0) {
         tgi_gemm_force_kernel(argv[1]);
@@ -209,8 +219,9 @@ int main(int argc, char **argv)
 #endif
     printf("tapegrad gemm kernel: %s\n", tgi_gemm_kernel_name());
 #ifdef TG_HAVE_CBLAS
-    printf("OPENBLAS_CORETYPE: %s; OpenBLAS core: %s\n", coretype ? coretype : "(unset)",
-           have_blas ? openblas_get_corename() : "(not used)");
+    printf("OPENBLAS_CORETYPE: %s; OpenBLAS core: %s; OPENBLAS_THREAD_TIMEOUT: %s\n",
+           coretype ? coretype : "(unset)", have_blas ? openblas_get_corename() : "(not used)",
+           getenv("OPENBLAS_THREAD_TIMEOUT") ? getenv("OPENBLAS_THREAD_TIMEOUT") : "(unset)");
 #else
     printf("OPENBLAS_CORETYPE: %s; built without OpenBLAS\n", coretype ? coretype : "(unset)");
 #endif
