@@ -60,8 +60,9 @@
  * blocked path depends only on the shape.
  *
  * Workspace. One 64-byte-aligned buffer from the caller's allocator, carved per
- * call into the shared packed operand and per-thread regions; it grows when a call needs more and is otherwise
- * reused, so steady-state training allocates nothing here. */
+ * call into the shared packed operand and per-thread regions; it grows when a call
+ * needs more and is otherwise reused, so steady-state training allocates nothing
+ * here. */
 #include "gemm.h"
 
 #include <stdatomic.h>
@@ -387,7 +388,8 @@ static void blocked_range(const gemm_problem *P, const gemm_job *J, int64_t i0, 
             for (int64_t jc = 0; jc < n; jc += NC) {
                 const int64_t nc = imin(NC, n - jc);
                 const unsigned char *bpk =
-                    shb ? shared_block(J, pc, kc, (j0 + jc) / NR, ceil_div(j0 + jc + nc, NR)) : NULL;
+                    shb ? shared_block(J, pc, kc, (j0 + jc) / NR, ceil_div(j0 + jc + nc, NR))
+                        : NULL;
                 if (!bpk) {
                     K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es,
                               P->rsb, P->csb, bbuf);

@@ -200,8 +200,9 @@ Test(gemm_blocking, threads_shared_packing_same_bits)
                                             (int)shapes[i][3]),
                              0,
                              "%s %ldx%ldx%ld, pack chunks left unpacked: every %d-th (0: none): "
-                             "1 and 2 threads differ", sets[s], (long)shapes[i][0], (long)shapes[i][1],
-                             (long)shapes[i][2], 2 * u);
+                             "1 and 2 threads differ",
+                             sets[s], (long)shapes[i][0], (long)shapes[i][1], (long)shapes[i][2],
+                             2 * u);
         }
     }
     tgi_gemm_test_unpacked(0);
