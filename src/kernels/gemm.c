@@ -45,18 +45,24 @@
  * Where the blocked path's wider tile pads no more columns than the direct tile
  * (direct_wide), the direct path runs that tile instead, on L1-sized k blocks.
  *
- * Threads. With nthreads > 1 the output is cut statically into nthreads ranges of
- * whole tiles, along n or m, whichever has more tiles (a few ranges per thread, so
- * that a thread the scheduler keeps waiting leaves its ranges to the others); the
- * threads of the workspace's pool (pool.h) take the ranges one by one and run the
- * same single-threaded algorithm on each with their own packing buffers. The k
- * blocking depends only on k, and each element's sum is computed identically by
- * every routine (see gemm_tmpl.h), so the result does not depend on nthreads. The
- * choice between direct and blocked path depends only on the shape.
+ * Threads. With nthreads > 1 the output is cut statically into ranges of whole
+ * tiles, along n or m (a few ranges per thread, so that a thread the scheduler keeps
+ * waiting leaves its ranges to the others); the threads of the workspace's pool
+ * (pool.h) take the ranges one by one and run the same single-threaded algorithm on
+ * each. On the blocked path every range of columns reads all of op(A), every range
+ * of rows all of op(B): that operand is packed once, into a region of the workspace
+ * all ranges read, by the job's first chunks (a few panels each), and each range
+ * packs only its own part of the other operand. A range that finds a block of the
+ * shared operand not yet written (the thread packing it is off its core) packs its
+ * own copy instead of waiting. The k blocking depends only on k, and each element's
+ * sum is computed identically by every routine (see gemm_tmpl.h), so the result
+ * does not depend on nthreads or on who packed what. The choice between direct and
+ * blocked path depends only on the shape.
  *
  * Workspace. One 64-byte-aligned buffer from the caller's allocator, carved per
- * call into per-thread regions; it grows when a call needs more and is otherwise
- * reused, so steady-state training allocates nothing here. */
+ * call into the shared packed operand and per-thread regions; it grows when a call
+ * needs more and is otherwise reused, so steady-state training allocates nothing
+ * here. */
 #include "gemm.h"
 
 #include <stdatomic.h>
@@ -75,6 +81,9 @@
 /* ---------------------------------------------------------------------------------
  * Workspace */
 
+/* Most chunks in which a threaded blocked call packs its shared operand. */
+#define GEMM_MAX_PACK_CHUNKS 256
+
 /* One growable 64-byte-aligned buffer of the workspace. */
 typedef struct ws_buf {
     void *raw;           /* what alloc returned (freed through alloc), or NULL */
@@ -89,6 +98,9 @@ struct tg_gemm_ws {
     ws_buf pk;           /* packing buffers, carved per call into per-thread regions */
     ws_buf tr;           /* C^T of a thin product (gemm_thin_transposed) */
     tgi_pool *pool;      /* threads for nthreads > 1 (not owned), or NULL */
+    uint64_t seq;        /* threaded blocked calls so far */
+    /* ready[c] == seq: pack chunk c of the current call has been written */
+    _Atomic uint64_t ready[GEMM_MAX_PACK_CHUNKS];
 };
 
 #define WS_ALIGN 64
@@ -101,6 +113,7 @@ tg_gemm_ws *tgi_gemm_ws_new(tgi_alloc_fn alloc, void *ud)
     memset(ws, 0, sizeof *ws);
     ws->alloc = alloc;
     ws->ud = ud;
+    for (int c = 0; c < GEMM_MAX_PACK_CHUNKS; c++) atomic_init(&ws->ready[c], 0);
     return ws;
 }
 
@@ -232,6 +245,16 @@ typedef struct {
     size_t per_thread, a_bytes;  /* per-thread buffers; blocked: A's panel first */
     int64_t tiles, nranges, npan;
     int split_n;
+    /* Blocked path, threaded: the operand that every range reads whole (op(A) when the
+     * ranges are columns, op(B) when they are rows), packed once by the job's first
+     * npack chunks, or shared == NULL. Its k block at pc (kc deep) starts at
+     * shared + pc * units * U elements (U = MR or NR), micro-panel u of it u * kc * U
+     * further on; chunk c packs micro-panels [g*group, (g+1)*group) of k block b
+     * (c = b * groups + g) and then sets ready[c] = seq. */
+    unsigned char *shared;
+    int64_t units, group, groups, npack;
+    _Atomic uint64_t *ready;
+    uint64_t seq;
 } gemm_job;
 
 /* How a call is shared: along C's column panels when it has at least as many of
@@ -246,15 +269,21 @@ static int plan_job(const tg_gemm_ws *ws, const gemm_problem *P, int nthreads, i
     J->npan = npan;
     J->split_n = npan >= mtiles;
     if (blocked) {
-        /* The blocked path's ranges each pack their own operands: a range of rows packs
-         * all of op(B) (k x n), a range of columns all of op(A) (m x k). Split the way
-         * that packs less in all (on the big MLP's 256 x 784 x 1024 product, rows
-         * packed B eight times over and two threads ran 1.3x one instead of 1.7x). */
+        /* On the blocked path every range of rows reads all of op(B) (k x n), every
+         * range of columns all of op(A) (m x k): packed once and shared (run_blocked),
+         * but each range still brings it from L3 into its core's L2. Ranges of columns
+         * also write C in strips a range wide instead of whole rows, which costs
+         * about as much as bringing in m x n more of A (per k: it matters when k is
+         * small). Split the way that moves less. Two threads, Sapphire Rapids:
+         * 256 x 784 x 1024 (an MLP's forward) 1.80x one thread in columns, 1.40x in
+         * rows; its weight gradient 784 x 256 x 1024 (A^T B) 1.66x in columns, 1.81x
+         * in rows; 512^3 1.6x in columns (ranges one panel wide), 1.8x in rows. */
         const int tm = threads_for(ws, nthreads, mtiles, P->m, P->n, P->k);
         const int tn = threads_for(ws, nthreads, npan, P->m, P->n, P->k);
         if (tm > 1 && tn > 1) {
             const double rm = (double)ranges_for(tm, mtiles), rn = (double)ranges_for(tn, npan);
-            J->split_n = rn * (double)P->m + (double)P->n < rm * (double)P->n + (double)P->m;
+            const double m = (double)P->m, n = (double)P->n;
+            J->split_n = rn * m + m * n / (double)P->k < rm * n;
         }
     }
     J->tiles = J->split_n ? npan : mtiles;
@@ -279,9 +308,52 @@ static int64_t even_block(int64_t len, int64_t max, int64_t unit)
  * tiles: about the size of L1d (48 KiB on Sapphire Rapids, 32 KiB on Zen 3). */
 #define FUSE_MAX_B 49152
 
-/* The sequential blocked algorithm on rows [i0,i1) x columns [j0,j1) of C. */
-static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                          unsigned char *abuf, unsigned char *bbuf)
+/* Micro-panels [u0, u1) of the shared operand's k block at pc (kc deep): where they
+ * start, or NULL if a chunk that packs some of them has not finished (its thread may
+ * be off its core: the range then packs its own copy instead of waiting). */
+static const unsigned char *shared_block(const gemm_job *J, int64_t pc, int64_t kc, int64_t u0,
+                                         int64_t u1)
+{
+    const gemm_problem *P = J->P;
+    const int64_t U = J->split_n ? P->kern->mr : P->kern->nr, base = pc / P->kcb * J->groups;
+    for (int64_t g = u0 / J->group; g <= (u1 - 1) / J->group; g++)
+        if (atomic_load_explicit(&J->ready[base + g], memory_order_acquire) != J->seq)
+            return NULL;
+    return J->shared + (size_t)((pc * J->units + u0 * kc) * U) * P->esz;
+}
+
+/* Tests: every g_unpacked-th pack chunk (0: none) does nothing, as if its thread
+ * were still at it, so that the ranges' own packing is exercised. */
+static _Atomic int g_unpacked;
+
+void tgi_gemm_test_unpacked(int every) { atomic_store(&g_unpacked, every > 0 ? every : 0); }
+
+/* Pack chunk c of a threaded blocked call (see gemm_job). */
+static void pack_chunk(const gemm_job *J, int64_t c)
+{
+    const int skip = atomic_load_explicit(&g_unpacked, memory_order_relaxed);
+    if (skip && c % skip == 0) return;
+    const gemm_problem *P = J->P;
+    const tgi_gemm_kern *K = P->kern;
+    const size_t es = P->esz;
+    const int64_t pc = c / J->groups * P->kcb, kc = imin(P->kcb, P->k - pc);
+    const int64_t u0 = c % J->groups * J->group, u1 = imin(u0 + J->group, J->units);
+    if (J->split_n) {
+        const int64_t MR = K->mr, i0 = u0 * MR;
+        K->pack_a(imin(u1 * MR, P->m) - i0, kc, P->A + (size_t)(i0 * P->rsa + pc * P->csa) * es,
+                  P->rsa, P->csa, J->shared + (size_t)((pc * J->units + u0 * kc) * MR) * es);
+    } else {
+        const int64_t NR = K->nr, j0 = u0 * NR;
+        K->pack_b(kc, imin(u1 * NR, P->n) - j0, P->B + (size_t)(pc * P->rsb + j0 * P->csb) * es,
+                  P->rsb, P->csb, J->shared + (size_t)((pc * J->units + u0 * kc) * NR) * es);
+    }
+    atomic_store_explicit(&J->ready[c], J->seq, memory_order_release);
+}
+
+/* The sequential blocked algorithm on rows [i0,i1) x columns [j0,j1) of C; with J,
+ * the shared operand's blocks are read from J->shared where ready. */
+static void blocked_range(const gemm_problem *P, const gemm_job *J, int64_t i0, int64_t i1,
+                          int64_t j0, int64_t j1, unsigned char *abuf, unsigned char *bbuf)
 {
     const tgi_gemm_kern *K = P->kern;
     const size_t es = P->esz;
@@ -294,7 +366,9 @@ static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t
      * row panel's first tile reads again (MR values of each row of A^T at a time):
      * with a 512 x 512 f32 B block streaming past between two tiles, 1024^3 A^T B ran
      * 10% slower fused than packed in one pass */
-    const int fuse = P->rsa == 1 && K->ukr_pa != NULL && NC * P->kcb * (int64_t)es <= FUSE_MAX_B;
+    const int sha = J && J->shared && J->split_n, shb = J && J->shared && !J->split_n;
+    const int fuse = !sha && P->rsa == 1 && K->ukr_pa != NULL &&
+                     NC * P->kcb * (int64_t)es <= FUSE_MAX_B;
 
     for (int64_t ic = 0; ic < m; ic += MC) {
         const int64_t mc = imin(MC, m - ic);
@@ -303,34 +377,45 @@ static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t
             const int64_t kc = imin(P->kcb, k - pc);
             const int add = P->add || pc > 0;
             const unsigned char *ablk = P->A + (size_t)((i0 + ic) * P->rsa + pc * P->csa) * es;
-            if (mpk < mc)
-                K->pack_a(mc - mpk, kc, ablk + (size_t)(mpk * P->rsa) * es, P->rsa, P->csa,
-                          abuf + (size_t)(mpk * kc) * es);
+            const unsigned char *apk =
+                sha ? shared_block(J, pc, kc, (i0 + ic) / MR, ceil_div(i0 + ic + mc, MR)) : NULL;
+            if (!apk) {
+                if (mpk < mc)
+                    K->pack_a(mc - mpk, kc, ablk + (size_t)(mpk * P->rsa) * es, P->rsa, P->csa,
+                              abuf + (size_t)(mpk * kc) * es);
+                apk = abuf;
+            }
             for (int64_t jc = 0; jc < n; jc += NC) {
                 const int64_t nc = imin(NC, n - jc);
-                K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es, P->rsb,
-                          P->csb, bbuf);
+                const unsigned char *bpk =
+                    shb ? shared_block(J, pc, kc, (j0 + jc) / NR, ceil_div(j0 + jc + nc, NR))
+                        : NULL;
+                if (!bpk) {
+                    K->pack_b(kc, nc, P->B + (size_t)(pc * P->rsb + (j0 + jc) * P->csb) * es,
+                              P->rsb, P->csb, bbuf);
+                    bpk = bbuf;
+                }
                 unsigned char *cblk = P->C + (size_t)((i0 + ic) * P->ldc + j0 + jc) * es;
                 /* one MR x kc micro-panel of A stays in L1 while the kc x NR micro-panels
                  * of B stream past it from L2, along the rows of C */
                 for (int64_t ir = 0; ir < mfull; ir += MR) {
-                    const unsigned char *ap = abuf + (size_t)(ir * kc) * es;
+                    const unsigned char *ap = apk + (size_t)(ir * kc) * es;
                     unsigned char *crow = cblk + (size_t)(ir * P->ldc) * es;
                     int64_t jr = 0;
                     if (jc == 0 && fuse) {
                         K->ukr_pa(kc, ablk + (size_t)ir * es, P->csa, abuf + (size_t)(ir * kc) * es,
-                                  bbuf, crow, P->ldc, add, (int)imin(NR, nc));
+                                  bpk, crow, P->ldc, add, (int)imin(NR, nc));
                         jr = NR;
                     }
                     for (; jr < nc; jr += NR)
-                        K->ukr(kc, ap, bbuf + (size_t)(jr * kc) * es, crow + (size_t)jr * es,
+                        K->ukr(kc, ap, bpk + (size_t)(jr * kc) * es, crow + (size_t)jr * es,
                                P->ldc, add, (int)MR, (int)imin(NR, nc - jr));
                 }
                 if (mfull < mc) /* last rows: the direct kernel's smaller tiles on the packed
                                    panels (A(i,p) at a[i + p*MR]), same sums */
                     for (int64_t jr = 0; jr < nc; jr += NR)
-                        K->direct(mc - mfull, kc, abuf + (size_t)(mfull * kc) * es, 1, MR,
-                                  bbuf + (size_t)(jr * kc) * es, NR, NULL, add,
+                        K->direct(mc - mfull, kc, apk + (size_t)(mfull * kc) * es, 1, MR,
+                                  bpk + (size_t)(jr * kc) * es, NR, NULL, add,
                                   cblk + (size_t)(mfull * P->ldc + jr) * es, P->ldc,
                                   (int)imin(NR, nc - jr));
             }
@@ -338,19 +423,47 @@ static void blocked_range(const gemm_problem *P, int64_t i0, int64_t i1, int64_t
     }
 }
 
-/* Range r of a threaded blocked call, on thread t's buffers. */
+/* Chunk r of a threaded blocked call: the pack chunks first, then the ranges (each on
+ * thread t's buffers). */
 static void blocked_chunk(void *arg, int64_t r, int t)
 {
     const gemm_job *J = arg;
     const gemm_problem *P = J->P;
     const int64_t MR = P->kern->mr, NR = P->kern->nr;
+    if (r < J->npack) {
+        pack_chunk(J, r);
+        return;
+    }
     unsigned char *abuf = J->buf + J->per_thread * (size_t)t, *bbuf = abuf + J->a_bytes;
     int64_t lo, hi;
-    split_range(J->tiles, r, J->nranges, &lo, &hi);
+    split_range(J->tiles, r - J->npack, J->nranges, &lo, &hi);
     if (J->split_n)
-        blocked_range(P, 0, P->m, lo * NR, imin(hi * NR, P->n), abuf, bbuf);
+        blocked_range(P, J, 0, P->m, lo * NR, imin(hi * NR, P->n), abuf, bbuf);
     else
-        blocked_range(P, lo * MR, imin(hi * MR, P->m), 0, P->n, abuf, bbuf);
+        blocked_range(P, J, lo * MR, imin(hi * MR, P->m), 0, P->n, abuf, bbuf);
+}
+
+/* Bytes of op(A) or op(B) one pack chunk of a threaded call packs, about: some
+ * chunks per thread, so that a thread kept off its core leaves the rest to others. */
+#define PACK_CHUNK_BYTES (128 * 1024)
+
+/* Plans the shared operand of a threaded blocked call (see gemm_job); its bytes, or
+ * 0 when there is none (k in more blocks than GEMM_MAX_PACK_CHUNKS). */
+static size_t plan_shared(gemm_job *J)
+{
+    const gemm_problem *P = J->P;
+    const int64_t U = J->split_n ? P->kern->mr : P->kern->nr;
+    const int64_t nkb = ceil_div(P->k, P->kcb);
+    J->units = ceil_div(J->split_n ? P->m : P->n, U);
+    J->npack = 0;
+    if (nkb > GEMM_MAX_PACK_CHUNKS) return 0;
+    const int64_t per_kb = GEMM_MAX_PACK_CHUNKS / nkb; /* chunks per k block, at most */
+    J->group = PACK_CHUNK_BYTES / (P->kcb * U * (int64_t)P->esz);
+    if (J->group < 1) J->group = 1;
+    if (J->group < ceil_div(J->units, per_kb)) J->group = ceil_div(J->units, per_kb);
+    J->groups = ceil_div(J->units, J->group);
+    J->npack = J->groups * nkb;
+    return round_up_bytes((size_t)(P->k * J->units * U) * P->esz);
 }
 
 static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
@@ -367,13 +480,17 @@ static int run_blocked(tg_gemm_ws *ws, const gemm_problem *P, int nthreads)
     J.a_bytes = round_up_bytes((size_t)(ceil_div(imin(K->mc, m_thr), MR) * MR * P->kcb) * P->esz);
     J.per_thread = J.a_bytes + round_up_bytes((size_t)(ceil_div(imin(K->nc, n_thr), NR) * NR *
                                                        P->kcb) * P->esz);
-    if (ws_reserve(ws, &ws->pk, J.per_thread * (size_t)nt)) return -1;
-    J.buf = ws->pk.buf;
+    const size_t shared = nt > 1 ? plan_shared(&J) : 0;
+    if (ws_reserve(ws, &ws->pk, shared + J.per_thread * (size_t)nt)) return -1;
+    J.shared = shared ? ws->pk.buf : NULL;
+    J.buf = ws->pk.buf + shared;
+    J.ready = ws->ready;
+    J.seq = ++ws->seq;
 
     if (nt == 1)
-        blocked_range(P, 0, P->m, 0, P->n, J.buf, J.buf + J.a_bytes);
+        blocked_range(P, NULL, 0, P->m, 0, P->n, J.buf, J.buf + J.a_bytes);
     else
-        tgi_pool_run(ws->pool, nt, J.nranges, blocked_chunk, &J);
+        tgi_pool_run(ws->pool, nt, J.npack + J.nranges, blocked_chunk, &J);
     return 0;
 }
 

@@ -48,5 +48,8 @@ const char *tgi_gemm_kernel_name(void);
  * choice. A name this CPU (or this build) cannot run is ignored. Meant to be set
  * while no gemm call is running. */
 void tgi_gemm_force_kernel(const char *name);
+/* For tests: every `every`-th chunk that packs a threaded call's shared operand
+ * leaves it unwritten (0: none), so that the ranges pack their own copies. */
+void tgi_gemm_test_unpacked(int every);
 
 #endif /* TG_GEMM_H */

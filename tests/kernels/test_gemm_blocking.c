@@ -122,6 +122,35 @@ Test(gemm_blocking, block_boundaries_exact)
     tgi_gemm_ws_free(ws);
 }
 
+/* C from 1 and from 2 threads (a real pool) in both types, for the forms in the
+ * mask (bit f: ta = f & 1, tb = f >> 1; A^T B and A B^T accumulate); the count of
+ * forms whose bits differ. */
+static int threads_differ(tg_gemm_ws *ws, int64_t m, int64_t n, int64_t k, int forms)
+{
+    int differ = 0;
+    for (int form = 0; form < 4; form++) {
+        if (!(forms >> form & 1)) continue;
+        const int ta = form & 1, tb = form >> 1, acc = form == 1 || form == 2;
+        operand A = operand_make(ta ? k : m, ta ? m : k, 11, 1);
+        operand B = operand_make(tb ? n : k, tb ? k : n, 12, 1);
+        operand C1 = operand_make(m, n, 13, 0), C2 = operand_make(m, n, 13, 0);
+        for (size_t e = 0; e < (size_t)(A.rows * A.ld); e++) {
+            A.d[e] *= 0.37 + 1e-3 * (double)(e % 11); /* inexact sums */
+            A.f[e] = (float)A.d[e];
+        }
+        run(ws, 1, ta, tb, m, n, k, &A, &B, acc, &C1);
+        run(ws, 2, ta, tb, m, n, k, &A, &B, acc, &C2);
+        const size_t csz = (size_t)(m * C1.ld);
+        differ += memcmp(C1.d, C2.d, csz * sizeof *C1.d) != 0 ||
+                  memcmp(C1.f, C2.f, csz * sizeof *C1.f) != 0;
+        operand_free(&A);
+        operand_free(&B);
+        operand_free(&C1);
+        operand_free(&C2);
+    }
+    return differ;
+}
+
 /* Two threads on a real pool (ranges split along n, then along m) give the bits of one,
  * with random (inexact) values. */
 Test(gemm_blocking, two_threads_same_bits)
@@ -131,30 +160,53 @@ Test(gemm_blocking, two_threads_same_bits)
     tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(pool && ws);
     tgi_gemm_ws_set_pool(ws, pool);
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        const int64_t m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
-        for (int form = 0; form < 4; form++) {
-            const int ta = form & 1, tb = form >> 1;
-            operand A = operand_make(ta ? k : m, ta ? m : k, 5, 1);
-            operand B = operand_make(tb ? n : k, tb ? k : n, 6, 1);
-            operand C1 = operand_make(m, n, 7, 0), C2 = operand_make(m, n, 7, 0);
-            for (size_t e = 0; e < (size_t)(A.rows * A.ld); e++) {
-                A.d[e] *= 0.37 + 1e-3 * (double)(e % 11); /* inexact sums */
-                A.f[e] = (float)A.d[e];
-            }
-            run(ws, 1, ta, tb, m, n, k, &A, &B, 1, &C1);
-            run(ws, 2, ta, tb, m, n, k, &A, &B, 1, &C2);
-            const size_t csz = (size_t)(m * C1.ld);
-            cr_expect(memcmp(C1.d, C2.d, csz * sizeof *C1.d) == 0 &&
-                          memcmp(C1.f, C2.f, csz * sizeof *C1.f) == 0,
-                      "%ldx%ldx%ld form %d: 1 and 2 threads differ", (long)m, (long)n, (long)k,
-                      form);
-            operand_free(&A);
-            operand_free(&B);
-            operand_free(&C1);
-            operand_free(&C2);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        cr_expect_eq(threads_differ(ws, shapes[i][0], shapes[i][1], shapes[i][2], 15), 0,
+                     "%ldx%ldx%ld: 1 and 2 threads differ", (long)shapes[i][0],
+                     (long)shapes[i][1], (long)shapes[i][2]);
+    tgi_gemm_ws_free(ws);
+    tgi_pool_free(pool);
+}
+
+/* A threaded blocked call packs once, for all its ranges, the operand each range
+ * would read whole (op(A) when the ranges are columns, op(B) when they are rows).
+ * Same bits as one thread, for every kernel set: ranges of columns and of rows,
+ * rows left over after whole tiles and columns after whole panels, k in blocks the
+ * last of which is shorter, n beyond NC (the shared B in two column blocks), A^T
+ * packed inside the first tiles of a row range (small B blocks); and the NaN
+ * padding of A and B never read. Then
+ * with every second chunk of the shared operand left unpacked (as if its thread
+ * were kept off its core): the ranges pack their own copies, with the same bits. */
+Test(gemm_blocking, threads_shared_packing_same_bits)
+{
+    static const int64_t shapes[][4] = {
+        /* m, n, k, forms */
+        {40, 700, 531, 15},  /* ranges of columns (A shared), k blocks 266 + 265 in f32 */
+        {700, 40, 531, 15},  /* ranges of rows (B shared) */
+        {450, 400, 301, 1},  /* rows, n > NC: f64 k blocks 151 + 150 */
+        {4000, 20, 150, 2},  /* rows, A^T packed by the first tiles */
+    };
+    tgi_pool *pool = tgi_pool_new(tgi_default_alloc, NULL);
+    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
+    cr_assert(pool && ws);
+    tgi_gemm_ws_set_pool(ws, pool);
+    for (int s = 0; s < 3; s++) {
+        tgi_gemm_force_kernel(sets[s]);
+        if (strcmp(tgi_gemm_kernel_name(), sets[s]) != 0) continue;
+        for (int u = 0; u < 2; u++) {
+            tgi_gemm_test_unpacked(2 * u); /* none, then every second chunk */
+            for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+                cr_expect_eq(threads_differ(ws, shapes[i][0], shapes[i][1], shapes[i][2],
+                                            (int)shapes[i][3]),
+                             0,
+                             "%s %ldx%ldx%ld, pack chunks left unpacked: every %d-th (0: none): "
+                             "1 and 2 threads differ",
+                             sets[s], (long)shapes[i][0], (long)shapes[i][1], (long)shapes[i][2],
+                             2 * u);
         }
     }
+    tgi_gemm_test_unpacked(0);
+    tgi_gemm_force_kernel(NULL);
     tgi_gemm_ws_free(ws);
     tgi_pool_free(pool);
 }
