@@ -34,4 +34,12 @@ if(TG_TSAN)
   add_test(NAME tsan_two_contexts COMMAND tsan_two_contexts)
   set_tests_properties(tsan_two_contexts PROPERTIES TIMEOUT 300
                        ENVIRONMENT "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1")
+  # the pool and the threaded GEMM's shared packing (internal headers)
+  add_executable(tsan_pool_gemm ${PROJECT_SOURCE_DIR}/tests/fuzz/tsan_pool_gemm.c)
+  target_link_libraries(tsan_pool_gemm PRIVATE tapegrad_static Threads::Threads)
+  target_include_directories(tsan_pool_gemm PRIVATE ${TG_INTERNAL_INCLUDES})
+  set_target_properties(tsan_pool_gemm PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  add_test(NAME tsan_pool_gemm COMMAND tsan_pool_gemm)
+  set_tests_properties(tsan_pool_gemm PROPERTIES TIMEOUT 300
+                       ENVIRONMENT "TSAN_OPTIONS=halt_on_error=1 second_deadlock_stack=1")
 endif()
