@@ -104,6 +104,24 @@ static inline void copy_data(void *dst, const void *src, size_t n) {
     }
 }
 
+/* A large copy (a batch of an MLP-1024: 800 KB) in contiguous pieces over the
+ * context's threads (TGI_PAR_RUN: below its threshold, one memcpy in this
+ * thread); in one thread it was 1.4% of a two-thread step, the other thread
+ * waiting. */
+typedef struct {
+    unsigned char *d;
+    const unsigned char *s;
+    size_t es;
+} copy_job;
+TGI_PAR_FN void copy_range(void *arg, int64_t lo, int64_t hi) {
+    const copy_job *c = arg;
+    memcpy(c->d + (size_t)lo * c->es, c->s + (size_t)lo * c->es, (size_t)(hi - lo) * c->es);
+}
+__attribute__((noinline)) static void copy_data_par(tg_ctx *ctx, tg_tensor *t, const void *data) {
+    copy_job c = {t->data, data, tg_dtype_size(t->dtype)};
+    TGI_PAR_RUN(ctx, t->numel, copy_range, &c);
+}
+
 tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, const void *data) {
     if (!tg_ok(ctx)) return NULL;
     if (!data) {
@@ -113,7 +131,10 @@ tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, con
     tg_tensor *t = tensor_new(ctx, "tg_from", dt, ndim, shape, 0);
     if (!t) return NULL;
     t->flags |= TGI_LEAF;
-    if (t->numel) copy_data(t->data, data, tgi_bytes(t));
+    if (t->numel >= TGI_PAR_MIN)
+        copy_data_par(ctx, t, data);
+    else if (t->numel)
+        copy_data(t->data, data, tgi_bytes(t));
     return t;
 }
 

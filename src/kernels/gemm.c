@@ -207,19 +207,31 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 /* Below this many multiply-adds (some 100-200 us of work on one core) more
  * threads are not worth it: waking them costs microseconds, and on a loaded
  * machine they wait for a core (a batch-64 MLP trained 20x slower with OpenMP
- * teams on its 64x784x128 products, when libgomp's workers spun). */
+ * teams on its 64x784x128 products, when libgomp's workers spun). Products
+ * with a dimension of at most 16 start lower: the operand that every range
+ * reads whole is then thin, so more ranges add little work (the three n = 10
+ * products of a 784-1024-1024-10 MLP, 2.6 M each, ran 1.7-2.2x faster on two
+ * threads; 64 x 64 x 784, whose row ranges each pack all of op(B), ran 1.3x
+ * slower). */
 #define PAR_MIN_FLOPS (1 << 23)
+#define PAR_MIN_FLOPS_THIN (1 << 21)
 /* Ranges per thread: with one each, a thread the scheduler keeps off its core
  * holds every other thread back at the end of the call; with a few, the others
- * take its share. Each range packs its own panels of A or B, so not many. */
-#define RANGES_PER_THREAD 4
+ * take its share. Each range reads the shared operand whole and writes C in its
+ * own strip, so not many: on the big MLP's two-thread step, 3 each gave a median
+ * 1.85x one thread against 1.80x with 4 (8 alternations; 6 each: slower still),
+ * and kept 0.99-1.00x with the other core busy. Ranges that shrink towards the end
+ * of the call (guided) did no better idle and worse busy (0.95-0.99x). */
+#define RANGES_PER_THREAD 3
 
 /* How many threads to use on `tiles` independent output tiles. */
 static int threads_for(const tg_gemm_ws *ws, int nthreads, int64_t tiles, int64_t m, int64_t n,
                        int64_t k)
 {
     if (nthreads <= 1 || !ws->pool) return 1;
-    if ((double)m * (double)n * (double)k < (double)PAR_MIN_FLOPS) return 1;
+    const int thin = m <= 16 || n <= 16 || k <= 16;
+    if ((double)m * (double)n * (double)k < (double)(thin ? PAR_MIN_FLOPS_THIN : PAR_MIN_FLOPS))
+        return 1;
     if (tiles < nthreads) return (int)(tiles < 1 ? 1 : tiles);
     return nthreads;
 }

@@ -15,6 +15,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tapegrad.h"
@@ -223,6 +224,27 @@ static void run_linear(int threads, tg_act act, uint64_t h[4])
                   (long long)i, (long long)j);
     }
     tg_ctx_free(ctx);
+}
+
+/* tg_from copies a large array in pieces over the threads: every byte arrives, in
+ * f32, f64 and i32, at a size that is no multiple of the pieces' alignment. */
+Test(threads, tg_from_copies_every_element)
+{
+    const int64_t n = 300007; /* above the threshold, odd */
+    double *src = malloc((size_t)n * sizeof *src);
+    cr_assert_not_null(src);
+    for (int64_t i = 0; i < n; i++) src[i] = (double)i * 0.75 - 1e5;
+    tg_ctx *ctx = ctx_with(2);
+    const tg_dtype dts[3] = {TG_F32, TG_F64, TG_I32};
+    for (int d = 0; d < 3; d++) {
+        /* n elements of the dtype from the first bytes of src (f32 and i32: half of them) */
+        tg_tensor *t = tg_from(ctx, dts[d], 1, &n, src);
+        CHECK_OK(ctx);
+        cr_assert_eq(memcmp(tg_data(t), src, (size_t)n * tg_dtype_size(dts[d])), 0,
+                     "%s: tg_from's copy differs from its source", tg_dtype_name(dts[d]));
+    }
+    tg_ctx_free(ctx);
+    free(src);
 }
 
 Test(threads, linear_and_matmul_are_bit_identical)

@@ -168,6 +168,28 @@ Test(gemm_blocking, two_threads_same_bits)
     tgi_pool_free(pool);
 }
 
+/* Products with a dimension of at most 16 go to two threads from 2^21 multiply-adds
+ * (others from 2^23): an MLP's last layer (n = 10 forward, k = 10 input gradient,
+ * m = 10 weight gradient, computed as its transpose) at batch 256, 2.6 M each, and
+ * a smaller one still single-threaded, all with the bits of one thread. */
+Test(gemm_blocking, thin_products_threaded_same_bits)
+{
+    static const int64_t shapes[][3] = {
+        {256, 10, 1024}, {256, 1024, 10}, {10, 1024, 256}, {1024, 10, 256}, {300, 13, 530},
+        {100, 10, 1000},
+    };
+    tgi_pool *pool = tgi_pool_new(tgi_default_alloc, NULL);
+    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
+    cr_assert(pool && ws);
+    tgi_gemm_ws_set_pool(ws, pool);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        cr_expect_eq(threads_differ(ws, shapes[i][0], shapes[i][1], shapes[i][2], 15), 0,
+                     "%ldx%ldx%ld: 1 and 2 threads differ", (long)shapes[i][0],
+                     (long)shapes[i][1], (long)shapes[i][2]);
+    tgi_gemm_ws_free(ws);
+    tgi_pool_free(pool);
+}
+
 /* A threaded blocked call packs once, for all its ranges, the operand each range
  * would read whole (op(A) when the ranges are columns, op(B) when they are rows).
  * Same bits as one thread, for every kernel set: ranges of columns and of rows,
