@@ -12,9 +12,11 @@
  * change the chunk's result: per-thread scratch is indexed by `thread`, results
  * by `chunk`; then the bits do not depend on the thread count.
  *
- * Waiting. A worker spins for about TGI_POOL_SPIN_NS after its last chunk (the
- * next job of a training step usually follows within microseconds), then sleeps
- * on a condition variable; the caller waits for the last chunk the same way.
+ * Waiting. A worker spins for a while after its last chunk (the next job of a
+ * training step usually follows within microseconds), then sleeps on a condition
+ * variable; the caller waits for the last chunk the same way. The while is 250 us
+ * when the pool's threads have their cores to themselves, 50 us when they are
+ * preempted often (another process wants the cores: pool.c, TGI_POOL_SPIN_NS).
  * Nothing spins longer than that, whatever the load.
  *
  * A pool is used by one thread at a time (its context's); two contexts on two
@@ -44,5 +46,8 @@ void tgi_pool_free(tgi_pool *pool);
  * nested job, or workers that could not be started: fewer threads (down to the
  * caller alone), the same chunks. nchunks is at most TGI_POOL_MAX_CHUNKS. */
 void tgi_pool_run(tgi_pool *pool, int nt, int64_t nchunks, tgi_pool_fn fn, void *arg);
+/* 1 if the pool's waits are short now (its threads were preempted often in the
+ * last window, or the system cannot tell), 0 if long; for tests. */
+int tgi_pool_spins_short(tgi_pool *pool);
 
 #endif /* TG_POOL_H */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pool.h"
 #include "tapegrad.h"
@@ -84,6 +85,52 @@ Test(pool, jobs_after_the_workers_sleep)
         run_and_check(pool, 2, 16, &j);
         nanosleep(&(struct timespec){0, 5000000}, NULL); /* 5 ms: well past the spin */
     }
+    tgi_pool_free(pool);
+}
+
+/* Spinning threads, more than the machine has cores. */
+static _Atomic int hog_stop;
+static void *hog(void *arg)
+{
+    (void)arg;
+    volatile unsigned long x = 0;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) x++;
+    return NULL;
+}
+
+static void busy_chunk(void *arg, int64_t c, int t)
+{
+    (void)arg, (void)c, (void)t;
+    volatile double x = 1;
+    for (int i = 0; i < 20000; i++) x = x * 1.0000001 + 1e-9; /* some 20-100 us */
+}
+
+/* With every core taken by other threads, the pool's threads are preempted often,
+ * and the pool spins briefly instead of taking CPU time from them. */
+Test(pool, spins_short_when_the_cores_are_busy)
+{
+    tgi_pool *pool = tgi_pool_new(sys_alloc, NULL);
+    cr_assert_not_null(pool);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const int nhog = cpus < 1 ? 4 : cpus > 62 ? 64 : (int)cpus + 2;
+    pthread_t th[64];
+    atomic_store(&hog_stop, 0);
+    int started = 0;
+    for (; started < nhog; started++)
+        if (pthread_create(&th[started], NULL, hog, NULL) != 0) break;
+    cr_assert_gt(started, 0);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int shortened = 0;
+    do { /* about 0.5 s: windows of 50 ms */
+        tgi_pool_run(pool, 2, 8, busy_chunk, NULL);
+        shortened |= tgi_pool_spins_short(pool);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 500000000L);
+    atomic_store(&hog_stop, 1);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    cr_expect(shortened, "%d spinning threads on %ld cores: the pool's waits stayed long",
+              started, cpus);
     tgi_pool_free(pool);
 }
 
