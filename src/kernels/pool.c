@@ -102,11 +102,12 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* How long this thread may spin now (see TGI_POOL_SPIN_NS). *nivcsw is the
- * thread's count of involuntary context switches when it last asked (-1: never):
- * what it adds goes into the pool's window, and the thread that finds the window
- * over sets the rate's verdict for the next one. */
-static int64_t spin_budget(tgi_pool *pool, long *nivcsw)
+/* Adds the calling thread's involuntary context switches since it last counted
+ * (*nivcsw: its count then, -1: never) to the pool's window; the thread that finds
+ * the window over sets the verdict for the next one (see TGI_POOL_SPIN_NS). The
+ * caller counts at every job it posts, a worker whenever it starts to wait, so a
+ * thread that is preempted while it works is counted too. */
+static void count_switches(tgi_pool *pool, long *nivcsw)
 {
 #if defined(__linux__) && defined(RUSAGE_THREAD)
     struct rusage ru;
@@ -126,11 +127,20 @@ static int64_t spin_budget(tgi_pool *pool, long *nivcsw)
                               (double)n * 1e9 >= (double)TGI_POOL_BUSY_RATE * (double)(now - start),
                               memory_order_relaxed);
     }
+#else
+    (void)pool;
+    (void)nivcsw;
+#endif
+}
+
+/* How long a thread may spin now (see TGI_POOL_SPIN_NS). */
+static int64_t spin_budget(tgi_pool *pool)
+{
+#if defined(__linux__) && defined(RUSAGE_THREAD)
     return atomic_load_explicit(&pool->contended, memory_order_relaxed) ? TGI_POOL_SPIN_BUSY_NS
                                                                         : TGI_POOL_SPIN_NS;
 #else
     (void)pool;
-    (void)nivcsw;
     return TGI_POOL_SPIN_BUSY_NS; /* no count of preemptions: the short spin always */
 #endif
 }
@@ -193,7 +203,8 @@ static void *worker_main(void *p)
     uint32_t seen = w->seen0;
     long nivcsw = -1;
     for (;;) {
-        const int64_t budget = spin_budget(pool, &nivcsw);
+        count_switches(pool, &nivcsw);
+        const int64_t budget = spin_budget(pool);
         SPIN_UNTIL(job_posted(pool, seen), budget);
         if (!job_posted(pool, seen)) {
             pthread_mutex_lock(&pool->mu);
@@ -288,6 +299,7 @@ void tgi_pool_run(tgi_pool *pool, int nt, int64_t nchunks, tgi_pool_fn fn, void 
             pool->fn = fn;
             pool->arg = arg;
             atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+            count_switches(pool, &pool->caller_nivcsw);
             const uint32_t gen = pool->gen = (pool->gen + 1) & GEN_MASK;
             atomic_store(&pool->ticket, ticket_make(gen, nt, nchunks));
             if (atomic_load(&pool->sleepers) > 0) {
@@ -297,7 +309,7 @@ void tgi_pool_run(tgi_pool *pool, int nt, int64_t nchunks, tgi_pool_fn fn, void 
             }
             run_chunks(pool, gen, 0);
             if (atomic_load_explicit(&pool->done, memory_order_acquire) != nchunks) {
-                const int64_t budget = spin_budget(pool, &pool->caller_nivcsw);
+                const int64_t budget = spin_budget(pool);
                 SPIN_UNTIL(atomic_load_explicit(&pool->done, memory_order_acquire) == nchunks,
                            budget);
             }
