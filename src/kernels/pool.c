@@ -74,7 +74,7 @@ struct tgi_pool {
     tgi_pool_fn fn;              /* of the current job (see above) */
     void *arg;
     uint32_t gen;                /* the caller's: last job posted */
-    long caller_nivcsw;          /* the caller's last count (spin_budget), -1: none yet */
+    long caller_nivcsw;          /* the caller's last count (count_switches), -1: none yet */
     int nworkers;                /* started: ids 1 .. nworkers */
     pool_worker w[TGI_POOL_MAX];
 };
@@ -145,15 +145,7 @@ static int64_t spin_budget(tgi_pool *pool)
 #endif
 }
 
-int tgi_pool_spins_short(tgi_pool *pool)
-{
-#if defined(__linux__) && defined(RUSAGE_THREAD)
-    return atomic_load_explicit(&pool->contended, memory_order_relaxed);
-#else
-    (void)pool;
-    return 1;
-#endif
-}
+int tgi_pool_spins_short(tgi_pool *pool) { return spin_budget(pool) == TGI_POOL_SPIN_BUSY_NS; }
 
 /* Spins until cond holds or budget_ns pass. */
 #define SPIN_UNTIL(cond, budget_ns)                                                    \

@@ -151,21 +151,28 @@ static int threads_differ(tg_gemm_ws *ws, int64_t m, int64_t n, int64_t k, int f
     return differ;
 }
 
-/* Two threads on a real pool (ranges split along n, then along m) give the bits of one,
- * with random (inexact) values. */
-Test(gemm_blocking, two_threads_same_bits)
+/* Each shape's C from 1 and from 2 threads on a real pool, all four forms: no
+ * differing bits expected. */
+static void expect_threads_same(const int64_t (*shapes)[3], size_t count)
 {
-    static const int64_t shapes[][3] = {{150, 1100, 300}, {1100, 150, 300}};
     tgi_pool *pool = tgi_pool_new(tgi_default_alloc, NULL);
     tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
     cr_assert(pool && ws);
     tgi_gemm_ws_set_pool(ws, pool);
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    for (size_t i = 0; i < count; i++)
         cr_expect_eq(threads_differ(ws, shapes[i][0], shapes[i][1], shapes[i][2], 15), 0,
                      "%ldx%ldx%ld: 1 and 2 threads differ", (long)shapes[i][0],
                      (long)shapes[i][1], (long)shapes[i][2]);
     tgi_gemm_ws_free(ws);
     tgi_pool_free(pool);
+}
+
+/* Two threads on a real pool (ranges split along n, then along m) give the bits of one,
+ * with random (inexact) values. */
+Test(gemm_blocking, two_threads_same_bits)
+{
+    static const int64_t shapes[][3] = {{150, 1100, 300}, {1100, 150, 300}};
+    expect_threads_same(shapes, sizeof shapes / sizeof shapes[0]);
 }
 
 /* Products with a dimension of at most 16 go to two threads from 2^21 multiply-adds
@@ -178,16 +185,7 @@ Test(gemm_blocking, thin_products_threaded_same_bits)
         {256, 10, 1024}, {256, 1024, 10}, {10, 1024, 256}, {1024, 10, 256}, {300, 13, 530},
         {100, 10, 1000},
     };
-    tgi_pool *pool = tgi_pool_new(tgi_default_alloc, NULL);
-    tg_gemm_ws *ws = tgi_gemm_ws_new(tgi_default_alloc, NULL);
-    cr_assert(pool && ws);
-    tgi_gemm_ws_set_pool(ws, pool);
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        cr_expect_eq(threads_differ(ws, shapes[i][0], shapes[i][1], shapes[i][2], 15), 0,
-                     "%ldx%ldx%ld: 1 and 2 threads differ", (long)shapes[i][0],
-                     (long)shapes[i][1], (long)shapes[i][2]);
-    tgi_gemm_ws_free(ws);
-    tgi_pool_free(pool);
+    expect_threads_same(shapes, sizeof shapes / sizeof shapes[0]);
 }
 
 /* A threaded blocked call packs once, for all its ranges, the operand each range
