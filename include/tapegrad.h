@@ -101,6 +101,16 @@ TG_API tg_tensor *tg_new(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shap
 /** A temporary holding a copy of @p data (numel elements of dtype @p dt). */
 TG_API tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape,
                           const void *data);
+/** A temporary leaf that reads @p data in place instead of copying it (as
+ *  PyTorch's from_blob / from_numpy): for an input batch that already sits in
+ *  the caller's memory, such as consecutive rows of a dataset. Same lifetime as
+ *  any temporary (until tg_reset); until then the caller must keep @p data
+ *  allocated and unchanged. tapegrad never writes to it: tg_fill,
+ *  tg_fill_uniform, tg_fill_normal and tg_init_tensor refuse such a tensor. Its
+ *  gradient, if it requires one, is tapegrad's own memory. @p data must be
+ *  aligned to the element size (4 or 8 bytes). NULL on error. */
+TG_API tg_tensor *tg_wrap(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape,
+                          const void *data);
 /** A 0-dimensional temporary holding @p value. */
 TG_API tg_tensor *tg_scalar(tg_ctx *ctx, tg_dtype dt, double value);
 

@@ -134,6 +134,15 @@ int tgi_check_float_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_
     return 0;
 }
 
+int tgi_check_writable_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
+    if (!(t->flags & TGI_WRAPPED)) return 1;
+    char b[96];
+    tg_set_error(ctx, "%s: %s (%s %s) wraps the caller's memory (tg_wrap), which tapegrad does "
+                      "not write; copy it with tg_from to get a tensor of its own",
+                 fn, arg, tg_dtype_name(t->dtype), TGI_SHAPE(t, b));
+    return 0;
+}
+
 int tgi_check_same_dtype_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a,
                               const tg_tensor *b) {
     if (a->dtype == b->dtype) return 1;

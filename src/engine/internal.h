@@ -29,6 +29,9 @@ enum {
      * tg_grad_acc gave it out): tg_zero_grad clears it at once, as the caller may
      * read or add into it before backward */
     TGI_GRAD_SEEN = 1u << 4,
+    /* made by tg_wrap: data is the caller's memory, which tapegrad only reads
+     * (tgi_check_writable refuses the functions that would write it) */
+    TGI_WRAPPED = 1u << 5,
 };
 
 struct tg_tensor {
@@ -210,6 +213,14 @@ int tgi_check_float_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_
 static inline int tgi_check_float(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t) {
     if (t->dtype == TG_F32 || t->dtype == TG_F64) return 1;
     return tgi_check_float_slow(ctx, fn, arg, t);
+}
+/* 1 unless t was made by tg_wrap (its data is the caller's read-only memory),
+ * else records "<fn>: <arg> wraps the caller's memory (tg_wrap) ..." */
+int tgi_check_writable_slow(tg_ctx *ctx, const char *fn, const char *arg, const tg_tensor *t);
+static inline int tgi_check_writable(tg_ctx *ctx, const char *fn, const char *arg,
+                                     const tg_tensor *t) {
+    if (!(t->flags & TGI_WRAPPED)) return 1;
+    return tgi_check_writable_slow(ctx, fn, arg, t);
 }
 /* 1 if a and b have the same dtype, else records an error naming both */
 int tgi_check_same_dtype_slow(tg_ctx *ctx, const char *fn, const tg_tensor *a, const tg_tensor *b);

@@ -138,6 +138,37 @@ tg_tensor *tg_from(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, con
     return t;
 }
 
+/* A leaf over the caller's memory: the tensor's head alone comes from the arena
+ * (so it dies at tg_reset like any temporary), data points at the caller's
+ * array. Nothing in the library writes a leaf's data except the fill and init
+ * functions, which refuse a wrapped tensor (tgi_check_writable). Kernels need
+ * no more alignment than the element's: every vector load is unaligned. */
+tg_tensor *tg_wrap(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, const void *data) {
+    static const char fn[] = "tg_wrap";
+    if (!tg_ok(ctx)) return NULL;
+    tgi_api(ctx, fn);
+    int64_t n = check_shape(ctx, fn, dt, ndim, shape);
+    if (n < 0) return NULL;
+    if (!data) {
+        tg_set_error(ctx, "%s: data is NULL", fn);
+        return NULL;
+    }
+    const size_t es = tg_dtype_size(dt);
+    if ((uintptr_t)data % es != 0) {
+        char b[128];
+        tg_set_error(ctx, "%s: data %p is not aligned to %zu bytes, the size of a %s element "
+                          "(shape %s); tg_from copies from any address",
+                     fn, data, es, tg_dtype_name(dt), tgi_shape_str(ndim, shape, b, sizeof b));
+        return NULL;
+    }
+    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    tg_tensor *t = tgi_arena_alloc(ctx, head);
+    if (!t) return NULL;
+    tgi_tensor_init(t, ctx, (void *)(uintptr_t)data, dt, ndim, shape, n);
+    t->flags |= TGI_LEAF | TGI_WRAPPED;
+    return t;
+}
+
 tg_tensor *tg_scalar(tg_ctx *ctx, tg_dtype dt, double value) {
     if (!tg_ok(ctx)) return NULL;
     tg_tensor *t = tgi_tensor_new(ctx, "tg_scalar", dt, 0, NULL, 0);
@@ -304,6 +335,7 @@ uint64_t tg_hash(const tg_tensor *t) {
 
 void tg_fill(tg_tensor *t, double value) {
     if (!t) return;
+    if ((t->flags & TGI_WRAPPED) && !tgi_check_writable(t->ctx, "tg_fill", "t", t)) return;
     int64_t n = t->numel;
     switch (t->dtype) {
     case TG_F32: {
@@ -341,7 +373,7 @@ int tg_copy_out(const tg_tensor *t, tg_dtype dt, void *dst) {
 static int check_fill(tg_ctx *ctx, const char *fn, tg_tensor *t) {
     if (!ctx) return 0;
     if (!tgi_check_arg(ctx, fn, "t", t)) return 0;
-    return tgi_check_float(ctx, fn, "t", t);
+    return tgi_check_float(ctx, fn, "t", t) && tgi_check_writable(ctx, fn, "t", t);
 }
 
 void tg_fill_uniform(tg_ctx *ctx, tg_tensor *t, double lo, double hi) {

@@ -51,7 +51,7 @@ int tg_init_tensor(tg_ctx *ctx, tg_tensor *w, tg_init kind, int64_t fan_in, int6
     static const char fn[] = "tg_init_tensor";
     if (!ctx) return -1;
     if (!tgi_check_arg(ctx, fn, "w", w)) return -1;
-    if (!tgi_check_float(ctx, fn, "w", w)) return -1;
+    if (!tgi_check_float(ctx, fn, "w", w) || !tgi_check_writable(ctx, fn, "w", w)) return -1;
     if ((unsigned)kind >= TG_INIT_COUNT) {
         tg_set_error(ctx, "%s: unknown init kind %d", fn, (int)kind);
         return -1;

@@ -589,8 +589,8 @@ static double mlp_run(void *p, int64_t n)
     tg_tensor *loss = NULL;
     double t0 = wall_now();
     for (int64_t i = 0; i < n; i++) {
-        tg_tensor *x = tg_from(ctx, TG_F32, 2, xshape, s->data->x + s->pos * f);
-        tg_tensor *y = tg_from(ctx, TG_I32, 1, yshape, s->data->y + s->pos);
+        tg_tensor *x = tg_wrap(ctx, TG_F32, 2, xshape, s->data->x + s->pos * f);
+        tg_tensor *y = tg_wrap(ctx, TG_I32, 1, yshape, s->data->y + s->pos);
         loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &s->mlp, x), y);
         tg_zero_grad(ctx);
         tg_backward(ctx, loss);

@@ -63,6 +63,119 @@ Test(core, from_copies_every_small_length) {
     }
 }
 
+/* tg_wrap reads the caller's array in place: the same pointer, later changes
+ * visible, and every op gives the bits it gives on a copy. The arrays are
+ * malloc'd at their exact size and start one element past malloc's alignment,
+ * so that (under ASan) any kernel reading past the end of an input, or relying
+ * on the arena's 64-byte alignment, is caught. */
+static void wrap_vs_copy(int64_t m, int64_t k, int64_t n) {
+    float *xs = malloc((size_t)(m * k + 1) * sizeof *xs);
+    int32_t *ys = malloc((size_t)m * sizeof *ys);
+    cr_assert(xs && ys);
+    float *x = xs + 1; /* 4-byte aligned, not 16 */
+    for (int64_t i = 0; i < m * k; i++) x[i] = (float)((i * 37 % 23) - 11) / 8.0f;
+    for (int64_t i = 0; i < m; i++) ys[i] = (int32_t)(i % n);
+    tg_tensor *w = tg_param(ctx, NULL, TG_F32, 2, (int64_t[]){k, n});
+    tg_tensor *b = tg_param(ctx, NULL, TG_F32, 1, (int64_t[]){n});
+    tg_fill_uniform(ctx, w, -0.5, 0.5);
+    tg_fill_uniform(ctx, b, -0.1, 0.1);
+    float *g[2][3], l[2];
+    for (int wrap = 0; wrap < 2; wrap++) {
+        int64_t xsh[2] = {m, k}, ysh[1] = {m};
+        tg_tensor *tx = wrap ? tg_wrap(ctx, TG_F32, 2, xsh, x) : tg_from(ctx, TG_F32, 2, xsh, x);
+        tg_tensor *ty = wrap ? tg_wrap(ctx, TG_I32, 1, ysh, ys) : tg_from(ctx, TG_I32, 1, ysh, ys);
+        cr_assert_not_null(tx, "%s", tg_errmsg(ctx));
+        if (wrap) {
+            cr_assert_eq(tg_data(tx), (void *)x, "tg_wrap does not copy");
+            cr_assert_eq(tg_data(ty), (void *)ys);
+        }
+        tg_set_requires_grad(tx, 1);
+        /* a product, bias and activation, a sum of x with itself, a softmax and
+         * sum over x, and cross-entropy with wrapped labels */
+        tg_tensor *h = tg_linear(ctx, tx, w, b, TG_ACT_TANH);
+        tg_tensor *s = tg_sum(ctx, tg_mul(ctx, tg_add(ctx, tx, tx), tg_softmax(ctx, tx)));
+        tg_tensor *loss = tg_add(ctx, tg_cross_entropy(ctx, h, ty), s);
+        tg_zero_grad(ctx);
+        tg_backward(ctx, loss);
+        cr_assert(tg_ok(ctx), "%s", tg_errmsg(ctx));
+        l[wrap] = (float)tg_item(loss);
+        const tg_tensor *src[3] = {tx, w, b};
+        for (int i = 0; i < 3; i++) {
+            size_t bytes = (size_t)tg_numel(src[i]) * sizeof(float);
+            g[wrap][i] = malloc(bytes);
+            memcpy(g[wrap][i], tg_grad(src[i]), bytes);
+        }
+        if (wrap) {
+            x[0] += 1.0f; /* the tensor sees the caller's array, not a copy */
+            cr_assert_eq(((float *)tg_data(tx))[0], x[0]);
+        }
+        tg_reset(ctx);
+    }
+    cr_assert_eq(memcmp(&l[0], &l[1], sizeof l[0]), 0, "%lldx%lldx%lld loss", (long long)m,
+                 (long long)k, (long long)n);
+    const int64_t sizes[3] = {m * k, k * n, n};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(memcmp(g[0][i], g[1][i], (size_t)sizes[i] * sizeof(float)), 0,
+                     "%lldx%lldx%lld: gradient %d differs", (long long)m, (long long)k,
+                     (long long)n, i);
+        free(g[0][i]);
+        free(g[1][i]);
+    }
+    free(xs);
+    free(ys);
+}
+
+Test(core, wrap_reads_in_place_with_the_bits_of_a_copy) {
+    wrap_vs_copy(1, 1, 1);
+    wrap_vs_copy(3, 5, 2);
+    wrap_vs_copy(4, 2, 1);
+    wrap_vs_copy(7, 13, 10);
+    wrap_vs_copy(67, 131, 10);  /* the direct GEMM path */
+    wrap_vs_copy(256, 97, 33);  /* the blocked path, packing x */
+}
+
+Test(core, wrap_errors_and_what_it_refuses) {
+    float v[5] = {1, 2, 3, 4, 5};
+    const float before[5] = {1, 2, 3, 4, 5};
+    cr_assert_null(tg_wrap(ctx, TG_F32, 1, (int64_t[]){2}, NULL));
+    cr_assert(strstr(tg_errmsg(ctx), "tg_wrap: data is NULL"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_null(tg_wrap(ctx, TG_F32, 1, (int64_t[]){-2}, v));
+    cr_assert(strstr(tg_errmsg(ctx), "tg_wrap: invalid shape [-2]"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_null(tg_wrap(ctx, TG_F32, 2, (int64_t[]){1, 2}, (char *)v + 2));
+    cr_assert(strstr(tg_errmsg(ctx), "tg_wrap: data") &&
+                  strstr(tg_errmsg(ctx), "is not aligned to 4 bytes") &&
+                  strstr(tg_errmsg(ctx), "[1,2]"),
+              "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_null(tg_wrap(ctx, TG_F64, 1, (int64_t[]){2}, v + 1)); /* 4 bytes, not 8 */
+    cr_assert(strstr(tg_errmsg(ctx), "not aligned to 8 bytes"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+
+    /* tapegrad does not write the caller's memory: every filler refuses */
+    tg_tensor *t = tg_wrap(ctx, TG_F32, 1, (int64_t[]){5}, v);
+    cr_assert_not_null(t);
+    tg_fill(t, 7.0);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_fill: t (f32 [5]) wraps the caller's memory (tg_wrap)"),
+              "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    tg_fill_uniform(ctx, t, 0, 1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_fill_uniform: t (f32 [5]) wraps"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    tg_fill_normal(ctx, t, 0, 1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_fill_normal: t (f32 [5]) wraps"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_neq(tg_init_tensor(ctx, t, TG_INIT_ZEROS, 5, 5, 0.0), 0);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_init_tensor: w (f32 [5]) wraps"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_eq(memcmp(v, before, sizeof v), 0, "the caller's array is untouched");
+
+    /* a temporary like any other: tg_reset ends the tensor, not the array */
+    tg_reset(ctx);
+    cr_assert_eq(memcmp(v, before, sizeof v), 0);
+}
+
 Test(core, bad_shapes_are_errors) {
     int64_t neg[2] = {2, -1};
     cr_assert_null(tg_new(ctx, TG_F32, 2, neg));
