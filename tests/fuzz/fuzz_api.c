@@ -170,7 +170,13 @@ typedef struct pool {
     int n;
 } pool;
 
+/* Results of more than POOL_NUMEL elements are not kept: chains of growing
+ * ops reached attention over 5,120 positions, minutes under the sanitizers
+ * for nothing a small tensor does not also cover (4096 still reaches the
+ * threaded paths, which start there). */
+#define POOL_NUMEL 4096
 static void pool_add(pool *P, bytes *b, tg_tensor *y) {
+    if (y && tg_numel(y) > POOL_NUMEL) return;
     if (P->n < POOL) P->t[P->n++] = y;
     else P->t[take(b) % POOL] = y;
 }
