@@ -697,3 +697,257 @@ Test(optim, regression_converges_with_each_optimiser) {
     o.lr = 0.05;
     fit_line(o, 500, 2e-2); /* the default decoupled decay (0.01) holds w ~1% short of 2 */
 }
+
+/* ---- tg_backward_step: the update inside the backward walk -------------------- */
+
+/* One model in one context: an MLP (parameters above SGD_SMALL elements, so the
+ * general sweep), a parameter E read twice (a fan-out: its first reader is the
+ * last of its gradient), one no op reads (its gradient is zeros after
+ * tg_zero_grad, which weight decay still moves), one read by a node that does
+ * not lead to the loss (its gradient still pending when the walk passes it),
+ * one read only after the loss (not walked), and a frozen one. */
+typedef struct {
+    tg_ctx *ctx;
+    tg_mlp mlp;
+    tg_tensor *e, *spare, *dead, *late, *frozen;
+    tg_optim *opt;
+} fz_model;
+
+static void fz_make(fz_model *m, tg_dtype dt, const tg_optim_opts *o, int threads) {
+    m->ctx = tg_ctx_new(11);
+    tg_set_threads(m->ctx, threads);
+    cr_assert_eq(tg_mlp_init(m->ctx, &m->mlp, "fc", 3, (const int64_t[]){37, 70, 5}, TG_ACT_TANH,
+                             dt), 0);
+    m->e = tg_param(m->ctx, "e", dt, 2, (int64_t[]){5, 5});
+    m->spare = tg_param(m->ctx, "spare", dt, 1, (int64_t[]){40});
+    m->dead = tg_param(m->ctx, "dead", dt, 1, (int64_t[]){6});
+    m->late = tg_param(m->ctx, "late", dt, 1, (int64_t[]){3});
+    m->frozen = tg_param(m->ctx, "frozen", dt, 1, (int64_t[]){5});
+    tg_fill_uniform(m->ctx, m->e, -0.3, 0.3);
+    tg_fill_uniform(m->ctx, m->spare, -1, 1);
+    tg_fill_uniform(m->ctx, m->late, -1, 1);
+    tg_fill_uniform(m->ctx, m->dead, -1, 1);
+    tg_fill_uniform(m->ctx, m->frozen, -1, 1);
+    tg_set_requires_grad(m->frozen, 0);
+    m->opt = tg_optim_new(m->ctx, o, NULL, 0);
+    cr_assert_not_null(m->opt, "%s", tg_errmsg(m->ctx));
+}
+
+/* the loss of step s: mlp(x) E E, mean of squares, plus frozen's sum */
+static tg_tensor *fz_loss(fz_model *m, tg_dtype dt, int s) {
+    tg_ctx *ctx = m->ctx;
+    /* dead: read at every step, on the way to the loss at even steps only; at odd
+     * ones the walk passes its reader without reaching it, its gradient pending
+     * since tg_zero_grad */
+    tg_tensor *d = tg_sum(ctx, m->dead);
+    double xv[4 * 37];
+    for (int i = 0; i < 4 * 37; i++) xv[i] = sin(0.37 * i + s);
+    tg_tensor *x = tg_new(ctx, dt, 2, (int64_t[]){4, 37});
+    for (int i = 0; i < 4 * 37; i++) set(x, i, xv[i]);
+    tg_tensor *h = tg_matmul(ctx, tg_matmul(ctx, tg_mlp_forward(ctx, &m->mlp, x), m->e), m->e);
+    tg_tensor *loss = tg_add(ctx, tg_mean(ctx, tg_mul(ctx, h, h)), tg_sum(ctx, m->frozen));
+    if (s % 2 == 0) loss = tg_add(ctx, loss, d);
+    tg_sum(ctx, tg_mul(ctx, m->late, m->late)); /* on the tape after the loss */
+    return loss;
+}
+
+static void fz_compare(fz_model *a, fz_model *b, const char *what, int s) {
+    for (int i = 0; i < tg_param_count(a->ctx); i++) {
+        tg_tensor *p = tg_param_at(a->ctx, i), *q = tg_param_at(b->ctx, i);
+        size_t bytes = (size_t)tg_numel(p) * tg_dtype_size(tg_dtype_of(p));
+        cr_assert_eq(memcmp(tg_data(p), tg_data(q), bytes), 0, "%s step %d: %s differs", what, s,
+                     tg_name(p));
+        void *gp = tg_grad(p), *gq = tg_grad(q);
+        cr_assert_eq(gp == NULL, gq == NULL, "%s step %d: grad of %s", what, s, tg_name(p));
+        if (gp) cr_assert_eq(memcmp(gp, gq, bytes), 0, "%s step %d: grad of %s differs", what, s,
+                             tg_name(p));
+    }
+    cr_assert_eq(tg_optim_step_count(a->opt), tg_optim_step_count(b->opt));
+}
+
+static void fz_case(const char *what, tg_optim_opts o, tg_dtype dt, int threads) {
+    fz_model a, b;
+    fz_make(&a, dt, &o, threads);
+    fz_make(&b, dt, &o, threads);
+    for (int s = 0; s < 4; s++) {
+        tg_zero_grad(a.ctx);
+        tg_backward(a.ctx, fz_loss(&a, dt, s));
+        cr_assert_eq(tg_optim_step(a.opt), 0, "%s", tg_errmsg(a.ctx));
+        tg_zero_grad(b.ctx);
+        cr_assert_eq(tg_backward_step(b.ctx, fz_loss(&b, dt, s), b.opt), 0, "%s",
+                     tg_errmsg(b.ctx));
+        fz_compare(&a, &b, what, s);
+        tg_reset(a.ctx);
+        tg_reset(b.ctx);
+    }
+    tg_optim_free(a.opt);
+    tg_optim_free(b.opt);
+    tg_ctx_free(a.ctx);
+    tg_ctx_free(b.ctx);
+}
+
+Test(optim, backward_step_gives_the_bits_of_backward_then_step) {
+    tg_optim_opts o[7] = {tg_optim_defaults(TG_OPT_SGD),     tg_optim_defaults(TG_OPT_SGD),
+                          tg_optim_defaults(TG_OPT_RMSPROP), tg_optim_defaults(TG_OPT_RMSPROP),
+                          tg_optim_defaults(TG_OPT_ADAM),    tg_optim_defaults(TG_OPT_ADAM),
+                          tg_optim_defaults(TG_OPT_ADAMW)};
+    o[0].weight_decay = 0.01;
+    o[1].momentum = 0.9, o[1].nesterov = 1, o[1].weight_decay = 0.01;
+    o[3].momentum = 0.5, o[3].centered = 1;
+    o[5].amsgrad = 1, o[5].weight_decay = 0.1;
+    for (int k = 0; k < 7; k++) {
+        o[k].lr = 0.05;
+        char what[64];
+        snprintf(what, sizeof what, "case %d (%s)", k, tg_optim_kind_name(o[k].kind));
+        fz_case(what, o[k], TG_F32, 1);
+        fz_case(what, o[k], TG_F64, 1);
+    }
+    fz_case("SGD, two threads", o[0], TG_F32, 2);
+}
+
+/* The update does happen inside the walk: a custom op recorded before the MLP
+ * (so walked after it) reads fc1.weight in its backward and sees it updated. */
+typedef struct {
+    const float *w;
+    float seen;
+} fz_probe;
+static int probe_forward(tg_op_call *c) {
+    memcpy(tg_data(c->out), tg_data(c->in[0]), (size_t)tg_numel(c->out) * sizeof(float));
+    return 0;
+}
+static void probe_backward(tg_op_call *c) {
+    fz_probe *pr = *(fz_probe *const *)c->attr;
+    pr->seen = pr->w[0];
+    float *g = tg_grad_acc(c->in[0]);
+    const float *go = tg_grad(c->out);
+    for (int64_t i = 0; i < tg_numel(c->out); i++) g[i] += go[i];
+}
+static const tg_op probe_op = {"probe", probe_forward, probe_backward};
+
+Test(optim, backward_step_updates_during_the_walk) {
+    tg_ctx *ctx = tg_ctx_new(5);
+    tg_mlp m;
+    cr_assert_eq(tg_mlp_init(ctx, &m, "fc", 2, (const int64_t[]){40, 3}, TG_ACT_NONE, TG_F32), 0);
+    tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
+    o.lr = 0.5;
+    tg_optim *opt = tg_optim_new(ctx, &o, NULL, 0);
+    tg_tensor *w = tg_param_find(ctx, "fc1.weight");
+    cr_assert_not_null(w);
+    fz_probe pr = {tg_data(w), 0};
+    const fz_probe *pp = &pr;
+    for (int fused = 0; fused < 2; fused++) {
+        tg_tensor *x = tg_new(ctx, TG_F32, 2, (int64_t[]){2, 40});
+        tg_fill(x, 1.0);
+        tg_set_requires_grad(x, 1);
+        tg_tensor *in[1] = {x};
+        tg_tensor *y = tg_apply(ctx, &probe_op, in, 1, TG_F32, 2, (int64_t[]){2, 40}, &pp,
+                                sizeof pp);
+        tg_tensor *loss = tg_sum(ctx, tg_mlp_forward(ctx, &m, y));
+        const float before = ((const float *)tg_data(w))[0];
+        tg_zero_grad(ctx);
+        if (fused) {
+            cr_assert_eq(tg_backward_step(ctx, loss, opt), 0, "%s", tg_errmsg(ctx));
+            cr_assert_neq(pr.seen, before, "the probe saw fc1.weight already updated");
+        } else {
+            tg_backward(ctx, loss);
+            cr_assert_eq(pr.seen, before, "tg_backward alone updates nothing");
+            tg_optim_step(opt);
+        }
+        cr_assert_eq(pr.seen, ((const float *)tg_data(w))[0] * fused + before * !fused);
+        tg_reset(ctx);
+    }
+    tg_optim_free(opt);
+    tg_ctx_free(ctx);
+}
+
+Test(optim, backward_step_errors_and_fallbacks) {
+    tg_ctx *ctx = tg_ctx_new(5), *other = tg_ctx_new(6);
+    tg_tensor *w = tg_param(ctx, "w", TG_F32, 1, (int64_t[]){3});
+    tg_param(other, "v", TG_F32, 1, (int64_t[]){3});
+    tg_fill(w, 1.0);
+    tg_optim_opts o = tg_optim_defaults(TG_OPT_SGD);
+    o.lr = 0.25;
+    tg_optim *opt = tg_optim_new(ctx, &o, NULL, 0), *oopt = tg_optim_new(other, &o, NULL, 0);
+    tg_tensor *loss = tg_sum(ctx, tg_mul(ctx, w, w));
+    cr_assert_eq(tg_backward_step(ctx, loss, NULL), -1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_backward_step: argument opt is NULL"), "%s",
+              tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_eq(tg_backward_step(ctx, loss, oopt), -1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_backward_step: opt belongs to another context"), "%s",
+              tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_eq(tg_backward_step(ctx, NULL, opt), -1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_backward_step: argument loss is NULL"), "%s",
+              tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    cr_assert_eq(tg_backward_step(ctx, tg_mul(ctx, w, w), opt), -1); /* not a scalar */
+    cr_assert(strstr(tg_errmsg(ctx), "loss must have one element"), "%s", tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(((float *)tg_data(w))[i], 1.0f, "a failed call updates nothing");
+    /* a tiny network (every parameter at most 32 f32): backward, then the sweep */
+    cr_assert_eq(tg_backward_step(ctx, loss, opt), 0, "%s", tg_errmsg(ctx));
+    cr_assert_eq(((float *)tg_data(w))[0], 0.5f); /* 1 - 0.25 * 2 */
+    cr_assert_eq(tg_optim_step_count(opt), 1);
+    /* shared state: refused, as tg_optim_step refuses */
+    tg_optim_opts om = o;
+    om.momentum = 0.9;
+    tg_optim *mopt = tg_optim_new(ctx, &om, NULL, 0);
+    void *mem = aligned_alloc(64, 64 * (1 + tg_optim_state_bytes(mopt) / 64));
+    cr_assert_eq(tg_optim_move_state(mopt, mem, 1), 0, "%s", tg_errmsg(ctx));
+    cr_assert_eq(tg_backward_step(ctx, loss, mopt), -1);
+    cr_assert(strstr(tg_errmsg(ctx), "tg_backward_step: the optimiser's state was moved"), "%s",
+              tg_errmsg(ctx));
+    tg_clear_error(ctx);
+    tg_optim_free(mopt);
+    free(mem);
+    tg_optim_free(opt);
+    tg_optim_free(oopt);
+    tg_ctx_free(ctx);
+    tg_ctx_free(other);
+}
+
+/* Its one allocation (the table, at the first call) failing: an error, and
+ * nothing updated; later calls allocate nothing. */
+Test(optim, backward_step_out_of_memory_and_warm_calls) {
+    counter cnt = {0, -1, 0};
+    tg_ctx *ctx = tg_ctx_new_with_alloc(3, counting_alloc, &cnt);
+    tg_mlp m;
+    cr_assert_eq(tg_mlp_init(ctx, &m, "fc", 3, (const int64_t[]){20, 40, 3}, TG_ACT_RELU, TG_F32),
+                 0);
+    tg_optim_opts o = tg_optim_defaults(TG_OPT_ADAM);
+    tg_optim *opt = tg_optim_new(ctx, &o, NULL, 0);
+    tg_tensor *w = tg_param_find(ctx, "fc1.weight");
+    float w0[20 * 40];
+    for (int round = 0; round < 3; round++) {
+        tg_tensor *x = tg_new(ctx, TG_F32, 2, (int64_t[]){8, 20});
+        tg_fill(x, 0.5);
+        tg_tensor *loss = tg_sum(ctx, tg_mlp_forward(ctx, &m, x));
+        tg_zero_grad(ctx);
+        memcpy(w0, tg_data(w), sizeof w0);
+        if (round == 0) { /* warm the arena up, unfused */
+            tg_backward(ctx, loss);
+            tg_optim_step(opt);
+        } else if (round == 1) { /* the table's allocation fails */
+            cnt.budget = cnt.calls;
+            cr_assert_eq(tg_backward_step(ctx, loss, opt), -1);
+            cr_assert(strstr(tg_errmsg(ctx), "tg_backward_step"), "%s", tg_errmsg(ctx));
+            cr_assert_eq(memcmp(w0, tg_data(w), sizeof w0), 0, "nothing updated");
+            cr_assert_eq(tg_optim_step_count(opt), 1);
+            tg_clear_error(ctx);
+            cnt.budget = -1;
+            cr_assert_eq(tg_backward_step(ctx, loss, opt), 0, "%s", tg_errmsg(ctx));
+        } else { /* warm: no allocation */
+            long before = cnt.calls;
+            cr_assert_eq(tg_backward_step(ctx, loss, opt), 0, "%s", tg_errmsg(ctx));
+            cr_assert_eq(cnt.calls, before, "%ld allocations", cnt.calls - before);
+        }
+        cr_assert_neq(memcmp(w0, tg_data(w), sizeof w0), 0, "round %d updated", round);
+        tg_reset(ctx);
+    }
+    cr_assert_eq(tg_optim_step_count(opt), 3);
+    tg_optim_free(opt);
+    tg_ctx_free(ctx);
+    cr_assert_eq(cnt.live, 0, "tg_optim_free frees the table");
+}
