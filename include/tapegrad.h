@@ -918,19 +918,6 @@ TG_API tg_optim *tg_optim_new(tg_ctx *ctx, const tg_optim_opts *o, tg_tensor *co
  *  Never allocates. Returns 0; -1 if @p opt is NULL or an error is already
  *  recorded in the context (then nothing is updated). */
 TG_API int tg_optim_step(tg_optim *opt);
-/** tg_backward(ctx, loss) then tg_optim_step(opt), with each parameter updated
- *  as soon as the backward walk has finished its gradient (right after the
- *  backward of the first op that reads it) instead of in a sweep afterwards,
- *  while that gradient is still in the caches. Parameters, gradients and the
- *  optimiser's state come out with the bits of the two calls. The one
- *  difference: if the walk fails part-way (out of memory), the parameters it
- *  had finished keep their update (the error is recorded and -1 returned);
- *  in anomaly mode (tg_detect_anomaly) it runs the two calls, so that a NaN
- *  stops the step before any update. Gradient clipping or an all-reduce of the
- *  gradients must see them all before the update: use the two calls for those.
- *  The first call allocates a small table (one pointer and two words per
- *  parameter); later calls do not allocate. Returns 0 or -1. */
-TG_API int tg_backward_step(tg_ctx *ctx, tg_tensor *loss, tg_optim *opt);
 /** The update of tg_optim_step applied to one shard of every parameter:
  *  elements [cut(@p shard), cut(@p shard + 1)) of a parameter of numel
  *  elements, where cut(k) = k * numel / @p nshards rounded down to a multiple

@@ -120,10 +120,6 @@ struct tg_ctx {
     uint64_t rng[4];
     tg_gemm_ws *gemm;
     struct tgi_pool *pool; /* the threads of ctx->gemm and TGI_PAR_RUN (src/kernels/pool.h) */
-    /* set only during tg_backward_step (src/toolkit/optim.c): called by the
-     * backward walk after node i's backward (or its skip), with i */
-    void (*bwd_hook)(void *arg, int64_t node);
-    void *bwd_hook_arg;
 };
 
 /* ---- allocation (every byte goes through ctx->alloc) ----

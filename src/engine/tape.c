@@ -327,15 +327,10 @@ void tgi_backward_from(tg_ctx *ctx, tg_tensor *loss, const void *seed, int64_t f
     ctx->no_grad = 1;
     for (int64_t i = last; i >= first; i--) {
         tg_op_call *c = &ctx->tape[i].call;
-        if (c->out->grad && c->op->backward) {
-            c->op->backward(c);
-            if (!tg_ok(ctx)) break;
-            if (ctx->anomaly && anomaly_backward(ctx, i, c) != 0) break;
-        }
-        if (ctx->bwd_hook) { /* tg_backward_step: the parameters node i completes */
-            ctx->bwd_hook(ctx->bwd_hook_arg, i);
-            if (!tg_ok(ctx)) break;
-        }
+        if (!c->out->grad || !c->op->backward) continue;
+        c->op->backward(c);
+        if (!tg_ok(ctx)) break;
+        if (ctx->anomaly && anomaly_backward(ctx, i, c) != 0) break;
     }
     ctx->no_grad = prev;
     tgi_settle_grads(ctx); /* the parameters the walk did not reach: their zeros */

@@ -47,7 +47,6 @@ struct tg_optim {
     size_t state_bytes;
     void *moved;                   /* where tg_optim_move_state put the state, or NULL */
     int sgd_small;                 /* plain SGD, every parameter f32 and small (sgd_plain_small) */
-    struct fused_step *fz;         /* tg_backward_step's scratch, made at its first call */
 };
 
 /* ---- options ------------------------------------------------------------ */
@@ -152,8 +151,6 @@ static int bufs_needed(const tg_optim_opts *o) {
 
 static size_t round_up(size_t n) { return (n + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1); }
 
-static void fused_free(tg_optim *opt);
-
 void tg_optim_free(tg_optim *opt) {
     if (!opt) return;
     tg_ctx *ctx = opt->ctx;
@@ -162,7 +159,6 @@ void tg_optim_free(tg_optim *opt) {
     if (opt->buf) tgi_free(ctx, opt->buf, n * (size_t)opt->nbufs * sizeof *opt->buf);
     if (opt->t) tgi_free(ctx, opt->t, n * sizeof *opt->t);
     if (opt->params) tgi_free(ctx, opt->params, n * sizeof *opt->params);
-    fused_free(opt);
     tgi_free(ctx, opt, sizeof *opt);
 }
 
@@ -525,33 +521,6 @@ TGI_AVX2_CLONES static void adam_amsgrad_range(const upd_k *k, tg_tensor *p, voi
     });
 }
 
-/* One update of shard `shard` of nshards of parameter i, if it has a gradient
- * and requires one (with the flushing mode set for a small one: par_ranges). */
-static void update_param(tg_optim *opt, int i, int shard, int nshards) {
-    const tg_optim_opts *o = &opt->o;
-    tg_tensor *p = opt->params[i];
-    if (!p->grad || !(p->flags & TGI_REQ_GRAD)) return; /* no gradient, or frozen */
-    int64_t t = ++opt->t[i];
-    void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
-    upd_k k = {o, t, 0.0, 0.0};
-    upd_fn fn = NULL;
-    switch (o->kind) {
-    case TG_OPT_SGD: fn = o->momentum == 0.0 ? sgd_plain_range : sgd_range; break;
-    case TG_OPT_RMSPROP: fn = rmsprop_range; break;
-    case TG_OPT_ADAM:
-    case TG_OPT_ADAMW:
-        k.lr_t = o->lr / (1.0 - pow(o->beta1, (double)t));
-        k.inv_bc2 = 1.0 / sqrt(1.0 - pow(o->beta2, (double)t));
-        fn = o->amsgrad ? adam_amsgrad_range : adam_range;
-        break;
-    case TG_OPT_COUNT: break;
-    }
-    const size_t es = tg_dtype_size(p->dtype);
-    if (fn)
-        par_ranges(opt->ctx, fn, &k, p, st, tgi_shard_start(p->numel, shard, nshards, es),
-                   tgi_shard_start(p->numel, shard + 1, nshards, es));
-}
-
 /* One update of shard k of n of every parameter with a gradient (all of it
  * when n is 1); the tiny network's sweep only for the whole step. */
 static int step_shard(tg_optim *opt, int shard, int nshards) {
@@ -566,7 +535,29 @@ static int step_shard(tg_optim *opt, int shard, int nshards) {
         ++opt->t[i];
         sgd_plain_small(p->data, p->grad, lr32, wd32, p->numel);
     }
-    for (int i = 0; !small && i < opt->n; i++) update_param(opt, i, shard, nshards);
+    for (int i = 0; !small && i < opt->n; i++) {
+        tg_tensor *p = opt->params[i];
+        if (!p->grad || !(p->flags & TGI_REQ_GRAD)) continue; /* no gradient, or frozen */
+        int64_t t = ++opt->t[i];
+        void *const *st = opt->nbufs ? &opt->buf[i * opt->nbufs] : NULL;
+        upd_k k = {o, t, 0.0, 0.0};
+        upd_fn fn = NULL;
+        switch (o->kind) {
+        case TG_OPT_SGD: fn = o->momentum == 0.0 ? sgd_plain_range : sgd_range; break;
+        case TG_OPT_RMSPROP: fn = rmsprop_range; break;
+        case TG_OPT_ADAM:
+        case TG_OPT_ADAMW:
+            k.lr_t = o->lr / (1.0 - pow(o->beta1, (double)t));
+            k.inv_bc2 = 1.0 / sqrt(1.0 - pow(o->beta2, (double)t));
+            fn = o->amsgrad ? adam_amsgrad_range : adam_range;
+            break;
+        case TG_OPT_COUNT: break;
+        }
+        const size_t es = tg_dtype_size(p->dtype);
+        if (fn)
+            par_ranges(opt->ctx, fn, &k, p, st, tgi_shard_start(p->numel, shard, nshards, es),
+                       tgi_shard_start(p->numel, shard + 1, nshards, es));
+    }
     flush_subnormals_end(fm);
     opt->nsteps++;
     return 0;
@@ -593,159 +584,6 @@ int tg_optim_step_shard(tg_optim *opt, int shard, int nshards) {
         return -1;
     }
     return step_shard(opt, shard, nshards);
-}
-
-/* ---- the step inside backward ---------------------------------------------
- * tg_backward_step updates each parameter as soon as the backward walk has
- * finished its gradient, instead of in a sweep after the walk. A parameter's
- * gradient is final once the walk has passed the first tape node that reads
- * it (nodes are walked from the last down, and no earlier node reads it), and
- * no later part of the walk reads the parameter's value (the nodes before its
- * first use do not have it as an input). So right after that node's backward
- * (the engine's bwd_hook) the update gives the bits tg_optim_step would, while
- * the gradient just written is still in the caches. */
-typedef struct {
-    const tg_tensor *p;
-    int i;
-} fz_slot;
-typedef struct {
-    int64_t first;
-    int i;
-} fz_ord;
-struct fused_step {
-    fz_slot *by_ptr;  /* [n] the parameters sorted by address, for the tape scan */
-    int64_t *first;   /* [n] the first node reading parameter i, or -1 */
-    fz_ord *order;    /* [n] the parameters with a first node, latest first */
-    int n_order, next;
-    size_t bytes;
-};
-
-static void fused_free(tg_optim *opt) {
-    if (opt->fz) tgi_free(opt->ctx, opt->fz, opt->fz->bytes);
-    opt->fz = NULL;
-}
-
-static int slot_cmp(const void *a, const void *b) {
-    uintptr_t x = (uintptr_t)((const fz_slot *)a)->p, y = (uintptr_t)((const fz_slot *)b)->p;
-    return x < y ? -1 : x > y;
-}
-
-/* The scratch, made once (one allocation); NULL with the error recorded. */
-static struct fused_step *fused_of(tg_optim *opt) {
-    if (opt->fz) return opt->fz;
-    const size_t n = (size_t)opt->n;
-    const size_t bytes = sizeof(struct fused_step) + n * (sizeof(fz_slot) + sizeof(int64_t) +
-                                                          sizeof(fz_ord));
-    unsigned char *mem = tgi_malloc(opt->ctx, bytes);
-    if (!mem) return NULL;
-    struct fused_step *f = (struct fused_step *)(void *)mem;
-    f->by_ptr = (fz_slot *)(void *)(mem + sizeof *f);
-    f->first = (int64_t *)(void *)(f->by_ptr + n);
-    f->order = (fz_ord *)(void *)(f->first + n);
-    f->bytes = bytes;
-    for (int i = 0; i < opt->n; i++) f->by_ptr[i] = (fz_slot){opt->params[i], i};
-    qsort(f->by_ptr, n, sizeof *f->by_ptr, slot_cmp);
-    opt->fz = f;
-    return f;
-}
-
-/* The optimiser's index of parameter p, or -1 */
-static int slot_of(const struct fused_step *f, int n, const tg_tensor *p) {
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if ((uintptr_t)f->by_ptr[mid].p < (uintptr_t)p)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < n && f->by_ptr[lo].p == p ? f->by_ptr[lo].i : -1;
-}
-
-static int later_first(const void *a, const void *b) {
-    const fz_ord *x = a, *y = b;
-    if (x->first != y->first) return x->first < y->first ? 1 : -1;
-    return (x->i > y->i) - (x->i < y->i);
-}
-
-/* bwd_hook: the parameters whose first reader is node `node` */
-static void fused_hook(void *arg, int64_t node) {
-    tg_optim *opt = arg;
-    struct fused_step *f = opt->fz;
-    while (f->next < f->n_order && f->order[f->next].first == node) {
-        const int i = f->order[f->next++].i;
-        tg_tensor *p = opt->params[i];
-        if (p->flags & TGI_GRAD_PENDING) tgi_settle_grad(p); /* zeros, as the sweep sees */
-        const fp_mode fm = flush_subnormals_begin();
-        update_param(opt, i, 0, 1);
-        flush_subnormals_end(fm);
-        f->first[i] = -2; /* done */
-    }
-}
-
-int tg_backward_step(tg_ctx *ctx, tg_tensor *loss, tg_optim *opt) {
-    static const char fn[] = "tg_backward_step";
-    if (!ctx || !tg_ok(ctx)) return -1;
-    if (!opt) {
-        tg_set_error(ctx, "%s: argument opt is NULL", fn);
-        return -1;
-    }
-    if (opt->ctx != ctx) {
-        tg_set_error(ctx, "%s: opt belongs to another context", fn);
-        return -1;
-    }
-    if (opt->moved) {
-        tg_set_error(ctx, "%s: the optimiser's state was moved by tg_optim_move_state (it is "
-                          "shared): step it by shards after tg_backward",
-                     fn);
-        return -1;
-    }
-    if (!tgi_check_arg(ctx, fn, "loss", loss)) return -1;
-    if (loss->numel != 1 || !tgi_check_float(ctx, fn, "loss", loss)) {
-        char b[96];
-        if (loss->numel != 1)
-            tg_set_error(ctx, "%s: loss must have one element, got %s (%lld elements)", fn,
-                         TGI_SHAPE(loss, b), (long long)loss->numel);
-        return -1;
-    }
-    /* A tiny network's sweep (sgd_small), a leaf loss, or anomaly mode (which must
-     * see the whole walk succeed before anything changes): backward, then step. */
-    if (opt->sgd_small || loss->node < 0 || loss->node >= ctx->tape_len || ctx->anomaly) {
-        tg_backward(ctx, loss);
-        return tg_ok(ctx) ? step_shard(opt, 0, 1) : -1;
-    }
-    struct fused_step *f = fused_of(opt);
-    if (!f) return -1;
-    /* the first node reading each parameter, up to the loss's node */
-    for (int i = 0; i < opt->n; i++) f->first[i] = -1;
-    for (int64_t j = 0; j <= loss->node; j++) {
-        const tg_op_call *c = &ctx->tape[j].call;
-        for (int a = 0; a < c->n_in; a++) {
-            if (!(c->in[a]->flags & TGI_PARAM)) continue;
-            int i = slot_of(f, opt->n, c->in[a]);
-            if (i >= 0 && f->first[i] < 0) f->first[i] = j;
-        }
-    }
-    f->n_order = 0;
-    for (int i = 0; i < opt->n; i++)
-        if (f->first[i] >= 0) f->order[f->n_order++] = (fz_ord){f->first[i], i};
-    qsort(f->order, (size_t)f->n_order, sizeof *f->order, later_first);
-    f->next = 0;
-
-    ctx->bwd_hook = fused_hook;
-    ctx->bwd_hook_arg = opt;
-    tg_backward(ctx, loss);
-    ctx->bwd_hook = NULL;
-    ctx->bwd_hook_arg = NULL;
-    if (!tg_ok(ctx)) return -1;
-    /* the rest, as the sweep would: parameters no node up to the loss reads */
-    tgi_settle_grads(ctx);
-    const fp_mode fm = flush_subnormals_begin();
-    for (int i = 0; i < opt->n; i++)
-        if (f->first[i] != -2) update_param(opt, i, 0, 1);
-    flush_subnormals_end(fm);
-    opt->nsteps++;
-    return 0;
 }
 
 size_t tg_optim_state_bytes(const tg_optim *opt) { return opt ? opt->state_bytes : 0; }

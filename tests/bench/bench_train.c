@@ -21,9 +21,7 @@
  *   mlp64     784-64-10 ReLU, batch 64, cross-entropy, RMSprop lr 1e-3, synthetic
  *             data of Fashion-MNIST's shape; 1 and 2 threads.
  *   mlp1024   784-1024-1024-10 ReLU, batch 256, cross-entropy, SGD lr 0.01; 1 and 2
- *             threads. Both MLPs read each batch in place (tg_wrap, as PyTorch's
- *             slice X[pos:pos+batch] is a view) and update inside backward
- *             (tg_backward_step).
+ *             threads.
  *   --fashion Fashion-MNIST, 784-128-10 ReLU, Adam lr 1e-3, batch 64, shuffled,
  *             seed 1, 5 epochs (1 with --quick): seconds per epoch, test accuracy
  *             after every epoch. Run it alone under /usr/bin/time -v for peak RSS.
@@ -595,7 +593,8 @@ static double mlp_run(void *p, int64_t n)
         tg_tensor *y = tg_wrap(ctx, TG_I32, 1, yshape, s->data->y + s->pos);
         loss = tg_cross_entropy(ctx, tg_mlp_forward(ctx, &s->mlp, x), y);
         tg_zero_grad(ctx);
-        tg_backward_step(ctx, loss, s->opt); /* = tg_backward + tg_optim_step, same bits */
+        tg_backward(ctx, loss);
+        tg_optim_step(s->opt);
         if (i == n - 1) s->last_loss = tg_item(loss);
         tg_reset(ctx);
         s->pos += s->batch;
