@@ -1791,7 +1791,8 @@ static int cmd_predict(options *o) {
     int prev = tg_no_grad(r.ctx, 1);
     for (int64_t s = 0; s < r.ds->n && tg_ok(r.ctx); s += EVAL_BATCH) {
         int64_t m = r.ds->n - s < EVAL_BATCH ? r.ds->n - s : EVAL_BATCH;
-        tg_tensor *x = tg_from(r.ctx, TG_F32, 2, (const int64_t[]){m, r.ds->n_features},
+        /* consecutive rows of the data set, read in place (no copy) */
+        tg_tensor *x = tg_wrap(r.ctx, TG_F32, 2, (const int64_t[]){m, r.ds->n_features},
                                r.ds->x + s * r.ds->n_features);
         tg_tensor *logits = tg_mlp_forward(r.ctx, &r.md.mlp, x);
         if (o->proba) logits = tg_softmax(r.ctx, logits);
