@@ -297,9 +297,11 @@ static inline void tgi_tensor_init(tg_tensor *t, tg_ctx *ctx, void *data, tg_dty
 /* tgi_tensor_new without the checks, inline, for a shape known to be valid
  * (an input's, say) with numel n: the new temporary, data uninitialised, or
  * NULL with the out-of-memory error recorded (naming ctx->api). */
+/* A temporary's head in the arena: the struct, rounded up so its data stays aligned */
+#define TGI_TENSOR_HEAD ((sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1))
 static inline tg_tensor *tgi_tensor_make(tg_ctx *ctx, tg_dtype dt, int ndim,
                                          const int64_t *shape, int64_t n) {
-    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
+    const size_t head = TGI_TENSOR_HEAD;
     unsigned char *mem = tgi_arena_alloc(ctx, head + (size_t)n * (dt == TG_F64 ? 8u : 4u));
     if (!mem) return NULL;
     tg_tensor *t = (tg_tensor *)(void *)mem;

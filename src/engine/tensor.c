@@ -161,8 +161,7 @@ tg_tensor *tg_wrap(tg_ctx *ctx, tg_dtype dt, int ndim, const int64_t *shape, con
                      fn, data, es, tg_dtype_name(dt), tgi_shape_str(ndim, shape, b, sizeof b));
         return NULL;
     }
-    const size_t head = (sizeof(tg_tensor) + TG_ALIGN - 1) & ~(size_t)(TG_ALIGN - 1);
-    tg_tensor *t = tgi_arena_alloc(ctx, head);
+    tg_tensor *t = tgi_arena_alloc(ctx, TGI_TENSOR_HEAD);
     if (!t) return NULL;
     tgi_tensor_init(t, ctx, (void *)(uintptr_t)data, dt, ndim, shape, n);
     t->flags |= TGI_LEAF | TGI_WRAPPED;
@@ -335,7 +334,7 @@ uint64_t tg_hash(const tg_tensor *t) {
 
 void tg_fill(tg_tensor *t, double value) {
     if (!t) return;
-    if ((t->flags & TGI_WRAPPED) && !tgi_check_writable(t->ctx, "tg_fill", "t", t)) return;
+    if (!tgi_check_writable(t->ctx, "tg_fill", "t", t)) return;
     int64_t n = t->numel;
     switch (t->dtype) {
     case TG_F32: {

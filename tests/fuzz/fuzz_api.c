@@ -200,11 +200,12 @@ static tg_tensor *leaf(tg_ctx *ctx, bytes *b, int param, int id) {
     int64_t shape[4];
     for (int i = 0; i < ndim; i++) shape[i] = take(b) % 6;
     tg_tensor *t;
+    const int wrap = !param && (k & 0x40) && n_wrapped < 4;
     if (param) {
         char name[16];
         snprintf(name, sizeof name, "p%d", id);
         t = tg_param(ctx, name, dt, ndim, shape);
-    } else if ((k & 0x40) && n_wrapped < 4) {
+    } else if (wrap) {
         /* the caller's memory, read in place (sizes are 0 to 5: numel <= 625) */
         int64_t n = 1;
         for (int i = 0; i < ndim; i++) n *= shape[i];
@@ -216,7 +217,7 @@ static tg_tensor *leaf(tg_ctx *ctx, bytes *b, int param, int id) {
         t = tg_new(ctx, dt, ndim, shape);
     }
     if (!t) {
-        fuzz_check_error(ctx, param ? "tg_param" : (k & 0x40) ? "tg_wrap" : "tg_new");
+        fuzz_check_error(ctx, param ? "tg_param" : wrap ? "tg_wrap" : "tg_new");
         tg_clear_error(ctx);
         return NULL;
     }
